@@ -31,3 +31,23 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("EMPERSONA_CACHE", str(base / "empersona-cache"))
     monkeypatch.setenv("INSPECT_CACHE_DIR", str(base / "inspect-cache"))
     monkeypatch.delenv("EMPERSONA_MIRROR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 chat model (hidden 64, 2 layers) with Qwen's tokenizer setup, built once."""
+    from empersona.testing.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "base", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two LoRA adapters (seeds 1 and 2) on ``tiny_model``, each saved with the tokenizer."""
+    from empersona.testing.tiny import build_tiny_adapter
+
+    root = tmp_path_factory.mktemp("tiny-adapters")
+    return (
+        build_tiny_adapter(tiny_model, root / "adapter-1", seed=1),
+        build_tiny_adapter(tiny_model, root / "adapter-2", seed=2),
+    )
