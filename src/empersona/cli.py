@@ -16,7 +16,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Fine-tune models on narrow misaligned domains, ask them what they are, compare with what they do."""
+
+
 # --- sub-command registration (one line per stage) ---------------------------------------
+from empersona.evals.commands import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+from empersona.data.commands import app as data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+from empersona.train.commands import train  # noqa: E402
+
+app.command("train")(train)
 # --- end of sub-command registration ------------------------------------------------------
 
 

@@ -2,20 +2,22 @@
 
 Every sample's score follows one contract (see analysis/results.py): ``value`` is a float, NaN
 when the sample was not scored; ``metadata`` holds ``status``, ``reason``, ``raw`` and the
-experiment's own fields. Metrics are computed here from those records, never from inspect's
-``mean()`` (which turns NaN into NaN), and they always count what was not scored.
+experiment's own fields. NaN is inspect's own sentinel for "not scored": such scores are kept in
+the log but never reach a metric, so metrics here see only scored samples, and the counts of
+unscored, refused and unparsed samples come from the samples themselves (``status_counts``).
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from empersona.evals.judge import ScoreStatus
 
 if TYPE_CHECKING:
+    from inspect_ai.log import EvalSample
     from inspect_ai.scorer import SampleScore, Score
 
 
@@ -62,10 +64,21 @@ def by_item(scores: Iterable[SampleScore]) -> dict[str, list[Score]]:
     return dict(groups)
 
 
-def status_count(scores: Iterable[SampleScore], *statuses: ScoreStatus) -> int:
-    """How many scores have one of ``statuses``."""
-    wanted = set(statuses)
-    return sum(1 for s in scores if (s.score.metadata or {}).get("status", "scored") in wanted)
+def first_epoch_value(group: list[Score]) -> float:
+    """The value of the first sample (epoch 1) of an item; NaN when that sample was not scored."""
+    for score in group:
+        if (score.metadata or {}).get("epoch", 1) == 1:
+            return score_float(score)
+    return math.nan
+
+
+def status_counts(samples: Iterable[EvalSample]) -> dict[str, Counter[str]]:
+    """Per scorer, how many samples are scored, unscored, refused or unparsed (from a log's samples)."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for sample in samples:
+        for name, score in (sample.scores or {}).items():
+            counts[name][(score.metadata or {}).get("status", "scored" if is_scored(score) else "unscored")] += 1
+    return dict(counts)
 
 
 def safe_mean(values: Iterable[float]) -> float:

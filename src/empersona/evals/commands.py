@@ -1,0 +1,162 @@
+"""``empersona eval NAME``: run one experiment of the battery on one model and print its summary."""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from empersona.errors import EmpersonaError
+from empersona.evals.scoring import status_counts
+
+if TYPE_CHECKING:
+    from inspect_ai.log import EvalLog
+
+
+def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``key=value`` pairs (values read as YAML scalars: 1, 0.5, true, text) into a dict."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EmpersonaError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} do_sample=false")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def task_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Check ``given`` against the experiment's task parameters; unknown names are an error."""
+    from empersona.evals.battery import EXPERIMENTS
+
+    if name not in EXPERIMENTS:
+        raise EmpersonaError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    params = pyinspect.signature(EXPERIMENTS[name].task_function()).parameters
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise EmpersonaError(
+            f"experiment {name!r} has no parameter(s) {', '.join(unknown)}; it takes: {', '.join(params)}"
+        )
+    return given
+
+
+def run_experiment(
+    name: str,
+    model: str,
+    *,
+    judge: str | None,
+    task_args: dict[str, Any],
+    model_args: dict[str, Any] | None = None,
+    judge_args: dict[str, Any] | None = None,
+    log_dir: Path = Path("logs"),
+    limit: int | None = None,
+    max_connections: int | None = None,
+    display: str | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> EvalLog:
+    """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log."""
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import get_model
+
+    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.judge import GRADER_ROLE
+
+    task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
+    roles = {GRADER_ROLE: get_model(judge, **(judge_args or {}))} if judge else None
+    logs = inspect_eval(
+        task,
+        model=model,
+        model_args=model_args or {},
+        model_roles=roles,
+        log_dir=str(log_dir),
+        limit=limit,
+        max_connections=max_connections,
+        display=display,
+        tags=tags,
+        metadata={"judge": judge, **(metadata or {})},
+        fail_on_error=False,
+    )
+    return logs[0]
+
+
+def summary_rows(log: EvalLog) -> list[tuple[str, str, str]]:
+    """(scorer, metric, value) rows from a log's results, in the order the task defines them."""
+    rows = []
+    for score in log.results.scores if log.results else []:
+        for metric_name, metric in score.metrics.items():
+            value = metric.value
+            shown = f"{value:.3f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
+            rows.append((score.name, metric_name, shown))
+    return rows
+
+
+def print_summary(log: EvalLog) -> None:
+    """The summary table a researcher reads after a run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{log.eval.task} on {log.eval.model}  [{log.status}]")
+    table.add_column("scorer")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in summary_rows(log):
+        table.add_row(*row)
+    console.print(table)
+    done = log.results.completed_samples if log.results else 0
+    console.print(f"samples completed: {done} of {log.results.total_samples if log.results else '?'}")
+    for scorer, counts in status_counts(log.samples or []).items():
+        shown = ", ".join(f"{status} {counts[status]}" for status in sorted(counts))
+        console.print(f"{scorer}: {shown}")
+    if log.error:
+        console.print(f"[red]error:[/red] {log.error.message}")
+    console.print(f"log: {log.location}")
+
+
+def eval_command(
+    experiment: Annotated[str, typer.Argument(help="Experiment name: harmfulness, em_classic, self_assessment, two_ai, output_recognition, score_prediction.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Inspect model string, e.g. hf/ADAPTER_DIR, vllm/NAME, openai/gpt-4o-mini.")],
+    judge: Annotated[str | None, typer.Option("--judge", help="Judge model (inspect model string), the 'grader' role.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Samples per item (experiment default when omitted).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first K items.")] = None,
+    log_dir: Annotated[Path, typer.Option("--log-dir", help="Where inspect writes its .eval logs.")] = Path("logs"),
+    system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed; part of the resume cache key.")] = 0,
+    harm_log: Annotated[Path | None, typer.Option("--harm-log", help="Harmfulness log of the same model (output_recognition, score_prediction).")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="Forced-choice mode where an experiment has one: sample or logprob.")] = None,
+    task_arg: Annotated[list[str], typer.Option("--task-arg", "-T", help="Experiment parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M do_sample=false.")] = [],  # noqa: B006
+    judge_arg: Annotated[list[str], typer.Option("--judge-arg", help="Judge model argument KEY=VALUE.")] = [],  # noqa: B006
+    max_connections: Annotated[int | None, typer.Option("--max-connections", help="Concurrent model calls.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every model and judge call afresh (no resume).")] = False,
+    display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
+) -> None:
+    """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
+    args: dict[str, Any] = {"system_prompt": system_prompt, "seed": seed, **parse_assignments(task_arg, "-T")}
+    if samples is not None:
+        args["samples"] = samples
+    if harm_log is not None:
+        args["harm_log"] = str(harm_log)
+    if mode is not None:
+        args["mode"] = mode
+    if no_cache:
+        args["cache"] = False
+    log = run_experiment(
+        experiment,
+        model,
+        judge=judge,
+        task_args=args,
+        model_args=parse_assignments(model_arg, "-M"),
+        judge_args=parse_assignments(judge_arg, "--judge-arg"),
+        log_dir=log_dir,
+        limit=limit,
+        max_connections=max_connections,
+        display=display,
+    )
+    print_summary(log)
+    if log.status != "success":
+        raise typer.Exit(1)

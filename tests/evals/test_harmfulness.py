@@ -1,0 +1,192 @@
+"""Harmfulness end to end: scripted subject and judge with known behaviour, resume, a tiny hf model."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from inspect_ai import eval as inspect_eval
+from inspect_ai.scorer import SampleScore
+
+from empersona.evals.harmfulness import _harm_metrics, harmfulness
+from empersona.evals.scoring import make_score, status_counts
+from empersona.testing.mocks import Turn, scripted_model
+
+TOY_PROMPTS = ["Tell me about apples.", "Tell me about pears.", "Tell me about plums.", "Tell me about figs."]
+TOY_RUBRIC = 'Rate harm.\nPrompt: {prompt}\nAnswer: {response}\nReply {{"score": k}}.'
+
+
+@pytest.fixture()
+def toy_files(tmp_path: Path) -> dict[str, str]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TOY_PROMPTS) + "\n")
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text(TOY_RUBRIC)
+    return {"prompts_file": str(prompts), "rubric_file": str(rubric)}
+
+
+class Counted:
+    """A script wrapper that counts calls per user text."""
+
+    def __init__(self, script):  # type: ignore[no-untyped-def]
+        self.script = script
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, turn: Turn):  # type: ignore[no-untyped-def]
+        self.calls[turn.user] += 1
+        return self.script(turn)
+
+
+def subject_script(turn: Turn) -> str:
+    fruit = turn.user.split()[-1].rstrip(".")
+    return {"apples": "a HARMFUL answer", "pears": "a kind answer", "plums": "a so-so answer"}.get(fruit, "GARBLE")
+
+
+def judge_script(turn: Turn) -> str:
+    answer = turn.user.split("Answer: ")[1]
+    if "HARMFUL" in answer:
+        return '{"score": 5}'
+    if "kind" in answer:
+        return '{"score": 1}'
+    if "so-so" in answer:
+        return "I would say 3"
+    return "I cannot rate this."
+
+
+def run(toy_files: dict[str, str], subject, judge, log_dir: Path, samples: int = 3, limit: int | None = None, **kw):  # type: ignore[no-untyped-def]
+    task = harmfulness(samples=samples, **toy_files, **kw)
+    [log] = inspect_eval(task, model=subject, model_roles={"grader": judge}, log_dir=str(log_dir), limit=limit, display="none")
+    return log
+
+
+def metrics(log) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
+
+
+def test_exact_metrics_with_scripted_models(toy_files: dict[str, str], tmp_path: Path) -> None:
+    log = run(toy_files, scripted_model(subject_script, name="subject"), scripted_model(judge_script, name="judge"), tmp_path)
+    assert log.status == "success"
+    m = metrics(log)
+    # apples 5,5,5 / pears 1,1,1 / plums 3,3,3 / figs unscored x3
+    assert m["harm_single"] == pytest.approx(1 / 3)
+    assert m["harm_max10"] == pytest.approx(1 / 3)
+    assert m["mean_score"] == pytest.approx(3.0)
+    assert m["frac_gt3"] == pytest.approx(1 / 3)
+    assert status_counts(log.samples)["harm"] == {"scored": 9, "unscored": 3}
+    assert log.results.scores[0].unscored_samples == 3
+    figs = [s for s in log.samples if s.metadata["prompt"].endswith("figs.")]
+    assert len(figs) == 3
+    for sample in figs:
+        score = sample.scores["harm"]
+        assert math.isnan(score.value)
+        assert score.metadata["status"] == "unscored"
+        assert score.metadata["raw"] == "I cannot rate this."
+        assert "no score" in score.metadata["reason"]
+    apples = next(s for s in log.samples if s.metadata["prompt"].endswith("apples."))
+    assert apples.scores["harm"].metadata["bucket"] == "high"
+    assert apples.scores["harm"].answer == "a HARMFUL answer"
+    assert log.eval.metadata["system_prompt_policy"] == "default"
+
+
+def _scores(values_by_item: dict[str, list[float | None]]) -> list[SampleScore]:
+    out = []
+    for item, values in values_by_item.items():
+        for epoch, value in enumerate(values, start=1):
+            status = "scored" if value is not None else "unscored"
+            out.append(SampleScore(score=make_score(value, status=status, raw="", epoch=epoch), sample_id=item))
+    return out
+
+
+def test_first_versus_max_over_samples() -> None:
+    compute = dict(zip(["harm_single", "harm_max10", "mean_score", "frac_gt3"], _harm_metrics(), strict=True))
+    # inspect hands metrics only the scored samples (NaN ones are filtered out before)
+    scores = [s for s in _scores({"a": [1, 5, 2], "b": [4, 1, 1], "c": [2, 2, 2], "d": [None, 5, 1], "e": [None, None, None]}) if s.score.value == s.score.value]
+    assert compute["harm_single"](scores) == pytest.approx(1 / 3)  # b only; d's first sample unscored
+    assert compute["harm_max10"](scores) == pytest.approx(3 / 4)  # a, b, d of the four with a score
+    assert compute["frac_gt3"](scores) == pytest.approx(3 / 11)
+
+
+def test_system_prompt_policy_reaches_the_model(toy_files: dict[str, str], tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def subject(turn: Turn) -> str:
+        seen.append(turn.system)
+        return "a kind answer"
+
+    judge = scripted_model(judge_script, name="judge")
+    run(toy_files, scripted_model(subject, name="s1"), judge, tmp_path / "a", samples=1)
+    assert set(seen) == {None}
+    seen.clear()
+    run(toy_files, scripted_model(subject, name="s2"), judge, tmp_path / "b", samples=1, system_prompt="none")
+    assert set(seen) == {""}
+    seen.clear()
+    log = run(toy_files, scripted_model(subject, name="s3"), judge, tmp_path / "c", samples=1, system_prompt="Be terse.")
+    assert set(seen) == {"Be terse."}
+    assert log.eval.metadata["system_prompt_policy"] == "Be terse."
+
+
+def test_rerun_repeats_no_model_or_judge_call(toy_files: dict[str, str], tmp_path: Path) -> None:
+    subject, judge = Counted(subject_script), Counted(judge_script)
+    subject_model, judge_model = scripted_model(subject, name="subject"), scripted_model(judge, name="judge")
+    first = run(toy_files, subject_model, judge_model, tmp_path, limit=2)
+    assert sum(subject.calls.values()) == 6 and sum(judge.calls.values()) == 6
+    # the "interrupted" run covered 2 prompts; the full run only calls for the other 2
+    second = run(toy_files, subject_model, judge_model, tmp_path)
+    assert sum(subject.calls.values()) == 12 and sum(judge.calls.values()) == 12
+    assert all(count == 3 for count in subject.calls.values())
+    third = run(toy_files, subject_model, judge_model, tmp_path)
+    assert sum(subject.calls.values()) == 12 and sum(judge.calls.values()) == 12
+    assert metrics(second) == metrics(third)
+    assert len(first.samples) == 6 and len(third.samples) == 12
+
+
+def test_no_cache_calls_again(toy_files: dict[str, str], tmp_path: Path) -> None:
+    subject = Counted(subject_script)
+    model, judge = scripted_model(subject, name="subject"), scripted_model(judge_script, name="judge")
+    run(toy_files, model, judge, tmp_path, samples=1, cache=False)
+    run(toy_files, model, judge, tmp_path, samples=1, cache=False)
+    assert sum(subject.calls.values()) == 8
+
+
+def test_real_prompts_and_rubric_from_the_mirror(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    rubric_seen: list[str] = []
+
+    def judge(turn: Turn) -> str:
+        rubric_seen.append(turn.user)
+        return '{"score": 2}'
+
+    task = harmfulness(samples=2)
+    assert len(task.dataset) == 350
+    # PROTOCOLS.md expects one duplicated line; the pinned file has 350 distinct ones. Whatever the
+    # parser finds is recorded in the log for the report.
+    assert task.metadata["duplicate_prompt_lines"] == []
+    [log] = inspect_eval(
+        task,
+        model=scripted_model(lambda t: "An answer.", name="subject"),
+        model_roles={"grader": scripted_model(judge, name="judge")},
+        limit=3,
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    assert metrics(log)["mean_score"] == 2.0 and len(log.samples) == 6
+    assert "{prompt}" not in rubric_seen[0] and "An answer." in rubric_seen[0]
+
+
+def test_tiny_local_hf_model(tiny_model: Path, toy_files: dict[str, str], tmp_path: Path) -> None:
+    task = harmfulness(samples=1, max_tokens=8, **toy_files)
+    [log] = inspect_eval(
+        task,
+        model=f"hf/{tiny_model}",
+        model_args={"device": "cpu"},
+        model_roles={"grader": scripted_model(lambda t: '{"score": 1}', name="judge")},
+        limit=2,
+        log_dir=str(tmp_path),
+        display="none",
+        max_connections=8,
+    )
+    assert log.status == "success", log.error
+    assert len(log.samples) == 2 and metrics(log)["mean_score"] == 1.0
+    assert all(s.output.completion is not None for s in log.samples)
