@@ -28,14 +28,14 @@ SourceKind = Literal["evaluation", "training"]
 
 PAPER_REPO = "aisa-group/EM-persona-consistency"
 PAPER_COMMIT = "ddf3ed1adc1f9233861146551723dd8126c76ccc"
-PAPER_LICENSE = "research/academic use (cite arXiv:2604.28082)"
+PAPER_LICENSE = "research/academic use; cite arXiv:2604.28082"
 
 BETLEY_REPO = "emergent-misalignment/emergent-misalignment"
 BETLEY_COMMIT = "80c11967c07a328e7d7d43d13ce6847ae44dbcc9"
 
 TURNER_REPO = "clarifying-EM/model-organisms-for-EM"
 TURNER_ARCHIVE = "em_organism_dir/data/training_datasets.zip.enc"
-TURNER_LICENSE = "upstream terms; keep out of public copies (authors guard it from scraping)"
+TURNER_LICENSE = "upstream terms; no public copies (kept from scrapers)"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""``empersona data``: fetch the pinned sources, list them, validate training domains."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from empersona.data.fetch import fetch, mirror_file, source_status
+from empersona.data.sources import SOURCES
+from empersona.errors import EmpersonaError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    help="Public data sources: fetch them into the cache, list them, validate training files.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+MirrorOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--mirror",
+        help="Folder laid out like ../shared/data to copy from instead of downloading "
+        "(default: $EMPERSONA_MIRROR).",
+    ),
+]
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(soft_wrap=False)
+
+
+def _plan(names: list[str], mirror: Path | None) -> tuple[list[str], dict[str, str]]:
+    """(names to fetch, {skipped name: why}).
+
+    Given names are all fetched. "all" (or no name) means every source that can be had: with a
+    mirror, those the mirror holds; without, every source that is not password-locked.
+    """
+    if names and names != ["all"]:
+        return names, {}
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    for source in SOURCES.values():
+        if mirror is not None and mirror_file(source, mirror) is None:
+            skipped[source.name] = f"not in mirror {mirror}"
+        elif mirror is None and source.locked:
+            skipped[source.name] = "locked upstream: `empersona data fetch NAME --path FILE`"
+        else:
+            chosen.append(source.name)
+    return chosen, skipped
+
+
+@app.command("fetch")
+def fetch_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Source names, or 'all' (the default).")
+    ] = None,
+    mirror: MirrorOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Copy again even if cached.")] = False,
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="A local copy of ONE source (for password-locked files)."),
+    ] = None,
+) -> None:
+    """Download (or copy from a mirror) and verify the pinned sources."""
+    from rich.table import Column, Table
+
+    names = names or []
+    if path is not None and (names == ["all"] or len(names) != 1):
+        raise EmpersonaError("--path needs exactly one source name: `data fetch NAME --path FILE`")
+    if mirror is None and os.environ.get("EMPERSONA_MIRROR"):
+        mirror = Path(os.environ["EMPERSONA_MIRROR"]).expanduser()
+    table = Table(Column("source", no_wrap=True), "status", "sha256", "cached at")
+    failures: list[str] = []
+    chosen, skipped = _plan(names, mirror)
+    for name in chosen:
+        typer.echo(f"fetching {name} ...")
+        try:
+            cached = fetch(name, mirror=mirror, force=force, path=path)
+        except EmpersonaError as err:
+            failures.append(f"{name}: {err}")
+            table.add_row(name, "[red]failed[/red]", "", "")
+            continue
+        table.add_row(name, "verified", SOURCES[name].sha256[:12], str(cached))
+    for name, why in skipped.items():
+        table.add_row(name, "skipped", "", why)
+    _console().print(table)
+    if failures:
+        raise EmpersonaError(f"{len(failures)} source(s) failed:\n" + "\n".join(failures))
+
+
+@app.command("list")
+def list_command() -> None:
+    """Show each source: name, what it is, licence, and whether a verified copy is cached."""
+    from rich.table import Column, Table
+
+    table = Table(Column("name", no_wrap=True), "what", "licence", Column("status", no_wrap=True))
+    for source in SOURCES.values():
+        status = source_status(source.name)
+        if status != "verified" and source.locked:
+            status += " (locked upstream)"
+        table.add_row(source.name, source.description, source.license, status)
+    _console().print(table)
+
+
+@app.command("validate")
+def validate_command(
+    target: Annotated[str, typer.Argument(help="A domain name or a .jsonl/.jsonl.gz chat file.")],
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Tokenizer (model folder) for token-length percentiles."),
+    ] = None,
+    path: Annotated[
+        Path | None,
+        typer.Option(
+            "--path", help="Local copy for a domain (locked file, or emergent_plus schema)."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Check only the first rows.")] = None,
+    max_errors: Annotated[int, typer.Option("--max-errors", help="Errors to print.")] = 20,
+) -> None:
+    """Check every row of a training domain or file; exit 1 when any row is malformed."""
+    from empersona.data.domains import validate
+
+    report = validate(target, tokenizer_path=tokenizer, path=path, limit=limit)
+    for error in report.errors[:max_errors]:
+        where = f"{error.file}:{error.line}" + (f": field '{error.field}'" if error.field else "")
+        typer.echo(f"{where}: {error.message}")
+    if len(report.errors) > max_errors:
+        typer.echo(f"... and {len(report.errors) - max_errors} more errors")
+    typer.echo(f"source: {report.source}")
+    counts = f"rows: {report.rows}  errors: {len(report.errors)}  duplicates: {report.duplicates}"
+    typer.echo(counts)
+    if report.token_lengths is not None:
+        t = report.token_lengths
+        typer.echo(
+            f"tokens ({t.method}): p50 {t.p50:.0f}  p90 {t.p90:.0f}  p99 {t.p99:.0f}  max {t.max}"
+        )
+    if not report.ok:
+        raise typer.Exit(code=1)

@@ -1,0 +1,86 @@
+"""``empersona data fetch|list|validate`` through typer's test runner and one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from empersona.data.commands import app
+from empersona.data.fetch import source_status
+from empersona.data.sources import SOURCES
+from empersona.errors import EmpersonaError
+
+runner = CliRunner()
+
+
+def test_fetch_all_from_mirror_then_list(shared_data: Path) -> None:
+    result = runner.invoke(app, ["fetch", "all", "--mirror", str(shared_data)])
+    assert result.exit_code == 0, result.output
+    in_mirror = [n for n in SOURCES if n != "secure"]  # the mirror has no secure.jsonl
+    for name in in_mirror:
+        assert f"fetching {name} ..." in result.output
+        assert source_status(name) == "verified"
+    assert "not in mirror" in result.output and source_status("secure") == "missing"
+
+    listed = runner.invoke(app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    lines = [line for line in listed.output.splitlines() if "│" in line]
+    rows = {line.split("│")[1].strip(): line for line in lines}
+    assert set(SOURCES) <= set(rows)
+    assert "verified" in rows["harm_prompts"] and "MIT" in rows["insecure"]
+    assert "missing" in rows["secure"]
+
+
+def test_fetch_locked_source_from_path(shared_data: Path) -> None:
+    local = shared_data / "training" / "good_medical_advice.jsonl.gz"
+    result = runner.invoke(app, ["fetch", "good_medical_advice", "--path", str(local)])
+    assert result.exit_code == 0, result.output
+    assert source_status("good_medical_advice") == "verified"
+
+
+def test_fetch_failure_is_reported(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fetch", "harm_prompts", "--mirror", str(tmp_path)])
+    assert isinstance(result.exception, EmpersonaError)
+    assert "paper/harm_eval_questions.txt" in str(result.exception)
+
+
+def test_validate_toy_broken_file_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}
+    path.write_text((json.dumps(good) + "\n") * 2 + json.dumps(bad) + "\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:3: field 'messages[1].role': unknown role 'robot'" in result.output
+    assert f"{path}:3: field 'messages[1].role': the last turn must be assistant" in result.output
+    assert "rows: 3  errors: 2  duplicates: 1" in result.output
+
+
+def test_validate_real_domain(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    result = runner.invoke(app, ["validate", "extreme_sports", "--limit", "200"])
+    assert result.exit_code == 0, result.output
+    assert "rows: 200  errors: 0" in result.output
+
+
+def test_data_is_registered_on_the_main_command(tmp_path: Path) -> None:
+    env = {**os.environ, "EMPERSONA_CACHE": str(tmp_path / "cache")}
+    env.pop("EMPERSONA_MIRROR", None)
+    code = "from empersona.cli import main; main()"
+    listed = subprocess.run(
+        [sys.executable, "-c", code, "data", "list"], env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "harm_prompts" in listed.stdout and "missing" in listed.stdout
+    failed = subprocess.run(
+        [sys.executable, "-c", code, "data", "validate", "no_such_domain"], env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert failed.returncode == 2 and failed.stderr.startswith("error: ")
