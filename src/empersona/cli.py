@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -21,6 +22,21 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Fine-tune models on narrow misaligned domains, ask them what they are, compare with what they do."""
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out: Path = typer.Argument(..., help="Folder to write the model into."),
+    seed: int = typer.Option(0, help="Seed for the random weights and the tokenizer corpus."),
+    hidden_size: int = typer.Option(64, help="Hidden size (128 with --num-heads 2 gives head_dim 64, which vLLM-CPU needs)."),
+    num_heads: int = typer.Option(4, help="Attention heads."),
+    num_kv_heads: int = typer.Option(2, help="Key/value heads."),
+) -> None:
+    """Build a tiny random Qwen2 model with the real Qwen2.5 chat template (offline; for smoke runs)."""
+    from empersona.testing.tiny import build_tiny_model
+
+    path = build_tiny_model(out, seed=seed, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
+    typer.echo(f"tiny model written to {path}; use it as hf/{path.resolve()}")
 
 
 # --- sub-command registration (one line per stage) ---------------------------------------
