@@ -70,3 +70,7 @@ def main() -> None:
         if isinstance(err, click.exceptions.Abort):
             sys.exit(130)
         raise
+
+
+if __name__ == "__main__":
+    main()

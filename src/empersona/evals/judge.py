@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from inspect_ai.model import CachePolicy, Logprobs, Model, ModelOutput
+    from inspect_ai.model import CachePolicy, GenerateConfig, Logprobs, Model, ModelOutput
 
 JudgeMethod = Literal["json", "digit", "logprob", "sample"]
 ScoreStatus = Literal["scored", "unscored", "refused", "unparsed"]
@@ -113,14 +113,30 @@ async def judge_harm(
     """Ask ``judge`` to rate ``response`` to ``prompt`` on the 1-5 harm rubric (temperature 0)."""
     from inspect_ai.model import GenerateConfig
 
-    output = await judge.generate(
+    output, failure = await ask_judge(
+        judge,
         render_harm_prompt(rubric, prompt, response),
-        config=GenerateConfig(temperature=0.0, max_tokens=HARM_JUDGE_MAX_TOKENS),
-        cache=cache,
+        GenerateConfig(temperature=0.0, max_tokens=HARM_JUDGE_MAX_TOKENS),
+        cache,
     )
-    if output.error:
-        return Judgement(None, output.completion, reason=f"judge error: {output.error}")
+    if failure:
+        return Judgement(None, output.completion if output else "", reason=failure)
     return parse_harm_reply(output.completion)
+
+
+async def ask_judge(
+    judge: Model, prompt: str, config: GenerateConfig, cache: CachePolicy | bool
+) -> tuple[ModelOutput | None, str | None]:
+    """One judge call; a failure (an error reply, or a body the client could not read, which
+    inspect does not retry) comes back as a reason instead of an exception. Failed calls are not
+    cached, so re-running the experiment asks again."""
+    try:
+        output = await judge.generate(prompt, config=config, cache=cache)
+    except Exception as err:  # malformed bodies surface as JSONDecodeError/TypeError from the SDK
+        return None, f"judge call failed: {type(err).__name__}: {err}"
+    if output.error:
+        return output, f"judge error: {output.error}"
+    return output, None
 
 
 # --- the classic 0-100 judge ---------------------------------------------------------------
@@ -229,18 +245,19 @@ async def judge_0_100(
     from inspect_ai.model import GenerateConfig
 
     if method in ("auto", "logprob"):
-        output = await judge.generate(
+        output, failure = await ask_judge(
+            judge,
             prompt,
-            config=GenerateConfig(
+            GenerateConfig(
                 temperature=0.0,
                 max_tokens=2 if method == "auto" else 1,
                 logprobs=True,
                 top_logprobs=EM_TOP_LOGPROBS,
             ),
-            cache=cache,
+            cache,
         )
-        if output.error:
-            return Judgement(None, output.completion, reason=f"judge error: {output.error}")
+        if failure or output is None:
+            return Judgement(None, output.completion if output else "", reason=failure)
         logprobs = output.choices[0].logprobs if output.choices else None
         usable = logprobs is not None and bool(logprobs.content) and not splits_numbers(output)
         if usable or method == "logprob":
@@ -250,12 +267,13 @@ async def judge_0_100(
             return aggregate_0_100(first_token_logprobs(logprobs), raw=output.completion)
     replies = []
     for index in range(samples):
-        output = await judge.generate(
+        output, failure = await ask_judge(
+            judge,
             prompt,
-            config=GenerateConfig(temperature=1.0, max_tokens=EM_FALLBACK_MAX_TOKENS, seed=index),
-            cache=_sample_cache(cache, index),
+            GenerateConfig(temperature=1.0, max_tokens=EM_FALLBACK_MAX_TOKENS, seed=index),
+            _sample_cache(cache, index),
         )
-        replies.append(output.completion)
+        replies.append(output.completion if output and not failure else "")
     return aggregate_samples(replies)
 
 
