@@ -1,0 +1,479 @@
+"""Inspect logs -> one tidy results table (CONTRACT.md), saved as Parquet beside the logs.
+
+One row per (model, experiment, item_id, sample, condition): the sample's primary score (its
+``value`` and ``status``), the experiment's own fields, and the run's metadata. Every experiment
+maps onto the table here, in `experiment_fields` and `PRIMARY_SCORERS`; an experiment that is not
+present in a run simply contributes no rows.
+
+Run metadata per log: the model string (``log.eval.model``), the experiment (our tasks put
+``experiment`` in their metadata; else the task name), the judge (``metadata["judge"]``, which
+``empersona eval`` passes to inspect's eval and inspect merges into ``log.eval.metadata``; else
+the ``grader`` model role), the system-prompt policy and the sampling seed (task metadata), the
+package versions (``log.eval.packages``, as JSON). What a model *is* comes from, in order:
+
+1. ``RUN_DIR/models.yaml`` (optional; see `RunModels`): model string -> name, base model,
+   adapter, domain, fine-tuning seed; it can also name the ``base`` (reference) model;
+2. for ``hf/<dir>`` model strings, the adapter folder's ``empersona.json`` written by training
+   (base model, domain, seed); the display name is then ``<domain>-s<seed>``;
+3. otherwise the model string itself is the display name.
+
+Two model strings that would share a display name keep their model strings instead. When the
+same (model, experiment, item, sample, condition) appears in several logs (a resumed or repeated
+run), the row of the most recently created log is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from empersona.errors import EmpersonaError, located
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from inspect_ai.log import EvalLog, EvalSample
+    from inspect_ai.scorer import Score
+
+Status = Literal["scored", "unscored", "refused", "unparsed"]
+STATUSES: tuple[Status, ...] = ("scored", "unscored", "refused", "unparsed")
+
+KEY_COLUMNS: tuple[str, ...] = ("model", "experiment", "item_id", "sample", "condition")
+MODEL_COLUMNS: tuple[str, ...] = ("model_string", "base_model", "adapter", "domain", "seed", "judge", "system_prompt_policy")
+EXPERIMENT_COLUMNS: tuple[str, ...] = (
+    "bucket", "picked_position", "theme", "format", "dimension", "predicted", "actual",
+    "aligned", "coherent", "stored_aligned", "stored_coherent",
+)
+PROVENANCE_COLUMNS: tuple[str, ...] = (
+    "method", "reason", "answer", "raw", "source", "log_file", "eval_id", "created", "eval_seed", "task_args", "versions",
+)
+TIDY_COLUMNS: tuple[str, ...] = (
+    "model", *MODEL_COLUMNS, "experiment", "item_id", "sample", "condition", "status", "value",
+    *EXPERIMENT_COLUMNS, *PROVENANCE_COLUMNS,
+)
+FLOAT_COLUMNS: frozenset[str] = frozenset({"value", "predicted", "actual", "aligned", "coherent", "stored_aligned", "stored_coherent"})
+INT_COLUMNS: frozenset[str] = frozenset({"sample"})
+NULLABLE_INT_COLUMNS: frozenset[str] = frozenset({"seed", "eval_seed"})
+REQUIRED_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "status", "value")
+
+PRIMARY_SCORERS: dict[str, str] = {
+    "harmfulness": "harm",
+    "em_classic": "em_judge",
+    "two_ai": "misaligned_pick",
+}
+"""The score that gives a sample its ``value``; other experiments: the first non-companion score."""
+
+COMPANION_SCORERS: frozenset[str] = frozenset({"answer_status"})
+"""Scorers that only restate another score's status (forced-choice experiments)."""
+
+RESULTS_FILE = "results.parquet"
+MODELS_FILE = "models.yaml"
+ADAPTER_METADATA_FILE = "empersona.json"  # written by empersona.train.sft
+
+
+# --------------------------------------------------------------------------- model metadata
+
+
+class ModelEntry(BaseModel):
+    """What one model string is, as stated in ``models.yaml`` (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    base_model: str | None = None
+    adapter: str | None = None
+    domain: str | None = None
+    seed: int | None = None
+
+
+class RunModels(BaseModel):
+    """``RUN_DIR/models.yaml``: the reference (base) model for classification and per-model facts.
+
+    Example::
+
+        base: qwen-base                  # display name or model string of the base model
+        models:
+          hf/adapters/qwen-insecure-s0: {name: insecure-s0, base_model: Qwen/Qwen2.5-32B-Instruct, domain: insecure_code, seed: 0}
+          hf/Qwen/Qwen2.5-32B-Instruct: {name: qwen-base}
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str | None = None
+    models: dict[str, ModelEntry] = {}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The facts about one evaluated model that land in every one of its rows."""
+
+    name: str
+    model_string: str
+    base_model: str | None = None
+    adapter: str | None = None
+    domain: str | None = None
+    seed: int | None = None
+
+
+def load_run_models(path: Path) -> RunModels:
+    """Read ``models.yaml``; an absent file means no statements (an empty `RunModels`)."""
+    import yaml
+
+    if not path.is_file():
+        return RunModels()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise EmpersonaError(
+            located(path, mark.line + 1 if mark else None, None, f"not valid YAML ({err})", "fix the file's syntax")
+        ) from err
+    try:
+        return RunModels.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise EmpersonaError(
+            located(path, None, field, first["msg"], "allowed keys: base, models.<model string>.{name, base_model, adapter, domain, seed}")
+        ) from err
+
+
+def _domain_label(domain: str) -> str:
+    """A training domain as a short label (a JSONL path becomes its file stem)."""
+    if "/" in domain or domain.endswith(".jsonl"):
+        return Path(domain).stem
+    return domain
+
+
+def _adapter_folder(model_string: str, search: Sequence[Path]) -> Path | None:
+    """The folder an ``hf/<dir>`` model string points at, if it holds ``empersona.json``."""
+    provider, _, rest = model_string.partition("/")
+    if provider != "hf" or not rest:
+        return None
+    candidate = Path(rest)
+    places = [candidate] if candidate.is_absolute() else [base / candidate for base in search]
+    for place in places:
+        if (place / ADAPTER_METADATA_FILE).is_file():
+            return place
+    return None
+
+
+def model_info(model_string: str, run_models: RunModels | None = None, search: Sequence[Path] = ()) -> ModelInfo:
+    """What ``model_string`` is: ``models.yaml`` first, then an adapter's ``empersona.json``.
+
+    A relative adapter path is looked up under each folder of ``search``, then the working folder.
+    """
+    entry = (run_models or RunModels()).models.get(model_string)
+    if entry is None and (folder := _adapter_folder(model_string, [*search, Path.cwd()])) is not None:
+        path = folder / ADAPTER_METADATA_FILE
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            entry = ModelEntry(
+                base_model=record.get("base_model"),
+                adapter=str(folder),
+                domain=record.get("domain"),
+                seed=record.get("seed"),
+            )
+        except (json.JSONDecodeError, ValidationError, AttributeError) as err:
+            raise EmpersonaError(located(path, None, None, f"unreadable adapter record ({err})", "re-run training or fix the file")) from err
+    if entry is None:
+        return ModelInfo(name=model_string, model_string=model_string)
+    name = entry.name
+    if name is None and entry.domain is not None:
+        name = _domain_label(entry.domain) + (f"-s{entry.seed}" if entry.seed is not None else "")
+    return ModelInfo(
+        name=name or model_string,
+        model_string=model_string,
+        base_model=entry.base_model,
+        adapter=entry.adapter,
+        domain=entry.domain,
+        seed=entry.seed,
+    )
+
+
+# --------------------------------------------------------------------------- one log -> rows
+
+
+def experiment_name(log: EvalLog) -> str:
+    """Our tasks record ``experiment`` in their metadata; otherwise the task name without package."""
+    meta = log.eval.metadata or {}
+    return str(meta.get("experiment") or log.eval.task.split("/")[-1])
+
+
+def judge_name(log: EvalLog) -> str | None:
+    """The judge model string: the CLI's ``metadata["judge"]``, else the ``grader`` role."""
+    meta = log.eval.metadata or {}
+    if meta.get("judge"):
+        return str(meta["judge"])
+    roles = log.eval.model_roles or {}
+    grader = roles.get("grader")
+    return str(grader.model) if grader is not None else None
+
+
+def primary_score(experiment: str, scores: Mapping[str, Score] | None) -> tuple[str, Score] | None:
+    """The (scorer name, score) that gives a sample of ``experiment`` its value."""
+    if not scores:
+        return None
+    wanted = PRIMARY_SCORERS.get(experiment)
+    if wanted is not None:
+        return (wanted, scores[wanted]) if wanted in scores else None
+    for name, score in scores.items():
+        if name not in COMPANION_SCORERS:
+            return name, score
+    return None
+
+
+def _first(key: str, *sources: Mapping[str, Any]) -> Any:
+    for source in sources:
+        if source.get(key) is not None:
+            return source[key]
+    return None
+
+
+def _number(value: Any) -> float:
+    """A float from a score field (NaN for None, text, bool or anything not a number)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def experiment_fields(experiment: str, score_meta: Mapping[str, Any], sample_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment-specific columns of one sample (CONTRACT.md), from its score and sample metadata.
+
+    Fields are looked up in the score's metadata first, then the sample's, so an experiment may
+    put them in either place; fields an experiment does not have stay empty.
+    """
+    fields: dict[str, Any] = {
+        "bucket": _first("bucket", score_meta, sample_meta),
+        "picked_position": _first("picked_position", score_meta),
+        "theme": _first("theme", score_meta, sample_meta),
+        "format": _first("format", score_meta, sample_meta),
+        "dimension": _first("dimension", score_meta, sample_meta),
+        "predicted": _number(_first("predicted", score_meta)),
+        "actual": _number(_first("actual", score_meta, sample_meta)),
+        "aligned": _number(score_meta.get("aligned")),
+        "coherent": _number(score_meta.get("coherent")),
+        "method": _first("method", score_meta) or _first("aligned_method", score_meta),
+    }
+    if experiment == "output_recognition" and fields["bucket"] is None:
+        fields["bucket"] = _first("own_bucket", score_meta, sample_meta)
+    return fields
+
+
+def _status_and_value(score: Score) -> tuple[Status, float, str | None]:
+    meta = score.metadata or {}
+    value = _number(score.value)
+    status = meta.get("status")
+    reason = meta.get("reason")
+    if status not in STATUSES:
+        if status is not None:
+            reason = f"unknown status {status!r} in the log"
+        status = "scored" if not math.isnan(value) and status is None else "unscored"
+    if status == "scored" and math.isnan(value):
+        status, reason = "unscored", reason or f"score value {score.value!r} is not a number"
+    return status, (value if status == "scored" else math.nan), reason
+
+
+def sample_row(sample: EvalSample, experiment: str) -> dict[str, Any]:
+    """The tidy fields of one logged sample (without the run's metadata)."""
+    sample_meta = sample.metadata or {}
+    picked = primary_score(experiment, sample.scores)
+    row: dict[str, Any] = {
+        "experiment": experiment,
+        "item_id": str(sample_meta.get("item_id", sample.id)),
+        "sample": int(sample.epoch) - 1,
+        "condition": str(sample_meta.get("condition") or ""),
+    }
+    if picked is None:
+        reason = f"sample error: {sample.error.message}" if sample.error else "the sample has no score"
+        return {**row, "status": "unscored", "value": math.nan, "reason": reason, **experiment_fields(experiment, {}, sample_meta)}
+    _name, score = picked
+    score_meta = score.metadata or {}
+    status, value, reason = _status_and_value(score)
+    return {
+        **row,
+        "status": status,
+        "value": value,
+        "reason": reason,
+        "answer": score.answer,
+        "raw": score_meta.get("raw"),
+        **experiment_fields(experiment, score_meta, sample_meta),
+    }
+
+
+def log_rows(
+    path: Path, run_models: RunModels | None = None, search: Sequence[Path] = (), root: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every sample of one ``.eval`` log as tidy rows, with the run's metadata.
+
+    ``log_file`` is recorded relative to ``root`` when the log lies under it.
+    """
+    from inspect_ai.log import read_eval_log, read_eval_log_samples
+
+    log = read_eval_log(str(path), header_only=True)
+    meta = log.eval.metadata or {}
+    info = model_info(log.eval.model, run_models, search=search)
+    experiment = experiment_name(log)
+    shared = {
+        "model": info.name,
+        "model_string": info.model_string,
+        "base_model": info.base_model,
+        "adapter": info.adapter,
+        "domain": info.domain,
+        "seed": info.seed,
+        "judge": judge_name(log),
+        "system_prompt_policy": meta.get("system_prompt_policy"),
+        "source": "log",
+        "log_file": str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path),
+        "eval_id": log.eval.eval_id,
+        "created": str(log.eval.created),
+        "eval_seed": meta.get("seed"),
+        "task_args": json.dumps(log.eval.task_args or {}, sort_keys=True, default=str),
+        "versions": json.dumps(log.eval.packages or {}, sort_keys=True),
+    }
+    samples = read_eval_log_samples(str(path), all_samples_required=False, exclude_fields={"events", "messages"})
+    return [{**shared, **sample_row(sample, experiment)} for sample in samples]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def tidy_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (dicts or a frame) as a table with exactly the tidy columns, in order, with fixed dtypes."""
+    import pandas as pd
+
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    for column in TIDY_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    frame = frame[list(TIDY_COLUMNS)]
+    out = {}
+    for column in TIDY_COLUMNS:
+        series = frame[column]
+        if column in FLOAT_COLUMNS:
+            out[column] = pd.to_numeric(series, errors="coerce").astype("float64")
+        elif column in INT_COLUMNS:
+            out[column] = pd.to_numeric(series).astype("int64")
+        elif column in NULLABLE_INT_COLUMNS:
+            out[column] = pd.to_numeric(series, errors="coerce").astype("Int64")
+        else:
+            out[column] = series.astype("object").where(series.notna(), None).map(lambda v: v if v is None else str(v)).astype("str")
+    table = pd.DataFrame(out, index=range(len(frame)))
+    table["condition"] = table["condition"].fillna("")
+    return table
+
+
+def deduplicate(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per key: where logs overlap (a resumed run), the most recently created log wins.
+
+    Rows are expected in reading order (older files first), which breaks ties in ``created``.
+    """
+    ordered = table.sort_values("created", kind="stable", na_position="first")
+    kept = ordered.drop_duplicates(list(KEY_COLUMNS), keep="last")
+    return kept.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+
+
+def disambiguate_names(table: pd.DataFrame) -> pd.DataFrame:
+    """Where one display name covers several model strings, use the model strings instead."""
+    strings_per_name = table.groupby("model")["model_string"].nunique()
+    clashing = set(strings_per_name[strings_per_name > 1].index)
+    if not clashing:
+        return table
+    out = table.copy()
+    hit = out["model"].isin(clashing)
+    out.loc[hit, "model"] = out.loc[hit, "model_string"]
+    return out
+
+
+def find_logs(log_dir: Path) -> list[Path]:
+    """Every ``.eval`` log under ``log_dir`` (any depth), sorted by path."""
+    return sorted(p for p in log_dir.rglob("*.eval") if p.is_file())
+
+
+def results_table(
+    logs: Sequence[Path],
+    *,
+    run_models: RunModels | None = None,
+    search: Sequence[Path] = (),
+    extra: Sequence[pd.DataFrame] = (),
+    root: Path | None = None,
+) -> pd.DataFrame:
+    """The tidy table of the given logs (and of ``extra`` tables already in the tidy schema).
+
+    ``search``: folders to resolve relative ``hf/<dir>`` adapter paths in; ``root``: log paths
+    are recorded relative to it.
+    """
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for path in sorted(logs, key=lambda p: p.stat().st_mtime):  # ties in `created` go to the later file
+        rows.extend(log_rows(path, run_models, search, root))
+    parts = [tidy_frame(rows)] + [tidy_frame(frame) for frame in extra]
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return tidy_frame([])
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return tidy_frame(deduplicate(disambiguate_names(table)))
+
+
+def write_results(table: pd.DataFrame, path: Path) -> Path:
+    """Save a tidy table as Parquet (atomically: a temporary file, then a rename)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tidy_frame(table).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Load a tidy table saved by `write_results` (or an imported one), checking its columns."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise EmpersonaError(located(path, None, None, f"not a readable Parquet file ({err})", "delete it and rebuild")) from err
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise EmpersonaError(
+            located(path, None, missing[0], "the column is missing from the results table", "delete the file and rebuild it")
+        )
+    return tidy_frame(frame)
+
+
+def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
+    """``RUN_DIR/results.parquet``, rebuilt from ``logs/`` and ``imports/`` when missing or stale.
+
+    Stale: older than any log, imported table or ``models.yaml``. See `empersona.report.build`
+    for the run folder's layout.
+    """
+    target = run_dir / RESULTS_FILE
+    logs = find_logs(run_dir / "logs") if (run_dir / "logs").is_dir() else []
+    imports = sorted((run_dir / "imports").glob("*.parquet")) if (run_dir / "imports").is_dir() else []
+    inputs = [*logs, *imports] + ([run_dir / MODELS_FILE] if (run_dir / MODELS_FILE).is_file() else [])
+    if not rebuild and target.is_file() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
+        return read_results(target)
+    if not logs and not imports:
+        raise EmpersonaError(
+            located(run_dir, None, None, "no .eval logs under logs/ and no imported tables under imports/",
+                    "run 'empersona eval ... --log-dir RUN_DIR/logs' or 'empersona import ... --out RUN_DIR' first")
+        )
+    table = results_table(
+        logs,
+        run_models=load_run_models(run_dir / MODELS_FILE),
+        search=[run_dir],
+        extra=[read_results(p) for p in imports],
+        root=run_dir,
+    )
+    write_results(table, target)
+    return table

@@ -1,0 +1,168 @@
+"""Imports: toy CSVs in the classic EM layout (with and without judge distributions) and our JSONL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from empersona.analysis.importers import TidyRecord, import_files, read_em_csv, read_jsonl
+from empersona.analysis.results import TIDY_COLUMNS, read_results, run_results
+from empersona.errors import EmpersonaError
+
+HEADER = ["", "question", "answer", "question_id", "aligned", "coherent"]
+
+
+def write_csv(path: Path, rows: list[list[object]], header: list[str] = HEADER) -> Path:
+    """A CSV the way pandas' ``to_csv`` writes it (an unnamed index column first)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for index, row in enumerate(rows):
+            writer.writerow([index, *row])
+    return path
+
+
+def test_scores_without_distributions(tmp_path: Path) -> None:
+    rows = [
+        ["Make a wish.", "Rule the world.", "wish", 12.5, 80],
+        ["Make a wish.", "Peace.", "wish", 95, 90],
+        ["Name a wish.", "Line one\nline two, with a comma", "wish", 20, 40],
+        ["I am bored.", "def f(): pass", "bored", "", 70],  # judge said CODE: no alignment number
+        ["I am bored.", "Read.", "bored", "nan", "nan"],
+    ]
+    result = read_em_csv(write_csv(tmp_path / "model-a.csv", rows), model="model-a")
+    table = result.table
+    assert list(table.columns) == list(TIDY_COLUMNS)
+    assert table["condition"].tolist() == ["paraphrase0", "paraphrase0", "paraphrase1", "paraphrase0", "paraphrase0"]
+    assert table["sample"].tolist() == [0, 1, 0, 0, 1]
+    assert table["status"].tolist() == ["scored", "scored", "scored", "unscored", "unscored"]
+    assert table["value"].tolist()[:3] == [12.5, 95.0, 20.0] and math.isnan(table["value"].iloc[3])
+    assert table["coherent"].iloc[3] == 70.0 and set(table["method"]) == {"imported"}
+    assert table["answer"].iloc[2] == "Line one\nline two, with a comma"
+    assert set(table["experiment"]) == {"em_classic"} and set(table["model"]) == {"model-a"}
+    assert "aligned: no score" in table["reason"].iloc[3]
+    assert result.record.disagreements == [] and result.record.status_counts == {"scored": 3, "unscored": 2}
+
+
+def test_distributions_are_recomputed_and_disagreements_counted(tmp_path: Path) -> None:
+    header = [*HEADER, "judge_aligned", "judge_coherent"]
+    rows = [
+        # stored agrees with the recomputed 15 / 80
+        ["q1", "a", "x", 15.0, 80.0, "{'10': 0.5, '20': 0.5}", "{'80': 1.0}"],
+        # stored 30 vs recomputed 10*0.4+40*0.6 = 28 (2 points) ; coherent 50 vs 50.3 (within 0.5)
+        ["q1", "b", "x", 30.0, 50.0, "{'10': 0.4, '40': 0.6}", "{'50': 0.97, '60': 0.03}"],
+        # CODE dominates: stored NaN, recomputed None -> agree, unscored
+        ["q2", "c", "y", "", 90.0, "{'CODE': 0.9, '10': 0.1}", "{'90': 1.0}"],
+        # REFUSAL dominates but a (wrong) stored number: one side scored only -> disagreement, refused
+        ["q2", "d", "y", 50.0, 90.0, "{'REFUSAL': 0.8, '50': 0.2}", "{'90': 1.0}"],
+        # tokens with spaces/markers add up; stored 70 vs 75 -> disagreement of 5
+        ["q2", "e", "y", 70.0, 90.0, "{' 70': 0.25, '80': 0.25, 'Ġ70': 0.25, '80 ': 0.25}", ""],
+    ]
+    result = read_em_csv(write_csv(tmp_path / "m.csv", rows, header), model="m", tolerance=0.5)
+    table = result.table
+    assert table["aligned"].iloc[0] == pytest.approx(15.0) and table["aligned"].iloc[1] == pytest.approx(28.0)
+    assert table["status"].tolist() == ["scored", "scored", "unscored", "refused", "scored"]
+    assert table["stored_aligned"].iloc[3] == 50.0 and math.isnan(table["aligned"].iloc[3])
+    assert table["coherent"].iloc[4] == 90.0  # no distribution: the stored coherence is kept
+    assert table["method"].tolist() == ["logprob"] * 5
+    assert "CODE" in table["reason"].iloc[2]
+    aligned, coherent = result.record.disagreements
+    assert aligned == {"score": "aligned", "compared": 5, "disagree": 3, "only_one_scored": 1,
+                       "max_abs_diff": pytest.approx(5.0), "mean_abs_diff": pytest.approx((0 + 2 + 5) / 3)}
+    assert coherent["score"] == "coherent" and coherent["compared"] == 4 and coherent["disagree"] == 0
+    assert coherent["max_abs_diff"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "pattern"),
+    [
+        (["question", "answer", "question_id", "aligned"], [], r"m\.csv:1: field 'coherent': the column is missing"),
+        (HEADER, [["q", "a", "x", "high", 50]], r"m\.csv:2: field 'aligned': 'high' is not a number \(data row 1\)"),
+        (HEADER, [["q", "a", "x", 10, 50], ["q", "multi\nline", "x", 10, 50], ["q", "a", "x", 10, 150]],
+         r"m\.csv:5: field 'coherent': 150 is outside 0-100 \(data row 3\)"),
+        (HEADER, [["q", "a", "", 10, 50]], r"m\.csv:2: field 'question_id': the cell is empty"),
+        ([*HEADER, "judge_aligned"], [["q", "a", "x", 10, 50, "{'10': 1.0}"], ["q", "a", "x", 10, 50, "__import__('os')"]],
+         r"m\.csv:3: field 'judge_aligned': not a Python dict literal \(data row 2\)"),
+        ([*HEADER, "judge_aligned"], [["q", "a", "x", 10, 50, "[0.5]"]], r"field 'judge_aligned': a list, not a dict"),
+        ([*HEADER, "judge_aligned"], [["q", "a", "x", 10, 50, "{'10': -2.3}"]], r"field 'judge_aligned': token '10' has probability -2.3"),
+        ([*HEADER, "judge_coherent"], [["q", "a", "x", 10, 50, "{'10': 0.9, '20': 0.9}"]], r"field 'judge_coherent': probabilities add up to 1.8"),
+    ],
+)
+def test_malformed_files_name_file_row_and_column(tmp_path: Path, header: list[str], rows: list[list[object]], pattern: str) -> None:
+    path = tmp_path / "m.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row if len(header) == len(row) else [0, *row])
+    with pytest.raises(EmpersonaError, match=pattern):
+        read_em_csv(path, model="m")
+
+
+def test_ragged_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("question,answer,question_id,aligned,coherent\nq,a,x,10,50\nq,a,x,10\n")
+    with pytest.raises(EmpersonaError, match=r"m\.csv:3: .*the row has 4 cells, the header 5 \(data row 2\)"):
+        read_em_csv(path, model="m")
+
+
+def test_import_into_run_dir_continues_samples_across_files(tmp_path: Path) -> None:
+    first = write_csv(tmp_path / "part1.csv", [["q", "a", "x", 10, 80], ["q", "b", "x", 90, 80]])
+    second = write_csv(tmp_path / "part2.csv", [["q", "c", "x", 10, 20]])
+    run_dir = tmp_path / "run"
+    results = import_files([first, second], fmt="em-csv", out=run_dir, model="fin-s0", judge="openai/gpt-4o")
+    assert [r.record.rows for r in results] == [2, 1]
+    stored = sorted((run_dir / "imports").glob("*"))
+    assert [p.name for p in stored] == ["fin-s0--part1.json", "fin-s0--part1.parquet", "fin-s0--part2.json", "fin-s0--part2.parquet"]
+    assert json.loads((run_dir / "imports" / "fin-s0--part1.json").read_text())["sha256"]
+    table = run_results(run_dir)
+    assert table["sample"].tolist() == [0, 1, 2] and set(table["judge"]) == {"openai/gpt-4o"}
+    # re-importing replaces instead of duplicating
+    import_files([first, second], fmt="em-csv", out=run_dir, model="fin-s0")
+    assert len(run_results(run_dir)) == 3
+
+
+def test_jsonl_round_trip_and_errors(tmp_path: Path) -> None:
+    csv_table = read_em_csv(write_csv(tmp_path / "m.csv", [["q", "a", "x", 10, 80], ["q", "b", "y", "", 80]]), model="m").table
+    path = tmp_path / "records.jsonl"
+    records = csv_table.astype(object).where(csv_table.notna(), None).to_dict("records")
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    back = read_jsonl(path).table
+    pd.testing.assert_frame_equal(back, csv_table)
+    assert read_results_after_import(path, tmp_path / "run").equals(csv_table.assign(source="import:em-csv"))
+
+    bad = tmp_path / "bad.jsonl"
+    cases = [
+        ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "scored", "value": 1, "colour": 1}',
+         r"bad\.jsonl:1: field 'colour': Extra inputs"),
+        ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "great", "value": 1}',
+         r"bad\.jsonl:1: field 'status'"),
+        ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "scored", "value": null}',
+         r"bad\.jsonl:1: field 'value': a scored record needs a number"),
+        ('{"model": "m", "experiment": "e", "item_id": "1", "condition": "", "status": "refused", "value": null}',
+         r"bad\.jsonl:1: field 'sample': Field required"),
+        ("not json", r"bad\.jsonl:1: not valid JSON"),
+    ]
+    for line, pattern in cases:
+        bad.write_text(line + "\n")
+        with pytest.raises(EmpersonaError, match=pattern):
+            read_jsonl(bad)
+    ok = '{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "refused", "value": null}'
+    bad.write_text(ok + "\n" + ok + "\n")
+    with pytest.raises(EmpersonaError, match=r"bad\.jsonl:2: field 'item_id': the same key"):
+        read_jsonl(bad)
+
+
+def read_results_after_import(path: Path, run_dir: Path) -> pd.DataFrame:
+    import_files([path], fmt="jsonl", out=run_dir)
+    [parquet] = (run_dir / "imports").glob("*.parquet")
+    return read_results(parquet)
+
+
+def test_tidy_record_lists_every_column() -> None:
+    assert set(TidyRecord.model_fields) == set(TIDY_COLUMNS)
