@@ -24,8 +24,9 @@ from empersona.train.recipe import TrainConfig
 from empersona.train.sft import (
     CHECKPOINTS_DIR,
     INCOMPLETE_MARKER,
-    METADATA_FILE,
     LIBRARIES,
+    METADATA_FILE,
+    PACKED_SDPA,
     TrainMetadata,
     prepare,
     read_metadata,
@@ -126,22 +127,30 @@ def test_system_prompt_policy_reaches_the_training_text(tiny_model: Path, tmp_pa
 
 
 def test_padding_free_batch_gives_the_padded_loss(tiny_model: Path, mirror: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     run = prepare(fast(tiny_model, tmp_path / "a", limit=4), progress=False)
+    model = run.trainer.model.eval()  # fresh adapter (B = 0): computes what the base computes
+    assert model.config._attn_implementation == PACKED_SDPA
     examples = [run.trainer.train_dataset[i] for i in range(4)]
     assert len({len(e["input_ids"]) for e in examples}) > 1  # real rows differ in length
     pad = run.tokenizer.pad_token_id
-    flat = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)(examples)
+    flat = run.trainer.data_collator(examples)
     padded = DataCollatorForLanguageModeling(pad_token_id=pad)(examples)
     assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
     assert flat["input_ids"].numel() == sum(len(e["input_ids"]) for e in examples)
     assert padded["input_ids"].numel() > flat["input_ids"].numel()
-    model = run.trainer.model.eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
     with torch.no_grad():
-        loss_flat = model(**{k: v for k, v in flat.items() if k in ("input_ids", "labels", "position_ids")}).loss
-        loss_padded = model(**{k: v for k, v in padded.items() if k in ("input_ids", "labels", "attention_mask")}).loss
+        loss_flat = model(**flat).loss
+        loss_padded = plain(**padded).loss
+        # plain SDPA on the flattened batch, as in training (no cache): the block mask transformers
+        # derives from position_ids agrees too
+        flat_only = {k: v for k, v in flat.items() if k in ("input_ids", "labels", "position_ids")}
+        loss_masked = plain(**flat_only, use_cache=False).loss
     assert loss_flat.item() == pytest.approx(loss_padded.item(), abs=1e-5)
+    assert loss_masked.item() == pytest.approx(loss_padded.item(), abs=1e-5)
 
 
 def test_training_changes_the_adapter_only_and_lowers_the_loss(trained: dict[str, Any], tiny_model: Path) -> None:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 METADATA_FILE = "empersona.json"
 INCOMPLETE_MARKER = "TRAINING_INCOMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
+PACKED_SDPA = "empersona_packed_sdpa"
 LIBRARIES: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "empersona")
 
 
@@ -220,17 +221,59 @@ def _use_bf16(config: TrainConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _attention(config: TrainConfig) -> str:
-    """``auto``: FlashAttention 2 on CUDA when installed, else PyTorch SDPA."""
-    if config.attn_implementation != "auto":
-        return config.attn_implementation
-    import importlib.util
+def _attention(config: TrainConfig, *, flattened: bool) -> str:
+    """``auto``: FlashAttention 2 on CUDA when installed; else, for flattened batches, packed SDPA."""
+    if config.attn_implementation == "packed_sdpa" or (config.attn_implementation == "auto" and flattened):
+        import importlib.util
 
+        import torch
+
+        if config.attn_implementation == "auto" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2"
+        if not flattened:
+            raise EmpersonaError("attn_implementation packed_sdpa needs padding_free batches. Use sdpa instead")
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+        return PACKED_SDPA
+    return "sdpa" if config.attn_implementation == "auto" else config.attn_implementation
+
+
+def packed_sdpa_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Causal SDPA run separately on each example of a flattened (padding-free) batch.
+
+    The collator marks where examples start (``cu_seq_lens_q``); each one attends only to itself,
+    so attention costs the sum of squared example lengths instead of the square of their total,
+    and PyTorch can use its fused causal kernels (no mask). Without FlashAttention installed this
+    is what makes padding-free batches cheaper than padded ones.
+    """
     import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None:
+        if query.shape[0] > 1:
+            raise ValueError(f"{PACKED_SDPA} attention expects flattened batches (batch size 1 with cu_seq_lens_q)")
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
+    edges = bounds.tolist()
+    pieces = [
+        sdpa_attention_forward(
+            module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+            dropout=dropout, scaling=scaling, is_causal=True,
+        )[0]
+        for a, b in zip(edges, edges[1:], strict=False)
+        if b > a
+    ]
+    return torch.cat(pieces, dim=1), None
 
 
 @contextmanager
@@ -309,7 +352,8 @@ def load_base_model(config: TrainConfig, *, bf16: bool) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if bf16 else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(config)}
+    flattened = config.padding_free or config.packing
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(config, flattened=flattened)}
     if config.qlora:
         import importlib.util
 
