@@ -2,7 +2,7 @@
 
 Also the interrupt-and-resume check: ``empersona eval harmfulness`` is killed (SIGKILL) in the
 middle of a run against the loopback server and started again; the server's call log shows that
-no finished subject or judge call was made twice and every sample was finished.
+every sample was finished and that no call was repeated beyond those in flight at the kill.
 """
 
 from __future__ import annotations
@@ -131,9 +131,12 @@ def test_sigkill_and_rerun_repeat_no_finished_call(tmp_path: Path) -> None:
 
         subject_ok = server.count_calls("ok", model="subject")
         judge_ok = server.count_calls("ok", model="judge")
-    # every (prompt, sample) answered and judged exactly once over both runs
-    assert subject_ok == total, output
-    assert judge_ok == total, output
+    # Every (prompt, sample) was answered and judged; nothing whose reply reached empersona was
+    # asked again. Only calls in flight at the moment of the kill (at most --max-connections per
+    # model) can have been answered by the server yet never received, and those are asked again.
+    in_flight_bound = 2
+    assert total <= subject_ok <= total + in_flight_bound, output
+    assert total <= judge_ok <= total + in_flight_bound, output
     logs = sorted((tmp_path / "logs").glob("*.eval"))
     finished = [read_eval_log(str(p)) for p in logs]
     complete = [log for log in finished if log.status == "success"]
