@@ -1,0 +1,352 @@
+"""The inspect ``ModelAPI`` of the ``empersona/`` provider and the batcher in front of the engine.
+
+Each inspect model (base or adapter) is one ``EmpersonaAPI``; all models on the same base share
+one ``Served`` entry: the loaded ``Engine`` and its ``Batcher``. A request waits only while the
+engine is busy: the first request to find it idle leads a round, yields to the event loop until
+no more requests arrive at once, takes everything pending (any adapter, any settings) and runs
+it in a worker thread, so the event loop keeps accepting requests for the next round. There is
+no fixed wait (inspect's ``hf`` provider waits 2 s for quiet and polls every second).
+
+Prompts are built like inspect's ``hf`` provider builds them: the tokenizer's chat template
+with ``add_generation_prompt=True``, then the tokenizer's default call, so outputs compare
+one to one. The tokenizer (and so the chat template) is the adapter folder's when it has one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from empersona.errors import EmpersonaError
+from empersona.provider.engine import Completion, Engine, EngineOptions, Request
+
+if TYPE_CHECKING:
+    from inspect_ai.model import ChatMessage, GenerateConfig, Logprobs, ModelOutput
+    from inspect_ai.tool import ToolChoice, ToolInfo
+
+from inspect_ai.model import GenerateConfig as _GenerateConfig
+from inspect_ai.model import ModelAPI
+
+DEFAULT_MAX_TOKENS = 2048
+MAX_GATHER_YIELDS = 64
+
+
+class ProviderArgs(BaseModel):
+    """Model args of the ``empersona/`` provider (unknown keys are refused by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = None
+    device: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = 256
+    max_connections: int | None = None
+    prefix_reuse: bool = True
+    min_prefix: int = 16
+    compile: bool | None = None
+    sync_every: int = 8
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model string points: the base folder and, for a fine-tune, its adapter folder."""
+
+    base: str
+    adapter: Path | None
+
+
+def resolve_model(name: str, adapter: str | None) -> ModelRef:
+    """Resolve ``empersona/<name>`` (+ ``adapter=``) to base and adapter folders."""
+    import json
+
+    path = Path(name).expanduser()
+    if (path / "adapter_config.json").exists():
+        if adapter is not None:
+            raise EmpersonaError(
+                f"empersona/{name}: is an adapter folder and the model arg adapter={adapter} names another; "
+                "give the base folder with adapter=..., or the adapter folder alone"
+            )
+        config_file = path / "adapter_config.json"
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise EmpersonaError(
+                f"{config_file}: field 'base_model_name_or_path' is empty; "
+                "set it to the base model folder, or pass the base as empersona/<base> with adapter=<this folder>"
+            )
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute() and (path / base_path).exists():
+            base_path = path / base_path
+        return ModelRef(base=_canonical(base_path, str(base)), adapter=path.resolve())
+    if adapter is not None:
+        adapter_path = Path(adapter).expanduser()
+        if not (adapter_path / "adapter_config.json").exists():
+            raise EmpersonaError(
+                f"{adapter_path}: model arg 'adapter' has no adapter_config.json; pass a PEFT LoRA adapter folder"
+            )
+        return ModelRef(base=_canonical(path, name), adapter=adapter_path.resolve())
+    return ModelRef(base=_canonical(path, name), adapter=None)
+
+
+def _canonical(path: Path, name: str) -> str:
+    """A local folder by its absolute path; anything else (a hub id) as given."""
+    return str(path.resolve()) if path.exists() else name
+
+
+# ---------------------------------------------------------------------- shared engines
+@dataclass
+class _Slot:
+    request: Request
+    result: Completion | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Batcher:
+    """Collects concurrent requests into rounds; one engine call per round, run off the event loop."""
+
+    engine: Engine
+    pending: list[_Slot] = field(default_factory=list)
+    busy: bool = False
+    round_done: Any = None
+    rounds: int = 0
+
+    async def submit(self, request: Request) -> Completion:
+        """Queue a request and return its completion once a round has run it."""
+        slot = _Slot(request)
+        self.pending.append(slot)
+        while slot.result is None and slot.error is None:
+            if not self.busy:
+                await self._lead()
+            else:
+                await self.round_done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    async def _lead(self) -> None:
+        import anyio
+
+        self.busy = True
+        self.round_done = anyio.Event()
+        try:
+            # gather: let every coroutine that is ready now add its request (no timed wait)
+            seen = -1
+            for _ in range(MAX_GATHER_YIELDS):
+                if len(self.pending) == seen:
+                    break
+                seen = len(self.pending)
+                await anyio.sleep(0)
+            batch, self.pending = self.pending, []
+            self.rounds += 1
+            try:
+                results = await anyio.to_thread.run_sync(self.engine.generate, [s.request for s in batch])
+            except Exception as exc:  # every request of the round sees the engine's error
+                for slot in batch:
+                    slot.error = exc
+            else:
+                for slot, result in zip(batch, results, strict=True):
+                    slot.result = result
+        finally:
+            self.busy = False
+            self.round_done.set()
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What makes two models share one loaded base: folder, device, dtype and engine options."""
+
+    base: str
+    device: str
+    dtype: str
+    options: EngineOptions
+
+
+@dataclass
+class Served:
+    """A loaded engine and the batcher in front of it."""
+
+    engine: Engine
+    batcher: Batcher
+    base_loads: int = 1
+
+
+_SERVED: dict[EngineKey, Served] = {}
+_SERVED_LOCK = threading.Lock()
+
+
+def served(key: EngineKey) -> Served:
+    """The process-wide engine for ``key``, loading the base model on first use only.
+
+    Process-wide on purpose: inspect builds one ``ModelAPI`` per model string, and the base
+    and its adapters must share the base weights.
+    """
+    with _SERVED_LOCK:
+        entry = _SERVED.get(key)
+        if entry is None:
+            engine = Engine(_load_base(key), key.options)
+            entry = Served(engine=engine, batcher=Batcher(engine))
+            _SERVED[key] = entry
+        return entry
+
+
+def release_engines() -> None:
+    """Drop every loaded engine (frees the base weights once no model refers to them)."""
+    with _SERVED_LOCK:
+        _SERVED.clear()
+
+
+def _load_base(key: EngineKey) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[key.dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(key.base, dtype=dtype)
+    except OSError as exc:
+        raise EmpersonaError(
+            f"empersona/{key.base}: cannot load the base model ({exc}); pass a local model folder"
+        ) from exc
+    return model.to(key.device)
+
+
+def _device_and_dtype(args: ProviderArgs) -> tuple[str, str]:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+# ---------------------------------------------------------------------- the model API
+class EmpersonaAPI(ModelAPI):
+    """One inspect model: a base model or one adapter of it, served by the shared engine."""
+
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = _GenerateConfig(),
+        **model_args: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
+        from transformers import AutoTokenizer
+
+        try:
+            args = ProviderArgs(**model_args)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise EmpersonaError(
+                f"empersona/{model_name}: bad model args ({problems}); "
+                f"known args: {', '.join(ProviderArgs.model_fields)}"
+            ) from exc
+        self.args = args
+        self.ref = resolve_model(model_name, args.adapter)
+        device, dtype = _device_and_dtype(args)
+        options = EngineOptions(
+            max_batch_size=args.max_batch_size,
+            prefix_reuse=args.prefix_reuse,
+            min_prefix=args.min_prefix,
+            compile=args.compile,
+            sync_every=args.sync_every,
+        )
+        self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options))
+        self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
+        tokenizer_dir = self.ref.adapter if self.ref.adapter and (self.ref.adapter / "tokenizer_config.json").exists() else self.ref.base
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def max_tokens(self) -> int | None:
+        return DEFAULT_MAX_TOKENS
+
+    def max_connections(self) -> int:
+        return self.args.max_connections or self.args.max_batch_size
+
+    def collapse_user_messages(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to close per model: the base weights are shared (see ``release_engines``)."""
+
+    def prompt(self, messages: list[ChatMessage]) -> str:
+        """The chat-templated prompt text, as inspect's ``hf`` provider renders it."""
+        chat = [{"role": m.role, "content": m.text} for m in messages]
+        return str(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+
+    def request(self, messages: list[ChatMessage], config: GenerateConfig) -> Request:
+        """Turn an inspect generate call into an engine request."""
+        ids = tuple(self.tokenizer(self.prompt(messages))["input_ids"])
+        return Request(
+            prompt=ids,
+            max_new_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=1.0 if config.temperature is None else float(config.temperature),
+            top_p=1.0 if config.top_p is None else float(config.top_p),
+            top_k=config.top_k or 0,
+            adapter=self.adapter_key,
+            top_logprobs=(config.top_logprobs or 1) if config.logprobs else None,
+            seed=config.seed,
+        )
+
+    async def generate(
+        self,
+        input: list[ChatMessage],
+        tools: list[ToolInfo],
+        tool_choice: ToolChoice,
+        config: GenerateConfig,
+    ) -> ModelOutput:
+        from inspect_ai.model import ChatCompletionChoice, ChatMessageAssistant, ModelOutput, ModelUsage
+
+        if tools:
+            raise EmpersonaError(f"empersona/{self.model_name}: tool calls are not supported by this provider")
+        start = time.monotonic()
+        completion = await self.served.batcher.submit(self.request(input, config))
+        text = self.tokenizer.decode(list(completion.tokens), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        stop_reason = completion.stop_reason
+        for stop in config.stop_seqs or []:
+            at = text.find(stop)
+            if at >= 0:
+                text, stop_reason = text[:at], "stop"
+        output_tokens = len(completion.tokens)
+        return ModelOutput(
+            model=self.model_name,
+            choices=[
+                ChatCompletionChoice(
+                    message=ChatMessageAssistant(content=text, model=self.model_name, source="generate"),
+                    stop_reason=stop_reason,
+                    logprobs=self.logprobs(completion),
+                )
+            ],
+            usage=ModelUsage(
+                input_tokens=completion.prompt_tokens,
+                output_tokens=output_tokens,
+                total_tokens=completion.prompt_tokens + output_tokens,
+            ),
+            time=time.monotonic() - start,
+        )
+
+    def token_text(self, token: int) -> str:
+        """A token as the text it stands for (``Ġ10`` -> `` 10``), as top_logprobs report it."""
+        return str(self.tokenizer.convert_tokens_to_string([self.tokenizer.convert_ids_to_tokens(token)]))
+
+    def logprobs(self, completion: Completion) -> Logprobs | None:
+        """Inspect ``Logprobs`` for every generated token: the token taken and the top alternatives."""
+        from inspect_ai.model import Logprob, Logprobs, TopLogprob
+
+        if completion.logprobs is None:
+            return None
+        content = []
+        for item in completion.logprobs:
+            text = self.token_text(item.token)
+            top = [
+                TopLogprob(token=(t := self.token_text(tid)), logprob=lp, bytes=list(t.encode("utf-8")))
+                for tid, lp in item.top
+            ]
+            content.append(Logprob(token=text, logprob=item.logprob, bytes=list(text.encode("utf-8")), top_logprobs=top))
+        return Logprobs(content=content)

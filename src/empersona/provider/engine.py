@@ -1,0 +1,515 @@
+"""Batched generation on one loaded base model, for the base and many LoRA adapters at once.
+
+``Engine.generate(requests)`` takes tokenised prompts (each naming its adapter, or none for the
+base model) and returns the generated token ids, stop reason and optional logprobs. One call:
+
+1. groups the requests by seed, sorts them by prompt length and cuts them into batches of at
+   most ``max_batch_size`` rows whose lengths stay within a factor of two (little padding);
+2. per batch, finds the longest token prefix all prompts share (the chat template's system
+   prompt, a rubric) and, when it is at least ``min_prefix`` tokens, runs it once per distinct
+   adapter in the batch and copies its KV cache into every row (prefix KV reuse). Rows are laid
+   out ``[prefix][padding][own suffix]``; positions skip the padding, so each row computes what
+   it would compute alone;
+3. decodes all rows together: greedy where ``temperature == 0``, otherwise temperature, top-k and
+   top-p sampling per row. Rows stop at an EOS token of the model's generation config (as
+   ``model.generate`` does) or at their own ``max_new_tokens``.
+
+On CUDA (``compile=True``, the default there) the decode step runs on a static KV cache and is
+compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): batch sizes are padded to
+powers of two and cache lengths to multiples of 256 so few graphs are captured, and EOS is checked
+every ``sync_every`` steps instead of every step. On CPU it runs eagerly on a dynamic cache.
+
+Logprobs are the model's own (raw logits, before temperature and filtering), for every
+generated token: the chosen token's logprob and the ``top_logprobs`` most likely alternatives.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from empersona.provider.lora import AdapterSet, read_adapter
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+StopReason = Literal["stop", "max_tokens"]
+STATIC_LENGTH_STEP = 256
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to continue. ``temperature == 0`` is greedy; ``top_logprobs=None`` skips logprobs."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    adapter: str | None = None
+    top_logprobs: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's logprob and the most likely alternatives ``(token id, logprob)``."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Generated token ids (without the EOS token), why generation stopped, and logprobs."""
+
+    tokens: tuple[int, ...]
+    stop_reason: StopReason
+    prompt_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters for benchmarks and tests (forward passes are batched model calls)."""
+
+    generate_calls: int = 0
+    batches: int = 0
+    rows: int = 0
+    mixed_batches: int = 0
+    forward_passes: int = 0
+    prefill_tokens: int = 0
+    prefix_tokens_saved: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine batches and decodes; ``compile=None`` means on for CUDA, off elsewhere."""
+
+    max_batch_size: int = 256
+    prefix_reuse: bool = True
+    min_prefix: int = 16
+    compile: bool | None = None
+    sync_every: int = 8
+
+
+@dataclass
+class _Batch:
+    """Tensors of one batch while it decodes."""
+
+    requests: list[Request]
+    width: int  # prompt area: prefix + padded suffix
+    mask: torch.Tensor  # [rows, width + max_new] 1 = attend
+    positions: torch.Tensor  # [rows, width]
+    ids: torch.Tensor  # [rows, width]
+    prefix: int
+    real_rows: int
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Engine:
+    """One base model in memory serving batched requests for it and its LoRA adapters."""
+
+    def __init__(self, model: nn.Module, options: EngineOptions = EngineOptions()) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.device: torch.device = next(model.parameters()).device
+        self.options = options
+        self.compile = options.compile if options.compile is not None else self.device.type == "cuda"
+        self.adapters = AdapterSet(model)
+        self.stats = EngineStats()
+        self.lock = threading.RLock()
+        generation = getattr(model, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None)
+        self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        pad = getattr(generation, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(model.config, "pad_token_id", None)
+        self.pad_id: int = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+        params = pyinspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._wants_cache_position = "cache_position" in params
+        self._static_caches: dict[tuple[int, int], Any] = {}
+        self._compiled_step: Any = None
+        self._compiled_sample: Any = None
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, path: Path) -> str:
+        """Load a LoRA adapter folder onto the base weights; returns the key requests name it by."""
+        with self.lock:
+            key = self.adapters.key(path)
+            if key in self.adapters.adapters:
+                return key
+            return self.adapters.add(read_adapter(path))
+
+    # ------------------------------------------------------------------ public entry
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Generate for all requests, batched; results come back in the order of ``requests``."""
+        import torch
+
+        results: list[Completion | None] = [None] * len(requests)
+        with self.lock, torch.inference_mode():
+            self.stats.generate_calls += 1
+            for seed, batch in self._plan(requests):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                done = self._run([requests[i] for i in batch])
+                for index, completion in zip(batch, done):
+                    results[index] = completion
+        return [r for r in results if r is not None]
+
+    def _plan(self, requests: Sequence[Request]) -> list[tuple[int | None, list[int]]]:
+        """Group request indices by seed, sort by prompt length, cut into batches of similar length."""
+        by_seed: dict[int | None, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            by_seed[request.seed].append(index)
+        plan: list[tuple[int | None, list[int]]] = []
+        for seed, indices in by_seed.items():
+            indices.sort(key=lambda i: len(requests[i].prompt))
+            batch: list[int] = []
+            for index in indices:
+                length = len(requests[index].prompt)
+                if batch:
+                    shortest = len(requests[batch[0]].prompt)
+                    too_long = length - shortest > max(64, shortest)
+                    if len(batch) >= self.options.max_batch_size or too_long:
+                        plan.append((seed, batch))
+                        batch = []
+                batch.append(index)
+            if batch:
+                plan.append((seed, batch))
+        return plan
+
+    # ------------------------------------------------------------------ one batch
+    def _run(self, requests: list[Request]) -> list[Completion]:
+        import torch
+
+        for request in requests:
+            if not request.prompt:
+                raise ValueError("empty prompt: nothing to condition generation on")
+        real_rows = len(requests)
+        if self.compile:
+            size = self._bucket_rows(real_rows)
+            requests = requests + [requests[0]] * (size - real_rows)
+        max_new = max(r.max_new_tokens for r in requests)
+        batch = self._layout(requests, real_rows, max_new)
+        self.stats.batches += 1
+        self.stats.rows += real_rows
+        if len({r.adapter for r in requests[:real_rows]}) > 1:
+            self.stats.mixed_batches += 1
+
+        cache, logits = self._prefill(batch, max_new)
+        rows = len(requests)
+        device = self.device
+        temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
+        greedy = temperature <= 0
+        top_p = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device)
+        top_k = torch.tensor([r.top_k for r in requests], dtype=torch.long, device=device)
+        filters = any(r.top_p < 1.0 or r.top_k > 0 for r in requests)
+        sampled = any(r.temperature > 0 for r in requests)
+        sample = self._sampler()
+        want = [r.top_logprobs for r in requests]
+        k = max((w for w in want if w is not None), default=-1)
+        k = max(k, 1) if k >= 0 else 0
+        limit = torch.tensor([r.max_new_tokens for r in requests], device=device)
+        limit[real_rows:] = 1  # padding rows of a compiled batch stop at once
+        eos = torch.tensor(self.eos_ids or (-1,), device=device)
+
+        tokens = torch.full((rows, max_new), self.pad_id, dtype=torch.long, device=device)
+        length = limit.clone()
+        stopped = torch.zeros(rows, dtype=torch.bool, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        chosen_lp: list[torch.Tensor] = []
+        top_vals: list[torch.Tensor] = []
+        top_ids: list[torch.Tensor] = []
+        position = batch.positions[:, -1] + 1
+        sync_every = self.options.sync_every if self.compile else 1
+        steps = 0
+        for step in range(max_new):
+            token, token_lp, values, ids = sample(logits, temperature, top_p, top_k, greedy, k, sampled, filters)
+            token = torch.where(done, self.pad_id, token)
+            tokens[:, step] = token
+            steps = step + 1
+            if k:
+                chosen_lp.append(token_lp)
+                top_vals.append(values)
+                top_ids.append(ids)
+            hit_eos = torch.isin(token, eos) & ~done
+            at_limit = (step + 1 >= limit) & ~done
+            length = torch.where(hit_eos, step, length)
+            stopped |= hit_eos
+            length = torch.where(at_limit & ~hit_eos, step + 1, length)
+            done |= hit_eos | at_limit
+            if step + 1 == max_new or ((step + 1) % sync_every == 0 and bool(done.all())):
+                break
+            logits = self._decode(batch, cache, token, position, step)
+            position = position + 1
+        self.stats.generated_tokens += int(length[:real_rows].sum())
+        return self._collect(requests[:real_rows], tokens, length, stopped, chosen_lp, top_vals, top_ids, steps)
+
+    def _collect(
+        self,
+        requests: list[Request],
+        tokens: torch.Tensor,
+        length: torch.Tensor,
+        stopped: torch.Tensor,
+        chosen_lp: list[torch.Tensor],
+        top_vals: list[torch.Tensor],
+        top_ids: list[torch.Tensor],
+        steps: int,
+    ) -> list[Completion]:
+        import torch
+
+        rows = len(requests)
+        token_list = tokens[:rows, :steps].cpu().tolist()
+        lengths = length[:rows].cpu().tolist()
+        stop_list = stopped[:rows].cpu().tolist()
+        lp = torch.stack(chosen_lp, 1)[:rows].cpu().tolist() if chosen_lp else None
+        tv = torch.stack(top_vals, 1)[:rows].cpu().tolist() if top_vals else None
+        ti = torch.stack(top_ids, 1)[:rows].cpu().tolist() if top_ids else None
+        out: list[Completion] = []
+        for row, request in enumerate(requests):
+            n = int(lengths[row])
+            logprobs = None
+            if request.top_logprobs is not None and lp is not None and tv is not None and ti is not None:
+                top_n = max(request.top_logprobs, 1)
+                # an EOS that stopped the row is part of what the model produced: report it too
+                reported = min(n + int(stop_list[row]), steps)
+                logprobs = tuple(
+                    TokenLogprob(
+                        token=token_list[row][i],
+                        logprob=lp[row][i],
+                        top=tuple(zip(ti[row][i][:top_n], tv[row][i][:top_n], strict=True)),
+                    )
+                    for i in range(reported)
+                )
+            out.append(
+                Completion(
+                    tokens=tuple(token_list[row][:n]),
+                    stop_reason="stop" if stop_list[row] else "max_tokens",
+                    prompt_tokens=len(request.prompt),
+                    logprobs=logprobs,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ layout and prefill
+    def _layout(self, requests: list[Request], real_rows: int, max_new: int) -> _Batch:
+        """Lay rows out as ``[shared prefix][left padding][own suffix]`` with a 0/1 mask and positions."""
+        import torch
+
+        prompts = [r.prompt for r in requests]
+        prefix = self._shared_prefix(prompts[:real_rows]) if real_rows > 1 else 0
+        suffix = max(len(p) - prefix for p in prompts)
+        width = prefix + suffix
+        total = width + max_new
+        if self.compile:
+            total = -(-total // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), total), dtype=torch.long)
+        mask[:, width:] = 1
+        for row, prompt in enumerate(prompts):
+            own = len(prompt) - prefix
+            ids[row, :prefix] = torch.tensor(prompt[:prefix], dtype=torch.long)
+            ids[row, width - own :] = torch.tensor(prompt[prefix:], dtype=torch.long)
+            mask[row, :prefix] = 1
+            mask[row, width - own : width] = 1
+        positions = (mask[:, :width].cumsum(1) - 1).clamp_min(0)
+        return _Batch(
+            requests=requests,
+            width=width,
+            mask=mask.to(self.device),
+            positions=positions.to(self.device),
+            ids=ids.to(self.device),
+            prefix=prefix,
+            real_rows=real_rows,
+        )
+
+    def _shared_prefix(self, prompts: Sequence[tuple[int, ...]]) -> int:
+        """Length of the token prefix every prompt shares, kept when long enough to be worth reusing."""
+        if not self.options.prefix_reuse:
+            return 0
+        shortest = min(len(p) for p in prompts)
+        n = 0
+        first = prompts[0]
+        while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+            n += 1
+        return n if n >= self.options.min_prefix else 0
+
+    def _set_rows(self, adapters: Sequence[str | None]) -> None:
+        if self.adapters.adapters:
+            self.adapters.rows.set_rows([self.adapters.block(a) for a in adapters], self.device)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One eager forward pass; returns the last position's logits ``[rows, vocab]``."""
+        import torch
+
+        kwargs: dict[str, Any] = {self._cache_arg: cache}
+        if self._wants_cache_position:
+            start = cache.get_seq_length()
+            start = int(start) if not isinstance(start, int) else start
+            kwargs["cache_position"] = torch.arange(start, start + ids.shape[1], device=self.device)
+        out = self.model(
+            input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs
+        )
+        self.stats.forward_passes += 1
+        return out.logits[:, -1, :]
+
+    def _prefill(self, batch: _Batch, max_new: int) -> tuple[Any, torch.Tensor]:
+        """Run the prompts through the model; the shared prefix once per adapter in the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        adapters = [r.adapter for r in batch.requests]
+        cache: Any = self._static_cache(len(adapters), batch.mask.shape[1]) if self.compile else None
+        if batch.prefix:
+            distinct = list(dict.fromkeys(adapters))
+            self._set_rows(distinct)
+            shared = DynamicCache(config=self.model.config)
+            rows = len(distinct)
+            self._forward(
+                batch.ids[:1, : batch.prefix].expand(rows, -1),
+                batch.positions[:1, : batch.prefix].expand(rows, -1),
+                batch.mask[:1, : batch.prefix].expand(rows, -1),
+                shared,
+            )
+            index = torch.tensor([distinct.index(a) for a in adapters], device=self.device)
+            if self.compile:
+                _copy_prefix(cache, shared, index)
+            else:
+                shared.reorder_cache(index)
+                cache = shared
+            self.stats.prefill_tokens += batch.prefix * rows
+            self.stats.prefix_tokens_saved += batch.prefix * (batch.real_rows - rows)
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        self._set_rows(adapters)
+        suffix = batch.ids[:, batch.prefix :]
+        self.stats.prefill_tokens += suffix.shape[1] * batch.real_rows
+        logits = self._forward(
+            suffix,
+            batch.positions[:, batch.prefix :],
+            batch.mask if self.compile else batch.mask[:, : batch.width],
+            cache,
+        )
+        return cache, logits
+
+    def _static_cache(self, rows: int, length: int) -> Any:
+        from transformers import StaticCache
+
+        cache = self._static_caches.get((rows, length))
+        if cache is None:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._static_caches[(rows, length)] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _bucket_rows(self, rows: int) -> int:
+        size = 1
+        while size < rows:
+            size *= 2
+        return max(rows, min(size, self.options.max_batch_size))
+
+    # ------------------------------------------------------------------ decode
+    def _sampler(self) -> Any:
+        """``sample_next``, compiled (fused kernels) when the engine compiles."""
+        if not self.compile:
+            return sample_next
+        if self._compiled_sample is None:
+            import torch
+
+            self._compiled_sample = torch.compile(sample_next, dynamic=False)
+        return self._compiled_sample
+
+    def _decode(self, batch: _Batch, cache: Any, token: torch.Tensor, position: torch.Tensor, step: int) -> torch.Tensor:
+        """One decode step for all rows; returns the next logits ``[rows, vocab]``."""
+        import torch
+
+        if not self.compile:
+            return self._forward(token[:, None], position[:, None], batch.mask[:, : batch.width + step + 1], cache)
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(_static_decode_step, mode="reduce-overhead", dynamic=False)
+        torch.compiler.cudagraph_mark_step_begin()
+        kwargs: dict[str, Any] = {}
+        if self._wants_cache_position:
+            at = batch.width + step
+            kwargs["cache_position"] = torch.arange(at, at + 1, device=self.device)
+        logits = self._compiled_step(self.model, self._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
+        self.stats.forward_passes += 1
+        return logits.clone()
+
+
+def _copy_prefix(cache: Any, prefix: Any, index: torch.Tensor) -> None:
+    """Write the prefix KV (one row per adapter) into every row of a static cache."""
+    for target, source in zip(cache.layers, prefix.layers, strict=True):
+        keys = source.keys.index_select(0, index)
+        values = source.values.index_select(0, index)
+        if not target.is_initialized:
+            target.lazy_initialization(keys, values)
+        target.keys[:, :, : keys.shape[2]].copy_(keys)
+        target.values[:, :, : values.shape[2]].copy_(values)
+        target.cumulative_length.fill_(keys.shape[2])
+
+
+def _static_decode_step(
+    model: nn.Module, cache_arg: str, cache: Any, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+    extra: dict[str, Any],
+) -> torch.Tensor:
+    """The compiled decode step: one token per row on a static cache, last-position logits in float32."""
+    out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
+    return out.logits[:, -1, :].float()
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor,
+    greedy: torch.Tensor,
+    k: int,
+    sampled: bool,
+    filters: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pick each row's next token; return it, its logprob and the top-``k`` logprobs (``k=0``: none).
+
+    ``sampled`` (any row samples) and ``filters`` (any row uses top-k/top-p) are per-batch flags,
+    so the all-greedy and unfiltered cases skip that work without a device sync.
+
+    Greedy rows take the argmax (first index on ties, as ``model.generate``). Sampled rows divide
+    the logits by their temperature, keep their top-k tokens and the smallest set whose
+    probability reaches top-p, then draw with the exponential race (argmax of p / Exp(1)),
+    which samples exactly from p.
+    """
+    import torch
+
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    choice = logits.argmax(dim=-1)
+    if sampled:
+        scaled = logits / temperature.clamp_min(1e-5)[:, None]
+        if filters:
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            rank = torch.arange(ordered.shape[-1], device=logits.device)[None, :]
+            drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
+            probs = torch.softmax(ordered, dim=-1)
+            drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+            drop[:, 0] = False
+            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(scaled, dim=-1)
+        race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
+        choice = torch.where(greedy, choice, (probs / race).argmax(dim=-1))
+    chosen = logprobs.gather(-1, choice[:, None]).squeeze(-1)
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        return choice, chosen, values, ids
+    return choice, chosen, None, None

@@ -1,0 +1,262 @@
+"""Several LoRA adapters of one base model, applied per batch row with static shapes.
+
+The provider serves the base model and its fine-tunes from ONE copy of the base weights. Each
+adapted linear layer keeps all loaded adapters side by side:
+
+    y = W x + ((x @ A_cat^T) * row_mask) @ B_cat^T
+
+``A_cat`` stacks every adapter's ``lora_A`` (rank columns one after another), ``B_cat`` every
+``lora_B`` with its scaling folded in, and ``row_mask`` (one row per batch row) is 1 on the rank
+columns of that row's adapter and 0 elsewhere, so a base-model row gets exactly ``W x``. This is
+the same arithmetic as PEFT's mixed-adapter batches (``adapter_names=[...]``), but with tensor
+shapes that do not depend on which adapters a batch holds, so ``torch.compile`` / CUDA graphs
+capture it once (PEFT's version indexes sub-batches by Python lists and recompiles per batch mix).
+
+Adapters are read from their folders with PEFT's own config and weight loaders. Only plain LoRA
+on linear layers is served (no DoRA, LoRA bias, modules_to_save, fan_in_fan_out, embedding or
+other PEFT types); anything else is refused with a message naming the adapter's config field.
+Like PEFT's default (``autocast_adapter_dtype=True``), adapter weights stay in float32 when the
+base model runs in 16-bit, and the adapter product is computed in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from empersona.errors import EmpersonaError, located
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One adapter's LoRA factors for one linear layer; ``scaling`` multiplies B(A x)."""
+
+    a: torch.Tensor  # [r, in]
+    b: torch.Tensor  # [out, r]
+    scaling: float
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A loaded adapter: its folder, the base it was trained on, and its per-layer factors."""
+
+    path: Path
+    base_model: str
+    layers: dict[str, LoraWeights]
+
+    @property
+    def rank(self) -> int:
+        """The widest rank over its layers (its column block in the stacked factors)."""
+        return max(w.a.shape[0] for w in self.layers.values())
+
+
+def read_adapter(path: Path) -> Adapter:
+    """Load an adapter folder (``adapter_config.json`` + weights) into per-layer factors."""
+    from peft import LoraConfig
+    from peft.utils import load_peft_weights
+    from peft.utils.other import get_pattern_key
+
+    path = Path(path).resolve()
+    config_file = path / "adapter_config.json"
+    if not config_file.exists():
+        raise EmpersonaError(
+            located(config_file, None, None, "no adapter config here", "pass a PEFT LoRA adapter folder")
+        )
+    try:
+        config = LoraConfig.from_pretrained(str(path))
+    except Exception as exc:  # PEFT raises ValueError/TypeError/KeyError for foreign configs
+        raise EmpersonaError(
+            located(config_file, None, "peft_type", f"not a LoRA config ({exc})", "serve LoRA adapters only")
+        ) from exc
+    unsupported = {
+        "use_dora": bool(config.use_dora),
+        "lora_bias": bool(getattr(config, "lora_bias", False)),
+        "bias": config.bias != "none",
+        "modules_to_save": bool(config.modules_to_save),
+        "fan_in_fan_out": bool(config.fan_in_fan_out),
+        "layer_replication": bool(config.layer_replication),
+        "target_parameters": bool(getattr(config, "target_parameters", None)),
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise EmpersonaError(
+                located(
+                    config_file,
+                    None,
+                    name,
+                    "this adapter feature is not served by the empersona provider",
+                    "use inspect's hf/ provider for this adapter, or merge it into the base model",
+                )
+            )
+    state = load_peft_weights(str(path), device="cpu")
+    layers: dict[str, LoraWeights] = {}
+    for key, tensor in state.items():
+        if not key.endswith(".lora_A.weight"):
+            if key.endswith(".lora_B.weight"):
+                continue
+            raise EmpersonaError(
+                located(path, None, key, "weight is not a LoRA factor of a linear layer", "serve plain LoRA adapters only")
+            )
+        module = key.removeprefix(PEFT_PREFIX).removesuffix(".lora_A.weight")
+        b = state.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+        if b is None:
+            raise EmpersonaError(located(path, None, key, "lora_A without lora_B", "re-save the adapter with PEFT"))
+        rank = tensor.shape[0]
+        alpha_key = get_pattern_key(list(config.alpha_pattern), module)
+        alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
+        scaling = alpha / rank**0.5 if config.use_rslora else alpha / rank
+        layers[module] = LoraWeights(a=tensor.float(), b=b.float(), scaling=float(scaling))
+    if not layers:
+        raise EmpersonaError(located(path, None, None, "adapter holds no LoRA weights", "re-save the adapter with PEFT"))
+    return Adapter(path=path, base_model=str(config.base_model_name_or_path or ""), layers=layers)
+
+
+@dataclass
+class RowMask:
+    """The per-row adapter mask shared by every adapted layer; set once per batch."""
+
+    columns: int = 0
+    mask: torch.Tensor | None = None
+    buffers: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+
+    def set_rows(self, blocks: list[tuple[int, int] | None], device: torch.device) -> None:
+        """Row i uses columns ``blocks[i] = (start, stop)``; ``None`` is the base model (no adapter)."""
+        import torch
+
+        key = (len(blocks), str(device))
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.shape[1] != self.columns:
+            buffer = torch.zeros(len(blocks), self.columns, dtype=torch.float32, device=device)
+            if device.type == "cuda":
+                # one fixed address per batch size: CUDA graphs replay it without copies
+                torch._dynamo.mark_static_address(buffer)
+            self.buffers[key] = buffer
+        host = torch.zeros(len(blocks), self.columns, dtype=torch.float32)
+        for row, block in enumerate(blocks):
+            if block is not None:
+                host[row, block[0] : block[1]] = 1.0
+        buffer.copy_(host)
+        self.mask = buffer
+
+
+@functools.cache
+def _make_slot_linear_class() -> type[nn.Module]:
+    """Build the module class lazily so importing this file does not import torch."""
+    import torch
+    from torch import nn
+
+    class SlotLinear(nn.Module):
+        """A linear layer plus every loaded adapter's LoRA, selected per batch row by ``RowMask``."""
+
+        def __init__(self, base: nn.Linear, rows: RowMask) -> None:
+            super().__init__()
+            self.base = base
+            self.rows = rows
+            device = base.weight.device
+            self.register_buffer("a_cat", torch.zeros(0, base.in_features, device=device), persistent=False)
+            self.register_buffer("b_cat", torch.zeros(base.out_features, 0, device=device), persistent=False)
+
+        def set_factors(self, a_cat: torch.Tensor, b_cat: torch.Tensor) -> None:
+            device = self.base.weight.device
+            self.a_cat = a_cat.to(device)
+            self.b_cat = b_cat.to(device)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.base(x)
+            mask = self.rows.mask
+            assert mask is not None, "RowMask.set_rows must run before a forward pass"
+            hidden = torch.matmul(x.to(self.a_cat.dtype), self.a_cat.t())
+            hidden = hidden * mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), mask.shape[1])
+            return out + torch.matmul(hidden, self.b_cat.t()).to(out.dtype)
+
+    return SlotLinear
+
+
+@dataclass
+class AdapterSet:
+    """The adapters loaded into one base model, each owning a block of rank columns."""
+
+    model: nn.Module
+    rows: RowMask = field(default_factory=RowMask)
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    blocks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def key(self, path: Path) -> str:
+        """The name an adapter folder is served under (its resolved path)."""
+        return str(Path(path).resolve())
+
+    def add(self, adapter: Adapter) -> str:
+        """Install an adapter (idempotent per folder); returns its key."""
+        key = self.key(adapter.path)
+        if key in self.adapters:
+            return key
+        modules = dict(self.model.named_modules())
+        for module_name, weights in adapter.layers.items():
+            target = modules.get(module_name)
+            if target is None:
+                raise EmpersonaError(
+                    located(
+                        adapter.path,
+                        None,
+                        module_name,
+                        "adapter targets a layer the base model does not have",
+                        "check base_model_name_or_path in adapter_config.json",
+                    )
+                )
+            base = target.base if isinstance(target, _make_slot_linear_class()) else target
+            if tuple(weights.a.shape[1:]) != (base.in_features,) or weights.b.shape[0] != base.out_features:
+                raise EmpersonaError(
+                    located(
+                        adapter.path,
+                        None,
+                        module_name,
+                        f"LoRA shapes {tuple(weights.a.shape)}/{tuple(weights.b.shape)} do not fit "
+                        f"the base layer ({base.in_features} -> {base.out_features})",
+                        "serve the adapter on the base model it was trained on",
+                    )
+                )
+        start = self.rows.columns
+        self.adapters[key] = adapter
+        self.blocks[key] = (start, start + adapter.rank)
+        self.rows.columns = start + adapter.rank
+        self._rebuild()
+        return key
+
+    def block(self, key: str | None) -> tuple[int, int] | None:
+        """The rank columns of an adapter key; ``None`` (the base model) has none."""
+        return None if key is None else self.blocks[key]
+
+    def _rebuild(self) -> None:
+        """Wrap every adapted layer once and restack all adapters' factors into it."""
+        import torch
+
+        slot_linear = _make_slot_linear_class()
+        targets = sorted({name for adapter in self.adapters.values() for name in adapter.layers})
+        modules = dict(self.model.named_modules())
+        for name in targets:
+            module = modules[name]
+            if not isinstance(module, slot_linear):
+                parent_name, _, child = name.rpartition(".")
+                parent = modules[parent_name] if parent_name else self.model
+                module = slot_linear(module, self.rows)
+                setattr(parent, child, module)
+            base = module.base
+            a_cat = torch.zeros(self.rows.columns, base.in_features)
+            b_cat = torch.zeros(base.out_features, self.rows.columns)
+            for key, adapter in self.adapters.items():
+                weights = adapter.layers.get(name)
+                if weights is None:
+                    continue
+                start = self.blocks[key][0]
+                rank = weights.a.shape[0]
+                a_cat[start : start + rank] = weights.a
+                b_cat[:, start : start + rank] = weights.b * weights.scaling
+            module.set_factors(a_cat, b_cat)
