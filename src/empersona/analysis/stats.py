@@ -10,19 +10,24 @@ scored (unscored, refused, unparsed, or absent). Every statistic here ignores Na
 with no scored cell drops out of the average over units, and nothing is counted as 0.
 `unit_samples` and `paired_unit_samples` build these arrays from the tidy results table
 (CONTRACT.md). Several fine-tuning seeds of one domain stack into ``[K, U, S]``; the bootstrap
-then resamples seeds, then units, then samples, and the pooled value is the mean over seeds of
+then resamples seeds, then units (then samples, see below), and the pooled value is the mean over seeds of
 the per-seed statistic.
 
 Second level. ``within="resample"`` draws samples with replacement inside each resampled unit
 (the two-level scheme of the issue); ``within="fixed"`` (the default) resamples seeds and units
 only and keeps each unit's samples. The unit-level scheme already carries the sample-level noise,
 since each unit's value is computed from its own noisy samples. Measured by
-``bench/coverage.py`` (populations of prompts, 95% intervals): the second level inflates the
-variance of mean-type statistics (two-AI rate, asymmetry: coverage 0.97-0.98) and biases
-max-type statistics downwards, because a unit resampled with replacement holds fewer distinct
-samples (delta harm_max10 against a near-zero base: coverage 0.70-0.75); unit-level resampling
-gave 0.93-0.96 on all three. Resampling the lower level *without* replacement would be the
-valid two-level variant, and it equals ``"fixed"`` for every statistic symmetric in the samples.
+``bench/coverage.py`` (200 mock studies drawn from populations of prompts, 95% intervals): the
+second level inflates the variance of mean-type statistics (coverage 0.955-0.96 for the two-AI
+rate, 0.98-0.985 for the asymmetry with 4 samples per unit) and biases max-type statistics
+downwards, because a unit resampled with replacement holds fewer distinct samples (delta
+harm_max10 against a near-zero base: coverage 0.78 percentile, 0.66 BCa). Unit-level resampling
+gave 0.93-0.945 on all three, percentile and BCa alike (Monte Carlo s.e. 0.015). Resampling the
+lower level *without* replacement, the valid two-level variant, equals ``"fixed"`` for every
+statistic symmetric in the samples.
+
+Statistics are plain functions of arrays; any callable ``f(*arrays) -> [...]`` that reduces the
+last two axes can be bootstrapped, e.g. ``bootstrap([x], lambda a: frac_above(a, 4.0))``.
 
 The bootstrap is vectorised: resamples are drawn in chunks of whole arrays ``[B, K, U, S]`` (the
 chunk size bounds memory), never in a Python loop over resamples. Results are reproducible from
