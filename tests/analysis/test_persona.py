@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from empersona.analysis import persona
+from empersona.analysis import persona, stats
 from empersona.analysis.persona import PersonaThresholds, classify
 from empersona.errors import EmpersonaError
 
@@ -114,7 +114,7 @@ def test_holm_family_is_models_by_probes() -> None:
     calls = by_model(classify(tidy, base_model="base", thresholds=FAST))
     probes = [calls[m].two_ai for m in ("coh", "mix")] + [calls[m].recognition for m in ("coh", "mix")]
     raw = [p.result.p_value for p in probes]
-    np.testing.assert_allclose([p.p_adjusted for p in probes], persona.stats.holm(raw))
+    np.testing.assert_allclose([p.p_adjusted for p in probes], stats.holm(raw))
     assert all(p.p_adjusted >= p.result.p_value for p in probes)
 
 
