@@ -49,6 +49,13 @@ app.add_typer(data_app, name="data")
 from empersona.train.commands import train  # noqa: E402
 
 app.command("train")(train)
+from empersona.study.commands import run_command  # noqa: E402
+
+app.command("run")(run_command)
+from empersona.report.commands import import_command, report_command  # noqa: E402
+
+app.command("report")(report_command)
+app.command("import")(import_command)
 # --- end of sub-command registration ------------------------------------------------------
 
 

@@ -1,0 +1,2 @@
+"""The one-command study: plan, train, evaluate and report from one YAML file."""
+

@@ -1,0 +1,22 @@
+"""``empersona run STUDY.yaml``: the whole study from one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from empersona.study.config import Stage
+
+
+def run_command(
+    study_file: Annotated[Path, typer.Argument(help="The study's YAML file (see configs/smoke.yaml, configs/paper.yaml).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (jobs, calls, cost) and do nothing.")] = False,
+    only: Annotated[Stage | None, typer.Option("--only", help="Run one stage: train, eval or report.")] = None,
+) -> None:
+    """Plan, train, evaluate and report a whole study; run it again after a crash to continue."""
+    from empersona.study.config import load_study
+    from empersona.study.run import run_study
+
+    run_study(load_study(study_file), only=only, dry_run=dry_run)

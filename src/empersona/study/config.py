@@ -1,0 +1,183 @@
+"""The study file: one YAML document that says everything a study run needs.
+
+Example (``configs/smoke.yaml`` is a complete one)::
+
+    name: my-study
+    out: runs/my-study
+    base_model: Qwen/Qwen2.5-32B-Instruct
+    domains: [insecure_code, risky_financial_advice]
+    seeds: [0]
+    judge: openai/gpt-4o-mini
+    samples: 10
+    experiments:
+      harmfulness: {}
+      two_ai: {mode: logprob}
+
+Unknown keys are errors that name the key, the file and its line: a typo never silently falls
+back to a default. Training settings are the fields of ``TrainConfig`` (``empersona train
+--help``); experiment settings are the parameters of each experiment's task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from empersona.errors import EmpersonaError, located
+
+Provider = Literal["hf", "empersona", "vllm"]
+Stage = Literal["train", "eval", "report"]
+STAGES: tuple[Stage, ...] = ("train", "eval", "report")
+SCRIPTED_JUDGE = "scripted"
+BATTERY_ORDER = ("harmfulness", "em_classic", "self_assessment", "two_ai", "output_recognition", "score_prediction")
+
+
+class Prices(BaseModel):
+    """Token prices in US dollars per million tokens, for the dry run's cost estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_input: float = 0.0
+    subject_output: float = 0.0
+    judge_input: float = 0.0
+    judge_output: float = 0.0
+
+
+class VLLMSettings(BaseModel):
+    """The vLLM server a study starts for ``provider: vllm`` (base model + every adapter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: str | None = Field(None, description="Python of the environment that has vLLM (default: this one).")
+    port: int = 8000
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (vLLM --tensor-parallel-size).")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages, e.g. across nodes (--pipeline-parallel-size).")
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None
+    startup_timeout_s: float = Field(900.0, gt=0, description="How long to wait for the server to come up.")
+    extra_args: list[str] = Field(default_factory=list, description="More vllm serve arguments, as given.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE).")
+
+
+class ExperimentSettings(BaseModel):
+    """One experiment of the battery: its task parameters and how many items to run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(None, ge=1, description="Only the first N items (quick runs).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Task parameters (see `empersona eval NAME`).")
+
+
+class StudyConfig(BaseModel):
+    """A whole study: base model, domains x seeds to fine-tune, the battery, the judge, the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A name for the study; used in the report.")
+    out: Path = Field(description="Run folder: adapters/, logs/, results.parquet, report/ go here.")
+    base_model: str = Field(description="Hugging Face id or local folder of the base model.")
+    data_mirror: Path | None = Field(None, description="A local mirror of the data sources (like EMPERSONA_MIRROR).")
+    build_tiny_base: bool = Field(False, description="Build a tiny random model at base_model when it is missing (smoke runs).")
+    domains: list[str] = Field(default_factory=list, description="Training domains (empersona data list) or chat JSONL paths.")
+    domain_paths: dict[str, Path] = Field(default_factory=dict, description="Local copies of password-locked domain files.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Fine-tuning seeds; one adapter per (domain, seed).")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every training job.")
+    system_prompt: str = Field("default", description="System-prompt policy for training and every evaluation.")
+    judge: str = Field(description="Judge model string, or 'scripted' for the built-in offline judge (smoke runs only).")
+    judge_args: dict[str, Any] = Field(default_factory=dict)
+    provider: Provider = Field("hf", description="How local models are served: hf, empersona (one base, many adapters), vllm (server).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Model arguments for the subject models.")
+    samples: int | None = Field(None, ge=1, description="Samples per item for every experiment that samples (task default when unset).")
+    seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
+    max_connections: int | None = Field(None, ge=1)
+    experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
+    prices: Prices | None = None
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
+
+    @field_validator("experiments")
+    @classmethod
+    def _known_experiments(cls, value: dict[str, ExperimentSettings]) -> dict[str, ExperimentSettings]:
+        unknown = sorted(set(value) - set(BATTERY_ORDER))
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(BATTERY_ORDER)}")
+        needs_harm = {"output_recognition", "score_prediction"} & set(value)
+        if needs_harm and "harmfulness" not in value:
+            raise ValueError(f"{sorted(needs_harm)} read the harmfulness log: add harmfulness to experiments")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from empersona.train.recipe import TrainConfig
+
+        reserved = {"base", "domain", "seed", "out", "domain_path", "system_prompt"} & set(value)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are set by the study itself (base_model, domains, seeds, out, system_prompt)")
+        unknown = sorted(set(value) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; see `empersona train --help`")
+        return value
+
+    def ordered_experiments(self) -> list[str]:
+        """Experiments in dependency order: harmfulness before those that read its log."""
+        return [name for name in BATTERY_ORDER if name in self.experiments]
+
+
+def _line_of(path: Path, text: str, key_path: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the YAML node a validation error points at, when it can be found."""
+    import yaml
+
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in key_path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+        if match is None:
+            break
+        line = match[0].start_mark.line + 1
+        node = match[1]
+    return line
+
+
+def load_study(path: Path) -> StudyConfig:
+    """Read and validate a study file; errors name the file, the line and the key."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise EmpersonaError(f"cannot read study file {path}: {err.strerror}") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise EmpersonaError(
+            located(path, mark.line + 1 if mark else None, None, f"not valid YAML ({getattr(err, 'problem', err)})", "Fix the syntax")
+        ) from err
+    if not isinstance(data, dict):
+        raise EmpersonaError(located(path, 1, None, "a study file must be a mapping of settings", "See configs/smoke.yaml"))
+    try:
+        study = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for issue in err.errors():
+            loc = tuple(issue["loc"])
+            key = ".".join(str(part) for part in loc) or "(top level)"
+            if issue["type"] == "extra_forbidden":
+                problem, fix = "unknown key", "Check the spelling; `empersona run --help` lists the study keys"
+            elif issue["type"] == "missing":
+                problem, fix = "required key is missing", "Add it"
+            else:
+                problem, fix = issue["msg"], "Correct the value"
+            problems.append(located(path, _line_of(path, text, loc), key, problem, fix))
+        raise EmpersonaError("\n".join(problems)) from err
+    # paths in a study file are relative to the working directory, like every CLI path
+    mirror = study.data_mirror.resolve() if study.data_mirror else None
+    return study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror})

@@ -1,0 +1,300 @@
+"""The plan of a study: which adapters to train, which (model, experiment) runs to make, what it costs.
+
+A plan is computed from the study file and what already lies in the run folder, so the same
+function answers ``--dry-run`` and drives the run, and a re-run after a crash plans only what is
+left. Run folder layout::
+
+    <out>/adapters/<domain>-s<seed>/   LoRA adapter + tokenizer + empersona.json (training)
+    <out>/logs/<model>/*.eval          inspect logs, one folder per model
+    <out>/models.yaml                  model name -> model string, base model, adapter, domain, seed
+    <out>/results.parquet, report/     written by the report step
+
+Call counts are estimates before the run: generations = items x samples (x orders/foils where
+an experiment asks twice), judge calls per experiment as documented in ``estimate_calls``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from empersona.study.config import SCRIPTED_JUDGE, StudyConfig
+
+if TYPE_CHECKING:
+    from empersona.train.recipe import TrainConfig
+
+DEFAULT_FOILS = ("contrast", "matched")
+TrainStatus = Literal["done", "missing", "stale", "partial"]
+EvalStatus = Literal["done", "todo"]
+BASE_NAME = "base"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One adapter to make (or already made): a (domain, seed) of the study."""
+
+    domain: str
+    seed: int
+    out: Path
+    config: TrainConfig
+    status: TrainStatus
+    why: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the battery runs on: the base or one adapter."""
+
+    name: str
+    model_string: str
+    base_model: str
+    adapter: Path | None = None
+    domain: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One experiment on one model."""
+
+    model: ModelSpec
+    experiment: str
+    task_args: dict[str, Any]
+    limit: int | None
+    log_dir: Path
+    generations: int
+    judge_calls: int
+    status: EvalStatus
+    log: Path | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a study run will do, in order."""
+
+    study: StudyConfig
+    train_jobs: list[TrainJob]
+    models: list[ModelSpec]
+    eval_jobs: list[EvalJob] = field(default_factory=list)
+
+    @property
+    def generations(self) -> int:
+        return sum(job.generations for job in self.eval_jobs if job.status == "todo")
+
+    @property
+    def judge_calls(self) -> int:
+        return sum(job.judge_calls for job in self.eval_jobs if job.status == "todo")
+
+
+def adapter_dir(study: StudyConfig, domain: str, seed: int) -> Path:
+    """Where the adapter of (domain, seed) lives in the run folder."""
+    slug = Path(domain).stem.replace(".jsonl", "") if domain.endswith((".jsonl", ".gz")) else domain
+    return study.out / "adapters" / f"{slug}-s{seed}"
+
+
+def base_path(study: StudyConfig) -> str:
+    """The base model as training and ``hf/`` want it: a local folder made absolute, or a hub id."""
+    local = Path(study.base_model)
+    return str(local.resolve()) if local.exists() or study.build_tiny_base else study.base_model
+
+
+def train_config(study: StudyConfig, domain: str, seed: int) -> TrainConfig:
+    """The full training config of one job: recipe defaults, the study's settings, the job's keys."""
+    from empersona.train.recipe import TrainConfig
+
+    return TrainConfig(
+        **study.train,
+        base=base_path(study),
+        domain=domain,
+        seed=seed,
+        out=adapter_dir(study, domain, seed),
+        domain_path=study.domain_paths.get(domain),
+        system_prompt=study.system_prompt,
+    )
+
+
+def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
+    """Whether an adapter folder holds a finished adapter trained with exactly this config."""
+    from empersona.train.sft import INCOMPLETE_MARKER
+
+    out = config.output_dir()
+    meta_path = out / "empersona.json"
+    if (out / INCOMPLETE_MARKER).exists():
+        return "partial", "interrupted; resumes from its last checkpoint"
+    if not meta_path.exists():
+        return "missing", "no adapter yet"
+    recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
+    wanted = config.model_dump(mode="json")
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if changed:
+        return "stale", f"trained with other settings ({', '.join(changed)})"
+    return "done", "adapter matches the plan"
+
+
+def model_specs(study: StudyConfig) -> list[ModelSpec]:
+    """The base model and one adapter per (domain, seed), with their model strings."""
+    base = base_path(study)
+    specs = [ModelSpec(BASE_NAME, model_string(study, base, None, BASE_NAME), base)]
+    for domain in study.domains:
+        for seed in study.seeds:
+            out = adapter_dir(study, domain, seed)
+            specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, domain, seed))
+    return specs
+
+
+def model_string(study: StudyConfig, base: str, adapter: Path | None, name: str) -> str:
+    """An inspect model string for the study's provider."""
+    if study.provider == "vllm":
+        return f"openai-api/{VLLM_SERVICE}/{name}"
+    target = str(adapter.resolve()) if adapter else base
+    return f"{study.provider}/{target}"
+
+
+VLLM_SERVICE = "empersonavllm"
+
+
+def task_args(study: StudyConfig, experiment: str) -> dict[str, Any]:
+    """The experiment's task parameters: study-wide ones, then the experiment's own."""
+    import inspect as pyinspect
+
+    from empersona.evals.battery import EXPERIMENTS
+
+    params = pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters
+    args: dict[str, Any] = {"system_prompt": study.system_prompt, "seed": study.seed}
+    if study.samples is not None and "samples" in params:
+        args["samples"] = study.samples
+    args.update(study.experiments[experiment].args)
+    return args
+
+
+# --- call estimates ------------------------------------------------------------------------
+
+def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, harm_items: int) -> tuple[int, int]:
+    """(generations by the subject model, judge calls) of one experiment, before it runs.
+
+    Experiments whose items come from files are counted by building their task (cheap: it only
+    reads the data). Output recognition and score prediction are counted from the harmfulness
+    run they read (``harm_items`` prompts x its samples): output recognition asks each foil kind
+    in two orders and judges each contrast foil once; score prediction asks once per condition.
+    """
+    from empersona.evals.battery import EXPERIMENTS
+
+    if EXPERIMENTS[experiment].needs_harm_log:
+        return _harm_log_estimate(experiment, args, harm_items)
+    task = EXPERIMENTS[experiment].task_function()(**args)
+    epochs = task.epochs if isinstance(task.epochs, int) else (task.epochs.epochs if task.epochs else 1)
+    items = min(len(task.dataset), limit) if limit else len(task.dataset)
+    generations = items * epochs
+    judge_per_generation = {"harmfulness": 1, "em_classic": 2}.get(experiment, 0)
+    if experiment == "self_assessment" and args.get("language_detector") == "judge":
+        language = sum(1 for s in list(task.dataset)[:items] if (s.metadata or {}).get("format") == "language")
+        return generations, language * epochs
+    return generations, generations * judge_per_generation
+
+
+def as_list(value: Any, default: list[str]) -> list[str]:
+    if value is None:
+        return default
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+
+
+def _harm_log_estimate(experiment: str, args: dict[str, Any], harm_items: int) -> tuple[int, int]:
+    if experiment == "output_recognition":
+        foils = as_list(args.get("foils"), list(DEFAULT_FOILS))
+        generations = harm_items * 2 * len(foils) + (harm_items if "contrast" in foils else 0)
+        return generations, harm_items if "contrast" in foils else 0
+    conditions = as_list(args.get("conditions"), ["blind", "shown", "shown_other"])
+    return harm_items * len(conditions), 0
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None) -> Path | None:
+    """A successful log of this experiment with these task arguments, if the folder has one."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    if not log_dir.exists():
+        return None
+    for info in list_eval_logs(str(log_dir), recursive=False):
+        header = read_eval_log(info, header_only=True)
+        if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
+            continue
+        recorded = header.eval.task_args or {}
+        if all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit):
+            return Path(info.name.removeprefix("file://"))
+    return None
+
+
+def make_plan(study: StudyConfig) -> Plan:
+    """Plan a study against what its run folder already holds."""
+    jobs = []
+    for domain in study.domains:
+        for seed in study.seeds:
+            config = train_config(study, domain, seed)
+            status, why = training_status(config)
+            jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
+    models = model_specs(study)
+    harm = study.experiments.get("harmfulness")
+    harm_items = 0
+    if harm is not None:
+        harm_items, _ = estimate_calls("harmfulness", task_args(study, "harmfulness"), harm.limit, 0)
+    evals = []
+    # experiment-major order: every model's harmfulness log exists before any experiment reads
+    # one (output recognition also reads another model's, for its matched foils)
+    for experiment in study.ordered_experiments():
+        for model in models:
+            log_dir = study.out / "logs" / model.name
+            settings = study.experiments[experiment]
+            args = task_args(study, experiment)
+            generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm_items)
+            done = finished_log(log_dir, experiment, args, settings.limit)
+            status: EvalStatus = "done" if done else "todo"
+            evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
+    return Plan(study, jobs, models, evals)
+
+
+def estimated_cost(plan: Plan, prompt_tokens: int = 200, judge_prompt_tokens: int = 800) -> float | None:
+    """A rough dollar figure from the study's prices: every generation at its max length.
+
+    Token counts are coarse (``prompt_tokens`` per subject prompt, ``judge_prompt_tokens`` per judge
+    prompt, 512 output tokens per generation, 5 per judge reply): an upper-bound planning figure.
+    """
+    prices = plan.study.prices
+    if prices is None:
+        return None
+    per_million = 1e-6
+    subject = plan.generations * (prompt_tokens * prices.subject_input + 512 * prices.subject_output)
+    judge = plan.judge_calls * (judge_prompt_tokens * prices.judge_input + 5 * prices.judge_output)
+    return (subject + judge) * per_million
+
+
+def print_plan(plan: Plan) -> None:
+    """The dry-run view: training jobs, evaluation jobs, call totals and the cost estimate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    study = plan.study
+    judge = "built-in scripted judge (offline smoke runs only)" if study.judge == SCRIPTED_JUDGE else study.judge
+    console.print(f"[bold]study[/bold] {study.name}: base {study.base_model}, judge {judge}, "
+                  f"provider {study.provider}, system prompt {study.system_prompt!r}, run folder {study.out}")
+    train = Table(title="training jobs")
+    for column in ("adapter", "domain", "seed", "status", "why"):
+        train.add_column(column)
+    for job in plan.train_jobs:
+        train.add_row(job.out.name, job.domain, str(job.seed), job.status, job.why)
+    console.print(train)
+    evals = Table(title="evaluations (in order)")
+    for column in ("model", "experiment", "limit", "generations", "judge calls", "status"):
+        evals.add_column(column, justify="right" if column in ("generations", "judge calls", "limit") else "left")
+    for job in plan.eval_jobs:
+        evals.add_row(job.model.name, job.experiment, str(job.limit or "all"), f"{job.generations:,}", f"{job.judge_calls:,}", job.status)
+    console.print(evals)
+    console.print(f"to do: {sum(j.status != 'done' for j in plan.train_jobs)} training job(s), "
+                  f"{sum(j.status == 'todo' for j in plan.eval_jobs)} evaluation(s), "
+                  f"{plan.generations:,} generations, {plan.judge_calls:,} judge calls")
+    cost = estimated_cost(plan)
+    if cost is not None:
+        console.print(f"estimated cost (upper bound at full output length): ${cost:,.2f}")

@@ -1,0 +1,231 @@
+"""Run a study: build what is missing, train, evaluate in dependency order, write the report.
+
+Every step is idempotent, so a run killed at any point continues when started again:
+finished adapters (``empersona.json`` matching the plan) are kept, an interrupted training resumes
+from its last checkpoint, finished evaluations (a successful log with the same task arguments) are
+skipped, and every model and judge call of an unfinished evaluation goes through inspect's cache,
+so calls whose replies had arrived are not made again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from empersona.errors import EmpersonaError
+from empersona.study.config import SCRIPTED_JUDGE, Stage, StudyConfig
+from empersona.study.plan import DEFAULT_FOILS, ModelSpec, Plan, TrainJob, as_list, make_plan, print_plan
+
+SCRIPTED_JUDGE_PORT = 18765
+SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"
+
+
+def say(message: str) -> None:
+    """One progress line for the whole study."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold cyan]empersona run[/bold cyan] {message}")
+
+
+def ensure_base(study: StudyConfig) -> None:
+    """Build the tiny base model of a smoke study when it is not there yet."""
+    path = Path(study.base_model)
+    if study.build_tiny_base and not (path / "config.json").exists():
+        from empersona.testing.tiny import build_tiny_model
+
+        say(f"building a tiny random base model at {path}")
+        build_tiny_model(path)
+
+
+@contextmanager
+def judge_endpoint(study: StudyConfig) -> Iterator[str]:
+    """The judge model string; for ``judge: scripted`` serve the offline scripted judge meanwhile."""
+    if study.judge != SCRIPTED_JUDGE:
+        yield study.judge
+        return
+    from empersona.testing.loopback import LoopbackServer, scripted_judge
+
+    try:
+        server = LoopbackServer(scripted_judge, port=SCRIPTED_JUDGE_PORT, models=("scripted-judge",)).start()
+    except OSError as err:
+        raise EmpersonaError(
+            f"cannot serve the scripted judge on 127.0.0.1:{SCRIPTED_JUDGE_PORT} ({err.strerror}); "
+            "is another study running? Wait for it, or stop the process that holds the port"
+        ) from err
+    saved = {key: os.environ.get(key) for key in ("LOOPBACK_BASE_URL", "LOOPBACK_API_KEY")}
+    os.environ["LOOPBACK_BASE_URL"] = server.base_url
+    os.environ["LOOPBACK_API_KEY"] = "scripted-judge-needs-no-key"
+    try:
+        yield SCRIPTED_JUDGE_MODEL
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def train_all(plan: Plan) -> None:
+    """Train every adapter that is missing, stale or interrupted, in plan order."""
+    from empersona.train.sft import train
+
+    todo = [job for job in plan.train_jobs if job.status != "done"]
+    for index, job in enumerate(todo, start=1):
+        say(f"training {index}/{len(todo)}: {job.out.name} ({job.why})")
+        if job.status == "stale":
+            set_aside(job)
+        result = train(job.config, resume=job.status == "partial")
+        if result.metadata is not None:
+            say(f"trained {job.out.name}: {result.metadata.steps} steps, final loss {result.metadata.final_loss}")
+
+
+def set_aside(job: TrainJob) -> Path:
+    """Move an adapter trained with other settings out of the way (nothing is deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = job.out.with_name(f"{job.out.name}.replaced-{stamp}")
+    shutil.move(str(job.out), str(target))
+    say(f"kept the old {job.out.name} as {target.name}")
+    return target
+
+
+def write_models_file(plan: Plan) -> Path:
+    """``models.yaml``: what each model string in the logs stands for, and which is the base."""
+    import yaml
+
+    from empersona.analysis.results import MODELS_FILE
+
+    base = next(spec for spec in plan.models if spec.adapter is None)
+    entries = {
+        spec.model_string: {
+            "name": spec.name,
+            "base_model": spec.base_model,
+            "adapter": str(spec.adapter) if spec.adapter else None,
+            "domain": spec.domain,
+            "seed": spec.seed,
+        }
+        for spec in plan.models
+    }
+    path = plan.study.out / MODELS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"base": base.name, "models": entries}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def harm_log_for(plan: Plan, model: ModelSpec) -> Path:
+    """The finished harmfulness log of ``model`` (read by output recognition, score prediction)."""
+    from empersona.study.plan import finished_log
+
+    harm = next(j for j in plan.eval_jobs if j.model.name == model.name and j.experiment == "harmfulness")
+    log = finished_log(harm.log_dir, "harmfulness", harm.task_args, harm.limit)
+    if log is None:
+        raise EmpersonaError(f"experiments on {model.name} need its finished harmfulness log in {harm.log_dir}")
+    return log
+
+
+def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dict[str, Any]:
+    """Study defaults for output recognition's foils, where the study file does not set them.
+
+    Matched foils come from a partner model's harmfulness log: the base model for an adapter, the
+    first adapter for the base. Contrast foils are written by the base model.
+    """
+    foils = as_list(args.get("foils"), list(DEFAULT_FOILS))
+    out = {**args, "foils": ",".join(foils)}
+    base = next(spec for spec in plan.models if spec.adapter is None)
+    if "contrast" in foils and not out.get("foil_model"):
+        out["foil_model"] = base.model_string
+    if "matched" in foils and not out.get("matched_log"):
+        partner = base if model.adapter is not None else next((s for s in plan.models if s.adapter is not None), None)
+        if partner is None:
+            raise EmpersonaError("matched foils need a second model's harmfulness log: add a domain, or set foils: contrast")
+        out["matched_log"] = str(harm_log_for(plan, partner))
+    return out
+
+
+def evaluate_all(plan: Plan, judge: str) -> None:
+    """Run every unfinished (model, experiment) in order; harmfulness comes before its readers."""
+    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.commands import print_summary, run_experiment
+
+    study = plan.study
+    todo = [job for job in plan.eval_jobs if job.status == "todo"]
+    for index, job in enumerate(todo, start=1):
+        say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}")
+        args = dict(job.task_args)
+        if EXPERIMENTS[job.experiment].needs_harm_log:
+            args["harm_log"] = str(harm_log_for(plan, job.model))
+        if job.experiment == "output_recognition":
+            args = recognition_foils(plan, job.model, args)
+        log = run_experiment(
+            job.experiment,
+            job.model.model_string,
+            judge=judge,
+            task_args=args,
+            model_args=study.model_args,
+            judge_args=study.judge_args,
+            log_dir=job.log_dir,
+            limit=job.limit,
+            max_connections=study.max_connections,
+            display="plain" if os.environ.get("CI") else None,
+            tags=[study.name, job.model.name],
+            metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed},
+        )
+        print_summary(log)
+        if log.status != "success":
+            raise EmpersonaError(
+                f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
+                "Run the same command again to continue"
+            )
+
+
+def write_report(study: StudyConfig) -> Path:
+    """Build the report from what is stored in the run folder."""
+    from empersona.report.build import build_report
+
+    return build_report(study.out)
+
+
+def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = False) -> Plan:
+    """Plan the study, then do the stages (all of them, or ``only`` one)."""
+    started = time.monotonic()
+    if study.data_mirror is not None:
+        os.environ["EMPERSONA_MIRROR"] = str(study.data_mirror)
+    if not dry_run:
+        ensure_base(study)
+    plan = make_plan(study)
+    if dry_run:
+        print_plan(plan)
+        return plan
+    stages = [only] if only else ["train", "eval", "report"]
+    if "train" in stages:
+        train_all(plan)
+        plan = make_plan(study)
+    write_models_file(plan)
+    if "eval" in stages:
+        missing = [job.out.name for job in plan.train_jobs if job.status != "done"]
+        if missing:
+            raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
+        with judge_endpoint(study) as judge, model_server(study, plan):
+            evaluate_all(plan, judge)
+    if "report" in stages:
+        path = write_report(study)
+        say(f"report: {path}")
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return plan
+
+
+@contextmanager
+def model_server(study: StudyConfig, plan: Plan) -> Iterator[None]:
+    """For ``provider: vllm``, one vLLM server with the base and every adapter; otherwise nothing."""
+    if study.provider != "vllm":
+        yield
+        return
+    from empersona.study.vllm_server import serve_adapters
+
+    with serve_adapters(study, plan.models):
+        yield
