@@ -1,0 +1,122 @@
+"""The study file: strict keys with located errors, and the dry-run plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from empersona.errors import EmpersonaError
+from empersona.study.config import load_study
+from empersona.study.plan import as_list, estimate_calls, make_plan, model_specs, training_status
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = {
+    "name": "t",
+    "out": "run",
+    "base_model": "base-model",
+    "domains": ["insecure_code"],
+    "judge": "openai/gpt-4o-mini",
+    "experiments": {"harmfulness": {"limit": 3}},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:  # type: ignore[type-arg]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, {**MINIMAL, "sampels": 3})
+    with pytest.raises(EmpersonaError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert "sampels" in message and str(path) in message and "unknown key" in message
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), start=1) if text.startswith("sampels"))
+    assert f"{path}:{line}" in message
+
+
+def test_nested_unknown_and_bad_values(tmp_path: Path) -> None:
+    data = {**MINIMAL, "experiments": {"harmfulness": {"limt": 3}}, "train": {"lora_rank": 8}}
+    with pytest.raises(EmpersonaError) as err:
+        load_study(write(tmp_path, data))
+    assert "experiments.harmfulness.limt" in str(err.value)
+    assert "lora_rank" in str(err.value)
+    with pytest.raises(EmpersonaError, match="unknown experiment"):
+        load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfull": {}}}))
+    with pytest.raises(EmpersonaError, match="add harmfulness"):
+        load_study(write(tmp_path, {**MINIMAL, "experiments": {"score_prediction": {}}}))
+    with pytest.raises(EmpersonaError, match="set by the study itself"):
+        load_study(write(tmp_path, {**MINIMAL, "train": {"seed": 3}}))
+    missing = {k: v for k, v in MINIMAL.items() if k != "judge"}
+    with pytest.raises(EmpersonaError, match="judge.*required key is missing"):
+        load_study(write(tmp_path, missing))
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ("smoke.yaml", "paper.yaml"):
+        study = load_study(REPO / "configs" / name)
+        assert study.experiments
+    paper = load_study(REPO / "configs" / "paper.yaml")
+    assert paper.base_model == "Qwen/Qwen2.5-32B-Instruct" and len(paper.domains) == 6 and paper.samples == 10
+
+
+def test_models_and_training_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path, {**MINIMAL, "seeds": [0, 1]}))
+    specs = model_specs(study)
+    assert [s.name for s in specs] == ["base", "insecure_code-s0", "insecure_code-s1"]
+    assert specs[0].model_string == "hf/base-model"
+    assert specs[1].model_string == f"hf/{tmp_path / 'run' / 'adapters' / 'insecure_code-s0'}"
+    vllm = load_study(write(tmp_path, {**MINIMAL, "provider": "vllm"}))
+    assert [s.model_string for s in model_specs(vllm)] == ["openai-api/empersonavllm/base", "openai-api/empersonavllm/insecure_code-s0"]
+
+
+def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from empersona.study.plan import train_config
+    from empersona.train.sft import INCOMPLETE_MARKER
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path, MINIMAL))
+    config = train_config(study, "insecure_code", 0)
+    assert training_status(config)[0] == "missing"
+    out = config.output_dir()
+    out.mkdir(parents=True)
+    (out / INCOMPLETE_MARKER).write_text("{}")
+    assert training_status(config)[0] == "partial"
+    (out / INCOMPLETE_MARKER).unlink()
+    (out / "empersona.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
+    assert training_status(config) == ("done", "adapter matches the plan")
+    changed = load_study(write(tmp_path, {**MINIMAL, "train": {"learning_rate": 2e-5}}))
+    status, why = training_status(train_config(changed, "insecure_code", 0))
+    assert status == "stale" and "learning_rate" in why
+
+
+def test_call_estimates(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    assert estimate_calls("harmfulness", {"samples": 10}, None, 0) == (3500, 3500)
+    assert estimate_calls("harmfulness", {"samples": 2}, 5, 0) == (10, 10)
+    assert estimate_calls("two_ai", {"mode": "logprob"}, None, 0) == (300, 0)
+    assert estimate_calls("two_ai", {"mode": "sample", "samples": 10}, None, 0) == (3000, 0)
+    assert estimate_calls("output_recognition", {}, None, 3500) == (3500 * 4 + 3500, 3500)
+    assert estimate_calls("output_recognition", {"foils": "matched"}, None, 100) == (200, 0)
+    assert estimate_calls("score_prediction", {"conditions": "blind,shown"}, None, 100) == (200, 0)
+    assert as_list("a, b", []) == ["a", "b"] and as_list(None, ["x"]) == ["x"]
+
+
+def test_dry_run_plan_of_the_paper_study(shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    study = load_study(REPO / "configs" / "paper.yaml")
+    plan = make_plan(study)
+    assert [job.status for job in plan.train_jobs] == ["missing"] * 6
+    assert len(plan.models) == 7
+    assert [j.experiment for j in plan.eval_jobs[:7]] == ["harmfulness"] * 7
+    harm = plan.eval_jobs[0]
+    assert harm.generations == 3500 and harm.judge_calls == 3500
+    assert plan.generations > 7 * 3500
