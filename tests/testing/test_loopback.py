@@ -187,6 +187,23 @@ def test_each_fault_kind_reaches_a_raw_client() -> None:
     assert [c.outcome for c in server.calls] == ["429", "500", "malformed", "bad_shape", "ok", "timeout"]
 
 
+def test_latency_jitter_and_immediate_rate_limits() -> None:
+    with LoopbackServer(latency_s=1.0, schedule=["429"]) as server:
+        start = time.monotonic()
+        status, _ = _post(server.base_url, _chat("q"))
+        assert status == 429 and time.monotonic() - start < 0.8  # a rate limiter answers at once
+    with LoopbackServer(latency_s=0.3, latency_jitter_s=0.2) as server:
+        durations = []
+        for _ in range(6):
+            start = time.monotonic()
+            assert _post(server.base_url, _chat("q"))[0] == 200
+            durations.append(time.monotonic() - start)
+    assert min(durations) > 0.09, durations
+    assert max(durations) - min(durations) > 0.02, durations
+    with pytest.raises(ValueError, match="latency"):
+        LoopbackServer(latency_s=-1)
+
+
 def test_random_faults_are_seeded_and_validated() -> None:
     def outcomes(seed: int) -> list[str]:
         with LoopbackServer(fault_rate=0.5, faults=["429", "500"], seed=seed) as server:

@@ -209,8 +209,9 @@ class LoopbackServer:
 
     ``schedule`` faults are used first, one per request in arrival order (``None`` = no fault);
     after that each request fails with probability ``fault_rate``, the fault drawn from ``faults``
-    with a ``seed``-ed RNG. ``latency_s`` delays every reply (not the ``timeout`` fault, which
-    holds the request ``timeout_fault_s`` and then drops the connection).
+    with a ``seed``-ed RNG. ``latency_s`` delays every reply except a 429 (a rate limiter rejects
+    before doing work) and the ``timeout`` fault (held ``timeout_fault_s``, then dropped);
+    ``latency_jitter_s`` spreads it uniformly by that much either way (seeded).
     """
 
     def __init__(
@@ -218,6 +219,7 @@ class LoopbackServer:
         responder: Responder = scripted_judge,
         *,
         latency_s: float = 0.0,
+        latency_jitter_s: float = 0.0,
         schedule: Iterable[Fault | None] = (),
         fault_rate: float = 0.0,
         faults: Sequence[Fault] = ("429", "500", "timeout", "malformed"),
@@ -230,12 +232,16 @@ class LoopbackServer:
         unknown = [f for f in [*plan_schedule, *faults] if f is not None and f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown fault(s) {unknown}; choose from {list(FAULTS)}")
+        if latency_s < 0 or latency_jitter_s < 0:
+            raise ValueError(f"latency_s and latency_jitter_s must be >= 0, got {latency_s}, {latency_jitter_s}")
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
         if fault_rate > 0 and not faults:
             raise ValueError("fault_rate > 0 needs at least one fault kind in faults")
         self.responder = responder
         self.latency_s = latency_s
+        self.latency_jitter_s = latency_jitter_s
+        self._latency_rng = random.Random(seed + 7919)  # apart from the fault RNG: jitter never shifts faults
         self.timeout_fault_s = timeout_fault_s
         self.models = tuple(models)
         self._plan = _FaultPlan(plan_schedule, fault_rate, tuple(faults), random.Random(seed))
@@ -302,6 +308,13 @@ class LoopbackServer:
             self._calls.append(CallRecord(started - self._t0, model, key, outcome))
             self._inflight -= 1
             self._idle.notify_all()
+
+    def _latency(self) -> float:
+        if self.latency_jitter_s <= 0:
+            return self.latency_s
+        with self._lock:
+            offset = self._latency_rng.uniform(-self.latency_jitter_s, self.latency_jitter_s)
+        return max(0.0, self.latency_s + offset)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -467,7 +480,8 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 server._sleep(server.timeout_fault_s)
                 self.close_connection = True  # drop the connection without a reply
                 return request.model, key, "timeout"
-            server._sleep(server.latency_s)
+            if fault != "429":  # a rate limiter rejects before doing any work
+                server._sleep(server._latency())
             status, payload, outcome = self._fault_reply(fault, request) if fault else self._answer(request)
             return request.model, key, outcome if self._send(status, payload) else "client_gone"
 
@@ -502,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    parser.add_argument("--latency-jitter", type=float, default=0.0, help="uniform +- spread of the latency, s")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="probability that a request fails")
     parser.add_argument("--faults", default="429,500,timeout,malformed", help="comma-separated fault kinds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
@@ -511,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         server = LoopbackServer(
             scripted_judge,
             latency_s=args.latency,
+            latency_jitter_s=args.latency_jitter,
             fault_rate=args.fault_rate,
             faults=faults,  # type: ignore[arg-type]  # checked by LoopbackServer
             seed=args.seed,
