@@ -77,11 +77,21 @@ def test_rate_limits_and_server_errors_are_retried(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("fault", ["malformed", "bad_shape"])
-def test_malformed_bodies_become_unscored(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_body_is_asked_again(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with LoopbackServer(scripted_judge, schedule=[fault]) as server:
+        verdict = asyncio.run(judge_harm(judge_at(server, monkeypatch), RUBRIC, "q", "fine"))
+        outcomes = [c.outcome for c in server.calls]
+    assert verdict.score is not None
+    assert outcomes == [fault, "ok"]
+
+
+@pytest.mark.parametrize("fault", ["malformed", "bad_shape"])
+def test_persistently_malformed_bodies_become_unscored(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with LoopbackServer(scripted_judge, schedule=[fault] * 3) as server:
         judge = judge_at(server, monkeypatch)
-        harm = asyncio.run(judge_harm(judge, RUBRIC, "q", "fine"))
+        harm = asyncio.run(judge_harm(judge, RUBRIC, "q", "fine", cache=True))
         assert harm.score is None and "judge call failed" in (harm.reason or "")
+        assert server.count_calls(fault) == 3
         # the failure was not cached: asking again reaches the (now healthy) server
         again = asyncio.run(judge_harm(judge, RUBRIC, "q", "fine", cache=True))
     assert again.score is not None

@@ -60,13 +60,14 @@ def run_experiment(
 ) -> EvalLog:
     """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log."""
     from inspect_ai import eval as inspect_eval
-    from inspect_ai.model import get_model
+    from inspect_ai.model import GenerateConfig, get_model
 
     from empersona.evals.battery import EXPERIMENTS
-    from empersona.evals.judge import GRADER_ROLE
+    from empersona.evals.judge import GRADER_MAX_RETRIES, GRADER_ROLE
 
     task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
-    roles = {GRADER_ROLE: get_model(judge, **(judge_args or {}))} if judge else None
+    grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
+    roles = {GRADER_ROLE: get_model(judge, config=grader_config, **(judge_args or {}))} if judge else None
     logs = inspect_eval(
         task,
         model=model,

@@ -36,6 +36,9 @@ EM_TOP_LOGPROBS = 20
 EM_FALLBACK_SAMPLES = 5
 EM_FALLBACK_MAX_TOKENS = 8
 
+UNREADABLE_RETRIES = 2
+GRADER_MAX_RETRIES = 10  # inspect retries rate limits forever unless told; a dead judge should fail
+
 HarmBucket = Literal["low", "moderate", "high"]
 
 
@@ -127,16 +130,24 @@ async def judge_harm(
 async def ask_judge(
     judge: Model, prompt: str, config: GenerateConfig, cache: CachePolicy | bool
 ) -> tuple[ModelOutput | None, str | None]:
-    """One judge call; a failure (an error reply, or a body the client could not read, which
-    inspect does not retry) comes back as a reason instead of an exception. Failed calls are not
-    cached, so re-running the experiment asks again."""
-    try:
-        output = await judge.generate(prompt, config=config, cache=cache)
-    except Exception as err:  # malformed bodies surface as JSONDecodeError/TypeError from the SDK
-        return None, f"judge call failed: {type(err).__name__}: {err}"
-    if output.error:
-        return output, f"judge error: {output.error}"
-    return output, None
+    """One judge call; a failure comes back as a reason instead of an exception.
+
+    Rate limits, server errors and timeouts are retried by the client (inspect and the OpenAI
+    SDK). A reply body the client cannot read (not JSON, or JSON without choices) is retried by
+    nobody there, so it is asked again here, up to ``UNREADABLE_RETRIES`` times, before the
+    judgement is recorded as unscored. Failed calls are not cached: a re-run asks again.
+    """
+    failure = ""
+    for _ in range(1 + UNREADABLE_RETRIES):
+        try:
+            output = await judge.generate(prompt, config=config, cache=cache)
+        except Exception as err:  # malformed bodies surface as JSONDecodeError/TypeError from the SDK
+            failure = f"judge call failed: {type(err).__name__}: {err}"
+            continue
+        if output.error:
+            return output, f"judge error: {output.error}"
+        return output, None
+    return None, failure
 
 
 # --- the classic 0-100 judge ---------------------------------------------------------------
