@@ -58,7 +58,6 @@ class BenchConfig:
     sdk_retries: int  # OpenAI SDK max_retries (its own backoff: 0.5 s doubling, jittered)
     inspect_retries: int  # GenerateConfig.max_retries (inspect's backoff: 3 s + up to 3 s jitter, doubling)
     inspect_timeout_s: int  # GenerateConfig.timeout: overall budget of one generate() call
-    caller_retries: int  # extra generate() calls after an exception inspect does not retry
     seed: int
 
 
@@ -70,7 +69,6 @@ class Delivered:
     ok: bool
     reply_id: str | None
     done_s: float
-    calls: int  # generate() calls the caller made
     error: str | None
 
 
@@ -96,7 +94,6 @@ class RunResult:
     lost: int
     lost_by_error: dict[str, int]
     duplicated: int
-    caller_calls: int
 
 
 def bench_responder(request: Any) -> Any:
@@ -127,6 +124,8 @@ async def _drive(config: BenchConfig, base_url: str) -> tuple[list[Delivered], f
     """Send every logical request through inspect at once; returns what each got, and the wall time."""
     from inspect_ai.model import GenerateConfig, get_model
 
+    from empersona.evals.judge import ask_judge
+
     os.environ["LOOPBACK_BASE_URL"] = base_url
     os.environ.setdefault("LOOPBACK_API_KEY", "loopback-bench")
     model = get_model(
@@ -143,23 +142,16 @@ async def _drive(config: BenchConfig, base_url: str) -> tuple[list[Delivered], f
     call_config = GenerateConfig(temperature=0.0, max_tokens=32)
 
     async def one(index: int) -> Delivered:
-        error: str | None = None
-        for calls in range(1, config.caller_retries + 2):
-            try:
-                output = await model.generate(_prompt(index), config=call_config)
-            except Exception as err:  # inspect raises what it does not retry; we count it
-                error = type(err).__name__
-                continue
-            if output.error:
-                error = f"output.error: {output.error}"
-                continue
-            try:
-                reply_id = json.loads(output.completion)["request_id"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                error = "unreadable reply"
-                continue
-            return Delivered(index, True, reply_id, time.monotonic() - start, calls, None)
-        return Delivered(index, False, None, time.monotonic() - start, config.caller_retries + 1, error)
+        # the judge's own call path: client retries for 429/500/timeouts, and ask_judge asks
+        # again when a reply body cannot be read at all
+        output, failure = await ask_judge(model, _prompt(index), call_config, False)
+        if failure or output is None:
+            return Delivered(index, False, None, time.monotonic() - start, failure)
+        try:
+            reply_id = json.loads(output.completion)["request_id"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return Delivered(index, False, None, time.monotonic() - start, "unreadable reply")
+        return Delivered(index, True, reply_id, time.monotonic() - start, None)
 
     await model.generate(_prompt(-1), config=call_config)  # warm-up: client, connection pool
     start = time.monotonic()
@@ -243,7 +235,6 @@ def run_once(config: BenchConfig) -> RunResult:
         lost=config.requests - len(successes),
         lost_by_error=dict(Counter(d.error or "" for d in delivered if not d.ok)),
         duplicated=duplicated,
-        caller_calls=sum(d.calls for d in delivered),
     )
 
 
@@ -292,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdk-retries", type=int, default=2, help="OpenAI SDK max_retries (model arg)")
     parser.add_argument("--inspect-retries", type=int, default=3, help="GenerateConfig.max_retries")
     parser.add_argument("--inspect-timeout", type=int, default=120, help="GenerateConfig.timeout, s")
-    parser.add_argument("--caller-retries", type=int, default=0, help="re-calls after a non-retried exception")
     parser.add_argument("--seed", type=int, default=0, help="fault RNG seed")
     parser.add_argument("--out", type=Path, default=Path("bench/results/judge.json"), help="JSON report path")
     args = parser.parse_args(argv)
@@ -315,7 +305,6 @@ def main(argv: list[str] | None = None) -> int:
             sdk_retries=args.sdk_retries,
             inspect_retries=args.inspect_retries,
             inspect_timeout_s=args.inspect_timeout,
-            caller_retries=args.caller_retries,
             seed=args.seed,
         )
         for rate in rates
@@ -343,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in bad:
         print(
             f"FAIL at fault rate {result.fault_rate:g}: {result.lost} lost, {result.duplicated} duplicated "
-            "(exceptions inspect does not retry reach the caller; see --caller-retries)"
+            "(requests the judge path could not complete)"
         )
     return 1 if bad else 0
 
