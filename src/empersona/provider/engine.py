@@ -92,13 +92,19 @@ class EngineStats:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine batches and decodes; ``compile=None`` means on for CUDA, off elsewhere."""
+    """How the engine batches and decodes.
+
+    ``compile=None`` means on for CUDA, off elsewhere; ``static_cache=None`` follows ``compile``
+    (a static cache without compiling runs the CUDA layout eagerly, which is how CPU tests check it).
+    """
 
     max_batch_size: int = 256
     prefix_reuse: bool = True
     min_prefix: int = 16
     compile: bool | None = None
+    static_cache: bool | None = None
     sync_every: int = 8
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -125,6 +131,9 @@ class Engine:
         self.device: torch.device = next(model.parameters()).device
         self.options = options
         self.compile = options.compile if options.compile is not None else self.device.type == "cuda"
+        self.static = options.static_cache if options.static_cache is not None else self.compile
+        if self.compile and not self.static:
+            raise ValueError("compile=True decodes on a static cache; do not set static_cache=False with it")
         self.adapters = AdapterSet(model)
         self.stats = EngineStats()
         self.lock = threading.RLock()
@@ -197,7 +206,7 @@ class Engine:
             if not request.prompt:
                 raise ValueError("empty prompt: nothing to condition generation on")
         real_rows = len(requests)
-        if self.compile:
+        if self.static:
             size = self._bucket_rows(real_rows)
             requests = requests + [requests[0]] * (size - real_rows)
         max_new = max(r.max_new_tokens for r in requests)
@@ -232,7 +241,7 @@ class Engine:
         top_vals: list[torch.Tensor] = []
         top_ids: list[torch.Tensor] = []
         position = batch.positions[:, -1] + 1
-        sync_every = self.options.sync_every if self.compile else 1
+        sync_every = self.options.sync_every if self.static else 1
         steps = 0
         for step in range(max_new):
             token, token_lp, values, ids = sample(logits, temperature, top_p, top_k, greedy, k, sampled, filters)
@@ -312,7 +321,7 @@ class Engine:
         suffix = max(len(p) - prefix for p in prompts)
         width = prefix + suffix
         total = width + max_new
-        if self.compile:
+        if self.static:
             total = -(-total // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), total), dtype=torch.long)
@@ -370,7 +379,7 @@ class Engine:
         from transformers import DynamicCache
 
         adapters = [r.adapter for r in batch.requests]
-        cache: Any = self._static_cache(len(adapters), batch.mask.shape[1]) if self.compile else None
+        cache: Any = self._static_cache(len(adapters), batch.mask.shape[1]) if self.static else None
         if batch.prefix:
             distinct = list(dict.fromkeys(adapters))
             self._set_rows(distinct)
@@ -383,7 +392,7 @@ class Engine:
                 shared,
             )
             index = torch.tensor([distinct.index(a) for a in adapters], device=self.device)
-            if self.compile:
+            if self.static:
                 _copy_prefix(cache, shared, index)
             else:
                 shared.reorder_cache(index)
@@ -398,7 +407,7 @@ class Engine:
         logits = self._forward(
             suffix,
             batch.positions[:, batch.prefix :],
-            batch.mask if self.compile else batch.mask[:, : batch.width],
+            batch.mask if self.static else batch.mask[:, : batch.width],
             cache,
         )
         return cache, logits
@@ -428,23 +437,32 @@ class Engine:
         if self._compiled_sample is None:
             import torch
 
-            self._compiled_sample = torch.compile(sample_next, dynamic=False)
+            self._compiled_sample = torch.compile(sample_next, backend=self.options.compile_backend, dynamic=False)
         return self._compiled_sample
 
     def _decode(self, batch: _Batch, cache: Any, token: torch.Tensor, position: torch.Tensor, step: int) -> torch.Tensor:
         """One decode step for all rows; returns the next logits ``[rows, vocab]``."""
         import torch
 
-        if not self.compile:
+        if not self.static:
             return self._forward(token[:, None], position[:, None], batch.mask[:, : batch.width + step + 1], cache)
-        if self._compiled_step is None:
-            self._compiled_step = torch.compile(_static_decode_step, mode="reduce-overhead", dynamic=False)
-        torch.compiler.cudagraph_mark_step_begin()
+        step_fn: Any = _static_decode_step
+        if self.compile:
+            if self._compiled_step is None:
+                cuda_graphs = self.device.type == "cuda" and self.options.compile_backend == "inductor"
+                self._compiled_step = torch.compile(
+                    _static_decode_step,
+                    backend=self.options.compile_backend,
+                    mode="reduce-overhead" if cuda_graphs else None,
+                    dynamic=False,
+                )
+            step_fn = self._compiled_step
+            torch.compiler.cudagraph_mark_step_begin()
         kwargs: dict[str, Any] = {}
         if self._wants_cache_position:
             at = batch.width + step
             kwargs["cache_position"] = torch.arange(at, at + 1, device=self.device)
-        logits = self._compiled_step(self.model, self._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
+        logits = step_fn(self.model, self._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
         self.stats.forward_passes += 1
         return logits.clone()
 
