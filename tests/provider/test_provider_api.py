@@ -1,0 +1,173 @@
+"""The ``empersona/`` inspect provider: model strings, one base load, greedy equality, logprobs, a Task."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from empersona.errors import EmpersonaError
+from empersona.provider.api import release_engines, resolve_model
+
+MESSAGES = ("Hello, who are you?", "Rate this from 1 to 5.", "Answer A or B.", "Say something long.")
+NEW_TOKENS = 10
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> None:
+    """Each test loads its own engines (and inspect's model memo is bypassed with memoize=False)."""
+    release_engines()
+
+
+def get(name: str, **model_args: Any) -> Any:
+    from inspect_ai.model import get_model
+
+    return get_model(f"empersona/{name}", memoize=False, **model_args)
+
+
+def plain_generate(base: Path, adapter: Path | None, texts: list[str]) -> list[list[int]]:
+    """Greedy ``model.generate`` per prompt on the chat-templated text, cut at the first EOS."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")
+            tokens = model.generate(**ids, do_sample=False, max_new_tokens=NEW_TOKENS)[0, ids["input_ids"].shape[1] :]
+            tokens = tokens.tolist()
+            out.append(tokens[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
+    return out
+
+
+def test_entry_point_registers_the_provider() -> None:
+    points = {ep.name: ep.value for ep in entry_points(group="inspect_ai")}
+    assert points.get("empersona") == "empersona.provider"
+
+
+def test_model_strings_resolve_base_and_adapter(tiny_model: Path, tiny_adapters: tuple[Path, Path]) -> None:
+    adapter = tiny_adapters[0]
+    assert resolve_model(str(adapter), None).base == str(tiny_model.resolve())
+    assert resolve_model(str(adapter), None).adapter == adapter.resolve()
+    assert resolve_model(str(tiny_model), str(adapter)).adapter == adapter.resolve()
+    assert resolve_model(str(tiny_model), None).adapter is None
+    with pytest.raises(EmpersonaError, match="adapter"):
+        resolve_model(str(adapter), str(tiny_adapters[1]))
+    with pytest.raises(EmpersonaError, match="batchsize"):
+        get(str(tiny_model), batchsize=4)
+
+
+def test_base_and_two_adapters_load_the_base_weights_once(
+    tiny_model: Path, tiny_adapters: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    loads: list[str] = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        loads.append(str(args[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
+    models = [get(str(tiny_model)), get(str(tiny_adapters[0])), get(str(tiny_model), adapter=str(tiny_adapters[1]))]
+    assert loads == [str(tiny_model.resolve())]
+    assert models[0].api.served is models[1].api.served is models[2].api.served
+    assert len(models[0].api.served.engine.adapters.adapters) == 2
+
+
+def test_greedy_through_inspect_equals_plain_generate_in_one_mixed_round(
+    tiny_model: Path, tiny_adapters: tuple[Path, Path]
+) -> None:
+    from inspect_ai.model import ChatMessageUser, GenerateConfig
+
+    models = [get(str(tiny_model)), get(str(tiny_adapters[0])), get(str(tiny_adapters[1]))]
+    config = GenerateConfig(temperature=0, max_tokens=NEW_TOKENS)
+    conversations = [[ChatMessageUser(content=m)] for m in MESSAGES]
+
+    async def tokens_and_texts() -> tuple[list[Any], list[Any]]:
+        # token level: the requests inspect would send, all submitted concurrently
+        completions = await asyncio.gather(
+            *[m.api.served.batcher.submit(m.api.request(c, config)) for m in models for c in conversations]
+        )
+        outputs = await asyncio.gather(*[m.generate(c, config=config) for m in models for c in conversations])
+        return list(completions), list(outputs)
+
+    completions, outputs = asyncio.run(tokens_and_texts())
+    served = models[0].api.served
+    assert served.batcher.rounds == 2  # one round for each gather: no fixed wait, nothing split
+    assert served.engine.stats.mixed_batches == 2
+
+    texts = [models[0].api.prompt(c) for c in conversations]
+    n = len(MESSAGES)
+    by_model = [None, tiny_adapters[0], tiny_adapters[1]]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    results = []
+    for i, adapter in enumerate(by_model):
+        expected = plain_generate(tiny_model, adapter, texts)
+        got = [list(c.tokens) for c in completions[i * n : (i + 1) * n]]
+        assert got == expected
+        decoded = [tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in expected]
+        assert [o.completion for o in outputs[i * n : (i + 1) * n]] == decoded
+        results.append(got)
+    assert results[1] != results[0] and results[2] != results[0]
+
+
+def test_logprobs_come_back_as_text_pieces(tiny_model: Path) -> None:
+    from inspect_ai.model import GenerateConfig
+
+    model = get(str(tiny_model))
+    config = GenerateConfig(temperature=0, max_tokens=5, logprobs=True, top_logprobs=4)
+    output = asyncio.run(model.generate("Answer with a number from 0 to 100.", config=config))
+    logprobs = output.choices[0].logprobs
+    assert logprobs is not None
+    assert output.usage is not None and len(logprobs.content) >= output.usage.output_tokens
+    for item in logprobs.content:
+        assert item.top_logprobs is not None and len(item.top_logprobs) == 4
+        values = [t.logprob for t in item.top_logprobs]
+        assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+        assert item.token == item.top_logprobs[0].token  # greedy
+        assert item.bytes == list(item.token.encode("utf-8"))
+        assert not any("Ġ" in t.token for t in item.top_logprobs)  # text, not raw BPE pieces
+    plain = asyncio.run(model.generate("hi", config=GenerateConfig(temperature=0, max_tokens=3)))
+    assert plain.choices[0].logprobs is None
+
+
+def test_inspect_task_runs_end_to_end(tiny_model: Path, tiny_adapters: tuple[Path, Path], tmp_path: Path) -> None:
+    from inspect_ai import Task, eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.scorer import includes
+    from inspect_ai.solver import generate
+
+    task = Task(
+        dataset=[Sample(input=m, target="zzz", id=f"s{i}") for i, m in enumerate(MESSAGES)],
+        solver=generate(),
+        scorer=includes(),
+    )
+    logs = eval(
+        task,
+        model=[f"empersona/{tiny_model}", f"empersona/{tiny_adapters[0]}"],
+        log_dir=str(tmp_path),
+        display="none",
+        max_tokens=6,
+        temperature=0,
+    )
+    assert [log.status for log in logs] == ["success", "success"]
+    for log in logs:
+        assert log.samples is not None and len(log.samples) == len(MESSAGES)
+        assert all(s.output.usage is not None and s.output.usage.output_tokens > 0 for s in log.samples)
+    base_out = [s.output.completion for s in logs[0].samples or []]
+    adapter_out = [s.output.completion for s in logs[1].samples or []]
+    assert base_out != adapter_out
