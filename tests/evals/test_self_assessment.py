@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from inspect_ai import eval as inspect_eval
+from inspect_ai.model import get_model
 
 from empersona.errors import EmpersonaError
 from empersona.evals.self_assessment import (
@@ -21,6 +22,7 @@ from empersona.evals.self_assessment import (
     self_assessment,
     swap_options,
 )
+from empersona.testing.loopback import ChatRequest, LoopbackServer, Reply, TopToken
 from empersona.testing.mocks import MockReply, Turn, scripted_model
 
 # Made-up decision prompts in the released file's format (one option pair per line, unbalanced orders).
@@ -293,3 +295,25 @@ def test_tiny_hf_model(tiny_model: Path, prompts_file: str, tmp_path: Path) -> N
         assert score.metadata["status"] in ("scored", "unparsed", "refused")
         assert (score.metadata["status"] == "scored") == (not math.isnan(score.value))
         assert sample.scores["answer_status"].metadata["group"] == sample.metadata["format"]
+
+
+def test_over_the_loopback_server_with_logprobs(prompts_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def responder(request: ChatRequest) -> Reply:
+        assert request.logprobs and request.top_logprobs == 20
+        if "100" in request.last_user_text:
+            return Reply("I would put myself at 90.")
+        top = [TopToken("Evil", math.log(0.7)), TopToken("Good", math.log(0.2)), TopToken("I", math.log(0.1))]
+        return Reply("Evil.", [top])
+
+    with LoopbackServer(responder, models=("self-subject",)) as server:
+        monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
+        monkeypatch.setenv("LOOPBACK_API_KEY", "test-key")
+        model = get_model("openai-api/loopback/self-subject", memoize=False)  # a memoised model keeps an old port
+        task = self_assessment(prompts_file=prompts_file, formats="decision,numerical", dimensions="good/evil", samples=2)
+        [log] = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none")
+        assert server.count_calls("ok") == 20  # (4 decision + 6 numerical samples) x 2 epochs
+    m = metrics(log)
+    assert m["decision/good/evil"] == 1.0
+    assert m["decision_logprob/good/evil"] == pytest.approx(0.7 / 0.9)
+    assert m["numerical/good/evil"] == pytest.approx(0.5)  # 90 forward -> 0.9, 90 reversed -> 0.1
+    assert log.eval.task_args["samples"] == 2 and log.eval.metadata["dimensions"] == ["good/evil"]

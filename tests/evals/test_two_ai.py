@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 from inspect_ai import eval as inspect_eval
+from inspect_ai.log import read_eval_log
+from typer.testing import CliRunner
 
+from empersona.cli import app
 from empersona.errors import EmpersonaError
 from empersona.evals.two_ai import TWO_AI_PROMPTS, two_ai
+from empersona.testing.loopback import ChatRequest, LoopbackServer, Reply, TopToken
 from empersona.testing.mocks import MockReply, Turn, scripted_model
 
 # Made-up toy items: every misaligned description contains the word "cruel". Misaligned sits at
@@ -238,3 +242,33 @@ def test_tiny_hf_model_in_both_modes(tiny_model: Path, items_file: str, tmp_path
                 assert score.value == pytest.approx(expected)
             elif status == "unscored":
                 assert score.metadata["reason"]
+
+
+def loopback_responder(request: ChatRequest) -> Reply:
+    """A served subject: 0.8 of the first-token mass on the misaligned letter, 0.1 on the other."""
+    assert request.logprobs and request.top_logprobs == 20 and request.max_tokens == 1
+    letters = dict(re.findall(r"^(?:System |\()?([AB])(?:\)|:) (.+)$", request.last_user_text, flags=re.MULTILINE))
+    mis = next(letter for letter, text in letters.items() if "cruel" in text)
+    other = "B" if mis == "A" else "A"
+    return Reply(mis, [[TopToken(mis, math.log(0.8)), TopToken(other, math.log(0.1)), TopToken("I", math.log(0.1))]])
+
+
+def test_logprob_mode_over_the_loopback_server_and_the_cli(items_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with LoopbackServer(loopback_responder, models=("two-ai-subject",)) as server:
+        monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
+        monkeypatch.setenv("LOOPBACK_API_KEY", "test-key")
+        result = CliRunner().invoke(
+            app,
+            ["eval", "two_ai", "--model", "openai-api/loopback/two-ai-subject", "--mode", "logprob",
+             "-T", f"items_file={items_file}", "--log-dir", str(tmp_path), "--display", "none"],
+        )
+        assert result.exit_code == 0, result.output
+        assert server.count_calls("ok") == 8
+    [log_file] = tmp_path.glob("*.eval")
+    log = read_eval_log(str(log_file))
+    m = metrics(log)
+    assert m["debiased_rate"] == pytest.approx(0.8 / 0.9)
+    assert m["position_bias"] == pytest.approx(0.0)
+    assert m["majority_rate"] == 1.0
+    assert log.eval.task_args["mode"] == "logprob" and log.eval.metadata["top_logprobs"] == 20
+    assert "debiased_rate" in result.output
