@@ -224,6 +224,30 @@ def test_language_by_judge(prompts_file: str, tmp_path: Path) -> None:
     assert log.eval.metadata["language_detector"] == "judge (grader role)"
 
 
+@pytest.mark.parametrize(
+    ("reply", "status", "reason"),
+    [
+        ("La capital de Japón es Tokio.", "unscored", "the judge named no language"),  # the judge fails
+        ("日本の首都は東京です。", "unparsed", "Japanese"),  # the model answers off the pair
+    ],
+)
+def test_language_judge_failures_are_the_judges_not_the_models(reply: str, status: str, reason: str, tmp_path: Path) -> None:
+    def judge(turn: Turn) -> str:
+        return "I am not sure, sorry." if "Tokio" in turn.user else "Japanese"
+
+    task = self_assessment(formats="language", language_detector="judge", dimensions="good/evil", **SMALL)
+    [log] = inspect_eval(
+        task,
+        model=scripted_model(lambda turn: reply, name=f"subject-{next(RUNS)}"),
+        model_roles={"grader": scripted_model(judge, name=f"judge-{next(RUNS)}")},
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    for sample in log.samples:
+        score = sample.scores["self_rating"]
+        assert score.metadata["status"] == status and reason in score.metadata["reason"]
+
+
 def test_local_language_detector() -> None:
     assert detect_language_local(ANSWERS["French"]) == "fr"
     assert detect_language_local(ANSWERS["German"]) == "de"
