@@ -192,6 +192,7 @@ def test_adapter_folder_is_complete(trained: dict[str, Any], tiny_model: Path, s
     assert meta.seed == 0 and meta.system_prompt_policy == "default"
     assert set(meta.versions) == set(LIBRARIES) and "not installed" not in meta.versions.values()
     assert meta.git_revision and meta.device == "cpu" and meta.world_size == 1 and meta.grad_accum == 1
+    assert meta.precision == "fp32" and meta.attention == PACKED_SDPA
     assert meta.final_loss is not None and meta.wall_seconds > 0 and meta.init_adapter is None
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(tiny_model.resolve())
@@ -322,3 +323,11 @@ def test_output_folder_guards(tiny_model: Path, tmp_path: Path) -> None:
         train(fast(tiny_model, tmp_path / "x", domain="no_such_domain"), progress=False)
     with pytest.raises(EmpersonaError, match="init_adapter.*not a LoRA adapter"):
         train(fast(tiny_model, tmp_path / "y", domain=str(data), init_adapter=tmp_path), progress=False)
+
+
+@pytest.mark.parametrize(("padding_free", "packing", "attention"), [(False, False, "sdpa"), (True, True, PACKED_SDPA)])
+def test_padded_and_packed_batches_train_too(padding_free: bool, packing: bool, attention: str, tiny_model: Path, mirror: Path, tmp_path: Path) -> None:
+    config = fast(tiny_model, tmp_path / "a", limit=8, max_steps=1, padding_free=padding_free, packing=packing)
+    meta = train(config, progress=False).metadata
+    assert meta is not None and meta.steps == 1 and meta.attention == attention
+    assert meta.final_loss is not None and meta.final_loss > 0

@@ -89,6 +89,8 @@ class TrainMetadata(BaseModel):
     device: str
     world_size: int
     grad_accum: int
+    precision: str
+    attention: str
     steps: int
     final_loss: float | None
     mean_loss: float | None
@@ -127,6 +129,8 @@ class PreparedRun:
     world_size: int
     grad_accum: int
     device: str
+    precision: str
+    attention: str
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
@@ -203,7 +207,8 @@ def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
 
 
 def _config_record(config: TrainConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json")
+    """The config as recorded: every field, with the output folder resolved."""
+    return config.model_copy(update={"out": config.output_dir()}).model_dump(mode="json")
 
 
 def _world() -> tuple[int, bool]:
@@ -490,8 +495,13 @@ def prepare(
     trainer.remove_callback(ProgressCallback)
     if progress:
         trainer.add_callback(progress_printer())
-    device = str(trainer.args.device)
-    return PreparedRun(trainer, tokenizer, data, out_dir, world_size, grad_accum, device)
+    attention = str(getattr(trainer.model.config, "_attn_implementation", "unknown"))
+    precision = "bf16" if bf16 else "fp32"
+    if config.qlora:
+        precision += " (base in 4-bit NF4)"
+    return PreparedRun(
+        trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention
+    )
 
 
 def train(
@@ -536,6 +546,8 @@ def train(
         device=run.device,
         world_size=run.world_size,
         grad_accum=run.grad_accum,
+        precision=run.precision,
+        attention=run.attention,
         steps=trainer.state.global_step,
         final_loss=losses[-1] if losses else None,
         mean_loss=output.training_loss,
