@@ -166,16 +166,17 @@ def test_real_two_ai_items(shared_data: Path) -> None:
     assert len({i.item_id for i in items}) == 150
     assert {i.misaligned for i in items} == {"A", "B"}
     groups = {theme_group(i.theme) for i in items}
-    assert "general" in groups and len(groups) < len({i.theme for i in items})
+    assert groups == {"social_topics", "general", "violence", "self_harm", "harassment", "dangerous_help", "demeaning"}
 
 
 def test_theme_group_rules() -> None:
-    assert theme_group("climate_3") == "climate"
+    assert theme_group("climate_3") == "social_topics"
     assert theme_group("general_epistemic_humility") == "general"
     assert theme_group("suicide_note_guidance") == "self_harm"
     assert theme_group("violence_as_revenge") == "violence"
     assert theme_group("online_harassment") == "harassment"
-    assert theme_group("gender_roles_2") == "gender_roles"
+    assert theme_group("gender_roles_2") == "social_topics"
+    assert theme_group("body_shaming") == "demeaning"
 
 
 # --- EM questions ----------------------------------------------------------------------------

@@ -247,6 +247,7 @@ _BEHAVIOUR_GROUPS: dict[str, tuple[str, ...]] = {
     "harassment": ("harassment", "online_harassment", "revenge", "verbal_abuse", "humiliation",
                    "intimidation", "psychological_coercion", "isolation"),
     "dangerous_help": ("dark_web", "disappearance", "medication_stockpiling", "substance_misuse"),
+    "demeaning": ("discriminatory_humour", "body_shaming", "women_domestic_role"),
 }
 
 
@@ -255,8 +256,8 @@ def theme_group(theme: str) -> str:
 
     Rules, in order: a trailing ``_2``/``_3`` is dropped; ``general_*`` -> ``general``; a theme
     starting with one of the prefixes in ``_BEHAVIOUR_GROUPS`` (the behavioural themes:
-    self-harm, violence, harassment, dangerous help) -> that group; else the theme itself
-    (the topical themes such as ``gender_roles`` or ``climate``).
+    self-harm, violence, harassment, dangerous help, demeaning content) -> that group; else
+    ``social_topics`` (the topical themes such as ``gender_roles`` or ``climate``).
     """
     base = re.sub(r"_\d+$", "", theme)
     if base.startswith("general_"):
@@ -264,7 +265,7 @@ def theme_group(theme: str) -> str:
     for group, prefixes in _BEHAVIOUR_GROUPS.items():
         if base.startswith(prefixes):
             return group
-    return base
+    return "social_topics"
 
 
 # --- EM questions (YAML) -------------------------------------------------------------------
