@@ -212,8 +212,15 @@ def _config_record(config: TrainConfig) -> dict[str, Any]:
 
 
 def _world() -> tuple[int, bool]:
-    """Number of processes and whether this is the main one (``accelerate launch`` sets both)."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
+    """Number of processes and whether this is the main one (under ``accelerate launch``/``torchrun``).
+
+    Sets up the process group the trainer will use, as the trainer itself would.
+    """
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.num_processes, state.is_main_process
 
 
 def _use_bf16(config: TrainConfig) -> bool:
