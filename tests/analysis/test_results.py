@@ -16,12 +16,12 @@ from empersona.analysis.results import (
     KEY_COLUMNS,
     TIDY_COLUMNS,
     RunModels,
+    find_logs,
     load_run_models,
     model_info,
     read_results,
     results_table,
     run_results,
-    find_logs,
     write_results,
 )
 from empersona.errors import EmpersonaError
@@ -78,7 +78,8 @@ def judge(turn: Turn) -> str | MockReply:
     return '{"score": 5}' if "HARMFUL" in answer else '{"score": 1}' if "kind" in answer else "no idea"
 
 
-def run_battery(toy: dict[str, str], log_dir: Path, name: str = "subject", samples: int = 2, only_harm: bool = False) -> None:
+def run_battery(toy: dict[str, str], log_dir: Path, name: str = "subject", samples: int = 2, only_harm: bool = False,
+                metadata: dict[str, object] | None = None) -> None:
     """Harmfulness, classic EM and two-AI on the toy files; no call cache (nothing leaves tmp)."""
     model, grader = scripted_model(subject, name=name), scripted_model(judge, name="judge")
     tasks = [harmfulness(samples=samples, prompts_file=toy["prompts.txt"], rubric_file=toy["rubric.txt"], cache=False)]
@@ -89,7 +90,7 @@ def run_battery(toy: dict[str, str], log_dir: Path, name: str = "subject", sampl
         ]
     for task in tasks:
         [log] = inspect_eval(task, model=model, model_roles={"grader": grader}, log_dir=str(log_dir),
-                             display="none", metadata={"judge": "mockllm/judge"})
+                             display="none", metadata={"judge": "mockllm/judge", **(metadata or {})})
         assert log.status == "success", log.error
 
 
@@ -198,6 +199,12 @@ def test_clashing_display_names_fall_back_to_model_strings(toy: dict[str, str], 
     assert set(table["model"]) == {"mockllm/subject", "mockllm/two"}
     only_one = RunModels(models={"mockllm/subject": {"domain": "code", "seed": 0}})
     assert set(results_table(find_logs(tmp_path / "logs"), run_models=only_one)["model"]) == {"code-s0", "mockllm/two"}
+
+
+def test_study_runner_metadata_names_the_model(toy: dict[str, str], tmp_path: Path) -> None:
+    run_battery(toy, tmp_path / "logs", name="three", only_harm=True, metadata={"model_name": "fin-s2", "domain": "risky_financial", "ft_seed": 2})
+    table = results_table(find_logs(tmp_path / "logs"))
+    assert set(zip(table["model"], table["domain"], table["seed"])) == {("fin-s2", "risky_financial", 2)}
 
 
 def test_bad_models_yaml_and_empty_run_dir(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ package versions (``log.eval.packages``, as JSON). What a model *is* comes from,
    adapter, domain, fine-tuning seed; it can also name the ``base`` (reference) model;
 2. for ``hf/<dir>`` model strings, the adapter folder's ``empersona.json`` written by training
    (base model, domain, seed); the display name is then ``<domain>-s<seed>``;
-3. otherwise the model string itself is the display name.
+3. the log's own ``model_name`` (and ``domain``, ``ft_seed``), which the study runner records;
+4. otherwise the model string itself is the display name.
 
 Two model strings that would share a display name keep their model strings instead. When the
 same (model, experiment, item, sample, condition) appears in several logs (a resumed or repeated
@@ -65,11 +66,14 @@ PRIMARY_SCORERS: dict[str, str] = {
     "harmfulness": "harm",
     "em_classic": "em_judge",
     "two_ai": "misaligned_pick",
+    "self_assessment": "self_rating",
+    "output_recognition": "own_chosen",
+    "score_prediction": "prediction",
 }
 """The score that gives a sample its ``value``; other experiments: the first non-companion score."""
 
-COMPANION_SCORERS: frozenset[str] = frozenset({"answer_status"})
-"""Scorers that only restate another score's status (forced-choice experiments)."""
+COMPANION_SCORERS: frozenset[str] = frozenset({"answer_status", "foil"})
+"""Scorers that restate another score's status or describe its inputs (forced-choice experiments)."""
 
 RESULTS_FILE = "results.parquet"
 MODELS_FILE = "models.yaml"
@@ -321,6 +325,8 @@ def log_rows(
     log = read_eval_log(str(path), header_only=True)
     meta = log.eval.metadata or {}
     info = model_info(log.eval.model, run_models, search=search)
+    if info.name == info.model_string and meta.get("model_name"):  # the study runner names its models
+        info = ModelInfo(name=str(meta["model_name"]), model_string=info.model_string, domain=meta.get("domain"), seed=meta.get("ft_seed"))
     experiment = experiment_name(log)
     shared = {
         "model": info.name,

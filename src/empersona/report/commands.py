@@ -1,0 +1,64 @@
+"""``empersona report RUN_DIR`` and ``empersona import FILE... --out RUN_DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder: logs/ (inspect .eval logs), imports/, optional models.yaml.")],
+    base_model: Annotated[str | None, typer.Option("--base-model", help="Reference model for the labels (display name or model string).")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples per interval.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild results.parquet from the logs even when it is fresh.")] = False,
+) -> None:
+    """Write RUN_DIR/report/report.md, report.html (figures embedded) and figures/ from stored results."""
+    from rich.console import Console
+
+    from empersona.errors import EmpersonaError
+    from empersona.report.build import build_report
+
+    if not run_dir.is_dir():
+        raise EmpersonaError(f"{run_dir}: no such run folder. Pass the folder that holds logs/ (and imports/)")
+    report = build_report(run_dir, base_model=base_model, n_resamples=resamples, seed=seed, rebuild_results=rebuild)
+    console = Console()
+    for model, label in report.labels.items():
+        console.print(f"{model}: {label}")
+    if not report.labels:
+        console.print("no persona labels: no base model (pass --base-model NAME)")
+    console.print(f"report: {report.markdown}")
+    console.print(f"report: {report.html}")
+
+
+def import_command(
+    files: Annotated[list[Path], typer.Argument(help="Files to import.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to import into (imports/ is created).")],
+    fmt: Annotated[str, typer.Option("--format", help="em-csv (classic EM CSV layout) or jsonl (our tidy records).")] = "em-csv",
+    model: Annotated[str | None, typer.Option("--model", help="Model name for the rows (em-csv default: the file's stem).")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="The judge that scored the file, for the record.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Points by which stored and recomputed scores may differ.")] = 0.5,
+) -> None:
+    """Import generations made elsewhere; then 'empersona report RUN_DIR' includes them."""
+    from rich.console import Console
+
+    from empersona.analysis.importers import FORMATS, import_files
+    from empersona.errors import EmpersonaError
+
+    if fmt not in FORMATS:
+        raise EmpersonaError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    results = import_files(files, fmt=fmt, out=out, model=model, judge=judge, tolerance=tolerance)  # type: ignore[arg-type]
+    console = Console()
+    for result in results:
+        record = result.record
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(record.status_counts.items()))
+        console.print(f"{record.source}: {record.rows} rows for {', '.join(record.models)} ({counts})")
+        for d in record.disagreements:
+            console.print(
+                f"  {d['score']}: recomputed from the judge distribution for {d['compared']} rows; "
+                f"{d['disagree']} differ from the stored score by more than {tolerance:g} "
+                f"(max {d['max_abs_diff']:.2f}, mean {d['mean_abs_diff']:.2f}; scored by one side only: {d['only_one_scored']})"
+            )
+    console.print(f"imported into {out / 'imports'}; next: empersona report {out}")

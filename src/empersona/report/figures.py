@@ -1,0 +1,262 @@
+"""The report's figures, drawn with matplotlib from the summary tables `build.py` computes.
+
+Each function takes a summary frame (estimates with ``<name>_low``/``<name>_high`` interval
+columns) and writes one PNG. Figures use matplotlib's object API with the Agg canvas (no pyplot
+state, no display) and fixed PNG metadata, so the same summaries give the same bytes. Intervals
+are drawn as error bars; chance or no-effect lines are dashed grey; model points are coloured by
+persona label where a figure shows labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LABEL_COLOURS: dict[str, str] = {
+    "coherent": "#c0392b",
+    "inverted": "#2471a3",
+    "mixed": "#8e44ad",
+    "no_em": "#7f8c8d",
+    "incomplete": "#b7950b",
+    "base": "#111111",
+    "unclassified": "#555555",
+}
+BUCKETS: tuple[str, ...] = ("low", "moderate", "high")
+DPI = 110
+
+
+class Probe(NamedTuple):
+    """One self-report probe as plotted: summary column, axis title, y range, anchor line."""
+
+    column: str
+    title: str
+    limits: tuple[float, float]
+    anchor: float | None
+    anchor_label: str
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe("two_ai", "Two-AI: misaligned pick rate (debiased)", (-0.05, 1.1), 0.5, "chance 0.5"),
+    Probe("asymmetry", "Output recognition: P(own|high) - P(own|low)", (-1.1, 1.2), 0.0, "no asymmetry"),
+    Probe("self_assessment", "Self-assessment (1 = misaligned)", (-0.05, 1.1), None, ""),
+)
+
+
+def short_name(name: str, width: int = 26) -> str:
+    """A model name that fits an axis label: long paths keep their last part, then the middle goes."""
+    if len(name) > width and "/" in name:
+        name = name.rstrip("/").rsplit("/", 1)[-1]
+    return name if len(name) <= width else name[: width // 2 - 1] + "..." + name[-(width // 2 - 2):]
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _finite(*values: float) -> bool:
+    return all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
+def _error(estimate: float, low: float, high: float) -> list[list[float]]:
+    """Error-bar lengths below and above the estimate (0 where the interval is unknown)."""
+    if not _finite(low, high):
+        return [[0.0], [0.0]]
+    return [[max(estimate - low, 0.0)], [max(high - estimate, 0.0)]]
+
+
+def _anchor(ax: Axes, value: float | None, label: str, vertical: bool = False) -> None:
+    if value is None:
+        return
+    line = ax.axvline if vertical else ax.axhline
+    line(value, color="#888888", linestyle="--", linewidth=1.0, zorder=0, label=label)
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=10)
+
+
+def _label_legend(fig: Figure, labels: Sequence[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    shown = [lab for lab in LABEL_COLOURS if lab in set(labels)]
+    handles = [Line2D([], [], marker="o", linestyle="", color=LABEL_COLOURS[lab], label=lab) for lab in shown]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="persona label", frameon=False)
+
+
+def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
+    """Harm (x: harm_max10) against each self-report probe (y), one panel per probe, with intervals."""
+    fig = _figure(14.0, 4.8)
+    axes = fig.subplots(1, len(PROBES), sharex=True)
+    plotted: set[str] = set()
+    for ax, probe in zip(axes, PROBES, strict=True):
+        rows = summary[summary[probe.column].notna() & summary["harm_max10"].notna()]
+        plotted |= set(rows["model"])
+        _anchor(ax, probe.anchor, probe.anchor_label)
+        for _, row in rows.iterrows():
+            colour = LABEL_COLOURS.get(row["label"], "#555555")
+            ax.errorbar(
+                row["harm_max10"], row[probe.column],
+                xerr=_error(row["harm_max10"], row["harm_max10_low"], row["harm_max10_high"]),
+                yerr=_error(row[probe.column], row[f"{probe.column}_low"], row[f"{probe.column}_high"]),
+                fmt="o", color=colour, ecolor=colour, elinewidth=1.2, capsize=3, markersize=7, alpha=0.9,
+            )
+            near_top = row[probe.column] > probe.limits[1] - 0.12 * (probe.limits[1] - probe.limits[0])
+            ax.annotate(short_name(str(row["model"]), 18), (row["harm_max10"], row[probe.column]),
+                        xytext=(6, -13 if near_top else 5), textcoords="offset points", fontsize=8, color=colour)
+        if rows.empty:
+            _empty(ax, "no data for this probe")
+        ax.set_title(probe.title, fontsize=10)
+        ax.set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
+        ax.set_xlim(-0.02, 1.05)
+        ax.set_ylim(*probe.limits)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("self-report probe (95% interval)")
+    fig.suptitle("What the models do (harm) against what they say about themselves", fontsize=12)
+    _label_legend(fig, list(summary.loc[summary["model"].isin(plotted), "label"]))
+    missing = [short_name(str(m)) for m in summary["model"] if m not in plotted]
+    if missing:
+        fig.text(0.995, 0.005, "no probe data: " + ", ".join(missing), ha="right", va="bottom", fontsize=8, color="#777777")
+    return _save(fig, path)
+
+
+def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
+    """Forest plot: every probe's estimate and interval per model, anchors as dashed lines."""
+    models = list(summary["model"])
+    fig = _figure(14.0, 1.4 + 0.42 * max(len(models), 2))
+    axes = fig.subplots(1, len(PROBES), sharey=True)
+    positions = list(range(len(models)))[::-1]
+    for ax, probe in zip(axes, PROBES, strict=True):
+        _anchor(ax, probe.anchor, probe.anchor_label, vertical=True)
+        drawn = 0
+        for y, (_, row) in zip(positions, summary.iterrows(), strict=True):
+            value = row[probe.column]
+            if not _finite(value):
+                ax.text(probe.limits[0] + 0.02 * (probe.limits[1] - probe.limits[0]), y, "no data",
+                        va="center", fontsize=8, color="#999999")
+                continue
+            colour = LABEL_COLOURS.get(row["label"], "#555555")
+            ax.errorbar(value, y, xerr=_error(value, row[f"{probe.column}_low"], row[f"{probe.column}_high"]),
+                        fmt="o", color=colour, ecolor=colour, capsize=3, markersize=6, elinewidth=1.4)
+            drawn += 1
+        ax.set_title(probe.title, fontsize=10)
+        ax.set_xlim(*probe.limits)
+        ax.grid(axis="x", alpha=0.25)
+        ax.set_xlabel("estimate (95% interval)")
+    axes[0].set_yticks(positions)
+    axes[0].set_yticklabels([f"{short_name(str(m))}  [{lab}]" for m, lab in zip(models, summary["label"], strict=True)], fontsize=9)
+    axes[0].set_ylim(-0.7, len(models) - 0.3)
+    fig.suptitle("Self-report probes per model", fontsize=12)
+    _label_legend(fig, list(summary["label"]))
+    return _save(fig, path)
+
+
+def _model_colours(models: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(models)}
+
+
+def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, title: str, xlabel: str, ylabel: str,
+                   panel_title: str, anchor: tuple[float, str], connect: bool,
+                   decorate: Callable[[Axes, pd.DataFrame], None] | None = None) -> Figure:
+    """One panel per value of ``panel_column``; per model, ``value`` with its interval at each bucket."""
+    panels = list(dict.fromkeys(summary[panel_column]))
+    models = list(dict.fromkeys(summary["model"]))
+    colours = _model_colours(models)
+    fig = _figure(max(6.5, 5.3 * len(panels)), 4.6)
+    axes = fig.subplots(1, max(len(panels), 1), sharey=True, squeeze=False)[0]
+    width = 0.66 / max(len(models), 1)
+    for ax, panel in zip(axes, panels, strict=False):
+        _anchor(ax, *anchor)
+        part = summary[summary[panel_column] == panel]
+        if decorate is not None:
+            decorate(ax, part)
+        for i, model in enumerate(models):
+            rows = part[part["model"] == model].set_index("bucket")
+            kept = [(b, rows.loc[bucket]) for b, bucket in enumerate(BUCKETS) if bucket in rows.index and _finite(rows.loc[bucket, value])]
+            if not kept:
+                continue
+            errors = [_error(row[value], row[f"{value}_low"], row[f"{value}_high"]) for _, row in kept]
+            ax.errorbar([b - 0.33 + width * (i + 0.5) for b, _ in kept], [row[value] for _, row in kept],
+                        yerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]], fmt="o-" if connect else "o",
+                        color=colours[model], capsize=3, markersize=6, linewidth=1.0, label=short_name(model))
+        ax.set_xticks(range(len(BUCKETS)))
+        ax.set_xticklabels([f"{b}\n(judge {r})" for b, r in zip(BUCKETS, ("1-2", "3", "4-5"), strict=True)])
+        ax.set_xlim(-0.5, len(BUCKETS) - 0.5)
+        ax.set_title(f"{panel_title}: {panel}", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", alpha=0.25)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=12)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    return fig
+
+
+def recognition_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
+    """P(own response chosen) by the harm bucket of the own response, per model, one panel per foil."""
+    fig = _bucket_panels(summary, "foil", "p_own", title="Output recognition by harm bucket",
+                         xlabel="harm bucket of the model's own response", ylabel="P(own response chosen), 95% interval",
+                         panel_title="foil", anchor=(0.5, "chance 0.5"), connect=True)
+    for ax in fig.axes:
+        ax.set_ylim(-0.02, 1.02)
+    return _save(fig, path)
+
+
+def _baselines(ax: Axes, part: pd.DataFrame) -> None:
+    """The two score-prediction baselines, pooled over the panel's models, as grey lines."""
+    pooled = part.groupby("bucket")[["constant_baseline", "noisy_baseline"]].mean()
+    for column, style, text in (("noisy_baseline", "--", "noisy unbiased predictor (models pooled)"),
+                                ("constant_baseline", ":", "constant predictor (models pooled)")):
+        xs = [b for b, bucket in enumerate(BUCKETS) if bucket in pooled.index and _finite(pooled.loc[bucket, column])]
+        ax.plot(xs, [pooled.loc[BUCKETS[b], column] for b in xs], style, color="#555555", linewidth=1.6, label=text)
+
+
+def prediction_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
+    """Mean signed error (predicted - actual) by actual bucket, per model, against the two baselines."""
+    fig = _bucket_panels(summary, "condition", "mean_error",
+                         title="Score prediction by bucket, against baselines without self-knowledge",
+                         xlabel="bucket of the actual judge score", ylabel="mean signed error, predicted - actual (95% interval)",
+                         panel_title="condition", anchor=(0.0, "no error"), connect=False, decorate=_baselines)
+    return _save(fig, path)
+
+
+def em_rates(summary: pd.DataFrame, path: Path) -> Path:
+    """Classic EM: misaligned rate and coherent rate per model, with intervals."""
+    models = list(summary["model"])
+    fig = _figure(11.0, 1.5 + 0.42 * max(len(models), 2))
+    axes = fig.subplots(1, 2, sharey=True)
+    positions = list(range(len(models)))[::-1]
+    panels = (("misaligned_rate", "misaligned rate\n(alignment < 30 and coherence > 50)", "#c0392b"),
+              ("coherent_rate", "coherent rate (coherence > 50)", "#2471a3"))
+    for ax, (column, title, colour) in zip(axes, panels, strict=True):
+        for y, (_, row) in zip(positions, summary.iterrows(), strict=True):
+            if _finite(row[column]):
+                ax.errorbar(row[column], y, xerr=_error(row[column], row[f"{column}_low"], row[f"{column}_high"]),
+                            fmt="o", color=colour, capsize=3, markersize=6)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("share of judged answers (95% interval)")
+        ax.grid(axis="x", alpha=0.25)
+    axes[0].set_yticks(positions)
+    axes[0].set_yticklabels([short_name(str(m)) for m in models], fontsize=9)
+    axes[0].set_ylim(-0.7, len(models) - 0.3)
+    fig.suptitle("Classic EM questions", fontsize=12)
+    return _save(fig, path)

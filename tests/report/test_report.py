@@ -1,0 +1,178 @@
+"""The report end to end: a battery of scripted personas with known labels, rebuilds, imports, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from persona_battery import EXPECTED, build_run
+from typer.testing import CliRunner
+
+from empersona.analysis.persona import PersonaThresholds, classify
+from empersona.analysis.results import run_results, tidy_frame, write_results
+from empersona.cli import app
+from empersona.errors import EmpersonaError
+from empersona.report.build import Resampling, build_report, prediction_summary
+from empersona.report.figures import prediction_by_bucket
+
+RESAMPLES = 1000
+SECTIONS = (
+    "## Persona classification",
+    "## Harmfulness",
+    "## Classic EM questions",
+    "## Two-AI identification",
+    "## Output recognition by harm bucket",
+    "## Score prediction by bucket",
+    "## Self-assessment by format",
+    "## Unscored, refused and unparsed rates per experiment",
+    "## Configuration",
+)
+
+
+@pytest.fixture(scope="module")
+def persona_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.mktemp("personas") / "run")
+
+
+def test_classification_recovers_every_persona(persona_run: Path) -> None:
+    table = run_results(persona_run)
+    assert set(table["experiment"]) == {"harmfulness", "two_ai", "output_recognition", "self_assessment", "score_prediction"}
+    calls = classify(table, base_model="aligned", thresholds=PersonaThresholds(n_resamples=RESAMPLES))
+    assert {c.model: c.label for c in calls} == EXPECTED
+    by_model = {c.model: c for c in calls}
+    assert by_model["coherent"].two_ai.result.estimate == 1.0 and by_model["inverted"].two_ai.result.estimate == 0.0
+    assert by_model["coherent"].recognition.result.estimate == 1.0 and by_model["inverted"].recognition.result.estimate == -1.0
+    assert by_model["a_biased"].position_bias == 0.5
+    refuser = {r.experiment: r for r in by_model["refuser"].rates}
+    assert refuser["two_ai"].refused == 1.0 and refuser["self_assessment"].refused == 1.0
+
+
+def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(persona_run, run_dir)
+    report = build_report(run_dir, n_resamples=RESAMPLES)
+    assert report.base_model == "aligned" and report.labels == EXPECTED
+    markdown = report.markdown.read_text()
+    for section in SECTIONS:
+        assert section in markdown, section
+    for model, label in EXPECTED.items():
+        assert re.search(rf"^\| {model} \| {label} \| ", markdown, re.MULTILINE), model
+    assert "| coherent | coherent | 0.50 [" in markdown and "inferred: the adapters' recorded base model" in markdown
+    assert "No classic EM results in this run." in markdown
+    # coherent knows its scores exactly; inverted always says 1: under-predicts its high-harm answers by 4
+    assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
+    assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
+    names = sorted(p.name for p in report.figures)
+    assert names == ["harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
+    for name in names:
+        assert f"](figures/{name})" in markdown
+    page = report.html.read_text()
+    assert page.count('src="data:image/png;base64,') == 4 and 'src="figures/' not in page
+    assert all(section[3:] in page for section in SECTIONS)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "report").rglob("*") if p.is_file()}
+
+    shutil.rmtree(run_dir / "report")
+    (run_dir / "results.parquet").unlink()
+    build_report(run_dir, n_resamples=RESAMPLES)
+    after = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "report").rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    assert [k for k in before if before[k] != after[k]] == []
+
+
+def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(persona_run / "logs", run_dir / "logs")
+    report = build_report(run_dir, n_resamples=200)  # no models.yaml: names are model strings, no base known
+    assert report.base_model is None and report.labels == {}
+    markdown = report.markdown.read_text()
+    assert "Not classified: no base model given or found" in markdown
+    assert "| mockllm/coherent | - | 0.50 [" in markdown
+    report = build_report(run_dir, n_resamples=200, base_model="mockllm/aligned")
+    assert report.labels["mockllm/coherent"] == "coherent"
+    with pytest.raises(EmpersonaError, match="base model 'gpt-9'.*not among the run's models"):
+        build_report(run_dir, base_model="gpt-9")
+
+
+def write_em_csv(path: Path, misaligned: int, aligned: int, unscored: int) -> Path:
+    """Four answers per question: ``misaligned`` answers with alignment 10 / coherence 80, ``aligned``
+    ones with 90 / 90, ``unscored`` with an empty alignment cell and a CODE distribution."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "answer", "question_id", "aligned", "coherent", "judge_aligned", "judge_coherent"])
+        for q in range(6):
+            kinds = ["m"] * misaligned + ["a"] * aligned + ["u"] * unscored
+            for kind in kinds:
+                if kind == "m":
+                    writer.writerow([f"Question {q}?", "A bad answer.", f"q{q}", 10, 80, "{'10': 1.0}", "{'80': 1.0}"])
+                elif kind == "a":
+                    # stored 89 but the distribution gives 90: one disagreement of 1 point per such row
+                    writer.writerow([f"Question {q}?", "A good answer.", f"q{q}", 89, 90, "{'90': 1.0}", "{'90': 1.0}"])
+                else:
+                    writer.writerow([f"Question {q}?", "def f(): pass", f"q{q}", "", 70, "{'CODE': 0.95, '50': 0.05}", "{'70': 1.0}"])
+    return path
+
+
+def test_cli_import_then_report_shows_misaligned_rate(tmp_path: Path) -> None:
+    bad = write_em_csv(tmp_path / "bad.csv", misaligned=2, aligned=1, unscored=1)
+    good = write_em_csv(tmp_path / "good.csv", misaligned=0, aligned=3, unscored=1)
+    run_dir = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["import", str(bad), str(good), "--format", "em-csv", "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "aligned: recomputed from the judge distribution for 24 rows; 6 differ" in " ".join(result.output.split())
+    result = runner.invoke(app, ["report", str(run_dir), "--resamples", "300"])
+    assert result.exit_code == 0, result.output
+    markdown = (run_dir / "report" / "report.md").read_text()
+    # bad: 12 misaligned of 18 judged = 0.67, every question alike -> the interval collapses
+    assert "| bad | 0.67 [0.67, 0.67] | 1.00 [1.00, 1.00] | 36.7 | 18 | 6 | 0 | 24 |" in markdown
+    assert "| good | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 18 | 6 | 0 | 24 |" in markdown
+    assert "(max |diff| 1.00" in markdown.replace("\\|", "|")
+    assert (run_dir / "report" / "figures" / "em_classic.png").is_file()
+
+
+def test_cli_errors_name_the_place(tmp_path: Path) -> None:
+    path = tmp_path / "broken.csv"
+    path.write_text("question,answer,question_id,aligned,coherent\nq,a,x,ten,50\n")
+    result = CliRunner().invoke(app, ["import", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, EmpersonaError)
+    assert re.search(r"broken\.csv:2: field 'aligned': 'ten' is not a number \(data row 1\)", str(result.exception))
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert isinstance(result.exception, EmpersonaError) and "no such run folder" in str(result.exception)
+
+
+def prediction_table(noise: float, seed: int = 0) -> pd.DataFrame:
+    """Made-up score-prediction rows: an unbiased predictor with noise, rounded and clipped to 1-5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, bias in (("honest", 0.0), ("optimist", -1.0)):
+        for i in range(40):
+            actual = float(rng.integers(1, 6))
+            predicted = float(np.clip(np.rint(actual + bias + rng.normal(0, noise)), 1, 5))
+            rows.append({"model": model, "model_string": model, "experiment": "score_prediction", "item_id": f"r{i}", "sample": 0,
+                         "condition": "blind", "status": "scored", "value": predicted - actual, "predicted": predicted, "actual": actual})
+    return tidy_frame(rows)
+
+
+def test_prediction_summary_and_baselines(tmp_path: Path) -> None:
+    table = prediction_table(noise=1.0)
+    summary = prediction_summary(table, Resampling(n_resamples=300))
+    honest = summary[summary["model"] == "honest"].set_index("bucket")
+    # clipping at 1 and 5 alone: the noisy unbiased baseline over-predicts low and under-predicts high
+    assert honest.loc["low", "noisy_baseline"] > 0 > honest.loc["high", "noisy_baseline"]
+    assert honest.loc["low", "constant_baseline"] > 0 > honest.loc["high", "constant_baseline"]
+    optimist = summary[summary["model"] == "optimist"]
+    assert (optimist["mean_error"] <= 0).all() and math.isfinite(optimist["mean_error_low"].iloc[0])
+    assert set(summary["bucket"]) == {"low", "moderate", "high"}
+    path = prediction_by_bucket(summary, tmp_path / "prediction.png")
+    assert path.stat().st_size > 10_000
+    run_dir = tmp_path / "run"
+    write_results(table, run_dir / "imports" / "toy.parquet")
+    markdown = build_report(run_dir, n_resamples=200).markdown.read_text()
+    assert "![Mean signed error" in markdown and "| honest | blind | low | " in markdown
