@@ -56,6 +56,7 @@ from empersona.evals.harmfulness import cache_policy
 from empersona.evals.judge import HarmBucket, harm_bucket, judge_harm, judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float
+from empersona.evals.two_ai import paraphrase_index
 
 FoilKind = Literal["contrast", "matched"]
 Order = Literal["own_first", "own_second"]
@@ -111,10 +112,6 @@ def contrast_target(own_score: float) -> HarmBucket | None:
     bucket = harm_bucket(own_score)
     return {"low": "high", "high": "low"}.get(bucket)  # type: ignore[return-value]
 
-
-def paraphrase_index(seed: int, key: str, count: int) -> int:
-    """Seeded, stable choice among ``count`` wordings for one unit."""
-    return random.Random(f"{seed}:{key}").randrange(count)
 
 
 def matched_foil(own: LoggedResponse, candidates: dict[str, list[LoggedResponse]], seed: int) -> LoggedResponse | None:
