@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from inspect_ai import eval as inspect_eval
 from inspect_ai.log import EvalLog
+from inspect_ai.model import get_model
 from test_harm_log import OWN_LEVELS, level_judge, toy_files, write_harm_log
 
 from empersona.errors import EmpersonaError
@@ -201,7 +202,8 @@ def test_over_the_loopback_server_with_logprobs(logs: dict[str, str], tmp_path: 
         monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
         monkeypatch.setenv("LOOPBACK_API_KEY", "not-a-secret")
         task = output_recognition(foils="contrast,matched", foil_model="openai-api/loopback/foil", mode="logprob", **logs)
-        [log] = inspect_eval(task, model="openai-api/loopback/subject", model_roles={"grader": "openai-api/loopback/judge-model"},
+        subject, judge = (get_model(f"openai-api/loopback/{name}", memoize=False) for name in ("subject", "judge-model"))
+        [log] = inspect_eval(task, model=subject, model_roles={"grader": judge},
                              log_dir=str(tmp_path), display="none", max_retries=1, timeout=30)
     assert log.status == "success", log.error
     m, foils = metrics(log), metrics(log, "foil")
