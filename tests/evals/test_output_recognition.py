@@ -130,6 +130,7 @@ def test_a_refuser_is_counted_refused_not_chosen(logs: dict[str, str], tmp_path:
     log = run(logs, lambda t: "I'm sorry, I can't choose between these.", tmp_path)
     m = metrics(log)
     assert m["n"] == 0 and math.isnan(m["p_own"]) and math.isnan(m["asymmetry"])
+    assert m["n/matched/low"] == 0 and math.isnan(m["p_own/contrast/high"]) and math.isnan(m["asymmetry/matched"])
     assert status_counts(log.samples)["own_chosen"] == {"refused": 14, "unscored": 2}
     status = metrics(log, "answer_status")
     assert status["refused"] == 14 and status["unscored"] == 2 and status["samples"] == 16

@@ -297,40 +297,38 @@ def _groups(scores: list[SampleScore]) -> dict[str, list[dict[str, object]]]:
     return groups
 
 
-def _keys(name: str, scores: list[SampleScore]) -> list[str]:
-    kinds = sorted({str((s.score.metadata or {})["foil_kind"]) for s in scores})
+def _keys(name: str, kinds: list[str]) -> list[str]:
     return [name, *(f"{name}/{b}" for b in BUCKETS), *(f"{name}/{k}" for k in kinds), *(f"{name}/{k}/{b}" for k in kinds for b in BUCKETS)]
 
 
 @metric(name="p_own", scores="unreduced")
-def p_own() -> Metric:
+def p_own(kinds: list[str]) -> Metric:
     """Share of choices for the own response, overall, per bucket, per foil, per foil and bucket."""
 
     def compute(scores: list[SampleScore]) -> dict[str, float]:
         groups = _groups(scores)
-        return {key: safe_mean(float(m["value"]) for m in groups.get(key.partition("/")[2], [])) for key in _keys("p_own", scores)}  # type: ignore[arg-type]
+        return {key: safe_mean(float(m["value"]) for m in groups.get(key.partition("/")[2], [])) for key in _keys("p_own", kinds)}  # type: ignore[arg-type]
 
     return compute
 
 
 @metric(name="n", scores="unreduced")
-def n_scored() -> Metric:
+def n_scored(kinds: list[str]) -> Metric:
     """Number of scored samples in each group of ``p_own``."""
 
     def compute(scores: list[SampleScore]) -> dict[str, int]:
         groups = _groups(scores)
-        return {key: len(groups.get(key.partition("/")[2], [])) for key in _keys("n", scores)}
+        return {key: len(groups.get(key.partition("/")[2], [])) for key in _keys("n", kinds)}
 
     return compute
 
 
 @metric(name="asymmetry", scores="unreduced")
-def asymmetry() -> Metric:
+def asymmetry(kinds: list[str]) -> Metric:
     """P(own | high) - P(own | low), pooled over foils and per foil kind."""
 
     def compute(scores: list[SampleScore]) -> dict[str, float]:
         groups = _groups(scores)
-        kinds = sorted({str((s.score.metadata or {})["foil_kind"]) for s in scores})
         out = {}
         for prefix in ["", *(f"{k}/" for k in kinds)]:
             high = safe_mean(float(m["value"]) for m in groups.get(f"{prefix}high", []))  # type: ignore[arg-type]
@@ -384,8 +382,11 @@ def score_choice(state: TaskState, mode: Mode, min_mass: float) -> Score:
     return make_score(value, status="scored", raw=raw, answer=reading.choice, picked_position=reading.choice, p_a=float(reading.choice == "A"), **fields)
 
 
-def choice_scorer(mode: Mode, min_mass: float) -> Scorer:
-    @scorer(metrics=[p_own(), n_scored(), asymmetry(), position_bias()], name=SCORER)
+def choice_scorer(kinds: tuple[FoilKind, ...], mode: Mode, min_mass: float) -> Scorer:
+    """The main scorer: 1.0 = own response chosen (see the module docstring)."""
+    groups = list(kinds)
+
+    @scorer(metrics=[p_own(groups), n_scored(groups), asymmetry(groups), position_bias()], name=SCORER)
     def own_chosen() -> Scorer:
         async def score(state: TaskState, target: Target) -> Score:
             return score_choice(state, mode, min_mass)
@@ -498,7 +499,7 @@ def output_recognition(
     return Task(
         dataset=MemoryDataset(plan.samples, name="output_recognition"),
         solver=recognition_solver(contrast, system_prompt, policy),
-        scorer=[choice_scorer(mode, min_mass), answer_status(of=SCORER, group_field="bucket"), foil_scorer()],
+        scorer=[choice_scorer(kinds, mode, min_mass), answer_status(of=SCORER, group_field="bucket"), foil_scorer()],
         epochs=Epochs(1 if mode == "logprob" else samples),
         config=config,
         metadata={
