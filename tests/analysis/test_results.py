@@ -149,8 +149,14 @@ def test_parquet_round_trip_and_rebuild_when_stale(battery: Path, tmp_path: Path
     pd.testing.assert_frame_equal(read_results(saved), table)
     # fresh: read back, not rebuilt (a marker written into the file survives)
     marked = table.assign(reason="marker")
-    write_results(marked, saved)
+    write_results(marked, saved, inputs=table.attrs["inputs"])
     assert set(run_results(run_dir)["reason"]) == {"marker"}
+    # a deleted log makes it stale too
+    removed = find_logs(run_dir / "logs")[-1]
+    kept = removed.read_bytes()
+    removed.unlink()
+    assert len(run_results(run_dir)) < len(table)
+    removed.write_bytes(kept)
     # a log newer than the table makes it stale
     log = find_logs(run_dir / "logs")[0]
     later = saved.stat().st_mtime + 10

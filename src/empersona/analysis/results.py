@@ -430,13 +430,19 @@ def results_table(
     return tidy_frame(deduplicate(disambiguate_names(table)))
 
 
-def write_results(table: pd.DataFrame, path: Path) -> Path:
-    """Save a tidy table as Parquet (atomically: a temporary file, then a rename)."""
+def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | None = None) -> Path:
+    """Save a tidy table as Parquet (atomically: a temporary file, then a rename).
+
+    ``inputs`` (the files it was built from) is kept in the file's metadata.
+    """
     import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tidy_frame(table).to_parquet(tmp, index=False)
+    frame = tidy_frame(table)
+    if inputs is not None:
+        frame.attrs["inputs"] = list(inputs)
+    frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
 
@@ -454,21 +460,26 @@ def read_results(path: Path) -> pd.DataFrame:
         raise EmpersonaError(
             located(path, None, missing[0], "the column is missing from the results table", "delete the file and rebuild it")
         )
-    return tidy_frame(frame)
+    table = tidy_frame(frame)
+    table.attrs = dict(frame.attrs)
+    return table
 
 
 def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
     """``RUN_DIR/results.parquet``, rebuilt from ``logs/`` and ``imports/`` when missing or stale.
 
-    Stale: older than any log, imported table or ``models.yaml``. See `empersona.report.build`
-    for the run folder's layout.
+    Stale: older than any log, imported table or ``models.yaml``, or built from another set of
+    them (one was added or deleted). See `empersona.report.build` for the run folder's layout.
     """
     target = run_dir / RESULTS_FILE
     logs = find_logs(run_dir / "logs") if (run_dir / "logs").is_dir() else []
     imports = sorted((run_dir / "imports").glob("*.parquet")) if (run_dir / "imports").is_dir() else []
     inputs = [*logs, *imports] + ([run_dir / MODELS_FILE] if (run_dir / MODELS_FILE).is_file() else [])
+    names = [p.relative_to(run_dir).as_posix() for p in inputs]
     if not rebuild and target.is_file() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
-        return read_results(target)
+        stored = read_results(target)
+        if stored.attrs.get("inputs") == names:
+            return stored
     if not logs and not imports:
         raise EmpersonaError(
             located(run_dir, None, None, "no .eval logs under logs/ and no imported tables under imports/",
@@ -481,5 +492,6 @@ def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
         extra=[read_results(p) for p in imports],
         root=run_dir,
     )
-    write_results(table, target)
+    write_results(table, target, inputs=names)
+    table.attrs["inputs"] = names
     return table

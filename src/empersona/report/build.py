@@ -12,7 +12,8 @@ Run folder layout::
       imports/<name>.parquet  tables imported by ``empersona import`` (tidy schema), and
       imports/<name>.json     what each import did (source sha256, disagreements with the judge)
       results.parquet         the tidy table of logs + imports (CONTRACT.md); rebuilt when it is
-                              missing or older than any log, import or models.yaml
+                              missing, older than any log, import or models.yaml, or built from
+                              another set of them
       report/report.md        the report, referring to figures/*.png
       report/report.html      the same report with the figures embedded (one file to share)
       report/figures/*.png
