@@ -249,6 +249,11 @@ class EmpersonaAPI(ModelAPI):
                 f"known args: {', '.join(ProviderArgs.model_fields)}"
             ) from exc
         self.args = args
+        if config.max_connections is None and config.adaptive_connections is None:
+            # inspect's default adaptive concurrency starts at 20 concurrent calls, which would cap
+            # every batch at 20: ask for static concurrency at the batch size instead (this is the
+            # model's own config object, so inspect's connection pool sees it)
+            config.max_connections = self.max_connections()
         self.ref = resolve_model(model_name, args.adapter)
         device, dtype = _device_and_dtype(args)
         options = EngineOptions(
@@ -333,7 +338,8 @@ class EmpersonaAPI(ModelAPI):
 
     def token_text(self, token: int) -> str:
         """A token as the text it stands for (``Ġ10`` -> `` 10``), as top_logprobs report it."""
-        return str(self.tokenizer.convert_tokens_to_string([self.tokenizer.convert_ids_to_tokens(token)]))
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        return "" if piece is None else str(self.tokenizer.convert_tokens_to_string([piece]))
 
     def logprobs(self, completion: Completion) -> Logprobs | None:
         """Inspect ``Logprobs`` for every generated token: the token taken and the top alternatives."""
