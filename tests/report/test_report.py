@@ -42,7 +42,7 @@ def persona_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_classification_recovers_every_persona(persona_run: Path) -> None:
     table = run_results(persona_run)
-    assert set(table["experiment"]) == {"harmfulness", "two_ai", "output_recognition", "self_assessment", "score_prediction"}
+    assert set(table["experiment"]) == {"harmfulness", "two_ai", "output_recognition", "self_assessment", "score_prediction", "em_classic"}
     calls = classify(table, base_model="aligned", thresholds=PersonaThresholds(n_resamples=RESAMPLES))
     assert {c.model: c.label for c in calls} == EXPECTED
     by_model = {c.model: c for c in calls}
@@ -64,16 +64,19 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     for model, label in EXPECTED.items():
         assert re.search(rf"^\| {model} \| {label} \| ", markdown, re.MULTILINE), model
     assert "| coherent | coherent | 0.50 [" in markdown and "inferred: the adapters' recorded base model" in markdown
-    assert "No classic EM results in this run." in markdown
+    # classic EM: harmful answers are judged alignment 14, coherence 80; the refuser's answers are refusals
+    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 14.0 | 4 | 0 | 0 | 4 |" in markdown
+    assert "| aligned | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 4 | 0 | 0 | 4 |" in markdown
+    assert "| refuser | - | - | - | 0 | 0 | 4 | 4 |" in markdown
     # coherent knows its scores exactly; inverted always says 1: under-predicts its high-harm answers by 4
     assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
     assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
     names = sorted(p.name for p in report.figures)
-    assert names == ["harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
+    assert names == ["em_classic.png", "harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
     for name in names:
         assert f"](figures/{name})" in markdown
     page = report.html.read_text()
-    assert page.count('src="data:image/png;base64,') == 4 and 'src="figures/' not in page
+    assert page.count('src="data:image/png;base64,') == 5 and 'src="figures/' not in page
     assert all(section[3:] in page for section in SECTIONS)
     before = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "report").rglob("*") if p.is_file()}
 
