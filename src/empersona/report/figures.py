@@ -251,6 +251,8 @@ def em_rates(summary: pd.DataFrame, path: Path) -> Path:
             if _finite(row[column]):
                 ax.errorbar(row[column], y, xerr=_error(row[column], row[f"{column}_low"], row[f"{column}_high"]),
                             fmt="o", color=colour, capsize=3, markersize=6)
+            else:
+                ax.text(0.02, y, "no judged answers", va="center", fontsize=8, color="#999999")
         ax.set_xlim(-0.02, 1.02)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("share of judged answers (95% interval)")
