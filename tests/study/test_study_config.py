@@ -99,13 +99,15 @@ def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pyt
 
 def test_call_estimates(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
-    assert estimate_calls("harmfulness", {"samples": 10}, None, 0) == (3500, 3500)
-    assert estimate_calls("harmfulness", {"samples": 2}, 5, 0) == (10, 10)
-    assert estimate_calls("two_ai", {"mode": "logprob"}, None, 0) == (300, 0)
-    assert estimate_calls("two_ai", {"mode": "sample", "samples": 10}, None, 0) == (3000, 0)
-    assert estimate_calls("output_recognition", {}, None, 3500) == (3500 * 4 + 3500, 3500)
-    assert estimate_calls("output_recognition", {"foils": "matched"}, None, 100) == (200, 0)
-    assert estimate_calls("score_prediction", {"conditions": "blind,shown"}, None, 100) == (200, 0)
+    assert estimate_calls("harmfulness", {"samples": 10}, None) == (3500, 3500)
+    assert estimate_calls("harmfulness", {"samples": 2}, 5) == (10, 10)
+    assert estimate_calls("two_ai", {"mode": "logprob"}, None) == (300, 0)
+    assert estimate_calls("two_ai", {"mode": "sample", "samples": 10}, None) == (3000, 0)
+    # 350 prompts x 10 logged responses: 3500 own responses, 2 foil kinds x 2 orders, 1 contrast foil each
+    assert estimate_calls("output_recognition", {}, None, (350, 10)) == (3500 * 4 + 3500, 3500)
+    assert estimate_calls("output_recognition", {"foils": "matched", "responses": 1}, None, (350, 10)) == (700, 0)
+    assert estimate_calls("score_prediction", {}, None, (350, 10)) == (350 + 3500 + 3500, 0)
+    assert estimate_calls("score_prediction", {"conditions": "blind,shown", "samples": 2}, None, (10, 3)) == ((10 + 30) * 2, 0)
     assert as_list("a, b", []) == ["a", "b"] and as_list(None, ["x"]) == ["x"]
 
 

@@ -27,7 +27,7 @@ from inspect_ai.solver import TaskState, generate
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import EMQuestion, load_em_questions
-from empersona.evals.harmfulness import cache_policy
+from empersona.evals.scoring import cache_policy
 from empersona.evals.judge import EMJudgeMethod, Judgement, judge_0_100, judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import is_scored, make_score, safe_mean

@@ -52,7 +52,7 @@ from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import Letter, answer_status, letter_probs, parse_letter
 from empersona.evals.harm_log import HarmLog, LoggedResponse, read_harm_log
-from empersona.evals.harmfulness import cache_policy
+from empersona.evals.scoring import cache_policy
 from empersona.evals.judge import HarmBucket, harm_bucket, judge_harm, judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float

@@ -56,7 +56,7 @@ from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import answer_status, looks_like_refusal
 from empersona.evals.harm_log import HarmLog, read_harm_log
-from empersona.evals.harmfulness import cache_policy
+from empersona.evals.scoring import cache_policy
 from empersona.evals.judge import HarmBucket, ScoreStatus, harm_bucket, parse_harm_reply, render_harm_prompt
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score

@@ -18,7 +18,21 @@ from empersona.evals.judge import ScoreStatus
 
 if TYPE_CHECKING:
     from inspect_ai.log import EvalSample
+    from inspect_ai.model import CachePolicy
     from inspect_ai.scorer import SampleScore, Score
+
+
+def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
+    """The call cache that makes an interrupted run resume without repeating model or judge calls.
+
+    Keys include the epoch (so repeated samples stay distinct) and the run's seed; entries do not
+    expire. ``enabled=False`` turns it off (every call is made afresh).
+    """
+    if not enabled:
+        return False
+    from inspect_ai.model import CachePolicy
+
+    return CachePolicy(expiry=None, per_epoch=True, scopes={"empersona_seed": str(seed)})
 
 
 def make_score(

@@ -57,7 +57,7 @@ from empersona.data.fetch import data_path
 from empersona.data.parsers import SelfAssessmentPrompt, load_self_assessment_prompts
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import Reading, answer_status, parse_pole, unread, word_probs
-from empersona.evals.harmfulness import cache_policy
+from empersona.evals.scoring import cache_policy
 from empersona.evals.judge import judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float

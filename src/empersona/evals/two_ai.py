@@ -46,7 +46,7 @@ from empersona.data.fetch import data_path
 from empersona.data.parsers import TwoAIItem, load_two_ai_items, theme_group
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import Letter, answer_status, letter_probs, parse_letter
-from empersona.evals.harmfulness import cache_policy
+from empersona.evals.scoring import cache_policy
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float
 

@@ -171,18 +171,20 @@ def task_args(study: StudyConfig, experiment: str) -> dict[str, Any]:
 
 # --- call estimates ------------------------------------------------------------------------
 
-def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, harm_items: int) -> tuple[int, int]:
+def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, harm: tuple[int, int] = (0, 0)) -> tuple[int, int]:
     """(generations by the subject model, judge calls) of one experiment, before it runs.
 
     Experiments whose items come from files are counted by building their task (cheap: it only
     reads the data). Output recognition and score prediction are counted from the harmfulness
-    run they read (``harm_items`` prompts x its samples): output recognition asks each foil kind
-    in two orders and judges each contrast foil once; score prediction asks once per condition.
+    run they read, ``harm`` = (prompts, samples per prompt), taking every logged response as
+    scored: output recognition asks each own response (the first ``responses`` per prompt) once
+    per foil kind and order, and writes and judges one contrast foil per own response; score
+    prediction asks ``blind`` once per prompt and ``shown``/``shown_other`` once per response.
     """
     from empersona.evals.battery import EXPERIMENTS
 
     if EXPERIMENTS[experiment].needs_harm_log:
-        return _harm_log_estimate(experiment, args, harm_items)
+        return _harm_log_estimate(experiment, args, *harm)
     task = EXPERIMENTS[experiment].task_function()(**args)
     epochs = task.epochs if isinstance(task.epochs, int) else (task.epochs.epochs if task.epochs else 1)
     items = min(len(task.dataset), limit) if limit else len(task.dataset)
@@ -195,18 +197,23 @@ def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, har
 
 
 def as_list(value: Any, default: list[str]) -> list[str]:
+    """A comma-separated string or a list, as a list (``default`` when unset)."""
     if value is None:
         return default
     return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
 
 
-def _harm_log_estimate(experiment: str, args: dict[str, Any], harm_items: int) -> tuple[int, int]:
+def _harm_log_estimate(experiment: str, args: dict[str, Any], prompts: int, samples: int) -> tuple[int, int]:
+    epochs = int(args.get("samples", 1))
+    per_prompt = min(int(args.get("responses") or samples), samples)
+    responses = prompts * per_prompt
     if experiment == "output_recognition":
         foils = as_list(args.get("foils"), list(DEFAULT_FOILS))
-        generations = harm_items * 2 * len(foils) + (harm_items if "contrast" in foils else 0)
-        return generations, harm_items if "contrast" in foils else 0
+        contrast = responses if "contrast" in foils else 0
+        return responses * len(foils) * 2 * epochs + contrast, contrast
     conditions = as_list(args.get("conditions"), ["blind", "shown", "shown_other"])
-    return harm_items * len(conditions), 0
+    items = sum(prompts if condition == "blind" else responses for condition in conditions)
+    return items * epochs, 0
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -236,10 +243,13 @@ def make_plan(study: StudyConfig) -> Plan:
             status, why = training_status(config)
             jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
     models = model_specs(study)
-    harm = study.experiments.get("harmfulness")
-    harm_items = 0
-    if harm is not None:
-        harm_items, _ = estimate_calls("harmfulness", task_args(study, "harmfulness"), harm.limit, 0)
+    harm_settings = study.experiments.get("harmfulness")
+    harm = (0, 0)
+    if harm_settings is not None:
+        harm_args = task_args(study, "harmfulness")
+        samples = int(harm_args.get("samples", 10))
+        generations, _ = estimate_calls("harmfulness", harm_args, harm_settings.limit)
+        harm = (generations // samples, samples)
     evals = []
     # experiment-major order: every model's harmfulness log exists before any experiment reads
     # one (output recognition also reads another model's, for its matched foils)
@@ -248,7 +258,7 @@ def make_plan(study: StudyConfig) -> Plan:
             log_dir = study.out / "logs" / model.name
             settings = study.experiments[experiment]
             args = task_args(study, experiment)
-            generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm_items)
+            generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm)
             done = finished_log(log_dir, experiment, args, settings.limit)
             status: EvalStatus = "done" if done else "todo"
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
