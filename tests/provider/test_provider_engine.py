@@ -223,3 +223,35 @@ def test_unsupported_adapter_is_refused_by_field(tiny_adapters: tuple[Path, Path
     config_file.write_text(json.dumps(config))
     with pytest.raises(EmpersonaError, match="use_dora"):
         read_adapter(adapter)
+
+
+def test_grouped_decode_attention_equals_repeated_kv_attention() -> None:
+    """One query token over a grouped KV cache with padding: same as SDPA on repeated KV heads."""
+    from empersona.provider.attention import grouped_decode_attention
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, length, dim = 3, 6, 2, 9, 8
+    query = torch.randn(batch, heads, 1, dim, generator=generator)
+    key = torch.randn(batch, kv_heads, length, dim, generator=generator)
+    value = torch.randn(batch, kv_heads, length, dim, generator=generator)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :3] = False  # left padding
+    mask[2, ..., 4:6] = False  # padding between a shared prefix and the row's own suffix
+    group = heads // kv_heads
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), attn_mask=mask
+    ).transpose(1, 2)
+    got, _ = grouped_decode_attention(torch.nn.Module(), query, key, value, mask, scaling=dim**-0.5)
+    assert got.shape == (batch, 1, heads, dim)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_engine_decodes_with_grouped_attention(lively: tuple[Path, Path, Path]) -> None:
+    from empersona.provider.attention import ATTENTION_NAME
+
+    engine = Engine(load(lively[0]))
+    assert engine.grouped_attention and engine.model.config._attn_implementation == ATTENTION_NAME
+    plain = Engine(load(lively[0]), EngineOptions(grouped_attention=False))
+    assert plain.model.config._attn_implementation == "sdpa"
+    requests = [Request(p, NEW_TOKENS, temperature=0.0) for p in prompt_ids(lively[0])]
+    assert [c.tokens for c in engine.generate(requests)] == [c.tokens for c in plain.generate(requests)]

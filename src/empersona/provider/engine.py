@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from empersona.provider.attention import use_grouped_decode_attention
 from empersona.provider.lora import AdapterSet, read_adapter
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class EngineOptions:
 
     ``compile=None`` means on for CUDA, off elsewhere; ``static_cache=None`` follows ``compile``
     (a static cache without compiling runs the CUDA layout eagerly, which is how CPU tests check it).
+    ``grouped_attention`` swaps SDPA for ``attention.grouped_decode_attention`` in decode steps.
     """
 
     max_batch_size: int = 256
@@ -105,6 +107,7 @@ class EngineOptions:
     static_cache: bool | None = None
     sync_every: int = 8
     compile_backend: str = "inductor"
+    grouped_attention: bool = True
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Engine:
         import torch
 
         self.model = model.eval()
+        self.grouped_attention = options.grouped_attention and use_grouped_decode_attention(model)
         self.device: torch.device = next(model.parameters()).device
         self.options = options
         self.compile = options.compile if options.compile is not None else self.device.type == "cuda"
@@ -358,14 +362,12 @@ class Engine:
         if self.adapters.adapters:
             self.adapters.rows.set_rows([self.adapters.block(a) for a in adapters], self.device)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
-        """One eager forward pass; returns the last position's logits ``[rows, vocab]``."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
+        """One eager forward pass of the tokens at cache slots ``start...``; last position's logits ``[rows, vocab]``."""
         import torch
 
         kwargs: dict[str, Any] = {self._cache_arg: cache}
         if self._wants_cache_position:
-            start = cache.get_seq_length()
-            start = int(start) if not isinstance(start, int) else start
             kwargs["cache_position"] = torch.arange(start, start + ids.shape[1], device=self.device)
         out = self.model(
             input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs
@@ -390,6 +392,7 @@ class Engine:
                 batch.positions[:1, : batch.prefix].expand(rows, -1),
                 batch.mask[:1, : batch.prefix].expand(rows, -1),
                 shared,
+                0,
             )
             index = torch.tensor([distinct.index(a) for a in adapters], device=self.device)
             if self.static:
@@ -409,6 +412,7 @@ class Engine:
             batch.positions[:, batch.prefix :],
             batch.mask if self.static else batch.mask[:, : batch.width],
             cache,
+            batch.prefix,
         )
         return cache, logits
 
@@ -445,10 +449,16 @@ class Engine:
         import torch
 
         if not self.static:
-            return self._forward(token[:, None], position[:, None], batch.mask[:, : batch.width + step + 1], cache)
+            return self._forward(
+                token[:, None], position[:, None], batch.mask[:, : batch.width + step + 1], cache, batch.width + step
+            )
         step_fn: Any = _static_decode_step
         if self.compile:
             if self._compiled_step is None:
+                # one graph per (batch bucket, cache length bucket): allow more than dynamo's default 8
+                config = torch._dynamo.config
+                name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+                setattr(config, name, max(getattr(config, name), 64))
                 cuda_graphs = self.device.type == "cuda" and self.options.compile_backend == "inductor"
                 self._compiled_step = torch.compile(
                     _static_decode_step,
@@ -476,7 +486,8 @@ def _copy_prefix(cache: Any, prefix: Any, index: torch.Tensor) -> None:
             target.lazy_initialization(keys, values)
         target.keys[:, :, : keys.shape[2]].copy_(keys)
         target.values[:, :, : values.shape[2]].copy_(values)
-        target.cumulative_length.fill_(keys.shape[2])
+        if hasattr(target, "cumulative_length"):  # transformers >= 5.2x counts the filled length itself
+            target.cumulative_length.fill_(keys.shape[2])
 
 
 def _static_decode_step(
