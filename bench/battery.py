@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         if source != "data files":
             raise SystemExit("--measure needs the data files (set EMPERSONA_MIRROR)")
-        import empersona.provider  # noqa: F401  (registers empersona/ also without the entry point)
+        import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
         from empersona.testing.tiny import build_tiny_model
 
         with tempfile.TemporaryDirectory() as scratch:

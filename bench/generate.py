@@ -1,10 +1,12 @@
 """Benchmark 2 (issue 7): generation throughput of the local paths, side by side in one run.
 
-Three ways to get B sampled continuations of N tokens from the same local model:
+Ways to get B sampled continuations of N tokens from the same local model:
 - ``plain``: one ``model.generate(do_sample=True)`` call on the left-padded batch (transformers);
 - ``hf``: inspect's ``hf/<dir>`` provider, B concurrent ``Model.generate`` calls with
   ``max_connections=B`` (its batch size);
-- ``empersona``: this project's ``empersona/<dir>`` provider, B concurrent calls.
+- ``empersona``: this project's ``empersona/<dir>`` provider, B concurrent calls;
+- ``engine``: the provider's engine called directly with the B tokenised prompts (no inspect; for
+  machines without inspect, such as the H100 image).
 
 Models: ``tiny`` is the test model builder's (hidden 64, 2 layers); ``0.5b`` and ``1.5b`` are
 random-init Qwen2.5-0.5B / 1.5B configurations (full 151,936-token vocabulary) with the tiny
@@ -23,7 +25,8 @@ a warm-up whose time is reported as ``compile_s`` and not counted. Every method 
 untimed warm-up at each batch size.
 
 Run: ``.venv/bin/python bench/generate.py`` (CPU, tiny model, batch 1, 8, 32; about two minutes);
-GPU: ``python bench/generate.py --device cuda --shape 1.5b --batch-sizes 1,32,256``.
+GPU: ``python bench/generate.py --device cuda --shape 1.5b --batch-sizes 1,32,256`` (on the H100
+image, which has no inspect: ``--methods plain,engine``).
 Writes ``bench/results/generate.json``.
 """
 
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["plain", "hf", "empersona"]
+Method = Literal["plain", "hf", "empersona", "engine"]
 METHODS: tuple[Method, ...] = ("plain", "hf", "empersona")
 
 # Qwen2.5 configurations (hidden, intermediate, layers, heads, kv heads); vocabulary 151936, tied embeddings
@@ -144,6 +147,29 @@ def run_plain(model: Any, tokenizer: Any, texts: list[str], new_tokens: int) -> 
     return time.perf_counter() - start
 
 
+def run_engine(engine: Any, tokenizer: Any, texts: list[str], new_tokens: int) -> float:
+    """The provider's engine on the B chat-templated prompts; returns wall seconds."""
+    from empersona.provider.engine import Request
+
+    requests = [
+        Request(
+            prompt=tuple(tokenizer(tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+            ))["input_ids"]),
+            max_new_tokens=new_tokens,
+            temperature=1.0,
+        )
+        for t in texts
+    ]
+    _sync(engine.device)
+    start = time.perf_counter()
+    done = engine.generate(requests)
+    _sync(engine.device)
+    elapsed = time.perf_counter() - start
+    assert {len(c.tokens) for c in done} == {new_tokens}
+    return elapsed
+
+
 def run_inspect(model: Any, texts: list[str], new_tokens: int) -> float:
     """B concurrent ``Model.generate`` calls through an inspect provider; returns wall seconds."""
     from inspect_ai.model import GenerateConfig
@@ -217,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--new-tokens", type=int, default=32, help="fixed output length per row")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="about this many prompt tokens per row")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of plain,hf,empersona")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of plain,hf,empersona,engine")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s for the bound (cuda default 3.0e12)")
     parser.add_argument("--model-dir", type=Path, default=None, help="where to build the model (default: a temp dir)")
@@ -225,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from inspect_ai.model import get_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import empersona.provider  # noqa: F401  (registers empersona/ also without the entry point)
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     methods = [m for m in args.methods.split(",") if m]
@@ -250,8 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in {p.data_ptr(): p for p in plain_model.parameters()}.values())
         if "plain" not in methods:
             del plain_model
-        hf_model = get_model(f"hf/{model_dir}", device=device, dtype=dtype) if "hf" in methods else None
-        ours = get_model(f"empersona/{model_dir}", device=device, dtype=dtype, max_batch_size=max(batch_sizes)) if "empersona" in methods else None
+        hf_model = ours = engine = None
+        if "hf" in methods or "empersona" in methods:
+            from inspect_ai.model import get_model
+
+            import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
+
+            if "hf" in methods:
+                hf_model = get_model(f"hf/{model_dir}", device=device, dtype=dtype)
+            if "empersona" in methods:
+                ours = get_model(f"empersona/{model_dir}", device=device, dtype=dtype, max_batch_size=max(batch_sizes))
+        if "engine" in methods:
+            from empersona.provider.engine import Engine, EngineOptions
+
+            engine_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+            engine = Engine(engine_model, EngineOptions(max_batch_size=max(batch_sizes)))
 
         rows: list[Measurement] = []
         for batch in batch_sizes:
@@ -266,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "hf":
                     run_inspect(hf_model, warm, args.new_tokens)
                     walls[method] = run_inspect(hf_model, texts, args.new_tokens)
+                elif method == "engine":
+                    warm_s = run_engine(engine, tokenizer, warm, args.new_tokens)
+                    walls[method] = run_engine(engine, tokenizer, texts, args.new_tokens)
+                    compile_s = warm_s - walls[method] if args.device == "cuda" else None
                 else:
                     warm_s = run_inspect(ours, warm, args.new_tokens)
                     walls[method] = run_inspect(ours, texts, args.new_tokens)
@@ -284,10 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                         speedup_vs_plain=walls["plain"] / wall if "plain" in walls else None,
                         bound_tokens_per_s=bound,
                         fraction_of_bound=tps / bound,
-                        compile_s=compile_s if method == "empersona" else None,
+                        compile_s=compile_s if method in ("empersona", "engine") else None,
                     )
                 )
-        stats = asdict(ours.api.served.engine.stats) if ours is not None else None
+        served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
+        stats = asdict(served.stats) if served is not None else None
 
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
     header = (

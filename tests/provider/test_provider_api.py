@@ -52,7 +52,7 @@ def plain_generate(base: Path, adapter: Path | None, texts: list[str]) -> list[l
 
 def test_entry_point_registers_the_provider() -> None:
     points = {ep.name: ep.value for ep in entry_points(group="inspect_ai")}
-    assert points.get("empersona") == "empersona.provider"
+    assert points.get("empersona") == "empersona.provider.api"
 
 
 def test_model_strings_resolve_base_and_adapter(tiny_model: Path, tiny_adapters: tuple[Path, Path]) -> None:

@@ -24,17 +24,7 @@ instead); ``logprobs``/``top_logprobs`` return the model's logprob of each gener
 its most likely alternatives, as text pieces.
 
 The provider is registered with inspect through the ``inspect_ai`` entry point of this package
-(``pyproject.toml``), so ``inspect eval ... --model empersona/<dir>`` works without imports.
+(``pyproject.toml``, pointing at ``empersona.provider.api``), so ``inspect eval ... --model
+empersona/<dir>`` works without imports. The engine (``provider.engine``) needs only torch,
+transformers and peft, not inspect, so it runs where inspect is not installed.
 """
-
-from __future__ import annotations
-
-from inspect_ai.model import ModelAPI, modelapi
-
-
-@modelapi(name="empersona")
-def empersona() -> type[ModelAPI]:
-    """Resolve the provider class lazily (torch and transformers load on first use)."""
-    from empersona.provider.api import EmpersonaAPI
-
-    return EmpersonaAPI

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from inspect_ai.tool import ToolChoice, ToolInfo
 
 from inspect_ai.model import GenerateConfig as _GenerateConfig
-from inspect_ai.model import ModelAPI
+from inspect_ai.model import ModelAPI, modelapi
 
 DEFAULT_MAX_TOKENS = 2048
 MAX_GATHER_YIELDS = 64
@@ -356,3 +356,9 @@ class EmpersonaAPI(ModelAPI):
             ]
             content.append(Logprob(token=text, logprob=item.logprob, bytes=list(text.encode("utf-8")), top_logprobs=top))
         return Logprobs(content=content)
+
+
+@modelapi(name="empersona")
+def empersona() -> type[ModelAPI]:
+    """The ``empersona/`` model API (registered with inspect when this module is imported)."""
+    return EmpersonaAPI
