@@ -184,10 +184,13 @@ def evaluate_all(plan: Plan, judge: str) -> None:
 
 
 def write_report(study: StudyConfig) -> Path:
-    """Build the report from what is stored in the run folder."""
+    """Build the report from what is stored in the run folder; returns the HTML page."""
     from empersona.report.build import build_report
 
-    return build_report(study.out)
+    report = build_report(study.out)
+    for model, label in report.labels.items():
+        say(f"persona of {model}: {label}")
+    return report.html
 
 
 def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = False) -> Plan:

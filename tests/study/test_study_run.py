@@ -1,0 +1,107 @@
+"""A whole study, run as a user runs it, killed with SIGKILL at random points and started again.
+
+The killed-and-restarted study must finish with the same results as an uninterrupted one, and
+the judge (a loopback server the test starts) must not be asked again for anything whose reply
+had arrived: over all the restarts, at most the calls in flight at each kill are repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from empersona.testing.loopback import LoopbackServer, scripted_judge
+
+KEY = ["model", "experiment", "item_id", "sample", "condition"]
+
+
+def study(tmp_path: Path, name: str, tiny_model: Path, mirror: Path) -> Path:
+    out = tmp_path / name
+    data = {
+        "name": name,
+        "out": str(out),
+        "base_model": str(tiny_model),
+        "data_mirror": str(mirror),
+        "domains": ["risky_financial_advice"],
+        "seeds": [0],
+        "train": {"limit": 12, "max_steps": 3, "batch_size": 2, "per_device_batch": 2, "max_length": 128,
+                  "learning_rate": 1e-3, "warmup_steps": 0, "save_steps": 1, "lora_r": 4, "lora_alpha": 8},
+        "judge": "openai-api/loopback/judge",
+        "provider": "hf",
+        "model_args": {"device": "cpu", "do_sample": False},
+        "max_connections": 1,
+        "samples": 2,
+        "experiments": {
+            "harmfulness": {"limit": 4, "args": {"max_tokens": 12}},
+            "self_assessment": {"limit": 4, "args": {"formats": "decision", "max_tokens": 6, "samples": 1}},
+            "two_ai": {"limit": 4, "args": {"mode": "logprob"}},
+            "output_recognition": {"args": {"foils": "matched", "responses": 1, "max_tokens": 4}},
+            "score_prediction": {"args": {"conditions": "blind,shown", "max_tokens": 6, "samples": 1}},
+        },
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def start(study_file: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "empersona.cli", "run", str(study_file)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def results(out: Path) -> pd.DataFrame:
+    table = pd.read_parquet(out / "results.parquet")
+    return table[[*KEY, "status", "value"]].sort_values(KEY).reset_index(drop=True)
+
+
+def test_killed_study_finishes_like_an_uninterrupted_one(
+    tmp_path: Path, tiny_model: Path, shared_data: Path
+) -> None:
+    base_env = {**os.environ, "LOOPBACK_API_KEY": "test-key", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    rng = random.Random(7)
+    with LoopbackServer(scripted_judge, latency_s=0.02, models=("judge",)) as server:
+        env = {**base_env, "LOOPBACK_BASE_URL": server.base_url}
+
+        reference = start(study(tmp_path, "reference", tiny_model, shared_data), {**env, "INSPECT_CACHE_DIR": str(tmp_path / "cache-a")})
+        output, _ = reference.communicate(timeout=900)
+        assert reference.returncode == 0, output[-3000:]
+        reference_calls = server.count_calls("ok")
+        reference_wall = max(c.started_s for c in server.calls)
+
+        killed_file = study(tmp_path, "killed", tiny_model, shared_data)
+        killed_env = {**env, "INSPECT_CACHE_DIR": str(tmp_path / "cache-b")}
+        before = server.count_calls("ok")
+        kills = 0
+        for _ in range(3):
+            run = start(killed_file, killed_env)
+            time.sleep(rng.uniform(4.0, max(5.0, reference_wall * 0.6)))
+            if run.poll() is None:
+                run.send_signal(signal.SIGKILL)
+                kills += 1
+            run.wait(timeout=60)
+        final = start(killed_file, killed_env)
+        output, _ = final.communicate(timeout=900)
+        assert final.returncode == 0, output[-3000:]
+        killed_calls = server.count_calls("ok") - before
+
+    assert kills >= 1, "no run was interrupted; the kill points came too late"
+    # the same results, row for row
+    pd.testing.assert_frame_equal(results(tmp_path / "reference"), results(tmp_path / "killed"))
+    # every judge call of the reference was needed once; restarts repeat at most one in-flight call per kill
+    assert reference_calls <= killed_calls <= reference_calls + kills, (reference_calls, killed_calls, kills)
+    assert (tmp_path / "killed" / "report" / "report.html").exists()
+    assert (tmp_path / "killed" / "adapters" / "risky_financial_advice-s0" / "empersona.json").exists()
