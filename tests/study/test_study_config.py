@@ -121,4 +121,10 @@ def test_dry_run_plan_of_the_paper_study(shared_data: Path, monkeypatch: pytest.
     assert [j.experiment for j in plan.eval_jobs[:7]] == ["harmfulness"] * 7
     harm = plan.eval_jobs[0]
     assert harm.generations == 3500 and harm.judge_calls == 3500
-    assert plan.generations > 7 * 3500
+    # the study-wide 10 samples apply to harmfulness and two-AI, not to the experiments that
+    # read the harmfulness log: 3500 own responses x 2 foils x 2 orders + 3500 contrast foils
+    by_experiment = {j.experiment: j for j in plan.eval_jobs if j.model.name == "base"}
+    assert by_experiment["two_ai"].generations == 150 * 2 * 10
+    assert (by_experiment["output_recognition"].generations, by_experiment["output_recognition"].judge_calls) == (17500, 3500)
+    assert by_experiment["score_prediction"].generations == 350 + 2 * 3500
+    assert plan.judge_calls == 7 * (3500 + 3500)

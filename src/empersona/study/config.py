@@ -90,7 +90,7 @@ class StudyConfig(BaseModel):
     judge_args: dict[str, Any] = Field(default_factory=dict)
     provider: Provider = Field("hf", description="How local models are served: hf, empersona (one base, many adapters), vllm (server).")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Model arguments for the subject models.")
-    samples: int | None = Field(None, ge=1, description="Samples per item for every experiment that samples (task default when unset).")
+    samples: int | None = Field(None, ge=1, description="Samples per item for harmfulness, em_classic and two_ai (task default when unset).")
     seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
     max_connections: int | None = Field(None, ge=1)
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")

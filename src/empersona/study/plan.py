@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from empersona.train.recipe import TrainConfig
 
 DEFAULT_FOILS = ("contrast", "matched")
+SAMPLED_EXPERIMENTS = ("harmfulness", "em_classic", "two_ai")
+"""Experiments the study-wide ``samples`` applies to (the paper samples these 10 times)."""
 TrainStatus = Literal["done", "missing", "stale", "partial"]
 EvalStatus = Literal["done", "todo"]
 BASE_NAME = "base"
@@ -163,7 +165,7 @@ def task_args(study: StudyConfig, experiment: str) -> dict[str, Any]:
 
     params = pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters
     args: dict[str, Any] = {"system_prompt": study.system_prompt, "seed": study.seed}
-    if study.samples is not None and "samples" in params:
+    if study.samples is not None and experiment in SAMPLED_EXPERIMENTS and "samples" in params:
         args["samples"] = study.samples
     args.update(study.experiments[experiment].args)
     return args
