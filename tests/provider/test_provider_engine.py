@@ -114,8 +114,9 @@ def reference_for(
         ("lively", EngineOptions(prefix_reuse=False)),
         ("lively", EngineOptions(min_prefix=8, static_cache=True)),
         ("lively", EngineOptions(prefix_reuse=False, static_cache=True, sync_every=3)),
+        ("lively", EngineOptions(row_prefill_tokens=1)),
     ],
-    ids=["fixture", "lively-dynamic+prefix", "lively-dynamic", "lively-static+prefix", "lively-static"],
+    ids=["fixture", "lively-dynamic+prefix", "lively-dynamic", "lively-static+prefix", "lively-static", "lively-by-row"],
 )
 def test_greedy_equals_generate_for_base_and_two_adapters_in_one_batch(
     which: str,
@@ -134,8 +135,10 @@ def test_greedy_equals_generate_for_base_and_two_adapters_in_one_batch(
     # the adapters really change the output, and everything ran as one mixed batch
     assert got_a1 != got_base and got_a2 != got_base and got_a1 != got_a2
     assert engine.stats.batches == 1 and engine.stats.mixed_batches == 1
-    if options.prefix_reuse:
-        assert engine.stats.prefix_tokens_saved > 0
+    by_row = options.row_prefill_tokens <= max(len(p) for p in prompt_ids(base))
+    assert (engine.stats.prefix_tokens_saved > 0) == (options.prefix_reuse and not by_row)
+    if by_row:  # one prefill pass per row, then one batched pass per decode step
+        assert engine.stats.forward_passes == 3 * len(MESSAGES) + NEW_TOKENS - 1
     if which == "lively":
         assert len({t for row in got_base for t in row}) > 10  # varied, not one repeated token
 

@@ -98,6 +98,9 @@ class EngineOptions:
     ``compile=None`` means on for CUDA, off elsewhere; ``static_cache=None`` follows ``compile``
     (a static cache without compiling runs the CUDA layout eagerly, which is how CPU tests check it).
     ``grouped_attention`` swaps SDPA for ``attention.grouped_decode_attention`` in decode steps.
+    ``row_prefill_tokens``: on CPU, batches with prompts of unequal length, the longest at least
+    this long, are prefilled one row at a time (no padding mask, so PyTorch's fast causal kernel
+    runs; a padded mask sends CPU attention to a kernel several times slower) without prefix reuse.
     """
 
     max_batch_size: int = 256
@@ -108,6 +111,7 @@ class EngineOptions:
     sync_every: int = 8
     compile_backend: str = "inductor"
     grouped_attention: bool = True
+    row_prefill_tokens: int = 256
 
 
 @dataclass
@@ -121,6 +125,7 @@ class _Batch:
     ids: torch.Tensor  # [rows, width]
     prefix: int
     real_rows: int
+    by_row: bool = False
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -321,7 +326,14 @@ class Engine:
         import torch
 
         prompts = [r.prompt for r in requests]
-        prefix = self._shared_prefix(prompts[:real_rows]) if real_rows > 1 else 0
+        lengths = {len(p) for p in prompts}
+        by_row = (
+            not self.static
+            and self.device.type == "cpu"
+            and len(lengths) > 1
+            and max(lengths) >= self.options.row_prefill_tokens
+        )
+        prefix = self._shared_prefix(prompts[:real_rows]) if real_rows > 1 and not by_row else 0
         suffix = max(len(p) - prefix for p in prompts)
         width = prefix + suffix
         total = width + max_new
@@ -345,6 +357,7 @@ class Engine:
             ids=ids.to(self.device),
             prefix=prefix,
             real_rows=real_rows,
+            by_row=by_row,
         )
 
     def _shared_prefix(self, prompts: Sequence[tuple[int, ...]]) -> int:
@@ -362,7 +375,9 @@ class Engine:
         if self.adapters.adapters:
             self.adapters.rows.set_rows([self.adapters.block(a) for a in adapters], self.device)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any, start: int
+    ) -> torch.Tensor:
         """One eager forward pass of the tokens at cache slots ``start...``; last position's logits ``[rows, vocab]``."""
         import torch
 
@@ -380,6 +395,8 @@ class Engine:
         import torch
         from transformers import DynamicCache
 
+        if batch.by_row:
+            return self._prefill_rows(batch)
         adapters = [r.adapter for r in batch.requests]
         cache: Any = self._static_cache(len(adapters), batch.mask.shape[1]) if self.static else None
         if batch.prefix:
@@ -415,6 +432,34 @@ class Engine:
             batch.prefix,
         )
         return cache, logits
+
+    def _prefill_rows(self, batch: _Batch) -> tuple[Any, torch.Tensor]:
+        """Prefill each row alone (no padding), then left-pad the KV caches into one batch cache."""
+        import torch
+        from transformers import DynamicCache
+
+        caches = []
+        logits = []
+        for row, request in enumerate(batch.requests):
+            own = len(request.prompt)
+            self._set_rows([request.adapter])
+            cache = DynamicCache(config=self.model.config)
+            start = batch.width - own
+            logits.append(self._forward(batch.ids[row : row + 1, start:], batch.positions[row : row + 1, start:], None, cache, 0))
+            caches.append(cache)
+            self.stats.prefill_tokens += own
+        merged = DynamicCache(config=self.model.config)
+        for layer in range(len(caches[0].layers)):
+            first = caches[0].layers[layer]
+            keys = first.keys.new_zeros(len(caches), first.keys.shape[1], batch.width, first.keys.shape[3])
+            values = first.values.new_zeros(len(caches), first.values.shape[1], batch.width, first.values.shape[3])
+            for row, cache in enumerate(caches):
+                own_keys, own_values = cache.layers[layer].keys, cache.layers[layer].values
+                keys[row, :, batch.width - own_keys.shape[2] :] = own_keys[0]
+                values[row, :, batch.width - own_values.shape[2] :] = own_values[0]
+            merged.update(keys, values, layer)
+        self._set_rows([r.adapter for r in batch.requests])
+        return merged, torch.cat(logits)
 
     def _static_cache(self, rows: int, length: int) -> Any:
         from transformers import StaticCache
