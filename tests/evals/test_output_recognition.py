@@ -187,6 +187,19 @@ def test_tiny_local_hf_model(tiny_model: Path, logs: dict[str, str], tmp_path: P
     assert sum(status_counts(log.samples)["own_chosen"].values()) == 2
 
 
+@pytest.mark.parametrize("mode", ["sample", "logprob"])
+def test_contrast_foils_written_by_a_local_hf_model(mode: str, tiny_model: Path, logs: dict[str, str], tmp_path: Path) -> None:
+    """The foil writer is an hf/ model: every foil is generated and judged, no sample errors."""
+    task = output_recognition(harm_log=logs["harm_log"], rubric_file=logs["rubric_file"], foils="contrast", foil_model=f"hf/{tiny_model}",
+                              foil_max_tokens=8, max_tokens=4, mode=mode)  # fmt: skip
+    [log] = inspect_eval(task, model=f"hf/{tiny_model}", model_args={"device": "cpu"}, limit=2, log_dir=str(tmp_path),
+                         model_roles={"grader": scripted_model(level_judge, name="judge")}, display="none", max_connections=8)  # fmt: skip
+    assert log.status == "success", log.error
+    assert not [s.error for s in log.samples if s.error]
+    foils = metrics(log, "foil")
+    assert foils["contrast/generated"] >= 1 and foils["contrast/failed"] == 0
+
+
 def loopback_responder(request: ChatRequest) -> Reply:
     """Subject (logprobs on the own letter 0.7), foil writer and the loopback's scripted judge."""
     text = request.last_user_text

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from inspect_ai.log import EvalLog
 
 
+SAMPLE_RETRIES = 2
+"""A sample that raises is retried this often; then the evaluation fails (inspect's default),
+so a broken run is never mistaken for a finished one. Re-running reuses every cached call."""
+
+
 def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:
     """``key=value`` pairs (values read as YAML scalars: 1, 0.5, true, text) into a dict."""
     import yaml
@@ -79,7 +84,7 @@ def run_experiment(
         display=display,
         tags=tags,
         metadata={"judge": judge, **(metadata or {})},
-        fail_on_error=False,
+        retry_on_error=SAMPLE_RETRIES,
     )
     return logs[0]
 
@@ -107,12 +112,20 @@ def print_summary(log: EvalLog) -> None:
     table.add_column("value", justify="right")
     for row in summary_rows(log):
         table.add_row(*row)
-    console.print(table)
-    done = log.results.completed_samples if log.results else 0
-    console.print(f"samples completed: {done} of {log.results.total_samples if log.results else '?'}")
-    for scorer, counts in status_counts(log.samples or []).items():
+    if log.results is None or not log.results.scores:
+        console.print("no metrics: no sample was scored (see the status counts below)")
+    else:
+        console.print(table)
+    samples = log.samples or []
+    total = log.results.total_samples if log.results else len(samples)
+    console.print(f"samples completed: {len(samples)} of {total}")
+    for scorer, counts in status_counts(samples).items():
         shown = ", ".join(f"{status} {counts[status]}" for status in sorted(counts))
         console.print(f"{scorer}: {shown}")
+    errored = [sample for sample in samples if sample.error]
+    if errored:
+        first = errored[0].error.message.splitlines()[0] if errored[0].error else ""
+        console.print(f"[red]{len(errored)} sample(s) raised an error[/red] (first: {first})")
     if log.error:
         console.print(f"[red]error:[/red] {log.error.message}")
     console.print(f"log: {log.location}")

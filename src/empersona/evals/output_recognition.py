@@ -224,7 +224,8 @@ class ContrastFoils:
     def __init__(self, foil_model: str | None, rubric: str, temperature: float, max_tokens: int, cache: bool, seed: int) -> None:
         self.foil_model = foil_model
         self.rubric = rubric
-        self.config = GenerateConfig(temperature=temperature, max_tokens=max_tokens, logprobs=False)
+        # logprobs stays unset: inspect's hf provider fails on an explicit logprobs=False
+        self.config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
         self.cache = cache
         self.seed = seed
         self._work: dict[str, asyncio.Task[ContrastFoil]] = {}
