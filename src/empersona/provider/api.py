@@ -1,11 +1,8 @@
-"""The inspect ``ModelAPI`` of the ``empersona/`` provider and the batcher in front of the engine.
+"""The inspect ``ModelAPI`` of the ``empersona/`` provider and the process-wide engines behind it.
 
 Each inspect model (base or adapter) is one ``EmpersonaAPI``; all models on the same base share
-one ``Served`` entry: the loaded ``Engine`` and its ``Batcher``. A request waits only while the
-engine is busy: the first request to find it idle leads a round, yields to the event loop until
-no more requests arrive at once, takes everything pending (any adapter, any settings) and runs
-it in a worker thread, so the event loop keeps accepting requests for the next round. There is
-no fixed wait (inspect's ``hf`` provider waits 2 s for quiet and polls every second).
+one ``Served`` entry: the loaded ``Engine`` and the ``Batcher`` in front of it (``batcher.py``:
+no fixed wait, where inspect's ``hf`` provider waits 2 s for quiet and polls every second).
 
 Prompts are built like inspect's ``hf`` provider builds them: the tokenizer's chat template
 with ``add_generation_prompt=True``, then the tokenizer's default call, so outputs compare
@@ -16,13 +13,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from empersona.errors import EmpersonaError
+from empersona.provider.batcher import Batcher
 from empersona.provider.engine import Completion, Engine, EngineOptions, Request
 
 if TYPE_CHECKING:
@@ -33,7 +31,6 @@ from inspect_ai.model import GenerateConfig as _GenerateConfig
 from inspect_ai.model import ModelAPI, modelapi
 
 DEFAULT_MAX_TOKENS = 2048
-MAX_GATHER_YIELDS = 64
 
 
 class ProviderArgs(BaseModel):
@@ -98,65 +95,6 @@ def _canonical(path: Path, name: str) -> str:
 
 
 # ---------------------------------------------------------------------- shared engines
-@dataclass
-class _Slot:
-    request: Request
-    result: Completion | None = None
-    error: BaseException | None = None
-
-
-@dataclass
-class Batcher:
-    """Collects concurrent requests into rounds; one engine call per round, run off the event loop."""
-
-    engine: Engine
-    pending: list[_Slot] = field(default_factory=list)
-    busy: bool = False
-    round_done: Any = None
-    rounds: int = 0
-
-    async def submit(self, request: Request) -> Completion:
-        """Queue a request and return its completion once a round has run it."""
-        slot = _Slot(request)
-        self.pending.append(slot)
-        while slot.result is None and slot.error is None:
-            if not self.busy:
-                await self._lead()
-            else:
-                await self.round_done.wait()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
-
-    async def _lead(self) -> None:
-        import anyio
-
-        self.busy = True
-        self.round_done = anyio.Event()
-        try:
-            # gather: let every coroutine that is ready now add its request (no timed wait)
-            seen = -1
-            for _ in range(MAX_GATHER_YIELDS):
-                if len(self.pending) == seen:
-                    break
-                seen = len(self.pending)
-                await anyio.sleep(0)
-            batch, self.pending = self.pending, []
-            self.rounds += 1
-            try:
-                results = await anyio.to_thread.run_sync(self.engine.generate, [s.request for s in batch])
-            except Exception as exc:  # every request of the round sees the engine's error
-                for slot in batch:
-                    slot.error = exc
-            else:
-                for slot, result in zip(batch, results, strict=True):
-                    slot.result = result
-        finally:
-            self.busy = False
-            self.round_done.set()
-
-
 @dataclass(frozen=True)
 class EngineKey:
     """What makes two models share one loaded base: folder, device, dtype and engine options."""

@@ -29,12 +29,13 @@ import inspect as pyinspect
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from empersona.provider.attention import use_grouped_decode_attention
 from empersona.provider.lora import AdapterSet, read_adapter
+from empersona.provider.sampling import sample_next
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +127,6 @@ class _Batch:
     prefix: int
     real_rows: int
     by_row: bool = False
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Engine:
@@ -542,48 +542,3 @@ def _static_decode_step(
     """The compiled decode step: one token per row on a static cache, last-position logits in float32."""
     out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
     return out.logits[:, -1, :].float()
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    top_k: torch.Tensor,
-    greedy: torch.Tensor,
-    k: int,
-    sampled: bool,
-    filters: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Pick each row's next token; return it, its logprob and the top-``k`` logprobs (``k=0``: none).
-
-    ``sampled`` (any row samples) and ``filters`` (any row uses top-k/top-p) are per-batch flags,
-    so the all-greedy and unfiltered cases skip that work without a device sync.
-
-    Greedy rows take the argmax (first index on ties, as ``model.generate``). Sampled rows divide
-    the logits by their temperature, keep their top-k tokens and the smallest set whose
-    probability reaches top-p, then draw with the exponential race (argmax of p / Exp(1)),
-    which samples exactly from p.
-    """
-    import torch
-
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    choice = logits.argmax(dim=-1)
-    if sampled:
-        scaled = logits / temperature.clamp_min(1e-5)[:, None]
-        if filters:
-            ordered, order = scaled.sort(dim=-1, descending=True)
-            rank = torch.arange(ordered.shape[-1], device=logits.device)[None, :]
-            drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
-            probs = torch.softmax(ordered, dim=-1)
-            drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
-            drop[:, 0] = False
-            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-        probs = torch.softmax(scaled, dim=-1)
-        race = torch.rand_like(probs).log_().neg_()  # Exp(1) draws (faster than exponential_ on CPU)
-        choice = torch.where(greedy, choice, (probs / race).argmax(dim=-1))
-    chosen = logprobs.gather(-1, choice[:, None]).squeeze(-1)
-    if k:
-        values, ids = logprobs.topk(k, dim=-1)
-        return choice, chosen, values, ids
-    return choice, chosen, None, None

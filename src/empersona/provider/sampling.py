@@ -1,0 +1,57 @@
+"""Next-token choice for a batch: greedy, or temperature / top-k / top-p sampling, per row.
+
+Kept apart from the engine so the CUDA path can compile it on its own (``torch.compile`` fuses
+the softmax, filtering and draw over the vocabulary into a few kernels).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor,
+    greedy: torch.Tensor,
+    k: int,
+    sampled: bool,
+    filters: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pick each row's next token; return it, its logprob and the top-``k`` logprobs (``k=0``: none).
+
+    ``sampled`` (any row samples) and ``filters`` (any row uses top-k/top-p) are per-batch flags,
+    so the all-greedy and unfiltered cases skip that work without a device sync.
+
+    Greedy rows take the argmax (first index on ties, as ``model.generate``). Sampled rows divide
+    the logits by their temperature, keep their top-k tokens and the smallest set whose
+    probability reaches top-p, then draw with the exponential race (argmax of p / Exp(1)),
+    which samples exactly from p.
+    """
+    import torch
+
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    choice = logits.argmax(dim=-1)
+    if sampled:
+        scaled = logits / temperature.clamp_min(1e-5)[:, None]
+        if filters:
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            rank = torch.arange(ordered.shape[-1], device=logits.device)[None, :]
+            drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
+            probs = torch.softmax(ordered, dim=-1)
+            drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+            drop[:, 0] = False
+            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(scaled, dim=-1)
+        race = torch.rand_like(probs).log_().neg_()  # Exp(1) draws (faster than exponential_ on CPU)
+        choice = torch.where(greedy, choice, (probs / race).argmax(dim=-1))
+    chosen = logprobs.gather(-1, choice[:, None]).squeeze(-1)
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        return choice, chosen, values, ids
+    return choice, chosen, None, None
