@@ -217,9 +217,9 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--measure", action="store_true", help="also run a small battery through hf/ and empersona/")
-    parser.add_argument("--limit", type=int, default=32, help="--measure: items per experiment")
-    parser.add_argument("--harm-samples", type=int, default=2, help="--measure: harmfulness samples per prompt")
-    parser.add_argument("--max-tokens", type=int, default=24, help="--measure: max new tokens of free answers")
+    parser.add_argument("--limit", type=int, default=96, help="--measure: items per experiment")
+    parser.add_argument("--harm-samples", type=int, default=4, help="--measure: harmfulness samples per prompt")
+    parser.add_argument("--max-tokens", type=int, default=16, help="--measure: max new tokens of free answers")
     parser.add_argument(
         "--max-connections", type=int, default=None,
         help="--measure: inspect max_connections for both providers (default: each provider's own, hf 32, empersona 256)",
