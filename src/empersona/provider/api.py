@@ -111,7 +111,6 @@ class Served:
 
     engine: Engine
     batcher: Batcher
-    base_loads: int = 1
 
 
 _SERVED: dict[EngineKey, Served] = {}
