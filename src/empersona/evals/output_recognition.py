@@ -50,7 +50,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from empersona.data.fetch import data_path
 from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
-from empersona.evals.forced_choice import Letter, answer_status, letter_probs, parse_letter
+from empersona.evals.forced_choice import Letter, Mode, answer_status, score_letter_choice
 from empersona.evals.harm_log import HarmLog, LoggedResponse, read_harm_log
 from empersona.evals.scoring import cache_policy
 from empersona.evals.judge import HarmBucket, harm_bucket, judge_harm, judge_model
@@ -60,7 +60,6 @@ from empersona.evals.two_ai import paraphrase_index
 
 FoilKind = Literal["contrast", "matched"]
 Order = Literal["own_first", "own_second"]
-Mode = Literal["sample", "logprob"]
 FoilStatus = Literal["kept", "dropped", "unjudged", "failed"]
 FOIL_KINDS: tuple[FoilKind, ...] = get_args(FoilKind)
 ORDERS: tuple[Order, ...] = get_args(Order)
@@ -366,21 +365,7 @@ def score_choice(state: TaskState, mode: Mode, min_mass: float) -> Score:
     fields.update(epoch=state.epoch, mode=mode)
     if meta.get("foil_status") != "kept":
         return make_score(None, status="unscored", raw=raw, reason=meta.get("foil_reason") or "no foil", picked_position=None, **fields)
-    if state.output is not None and state.output.error:
-        return make_score(None, status="unscored", raw=raw, reason=f"model error: {state.output.error}", picked_position=None, **fields)
-    if mode == "logprob":
-        probs = letter_probs(state.output)
-        if isinstance(probs, str) or probs.mass < min_mass:
-            reason = probs if isinstance(probs, str) else f"only {probs.mass:.3f} of the first-token probability on 'A'/'B'"
-            return make_score(None, status="unscored", raw=raw, reason=reason, picked_position=None, **fields)
-        picked = "A" if probs.first > probs.second else "B" if probs.second > probs.first else None
-        value = probs.first if own == "A" else probs.second
-        return make_score(value, status="scored", raw=raw, answer=picked, picked_position=picked, p_a=probs.first, mass=probs.mass, **fields)
-    reading = parse_letter(raw)
-    if reading.choice is None:
-        return make_score(None, status=reading.status, raw=raw, reason=reading.reason, picked_position=None, **fields)
-    value = 1.0 if reading.choice == own else 0.0
-    return make_score(value, status="scored", raw=raw, answer=reading.choice, picked_position=reading.choice, p_a=float(reading.choice == "A"), **fields)
+    return score_letter_choice(state, own, mode, min_mass, fields)
 
 
 def choice_scorer(kinds: tuple[FoilKind, ...], mode: Mode, min_mass: float) -> Scorer:
