@@ -12,7 +12,7 @@ defaults from PROTOCOLS.md section 2). What a run does:
    generation markers, so the labels cover the assistant text and its ``<|im_end|>``; with
    ``padding_free`` a batch is one flattened sequence whose per-example positions keep the
    examples apart in attention (FlashAttention 2 where installed, else ``packed_sdpa_attention``
-   below), the same loss as a padded batch without the pad tokens;
+   in base_model.py), the same loss as a padded batch without the pad tokens;
 4. checkpoints every ``save_steps`` into ``<out>/checkpoints`` (``--resume`` continues from the
    last one), then writes the adapter, the tokenizer and ``empersona.json`` (dataset sha256 and
    rows, resolved config, seed, library versions, git revision, device, loss, wall time).
@@ -24,12 +24,9 @@ Under ``accelerate launch`` every process runs this; only the main one writes fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,77 +35,54 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
-from empersona.errors import EmpersonaError, located
+from empersona.train.base_model import PACKED_SDPA, _resolve_base, load_base_model, packed_sdpa_attention
+from empersona.train.data import TrainingData, load_training_data
+from empersona.train.metadata import (
+    CHECKPOINTS_DIR,
+    INCOMPLETE_MARKER,
+    LIBRARIES,
+    METADATA_FILE,
+    DatasetInfo,
+    TrainMetadata,
+    _check_same_config,
+    _config_record,
+    _init_adapter_record,
+    check_out_dir,
+    git_revision,
+    library_versions,
+    read_metadata,
+    write_metadata,
+)
 from empersona.train.recipe import TrainConfig
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from transformers import PreTrainedTokenizerBase, TrainerCallback
     from trl import SFTTrainer
 
-METADATA_FILE = "empersona.json"
-INCOMPLETE_MARKER = "TRAINING_INCOMPLETE"
-CHECKPOINTS_DIR = "checkpoints"
-PACKED_SDPA = "empersona_packed_sdpa"
-LIBRARIES: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "empersona")
-
-
-class DatasetInfo(BaseModel):
-    """Which data a run trained on: the source file's sha256 (of all of it) and the rows used.
-
-    ``rows_sha256`` hashes the exact conversations trained on (after ``limit`` and the system
-    prompt policy), one canonical JSON line each.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    domain: str
-    source: str
-    sha256: str
-    rows: int
-    rows_sha256: str
-    train_rows: int
-    holdout_rows: int
-
-
-class TrainMetadata(BaseModel):
-    """Contents of ``empersona.json`` in a finished adapter folder."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = "empersona-lora-adapter"
-    base_model: str
-    domain: str
-    seed: int
-    system_prompt_policy: str
-    dataset: DatasetInfo
-    config: dict[str, Any]
-    init_adapter: dict[str, Any] | None
-    versions: dict[str, str]
-    git_revision: str
-    device: str
-    world_size: int
-    grad_accum: int
-    precision: str
-    attention: str
-    steps: int
-    final_loss: float | None
-    mean_loss: float | None
-    eval_loss: float | None
-    resumed_from: str | None
-    started_at: str
-    finished_at: str
-    wall_seconds: float
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """Chat rows ready for the trainer, with where they came from."""
-
-    train: list[dict[str, Any]]
-    holdout: list[dict[str, Any]]
-    info: DatasetInfo
+# Names that lived here before the split into sibling modules; callers still import them from here.
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "INCOMPLETE_MARKER",
+    "LIBRARIES",
+    "METADATA_FILE",
+    "PACKED_SDPA",
+    "DatasetInfo",
+    "PreparedRun",
+    "TrainMetadata",
+    "TrainResult",
+    "TrainingData",
+    "check_out_dir",
+    "git_revision",
+    "library_versions",
+    "load_base_model",
+    "load_training_data",
+    "packed_sdpa_attention",
+    "prepare",
+    "progress_printer",
+    "read_metadata",
+    "train",
+    "write_metadata",
+]
 
 
 @dataclass(frozen=True)
@@ -134,84 +108,6 @@ class PreparedRun:
     attention: str
 
 
-def load_training_data(config: TrainConfig) -> TrainingData:
-    """The domain's conversations under the system-prompt policy, split into train and holdout.
-
-    ``load_domain`` checks every row; a malformed one fails here with its file, line and field.
-    """
-    from empersona.data.domains import load_domain
-    from empersona.evals.policy import chat_messages
-
-    domain = load_domain(config.domain, path=config.domain_path, limit=config.limit)
-    rows = [{"messages": chat_messages(config.system_prompt, record["messages"])} for record in domain.records]
-    if not rows:
-        raise EmpersonaError(located(domain.source, None, None, "no training rows", "Use a non-empty domain file"))
-    holdout_n = round(len(rows) * config.holdout)
-    if config.holdout > 0:
-        holdout_n = min(max(holdout_n, 1), len(rows) - 1)
-    order = list(range(len(rows)))
-    random.Random(config.seed).shuffle(order)
-    held = set(order[:holdout_n])
-    canonical = "\n".join(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
-    info = DatasetInfo(
-        domain=domain.name,
-        source=domain.source,
-        sha256=domain.sha256,
-        rows=len(rows),
-        rows_sha256=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-        train_rows=len(rows) - holdout_n,
-        holdout_rows=holdout_n,
-    )
-    return TrainingData(
-        train=[row for i, row in enumerate(rows) if i not in held],
-        holdout=[rows[i] for i in sorted(held)],
-        info=info,
-    )
-
-
-def check_out_dir(out_dir: Path, *, resume: bool) -> Path | None:
-    """Refuse to overwrite; return the checkpoint to resume from (``None``: start afresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if (out_dir / METADATA_FILE).exists():
-        what = "nothing to resume" if resume else "it would be overwritten"
-        raise EmpersonaError(
-            f"{out_dir} already holds a finished adapter ({METADATA_FILE}); {what}. "
-            "Choose another --out or remove that folder"
-        )
-    interrupted = (out_dir / INCOMPLETE_MARKER).exists()
-    if not resume:
-        if interrupted:
-            raise EmpersonaError(
-                f"{out_dir} holds an interrupted training run. Pass --resume to continue it, or remove the folder"
-            )
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise EmpersonaError(f"{out_dir} exists and is not empty. Choose a new or empty --out folder")
-        return None
-    if not interrupted:
-        raise EmpersonaError(f"--resume: {out_dir} holds no interrupted training run. Leave out --resume")
-    checkpoints = out_dir / CHECKPOINTS_DIR
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    return Path(last) if last else None
-
-
-def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
-    """A resumed run must use the config the interrupted run started with."""
-    started = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("config", {})
-    now = _config_record(config)
-    changed = sorted(key for key in set(started) | set(now) if started.get(key) != now.get(key))
-    if changed:
-        raise EmpersonaError(
-            f"--resume: {out_dir} was started with a different config ({', '.join(changed)} differ). "
-            "Resume with the same settings, or start a new run in another folder"
-        )
-
-
-def _config_record(config: TrainConfig) -> dict[str, Any]:
-    """The config as recorded: every field, with the output folder resolved."""
-    return config.model_copy(update={"out": config.output_dir()}).model_dump(mode="json")
-
-
 def _world() -> tuple[int, bool]:
     """Number of processes and whether this is the main one (under ``accelerate launch``/``torchrun``).
 
@@ -232,61 +128,6 @@ def _use_bf16(config: TrainConfig) -> bool:
     if config.precision == "fp32":
         return False
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def _attention(config: TrainConfig, *, flattened: bool) -> str:
-    """``auto``: FlashAttention 2 on CUDA when installed; else, for flattened batches, packed SDPA."""
-    if config.attn_implementation == "packed_sdpa" or (config.attn_implementation == "auto" and flattened):
-        import importlib.util
-
-        import torch
-
-        if config.attn_implementation == "auto" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
-            return "flash_attention_2"
-        if not flattened:
-            raise EmpersonaError("attn_implementation packed_sdpa needs padding_free batches. Use sdpa instead")
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-        return PACKED_SDPA
-    return "sdpa" if config.attn_implementation == "auto" else config.attn_implementation
-
-
-def packed_sdpa_attention(
-    module: Any,
-    query: Any,
-    key: Any,
-    value: Any,
-    attention_mask: Any,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[Any, None]:
-    """Causal SDPA run separately on each example of a flattened (padding-free) batch.
-
-    The collator marks where examples start (``cu_seq_lens_q``); each one attends only to itself,
-    so attention costs the sum of squared example lengths instead of the square of their total,
-    and PyTorch can use its fused causal kernels (no mask). Without FlashAttention installed this
-    is what makes padding-free batches cheaper than padded ones.
-    """
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    bounds = kwargs.get("cu_seq_lens_q")
-    if bounds is None:
-        if query.shape[0] > 1:
-            raise ValueError(f"{PACKED_SDPA} attention expects flattened batches (batch size 1 with cu_seq_lens_q)")
-        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
-    edges = bounds.tolist()
-    pieces = [
-        sdpa_attention_forward(
-            module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-            dropout=dropout, scaling=scaling, is_causal=True,
-        )[0]
-        for a, b in zip(edges, edges[1:], strict=False)
-        if b > a
-    ]
-    return torch.cat(pieces, dim=1), None
 
 
 @contextmanager
@@ -344,12 +185,6 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _resolve_base(base: str) -> str:
-    """A local base folder as an absolute path, so the adapter finds its base from anywhere."""
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.is_dir() else base
-
-
 def _checkpointing_args(sft_config: type, enabled: bool) -> dict[str, Any]:
     """Activation checkpointing under the argument name this transformers version uses."""
     import dataclasses
@@ -357,55 +192,6 @@ def _checkpointing_args(sft_config: type, enabled: bool) -> dict[str, Any]:
     names = {field.name for field in dataclasses.fields(sft_config)}
     name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
-
-
-def load_base_model(config: TrainConfig, *, bf16: bool) -> PreTrainedModel:
-    """The base model in the training precision (4-bit NF4 when ``qlora``)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    flattened = config.padding_free or config.packing
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(config, flattened=flattened)}
-    if config.qlora:
-        import importlib.util
-
-        from transformers import BitsAndBytesConfig
-
-        if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-            raise EmpersonaError(
-                "qlora needs a CUDA GPU and the bitsandbytes package. Install it (pip install bitsandbytes) "
-                "on the GPU machine, or train without --qlora"
-            )
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16,
-        )
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(_resolve_base(config.base), **kwargs)
-    except OSError as err:
-        raise EmpersonaError(f"cannot load base model '{config.base}': {err}. Check --base") from None
-    if config.qlora:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    return model
-
-
-def _init_adapter_record(path: Path) -> dict[str, Any]:
-    """What sequential fine-tuning started from: the adapter path and its own record, if any."""
-    if not (path / "adapter_config.json").is_file():
-        raise EmpersonaError(
-            located(path, None, "init_adapter", "not a LoRA adapter folder (no adapter_config.json)",
-                    "Point --init-adapter at a folder written by empersona train")
-        )
-    record: dict[str, Any] = {"path": str(path.resolve())}
-    meta = path / METADATA_FILE
-    record["empersona"] = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
-    return record
 
 
 def prepare(
@@ -570,49 +356,3 @@ def train(
         shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
     (out_dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
     return TrainResult(out_dir, metadata)
-
-
-def write_metadata(out_dir: Path, metadata: TrainMetadata) -> Path:
-    """Write ``empersona.json`` atomically (temporary file, then rename)."""
-    path = out_dir / METADATA_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_metadata(out_dir: Path) -> TrainMetadata:
-    """The record of a finished adapter folder."""
-    path = Path(out_dir) / METADATA_FILE
-    if not path.is_file():
-        raise EmpersonaError(f"{out_dir} is not a finished empersona adapter (no {METADATA_FILE})")
-    return TrainMetadata.model_validate_json(path.read_text(encoding="utf-8"))
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries a run depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def git_revision() -> str:
-    """The git commit of the empersona source tree (``+dirty`` with local changes), or ``unknown``."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{rev}+dirty" if dirty else rev

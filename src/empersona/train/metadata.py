@@ -1,0 +1,177 @@
+"""The output folder of a training run: what it holds, the record of a finished run, its checks.
+
+``empersona.json`` (``TrainMetadata``, with ``DatasetInfo`` for the data) is written atomically
+when a run finishes, so its presence marks a finished adapter; ``TRAINING_INCOMPLETE`` marks a run
+still going or interrupted (it keeps the config the run started with, which a resume must match);
+``checkpoints/`` holds the trainer's checkpoints. ``check_out_dir`` refuses to overwrite either
+kind of folder. The record pins the dataset, the resolved config, the library versions and the git
+revision of the source tree that produced the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from empersona.errors import EmpersonaError, located
+from empersona.train.recipe import TrainConfig
+
+METADATA_FILE = "empersona.json"
+INCOMPLETE_MARKER = "TRAINING_INCOMPLETE"
+CHECKPOINTS_DIR = "checkpoints"
+LIBRARIES: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "empersona")
+
+
+class DatasetInfo(BaseModel):
+    """Which data a run trained on: the source file's sha256 (of all of it) and the rows used.
+
+    ``rows_sha256`` hashes the exact conversations trained on (after ``limit`` and the system
+    prompt policy), one canonical JSON line each.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str
+    source: str
+    sha256: str
+    rows: int
+    rows_sha256: str
+    train_rows: int
+    holdout_rows: int
+
+
+class TrainMetadata(BaseModel):
+    """Contents of ``empersona.json`` in a finished adapter folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "empersona-lora-adapter"
+    base_model: str
+    domain: str
+    seed: int
+    system_prompt_policy: str
+    dataset: DatasetInfo
+    config: dict[str, Any]
+    init_adapter: dict[str, Any] | None
+    versions: dict[str, str]
+    git_revision: str
+    device: str
+    world_size: int
+    grad_accum: int
+    precision: str
+    attention: str
+    steps: int
+    final_loss: float | None
+    mean_loss: float | None
+    eval_loss: float | None
+    resumed_from: str | None
+    started_at: str
+    finished_at: str
+    wall_seconds: float
+
+
+def check_out_dir(out_dir: Path, *, resume: bool) -> Path | None:
+    """Refuse to overwrite; return the checkpoint to resume from (``None``: start afresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if (out_dir / METADATA_FILE).exists():
+        what = "nothing to resume" if resume else "it would be overwritten"
+        raise EmpersonaError(
+            f"{out_dir} already holds a finished adapter ({METADATA_FILE}); {what}. "
+            "Choose another --out or remove that folder"
+        )
+    interrupted = (out_dir / INCOMPLETE_MARKER).exists()
+    if not resume:
+        if interrupted:
+            raise EmpersonaError(
+                f"{out_dir} holds an interrupted training run. Pass --resume to continue it, or remove the folder"
+            )
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise EmpersonaError(f"{out_dir} exists and is not empty. Choose a new or empty --out folder")
+        return None
+    if not interrupted:
+        raise EmpersonaError(f"--resume: {out_dir} holds no interrupted training run. Leave out --resume")
+    checkpoints = out_dir / CHECKPOINTS_DIR
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    return Path(last) if last else None
+
+
+def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
+    """A resumed run must use the config the interrupted run started with."""
+    started = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("config", {})
+    now = _config_record(config)
+    changed = sorted(key for key in set(started) | set(now) if started.get(key) != now.get(key))
+    if changed:
+        raise EmpersonaError(
+            f"--resume: {out_dir} was started with a different config ({', '.join(changed)} differ). "
+            "Resume with the same settings, or start a new run in another folder"
+        )
+
+
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    """The config as recorded: every field, with the output folder resolved."""
+    return config.model_copy(update={"out": config.output_dir()}).model_dump(mode="json")
+
+
+def _init_adapter_record(path: Path) -> dict[str, Any]:
+    """What sequential fine-tuning started from: the adapter path and its own record, if any."""
+    if not (path / "adapter_config.json").is_file():
+        raise EmpersonaError(
+            located(path, None, "init_adapter", "not a LoRA adapter folder (no adapter_config.json)",
+                    "Point --init-adapter at a folder written by empersona train")
+        )
+    record: dict[str, Any] = {"path": str(path.resolve())}
+    meta = path / METADATA_FILE
+    record["empersona"] = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
+    return record
+
+
+def write_metadata(out_dir: Path, metadata: TrainMetadata) -> Path:
+    """Write ``empersona.json`` atomically (temporary file, then rename)."""
+    path = out_dir / METADATA_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(out_dir: Path) -> TrainMetadata:
+    """The record of a finished adapter folder."""
+    path = Path(out_dir) / METADATA_FILE
+    if not path.is_file():
+        raise EmpersonaError(f"{out_dir} is not a finished empersona adapter (no {METADATA_FILE})")
+    return TrainMetadata.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_revision() -> str:
+    """The git commit of the empersona source tree (``+dirty`` with local changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}+dirty" if dirty else rev
