@@ -1,4 +1,4 @@
-"""The report's figures, drawn with matplotlib from the summary tables `build.py` computes.
+"""The report's figures, drawn with matplotlib from the summary tables `sections.py` computes.
 
 Each function takes a summary frame (estimates with ``<name>_low``/``<name>_high`` interval
 columns) and writes one PNG. Figures use matplotlib's object API with the Agg canvas (no pyplot

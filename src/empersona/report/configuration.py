@@ -1,0 +1,102 @@
+"""The report's closing section: the run's configuration, read from the results table and the run folder.
+
+Base model and how it was chosen, interval and classification settings, the models (model string,
+base model, adapter, domain, fine-tune seed), the experiments (judge, system-prompt policy,
+sampling seed, source, versions), the logs behind the table (status and header notes such as
+duplicated harm prompts) and what each ``empersona import`` recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from empersona.report.render import Block, Heading, Para, Table
+from empersona.report.sections import _format_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from empersona.analysis.persona import PersonaThresholds
+    from empersona.report.build import BaseChoice
+    from empersona.report.sections import Resampling
+
+
+def _configuration(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Resampling,
+                   thresholds: PersonaThresholds) -> list[Block]:
+    import pandas as pd
+
+    def joined(values: pd.Series) -> str:
+        return ", ".join(sorted({str(v) for v in values.dropna()})) or "-"
+
+    blocks: list[Block] = [Heading(2, "Configuration")]
+    blocks.append(Para(f"Base model: `{base.model or '-'}` ({base.how}). Intervals: {rs.level:.0%} BCa bootstrap over "
+                       f"prompts/items, {rs.n_resamples} resamples, seed {rs.seed}. Classification thresholds: "
+                       + ", ".join(f"{k}={v}" for k, v in thresholds.model_dump().items() if k != "n_resamples") + "."))
+    models = table.drop_duplicates("model").sort_values("model")
+    blocks += [Heading(3, "Models"), Table(_format_frame(models, {
+        "model": "model", "model string": "model_string",
+        "base model": lambda r: r["base_model"] if isinstance(r["base_model"], str) else "-",
+        "adapter": lambda r: r["adapter"] if isinstance(r["adapter"], str) else "-",
+        "domain": lambda r: r["domain"] if isinstance(r["domain"], str) else "-",
+        "fine-tune seed": lambda r: "-" if pd.isna(r["seed"]) else str(r["seed"]),
+    }))]
+    experiments = []
+    for experiment, part in table.groupby("experiment", sort=True):
+        experiments.append({
+            "experiment": experiment, "models": part["model"].nunique(), "rows": len(part),
+            "judge": joined(part["judge"]), "system-prompt policy": joined(part["system_prompt_policy"]),
+            "sampling seed": joined(part["eval_seed"]), "source": joined(part["source"]),
+            "versions": joined(part["versions"]),
+        })
+    blocks += [Heading(3, "Experiments"), Table(pd.DataFrame(experiments))]
+    blocks += _logs_blocks(run_dir, table)
+    blocks += _imports_blocks(run_dir)
+    return blocks
+
+
+def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
+    """The logs behind the table: their status and notes from their headers (e.g. duplicate prompts)."""
+    import pandas as pd
+    from inspect_ai.log import read_eval_log
+
+    files = sorted(table.loc[table["source"] == "log", "log_file"].unique())
+    if not files:
+        return []
+    rows, duplicates = [], {}
+    for name in files:
+        path = Path(name) if Path(name).is_absolute() else run_dir / name
+        if not path.is_file():
+            rows.append({"log": name, "experiment": "-", "model": "-", "status": "missing", "samples": "-"})
+            continue
+        log = read_eval_log(str(path), header_only=True)
+        meta = log.eval.metadata or {}
+        rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task), "model": log.eval.model,
+                     "status": log.status, "samples": log.results.total_samples if log.results else "-"})
+        if meta.get("experiment") == "harmfulness" and meta.get("duplicate_prompt_lines") is not None:
+            pairs = ", ".join(f"line {a} = line {b}" for a, b in meta["duplicate_prompt_lines"])
+            duplicates.setdefault(pairs or "none", []).append(name)
+    blocks: list[Block] = [Heading(3, "Logs"), Table(pd.DataFrame(rows))]
+    if duplicates:
+        blocks.append(Para("Duplicated harm prompts (kept, as in the paper): " + "; ".join(
+            f"{pairs} ({len(names)} log{'s' if len(names) > 1 else ''})" for pairs, names in sorted(duplicates.items()))))
+    return blocks
+
+
+def _imports_blocks(run_dir: Path) -> list[Block]:
+    import pandas as pd
+
+    records = sorted((run_dir / "imports").glob("*.json")) if (run_dir / "imports").is_dir() else []
+    if not records:
+        return []
+    rows = []
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        parts = [f"{d['score']}: {d['disagree']} of {d['compared']} differ (max |diff| {d['max_abs_diff']:.2f}, "
+                 f"mean {d['mean_abs_diff']:.2f}, scored by one side only {d['only_one_scored']})"
+                 for d in record.get("disagreements", [])]
+        rows.append({"import": path.stem, "source": Path(record["source"]).name, "format": record["format"],
+                     "models": ", ".join(record["models"]), "rows": record["rows"],
+                     "stored vs recomputed judge scores": "; ".join(parts) or "no judge distributions"})
+    return [Heading(3, "Imports"), Table(pd.DataFrame(rows))]
