@@ -219,3 +219,11 @@ def test_bad_models_yaml_and_empty_run_dir(tmp_path: Path) -> None:
         load_run_models(tmp_path / "models.yaml")
     with pytest.raises(EmpersonaError, match="no .eval logs"):
         run_results(tmp_path)
+
+
+def test_a_log_cut_short_by_a_killed_run_is_skipped(battery: Path, tmp_path: Path) -> None:
+    logs = copy_logs(battery, tmp_path / "run" / "logs")
+    (logs / "2026-01-01T00-00-00-00-00_harmfulness_cut.eval").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.warns(UserWarning, match="skipping unreadable log"):
+        table = results_table(find_logs(tmp_path / "run"), root=tmp_path / "run")
+    assert table.groupby("experiment").size().to_dict() == {"harmfulness": 3 * 2, "em_classic": 2 * 2, "two_ai": 2 * 2 * 2}

@@ -128,3 +128,37 @@ def test_dry_run_plan_of_the_paper_study(shared_data: Path, monkeypatch: pytest.
     assert (by_experiment["output_recognition"].generations, by_experiment["output_recognition"].judge_calls) == (17500, 3500)
     assert by_experiment["score_prediction"].generations == 350 + 2 * 3500
     assert plan.judge_calls == 7 * (3500 + 3500)
+
+
+def test_kill_leftovers_do_not_confuse_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a SIGKILL can leave behind: a marker beside a finished adapter, a half-written log."""
+    import json
+
+    from empersona.study.plan import finished_log, train_config
+    from empersona.train.sft import INCOMPLETE_MARKER
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path, MINIMAL))
+    config = train_config(study, "insecure_code", 0)
+    out = config.output_dir()
+    out.mkdir(parents=True)
+    (out / "empersona.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
+    (out / INCOMPLETE_MARKER).write_text("{}")  # killed between writing empersona.json and removing it
+    assert training_status(config)[0] == "done"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "2026-01-01T00-00-00-00-00_harmfulness_cut.eval").write_bytes(b"PK\x03\x04 cut short")
+    assert finished_log(logs, "harmfulness", {}, None) is None
+
+
+def test_resume_passes_over_a_half_written_checkpoint(tmp_path: Path) -> None:
+    from empersona.train.metadata import last_complete_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for step, state in ((1, '{"global_step": 1}'), (2, '{"global_st'), (3, None)):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(root) == root / "checkpoint-1"
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,7 +423,10 @@ def results_table(
 
     rows: list[dict[str, Any]] = []
     for path in sorted(logs, key=lambda p: p.stat().st_mtime):  # ties in `created` go to the later file
-        rows.extend(log_rows(path, run_models, search, root))
+        try:
+            rows.extend(log_rows(path, run_models, search, root))
+        except (ValueError, OSError, zipfile.BadZipFile) as err:  # cut short by a killed run
+            warnings.warn(f"skipping unreadable log {path}: {err}", stacklevel=2)
     parts = [tidy_frame(rows)] + [tidy_frame(frame) for frame in extra]
     parts = [part for part in parts if len(part)]
     if not parts:

@@ -123,9 +123,10 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
 
     out = config.output_dir()
     meta_path = out / "empersona.json"
-    if (out / INCOMPLETE_MARKER).exists():
-        return "partial", "interrupted; resumes from its last checkpoint"
+    # empersona.json is written (atomically) before the marker is removed, so it decides
     if not meta_path.exists():
+        if (out / INCOMPLETE_MARKER).exists():
+            return "partial", "interrupted; resumes from its last checkpoint"
         return "missing", "no adapter yet"
     recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
     wanted = config.model_dump(mode="json")
@@ -227,7 +228,10 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     if not log_dir.exists():
         return None
     for info in list_eval_logs(str(log_dir), recursive=False):
-        header = read_eval_log(info, header_only=True)
+        try:
+            header = read_eval_log(info, header_only=True)
+        except Exception:  # a log cut short by a killed run (no zip directory): not finished
+            continue
         if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
             continue
         recorded = header.eval.task_args or {}

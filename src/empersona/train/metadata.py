@@ -77,8 +77,6 @@ class TrainMetadata(BaseModel):
 
 def check_out_dir(out_dir: Path, *, resume: bool) -> Path | None:
     """Refuse to overwrite; return the checkpoint to resume from (``None``: start afresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if (out_dir / METADATA_FILE).exists():
         what = "nothing to resume" if resume else "it would be overwritten"
         raise EmpersonaError(
@@ -96,9 +94,25 @@ def check_out_dir(out_dir: Path, *, resume: bool) -> Path | None:
         return None
     if not interrupted:
         raise EmpersonaError(f"--resume: {out_dir} holds no interrupted training run. Leave out --resume")
-    checkpoints = out_dir / CHECKPOINTS_DIR
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    return Path(last) if last else None
+    return last_complete_checkpoint(out_dir / CHECKPOINTS_DIR)
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was written to the end.
+
+    The trainer writes ``trainer_state.json`` last, so a checkpoint whose state file is missing or
+    unreadable was cut short (the process died while saving) and is passed over.
+    """
+    if not checkpoints.is_dir():
+        return None
+    numbered = [(int(p.name.split("-")[-1]), p) for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for _, candidate in sorted(numbered, reverse=True):
+        try:
+            json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return candidate
+    return None
 
 
 def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
