@@ -72,7 +72,7 @@ def test_killed_study_finishes_like_an_uninterrupted_one(
     tmp_path: Path, tiny_model: Path, shared_data: Path
 ) -> None:
     base_env = {**os.environ, "LOOPBACK_API_KEY": "test-key", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    rng = random.Random(7)
+    rng = random.Random(int(os.environ.get("EMPERSONA_KILL_SEED", "7")))  # other kill points: set it
     with LoopbackServer(scripted_judge, latency_s=0.02, models=("judge",)) as server:
         env = {**base_env, "LOOPBACK_BASE_URL": server.base_url}
 
