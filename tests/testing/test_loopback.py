@@ -150,7 +150,8 @@ def test_completion_logprob_format_usage_and_models() -> None:
         assert status == 400 and "does not stream" in json.loads(raw)["error"]["message"]
         status, _ = _post(server.base_url, {"model": "m", "messages": "not a list"})
         assert status == 400
-        assert server.outcomes() == {"ok": 2, "bad_request": 2}
+    # outcomes are recorded after each reply is sent; stop() waits for them
+    assert server.outcomes() == {"ok": 2, "bad_request": 2}
 
 
 def test_custom_responder_and_responder_errors() -> None:

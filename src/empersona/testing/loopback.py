@@ -20,6 +20,7 @@ docstring). ``python -m empersona.testing.loopback --port 8765`` serves it in th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -302,12 +303,22 @@ class LoopbackServer:
         with self._lock:
             self._inflight += 1
 
-    def _record(self, model: str, key: str, outcome: Outcome, started: float) -> None:
-        """Log one finished request (every chat request ends here exactly once)."""
+    def _record(self, model: str, key: str, outcome: Outcome, started: float) -> int:
+        """Log one answered request (every chat request ends here exactly once); returns its index.
+
+        Called before the reply is sent, so a client that has its reply also finds its call in
+        the log; a reply that then cannot be delivered is re-marked with ``_mark_gone``.
+        """
         with self._idle:
             self._calls.append(CallRecord(started - self._t0, model, key, outcome))
             self._inflight -= 1
             self._idle.notify_all()
+            return len(self._calls) - 1
+
+    def _mark_gone(self, index: int) -> None:
+        """The reply of call ``index`` could not be delivered: the client had gone."""
+        with self._lock:
+            self._calls[index] = dataclasses.replace(self._calls[index], outcome="client_gone")
 
     def _latency(self) -> float:
         if self.latency_jitter_s <= 0:
@@ -451,39 +462,40 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             started = time.monotonic()
             server._enter()
-            model, key, outcome = "", "", "client_gone"
+            model, key, outcome, reply = "", "", "client_gone", None
             try:
-                model, key, outcome = self._chat()
+                model, key, outcome, reply = self._chat()
             except OSError:  # the client went away while we read or held its request
                 self.close_connection = True
-            finally:
-                server._record(model, key, outcome, started)
+            index = server._record(model, key, outcome, started)
+            if reply is not None and not self._send(*reply):
+                server._mark_gone(index)
 
-        def _chat(self) -> tuple[str, str, Outcome]:
-            """Answer one chat request; returns (model, messages key, outcome) for the call log."""
+        def _chat(self) -> tuple[str, str, Outcome, tuple[int, bytes] | None]:
+            """Work out the answer to one chat request: (model, messages key, outcome, reply to send)."""
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path.rstrip("/") != "/v1/chat/completions":
-                self._send_json(404, _error_body(f"no route POST {self.path}", "invalid_request_error", "not_found"))
-                return "", "", "bad_request"
+                body = _error_body(f"no route POST {self.path}", "invalid_request_error", "not_found")
+                return "", "", "bad_request", (404, json.dumps(body).encode())
             try:
                 request = _parse_request(json.loads(raw))
             except ValueError as err:  # json.JSONDecodeError is a ValueError
-                self._send_json(400, _error_body(f"bad request: {err}", "invalid_request_error", "bad_request"))
-                return "", "", "bad_request"
+                body = _error_body(f"bad request: {err}", "invalid_request_error", "bad_request")
+                return "", "", "bad_request", (400, json.dumps(body).encode())
             key = messages_key(request.messages)
             if request.body.get("stream"):
                 message = "the loopback server does not stream; send stream=false (inspect: -M stream=false)"
-                self._send_json(400, _error_body(message, "invalid_request_error", "stream_unsupported"))
-                return request.model, key, "bad_request"
+                body = _error_body(message, "invalid_request_error", "stream_unsupported")
+                return request.model, key, "bad_request", (400, json.dumps(body).encode())
             fault = server._next_fault()
             if fault == "timeout":
                 server._sleep(server.timeout_fault_s)
                 self.close_connection = True  # drop the connection without a reply
-                return request.model, key, "timeout"
+                return request.model, key, "timeout", None
             if fault != "429":  # a rate limiter rejects before doing any work
                 server._sleep(server._latency())
             status, payload, outcome = self._fault_reply(fault, request) if fault else self._answer(request)
-            return request.model, key, outcome if self._send(status, payload) else "client_gone"
+            return request.model, key, outcome, (status, payload)
 
         def _fault_reply(self, fault: Fault, request: ChatRequest) -> tuple[int, bytes, Outcome]:
             if fault == "429":
