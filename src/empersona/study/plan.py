@@ -221,6 +221,15 @@ def _harm_log_estimate(experiment: str, args: dict[str, Any], prompts: int, samp
 
 # --- the plan ------------------------------------------------------------------------------
 
+def _task_default(experiment: str, parameter: str) -> Any:
+    """The default of one of an experiment's task parameters."""
+    import inspect as pyinspect
+
+    from empersona.evals.battery import EXPERIMENTS
+
+    return pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters[parameter].default
+
+
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None) -> Path | None:
     """A successful log of this experiment with these task arguments, if the folder has one."""
     from inspect_ai.log import list_eval_logs, read_eval_log
@@ -249,22 +258,19 @@ def make_plan(study: StudyConfig) -> Plan:
             status, why = training_status(config)
             jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
     models = model_specs(study)
-    harm_settings = study.experiments.get("harmfulness")
-    harm = (0, 0)
-    if harm_settings is not None:
-        harm_args = task_args(study, "harmfulness")
-        samples = int(harm_args.get("samples", 10))
-        generations, _ = estimate_calls("harmfulness", harm_args, harm_settings.limit)
-        harm = (generations // samples, samples)
     evals = []
+    harm = (0, 0)  # (prompts, samples) of the harmfulness runs, read by the experiments after it
     # experiment-major order: every model's harmfulness log exists before any experiment reads
     # one (output recognition also reads another model's, for its matched foils)
     for experiment in study.ordered_experiments():
+        settings = study.experiments[experiment]
+        args = task_args(study, experiment)
+        generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm)  # the same for every model
+        if experiment == "harmfulness":
+            samples = int(args.get("samples", _task_default("harmfulness", "samples")))
+            harm = (generations // samples, samples)
         for model in models:
             log_dir = study.out / "logs" / model.name
-            settings = study.experiments[experiment]
-            args = task_args(study, experiment)
-            generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm)
             done = finished_log(log_dir, experiment, args, settings.limit)
             status: EvalStatus = "done" if done else "todo"
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
