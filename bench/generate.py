@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="about this many prompt tokens per row")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of plain,hf,empersona,engine")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto",
+        help="engine: compiled static-cache decoding (auto: on for cuda; on CPU it runs inductor without CUDA graphs)",
+    )
     parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s for the bound (cuda default 3.0e12)")
     parser.add_argument("--model-dir", type=Path, default=None, help="where to build the model (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/generate.json"), help="JSON report path")
@@ -287,7 +291,37 @@ def main(argv: list[str] | None = None) -> int:
             from empersona.provider.engine import Engine, EngineOptions
 
             engine_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
-            engine = Engine(engine_model, EngineOptions(max_batch_size=max(batch_sizes)))
+            compile_engine = None if args.compile == "auto" else args.compile == "on"
+            engine = Engine(engine_model, EngineOptions(max_batch_size=max(batch_sizes), compile=compile_engine))
+
+        card = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
+        header = (
+            f"device {args.device} ({card}), shape {args.shape} ({params / 1e6:.1f}M params, {dtype}), "
+            f"{args.new_tokens} new tokens, ~{args.prompt_tokens} prompt tokens; bound: {bandwidth:.3g} B/s "
+            f"({bandwidth_source}), {step_bytes / 1e6:.1f} MB of weights per step; threads {torch.get_num_threads()}"
+        )
+
+        def write_report(rows: list[Measurement], stats: dict[str, Any] | None, complete: bool) -> None:
+            report = {
+                "device": args.device,
+                "card": card,
+                "shape": args.shape,
+                "params": params,
+                "dtype": dtype,
+                "new_tokens": args.new_tokens,
+                "prompt_tokens": args.prompt_tokens,
+                "batch_sizes": batch_sizes,
+                "complete": complete,
+                "bandwidth_bytes_per_s": bandwidth,
+                "bandwidth_source": bandwidth_source,
+                "weight_bytes_per_step": step_bytes,
+                "torch_threads": torch.get_num_threads(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                "engine_stats": stats,
+                "results": [asdict(r) for r in rows],
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
         rows: list[Measurement] = []
         for batch in batch_sizes:
@@ -305,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "engine":
                     warm_s = run_engine(engine, tokenizer, warm, args.new_tokens)
                     walls[method] = run_engine(engine, tokenizer, texts, args.new_tokens)
-                    compile_s = warm_s - walls[method] if args.device == "cuda" else None
+                    compile_s = warm_s - walls[method] if engine.compile else None
                 else:
                     warm_s = run_inspect(ours, warm, args.new_tokens)
                     walls[method] = run_inspect(ours, texts, args.new_tokens)
@@ -327,34 +361,13 @@ def main(argv: list[str] | None = None) -> int:
                         compile_s=compile_s if method in ("empersona", "engine") else None,
                     )
                 )
-        served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
-        stats = asdict(served.stats) if served is not None else None
+            served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
+            stats = asdict(served.stats) if served is not None else None
+            # written after every batch size: a run cut short by a time limit keeps what it measured
+            write_report(rows, stats, complete=batch == batch_sizes[-1])
+            print_table([r for r in rows if r.batch == batch], header)
 
-    card = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
-    header = (
-        f"device {args.device} ({card}), shape {args.shape} ({params / 1e6:.1f}M params, {dtype}), "
-        f"{args.new_tokens} new tokens, ~{args.prompt_tokens} prompt tokens; bound: {bandwidth:.3g} B/s ({bandwidth_source}), "
-        f"{step_bytes / 1e6:.1f} MB of weights per step; threads {torch.get_num_threads()}"
-    )
     print_table(rows, header)
-    report = {
-        "device": args.device,
-        "card": card,
-        "shape": args.shape,
-        "params": params,
-        "dtype": dtype,
-        "new_tokens": args.new_tokens,
-        "prompt_tokens": args.prompt_tokens,
-        "bandwidth_bytes_per_s": bandwidth,
-        "bandwidth_source": bandwidth_source,
-        "weight_bytes_per_step": step_bytes,
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "engine_stats": stats,
-        "results": [asdict(r) for r in rows],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

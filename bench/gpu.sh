@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 5 and 7 as one prepared run for a lent H100 (the `device` tool).
+#
+# Before the call, here (both folders are git-ignored; the data is never committed):
+#   mkdir -p .whl .mirror && cp ../shared/wheels/*.whl .whl/ && cp -r ../shared/data/. .mirror/
+# The call: command "bash bench/gpu.sh", carry [".whl", ".mirror"], timeout_s 560.
+#
+# Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
+# output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
+#   1. generation, Qwen2.5-1.5B shape, batch 256, 32, 1: plain `generate` against the engine
+#      (static cache, compiled decode step with CUDA graphs), with the weight-bandwidth bound;
+#   2. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop.
+# The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill or
+# multiprocess: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
+#
+# Dry run on a CPU machine (tiny model, inductor without CUDA graphs):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SHAPES=tiny OUT=/tmp/gpu-dry bash bench/gpu.sh
+set -u -o pipefail
+
+OUT=${OUT:-bench/results/gpu}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
+PYTHON=${PYTHON:-python3}
+MIRROR=${GPU_CHECK_MIRROR:-.mirror}
+mkdir -p "$OUT"
+LOG="$OUT/gpu.log"
+: >"$LOG"
+
+say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
+
+# step NAME SECONDS COMMAND...: run under a time limit, log everything, never stop the script
+step() {
+    local name=$1 limit=$2
+    shift 2
+    say "start $name (limit ${limit}s): $*"
+    local began=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    say "end $name: rc $rc after $((SECONDS - began))s$([ $rc -eq 124 ] && echo ' (time limit)')"
+}
+
+if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >>"$LOG" 2>&1 || say "wheel install failed (see above)"
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+
+say "machine: $(uname -m), $(nproc) cores"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
+"$PYTHON" - >>"$LOG" 2>&1 <<'EOF'
+import importlib
+for name in ("torch", "transformers", "peft", "accelerate", "trl", "datasets"):
+    try:
+        print(f"{name} {importlib.import_module(name).__version__}")
+    except Exception as err:  # report, the steps below say what fails
+        print(f"{name} missing: {err}")
+EOF
+
+first_shape=${SHAPES%% *}
+if [ "$DEVICE" = cuda ]; then
+    gen_args=(--device cuda --batch-sizes 256,32,1 --new-tokens 128 --prompt-tokens 128)
+    train_args=(--device cuda --steps 20 --warmup 3)
+    limits=(300 120 90)
+else
+    gen_args=(--device cpu --batch-sizes 8,1 --new-tokens 16 --prompt-tokens 64 --compile on)
+    train_args=(--device cpu --steps 2 --warmup 1)
+    limits=(300 120 120)
+fi
+
+step "generate-$first_shape" "${limits[0]}" "$PYTHON" bench/generate.py --shape "$first_shape" "${gen_args[@]}" \
+    --methods plain,engine --out "$OUT/generate-$first_shape.json"
+i=1
+for shape in $SHAPES; do
+    step "train-$shape" "${limits[$i]}" "$PYTHON" bench/train.py --shape "$shape" "${train_args[@]}" \
+        --mirror "$MIRROR" --out "$OUT/train-$shape.json"
+    i=$((i < 2 ? i + 1 : 2))
+done
+say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"
