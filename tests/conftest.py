@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("EMPERSONA_TEST_MIRROR", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("EMPERSONA_TEST_MIRROR", REPO.parent / "shared" / "data")).resolve()  # tests chdir
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
