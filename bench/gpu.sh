@@ -13,7 +13,8 @@
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill or
 # multiprocess: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
-# Dry run on a CPU machine (tiny model, inductor without CUDA graphs):
+# Dry run on a CPU machine (tiny model, inductor without CUDA graphs; GPU_CHECK_COMPILE=off skips
+# compiling), as tests/bench/test_gpu_script.py does:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SHAPES=tiny OUT=/tmp/gpu-dry bash bench/gpu.sh
 set -u -o pipefail
 
@@ -64,7 +65,7 @@ if [ "$DEVICE" = cuda ]; then
     train_args=(--device cuda --steps 20 --warmup 3)
     limits=(300 120 90)
 else
-    gen_args=(--device cpu --batch-sizes 8,1 --new-tokens 16 --prompt-tokens 64 --compile on)
+    gen_args=(--device cpu --batch-sizes 8,1 --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     train_args=(--device cpu --steps 2 --warmup 1)
     limits=(300 120 120)
 fi
