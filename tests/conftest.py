@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,14 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("EMPERSONA_CACHE", str(base / "empersona-cache"))
     monkeypatch.setenv("INSPECT_CACHE_DIR", str(base / "inspect-cache"))
     monkeypatch.delenv("EMPERSONA_MIRROR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_gc() -> Iterator[None]:
+    """The ``empersona/`` provider freezes the collector's heap on load; a test process loads
+    many models, so hand frozen objects back to the collector after each test."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,60 @@ def test_inspect_task_runs_end_to_end(tiny_model: Path, tiny_adapters: tuple[Pat
     base_out = [s.output.completion for s in logs[0].samples or []]
     adapter_out = [s.output.completion for s in logs[1].samples or []]
     assert base_out != adapter_out
+
+
+def test_a_repeated_prompt_is_rendered_and_tokenised_once(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs ask the same prompt again: the cached ids are the tokenizer's own, computed once."""
+    from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig
+
+    import empersona.provider.api as api
+
+    model = get(str(tiny_model))
+    served_api = model.api
+    renders: list[str] = []
+    real_prompt = served_api.prompt
+    monkeypatch.setattr(served_api, "prompt", lambda messages: renders.append("x") or real_prompt(messages))
+    first = [ChatMessageSystem(content="Be brief."), ChatMessageUser(content="Hello, who are you?")]
+    same = [ChatMessageSystem(content="Be brief."), ChatMessageUser(content="Hello, who are you?")]
+    other_role = [ChatMessageUser(content="Be brief."), ChatMessageUser(content="Hello, who are you?")]
+    ids = served_api.prompt_ids(first)
+    assert ids == tuple(served_api.tokenizer(real_prompt(first))["input_ids"])
+    assert served_api.prompt_ids(same) == ids and len(renders) == 1
+    assert served_api.prompt_ids(other_role) != ids and len(renders) == 2
+    config = GenerateConfig(temperature=0, max_tokens=3)
+    outputs = [asyncio.run(model.generate(first, config=config)) for _ in range(3)]
+    assert len(renders) == 2 and len({o.completion for o in outputs}) == 1
+    monkeypatch.setattr(api, "PROMPT_CACHE_SIZE", 1)  # bounded: the oldest prompt is dropped
+    served_api.prompt_ids([ChatMessageUser(content="a third prompt")])
+    assert len(served_api._prompt_ids) == 1
+    served_api.prompt_ids(first)
+    assert len(renders) == 4
+
+
+def test_loading_freezes_the_long_lived_heap_unless_told_not_to(tiny_model: Path) -> None:
+    import gc
+
+    gc.unfreeze()
+    get(str(tiny_model), freeze_gc=False)
+    assert gc.get_freeze_count() == 0
+    release_engines()
+    get(str(tiny_model))
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000  # torch, transformers, inspect and the model: long-lived objects
+    with pytest.raises(EmpersonaError, match="freeze_gc"):
+        get(str(tiny_model), freeze_gc="sometimes")
+
+
+def test_releasing_the_engines_frees_a_frozen_model(tiny_model: Path) -> None:
+    """A base model held only by a reference cycle is collected after ``release_engines``, frozen or not."""
+    import gc
+    import weakref
+
+    model = get(str(tiny_model))
+    base = model.api.served.engine.model
+    base._cycle = base  # a reference cycle, as hooks and wrappers make
+    alive = weakref.ref(base)
+    del base, model
+    gc.freeze()  # as a later model load would
+    release_engines()
+    assert alive() is None
