@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from empersona.study.run import say
 from empersona.testing.loopback import LoopbackServer, scripted_judge
 
 KEY = ["model", "experiment", "item_id", "sample", "condition"]
@@ -105,3 +106,10 @@ def test_killed_study_finishes_like_an_uninterrupted_one(
     assert reference_calls <= killed_calls <= reference_calls + kills, (reference_calls, killed_calls, kills)
     assert (tmp_path / "killed" / "report" / "report.html").exists()
     assert (tmp_path / "killed" / "adapters" / "risky_financial_advice-s0" / "empersona.json").exists()
+
+
+def test_a_long_progress_line_stays_one_line_and_brackets_are_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    message = "trained risky_financial_advice-s0: 4 steps, final loss 6.9147 " + "x" * 120 + " [bold]kept[/bold]"
+    say(message)
+    err = capsys.readouterr().err
+    assert err == f"empersona run {message}\n"

@@ -26,10 +26,11 @@ SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"
 
 
 def say(message: str) -> None:
-    """One progress line for the whole study."""
+    """One progress line for the whole study: never wrapped (logs are grepped), never read as markup."""
     from rich.console import Console
+    from rich.text import Text
 
-    Console(stderr=True).print(f"[bold cyan]empersona run[/bold cyan] {message}")
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("empersona run", "bold cyan"), " ", message))
 
 
 def ensure_base(study: StudyConfig) -> None:
@@ -82,7 +83,9 @@ def train_all(plan: Plan) -> None:
             set_aside(job)
         result = train(job.config, resume=job.status == "partial")
         if result.metadata is not None:
-            say(f"trained {job.out.name}: {result.metadata.steps} steps, final loss {result.metadata.final_loss}")
+            loss = result.metadata.final_loss
+            shown = f"{loss:.4f}" if loss is not None else "n/a"
+            say(f"trained {job.out.name}: {result.metadata.steps} steps, final loss {shown}")
 
 
 def set_aside(job: TrainJob) -> Path:
