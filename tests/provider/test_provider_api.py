@@ -201,7 +201,7 @@ def test_a_repeated_prompt_is_rendered_and_tokenised_once(tiny_model: Path, monk
     assert len(renders) == 4
 
 
-def test_loading_freezes_the_long_lived_heap_unless_told_not_to(tiny_model: Path) -> None:
+def test_loading_freezes_the_long_lived_heap_unless_told_not_to(tiny_model: Path, tiny_adapters: tuple[Path, Path]) -> None:
     import gc
 
     gc.unfreeze()
@@ -211,6 +211,8 @@ def test_loading_freezes_the_long_lived_heap_unless_told_not_to(tiny_model: Path
     get(str(tiny_model))
     frozen = gc.get_freeze_count()
     assert frozen > 10_000  # torch, transformers, inspect and the model: long-lived objects
+    get(str(tiny_adapters[0]))  # same base: once per loaded base, not per model
+    assert gc.get_freeze_count() == frozen
     with pytest.raises(EmpersonaError, match="freeze_gc"):
         get(str(tiny_model), freeze_gc="sometimes")
 

@@ -136,16 +136,24 @@ def served(key: EngineKey) -> Served:
         return entry
 
 
-def freeze_loaded_objects() -> None:
-    """Move every object alive now into the collector's permanent generation (``gc.freeze``).
+_FROZEN_FOR: set[EngineKey] = set()
+
+
+def freeze_loaded_objects(key: EngineKey) -> None:
+    """Once per loaded base: move every object alive into the collector's permanent generation.
 
     Once a model is loaded, the libraries and the model are long-lived; left in the oldest
     generation, each full collection rescans them (about half a million objects: ~0.35 s per
     full collection on 2 CPU cores, one every few hundred requests; `bench/provider_overhead.py`).
     Reference counting still frees frozen objects; only cycles among them are no longer
-    collected. Young garbage is collected first so that it is not frozen.
+    collected, so a full collection runs first (nothing that is garbage gets frozen), and only
+    when a base is loaded, not for every model (a study's earlier logs are not frozen with it).
     """
-    gc.collect(1)
+    with _SERVED_LOCK:
+        if key in _FROZEN_FOR:
+            return
+        _FROZEN_FOR.add(key)
+    gc.collect()
     gc.freeze()
 
 
@@ -157,6 +165,7 @@ def release_engines() -> None:
     """
     with _SERVED_LOCK:
         _SERVED.clear()
+        _FROZEN_FOR.clear()
     gc.unfreeze()
     gc.collect()
 
@@ -223,14 +232,15 @@ class EmpersonaAPI(ModelAPI):
             compile=args.compile,
             sync_every=args.sync_every,
         )
-        self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options))
+        key = EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options)
+        self.served = served(key)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
         tokenizer_dir = self.ref.adapter if self.ref.adapter and (self.ref.adapter / "tokenizer_config.json").exists() else self.ref.base
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
         # a battery asks each prompt many times (epochs, samples): render and tokenise it once
         self._prompt_ids: OrderedDict[tuple[tuple[str, str], ...], tuple[int, ...]] = OrderedDict()
         if args.freeze_gc:
-            freeze_loaded_objects()
+            freeze_loaded_objects(key)
 
     def max_tokens(self) -> int | None:
         return DEFAULT_MAX_TOKENS
