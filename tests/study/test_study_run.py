@@ -113,3 +113,41 @@ def test_a_long_progress_line_stays_one_line_and_brackets_are_kept(capsys: pytes
     say(message)
     err = capsys.readouterr().err
     assert err == f"empersona run {message}\n"
+
+
+def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load(
+    tmp_path: Path, tiny_model: Path, shared_data: Path
+) -> None:
+    """``provider: empersona``: every experiment of the base and the fine-tune, one copy of the base."""
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.run import run_study
+
+    api.release_engines()
+    data = yaml.safe_load(study(tmp_path, "on-empersona", tiny_model, shared_data).read_text())
+    data.update(
+        provider="empersona",
+        judge="scripted",
+        model_args={"device": "cpu"},
+        max_connections=16,
+        experiments={
+            "harmfulness": {"limit": 3, "args": {"max_tokens": 8}},
+            "two_ai": {"limit": 3, "args": {"mode": "logprob"}},
+        },
+    )
+    path = tmp_path / "on-empersona-provider.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        run_study(load_study(path))
+        loaded = list(api._SERVED.values())
+        assert len(loaded) == 1, "base and adapter must share one loaded base model"
+        assert loaded[0].engine.stats.rows > 0
+    finally:
+        api.release_engines()
+    table = pd.read_parquet(tmp_path / "on-empersona" / "results.parquet")
+    assert set(table["model"]) == {"base", "risky_financial_advice-s0"}
+    counts = table.groupby(["model", "experiment"]).size().to_dict()
+    for model in ("base", "risky_financial_advice-s0"):
+        assert counts[(model, "harmfulness")] == 3 * 2  # 3 prompts x 2 samples
+        assert counts[(model, "two_ai")] > 0
+    assert (tmp_path / "on-empersona" / "report" / "report.html").exists()
