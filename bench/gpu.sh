@@ -42,9 +42,12 @@ step() {
 }
 
 if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        >>"$LOG" 2>&1 || say "wheel install failed (see above)"
-    export PYTHONPATH=/tmp/site
+    site=$(mktemp -d)  # fresh each run, outside $OUT (whose files the device tool sends back)
+    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl >>"$LOG" 2>&1; then
+        export PYTHONPATH="$site"
+    else
+        say "wheel install failed (see above); going on with the installed packages"
+    fi
 fi
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
