@@ -190,3 +190,19 @@ def test_tiny_local_hf_model(tiny_model: Path, toy_files: dict[str, str], tmp_pa
     assert log.status == "success", log.error
     assert len(log.samples) == 2 and metrics(log)["mean_score"] == 1.0
     assert all(s.output.completion is not None for s in log.samples)
+
+
+@pytest.mark.parametrize("seed", [0, 41])
+def test_each_repeat_of_a_prompt_is_asked_with_its_own_seed(toy_files: dict[str, str], tmp_path: Path, seed: int) -> None:
+    """One seed for all ten samples would make them one sample ten times wherever a server honours
+    the seed per request (vLLM, OpenAI); repeat k is asked with seed + k - 1."""
+    seeds: dict[str, list[int | None]] = {}
+
+    def subject(turn: Turn) -> str:
+        seeds.setdefault(turn.user, []).append(turn.config.seed)
+        return "a kind answer"
+
+    run(toy_files, scripted_model(subject), scripted_model(judge_script), tmp_path / "logs", samples=4, seed=seed, cache=False)
+    assert set(seeds) == set(TOY_PROMPTS)
+    for asked in seeds.values():
+        assert sorted(asked) == [seed, seed + 1, seed + 2, seed + 3]  # type: ignore[type-var]

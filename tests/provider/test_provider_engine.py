@@ -236,6 +236,20 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(lively: tuple[Path, Path, Pa
     assert [c.tokens for c in tiny_p] == [c.tokens for c in greedy]
 
 
+def test_the_repeats_of_a_prompt_share_one_batch_and_differ(lively: tuple[Path, Path, Path]) -> None:
+    """Ten repeats with seeds 0..9 (as the evals send them): one batch, ten samples, reproducible."""
+    base = lively[0]
+    prompt = prompt_ids(base)[3]
+    engine = Engine(load(base))
+    repeats = [Request(prompt, 8, temperature=1.0, seed=seed) for seed in range(10)]
+    first = engine.generate(repeats)
+    assert engine.stats.batches == 1
+    assert len({c.tokens for c in first}) >= 8  # the repeats are samples, not one answer ten times
+    assert engine.generate(list(reversed(repeats))) == list(reversed(first))
+    other = engine.generate([Request(prompt, 8, temperature=1.0, seed=seed) for seed in range(10, 20)])
+    assert [c.tokens for c in other] != [c.tokens for c in first]
+
+
 def test_unsupported_adapter_is_refused_by_field(tiny_adapters: tuple[Path, Path], tmp_path: Path) -> None:
     import shutil
 

@@ -23,11 +23,11 @@ from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import CachePolicy, ChatMessageSystem, ChatMessageUser, GenerateConfig
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
-from inspect_ai.solver import TaskState, generate
+from inspect_ai.solver import TaskState
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import EMQuestion, load_em_questions
-from empersona.evals.scoring import cache_policy
+from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.judge import EMJudgeMethod, Judgement, judge_0_100, judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import is_scored, make_score, safe_mean
@@ -174,7 +174,7 @@ def em_classic(
     policy = cache_policy(cache, seed)
     return Task(
         dataset=MemoryDataset(samples_list, name=f"em_{question_set}"),
-        solver=generate(cache=policy),
+        solver=seeded_generate(policy, seed),
         scorer=em_judge(judge_method=judge_method, cache=policy),
         epochs=Epochs(samples),
         config=GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed),

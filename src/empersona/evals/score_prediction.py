@@ -49,14 +49,14 @@ from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, GenerateConfig
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
-from inspect_ai.solver import TaskState, generate
+from inspect_ai.solver import TaskState
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import answer_status, looks_like_refusal
 from empersona.evals.harm_log import HarmLog, read_harm_log
-from empersona.evals.scoring import cache_policy
+from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.judge import HarmBucket, ScoreStatus, harm_bucket, parse_harm_reply, render_harm_prompt
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score
@@ -382,7 +382,7 @@ def score_prediction(
     items, skipped = plan_samples(harm, chosen, responses, rubric, seed, system_prompt)
     return Task(
         dataset=MemoryDataset(items, name="score_prediction"),
-        solver=generate(cache=cache_policy(cache, seed)),
+        solver=seeded_generate(cache_policy(cache, seed), seed),
         scorer=[prediction_scorer(chosen, seed, noisy_simulations), answer_status(of=SCORER, group_field="condition")],
         epochs=Epochs(samples),
         config=GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed),

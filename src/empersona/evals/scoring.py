@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from inspect_ai.log import EvalSample
     from inspect_ai.model import CachePolicy
     from inspect_ai.scorer import SampleScore, Score
+    from inspect_ai.solver import Generate, Solver, TaskState
 
 
 def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
@@ -33,6 +34,38 @@ def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
     from inspect_ai.model import CachePolicy
 
     return CachePolicy(expiry=None, per_epoch=True, scopes={"empersona_seed": str(seed)})
+
+
+def repeat_seed(seed: int | None, epoch: int) -> int | None:
+    """The seed of repeat ``epoch`` (1-based) of a sample: ``seed + epoch - 1``.
+
+    One seed for every repeat would make the repeats alike wherever the seed is honoured per
+    request (vLLM, OpenAI): ten samples of a prompt at temperature 1 would be one sample ten
+    times, and harm over ten samples would be harm over one. Repeat 1 keeps the run's seed.
+    """
+    return None if seed is None else seed + epoch - 1
+
+
+def seeded_generate(cache: CachePolicy | bool, seed: int | None) -> Solver:
+    """inspect's ``generate`` with each repeat (epoch) of a sample asked with its own seed."""
+    from inspect_ai.solver import Generate, TaskState, solver
+
+    @solver(name="seeded_generate")
+    def build() -> Solver:
+        async def solve(state: TaskState, generate: Generate) -> TaskState:
+            return await ask_model(state, generate, cache, seed)
+
+        return solve
+
+    return build()
+
+
+async def ask_model(state: TaskState, generate: Generate, cache: CachePolicy | bool, seed: int | None) -> TaskState:
+    """One generation for ``state`` with the seed of its repeat (see ``repeat_seed``)."""
+    this_seed = repeat_seed(seed, state.epoch)
+    if this_seed is None:
+        return await generate(state, cache=cache)
+    return await generate(state, cache=cache, seed=this_seed)
 
 
 def make_score(

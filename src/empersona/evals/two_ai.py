@@ -40,13 +40,13 @@ from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, GenerateConfig
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
-from inspect_ai.solver import TaskState, generate
+from inspect_ai.solver import TaskState
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import TwoAIItem, load_two_ai_items, theme_group
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import Letter, Mode, answer_status, score_letter_choice
-from empersona.evals.scoring import cache_policy
+from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float
 
@@ -261,7 +261,7 @@ def two_ai(
         epochs = samples
     return Task(
         dataset=MemoryDataset(build_samples(items, seed, system_prompt), name="two_ai_identification"),
-        solver=generate(cache=policy),
+        solver=seeded_generate(policy, seed),
         scorer=[pick_scorer(mode, min_mass), answer_status(of=SCORER, group_field="theme_group")],
         epochs=Epochs(epochs),
         config=config,

@@ -3,8 +3,10 @@
 ``Engine.generate(requests)`` takes tokenised prompts (each naming its adapter, or none for the
 base model) and returns the generated token ids, stop reason and optional logprobs. One call:
 
-1. groups the requests by seed, sorts them by prompt length and cuts them into batches of at
-   most ``max_batch_size`` rows whose lengths stay within a factor of two (little padding);
+1. sorts the requests by prompt length and cuts them into batches of at most
+   ``max_batch_size`` rows whose lengths stay within a factor of two (little padding); a batch
+   is seeded from its rows' seeds together (``batch_seed``), so rows with different seeds (the
+   repeats of a sample) share a batch;
 2. per batch, finds the longest token prefix all prompts share (the chat template's system
    prompt, a rubric) and, when it is at least ``min_prefix`` tokens, runs it once per distinct
    adapter in the batch and copies its KV cache into every row (prefix KV reuse). Rows are laid
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,8 @@ class Engine:
         results: list[Completion | None] = [None] * len(requests)
         with self.lock, torch.inference_mode():
             self.stats.generate_calls += 1
-            for seed, batch in self._plan(requests):
+            for batch in self._plan(requests):
+                seed = batch_seed([requests[i].seed for i in batch])
                 if seed is not None:
                     torch.manual_seed(seed)
                 done = self._run([requests[i] for i in batch])
@@ -185,26 +187,32 @@ class Engine:
                     results[index] = completion
         return [r for r in results if r is not None]
 
-    def _plan(self, requests: Sequence[Request]) -> list[tuple[int | None, list[int]]]:
-        """Group request indices by seed, sort by prompt length, cut into batches of similar length."""
-        by_seed: dict[int | None, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            by_seed[request.seed].append(index)
-        plan: list[tuple[int | None, list[int]]] = []
-        for seed, indices in by_seed.items():
-            indices.sort(key=lambda i: len(requests[i].prompt))
-            batch: list[int] = []
-            for index in indices:
-                length = len(requests[index].prompt)
-                if batch:
-                    shortest = len(requests[batch[0]].prompt)
-                    too_long = length - shortest > max(64, shortest)
-                    if len(batch) >= self.options.max_batch_size or too_long:
-                        plan.append((seed, batch))
-                        batch = []
-                batch.append(index)
+    def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Sort request indices by prompt length and cut them into batches of similar length.
+
+        Seeds do not split batches: the repeats of a sample carry different seeds, and a batch
+        per seed would cut a round of 256 rows into many small ones.
+        """
+        def order(index: int) -> tuple[Any, ...]:
+            # length first (little padding), then a canonical order: the same requests in any
+            # order get the same rows, so a seeded request samples the same tokens again
+            request = requests[index]
+            return (len(request.prompt), -1 if request.seed is None else request.seed, request.prompt, str(request.adapter))
+
+        indices = sorted(range(len(requests)), key=order)
+        plan: list[list[int]] = []
+        batch: list[int] = []
+        for index in indices:
+            length = len(requests[index].prompt)
             if batch:
-                plan.append((seed, batch))
+                shortest = len(requests[batch[0]].prompt)
+                too_long = length - shortest > max(64, shortest)
+                if len(batch) >= self.options.max_batch_size or too_long:
+                    plan.append(batch)
+                    batch = []
+            batch.append(index)
+        if batch:
+            plan.append(batch)
         return plan
 
     # ------------------------------------------------------------------ one batch
@@ -520,6 +528,21 @@ class Engine:
         logits = step_fn(self.model, self._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
         self.stats.forward_passes += 1
         return logits.clone()
+
+
+def batch_seed(seeds: Sequence[int | None]) -> int | None:
+    """One seed for a batch from its rows' seeds (None when no row has one).
+
+    The same rows with the same seeds give the same seed, so a repeated call samples the same
+    tokens; other seeds (the next repeat of a sample) give another. Order does not matter.
+    """
+    given = sorted(s for s in seeds if s is not None)
+    if not given:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(",".join(map(str, given)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
 
 def _copy_prefix(cache: Any, prefix: Any, index: torch.Tensor) -> None:

@@ -22,14 +22,17 @@ from empersona.evals.output_recognition.foils import FOIL_KINDS, ContrastFoils, 
 from empersona.evals.output_recognition.prompts import RECOGNITION_PROMPTS, question
 from empersona.evals.output_recognition.scoring import SCORER, choice_scorer, foil_scorer
 from empersona.evals.policy import describe_policy, system_messages
-from empersona.evals.scoring import cache_policy
+from empersona.evals.scoring import ask_model, cache_policy
 
 TOP_LOGPROBS = 20
 
 
 @solver(name="recognition")
-def recognition_solver(foils: ContrastFoils | None, policy: str, cache: CachePolicy | bool) -> Solver:
-    """Fill in the sample's foil (making a contrast foil if needed), then ask the question."""
+def recognition_solver(
+    foils: ContrastFoils | None, policy: str, cache: CachePolicy | bool, seed: int | None = None
+) -> Solver:
+    """Fill in the sample's foil (making a contrast foil if needed), then ask the question
+    (each repeat with its own seed, ``scoring.repeat_seed``)."""
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         meta = state.metadata
@@ -43,7 +46,7 @@ def recognition_solver(foils: ContrastFoils | None, policy: str, cache: CachePol
         else:
             meta.update(foil_status="kept", foil_reason=None)
         state.messages = [*system_messages(policy), ChatMessageUser(content=question(meta, meta["foil_response"]))]
-        return await generate(state, cache=cache)
+        return await ask_model(state, generate, cache, seed)
 
     return solve
 
@@ -109,7 +112,7 @@ def output_recognition(
         config = GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed)
     return Task(
         dataset=MemoryDataset(plan.samples, name="output_recognition"),
-        solver=recognition_solver(contrast, system_prompt, policy),
+        solver=recognition_solver(contrast, system_prompt, policy, seed),
         scorer=[choice_scorer(kinds, mode, min_mass), answer_status(of=SCORER, group_field="bucket"), foil_scorer()],
         epochs=Epochs(1 if mode == "logprob" else samples),
         config=config,

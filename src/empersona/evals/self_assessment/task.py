@@ -8,14 +8,13 @@ from pathlib import Path
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, GenerateConfig
-from inspect_ai.solver import generate
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import SelfAssessmentPrompt, load_self_assessment_prompts
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import answer_status
 from empersona.evals.policy import describe_policy, system_messages
-from empersona.evals.scoring import cache_policy
+from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.self_assessment.items import (
     DIMENSIONS,
     Format,
@@ -143,7 +142,7 @@ def self_assessment(
     counts = {fmt: sum(1 for s in dataset if (s.metadata or {})["format"] == fmt) for fmt in chosen_formats}
     return Task(
         dataset=MemoryDataset(dataset, name="self_assessment"),
-        solver=generate(cache=cache_policy(cache, seed)),
+        solver=seeded_generate(cache_policy(cache, seed), seed),
         scorer=[rating_scorer(language_detector), answer_status(of=SCORER, group_field="format")],
         epochs=Epochs(samples),
         config=config,
