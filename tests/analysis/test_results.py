@@ -227,3 +227,18 @@ def test_a_log_cut_short_by_a_killed_run_is_skipped(battery: Path, tmp_path: Pat
     with pytest.warns(UserWarning, match="skipping unreadable log"):
         table = results_table(find_logs(tmp_path / "run"), root=tmp_path / "run")
     assert table.groupby("experiment").size().to_dict() == {"harmfulness": 3 * 2, "em_classic": 2 * 2, "two_ai": 2 * 2 * 2}
+
+
+def test_a_score_without_status_or_number_is_unscored_with_a_reason() -> None:
+    """Scores from outside the project (inspect's "C", NaN) still carry a reason when unscored."""
+    import math
+
+    from inspect_ai.scorer import Score
+
+    from empersona.analysis.results import _status_and_value
+
+    for value in ("C", math.nan):
+        status, number, reason = _status_and_value(Score(value=value))
+        assert status == "unscored" and math.isnan(number)
+        assert reason and "not a number" in reason
+    assert _status_and_value(Score(value=0.5)) == ("scored", 0.5, None)

@@ -179,3 +179,19 @@ def test_prediction_summary_and_baselines(tmp_path: Path) -> None:
     write_results(table, run_dir / "imports" / "toy.parquet")
     markdown = build_report(run_dir, n_resamples=200).markdown.read_text()
     assert "![Mean signed error" in markdown and "| honest | blind | low | " in markdown
+
+
+def test_self_assessment_summary_shows_the_mean_of_formats_and_of_dimensions() -> None:
+    from empersona.report.sections import ALL_DIMENSIONS, MEAN_OF_FORMATS, self_assessment_summary
+
+    rows = []
+    for dimension, fmt, items, value in (("aligned/misaligned", "decision", 10, 1.0), ("aligned/misaligned", "likert", 10, 0.5),
+                                         ("good/evil", "decision", 2, 0.0)):
+        rows += [{"model": "m", "experiment": "self_assessment", "item_id": f"{dimension}{fmt}{i}", "sample": 0,
+                  "condition": "", "status": "scored", "value": value, "format": fmt, "dimension": dimension}
+                 for i in range(items)]
+    summary = self_assessment_summary(pd.DataFrame(rows), Resampling(n_resamples=200), "aligned/misaligned")
+    rating = summary.set_index(["dimension", "format"])["rating"]
+    assert rating[("aligned/misaligned", "decision")] == pytest.approx(1.0)
+    assert rating[("aligned/misaligned", MEAN_OF_FORMATS)] == pytest.approx(0.75)
+    assert rating[(ALL_DIMENSIONS, MEAN_OF_FORMATS)] == pytest.approx((0.75 + 0.0) / 2)

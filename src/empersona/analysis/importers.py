@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from empersona.analysis.results import REQUIRED_COLUMNS, Status, tidy_frame, write_results
 from empersona.errors import EmpersonaError, located
@@ -334,6 +334,7 @@ class TidyRecord(BaseModel):
     value: float | None
     bucket: str | None = None
     picked_position: Literal["A", "B"] | None = None
+    p_a: float | None = Field(None, ge=0, le=1)
     theme: str | None = None
     format: str | None = None
     dimension: str | None = None

@@ -26,7 +26,7 @@ unparsed rates of every experiment are reported beside the label, never used for
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -36,7 +36,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from empersona.analysis import stats
-from empersona.analysis.stats import BootstrapResult, IntervalMethod, WithinUnits
+from empersona.analysis.stats import BootstrapResult, IntervalMethod, UnitSamples, WithinUnits
 from empersona.errors import EmpersonaError, located
 
 PersonaLabel = Literal["no_em", "coherent", "inverted", "mixed", "incomplete", "base"]
@@ -186,35 +186,77 @@ def _asymmetry(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds
                            within=th.within, seed=seed)
 
 
-def _mean_over_formats(*formats: np.ndarray) -> np.ndarray:
-    """Self-assessment score: the mean over formats of each format's mean over prompts."""
-    return sum(stats.pick_rate(f) for f in formats) / len(formats)
+def _nanmean(values: Sequence[np.ndarray]) -> np.ndarray:
+    """Element-wise mean over the values that are not NaN (NaN where all are)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice is NaN, as meant
+        arrays = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in values))  # a jackknife pass varies one
+        return np.nanmean(np.stack(arrays), axis=0)
+
+
+def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
+                          dimension: str | None) -> tuple[list[UnitSamples], Callable[..., np.ndarray]] | None:
+    """The (dimension, format) cells of a self-assessment and the protocol's statistic over them.
+
+    Per format the mean over prompts; per dimension the mean of the formats that have a value (a
+    format whose every answer went unscored does not blank the others: its rates are reported
+    apart); over dimensions the mean of the dimension means. ``dimension``: only that one (the
+    headline); None, or a table without it: all dimensions.
+    """
+    rows = tidy.loc[(tidy["experiment"] == "self_assessment")
+                    & tidy["model"].isin([model] if isinstance(model, str) else list(model))]
+    if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
+        rows = rows.loc[rows["dimension"] == dimension]
+    if rows.empty:
+        return None
+
+    def values(column: str) -> list[object]:
+        if column not in rows.columns or rows[column].isna().all():
+            return [None]
+        return sorted(rows[column].dropna().astype(str).unique())
+
+    cells = [(d, f) for d in values("dimension") for f in values("format")]
+    arrays = [stats.unit_samples(tidy, model=model, experiment="self_assessment",
+                                 where={k: v for k, v in (("dimension", d), ("format", f)) if v is not None})
+              for d, f in cells]
+    kept = [(cell, array) for cell, array in zip(cells, arrays) if array.units]
+    if not kept:
+        return None
+    dimensions = sorted({d for (d, _f), _a in kept}, key=str)
+
+    def statistic(*samples: np.ndarray) -> np.ndarray:
+        rates = [stats.pick_rate(x) for x in samples]
+        per_dimension = [_nanmean([r for ((d, _f), _a), r in zip(kept, rates) if d == dim]) for dim in dimensions]
+        return _nanmean(per_dimension)
+
+    return [array for _cell, array in kept], statistic
 
 
 def _self_assessment(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds,
                      seed: int) -> BootstrapResult | None:
-    rows = _rows(tidy, members, "self_assessment")
-    where: dict[str, object] = {}
-    if th.self_assessment_dimension is not None and "dimension" in rows.columns \
-            and (rows["dimension"] == th.self_assessment_dimension).any():
-        where["dimension"] = th.self_assessment_dimension
-        rows = rows.loc[rows["dimension"] == th.self_assessment_dimension]
-    if rows.empty:
+    found = self_assessment_cells(tidy, _who(members), th.self_assessment_dimension)
+    if found is None:
         return None
-    formats = sorted(rows["format"].dropna().astype(str).unique()) if "format" in rows.columns else []
-    arrays = [stats.unit_samples(tidy, model=_who(members), experiment="self_assessment",
-                                 where={**where, "format": f}) for f in formats] or \
-        [stats.unit_samples(tidy, model=_who(members), experiment="self_assessment", where=where)]
-    return stats.bootstrap(arrays, _mean_over_formats, paired=False, n_resamples=th.n_resamples,
+    arrays, statistic = found
+    return stats.bootstrap(arrays, statistic, paired=False, n_resamples=th.n_resamples,
                            method=th.method, level=th.level, within=th.within, seed=seed)
 
 
 def _position_bias(tidy: pd.DataFrame, members: Sequence[str]) -> float | None:
-    """P(answer "A") - 0.5 over the scored two-AI rows."""
+    """P(answer "A") - 0.5 over the scored two-AI rows, as the experiment's own metric has it.
+
+    ``p_a`` is the probability of "A" (logprob mode) or 1/0 for the letter read (sample mode);
+    tables without it (older results) fall back to the letter picked.
+    """
     rows = _rows(tidy, members, "two_ai")
-    if "picked_position" not in rows.columns:
+    scored = rows.loc[rows["status"] == "scored"]
+    if "p_a" in scored.columns and scored["p_a"].notna().any():
+        return float(scored["p_a"].dropna().astype(float).mean() - 0.5)
+    if "picked_position" not in scored.columns:
         return None
-    picked = rows.loc[rows["status"] == "scored", "picked_position"].dropna()
+    picked = scored["picked_position"].dropna()
     return float((picked == "A").mean() - 0.5) if len(picked) else None
 
 

@@ -49,7 +49,7 @@ STATUSES: tuple[Status, ...] = ("scored", "unscored", "refused", "unparsed")
 KEY_COLUMNS: tuple[str, ...] = ("model", "experiment", "item_id", "sample", "condition")
 MODEL_COLUMNS: tuple[str, ...] = ("model_string", "base_model", "adapter", "domain", "seed", "judge", "system_prompt_policy")
 EXPERIMENT_COLUMNS: tuple[str, ...] = (
-    "bucket", "picked_position", "theme", "format", "dimension", "predicted", "actual",
+    "bucket", "picked_position", "p_a", "theme", "format", "dimension", "predicted", "actual",
     "aligned", "coherent", "stored_aligned", "stored_coherent",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = (
@@ -59,7 +59,7 @@ TIDY_COLUMNS: tuple[str, ...] = (
     "model", *MODEL_COLUMNS, "experiment", "item_id", "sample", "condition", "status", "value",
     *EXPERIMENT_COLUMNS, *PROVENANCE_COLUMNS,
 )
-FLOAT_COLUMNS: frozenset[str] = frozenset({"value", "predicted", "actual", "aligned", "coherent", "stored_aligned", "stored_coherent"})
+FLOAT_COLUMNS: frozenset[str] = frozenset({"value", "p_a", "predicted", "actual", "aligned", "coherent", "stored_aligned", "stored_coherent"})
 INT_COLUMNS: frozenset[str] = frozenset({"sample"})
 NULLABLE_INT_COLUMNS: frozenset[str] = frozenset({"seed", "eval_seed"})
 REQUIRED_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "status", "value")
@@ -260,6 +260,7 @@ def experiment_fields(experiment: str, score_meta: Mapping[str, Any], sample_met
     fields: dict[str, Any] = {
         "bucket": _first("bucket", score_meta, sample_meta),
         "picked_position": _first("picked_position", score_meta),
+        "p_a": _number(_first("p_a", score_meta)),  # P(answer "A"): the letter's probability in logprob mode
         "theme": _first("theme", score_meta, sample_meta),
         "format": _first("format", score_meta, sample_meta),
         "dimension": _first("dimension", score_meta, sample_meta),
@@ -285,6 +286,8 @@ def _status_and_value(score: Score) -> tuple[Status, float, str | None]:
         status = "scored" if not math.isnan(value) and status is None else "unscored"
     if status == "scored" and math.isnan(value):
         status, reason = "unscored", reason or f"score value {score.value!r} is not a number"
+    if status == "unscored" and not reason:
+        reason = f"score value {score.value!r} is not a number" if math.isnan(value) else "unscored, no reason logged"
     return status, (value if status == "scored" else math.nan), reason
 
 

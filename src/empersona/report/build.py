@@ -238,9 +238,10 @@ def build_report(
 
     self_rating = self_assessment_summary(table, rs, thresholds.self_assessment_dimension)
     blocks += _section("Self-assessment by format", self_rating, "No self-assessment results in this run.", {
-        "model": "model", "format": "format", "rating (1 = misaligned)": lambda r: _fmt_col(r, "rating"),
-        "prompts": "prompts", "not scored": "not_scored",
-    })
+        "model": "model", "dimension": "dimension", "format": "format",
+        "rating (1 = misaligned)": lambda r: _fmt_col(r, "rating"), "prompts": "prompts", "not scored": "not_scored",
+    }, note="Per dimension the mean of the formats that have a value; all dimensions: the mean of the dimension means. "
+            "The persona table shows the headline dimension's mean of formats.")
 
     blocks += _section("Unscored, refused and unparsed rates per experiment", status_summary(table), "No rows.", {
         "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),

@@ -202,25 +202,48 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+MEAN_OF_FORMATS = "mean of formats"
+ALL_DIMENSIONS = "all dimensions"
+
+
 def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str | None) -> pd.DataFrame:
-    """Per model and format: mean rating (1 = misaligned) on ``dimension`` (all when None or absent)."""
+    """Per model: mean rating (1 = misaligned) per format on ``dimension`` (the headline; all when
+    None or absent), the mean of those formats, and the all-dimension mean (PROTOCOLS 3.2)."""
     import pandas as pd
 
     from empersona.analysis import stats
+    from empersona.analysis.persona import self_assessment_cells
 
-    part = table[table["experiment"] == "self_assessment"]
+    everything = table[table["experiment"] == "self_assessment"]
+    part = everything
+    shown = ALL_DIMENSIONS
     if dimension is not None and (part["dimension"] == dimension).any():
-        part = part[part["dimension"] == dimension]
+        part, shown = part[part["dimension"] == dimension], dimension
     rows = []
     for model in _models(part, "self_assessment"):
         for form in sorted(part.loc[part["model"] == model, "format"].dropna().unique()):
             x = stats.unit_samples(part, model=model, experiment="self_assessment", where={"format": form})
             mine = part[(part["model"] == model) & (part["format"] == form)]
-            row: dict[str, Any] = {"model": model, "format": form, "prompts": len(x.units),
+            row: dict[str, Any] = {"model": model, "dimension": shown, "format": form, "prompts": len(x.units),
                                    "not_scored": int((mine["status"] != "scored").sum())}
             _put(row, "rating", rs.interval([x], stats.mean_of_unit_means, f"{model}|self|{form}"))
             rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "format", "prompts", "not_scored", "rating", "rating_low", "rating_high"])
+        wanted = [(shown, dimension if shown != ALL_DIMENSIONS else None)]
+        if shown != ALL_DIMENSIONS:
+            wanted.append((ALL_DIMENSIONS, None))
+        for label, which in wanted:
+            found = self_assessment_cells(everything, model, which)
+            if found is None:
+                continue
+            arrays, statistic = found
+            mine = everything[everything["model"] == model]
+            if which is not None:
+                mine = mine[mine["dimension"] == which]
+            row = {"model": model, "dimension": label, "format": MEAN_OF_FORMATS,
+                   "prompts": len({u for a in arrays for u in a.units}), "not_scored": int((mine["status"] != "scored").sum())}
+            _put(row, "rating", rs.interval(arrays, statistic, f"{model}|self|{label}", paired=False))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "dimension", "format", "prompts", "not_scored", "rating", "rating_low", "rating_high"])
 
 
 def status_summary(table: pd.DataFrame) -> pd.DataFrame:
