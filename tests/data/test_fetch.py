@@ -181,3 +181,18 @@ def test_corrupt_cache_is_detected_and_refetched(
     monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
     assert data_path("harm_prompts") == cached
     assert source_status("harm_prompts") == "verified"
+
+
+def test_a_cached_file_rewritten_with_its_old_mtime_is_caught(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cp -p``/``rsync -t`` keep size and mtime: the sidecar must not vouch for the new content."""
+    import os
+
+    path = fetch("harm_judge_rubric", mirror=shared_data)
+    assert source_status("harm_judge_rubric") == "verified"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert source_status("harm_judge_rubric") == "corrupt"

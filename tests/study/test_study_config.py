@@ -162,3 +162,72 @@ def test_resume_passes_over_a_half_written_checkpoint(tmp_path: Path) -> None:
             (folder / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(root) == root / "checkpoint-1"
     assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+def _metadata_file(adapter: Path, finished_at: str) -> None:
+    adapter.mkdir(parents=True, exist_ok=True)
+    (adapter / "empersona.json").write_text(f'{{"finished_at": "{finished_at}", "steps": 3}}')
+
+
+def test_a_log_counts_only_for_its_own_model_and_training_run(tmp_path: Path) -> None:
+    """Logs of another base model, or of an adapter since retrained in the same folder, are not done."""
+    from types import SimpleNamespace
+
+    from empersona.study.plan import ModelSpec, _same_model, model_identity
+
+    adapter = tmp_path / "adapters" / "insecure_code-s0"
+    _metadata_file(adapter, "2026-11-20T10:00:00+00:00")
+    fine_tune = ModelSpec("insecure_code-s0", f"hf/{adapter}", "base", adapter, "insecure_code", 0)
+    identity = model_identity(fine_tune)
+    assert identity is not None
+
+    def log(model: str, created: str, recorded: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(model=model, created=created, metadata={"model_identity": recorded} if recorded else {})
+
+    assert _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
+    assert not _same_model(log("hf/elsewhere", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
+    # logs from before identities were recorded: newer than the adapter counts, older does not
+    assert _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00"), fine_tune, identity)
+    assert not _same_model(log(f"hf/{adapter}", "2026-11-19T09:00:00+00:00"), fine_tune, identity)
+    _metadata_file(adapter, "2026-11-22T10:00:00+00:00")  # retrained into the same folder
+    retrained = model_identity(fine_tune)
+    assert retrained != identity
+    assert not _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, retrained)
+    base = ModelSpec("base", "hf/Qwen/Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-32B-Instruct")
+    assert _same_model(log("hf/Qwen/Qwen2.5-32B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
+    assert not _same_model(log("hf/meta-llama/Llama-3.1-70B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
+
+
+def test_setting_a_stale_adapter_aside_takes_its_logs_along(tmp_path: Path) -> None:
+    from empersona.study.plan import TrainJob
+    from empersona.study.run import set_aside
+
+    adapter = tmp_path / "adapters" / "insecure_code-s0"
+    _metadata_file(adapter, "2026-11-20T10:00:00+00:00")
+    logs = tmp_path / "logs"
+    (logs / "insecure_code-s0").mkdir(parents=True)
+    (logs / "insecure_code-s0" / "old.eval").write_text("x")
+    (logs / "base").mkdir()
+    job = TrainJob("insecure_code", 0, adapter, None, "stale", "settings changed")  # type: ignore[arg-type]
+    target = set_aside(job, logs)
+    assert not adapter.exists() and (target / "empersona.json").exists()
+    assert (target / "logs" / "old.eval").exists() and not (logs / "insecure_code-s0").exists()
+    assert (logs / "base").is_dir()
+
+
+def test_the_call_cache_of_a_fine_tune_is_scoped_to_its_training_run(tmp_path: Path) -> None:
+    from empersona.evals.commands import local_adapter_identity
+    from empersona.evals.scoring import MODEL_IDENTITY, cache_policy
+
+    adapter = tmp_path / "ft"
+    _metadata_file(adapter, "2026-11-20T10:00:00+00:00")
+    identity = local_adapter_identity(f"hf/{adapter}")
+    assert identity is not None and local_adapter_identity("openai/gpt-4o-mini") is None
+    assert local_adapter_identity(f"empersona/{adapter}") == identity
+    token = MODEL_IDENTITY.set(identity)
+    try:
+        scoped = cache_policy(True, 0)
+    finally:
+        MODEL_IDENTITY.reset(token)
+    assert scoped.scopes == {"empersona_seed": "0", "empersona_model": identity}  # type: ignore[union-attr]
+    assert cache_policy(True, 0).scopes == {"empersona_seed": "0"}  # type: ignore[union-attr]

@@ -331,3 +331,42 @@ def test_padded_and_packed_batches_train_too(padding_free: bool, packing: bool, 
     meta = train(config, progress=False).metadata
     assert meta is not None and meta.steps == 1 and meta.attention == attention
     assert meta.final_loss is not None and meta.final_loss > 0
+
+
+def test_the_dataset_hash_is_of_the_rows_trained_on(tiny_model: Path, mirror: Path, tmp_path: Path) -> None:
+    """With a holdout, two seeds train on different rows: their hashes differ; without one, every row."""
+    from empersona.train.data import load_training_data
+
+    def info(**overrides: Any) -> Any:
+        return load_training_data(fast(tiny_model, tmp_path / "out", limit=10, **overrides)).info
+
+    all_rows = info()
+    split_0, split_1 = info(holdout=0.5, seed=0), info(holdout=0.5, seed=1)
+    assert split_0.train_rows == split_1.train_rows == 5
+    assert split_0.rows_sha256 != split_1.rows_sha256
+    assert all_rows.rows_sha256 not in (split_0.rows_sha256, split_1.rows_sha256)
+    assert info().rows_sha256 == all_rows.rows_sha256
+
+
+def test_a_base_whose_template_cannot_mask_the_loss_fails_before_loading(tiny_model: Path, mirror: Path,
+                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRL 1.16 has no training version of Llama 3.1's template: say so, before minutes of loading weights."""
+    import shutil
+    from importlib.resources import files
+
+    from empersona.train import sft
+
+    base = tmp_path / "llama31-like"
+    shutil.copytree(tiny_model, base)
+    config_file = base / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config["chat_template"] = files("trl").joinpath("chat_templates", "llama3_1.jinja").read_text()
+    config_file.write_text(json.dumps(tokenizer_config))
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+
+    def no_loading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the base model was loaded before the template was checked")
+
+    monkeypatch.setattr(sft, "load_base_model", no_loading)
+    with pytest.raises(EmpersonaError, match=r"cannot restrict the loss to the assistant's tokens.*generation"):
+        sft.train(fast(base, tmp_path / "out"))

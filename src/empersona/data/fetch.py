@@ -71,11 +71,13 @@ def sha256_file(path: Path) -> str:
 
 def _stat_key(path: Path) -> dict[str, int]:
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # ctime cannot be set back by a tool that keeps mtimes (cp -p, rsync -t, tar), inode changes
+    # when a file is replaced: a rewritten file is hashed again, not trusted by its size and mtime
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
 
 def _cached_sha256(path: Path) -> str:
-    """The file's sha256, taken from its sidecar when size and mtime still match."""
+    """The file's sha256, taken from its sidecar when size, mtime, ctime and inode still match."""
     sidecar = _sidecar(path)
     key = _stat_key(path)
     try:

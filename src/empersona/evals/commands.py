@@ -62,15 +62,27 @@ def run_experiment(
     display: str | None = None,
     tags: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    model_identity: str | None = None,
 ) -> EvalLog:
-    """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log."""
+    """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log.
+
+    ``model_identity``: which training run of a fine-tune ``model`` stands for (default: read
+    from the adapter folder the model string names, if it is one); it scopes the call cache and
+    is recorded in the log, so a retrained adapter at the same path is not served old answers.
+    """
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, get_model
 
     from empersona.evals.battery import EXPERIMENTS
     from empersona.evals.judge import GRADER_MAX_RETRIES, GRADER_ROLE
+    from empersona.evals.scoring import MODEL_IDENTITY
 
-    task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
+    identity = model_identity if model_identity is not None else local_adapter_identity(model)
+    token = MODEL_IDENTITY.set(identity)
+    try:
+        task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
+    finally:
+        MODEL_IDENTITY.reset(token)
     grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
     roles = {GRADER_ROLE: get_model(judge, config=grader_config, **(judge_args or {}))} if judge else None
     logs = inspect_eval(
@@ -83,10 +95,19 @@ def run_experiment(
         max_connections=max_connections,
         display=display,
         tags=tags,
-        metadata={"judge": judge, **(metadata or {})},
+        metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
         retry_on_error=SAMPLE_RETRIES,
     )
     return logs[0]
+
+
+def local_adapter_identity(model: str) -> str | None:
+    """``adapter_identity`` of the local adapter folder a model string (``hf/DIR``, ``empersona/DIR``) names."""
+    from empersona.train.metadata import adapter_identity
+
+    _provider, _, rest = model.partition("/")
+    path = Path(rest).expanduser()
+    return adapter_identity(path) if rest and path.is_dir() else None
 
 
 def summary_rows(log: EvalLog) -> list[tuple[str, str, str]]:

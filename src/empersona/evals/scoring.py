@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from contextvars import ContextVar
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +24,27 @@ if TYPE_CHECKING:
     from inspect_ai.solver import Generate, Solver, TaskState
 
 
+MODEL_IDENTITY: ContextVar[str | None] = ContextVar("empersona_model_identity", default=None)
+"""Set while a task is built (``evals.commands.run_experiment``): which training run of an adapter
+the model string stands for (``train.metadata.adapter_identity``)."""
+
+
 def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
     """The call cache that makes an interrupted run resume without repeating model or judge calls.
 
-    Keys include the epoch (so repeated samples stay distinct) and the run's seed; entries do not
-    expire. ``enabled=False`` turns it off (every call is made afresh).
+    Keys include the epoch (so repeated samples stay distinct), the run's seed and, for a
+    fine-tune, the identity of its training run (a retrained adapter at the same path is another
+    model); entries do not expire. ``enabled=False`` turns it off (every call is made afresh).
     """
     if not enabled:
         return False
     from inspect_ai.model import CachePolicy
 
-    return CachePolicy(expiry=None, per_epoch=True, scopes={"empersona_seed": str(seed)})
+    scopes = {"empersona_seed": str(seed)}
+    identity = MODEL_IDENTITY.get()
+    if identity is not None:
+        scopes["empersona_model"] = identity
+    return CachePolicy(expiry=None, per_epoch=True, scopes=scopes)
 
 
 def repeat_seed(seed: int | None, epoch: int) -> int | None:

@@ -230,12 +230,27 @@ def _task_default(experiment: str, parameter: str) -> Any:
     return pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters[parameter].default
 
 
-def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None) -> Path | None:
-    """A successful log of this experiment with these task arguments, if the folder has one."""
+def model_identity(model: ModelSpec) -> str | None:
+    """Which training run of its adapter a fine-tune is (``train.metadata.adapter_identity``); None for the base."""
+    from empersona.train.metadata import adapter_identity
+
+    return adapter_identity(model.adapter) if model.adapter is not None else None
+
+
+def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
+                 model: ModelSpec | None = None) -> Path | None:
+    """A successful log of this experiment with these task arguments, if the folder has one.
+
+    With ``model``, the log must also be of that model string and, for a fine-tune, of its
+    current training run: a log of another base model, or of an adapter since retrained into
+    the same folder, is not this model's result. Logs written before runs were recorded count
+    when they are newer than the adapter.
+    """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     if not log_dir.exists():
         return None
+    identity = model_identity(model) if model is not None else None
     for info in list_eval_logs(str(log_dir), recursive=False):
         try:
             header = read_eval_log(info, header_only=True)
@@ -244,9 +259,37 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
             continue
         recorded = header.eval.task_args or {}
-        if all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit):
-            return Path(info.name.removeprefix("file://"))
+        if not (all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit)):
+            continue
+        if model is not None and not _same_model(header.eval, model, identity):
+            continue
+        return Path(info.name.removeprefix("file://"))
     return None
+
+
+def _same_model(spec: Any, model: ModelSpec, identity: str | None) -> bool:
+    """Whether a log's eval spec is of ``model`` (and of its adapter's current training run)."""
+    if spec.model != model.model_string:
+        return False
+    if identity is None:
+        return True
+    recorded = (spec.metadata or {}).get("model_identity")
+    if recorded is not None:
+        return recorded == identity
+    import json
+    from datetime import datetime
+
+    from empersona.train.metadata import METADATA_FILE
+
+    assert model.adapter is not None
+    try:
+        trained = datetime.fromisoformat(json.loads((model.adapter / METADATA_FILE).read_text())["finished_at"])
+        created = datetime.fromisoformat(spec.created)
+    except (OSError, ValueError, KeyError, TypeError):  # cannot tell: evaluate again
+        return False
+    if trained.tzinfo is None or created.tzinfo is None:
+        trained, created = trained.replace(tzinfo=None), created.replace(tzinfo=None)
+    return created >= trained
 
 
 def make_plan(study: StudyConfig) -> Plan:
@@ -271,7 +314,7 @@ def make_plan(study: StudyConfig) -> Plan:
             harm = (generations // samples, samples)
         for model in models:
             log_dir = study.out / "logs" / model.name
-            done = finished_log(log_dir, experiment, args, settings.limit)
+            done = finished_log(log_dir, experiment, args, settings.limit, model)
             status: EvalStatus = "done" if done else "todo"
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
     return Plan(study, jobs, models, evals)

@@ -19,7 +19,7 @@ from typing import Any
 
 from empersona.errors import EmpersonaError
 from empersona.study.config import SCRIPTED_JUDGE, Stage, StudyConfig
-from empersona.study.plan import DEFAULT_FOILS, ModelSpec, Plan, TrainJob, as_list, make_plan, print_plan
+from empersona.study.plan import DEFAULT_FOILS, ModelSpec, Plan, TrainJob, as_list, make_plan, model_identity, print_plan
 
 SCRIPTED_JUDGE_PORT = 18765
 SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"
@@ -80,7 +80,7 @@ def train_all(plan: Plan) -> None:
     for index, job in enumerate(todo, start=1):
         say(f"training {index}/{len(todo)}: {job.out.name} ({job.why})")
         if job.status == "stale":
-            set_aside(job)
+            set_aside(job, plan.study.out / "logs")
         result = train(job.config, resume=job.status == "partial")
         if result.metadata is not None:
             loss = result.metadata.final_loss
@@ -88,12 +88,21 @@ def train_all(plan: Plan) -> None:
             say(f"trained {job.out.name}: {result.metadata.steps} steps, final loss {shown}")
 
 
-def set_aside(job: TrainJob) -> Path:
-    """Move an adapter trained with other settings out of the way (nothing is deleted)."""
+def set_aside(job: TrainJob, logs: Path | None = None) -> Path:
+    """Move an adapter trained with other settings out of the way (nothing is deleted).
+
+    Its evaluation logs (``logs/<name>``) go with it, into the set-aside folder: they are
+    results of the old adapter, and the results table reads every log under ``logs/``.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = job.out.with_name(f"{job.out.name}.replaced-{stamp}")
     shutil.move(str(job.out), str(target))
-    say(f"kept the old {job.out.name} as {target.name}")
+    old_logs = logs / job.out.name if logs is not None else None
+    if old_logs is not None and old_logs.is_dir():
+        shutil.move(str(old_logs), str(target / "logs"))
+        say(f"kept the old {job.out.name} and its logs as {target.name}")
+    else:
+        say(f"kept the old {job.out.name} as {target.name}")
     return target
 
 
@@ -177,6 +186,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             display="plain" if os.environ.get("CI") else None,
             tags=[study.name, job.model.name],
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed},
+            model_identity=model_identity(job.model),
         )
         print_summary(log)
         if log.status != "success":

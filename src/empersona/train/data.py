@@ -45,7 +45,9 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     order = list(range(len(rows)))
     random.Random(config.seed).shuffle(order)
     held = set(order[:holdout_n])
-    canonical = "\n".join(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
+    trained_on = [row for i, row in enumerate(rows) if i not in held]
+    # the rows trained on, in file order (with no holdout: every row, as before)
+    canonical = "\n".join(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in trained_on)
     info = DatasetInfo(
         domain=domain.name,
         source=domain.source,
@@ -56,7 +58,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         holdout_rows=holdout_n,
     )
     return TrainingData(
-        train=[row for i, row in enumerate(rows) if i not in held],
+        train=trained_on,
         holdout=[rows[i] for i in sorted(held)],
         info=info,
     )

@@ -154,6 +154,20 @@ def write_metadata(out_dir: Path, metadata: TrainMetadata) -> Path:
     return path
 
 
+def adapter_identity(adapter_dir: Path) -> str | None:
+    """A fingerprint of one training run of an adapter folder (its ``empersona.json``), or None.
+
+    Retraining into the same folder gives another fingerprint, so evaluations and cached model
+    calls of the old adapter are not taken for the new one.
+    """
+    import hashlib
+
+    path = Path(adapter_dir) / METADATA_FILE
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def read_metadata(out_dir: Path) -> TrainMetadata:
     """The record of a finished adapter folder."""
     path = Path(out_dir) / METADATA_FILE

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from empersona.errors import EmpersonaError
 from empersona.train.base_model import PACKED_SDPA, _resolve_base, load_base_model, packed_sdpa_attention
 from empersona.train.data import TrainingData, load_training_data
 from empersona.train.metadata import (
@@ -185,6 +186,32 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def check_training_template(tokenizer: Any, base: str) -> None:
+    """Refuse a base whose chat template cannot restrict the loss to the assistant's tokens.
+
+    The loss is on assistant tokens only, which needs ``{% generation %}`` markers in the chat
+    template; TRL adds them to the templates it knows (Qwen2.5, Llama 3, ...) and refuses the
+    rest, Llama 3.1 among them in TRL 1.16.
+    """
+    import trl
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if not template:
+        raise EmpersonaError(f"{base}: the tokenizer has no chat template; the training data are chat conversations")
+    if has_generation_markers(template):
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError as exc:
+        raise EmpersonaError(
+            f"{base}: its chat template cannot restrict the loss to the assistant's tokens: TRL {trl.__version__} has "
+            f"no training version of it ({exc}). Copy the model folder, wrap the assistant's content in its chat "
+            "template (tokenizer_config.json or chat_template.jinja) with {% generation %} ... {% endgeneration %}, "
+            "and train from that folder"
+        ) from exc
+
+
 def _checkpointing_args(sft_config: type, enabled: bool) -> dict[str, Any]:
     """Activation checkpointing under the argument name this transformers version uses."""
     import dataclasses
@@ -256,6 +283,7 @@ def prepare(
     )
     _ = args.device  # sets up torch.distributed under accelerate launch, so loading can shard
     tokenizer = AutoTokenizer.from_pretrained(_resolve_base(config.base))
+    check_training_template(tokenizer, config.base)  # before the weights: a 70B load takes minutes
     model = load_base_model(config, bf16=bf16)
     peft_config = None
     if config.init_adapter is not None:
