@@ -231,3 +231,30 @@ def test_the_call_cache_of_a_fine_tune_is_scoped_to_its_training_run(tmp_path: P
         MODEL_IDENTITY.reset(token)
     assert scoped.scopes == {"empersona_seed": "0", "empersona_model": identity}  # type: ignore[union-attr]
     assert cache_policy(True, 0).scopes == {"empersona_seed": "0"}  # type: ignore[union-attr]
+
+
+def test_logs_of_a_model_no_longer_in_the_study_leave_logs(tmp_path: Path) -> None:
+    """After base_model changes, the old base's logs in logs/base would feed the results table."""
+    from types import SimpleNamespace
+
+    from inspect_ai import Task
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.solver import generate
+
+    from empersona.analysis.results import find_logs
+    from empersona.study.plan import ModelSpec
+    from empersona.study.run import set_aside_other_models_logs
+    from empersona.testing.mocks import scripted_model
+
+    out = tmp_path / "run"
+    task = Task(dataset=[Sample(input="hi", id="a")], solver=generate())
+    [log] = inspect_eval(task, model=scripted_model(lambda turn: "hello", name="old-base"),
+                         log_dir=str(out / "logs" / "base"), display="none")
+    assert log.eval.model == "mockllm/old-base"
+    kept = SimpleNamespace(study=SimpleNamespace(out=out), models=[ModelSpec("base", "mockllm/old-base", "old-base")])
+    assert set_aside_other_models_logs(kept) == [] and len(find_logs(out / "logs")) == 1  # type: ignore[arg-type]
+    changed = SimpleNamespace(study=SimpleNamespace(out=out), models=[ModelSpec("base", "mockllm/new-base", "new-base")])
+    moved = set_aside_other_models_logs(changed)  # type: ignore[arg-type]
+    assert len(moved) == 1 and moved[0].exists() and "logs.replaced" in str(moved[0])
+    assert find_logs(out / "logs") == []

@@ -106,6 +106,41 @@ def set_aside(job: TrainJob, logs: Path | None = None) -> Path:
     return target
 
 
+def set_aside_other_models_logs(plan: Plan) -> list[Path]:
+    """Move logs that are not of a planned model out of ``logs/`` (into ``logs.replaced/``).
+
+    A model's folder can hold logs of what its name meant before: the old base after
+    ``base_model`` changed, an adapter's earlier training run. They would still feed the
+    results table, mixed with the current model's rows; nothing is deleted.
+    """
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    from empersona.study.plan import _same_model
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for model in plan.models:
+        folder = plan.study.out / "logs" / model.name
+        if not folder.is_dir():
+            continue
+        identity = model_identity(model)
+        for info in list_eval_logs(str(folder), recursive=False):
+            path = Path(info.name.removeprefix("file://"))
+            try:
+                spec = read_eval_log(info, header_only=True).eval
+            except Exception:  # a log cut short by a kill: the results table skips it already
+                continue
+            if _same_model(spec, model, identity):
+                continue
+            target = plan.study.out / "logs.replaced" / stamp / model.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+            moved.append(target)
+    if moved:
+        say(f"moved {len(moved)} log(s) of models no longer in the study to {moved[0].parents[1]}")
+    return moved
+
+
 def write_models_file(plan: Plan) -> Path:
     """``models.yaml``: what each model string in the logs stands for, and which is the base."""
     import yaml
@@ -226,6 +261,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         missing = [job.out.name for job in plan.train_jobs if job.status != "done"]
         if missing:
             raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
+        set_aside_other_models_logs(plan)
         with judge_endpoint(study) as judge, model_server(study, plan):
             evaluate_all(plan, judge)
     if "report" in stages:
