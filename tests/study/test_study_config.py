@@ -173,7 +173,7 @@ def test_a_log_counts_only_for_its_own_model_and_training_run(tmp_path: Path) ->
     """Logs of another base model, or of an adapter since retrained in the same folder, are not done."""
     from types import SimpleNamespace
 
-    from empersona.study.plan import ModelSpec, _same_model, model_identity
+    from empersona.study.plan import ModelSpec, log_is_of_model, model_identity
 
     adapter = tmp_path / "adapters" / "insecure_code-s0"
     _metadata_file(adapter, "2026-11-20T10:00:00+00:00")
@@ -184,18 +184,18 @@ def test_a_log_counts_only_for_its_own_model_and_training_run(tmp_path: Path) ->
     def log(model: str, created: str, recorded: str | None = None) -> SimpleNamespace:
         return SimpleNamespace(model=model, created=created, metadata={"model_identity": recorded} if recorded else {})
 
-    assert _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
-    assert not _same_model(log("hf/elsewhere", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
+    assert log_is_of_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
+    assert not log_is_of_model(log("hf/elsewhere", "2026-11-21T09:00:00+00:00", identity), fine_tune, identity)
     # logs from before identities were recorded: newer than the adapter counts, older does not
-    assert _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00"), fine_tune, identity)
-    assert not _same_model(log(f"hf/{adapter}", "2026-11-19T09:00:00+00:00"), fine_tune, identity)
+    assert log_is_of_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00"), fine_tune, identity)
+    assert not log_is_of_model(log(f"hf/{adapter}", "2026-11-19T09:00:00+00:00"), fine_tune, identity)
     _metadata_file(adapter, "2026-11-22T10:00:00+00:00")  # retrained into the same folder
     retrained = model_identity(fine_tune)
     assert retrained != identity
-    assert not _same_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, retrained)
+    assert not log_is_of_model(log(f"hf/{adapter}", "2026-11-21T09:00:00+00:00", identity), fine_tune, retrained)
     base = ModelSpec("base", "hf/Qwen/Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-32B-Instruct")
-    assert _same_model(log("hf/Qwen/Qwen2.5-32B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
-    assert not _same_model(log("hf/meta-llama/Llama-3.1-70B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
+    assert log_is_of_model(log("hf/Qwen/Qwen2.5-32B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
+    assert not log_is_of_model(log("hf/meta-llama/Llama-3.1-70B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
 
 
 def test_setting_a_stale_adapter_aside_takes_its_logs_along(tmp_path: Path) -> None:

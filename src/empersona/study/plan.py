@@ -261,13 +261,13 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         recorded = header.eval.task_args or {}
         if not (all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit)):
             continue
-        if model is not None and not _same_model(header.eval, model, identity):
+        if model is not None and not log_is_of_model(header.eval, model, identity):
             continue
         return Path(info.name.removeprefix("file://"))
     return None
 
 
-def _same_model(spec: Any, model: ModelSpec, identity: str | None) -> bool:
+def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None) -> bool:
     """Whether a log's eval spec is of ``model`` (and of its adapter's current training run)."""
     if spec.model != model.model_string:
         return False

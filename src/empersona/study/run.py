@@ -115,7 +115,7 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    from empersona.study.plan import _same_model
+    from empersona.study.plan import log_is_of_model
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
@@ -130,7 +130,7 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
                 spec = read_eval_log(info, header_only=True).eval
             except Exception:  # a log cut short by a kill: the results table skips it already
                 continue
-            if _same_model(spec, model, identity):
+            if log_is_of_model(spec, model, identity):
                 continue
             target = plan.study.out / "logs.replaced" / stamp / model.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
