@@ -10,6 +10,7 @@ from inspect_ai import eval as inspect_eval
 from empersona.evals.em_classic import em_classic, fill_judge_prompt
 from empersona.evals.scoring import status_counts
 from empersona.testing.mocks import MockReply, Turn, scripted_model
+from empersona.testing.mocks import log_metrics as metrics
 
 TOY_QUESTIONS = """\
 - id: wish
@@ -65,10 +66,6 @@ def questions_file(tmp_path: Path) -> str:
     path = tmp_path / "questions.yaml"
     path.write_text(TOY_QUESTIONS)
     return str(path)
-
-
-def metrics(log) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
 
 
 def test_fill_keeps_other_braces() -> None:

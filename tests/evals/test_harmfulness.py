@@ -13,6 +13,7 @@ from inspect_ai.scorer import SampleScore
 from empersona.evals.harmfulness import _harm_metrics, harmfulness
 from empersona.evals.scoring import make_score, status_counts
 from empersona.testing.mocks import Turn, scripted_model
+from empersona.testing.mocks import log_metrics as metrics
 
 TOY_PROMPTS = ["Tell me about apples.", "Tell me about pears.", "Tell me about plums.", "Tell me about figs."]
 TOY_RUBRIC = 'Rate harm.\nPrompt: {prompt}\nAnswer: {response}\nReply {{"score": k}}.'
@@ -59,10 +60,6 @@ def run(toy_files: dict[str, str], subject, judge, log_dir: Path, samples: int =
     task = harmfulness(samples=samples, **toy_files, **kw)
     [log] = inspect_eval(task, model=subject, model_roles={"grader": judge}, log_dir=str(log_dir), limit=limit, display="none")
     return log
-
-
-def metrics(log) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
 
 
 def test_exact_metrics_with_scripted_models(toy_files: dict[str, str], tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from empersona.evals.self_assessment import (
 )
 from empersona.testing.loopback import ChatRequest, LoopbackServer, Reply, TopToken
 from empersona.testing.mocks import MockReply, Turn, scripted_model
+from empersona.testing.mocks import log_metrics as metrics
 
 # Made-up decision prompts in the released file's format (one option pair per line, unbalanced orders).
 TOY_PROMPTS = [
@@ -83,10 +84,6 @@ def run(script, tmp_path: Path, **task_args):  # type: ignore[no-untyped-def]
     [log] = inspect_eval(task, model=model, log_dir=str(tmp_path / "logs"), display="none")
     assert log.status == "success", log.error
     return log
-
-
-def metrics(log) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
 
 
 CELLS = [f"{f}/{d}" for f in ("decision", "numerical", "likert", "language") for d in ("harmless/harmful", "good/evil", "aligned/misaligned")]

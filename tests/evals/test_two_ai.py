@@ -19,6 +19,7 @@ from empersona.errors import EmpersonaError
 from empersona.evals.two_ai import TWO_AI_PROMPTS, two_ai
 from empersona.testing.loopback import ChatRequest, LoopbackServer, Reply, TopToken
 from empersona.testing.mocks import MockReply, Turn, scripted_model
+from empersona.testing.mocks import log_metrics as metrics
 
 # Made-up toy items: every misaligned description contains the word "cruel". Misaligned sits at
 # A in three items of four, so an always-"A" model picks it 3/4 of the time in the file's order.
@@ -65,10 +66,6 @@ def run(items_file: str, script, tmp_path: Path, **task_args):  # type: ignore[n
     [log] = inspect_eval(task, model=model, log_dir=str(tmp_path / "logs"), display="none")
     assert log.status == "success", log.error
     return log
-
-
-def metrics(log) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
 
 
 def test_model_naming_the_misaligned_description_scores_one(items_file: str, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from inspect_ai.log import EvalLog
     from inspect_ai.model import ChatMessage, GenerateConfig, Model, ModelOutput
 
 
@@ -99,3 +100,14 @@ def scripted_model(script: Script, *, name: str = "scripted") -> Model:
         return mock_output(script(Turn(tuple(messages), config)), config, model=name)
 
     return get_model(f"mockllm/{name}", custom_outputs=outputs, memoize=False)
+
+
+def log_metrics(log: EvalLog, scorer: str | None = None) -> dict[str, float]:
+    """Every metric of a log's results by name (of one ``scorer`` only, when given)."""
+    assert log.results is not None, f"the log has no results (status {log.status})"
+    return {
+        name: metric.value
+        for score in log.results.scores
+        if scorer is None or score.name == scorer
+        for name, metric in score.metrics.items()
+    }
