@@ -121,11 +121,19 @@ _SERVED: dict[EngineKey, Served] = {}
 _SERVED_LOCK = threading.Lock()
 
 
-def served(key: EngineKey) -> Served:
+def served(key: EngineKey, freeze_gc: bool = True) -> Served:
     """The process-wide engine for ``key``, loading the base model on first use only.
 
     Process-wide on purpose: inspect builds one ``ModelAPI`` per model string, and the base
     and its adapters must share the base weights.
+
+    ``freeze_gc``: after a load, move every object alive into the collector's permanent
+    generation. The libraries and the model are long-lived; left in the oldest generation, each
+    full collection rescans them (about half a million objects: ~0.35 s per full collection on 2
+    CPU cores, one every few hundred requests; `bench/provider_overhead.py`). Reference counting
+    still frees frozen objects; only cycles among them are no longer collected, so a full
+    collection runs first (nothing that is garbage gets frozen), and only when a base is loaded,
+    not for every model (a study's earlier logs are not frozen with it).
     """
     with _SERVED_LOCK:
         entry = _SERVED.get(key)
@@ -133,39 +141,20 @@ def served(key: EngineKey) -> Served:
             engine = Engine(_load_base(key), key.options)
             entry = Served(engine=engine, batcher=Batcher(engine))
             _SERVED[key] = entry
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
         return entry
-
-
-_FROZEN_FOR: set[EngineKey] = set()
-
-
-def freeze_loaded_objects(key: EngineKey) -> None:
-    """Once per loaded base: move every object alive into the collector's permanent generation.
-
-    Once a model is loaded, the libraries and the model are long-lived; left in the oldest
-    generation, each full collection rescans them (about half a million objects: ~0.35 s per
-    full collection on 2 CPU cores, one every few hundred requests; `bench/provider_overhead.py`).
-    Reference counting still frees frozen objects; only cycles among them are no longer
-    collected, so a full collection runs first (nothing that is garbage gets frozen), and only
-    when a base is loaded, not for every model (a study's earlier logs are not frozen with it).
-    """
-    with _SERVED_LOCK:
-        if key in _FROZEN_FOR:
-            return
-        _FROZEN_FOR.add(key)
-    gc.collect()
-    gc.freeze()
 
 
 def release_engines() -> None:
     """Drop every loaded engine (frees the base weights once no model refers to them).
 
-    Objects frozen by ``freeze_loaded_objects`` are handed back to the collector first, so a
-    model kept alive only by reference cycles is collected too.
+    Objects frozen on load (``served``) are handed back to the collector first, so a model kept
+    alive only by reference cycles is collected too.
     """
     with _SERVED_LOCK:
         _SERVED.clear()
-        _FROZEN_FOR.clear()
     gc.unfreeze()
     gc.collect()
 
@@ -232,15 +221,12 @@ class EmpersonaAPI(ModelAPI):
             compile=args.compile,
             sync_every=args.sync_every,
         )
-        key = EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options)
-        self.served = served(key)
+        self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
         tokenizer_dir = self.ref.adapter if self.ref.adapter and (self.ref.adapter / "tokenizer_config.json").exists() else self.ref.base
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
         # a battery asks each prompt many times (epochs, samples): render and tokenise it once
         self._prompt_ids: OrderedDict[tuple[tuple[str, str], ...], tuple[int, ...]] = OrderedDict()
-        if args.freeze_gc:
-            freeze_loaded_objects(key)
 
     def max_tokens(self) -> int | None:
         return DEFAULT_MAX_TOKENS
