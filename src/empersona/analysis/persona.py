@@ -205,8 +205,7 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
     apart); over dimensions the mean of the dimension means. ``dimension``: only that one (the
     headline); None, or a table without it: all dimensions.
     """
-    rows = tidy.loc[(tidy["experiment"] == "self_assessment")
-                    & tidy["model"].isin([model] if isinstance(model, str) else list(model))]
+    rows = _rows(tidy, [model] if isinstance(model, str) else model, "self_assessment")
     if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
         rows = rows.loc[rows["dimension"] == dimension]
     if rows.empty:
