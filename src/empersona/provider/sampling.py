@@ -29,13 +29,19 @@ def sample_next(
 
     Greedy rows take the argmax (first index on ties, as ``model.generate``). Sampled rows divide
     the logits by their temperature, keep their top-k tokens and the smallest set whose
-    probability reaches top-p, then draw with the exponential race (argmax of p / Exp(1)),
-    which samples exactly from p.
+    probability reaches top-p, then draw with the exponential race: the argmax of p / E with
+    E ~ Exp(1) samples exactly from p, and since log p differs from the scaled logits by a
+    constant per row, that is the argmax of ``scaled - log E``: no softmax is needed.
+
+    Logprobs are ``logits - logsumexp(logits)`` taken only where needed (the chosen token, the
+    top k), so no vocabulary-sized tensor of logprobs or probabilities is written: at batch 256
+    and a 152k vocabulary each such tensor is 155 MB per step. ``logits`` may be bf16 (the model's
+    own values); the arithmetic is float32.
     """
     import torch
 
     logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
+    norm = torch.logsumexp(logits, dim=-1)
     choice = logits.argmax(dim=-1)
     if sampled:
         scaled = logits / temperature.clamp_min(1e-5)[:, None]
@@ -47,11 +53,10 @@ def sample_next(
             drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
             drop[:, 0] = False
             scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-        probs = torch.softmax(scaled, dim=-1)
-        race = torch.rand_like(probs).log_().neg_()  # Exp(1) draws (faster than exponential_ on CPU)
-        choice = torch.where(greedy, choice, (probs / race).argmax(dim=-1))
-    chosen = logprobs.gather(-1, choice[:, None]).squeeze(-1)
+        log_race = torch.rand_like(scaled).log_().neg_().log_()  # log E, E = -log U ~ Exp(1)
+        choice = torch.where(greedy, choice, (scaled - log_race).argmax(dim=-1))
+    chosen = logits.gather(-1, choice[:, None]).squeeze(-1) - norm
     if k:
-        values, ids = logprobs.topk(k, dim=-1)
-        return choice, chosen, values, ids
+        values, ids = logits.topk(k, dim=-1)
+        return choice, chosen, values - norm[:, None], ids
     return choice, chosen, None, None

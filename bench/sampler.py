@@ -1,0 +1,100 @@
+"""Benchmark (issue 7): the engine's next-token choice against the softmax-materialising form.
+
+``sample_next`` draws with the exponential race on the scaled logits and takes logprobs as
+``logits - logsumexp`` at the chosen and top-k tokens only. The reference below is the form it
+replaced: a full log-softmax tensor, a probability tensor and a tensor of exponential draws per
+step (three vocabulary-sized writes). Both run on the same logits, eager and (``--compile``)
+through ``torch.compile``, alternating, best of ``--repeats``; the table gives ms per step and
+the ratio. On the H100 (1.5B shape, batch 256) ``bench/profile_engine.py`` measured the old form
+at 1.16 ms per step, more than the weights take to read (1.03 ms).
+
+Run: ``.venv/bin/python bench/sampler.py`` (CPU: batch 32; ``--device cuda`` for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from empersona.provider.sampling import sample_next
+
+
+def reference_sample(logits: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any, k: int, sampled: bool, filters: bool) -> Any:
+    """The replaced form (no filters): log-softmax, softmax and exponential draws, all materialised."""
+    import torch
+
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    choice = logits.argmax(dim=-1)
+    if sampled:
+        probs = torch.softmax(logits / temperature.clamp_min(1e-5)[:, None], dim=-1)
+        race = torch.rand_like(probs).log_().neg_()
+        choice = torch.where(greedy, choice, (probs / race).argmax(dim=-1))
+    chosen = logprobs.gather(-1, choice[:, None]).squeeze(-1)
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        return choice, chosen, values, ids
+    return choice, chosen, None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, default=None, help="rows (default 32 on CPU, 256 on CUDA)")
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--top-logprobs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also time both through torch.compile")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    rows = args.batch or (256 if args.device == "cuda" else 32)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    logits = (torch.randn(rows, args.vocab, device=args.device) * 3).to(dtype)
+    temperature = torch.ones(rows, device=args.device)
+    top_p = torch.ones(rows, device=args.device)
+    top_k = torch.zeros(rows, dtype=torch.long, device=args.device)
+    greedy = torch.zeros(rows, dtype=torch.bool, device=args.device)
+    call = (logits, temperature, top_p, top_k, greedy, args.top_logprobs, True, False)
+
+    variants: dict[str, Any] = {"reference": reference_sample, "sample_next": sample_next}
+    if args.compile:
+        variants |= {f"{name} (compiled)": torch.compile(fn, dynamic=False) for name, fn in list(variants.items())}
+
+    def sync() -> None:
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    best = {name: float("inf") for name in variants}
+    for fn in variants.values():  # warm up (and compile) before any timing
+        fn(*call)
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                fn(*call)
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - start) / args.steps)
+    print(f"sampler, {args.device}, {rows} rows x {args.vocab} vocabulary ({dtype}), top {args.top_logprobs} logprobs")
+    print(f"{'variant':<26} {'ms/step':>9} {'x reference':>12}")
+    rows_out = []
+    for name, seconds in best.items():
+        base = best["reference (compiled)" if "compiled" in name else "reference"]
+        print(f"{name:<26} {1000 * seconds:>9.2f} {base / seconds:>12.2f}")
+        rows_out.append({"variant": name, "ms_per_step": 1000 * seconds, "speedup_vs_reference": base / seconds})
+    out = args.out or Path(f"bench/results/sampler-{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": args.device, "rows": rows, "vocab": args.vocab, "results": rows_out}, indent=2) + "\n")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

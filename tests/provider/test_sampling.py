@@ -1,0 +1,79 @@
+"""The engine's next-token choice: exact sampling distribution, filters and the model's own logprobs."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from empersona.provider.sampling import sample_next  # noqa: E402
+
+
+def flags(rows: int, temperature: float, top_p: float = 1.0, top_k: int = 0) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.full((rows,), temperature),
+        torch.full((rows,), top_p),
+        torch.full((rows,), top_k, dtype=torch.long),
+        torch.full((rows,), temperature <= 0),
+    )
+
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_draws_follow_the_tempered_softmax(temperature: float) -> None:
+    torch.manual_seed(0)
+    rows = 40_000
+    logits = LOGITS.expand(rows, -1).contiguous()
+    choice, _, _, _ = sample_next(logits, *flags(rows, temperature), 0, True, False)
+    observed = torch.bincount(choice, minlength=LOGITS.numel()).double() / rows
+    expected = torch.softmax(LOGITS.double() / temperature, -1)
+    sigma = (expected * (1 - expected) / rows).sqrt()
+    assert ((observed - expected).abs() <= 5 * sigma + 1e-9).all(), (observed, expected)
+
+
+def test_logprobs_are_log_softmax_of_the_raw_logits_at_any_temperature() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(6, 50) * 3
+    choice, chosen, values, ids = sample_next(logits, *flags(6, 0.7), 4, True, False)
+    reference = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(chosen, reference.gather(-1, choice[:, None]).squeeze(-1))
+    expected_values, expected_ids = reference.topk(4, -1)
+    torch.testing.assert_close(values, expected_values)
+    assert torch.equal(ids, expected_ids)
+
+
+def test_greedy_rows_take_the_first_argmax_beside_sampled_rows() -> None:
+    logits = torch.tensor([[0.0, 3.0, 3.0, 1.0]] * 4)
+    temperature = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    greedy = temperature <= 0
+    torch.manual_seed(2)
+    seen = set()
+    for _ in range(50):
+        choice, _, _, _ = sample_next(logits, temperature, torch.ones(4), torch.zeros(4, dtype=torch.long), greedy, 0, True, False)
+        assert choice[0] == 1 and choice[2] == 1  # ties: the first index, as model.generate
+        seen.update(choice[[1, 3]].tolist())
+    assert {1, 2} <= seen  # the sampled rows draw both top tokens
+
+
+@pytest.mark.parametrize(("top_k", "top_p", "allowed"), [(2, 1.0, {0, 1}), (0, 0.6, {0, 1}), (0, 0.5, {0}), (1, 1.0, {0})])
+def test_top_k_and_top_p_restrict_the_draws(top_k: int, top_p: float, allowed: set[int]) -> None:
+    # probabilities 0.563, 0.207, 0.126, 0.028, 0.076: top-p 0.6 keeps the first two, 0.5 the first
+    torch.manual_seed(3)
+    rows = 4000
+    logits = LOGITS.expand(rows, -1).contiguous()
+    choice, _, _, _ = sample_next(logits, *flags(rows, 1.0, top_p, top_k), 0, True, True)
+    assert set(choice.tolist()) == allowed
+
+
+def test_bf16_logits_give_the_same_result_as_their_float32_values() -> None:
+    torch.manual_seed(4)
+    logits = (torch.randn(8, 300) * 4).to(torch.bfloat16)
+    args = flags(8, 1.0)
+    torch.manual_seed(5)
+    low = sample_next(logits, *args, 3, True, False)
+    torch.manual_seed(5)
+    full = sample_next(logits.float(), *args, 3, True, False)
+    for a, b in zip(low, full, strict=True):
+        assert torch.equal(a, b)
