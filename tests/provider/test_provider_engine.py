@@ -262,9 +262,16 @@ def test_unsupported_adapter_is_refused_by_field(tiny_adapters: tuple[Path, Path
         read_adapter(adapter)
 
 
-def test_grouped_decode_attention_equals_repeated_kv_attention() -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa-enable-gqa", "matmul"])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_grouped_decode_attention_equals_repeated_kv_attention(
+    fused: bool, mask_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One query token over a grouped KV cache with padding: same as SDPA on repeated KV heads."""
+    from empersona.provider import attention
     from empersona.provider.attention import grouped_decode_attention
+
+    monkeypatch.setattr(attention, "FUSED_GQA", fused)
 
     generator = torch.Generator().manual_seed(0)
     batch, heads, kv_heads, length, dim = 3, 6, 2, 9, 8
@@ -278,7 +285,8 @@ def test_grouped_decode_attention_equals_repeated_kv_attention() -> None:
     expected = torch.nn.functional.scaled_dot_product_attention(
         query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), attn_mask=mask
     ).transpose(1, 2)
-    got, _ = grouped_decode_attention(torch.nn.Module(), query, key, value, mask, scaling=dim**-0.5)
+    given = mask if mask_kind == "bool" else torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    got, _ = grouped_decode_attention(torch.nn.Module(), query, key, value, given, scaling=dim**-0.5)
     assert got.shape == (batch, 1, heads, dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 

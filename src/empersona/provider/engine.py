@@ -562,6 +562,10 @@ def _static_decode_step(
     model: nn.Module, cache_arg: str, cache: Any, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
     extra: dict[str, Any],
 ) -> torch.Tensor:
-    """The compiled decode step: one token per row on a static cache, last-position logits in float32."""
+    """The compiled decode step: one token per row on a static cache, last-position logits.
+
+    The logits stay in the model's dtype (the sampler computes in float32): the copy out of the
+    CUDA graph's buffer is then half the size for a bf16 model.
+    """
     out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
-    return out.logits[:, -1, :].float()
+    return out.logits[:, -1, :]
