@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 5 and 7 as one prepared run for a lent H100 (the `device` tool).
 #
-# Before the call, here (both folders are git-ignored; the data is never committed):
-#   mkdir -p .whl .mirror && cp ../shared/wheels/*.whl .whl/ && cp -r ../shared/data/. .mirror/
+# Before the call, here: `bash bench/gpu_prepare.sh` fills the git-ignored .whl/ (wheels) and
+# .mirror/ (data, never committed).
 # The call: command "bash bench/gpu.sh", carry [".whl", ".mirror"], timeout_s 580.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
 # output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
-#   1. generation, Qwen2.5-1.5B shape at batch 256, 32, 1, then the 0.5B shape at batch 256:
+#   1. generation (64-token prompts, 128 new tokens: the setting issue 7 measured plain `generate`
+#      in), Qwen2.5-1.5B shape at batch 256, 32, 1, then the 0.5B shape at batch 256:
 #      plain `generate` against the engine (static cache, compiled decode step with CUDA graphs),
 #      with the weight-bandwidth bound;
-#   2. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop.
-# The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill or
-# multiprocess: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
+#   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
+#      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
+#   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
+#      then 3 profiled steps of each (top host operators and kernels).
+# GPU_CHECK_STEPS picks and orders the steps (default "generate profile train").
+# The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
+# multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
 # Dry run on a CPU machine (tiny model, inductor without CUDA graphs; GPU_CHECK_COMPILE=off skips
 # compiling), as tests/bench/test_gpu_script.py does:
@@ -22,6 +27,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
+STEPS=${GPU_CHECK_STEPS:-generate profile train}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -65,30 +71,51 @@ EOF
 
 # per shape, in order: generation (the first shape at every batch size, the others at the
 # largest only), then training; limits in seconds, the first shape's generation first since the
-# targets are set on it. Sum of the CUDA limits: 530 s, inside a 580 s call.
+# targets are set on it. Sum of the CUDA limits: 660 s; a 580 s call runs two
+# of the three (GPU_CHECK_STEPS), the generation alone takes 340 s.
 if [ "$DEVICE" = cuda ]; then
-    gen_args=(--device cuda --new-tokens 128 --prompt-tokens 128)
+    gen_args=(--device cuda --new-tokens 128 --prompt-tokens 64)
     all_batches=256,32,1 largest_batch=256
-    train_args=(--device cuda --steps 20 --warmup 3)
-    gen_limits=(240 100) train_limits=(110 80)
+    profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
+    train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
+    gen_limits=(240 100) profile_limit=150 train_limits=(100 70)
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
-    train_args=(--device cpu --steps 2 --warmup 1)
-    gen_limits=(300 120) train_limits=(120 120)
+    profile_args=(--device cpu --batch 8 --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
+    train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
+    gen_limits=(300 120) profile_limit=300 train_limits=(120 120)
 fi
 
-i=0
-for shape in $SHAPES; do
-    batches=$([ $i -eq 0 ] && echo "$all_batches" || echo "$largest_batch")
-    step "generate-$shape" "${gen_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/generate.py --shape "$shape" \
-        "${gen_args[@]}" --batch-sizes "$batches" --methods plain,engine --out "$OUT/generate-$shape.json"
-    i=$((i + 1))
-done
-i=0
-for shape in $SHAPES; do
-    step "train-$shape" "${train_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/train.py --shape "$shape" \
-        "${train_args[@]}" --mirror "$MIRROR" --out "$OUT/train-$shape.json"
-    i=$((i + 1))
+generate_all() {
+    local i=0 shape batches
+    for shape in $SHAPES; do
+        batches=$([ $i -eq 0 ] && echo "$all_batches" || echo "$largest_batch")
+        step "generate-$shape" "${gen_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/generate.py --shape "$shape" \
+            "${gen_args[@]}" --batch-sizes "$batches" --methods plain,engine --out "$OUT/generate-$shape.json"
+        i=$((i + 1))
+    done
+}
+profile_first() {
+    local shape
+    for shape in $SHAPES; do break; done
+    step "profile-$shape" "$profile_limit" "$PYTHON" bench/profile_engine.py --shape "$shape" \
+        "${profile_args[@]}" --out "$OUT/profile-$shape.json"
+}
+train_all() {
+    local i=0 shape
+    for shape in $SHAPES; do
+        step "train-$shape" "${train_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/train.py --shape "$shape" \
+            "${train_args[@]}" --mirror "$MIRROR" --out "$OUT/train-$shape.json"
+        i=$((i + 1))
+    done
+}
+for name in $STEPS; do
+    case $name in
+        generate) generate_all ;;
+        profile) profile_first ;;
+        train) train_all ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train)" ;;
+    esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"

@@ -11,26 +11,36 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def dry_run(out: Path, shapes: str, timeout: int, **settings: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """bench/gpu.sh on the CPU with ``GPU_CHECK_<NAME>`` settings; its result and its log."""
     env = {
         **os.environ,
         "OUT": str(out),
         "PYTHON": sys.executable,
         "GPU_CHECK_DEVICE": "cpu",
-        "GPU_CHECK_SHAPES": "tiny",
-        "GPU_CHECK_COMPILE": "off",  # the compiled path has its own test (test_provider_engine)
-        "GPU_CHECK_MIRROR": str(shared_data),
+        "GPU_CHECK_SHAPES": shapes,
+        **{f"GPU_CHECK_{name.upper()}": value for name, value in settings.items()},
     }
-    done = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    log = (out / "gpu.log").read_text(encoding="utf-8")
+    done = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return done, (out / "gpu.log").read_text(encoding="utf-8")
+
+
+def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # compile off: the compiled path has its own test (test_provider_engine)
+    done, log = dry_run(out, "tiny", 280, compile="off", mirror=str(shared_data))
     assert done.returncode == 0, done.stderr + log
-    assert "end generate-tiny: rc 0" in log and "end train-tiny: rc 0" in log, log
+    assert all(f"end {name}-tiny: rc 0" in log for name in ("generate", "profile", "train")), log
     generated = json.loads((out / "generate-tiny.json").read_text(encoding="utf-8"))
     assert generated["complete"] is True
     measured = {(r["method"], r["batch"]) for r in generated["results"]}
     assert measured == {(m, b) for m in ("plain", "engine") for b in (8, 1)}
     assert all(r["tokens_per_s"] > 0 for r in generated["results"])
+    profiled = json.loads((out / "profile-tiny.json").read_text(encoding="utf-8"))
+    phases = profiled["phases_ms_per_new_token"]
+    assert phases["generate"] > 0 and phases["decode step"] > 0 and phases["sampler"] > 0
+    assert profiled["filled_length"] <= profiled["cache_length"]
+    assert all(ms > 0 for ms in profiled["attention_ms_per_step"].values())
     trained = json.loads((out / "train-tiny.json").read_text(encoding="utf-8"))
     assert trained["shape"] == "tiny" and trained["timed_steps"] == 2
     assert trained["same_tokens"] is True  # both paths trained on the very same tokens
@@ -39,18 +49,18 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
 
 def test_gpu_script_reports_a_step_that_fails_and_goes_on(tmp_path: Path) -> None:
     """A step that breaks is logged with its exit status; the later steps still run."""
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "OUT": str(out),
-        "PYTHON": sys.executable,
-        "GPU_CHECK_DEVICE": "cpu",
-        "GPU_CHECK_SHAPES": "no-such-shape",
-        "GPU_CHECK_MIRROR": str(tmp_path / "no-mirror"),
-    }
-    done = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    log = (out / "gpu.log").read_text(encoding="utf-8")
+    done, log = dry_run(tmp_path / "out", "no-such-shape", 120, mirror=str(tmp_path / "no-mirror"))
     assert done.returncode == 0
+    assert log.index("start generate") < log.index("start profile") < log.index("start train")
     assert "end generate-no-such-shape: rc 2" in log  # argparse rejects the shape
+    assert "end profile-no-such-shape: rc 2" in log
     assert "start train-no-such-shape" in log and "end train-no-such-shape: rc 2" in log
     assert "done; files:" in log
+
+
+def test_gpu_script_runs_the_steps_it_is_asked_for_in_that_order(tmp_path: Path) -> None:
+    done, log = dry_run(tmp_path / "out", "no-such-shape", 120, steps="train profile nonsense")
+    assert done.returncode == 0
+    assert "start generate" not in log
+    assert log.index("start train") < log.index("start profile")
+    assert "unknown step 'nonsense'" in log
