@@ -129,6 +129,45 @@ def _peak_memory(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
+class StepProfiler:
+    """``torch.profiler`` over the steps after the timed ones (``--profile-steps``), summarised.
+
+    The summary keeps, per step, the operators with the most self time on the host and the
+    kernels with the most device time, so one GPU run says where a slow path spends its time.
+    """
+
+    def __init__(self, device: str, steps: int) -> None:
+        self.device, self.steps = device, steps
+        self.profiler: Any = None
+        self.summary: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.steps <= 0:
+            return
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        self.profiler = profile(activities=activities)
+        self.profiler.start()
+
+    def stop(self) -> None:
+        if self.profiler is None:
+            return
+        _sync(self.device)
+        self.profiler.stop()
+        events = self.profiler.key_averages()
+        self.profiler = None
+
+        def top(attribute: str) -> list[dict[str, Any]]:
+            rows = [(getattr(e, attribute, 0) or 0, e) for e in events]
+            rows = sorted((r for r in rows if r[0] > 0), key=lambda r: -r[0])[:15]
+            return [{"ms_per_step": t / 1000 / self.steps, "calls_per_step": e.count / self.steps, "name": e.key[:120]} for t, e in rows]
+
+        self.summary = {"steps": self.steps, "host_self": top("self_cpu_time_total")}
+        if self.device == "cuda":
+            self.summary["device_self"] = top("self_device_time_total")
+
+
 def _reset_memory(device: str) -> None:
     import torch
 
@@ -138,8 +177,13 @@ def _reset_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_ours(args: argparse.Namespace, model_dir: Path, work: Path, params: int) -> tuple[PathResult, list[list[dict[str, Any]]], str]:
-    """``empersona train``'s trainer on ``warmup + steps`` batches; returns its timing and batches."""
+def run_ours(
+    args: argparse.Namespace, model_dir: Path, work: Path, params: int
+) -> tuple[PathResult, list[list[dict[str, Any]]], str, dict[str, Any] | None]:
+    """``empersona train``'s trainer on ``warmup + steps (+ profile steps)`` batches.
+
+    Returns its timing, the batches it trained on, its attention kernel and the profile summary.
+    """
     from transformers import TrainerCallback
 
     from empersona.train.recipe import TrainConfig
@@ -147,7 +191,7 @@ def run_ours(args: argparse.Namespace, model_dir: Path, work: Path, params: int)
 
     config = TrainConfig(
         base=str(model_dir), domain=args.domain, out=work / "ours", limit=args.rows,
-        max_steps=args.warmup + args.steps, batch_size=args.batch, per_device_batch=args.batch,
+        max_steps=args.warmup + args.steps + args.profile_steps, batch_size=args.batch, per_device_batch=args.batch,
         warmup_steps=0, max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
         deterministic=False, logging_steps=1, save_steps=10**6,
     )
@@ -156,12 +200,17 @@ def run_ours(args: argparse.Namespace, model_dir: Path, work: Path, params: int)
     run.trainer.data_collator = recorder
     marks: dict[str, float] = {}
     losses: list[float] = []
+    profiler = StepProfiler(args.device, args.profile_steps)
 
     class Clock(TrainerCallback):
         def on_step_end(self, targs, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if state.global_step in (args.warmup, args.warmup + args.steps):
                 _sync(args.device)
                 marks[f"step{state.global_step}"] = time.perf_counter()
+            if state.global_step == args.warmup + args.steps:
+                profiler.start()
+            elif state.global_step == args.warmup + args.steps + args.profile_steps:
+                profiler.stop()
 
         def on_log(self, targs, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             if logs and "loss" in logs:
@@ -181,13 +230,15 @@ def run_ours(args: argparse.Namespace, model_dir: Path, work: Path, params: int)
         _mfu(params, tokens / seconds, args.device, args.peak_tflops), _peak_memory(args.device),
         losses[-1] if losses else None,
     )
-    batches = recorder.batches[: args.warmup + args.steps]
+    batches = recorder.batches[: args.warmup + args.steps + args.profile_steps]
     del run, recorder
-    return result, batches, attention
+    return result, batches, attention, profiler.summary
 
 
-def run_plain(args: argparse.Namespace, model_dir: Path, batches: list[list[dict[str, Any]]], params: int, pad_id: int) -> PathResult:
-    """A plain PEFT loop on the same batches, padded to the longest example of each."""
+def run_plain(
+    args: argparse.Namespace, model_dir: Path, batches: list[list[dict[str, Any]]], params: int, pad_id: int
+) -> tuple[PathResult, dict[str, Any] | None]:
+    """A plain PEFT loop on the same batches, padded to the longest example of each; timing and profile."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -215,29 +266,37 @@ def run_plain(args: argparse.Namespace, model_dir: Path, batches: list[list[dict
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id)
     tokens = computed = 0
     start = time.perf_counter()
+    seconds = 0.0
     loss = None
+    profiler = StepProfiler(args.device, args.profile_steps)
     for step, examples in enumerate(batches):
         if step == args.warmup:
             _sync(args.device)
             start = time.perf_counter()
+        if step == args.warmup + args.steps:
+            _sync(args.device)
+            seconds = time.perf_counter() - start
+            profiler.start()
         batch = {k: v.to(args.device) for k, v in collate(examples).items()}
         with torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
+        if args.warmup <= step < args.warmup + args.steps:
             tokens += int(batch["attention_mask"].sum())
             computed += batch["input_ids"].numel()
     _sync(args.device)
-    seconds = time.perf_counter() - start
+    profiler.stop()
+    if not seconds:  # no profiled steps after the timed ones
+        seconds = time.perf_counter() - start
     result = PathResult(
         "plain PEFT loop (padded)", tokens, computed, seconds, tokens / seconds,
         _mfu(params, tokens / seconds, args.device, args.peak_tflops), _peak_memory(args.device),
         loss.item() if loss is not None else None,
     )
     del model, optimizer
-    return result
+    return result, profiler.summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak (H100 dense bf16: 989)")
     parser.add_argument("--repeats", type=int, default=1, help="run both paths N times, report each one's best")
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile N steps after the timed ones (top host ops, kernels)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
 
@@ -262,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     mirror = args.mirror or (Path(os.environ["EMPERSONA_MIRROR"]) if os.environ.get("EMPERSONA_MIRROR") else REPO.parent / "shared" / "data")
     os.environ["EMPERSONA_MIRROR"] = str(mirror)
-    args.rows = args.batch * (args.warmup + args.steps)
+    args.rows = args.batch * (args.warmup + args.steps + args.profile_steps)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("EMPERSONA_CACHE", str(work / "cache"))
@@ -274,16 +334,23 @@ def main(argv: list[str] | None = None) -> int:
 
             params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
         pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
-        ours_runs, plain_runs = [], []
+        ours_runs, plain_runs, profiles = [], [], {}
+        plain_error = None
         for repeat in range(args.repeats):  # alternate, keep each path's best: shared CPUs are noisy
-            ours, batches, attention = run_ours(args, model_dir, work / f"r{repeat}", params)
+            ours, batches, attention, profiles["ours"] = run_ours(args, model_dir, work / f"r{repeat}", params)
             ours_runs.append(ours)
-            plain_runs.append(run_plain(args, model_dir, batches, params, pad_id))
+            try:
+                plain, profiles["plain"] = run_plain(args, model_dir, batches, params, pad_id)
+            except (torch.OutOfMemoryError, RuntimeError) as err:  # report ours all the same
+                plain_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                break
+            plain_runs.append(plain)
         ours = max(ours_runs, key=lambda r: r.tokens_per_s)
-        plain = max(plain_runs, key=lambda r: r.tokens_per_s)
+        best_plain = max(plain_runs, key=lambda r: r.tokens_per_s) if plain_runs else None
 
-    ratio = ours.tokens_per_s / plain.tokens_per_s
-    lengths = [len(e["input_ids"]) for batch in batches[args.warmup :] for e in batch]
+    ratio = ours.tokens_per_s / best_plain.tokens_per_s if best_plain else None
+    lengths = [len(e["input_ids"]) for batch in batches[args.warmup : args.warmup + args.steps] for e in batch]
+    padded = sum(max(len(e["input_ids"]) for e in batch) * len(batch) for batch in batches[args.warmup : args.warmup + args.steps])
     report = {
         "shape": args.shape, "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
@@ -291,21 +358,36 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps": args.warmup, "timed_steps": args.steps, "max_length": args.max_length,
         "gradient_checkpointing": args.gradient_checkpointing, "attention_ours": attention,
         "example_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)},
-        "pad_share_plain": 1 - plain.tokens / plain.computed_tokens, "same_tokens": ours.tokens == plain.tokens,
+        "pad_share_plain": 1 - sum(lengths) / padded,
+        "same_tokens": best_plain.tokens == ours.tokens if best_plain else None,
         "repeats": args.repeats,
         "all_tokens_per_s": {"ours": [r.tokens_per_s for r in ours_runs], "plain": [r.tokens_per_s for r in plain_runs]},
-        "ours": asdict(ours), "plain": asdict(plain), "ratio_tokens_per_s": ratio, "peak_tflops": args.peak_tflops,
+        "ours": asdict(ours), "plain": asdict(best_plain) if best_plain else None, "plain_error": plain_error,
+        "ratio_tokens_per_s": ratio, "peak_tflops": args.peak_tflops,
+        "profile": profiles if args.profile_steps else None,
     }
     out = args.out or REPO / "bench" / "results" / f"train-{args.shape}-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.shape} on {report['device_name']} ({args.device}), batch {args.batch}, {args.steps} timed steps, "
           f"example tokens {min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f}); ours uses {attention}")
-    for result in (ours, plain):
+    for result in (ours, best_plain):
+        if result is None:
+            print(f"  {'plain PEFT loop (padded)':34s} failed: {plain_error}")
+            continue
         mfu = f"{100 * result.mfu:.1f}%" if result.mfu is not None else "n/a (CPU)"
         memory = f"{result.peak_memory_gib:.1f} GiB" if result.peak_memory_gib is not None else "n/a"
         print(f"  {result.name:34s} {result.tokens_per_s:>10,.0f} tok/s  MFU {mfu:>10s}  peak mem {memory}")
-    print(f"  ratio ours/plain: {ratio:.2f}x  (pad share of the padded batches: {100 * report['pad_share_plain']:.0f}%)")
+    if ratio is not None:
+        print(f"  ratio ours/plain: {ratio:.2f}x  (pad share of the padded batches: {100 * report['pad_share_plain']:.0f}%)")
+    for path, summary in (report["profile"] or {}).items():
+        if summary:
+            for kind in ("device_self", "host_self"):
+                if not summary.get(kind):
+                    continue
+                print(f"  {path}: top {kind.replace('_', ' ')} time per step")
+                for row in summary.get(kind, [])[:10]:
+                    print(f"    {row['ms_per_step']:8.2f} ms x{row['calls_per_step']:<6.0f} {row['name'][:90]}")
     print(f"  written to {out}")
     return 0
 
