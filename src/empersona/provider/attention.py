@@ -1,8 +1,8 @@
 """Decode-step attention for grouped-query models that reads each cached key and value once.
 
 With an attention mask (every batched decode step has one: padding), transformers' SDPA path on
-CUDA first repeats the key/value heads to the number of query heads (``repeat_kv``), because
-PyTorch's masked SDPA kernels do not take grouped heads. For Qwen2.5-1.5B (12 query heads, 2 KV
+CUDA first repeats the key/value heads to the number of query heads (``repeat_kv``): it passes
+grouped heads to SDPA only when there is no mask. For Qwen2.5-1.5B (12 query heads, 2 KV
 heads) that writes and reads six copies of the whole KV cache at every step, more bytes than
 the weights at batch 256. Here a one-token query attends to the grouped cache as it is, so each
 KV byte is read once: through SDPA with ``enable_gqa`` and the padding mask where PyTorch has it
