@@ -2,7 +2,7 @@
 
 With an attention mask (every batched decode step has one: padding), transformers' SDPA path on
 CUDA first repeats the key/value heads to the number of query heads (``repeat_kv``): it passes
-grouped heads to SDPA only when there is no mask. For Qwen2.5-1.5B (12 query heads, 2 KV
+grouped heads to SDPA only when there is no mask (expecting the math kernel otherwise). For Qwen2.5-1.5B (12 query heads, 2 KV
 heads) that writes and reads six copies of the whole KV cache at every step, more bytes than
 the weights at batch 256. Here a one-token query attends to the grouped cache as it is, so each
 KV byte is read once: through SDPA with ``enable_gqa`` and the padding mask where PyTorch has it
@@ -59,7 +59,8 @@ def grouped_decode_attention(
     if q_len != 1 or heads % kv_heads:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else dim**-0.5
-    if FUSED_GQA if FUSED_GQA is not None else sdpa_has_gqa():
+    fused = FUSED_GQA if FUSED_GQA is not None else sdpa_has_gqa()
+    if fused and dim == value.shape[-1] <= 256:  # the fused kernels' head sizes
         mask = None if attention_mask is None else attention_mask[:, :, -1:, : key.shape[2]]
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(query.dtype)  # an additive mask must match the query's dtype
