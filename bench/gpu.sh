@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 5 and 7 as one prepared run for a lent H100 (the `device` tool).
+# The GPU checks of issues 5 and 7, prepared for a lent H100 (the `device` tool): two calls.
 #
 # Before the call, here: `bash bench/gpu_prepare.sh` fills the git-ignored .whl/ (wheels) and
 # .mirror/ (data, never committed).
-# The call: command "bash bench/gpu.sh", carry [".whl", ".mirror"], timeout_s 580.
+# The calls (the three steps take about 600 s, more than one call's 580): command "bash bench/gpu.sh"
+# (generation and profile, issue 7), then "GPU_CHECK_STEPS=train bash bench/gpu.sh" (issue 5), each
+# with carry [".whl", ".mirror"], timeout_s 580.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
 # output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
 #   1. generation (64-token prompts, 128 new tokens: the setting issue 7 measured plain `generate`
-#      in), Qwen2.5-1.5B shape at batch 256, 32, 1, then the 0.5B shape at batch 256:
+#      in), Qwen2.5-1.5B shape at batch 256 and 32, then the 0.5B shape at batch 256:
 #      plain `generate` against the engine (static cache, compiled decode step with CUDA graphs),
 #      with the weight-bandwidth bound;
 #   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
 #      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
 #      then 3 profiled steps of each (top host operators and kernels).
-# GPU_CHECK_STEPS picks and orders the steps (default "generate profile train").
+# GPU_CHECK_STEPS picks and orders the steps (default "generate profile" on CUDA, all three on CPU).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
@@ -27,7 +29,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
-STEPS=${GPU_CHECK_STEPS:-generate profile train}
+STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate profile" || echo "generate profile train")}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -71,14 +73,15 @@ EOF
 
 # per shape, in order: generation (the first shape at every batch size, the others at the
 # largest only), then training; limits in seconds, the first shape's generation first since the
-# targets are set on it. Sum of the CUDA limits: 660 s; a 580 s call runs two
-# of the three (GPU_CHECK_STEPS), the generation alone takes 340 s.
+# targets are set on it. CUDA limits: generation 200 + 90 s and profile 130 s (420 s), training
+# 100 + 70 s; a new batch size or shape costs a compile of about 50 s (H100, 2026-11-27), so the
+# first shape runs batch 256 and 32 only.
 if [ "$DEVICE" = cuda ]; then
     gen_args=(--device cuda --new-tokens 128 --prompt-tokens 64)
-    all_batches=256,32,1 largest_batch=256
+    all_batches=256,32 largest_batch=256
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
-    gen_limits=(240 100) profile_limit=150 train_limits=(100 70)
+    gen_limits=(200 90) profile_limit=130 train_limits=(100 70)
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
