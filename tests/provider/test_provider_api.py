@@ -201,18 +201,26 @@ def test_a_repeated_prompt_is_rendered_and_tokenised_once(tiny_model: Path, monk
     assert len(renders) == 4
 
 
-def test_loading_freezes_the_long_lived_heap_unless_told_not_to(tiny_model: Path, tiny_adapters: tuple[Path, Path]) -> None:
+def test_loading_freezes_the_long_lived_heap_unless_told_not_to(
+    tiny_model: Path, tiny_adapters: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gc
 
+    freezes: list[int] = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), real_freeze())[1])
     gc.unfreeze()
     get(str(tiny_model), freeze_gc=False)
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and not freezes
     release_engines()
     get(str(tiny_model))
     frozen = gc.get_freeze_count()
     assert frozen > 10_000  # torch, transformers, inspect and the model: long-lived objects
     get(str(tiny_adapters[0]))  # same base: once per loaded base, not per model
-    assert gc.get_freeze_count() == frozen
+    assert len(freezes) == 1
+    # frozen objects freed by reference counting leave the permanent generation, so the count
+    # may drop a little; a second freeze would add the adapter's objects to it
+    assert gc.get_freeze_count() <= frozen
     with pytest.raises(EmpersonaError, match="freeze_gc"):
         get(str(tiny_model), freeze_gc="sometimes")
 
