@@ -19,7 +19,9 @@ Model args (``-M key=value`` on inspect's command line, ``model_args`` in Python
 ``max_batch_size``), ``prefix_reuse`` (true), ``min_prefix`` (16 tokens), ``compile``
 (default: on for CUDA), ``sync_every`` (8; decode steps between EOS checks when compiled),
 ``freeze_gc`` (true: after loading, ``gc.freeze()`` keeps full garbage collections off the
-long-lived objects; see ``api.served``).
+long-lived objects; see ``api.served``), ``kv_cache_gib`` (most GiB the compiled path's static
+KV caches may hold together; default on CUDA half the memory free after loading, see
+``engine``).
 
 ``temperature=0`` is greedy decoding (inspect's ``hf`` provider needs ``do_sample=False``
 instead); ``logprobs``/``top_logprobs`` return the model's logprob of each generated token and

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from empersona.errors import EmpersonaError
 from empersona.provider.batcher import Batcher
@@ -51,6 +51,7 @@ class ProviderArgs(BaseModel):
     compile: bool | None = None
     sync_every: int = 8
     freeze_gc: bool = True
+    kv_cache_gib: float | None = Field(None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class EmpersonaAPI(ModelAPI):
             min_prefix=args.min_prefix,
             compile=args.compile,
             sync_every=args.sync_every,
+            kv_cache_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None

@@ -21,6 +21,15 @@ compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): batch siz
 powers of two and cache lengths to multiples of 256 so few graphs are captured, and EOS is checked
 every ``sync_every`` steps instead of every step. On CPU it runs eagerly on a dynamic cache.
 
+The static caches are kept for reuse, one per (rows, length) bucket, within a byte budget
+(``kv_cache_bytes``; on CUDA by default ``KV_CACHE_SHARE`` of the memory free once the model is
+loaded): the least recently used ones are dropped to make room, and a batch whose cache would not
+fit even alone runs in smaller batches. A 14B model's cache for 256 rows of 768 tokens is 39 GB,
+so without the budget a battery (several prompt lengths and answer lengths, each tail of small
+batches) would run out of GPU memory. A dropped cache that comes back is allocated anew; the
+compiled step is not recompiled for it (CUDA graph trees re-record their graph for the new
+addresses, up to inductor's ``cudagraph_unexpected_rerecord_limit`` times per graph).
+
 Logprobs are the model's own (raw logits, before temperature and filtering), for every
 generated token: the chosen token's logprob and the ``top_logprobs`` most likely alternatives.
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +54,7 @@ if TYPE_CHECKING:
 
 StopReason = Literal["stop", "max_tokens"]
 STATIC_LENGTH_STEP = 256
+KV_CACHE_SHARE = 0.5  # of the GPU memory free after loading, for static KV caches (the rest: activations)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,8 @@ class EngineStats:
     prefill_tokens: int = 0
     prefix_tokens_saved: int = 0
     generated_tokens: int = 0
+    static_caches_dropped: int = 0  # evicted to keep the static caches within the byte budget
+    split_batches: int = 0  # planned batches run in parts because their cache exceeded the budget
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class EngineOptions:
     ``row_prefill_tokens``: on CPU, batches with prompts of unequal length, the longest at least
     this long, are prefilled one row at a time (no padding mask, so PyTorch's fast causal kernel
     runs; a padded mask sends CPU attention to a kernel several times slower) without prefix reuse.
+    ``kv_cache_bytes``: most bytes the kept static caches may take together (None: on CUDA
+    ``KV_CACHE_SHARE`` of the memory free when the engine starts, elsewhere no limit).
     """
 
     max_batch_size: int = 256
@@ -114,6 +129,7 @@ class EngineOptions:
     compile_backend: str = "inductor"
     grouped_attention: bool = True
     row_prefill_tokens: int = 256
+    kv_cache_bytes: int | None = None
 
 
 @dataclass
@@ -157,7 +173,9 @@ class Engine:
         params = pyinspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._wants_cache_position = "cache_position" in params
-        self._static_caches: dict[tuple[int, int], Any] = {}
+        self._static_caches: OrderedDict[tuple[int, int], Any] = OrderedDict()  # least recently used first
+        self.kv_cache_budget = options.kv_cache_bytes if options.kv_cache_bytes is not None else auto_kv_budget(self.device)
+        self._kv_bytes_per_slot = kv_bytes_per_slot(model)
         self._compiled_step: Any = None
         self._compiled_sample: Any = None
 
@@ -178,7 +196,7 @@ class Engine:
         results: list[Completion | None] = [None] * len(requests)
         with self.lock, torch.inference_mode():
             self.stats.generate_calls += 1
-            for batch in self._plan(requests):
+            for batch in (part for planned in self._plan(requests) for part in self._fit(planned, requests)):
                 seed = batch_seed([requests[i].seed for i in batch])
                 if seed is not None:
                     torch.manual_seed(seed)
@@ -214,6 +232,37 @@ class Engine:
         if batch:
             plan.append(batch)
         return plan
+
+    def _fit(self, batch: list[int], requests: Sequence[Request]) -> list[list[int]]:
+        """``batch`` cut into parts whose static cache fits the byte budget (one part when it fits)."""
+        if not self.static or self.kv_cache_budget is None:
+            return [batch]
+        length = self._static_length(max(len(requests[i].prompt) for i in batch), max(requests[i].max_new_tokens for i in batch))
+        row_bytes = self.cache_bytes(1, length)
+        fit = self.kv_cache_budget // row_bytes
+        if fit < 1:
+            gib = 2**30
+            raise ValueError(
+                f"one row of this batch needs {row_bytes / gib:.2f} GiB of KV cache ({length} token slots: the "
+                f"longest prompt plus max_new_tokens) and the engine's budget for KV caches is "
+                f"{self.kv_cache_budget / gib:.2f} GiB; raise the budget (model arg kv_cache_gib), or lower "
+                "max_tokens or the prompt length"
+            )
+        if self._bucket_rows(len(batch)) <= fit:
+            return [batch]
+        size = 1
+        while size * 2 <= min(fit, self.options.max_batch_size):
+            size *= 2  # a power of two: a part fills its bucket
+        self.stats.split_batches += 1
+        return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+    def cache_bytes(self, rows: int, length: int) -> int:
+        """Bytes of a static KV cache with ``rows`` rows of ``length`` slots (sliding-window layers counted in full)."""
+        return rows * length * self._kv_bytes_per_slot
+
+    @staticmethod
+    def _static_length(prompt: int, max_new: int) -> int:
+        return -(-(prompt + max_new) // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
 
     # ------------------------------------------------------------------ one batch
     def _run(self, requests: list[Request]) -> list[Completion]:
@@ -344,9 +393,7 @@ class Engine:
         prefix = self._shared_prefix(prompts[:real_rows]) if real_rows > 1 and not by_row else 0
         suffix = max(len(p) - prefix for p in prompts)
         width = prefix + suffix
-        total = width + max_new
-        if self.static:
-            total = -(-total // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+        total = self._static_length(width, max_new) if self.static else width + max_new
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), total), dtype=torch.long)
         mask[:, width:] = 1
@@ -470,15 +517,34 @@ class Engine:
         return merged, torch.cat(logits)
 
     def _static_cache(self, rows: int, length: int) -> Any:
+        """The kept static cache of this bucket, reset; else a new one, after dropping the least
+        recently used caches the byte budget has no room for."""
         from transformers import StaticCache
 
-        cache = self._static_caches.get((rows, length))
-        if cache is None:
-            cache = StaticCache(config=self.model.config, max_cache_len=length)
-            self._static_caches[(rows, length)] = cache
-        else:
+        key = (rows, length)
+        cache = self._static_caches.get(key)
+        if cache is not None:
+            self._static_caches.move_to_end(key)
             cache.reset()
+            return cache
+        if self.kv_cache_budget is not None:
+            need = self.cache_bytes(rows, length)
+            dropped = False
+            while self._static_caches and self.kept_cache_bytes() + need > self.kv_cache_budget:
+                self._static_caches.popitem(last=False)
+                self.stats.static_caches_dropped += 1
+                dropped = True
+            if dropped and self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()  # hand the dropped blocks back whole: the new cache's tensors differ in size
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
+        self._static_caches[key] = cache
         return cache
+
+    def kept_cache_bytes(self) -> int:
+        """Bytes of the static caches kept for reuse (by their size, allocated or not yet)."""
+        return sum(self.cache_bytes(rows, length) for rows, length in self._static_caches)
 
     def _bucket_rows(self, rows: int) -> int:
         size = 1
@@ -569,3 +635,25 @@ def _static_decode_step(
     """
     out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
     return out.logits[:, -1, :]
+
+
+def kv_bytes_per_slot(model: nn.Module) -> int:
+    """Bytes one token slot of one row takes in a static KV cache of ``model``: keys and values of
+    every layer, in the model's dtype."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    dtype = next(model.parameters()).dtype
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def auto_kv_budget(device: torch.device) -> int | None:
+    """The default byte budget for static KV caches: on CUDA ``KV_CACHE_SHARE`` of the memory free now."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(KV_CACHE_SHARE * free)
