@@ -3,9 +3,9 @@
 #
 # Before the call, here: `bash bench/gpu_prepare.sh` fills the git-ignored .whl/ (wheels) and
 # .mirror/ (data, never committed).
-# The calls (the three steps take about 600 s, more than one call's 580): command "bash bench/gpu.sh"
-# (generation and profile, issue 7), then "GPU_CHECK_STEPS=train bash bench/gpu.sh" (issue 5), each
-# with carry [".whl", ".mirror"], timeout_s 580.
+# The calls (the steps take about 750 s, more than one call's 580): command "bash bench/gpu.sh"
+# (generation and profile, issue 7), then "GPU_CHECK_STEPS='train kv' bash bench/gpu.sh" (issue 5's
+# training, the KV cache budget), each with carry [".whl", ".mirror"], timeout_s 580.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
 # output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
@@ -16,8 +16,10 @@
 #   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
 #      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
-#      then 3 profiled steps of each (top host operators and kernels).
-# GPU_CHECK_STEPS picks and orders the steps (default "generate profile" on CUDA, all three on CPU).
+#      then 3 profiled steps of each (top host operators and kernels);
+#   4. kv: the engine's static caches within a byte budget that holds one of two (bench/kv_budget.py,
+#      last shape): tokens/s against no budget, peak memory, the same tokens.
+# GPU_CHECK_STEPS picks and orders the steps (default "generate profile" on CUDA, all four on CPU).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
@@ -29,7 +31,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
-STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate profile" || echo "generate profile train")}
+STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate profile" || echo "generate profile train kv")}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -81,13 +83,15 @@ if [ "$DEVICE" = cuda ]; then
     all_batches=256,32 largest_batch=256
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
-    gen_limits=(200 90) profile_limit=130 train_limits=(100 70)
+    kv_args=(--device cuda --batch 64)
+    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) kv_limit=150
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
     profile_args=(--device cpu --batch 8 --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
-    gen_limits=(300 120) profile_limit=300 train_limits=(120 120)
+    kv_args=(--device cpu --batch 8 --rounds 1)
+    gen_limits=(300 120) profile_limit=300 train_limits=(120 120) kv_limit=120
 fi
 
 generate_all() {
@@ -113,12 +117,18 @@ train_all() {
         i=$((i + 1))
     done
 }
+kv_last() {
+    local shape
+    for shape in $SHAPES; do :; done
+    step "kv-$shape" "$kv_limit" "$PYTHON" bench/kv_budget.py --shape "$shape" "${kv_args[@]}" --out "$OUT/kv-$shape.json"
+}
 for name in $STEPS; do
     case $name in
         generate) generate_all ;;
         profile) profile_first ;;
         train) train_all ;;
-        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train)" ;;
+        kv) kv_last ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv)" ;;
     esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"
