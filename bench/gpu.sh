@@ -16,7 +16,9 @@
 #   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
 #      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
-#      then 3 profiled steps of each (top host operators and kernels);
+#      then 3 profiled steps of each (top host operators and kernels); on the last shape also our
+#      trainer with the model's own full-logit loss instead of TRL's fused LM head, and with padded
+#      batches (bench/train.py --variants), to tell where its time goes;
 #   4. kv: the engine's static caches within a byte budget that holds one of two (bench/kv_budget.py,
 #      last shape): tokens/s against no budget, peak memory, the same tokens.
 # GPU_CHECK_STEPS picks and orders the steps (default "generate profile" on CUDA, all four on CPU).
@@ -76,7 +78,7 @@ EOF
 # per shape, in order: generation (the first shape at every batch size, the others at the
 # largest only), then training; limits in seconds, the first shape's generation first since the
 # targets are set on it. CUDA limits: generation 200 + 90 s and profile 130 s (420 s), training
-# 100 + 70 s; a new batch size or shape costs a compile of about 50 s (H100, 2026-11-27), so the
+# 100 + 160 s (the last shape runs two variants more) and kv 150 s (410 s); a new batch size or shape costs a compile of about 50 s (H100, 2026-11-27), so the
 # first shape runs batch 256 and 32 only.
 if [ "$DEVICE" = cuda ]; then
     gen_args=(--device cuda --new-tokens 128 --prompt-tokens 64)
@@ -84,7 +86,7 @@ if [ "$DEVICE" = cuda ]; then
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
-    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) kv_limit=150
+    gen_limits=(200 90) profile_limit=130 train_limits=(100 160) kv_limit=150
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
@@ -110,10 +112,12 @@ profile_first() {
         "${profile_args[@]}" --out "$OUT/profile-$shape.json"
 }
 train_all() {
-    local i=0 shape
+    local i=0 shape last variants
+    for last in $SHAPES; do :; done
     for shape in $SHAPES; do
+        variants=$([ "$shape" = "$last" ] && echo full-loss,padded || echo "")
         step "train-$shape" "${train_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/train.py --shape "$shape" \
-            "${train_args[@]}" --mirror "$MIRROR" --out "$OUT/train-$shape.json"
+            "${train_args[@]}" --variants "$variants" --mirror "$MIRROR" --out "$OUT/train-$shape.json"
         i=$((i + 1))
     done
 }

@@ -18,7 +18,13 @@ their ratio, the pad share of the padded batches, peak GPU memory, and on GPU th
 head; 6N is the usual dense-training count, a LoRA step does less since frozen weights get no
 gradient; ``--peak-tflops`` defaults to the H100's dense bf16 989).
 
-Shapes: ``tiny`` (the test model: hidden 64, 2 layers), ``0.5b`` and ``1.5b`` (Qwen2.5-0.5B/1.5B
+``--variants full-loss,padded`` adds runs of our trainer with one thing changed (see
+``VARIANTS``): the model's own cross-entropy over full logits instead of the fused LM head TRL's
+``SFTTrainer`` patches in (chunked log-probabilities plus entropy and top-1 for its metrics), and
+padded batches instead of padding-free ones; each is reported with its ratio to ours.
+
+Shapes: ``tiny`` (the test model: hidden 64, 2 layers), ``tiny-v152k`` (hidden 128, 2 layers, the
+real vocabulary: the LM head's share of a step on a CPU), ``0.5b`` and ``1.5b`` (Qwen2.5-0.5B/1.5B
 dimensions, vocabulary 151,936). No checkpoint is downloaded: the tokenizer is the tiny BPE one
 with the real Qwen2.5 chat template, so token counts per row differ from real Qwen's (more
 tokens per row); lengths still vary as the data does.
@@ -47,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[1]
-Shape = Literal["tiny", "0.5b", "1.5b"]
+Shape = Literal["tiny", "tiny-v152k", "0.5b", "1.5b"]
 
 # Qwen2.5-0.5B / 1.5B dimensions (from their published configs)
 QWEN25_SHAPES: dict[str, dict[str, int]] = {
@@ -55,6 +61,9 @@ QWEN25_SHAPES: dict[str, dict[str, int]] = {
              "num_attention_heads": 14, "num_key_value_heads": 2},
     "1.5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
              "num_attention_heads": 12, "num_key_value_heads": 2},
+    # a small body with the real vocabulary: the LM head's share of a step, on a CPU
+    "tiny-v152k": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2},
 }
 QWEN25_VOCAB = 151_936
 
@@ -177,13 +186,29 @@ def _reset_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+VARIANTS = {
+    "full-loss": "the model's own cross-entropy over full logits instead of TRL's fused LM head",
+    "padded": "padded batches (padding_free off: SDPA with a padding mask, no per-example attention)",
+}
+
+
+def _model_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                num_items_in_batch: Any = None) -> Any:
+    """``compute_loss`` of the ``full-loss`` variant: the model's own loss from its full logits."""
+    outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+    return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
 def run_ours(
-    args: argparse.Namespace, model_dir: Path, work: Path, params: int
+    args: argparse.Namespace, model_dir: Path, work: Path, params: int, variant: str | None = None
 ) -> tuple[PathResult, list[list[dict[str, Any]]], str, dict[str, Any] | None]:
     """``empersona train``'s trainer on ``warmup + steps (+ profile steps)`` batches.
 
+    ``variant`` (one of ``VARIANTS``) changes one thing, to tell where a slow step's time goes.
     Returns its timing, the batches it trained on, its attention kernel and the profile summary.
     """
+    import types
+
     from transformers import TrainerCallback
 
     from empersona.train.recipe import TrainConfig
@@ -193,9 +218,11 @@ def run_ours(
         base=str(model_dir), domain=args.domain, out=work / "ours", limit=args.rows,
         max_steps=args.warmup + args.steps + args.profile_steps, batch_size=args.batch, per_device_batch=args.batch,
         warmup_steps=0, max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
-        deterministic=False, logging_steps=1, save_steps=10**6,
+        deterministic=False, logging_steps=1, save_steps=10**6, padding_free=variant != "padded",
     )
     run = prepare(config, progress=False)
+    if variant == "full-loss":
+        run.trainer.compute_loss = types.MethodType(_model_loss, run.trainer)
     recorder = RecordingCollator(run.trainer.data_collator)
     run.trainer.data_collator = recorder
     marks: dict[str, float] = {}
@@ -226,7 +253,7 @@ def run_ours(
     tokens = sum(len(e["input_ids"]) for batch in timed for e in batch)
     attention = run.trainer.model.config._attn_implementation
     result = PathResult(
-        "ours (SFTTrainer, padding-free)", tokens, tokens, seconds, tokens / seconds,
+        f"ours, {variant}" if variant else "ours (SFTTrainer, padding-free)", tokens, tokens, seconds, tokens / seconds,
         _mfu(params, tokens / seconds, args.device, args.peak_tflops), _peak_memory(args.device),
         losses[-1] if losses else None,
     )
@@ -301,7 +328,7 @@ def run_plain(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["tiny", "0.5b", "1.5b"], default="tiny")
+    parser.add_argument("--shape", choices=["tiny", "tiny-v152k", "0.5b", "1.5b"], default="tiny")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
@@ -313,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak (H100 dense bf16: 989)")
     parser.add_argument("--repeats", type=int, default=1, help="run both paths N times, report each one's best")
     parser.add_argument("--profile-steps", type=int, default=0, help="profile N steps after the timed ones (top host ops, kernels)")
+    parser.add_argument("--variants", default="", help=f"comma-separated, each run once after the others: {VARIANTS}")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
 
     import torch
 
@@ -345,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                 plain_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
                 break
             plain_runs.append(plain)
+        variant_runs = {}
+        for variant in variants:
+            variant_runs[variant], _, _, profiles[variant] = run_ours(args, model_dir, work / variant, params, variant)
         ours = max(ours_runs, key=lambda r: r.tokens_per_s)
         best_plain = max(plain_runs, key=lambda r: r.tokens_per_s) if plain_runs else None
 
@@ -364,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_tokens_per_s": {"ours": [r.tokens_per_s for r in ours_runs], "plain": [r.tokens_per_s for r in plain_runs]},
         "ours": asdict(ours), "plain": asdict(best_plain) if best_plain else None, "plain_error": plain_error,
         "ratio_tokens_per_s": ratio, "peak_tflops": args.peak_tflops,
+        "variants": {v: {**asdict(r), "over_ours": r.tokens_per_s / ours.tokens_per_s} for v, r in variant_runs.items()},
         "profile": profiles if args.profile_steps else None,
     }
     out = args.out or REPO / "bench" / "results" / f"train-{args.shape}-{args.device}.json"
@@ -371,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.shape} on {report['device_name']} ({args.device}), batch {args.batch}, {args.steps} timed steps, "
           f"example tokens {min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f}); ours uses {attention}")
-    for result in (ours, best_plain):
+    for result in (ours, best_plain, *variant_runs.values()):
         if result is None:
             print(f"  {'plain PEFT loop (padded)':34s} failed: {plain_error}")
             continue

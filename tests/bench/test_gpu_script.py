@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -45,6 +47,10 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     assert trained["shape"] == "tiny" and trained["timed_steps"] == 2
     assert trained["same_tokens"] is True  # both paths trained on the very same tokens
     assert trained["ratio_tokens_per_s"] > 0
+    assert set(trained["variants"]) == {"full-loss", "padded"}  # the last shape's where-does-time-go runs
+    assert all(v["tokens"] == trained["ours"]["tokens"] for v in trained["variants"].values())
+    # the full-logit loss is the same loss as TRL's fused head: same training, same final loss
+    assert trained["variants"]["full-loss"]["final_loss"] == pytest.approx(trained["ours"]["final_loss"], rel=1e-4)
     budget = json.loads((out / "kv-tiny.json").read_text(encoding="utf-8"))
     assert all(v["same_tokens"] for v in budget["variants"].values())
     # one round: the short wave reuses the first cache, the long one drops it
