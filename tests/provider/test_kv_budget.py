@@ -127,14 +127,62 @@ def test_the_default_budget_is_a_share_of_free_gpu_memory(monkeypatch: pytest.Mo
     assert auto_kv_budget(torch.device("cuda")) == int(engine_module.KV_CACHE_SHARE * 40 * 2**30)
 
 
-def test_the_provider_takes_the_budget_in_gib(tiny_model: Path) -> None:
+def test_the_provider_takes_the_budget_in_gib_and_the_smallest_bucket(tiny_model: Path) -> None:
     from inspect_ai.model import get_model
 
     from empersona.provider.api import release_engines
 
     release_engines()
-    model = get_model(f"empersona/{tiny_model}", memoize=False, kv_cache_gib=0.5)
+    model = get_model(f"empersona/{tiny_model}", memoize=False, kv_cache_gib=0.5, min_batch_bucket=4)
     assert model.api.served.engine.kv_cache_budget == 2**29
+    assert model.api.served.engine.min_rows == 4
     with pytest.raises(EmpersonaError, match="kv_cache_gib"):
         get_model(f"empersona/{tiny_model}", memoize=False, kv_cache_gib=0)
+    with pytest.raises(EmpersonaError, match="min_batch_bucket"):
+        get_model(f"empersona/{tiny_model}", memoize=False, min_batch_bucket=0)
     release_engines()
+
+
+def test_small_batches_share_one_padded_size(lively_model: Path) -> None:
+    """With ``min_batch_bucket`` 8, batches of 1, 3 and 5 rows run as 8 rows: one compiled graph, same tokens."""
+    from torch._dynamo.utils import counters
+
+    prompts = prompt_ids(lively_model)
+    free = engine(lively_model)
+    sizes = (1, 3, 5)
+    expected = [tokens(free, [Request(p, 6, temperature=0.0) for p in prompts[:n]]) for n in sizes]
+    assert sorted(rows for rows, _length in free._static_caches) == [1, 4, 8]  # a bucket per power of two
+
+    def graphs(min_rows: int) -> tuple[int, list[int]]:
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = Engine(load(lively_model), EngineOptions(compile=True, compile_backend="eager", min_batch_bucket=min_rows))
+        for n, want in zip(sizes, expected, strict=True):
+            assert tokens(compiled, [Request(p, 6, temperature=0.0) for p in prompts[:n]]) == want
+        return counters["stats"]["unique_graphs"], sorted(rows for rows, _length in compiled._static_caches)
+
+    padded, buckets = graphs(8)
+    assert buckets == [8]
+    unpadded, buckets = graphs(1)
+    assert buckets == [1, 4, 8] and unpadded > padded
+
+
+def test_padding_to_the_smallest_bucket_stays_in_budget(lively_model: Path) -> None:
+    probe = engine(lively_model)
+    tight = engine(lively_model, min_batch_bucket=8, kv_cache_bytes=probe.cache_bytes(2, 256))
+    assert tight._bucket_rows(1, tight._rows_in_budget([Request((1,) * 20, 5)])) == 1  # 8 would not fit; 1 does
+    assert tight._bucket_rows(1) == 8  # no budget question asked: the smallest bucket
+    done = tight.generate([Request(prompt_ids(lively_model)[0], 5, temperature=0.0)])
+    assert done[0].tokens == tokens(probe, [Request(prompt_ids(lively_model)[0], 5, temperature=0.0)])[0]
+    assert list(tight._static_caches) == [(1, 256)]
+
+
+def test_on_a_gpu_small_batches_pad_to_32_rows_by_default(lively_model: Path) -> None:
+    from empersona.provider.engine import GPU_MIN_ROWS, default_min_rows
+
+    assert GPU_MIN_ROWS == 32
+    assert default_min_rows(True, torch.device("cuda")) == 32  # compiled CUDA graphs: one graph for small batches
+    assert default_min_rows(False, torch.device("cuda")) == 1  # eager: padding rows would only cost
+    assert default_min_rows(True, torch.device("cpu")) == 1
+    assert Engine(load(lively_model), EngineOptions(compile=True, compile_backend="eager")).min_rows == 1
+    assert Engine(load(lively_model), EngineOptions(static_cache=True, min_batch_bucket=4)).min_rows == 4

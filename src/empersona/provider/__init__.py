@@ -21,7 +21,8 @@ Model args (``-M key=value`` on inspect's command line, ``model_args`` in Python
 ``freeze_gc`` (true: after loading, ``gc.freeze()`` keeps full garbage collections off the
 long-lived objects; see ``api.served``), ``kv_cache_gib`` (most GiB the compiled path's static
 KV caches may hold together; default on CUDA half the memory free after loading, see
-``engine``).
+``engine``), ``min_batch_bucket`` (fewest rows a compiled batch is padded to; default 32 on CUDA,
+so the small batches at the end of each task share one compiled graph).
 
 ``temperature=0`` is greedy decoding (inspect's ``hf`` provider needs ``do_sample=False``
 instead); ``logprobs``/``top_logprobs`` return the model's logprob of each generated token and

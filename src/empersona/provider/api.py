@@ -52,6 +52,7 @@ class ProviderArgs(BaseModel):
     sync_every: int = 8
     freeze_gc: bool = True
     kv_cache_gib: float | None = Field(None, gt=0)
+    min_batch_bucket: int | None = Field(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class EmpersonaAPI(ModelAPI):
             compile=args.compile,
             sync_every=args.sync_every,
             kv_cache_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
+            min_batch_bucket=args.min_batch_bucket,
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
