@@ -25,7 +25,9 @@ scored 1-2 or 4-5, matched foils only where another model's response has the sam
 seconds per experiment and the end-to-end speed-up are reported; the first experiment of each
 provider includes loading the model. Each provider runs with its own default concurrency (hf: 32
 requests, which is also its batch size; empersona: 256) unless ``--max-connections`` sets both.
-Needs the data files.
+The batches ``empersona/`` ran, by rows and cache length, give the number of decode graphs a GPU
+would compile for them (one per padded shape; about 50 s each for a 1.5B model on an H100) with
+batches padded to powers of two from 1 row and from 32 rows (the CUDA default). Needs the data files.
 
 Run: ``.venv/bin/python bench/battery.py`` (counts, seconds) and
 ``.venv/bin/python bench/battery.py --measure`` (about two minutes on CPU).
@@ -214,6 +216,17 @@ def measure(
     return times
 
 
+def compiled_shapes(shapes: Counter[tuple[int, int]], max_batch_size: int) -> dict[str, int]:
+    """Distinct (rows bucket, cache length) pairs of the batches run: the decode graphs a GPU
+    compiles, with batches padded to powers of two from 1 row and from ``GPU_MIN_ROWS`` rows."""
+    from empersona.provider.engine import GPU_MIN_ROWS, bucket_rows
+
+    return {
+        f"min rows {min_rows}": len({(bucket_rows(rows, min_rows, max_batch_size), length) for rows, length in shapes})
+        for min_rows in (1, GPU_MIN_ROWS)
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--measure", action="store_true", help="also run a small battery through hf/ and empersona/")
@@ -258,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                 provider: measure(provider, model_dir, Path(scratch) / "logs", args.limit, args.harm_samples, args.max_tokens, args.max_connections)
                 for provider in ("hf", "empersona")
             }
+            from empersona.provider.api import _SERVED
+
+            (served,) = _SERVED.values()
+            shapes = served.engine.stats.shapes
+            graphs = compiled_shapes(shapes, served.engine.options.max_batch_size)
         print(
             f"\nEnd to end on the tiny model (CPU, limit {args.limit} items, harm samples {args.harm_samples}, "
             f"max_tokens {args.max_tokens}, max_connections {args.max_connections or 'provider default'}, "
@@ -269,10 +287,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<20} {hf_s:>8.2f} {ours_s:>11.2f} {hf_s / ours_s:>8.1f}x")
         hf_total, ours_total = sum(runs["hf"].values()), sum(runs["empersona"].values())
         print(f"{'battery':<20} {hf_total:>8.2f} {ours_total:>11.2f} {hf_total / ours_total:>8.1f}x")
+        print(
+            f"empersona/ ran {sum(shapes.values())} batches of {len(shapes)} (rows, cache length) shapes; on a GPU "
+            f"that is {graphs['min rows 1']} compiled decode graphs with batches padded to powers of two, "
+            f"{graphs['min rows 32']} with at least 32 rows (the default)"
+        )
         report["measure"] = {
             "settings": {k: getattr(args, k) for k in ("limit", "harm_samples", "max_tokens", "max_connections")},
             "seconds": runs,
             "speedup": hf_total / ours_total,
+            "batch_shapes": sorted([rows, length, n] for (rows, length), n in shapes.items()),
+            "compiled_graphs": graphs,
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

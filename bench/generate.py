@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
-            stats = asdict(served.stats) if served is not None else None
+            stats = served.stats.summary() if served is not None else None
             # written after every batch size: a run cut short by a time limit keeps what it measured
             write_report(rows, stats, complete=batch == batch_sizes[-1])
             print_table([r for r in rows if r.batch == batch], header)

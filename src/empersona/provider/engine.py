@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -106,6 +106,13 @@ class EngineStats:
     generated_tokens: int = 0
     static_caches_dropped: int = 0  # evicted to keep the static caches within the byte budget
     split_batches: int = 0  # planned batches run in parts because their cache exceeded the budget
+    # batches by (rows, cache length rounded up to STATIC_LENGTH_STEP): the shapes a GPU compiles for
+    shapes: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        """The counters as JSON-ready values (``shapes`` keyed ``"<rows>x<length>"``)."""
+        counts = {name: value for name, value in vars(self).items() if name != "shapes"}
+        return {**counts, "shapes": {f"{rows}x{length}": n for (rows, length), n in sorted(self.shapes.items())}}
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,7 @@ class Engine:
         batch = self._layout(requests, real_rows, max_new)
         self.stats.batches += 1
         self.stats.rows += real_rows
+        self.stats.shapes[(real_rows, self._static_length(batch.width, max_new))] += 1
         if len({r.adapter for r in requests[:real_rows]}) > 1:
             self.stats.mixed_batches += 1
 
@@ -563,18 +571,7 @@ class Engine:
         return sum(self.cache_bytes(rows, length) for rows, length in self._static_caches)
 
     def _bucket_rows(self, rows: int, fit: int | None = None) -> int:
-        """Rows of the static cache (and compiled graph) a batch of ``rows`` runs in: a power of two
-        of at least ``min_rows``, at most ``max_batch_size``, within the ``fit`` rows the budget holds."""
-        size = 1
-        while size < max(rows, self.min_rows):
-            size *= 2
-        size = max(rows, min(size, self.options.max_batch_size))
-        if fit is not None and size > fit:  # no room for the padding rows: the smallest power of two that fits
-            size = 1
-            while size < rows:
-                size *= 2
-            size = size if size <= fit else rows
-        return size
+        return bucket_rows(rows, self.min_rows, self.options.max_batch_size, fit)
 
     # ------------------------------------------------------------------ decode
     def _sampler(self) -> Any:
@@ -671,6 +668,21 @@ def kv_bytes_per_slot(model: nn.Module) -> int:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     dtype = next(model.parameters()).dtype
     return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def bucket_rows(rows: int, min_rows: int, max_batch_size: int, fit: int | None = None) -> int:
+    """Rows of the static cache (and compiled graph) a batch of ``rows`` runs in: a power of two of
+    at least ``min_rows``, at most ``max_batch_size``, within the ``fit`` rows a byte budget holds."""
+    size = 1
+    while size < max(rows, min_rows):
+        size *= 2
+    size = max(rows, min(size, max_batch_size))
+    if fit is not None and size > fit:  # no room for the padding rows: the smallest power of two that fits
+        size = 1
+        while size < rows:
+            size *= 2
+        size = size if size <= fit else rows
+    return size
 
 
 def default_min_rows(compile: bool, device: torch.device) -> int:
