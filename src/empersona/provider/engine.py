@@ -19,8 +19,8 @@ base model) and returns the generated token ids, stop reason and optional logpro
 On CUDA (``compile=True``, the default there) the decode step runs on a static KV cache and is
 compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): batch sizes are padded to
 powers of two of at least ``GPU_MIN_ROWS`` rows and cache lengths to multiples of 256 so few graphs
-are captured, and EOS is checked
-every ``sync_every`` steps instead of every step. On CPU it runs eagerly on a dynamic cache.
+are captured, and EOS is checked every ``sync_every`` steps instead of every step. On CPU it runs
+eagerly on a dynamic cache.
 
 The static caches are kept for reuse, one per (rows, length) bucket, within a byte budget
 (``kv_cache_bytes``; on CUDA by default ``KV_CACHE_SHARE`` of the memory free once the model is
@@ -248,22 +248,24 @@ class Engine:
             plan.append(batch)
         return plan
 
+    def _cache_length(self, requests: Sequence[Request]) -> int:
+        """Slots of the static cache a batch of ``requests`` needs: longest prompt plus most new tokens, rounded up."""
+        return self._static_length(max(len(r.prompt) for r in requests), max(r.max_new_tokens for r in requests))
+
     def _rows_in_budget(self, requests: Sequence[Request]) -> int | None:
         """How many rows of a static cache long enough for ``requests`` the byte budget holds (None: no budget)."""
         if self.kv_cache_budget is None:
             return None
-        length = self._static_length(max(len(r.prompt) for r in requests), max(r.max_new_tokens for r in requests))
-        return self.kv_cache_budget // self.cache_bytes(1, length)
+        return self.kv_cache_budget // self.cache_bytes(1, self._cache_length(requests))
 
     def _fit(self, batch: list[int], requests: Sequence[Request]) -> list[list[int]]:
         """``batch`` cut into parts whose static cache fits the byte budget (one part when it fits)."""
         if not self.static or self.kv_cache_budget is None:
             return [batch]
-        fit = self._rows_in_budget([requests[i] for i in batch])
-        assert fit is not None
+        length = self._cache_length([requests[i] for i in batch])
+        row_bytes = self.cache_bytes(1, length)
+        fit = self.kv_cache_budget // row_bytes
         if fit < 1:
-            length = self._static_length(max(len(requests[i].prompt) for i in batch), max(requests[i].max_new_tokens for i in batch))
-            row_bytes = self.cache_bytes(1, length)
             gib = 2**30
             raise ValueError(
                 f"one row of this batch needs {row_bytes / gib:.2f} GiB of KV cache ({length} token slots: the "
