@@ -693,10 +693,12 @@ def default_min_rows(compile: bool, device: torch.device) -> int:
 
 
 def auto_kv_budget(device: torch.device) -> int | None:
-    """The default byte budget for static KV caches: on CUDA ``KV_CACHE_SHARE`` of the memory free now."""
+    """The default byte budget for static KV caches: on CUDA ``KV_CACHE_SHARE`` of the memory free now
+    (free on the device plus what this process's allocator holds unused, e.g. after training)."""
     if device.type != "cuda":
         return None
     import torch
 
     free, _total = torch.cuda.mem_get_info(device)
-    return int(KV_CACHE_SHARE * free)
+    held_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(KV_CACHE_SHARE * (free + held_unused))
