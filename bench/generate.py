@@ -107,6 +107,16 @@ def build_model(shape: str, out: Path, dtype: str) -> Path:
     return out
 
 
+def chat_text(tokenizer: Any, text: str) -> str:
+    """A user message through the chat template, ready for the assistant's reply."""
+    return str(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False))
+
+
+def prompt_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """The token ids of a user message through the chat template."""
+    return tuple(tokenizer(chat_text(tokenizer, text))["input_ids"])
+
+
 def prompts(model_dir: Path, batch: int, prompt_tokens: int, seed: int) -> list[str]:
     """Distinct made-up user messages of about ``prompt_tokens`` tokens after the chat template."""
     from transformers import AutoTokenizer
@@ -119,11 +129,7 @@ def prompts(model_dir: Path, batch: int, prompt_tokens: int, seed: int) -> list[
     out = []
     for _ in range(batch):
         text = ""
-        while True:
-            chat = [{"role": "user", "content": text}]
-            rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            if len(tokenizer(rendered)["input_ids"]) >= prompt_tokens:
-                break
+        while len(prompt_ids(tokenizer, text)) < prompt_tokens:
             text += rng.choice(lines) + " "
         out.append(text)
     return out
@@ -133,11 +139,7 @@ def run_plain(model: Any, tokenizer: Any, texts: list[str], new_tokens: int) -> 
     """One sampled ``model.generate`` on the whole left-padded batch; returns wall seconds."""
     import torch
 
-    rendered = [
-        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
-        for t in texts
-    ]
-    batch = tokenizer(rendered, return_tensors="pt", padding=True).to(model.device)
+    batch = tokenizer([chat_text(tokenizer, t) for t in texts], return_tensors="pt", padding=True).to(model.device)
     _sync(model.device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -151,16 +153,7 @@ def run_engine(engine: Any, tokenizer: Any, texts: list[str], new_tokens: int) -
     """The provider's engine on the B chat-templated prompts; returns wall seconds."""
     from empersona.provider.engine import Request
 
-    requests = [
-        Request(
-            prompt=tuple(tokenizer(tokenizer.apply_chat_template(
-                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
-            ))["input_ids"]),
-            max_new_tokens=new_tokens,
-            temperature=1.0,
-        )
-        for t in texts
-    ]
+    requests = [Request(prompt=prompt_ids(tokenizer, t), max_new_tokens=new_tokens, temperature=1.0) for t in texts]
     _sync(engine.device)
     start = time.perf_counter()
     done = engine.generate(requests)

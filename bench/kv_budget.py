@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import _sync, build_model, prompts  # noqa: E402
+from generate import _sync, build_model, prompt_ids, prompts  # noqa: E402
 
 
 def run_waves(engine: Any, waves: list[list[Any]], device: Any) -> tuple[float, list[list[tuple[int, ...]]]]:
@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
         engine = Engine(model, EngineOptions(max_batch_size=args.batch, static_cache=True))
-
-        def render(text: str) -> tuple[int, ...]:
-            chat = [{"role": "user", "content": text}]
-            return tuple(tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))["input_ids"])
-
-        ids = [render(t) for t in prompts(model_dir, args.batch, args.prompt_tokens, seed=args.batch)]
+        ids = [prompt_ids(tokenizer, t) for t in prompts(model_dir, args.batch, args.prompt_tokens, seed=args.batch)]
         short = [Request(p, args.short, temperature=0.0) for p in ids]
         long = [Request(p, args.long, temperature=0.0) for p in ids]
         waves = [short, long] * args.rounds

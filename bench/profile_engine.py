@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import _sync, build_model, prompts, weight_bytes  # noqa: E402
+from generate import _sync, build_model, prompt_ids, prompts, weight_bytes  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], device: Any, repeats: int) -> float:
@@ -194,12 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_engine = None if args.compile == "auto" else args.compile == "on"
         engine = Engine(model, EngineOptions(max_batch_size=args.batch, compile=compile_engine, static_cache=True))
         texts = prompts(model_dir, args.batch, args.prompt_tokens, seed=args.batch)
-
-        def render(text: str) -> tuple[int, ...]:
-            chat = [{"role": "user", "content": text}]
-            return tuple(tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))["input_ids"])
-
-        requests = [Request(prompt=render(t), max_new_tokens=args.new_tokens, temperature=1.0) for t in texts]
+        requests = [Request(prompt=prompt_ids(tokenizer, t), max_new_tokens=args.new_tokens, temperature=1.0) for t in texts]
         step_bytes = weight_bytes(model)
         n = args.new_tokens
 

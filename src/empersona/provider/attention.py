@@ -2,9 +2,9 @@
 
 With an attention mask (every batched decode step has one: padding), transformers' SDPA path on
 CUDA first repeats the key/value heads to the number of query heads (``repeat_kv``): it passes
-grouped heads to SDPA only when there is no mask (expecting the math kernel otherwise). For Qwen2.5-1.5B (12 query heads, 2 KV
-heads) that writes and reads six copies of the whole KV cache at every step, more bytes than
-the weights at batch 256. Here a one-token query attends to the grouped cache as it is, so each
+grouped heads to SDPA only when there is no mask (expecting the math kernel otherwise). For
+Qwen2.5-1.5B (12 query heads, 2 KV heads) that writes and reads six copies of the whole KV cache
+at every step, more bytes than the weights at batch 256. Here a one-token query attends to the grouped cache as it is, so each
 KV byte is read once: through SDPA with ``enable_gqa`` and the padding mask where PyTorch has it
 (2.5 and later; on an H100 with PyTorch 2.11 that fused kernel took 1.66 ms per step for the
 1.5B shape at batch 256 over 512 cache slots, against 2.64 ms for the matmul form below and 32 ms
