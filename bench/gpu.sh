@@ -6,7 +6,7 @@
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
 # and the 15 device minutes include its start): "bash bench/gpu.sh" (generation, issue 7; 290 s of
 # step limits, timeout_s 340), then "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='train kv' bash bench/gpu.sh"
-# (training with its variants, the KV cache budget; 340 s of limits, timeout_s 390). The profile
+# (training with its variants, the KV cache budget; 360 s of limits, timeout_s 410). The profile
 # step (130 s) only if time is left.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
@@ -19,8 +19,9 @@
 #      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
 #      then 3 profiled steps of each (top host operators and kernels); on the last shape also our
-#      trainer with the model's own full-logit loss instead of TRL's fused LM head, and with padded
-#      batches (bench/train.py --variants), to tell where its time goes;
+#      trainer with the model's own full-logit loss instead of TRL's fused LM head, with padded
+#      batches, and (CUDA) with PyTorch's variable-length FlashAttention instead of SDPA per example
+#      (bench/train.py --variants), to tell where its time goes;
 #   4. kv: the engine's static caches within a byte budget that holds one of two (bench/kv_budget.py,
 #      last shape): tokens/s against no budget, peak memory, the same tokens.
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all four on CPU).
@@ -80,7 +81,7 @@ EOF
 # per shape, in order: generation (the first shape at every batch size, the others at the
 # largest only), then training; limits in seconds, the first shape's generation first since the
 # targets are set on it. CUDA limits: generation 200 + 90 s, profile 130 s, training 100 + 70 s
-# (90 s more on the last shape, which runs two variants), kv 150 s; a new batch size or shape costs
+# (110 s more on the last shape, which runs three variants), kv 150 s; a new batch size or shape costs
 # a compile of about 50 s (H100, 2026-11-27), so the first shape runs batch 256 and 32 only.
 if [ "$DEVICE" = cuda ]; then
     gen_args=(--device cuda --new-tokens 128 --prompt-tokens 64)
@@ -88,7 +89,7 @@ if [ "$DEVICE" = cuda ]; then
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
-    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=90 kv_limit=150
+    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=110 kv_limit=150
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
@@ -117,7 +118,7 @@ train_all() {
     local i=0 shape last variants limit
     for last in $SHAPES; do :; done
     for shape in $SHAPES; do
-        variants=$([ "$shape" = "$last" ] && echo full-loss,padded || echo "")
+        variants=$([ "$shape" = "$last" ] && echo "full-loss,padded$([ "$DEVICE" = cuda ] && echo ,varlen)" || echo "")
         limit=$((${train_limits[$((i < 1 ? i : 1))]} + (${#variants} > 0 ? variant_extra : 0)))
         step "train-$shape" "$limit" "$PYTHON" bench/train.py --shape "$shape" \
             "${train_args[@]}" --variants "$variants" --mirror "$MIRROR" --out "$OUT/train-$shape.json"

@@ -18,10 +18,12 @@ their ratio, the pad share of the padded batches, peak GPU memory, and on GPU th
 head; 6N is the usual dense-training count, a LoRA step does less since frozen weights get no
 gradient; ``--peak-tflops`` defaults to the H100's dense bf16 989).
 
-``--variants full-loss,padded`` adds runs of our trainer with one thing changed (see
+``--variants full-loss,padded,varlen`` adds runs of our trainer with one thing changed (see
 ``VARIANTS``): the model's own cross-entropy over full logits instead of the fused LM head TRL's
-``SFTTrainer`` patches in (chunked log-probabilities plus entropy and top-1 for its metrics), and
-padded batches instead of padding-free ones; each is reported with its ratio to ours.
+``SFTTrainer`` patches in (chunked log-probabilities plus entropy and top-1 for its metrics),
+padded batches instead of padding-free ones, and (CUDA only) PyTorch's variable-length
+FlashAttention instead of SDPA per example; each is reported with its ratio to ours and its
+final loss (the same batches, so the same loss up to rounding).
 
 Shapes: ``tiny`` (the test model: hidden 64, 2 layers), ``tiny-v152k`` (hidden 128, 2 layers, the
 real vocabulary: the LM head's share of a step on a CPU), ``0.5b`` and ``1.5b`` (Qwen2.5-0.5B/1.5B
@@ -189,6 +191,8 @@ def _reset_memory(device: str) -> None:
 VARIANTS = {
     "full-loss": "the model's own cross-entropy over full logits instead of TRL's fused LM head",
     "padded": "padded batches (padding_free off: SDPA with a padding mask, no per-example attention)",
+    "varlen": "attn_implementation varlen: the flattened batch in one variable-length FlashAttention call per "
+              "layer (torch.nn.attention.varlen, CUDA) instead of SDPA per example",
 }
 
 
@@ -219,6 +223,7 @@ def run_ours(
         max_steps=args.warmup + args.steps + args.profile_steps, batch_size=args.batch, per_device_batch=args.batch,
         warmup_steps=0, max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
         deterministic=False, logging_steps=1, save_steps=10**6, padding_free=variant != "padded",
+        attn_implementation="varlen" if variant == "varlen" else "auto",
     )
     run = prepare(config, progress=False)
     if variant == "full-loss":
@@ -351,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "varlen" in variants and args.device != "cuda":
+        parser.error("the varlen variant needs --device cuda (PyTorch's variable-length kernel is CUDA only)")
     mirror = args.mirror or (Path(os.environ["EMPERSONA_MIRROR"]) if os.environ.get("EMPERSONA_MIRROR") else REPO.parent / "shared" / "data")
     os.environ["EMPERSONA_MIRROR"] = str(mirror)
     args.rows = args.batch * (args.warmup + args.steps + args.profile_steps)

@@ -56,7 +56,7 @@ def train(
     gradient_checkpointing: Annotated[bool | None, _opt("Recompute activations (default on).", _EFF, "--gradient-checkpointing/--no-gradient-checkpointing")] = None,
     precision: Annotated[str | None, _opt("auto | bf16 | fp32 (default auto).", _EFF)] = None,
     qlora: Annotated[bool | None, _opt("4-bit NF4 base (one GPU; needs bitsandbytes).", _EFF, "--qlora/--no-qlora")] = None,
-    attn_implementation: Annotated[str | None, _opt("auto | packed_sdpa | sdpa | eager | flash_attention_2 | flex_attention.", _EFF)] = None,
+    attn_implementation: Annotated[str | None, _opt("auto | packed_sdpa | varlen | sdpa | eager | flash_attention_2 | flex_attention.", _EFF)] = None,
     deterministic: Annotated[bool | None, _opt("Deterministic kernels (default on).", _EFF, "--deterministic/--no-deterministic")] = None,
     logging_steps: Annotated[int | None, _opt("Progress line every N steps (default 1).")] = None,
     save_steps: Annotated[int | None, _opt("Checkpoint every N steps (default 50).")] = None,

@@ -15,6 +15,9 @@ defaults below, and land in every run's ``empersona.json``:
   (bf16 where the GPU supports it, fp32 on CPU), ``deterministic = True``.
 - ``attn_implementation = "auto"``: FlashAttention 2 where installed; otherwise, for padding-free
   batches, SDPA run per example of the flattened batch (``packed_sdpa``), else plain SDPA.
+  ``varlen`` (CUDA, PyTorch 2.10+) runs a flattened batch through PyTorch's variable-length
+  FlashAttention in one call per layer; opt-in until it is timed against ``packed_sdpa`` on a GPU
+  (``bench/train.py --variants varlen``).
 
 A config is written as YAML with the field names as keys; flags of ``empersona train``
 override it. A YAML typo fails with the file, line and key (``extra="forbid"``).
@@ -34,7 +37,7 @@ LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_p
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "bf16", "fp32"]
-Attention = Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2", "flex_attention"]
+Attention = Literal["auto", "packed_sdpa", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 
 class TrainConfig(BaseModel):

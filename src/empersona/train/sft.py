@@ -12,7 +12,8 @@ defaults from PROTOCOLS.md section 2). What a run does:
    generation markers, so the labels cover the assistant text and its ``<|im_end|>``; with
    ``padding_free`` a batch is one flattened sequence whose per-example positions keep the
    examples apart in attention (FlashAttention 2 where installed, else ``packed_sdpa_attention``
-   in base_model.py), the same loss as a padded batch without the pad tokens;
+   in base_model.py, or ``varlen_attention`` on request), the same loss as a padded batch without
+   the pad tokens;
 4. checkpoints every ``save_steps`` into ``<out>/checkpoints`` (``--resume`` continues from the
    last one), then writes the adapter, the tokenizer and ``empersona.json`` (dataset sha256 and
    rows, resolved config, seed, library versions, git revision, device, loss, wall time).
