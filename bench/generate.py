@@ -51,6 +51,7 @@ METHODS: tuple[Method, ...] = ("plain", "hf", "empersona")
 QWEN25_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
     "0.5b": (896, 4864, 24, 14, 2),
     "1.5b": (1536, 8960, 28, 12, 2),
+    "tiny-v152k": (128, 512, 2, 4, 2),  # a small body with the real vocabulary: the sampler's share, on a CPU
 }
 QWEN25_VOCAB = 151936
 

@@ -23,8 +23,11 @@
 #      batches, and (CUDA) with PyTorch's variable-length FlashAttention instead of SDPA per example
 #      (bench/train.py --variants), to tell where its time goes;
 #   4. kv: the engine's static caches within a byte budget that holds one of two (bench/kv_budget.py,
-#      last shape): tokens/s against no budget, peak memory, the same tokens.
-# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all four on CPU).
+#      last shape): tokens/s against no budget, peak memory, the same tokens;
+#   5. shrink (on request): rounds of answers of unequal length that go on with their live rows in
+#      smaller buckets, against full rounds (bench/shrink.py, last shape, batch 128: a compile per
+#      bucket; about 150 s on the 0.5B shape).
+# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all five on CPU).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
@@ -36,7 +39,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
-STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile train kv")}
+STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile train kv shrink")}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -89,14 +92,16 @@ if [ "$DEVICE" = cuda ]; then
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
-    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=110 kv_limit=150
+    shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
+    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
     profile_args=(--device cpu --batch 8 --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
     kv_args=(--device cpu --batch 8 --rounds 1)
-    gen_limits=(300 120) profile_limit=300 train_limits=(120 120) variant_extra=60 kv_limit=120
+    shrink_args=(--device cpu --batch 8 --max-new 32 --short-share 0.6 --waves 1 --repeats 1)
+    gen_limits=(300 120) profile_limit=300 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
 fi
 
 generate_all() {
@@ -130,13 +135,19 @@ kv_last() {
     for shape in $SHAPES; do :; done
     step "kv-$shape" "$kv_limit" "$PYTHON" bench/kv_budget.py --shape "$shape" "${kv_args[@]}" --out "$OUT/kv-$shape.json"
 }
+shrink_last() {
+    local shape
+    for shape in $SHAPES; do :; done
+    step "shrink-$shape" "$shrink_limit" "$PYTHON" bench/shrink.py --shape "$shape" "${shrink_args[@]}" --out "$OUT/shrink-$shape.json"
+}
 for name in $STEPS; do
     case $name in
         generate) generate_all ;;
         profile) profile_first ;;
         train) train_all ;;
         kv) kv_last ;;
-        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv)" ;;
+        shrink) shrink_last ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv shrink)" ;;
     esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"

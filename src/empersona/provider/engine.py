@@ -14,7 +14,10 @@ base model) and returns the generated token ids, stop reason and optional logpro
    it would compute alone;
 3. decodes all rows together: greedy where ``temperature == 0``, otherwise temperature, top-k and
    top-p sampling per row. Rows stop at an EOS token of the model's generation config (as
-   ``model.generate`` does) or at their own ``max_new_tokens``.
+   ``model.generate`` does) or at their own ``max_new_tokens``. Once the rows still generating
+   are at most ``shrink_at`` of the batch, the round goes on with those rows only (their KV
+   cache, mask and settings moved to a smaller batch): sampled answers end at very different
+   lengths, and a full round would decode every row until its longest answer ends.
 
 On CUDA (``compile=True``, the default there) the decode step runs on a static KV cache and is
 compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): batch sizes are padded to
@@ -41,7 +44,7 @@ import inspect as pyinspect
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,6 +60,9 @@ StopReason = Literal["stop", "max_tokens"]
 STATIC_LENGTH_STEP = 256
 KV_CACHE_SHARE = 0.5  # of the GPU memory free after loading, for static KV caches (the rest: activations)
 GPU_MIN_ROWS = 32  # compiled CUDA batches are padded to at least this many rows (one graph for small batches)
+# a round goes on with its live rows once they are at most this share of its batch (EngineOptions.shrink_at)
+SHRINK_AT_STATIC = 0.5
+SHRINK_AT_DYNAMIC = 0.75
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ class EngineStats:
     generated_tokens: int = 0
     static_caches_dropped: int = 0  # evicted to keep the static caches within the byte budget
     split_batches: int = 0  # planned batches run in parts because their cache exceeded the budget
+    shrunk_rounds: int = 0  # times a round went on in a smaller batch (most of its rows had finished)
+    decode_row_steps: int = 0  # rows the next-token choice ran on, summed over the steps
     # batches by (rows, cache length rounded up to STATIC_LENGTH_STEP): the shapes a GPU compiles for
     shapes: Counter[tuple[int, int]] = field(default_factory=Counter)
 
@@ -131,6 +139,13 @@ class EngineOptions:
     when compiling on CUDA, else 1). A GPU decode step costs about the same at 1 row as at 32 (the
     weights are read once either way), and each batch size is a graph compiled anew (about 50 s
     for a 1.5B model on an H100): small batches, the tail of every task, share one size.
+    ``shrink_at``: when the rows still generating are at most this share of a round's batch
+    (checked every ``sync_every`` steps on a static cache, every step otherwise), the round goes
+    on with those rows only: sampled answers end at different lengths, and a round otherwise runs
+    all its rows until its longest answer ends. None: ``SHRINK_AT_STATIC`` on a static cache (the
+    live rows then fill the next power-of-two bucket down, one more compiled graph per size),
+    ``SHRINK_AT_DYNAMIC`` otherwise (the live rows exactly; the cost is a copy of their KV cache).
+    0 turns it off.
     """
 
     max_batch_size: int = 256
@@ -144,6 +159,7 @@ class EngineOptions:
     row_prefill_tokens: int = 256
     kv_cache_bytes: int | None = None
     min_batch_bucket: int | None = None
+    shrink_at: float | None = None
 
 
 @dataclass
@@ -158,6 +174,67 @@ class _Batch:
     prefix: int
     real_rows: int
     by_row: bool = False
+
+
+@dataclass
+class _RoundState:
+    """Per-row decoding state of a round, one entry per row of the batch as it runs now."""
+
+    temperature: torch.Tensor
+    greedy: torch.Tensor
+    top_p: torch.Tensor
+    top_k: torch.Tensor
+    limit: torch.Tensor
+    length: torch.Tensor  # tokens kept when the row stops (EOS excluded)
+    stopped: torch.Tensor  # ended on an EOS token
+    done: torch.Tensor
+    position: torch.Tensor
+    slot: torch.Tensor  # the row of ``requests`` (and of the round's output) each row writes to
+
+    def select(self, keep: torch.Tensor) -> None:
+        for name, value in vars(self).items():
+            setattr(self, name, value.index_select(0, keep))
+
+
+@dataclass
+class _RoundOutput:
+    """What a round produced, by request row; written through ``_RoundState.slot``."""
+
+    tokens: torch.Tensor  # [rows, max_new]
+    length: torch.Tensor
+    stopped: torch.Tensor
+    logprob: torch.Tensor | None  # [rows, max_new] of the chosen token
+    top_values: torch.Tensor | None  # [rows, max_new, k]
+    top_ids: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, rows: int, max_new: int, k: int, pad_id: int, device: torch.device) -> _RoundOutput:
+        import torch
+
+        return cls(
+            tokens=torch.full((rows, max_new), pad_id, dtype=torch.long, device=device),
+            length=torch.zeros(rows, dtype=torch.long, device=device),
+            stopped=torch.zeros(rows, dtype=torch.bool, device=device),
+            logprob=torch.zeros((rows, max_new), dtype=torch.float32, device=device) if k else None,
+            top_values=torch.zeros((rows, max_new, k), dtype=torch.float32, device=device) if k else None,
+            top_ids=torch.zeros((rows, max_new, k), dtype=torch.long, device=device) if k else None,
+        )
+
+    def write_step(
+        self, slot: torch.Tensor, step: int, token: torch.Tensor, logprob: torch.Tensor | None,
+        values: torch.Tensor | None, ids: torch.Tensor | None,
+    ) -> None:
+        self.tokens[slot, step] = token
+        if self.logprob is not None and logprob is not None:
+            self.logprob[slot, step] = logprob.float()
+        if self.top_values is not None and values is not None and ids is not None:
+            self.top_values[slot, step] = values.float()
+            self.top_ids[slot, step] = ids  # type: ignore[index]
+
+    def finish(self, state: _RoundState) -> None:
+        """Store the stop state of every row of the round as it runs now."""
+        self.length[state.slot] = state.length
+        self.stopped[state.slot] = state.stopped
 
 
 class Engine:
@@ -191,6 +268,8 @@ class Engine:
         self.kv_cache_budget = options.kv_cache_bytes if options.kv_cache_bytes is not None else auto_kv_budget(self.device)
         self._kv_bytes_per_slot = kv_bytes_per_slot(model)
         self.min_rows = options.min_batch_bucket or default_min_rows(self.compile, self.device)
+        shrink_default = SHRINK_AT_STATIC if self.static else SHRINK_AT_DYNAMIC
+        self.shrink_at = options.shrink_at if options.shrink_at is not None else shrink_default
         self._compiled_step: Any = None
         self._compiled_sample: Any = None
 
@@ -311,73 +390,113 @@ class Engine:
         cache, logits = self._prefill(batch, max_new)
         rows = len(requests)
         device = self.device
-        temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
-        greedy = temperature <= 0
-        top_p = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device)
-        top_k = torch.tensor([r.top_k for r in requests], dtype=torch.long, device=device)
-        filters = any(r.top_p < 1.0 or r.top_k > 0 for r in requests)
-        sampled = any(r.temperature > 0 for r in requests)
         sample = self._sampler()
         want = [r.top_logprobs for r in requests]
         k = max((w for w in want if w is not None), default=-1)
         k = max(k, 1) if k >= 0 else 0
+        filters = any(r.top_p < 1.0 or r.top_k > 0 for r in requests)
+        sampled = any(r.temperature > 0 for r in requests)
         limit = torch.tensor([r.max_new_tokens for r in requests], device=device)
         limit[real_rows:] = 1  # padding rows of a compiled batch stop at once
         eos = torch.tensor(self.eos_ids or (-1,), device=device)
-
-        tokens = torch.full((rows, max_new), self.pad_id, dtype=torch.long, device=device)
-        length = limit.clone()
-        stopped = torch.zeros(rows, dtype=torch.bool, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        chosen_lp: list[torch.Tensor] = []
-        top_vals: list[torch.Tensor] = []
-        top_ids: list[torch.Tensor] = []
-        position = batch.positions[:, -1] + 1
+        temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
+        state = _RoundState(
+            temperature=temperature,
+            greedy=temperature <= 0,
+            top_p=torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device),
+            top_k=torch.tensor([r.top_k for r in requests], dtype=torch.long, device=device),
+            limit=limit,
+            length=limit.clone(),
+            stopped=torch.zeros(rows, dtype=torch.bool, device=device),
+            done=torch.zeros(rows, dtype=torch.bool, device=device),
+            position=batch.positions[:, -1] + 1,
+            slot=torch.arange(rows, device=device),
+        )
+        # what each row of the batch produced, by its row in ``requests``; one more row takes the
+        # writes of the padding rows a shrunk round may add
+        out = _RoundOutput.empty(rows + 1, max_new, k, self.pad_id, device)
         sync_every = self.options.sync_every if self.static else 1
         steps = 0
         for step in range(max_new):
-            token, token_lp, values, ids = sample(logits, temperature, top_p, top_k, greedy, k, sampled, filters)
-            token = torch.where(done, self.pad_id, token)
-            tokens[:, step] = token
+            token, token_lp, values, ids = sample(
+                logits, state.temperature, state.top_p, state.top_k, state.greedy, k, sampled, filters
+            )
+            token = torch.where(state.done, self.pad_id, token)
+            out.write_step(state.slot, step, token, token_lp if k else None, values if k else None, ids if k else None)
             steps = step + 1
-            if k:
-                chosen_lp.append(token_lp)
-                top_vals.append(values)
-                top_ids.append(ids)
-            hit_eos = torch.isin(token, eos) & ~done
-            at_limit = (step + 1 >= limit) & ~done
-            length = torch.where(hit_eos, step, length)
-            stopped |= hit_eos
-            length = torch.where(at_limit & ~hit_eos, step + 1, length)
-            done |= hit_eos | at_limit
-            if step + 1 == max_new or ((step + 1) % sync_every == 0 and bool(done.all())):
+            self.stats.decode_row_steps += len(state.slot)
+            hit_eos = torch.isin(token, eos) & ~state.done
+            at_limit = (step + 1 >= state.limit) & ~state.done
+            state.length = torch.where(hit_eos, step, state.length)
+            state.stopped |= hit_eos
+            state.length = torch.where(at_limit & ~hit_eos, step + 1, state.length)
+            state.done |= hit_eos | at_limit
+            if step + 1 == max_new:
                 break
-            logits = self._decode(batch, cache, token, position, step)
-            position = position + 1
-        self.stats.generated_tokens += int(length[:real_rows].sum())
-        return self._collect(requests[:real_rows], tokens, length, stopped, chosen_lp, top_vals, top_ids, steps)
+            if (step + 1) % sync_every == 0:
+                live = int((~state.done).sum())
+                if live == 0:
+                    break
+                if live <= self.shrink_at * len(state.slot):
+                    batch, cache, token = self._shrink(batch, cache, state, out, token, live)
+            logits = self._decode(batch, cache, token, state.position, step)
+            state.position = state.position + 1
+        out.finish(state)
+        self.stats.generated_tokens += int(out.length[:real_rows].sum())
+        return self._collect(requests[:real_rows], out, steps)
 
-    def _collect(
-        self,
-        requests: list[Request],
-        tokens: torch.Tensor,
-        length: torch.Tensor,
-        stopped: torch.Tensor,
-        chosen_lp: list[torch.Tensor],
-        top_vals: list[torch.Tensor],
-        top_ids: list[torch.Tensor],
-        steps: int,
-    ) -> list[Completion]:
+    def _shrink(
+        self, batch: _Batch, cache: Any, state: _RoundState, out: _RoundOutput, token: torch.Tensor, live: int
+    ) -> tuple[_Batch, Any, torch.Tensor]:
+        """Go on with the rows still generating only, in a smaller batch (same tokens, less work).
+
+        The finished rows' results are stored; the live rows' KV cache, mask and sampling settings
+        move to a batch of the next bucket size (static cache: padded with finished copies of a
+        live row, whose writes go to the spare output row) or of exactly ``live`` rows.
+        """
         import torch
 
+        rows = len(state.slot)
+        size = self._bucket_rows(live) if self.static else live
+        if size >= rows:
+            return batch, cache, token
+        keep = torch.nonzero(~state.done).flatten()
+        keep = torch.cat([keep, keep[:1].expand(size - live)])
+        out.finish(state)
+        spare = out.length.shape[0] - 1
+        state.select(keep)
+        state.slot[live:] = spare
+        state.done[live:] = True
+        token = token.index_select(0, keep)
+        keep_host = keep.tolist()
+        batch = replace(
+            batch,
+            requests=[batch.requests[i] for i in keep_host],
+            mask=batch.mask.index_select(0, keep),
+            positions=batch.positions.index_select(0, keep),
+            ids=batch.ids.index_select(0, keep),
+            real_rows=live,
+        )
+        if self.static:
+            smaller = self._static_cache(size, batch.mask.shape[1])
+            _copy_rows(smaller, cache, keep)
+            cache = smaller
+            self.stats.shapes[(live, batch.mask.shape[1])] += 1
+        else:
+            cache.batch_select_indices(keep)
+        self._set_rows([r.adapter for r in batch.requests])
+        self.stats.shrunk_rounds += 1
+        return batch, cache, token
+
+    def _collect(self, requests: list[Request], out: _RoundOutput, steps: int) -> list[Completion]:
         rows = len(requests)
-        token_list = tokens[:rows, :steps].cpu().tolist()
-        lengths = length[:rows].cpu().tolist()
-        stop_list = stopped[:rows].cpu().tolist()
-        lp = torch.stack(chosen_lp, 1)[:rows].cpu().tolist() if chosen_lp else None
-        tv = torch.stack(top_vals, 1)[:rows].cpu().tolist() if top_vals else None
-        ti = torch.stack(top_ids, 1)[:rows].cpu().tolist() if top_ids else None
-        out: list[Completion] = []
+        token_list = out.tokens[:rows, :steps].cpu().tolist()
+        lengths = out.length[:rows].cpu().tolist()
+        stop_list = out.stopped[:rows].cpu().tolist()
+        lp = out.logprob[:rows, :steps].cpu().tolist() if out.logprob is not None else None
+        tv = out.top_values[:rows, :steps].cpu().tolist() if out.top_values is not None else None
+        ti = out.top_ids[:rows, :steps].cpu().tolist() if out.top_ids is not None else None
+        completions: list[Completion] = []
         for row, request in enumerate(requests):
             n = int(lengths[row])
             logprobs = None
@@ -393,7 +512,7 @@ class Engine:
                     )
                     for i in range(reported)
                 )
-            out.append(
+            completions.append(
                 Completion(
                     tokens=tuple(token_list[row][:n]),
                     stop_reason="stop" if stop_list[row] else "max_tokens",
@@ -401,7 +520,7 @@ class Engine:
                     logprobs=logprobs,
                 )
             )
-        return out
+        return completions
 
     # ------------------------------------------------------------------ layout and prefill
     def _layout(self, requests: list[Request], real_rows: int, max_new: int) -> _Batch:
@@ -494,7 +613,7 @@ class Engine:
             )
             index = torch.tensor([distinct.index(a) for a in adapters], device=self.device)
             if self.static:
-                _copy_prefix(cache, shared, index)
+                _copy_rows(cache, shared, index)
             else:
                 shared.reorder_cache(index)
                 cache = shared
@@ -634,9 +753,11 @@ def batch_seed(seeds: Sequence[int | None]) -> int | None:
     return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
 
-def _copy_prefix(cache: Any, prefix: Any, index: torch.Tensor) -> None:
-    """Write the prefix KV (one row per adapter) into every row of a static cache."""
-    for target, source in zip(cache.layers, prefix.layers, strict=True):
+def _copy_rows(target_cache: Any, source_cache: Any, index: torch.Tensor) -> None:
+    """Write rows ``index`` of ``source_cache`` into the static ``target_cache``: a shared prefix
+    (a dynamic cache, one row per adapter) into every row, or a static cache's live rows into a
+    smaller one of the same length."""
+    for target, source in zip(target_cache.layers, source_cache.layers, strict=True):
         keys = source.keys.index_select(0, index)
         values = source.values.index_select(0, index)
         if not target.is_initialized:
@@ -644,7 +765,11 @@ def _copy_prefix(cache: Any, prefix: Any, index: torch.Tensor) -> None:
         target.keys[:, :, : keys.shape[2]].copy_(keys)
         target.values[:, :, : values.shape[2]].copy_(values)
         if hasattr(target, "cumulative_length"):  # transformers >= 5.2x counts the filled length itself
-            target.cumulative_length.fill_(keys.shape[2])
+            filled = getattr(source, "cumulative_length", None)  # a static layer's; a dynamic one is full
+            if filled is None:
+                target.cumulative_length.fill_(keys.shape[2])
+            else:
+                target.cumulative_length.copy_(filled)
 
 
 def _static_decode_step(
