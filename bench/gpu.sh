@@ -26,8 +26,11 @@
 #      last shape): tokens/s against no budget, peak memory, the same tokens;
 #   5. shrink (on request): rounds of answers of unequal length that go on with their live rows in
 #      smaller buckets, against full rounds (bench/shrink.py, last shape, batch 128: a compile per
-#      bucket; about 150 s on the 0.5B shape).
-# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all five on CPU).
+#      bucket; about 150 s on the 0.5B shape);
+#   6. adapters (on request): one batch over the base and six random r=32 adapters, adapters in the
+#      model's dtype against float32 (PEFT's) and against no adapters (bench/adapters.py, last
+#      shape, batch 256: three compiles).
+# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all six on CPU).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
@@ -39,7 +42,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
-STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile train kv shrink")}
+STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile train kv shrink adapters")}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -93,7 +96,9 @@ if [ "$DEVICE" = cuda ]; then
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
+    adapters_args=(--device cuda --batch 256 --new-tokens 64)
     gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
+    adapters_limit=200
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=8,1 largest_batch=8
@@ -101,7 +106,9 @@ else
     train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
     kv_args=(--device cpu --batch 8 --rounds 1)
     shrink_args=(--device cpu --batch 8 --max-new 32 --short-share 0.6 --waves 1 --repeats 1)
+    adapters_args=(--device cpu --batch 8 --new-tokens 8 --repeats 1)
     gen_limits=(300 120) profile_limit=300 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
+    adapters_limit=120
 fi
 
 generate_all() {
@@ -140,6 +147,12 @@ shrink_last() {
     for shape in $SHAPES; do :; done
     step "shrink-$shape" "$shrink_limit" "$PYTHON" bench/shrink.py --shape "$shape" "${shrink_args[@]}" --out "$OUT/shrink-$shape.json"
 }
+adapters_last() {
+    local shape
+    for shape in $SHAPES; do :; done
+    step "adapters-$shape" "$adapters_limit" "$PYTHON" bench/adapters.py --shape "$shape" "${adapters_args[@]}" \
+        --out "$OUT/adapters-$shape.json"
+}
 for name in $STEPS; do
     case $name in
         generate) generate_all ;;
@@ -147,7 +160,8 @@ for name in $STEPS; do
         train) train_all ;;
         kv) kv_last ;;
         shrink) shrink_last ;;
-        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv shrink)" ;;
+        adapters) adapters_last ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv shrink adapters)" ;;
     esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"

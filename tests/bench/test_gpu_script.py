@@ -32,7 +32,7 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     # compile off: the compiled path has its own test (test_provider_engine)
     done, log = dry_run(out, "tiny", 280, compile="off", mirror=str(shared_data))
     assert done.returncode == 0, done.stderr + log
-    assert all(f"end {name}-tiny: rc 0" in log for name in ("generate", "profile", "train", "kv", "shrink")), log
+    assert all(f"end {name}-tiny: rc 0" in log for name in ("generate", "profile", "train", "kv", "shrink", "adapters")), log
     generated = json.loads((out / "generate-tiny.json").read_text(encoding="utf-8"))
     assert generated["complete"] is True
     measured = {(r["method"], r["batch"]) for r in generated["results"]}
@@ -59,6 +59,9 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     assert all(v["same_tokens"] for v in shrunk["variants"].values())
     assert shrunk["variants"]["full rounds"]["shrunk_rounds"] == 0
     assert shrunk["variants"][f"shrink_at {shrunk['shrink_at']:g}"]["decode_row_steps"] < shrunk["variants"]["full rounds"]["decode_row_steps"]
+    served = json.loads((out / "adapters-tiny.json").read_text(encoding="utf-8"))
+    assert set(served["variants"]) == {"base only", "lora_dtype model", "lora_dtype float32"}
+    assert served["same_token_share"] == 1.0  # float32 on CPU: the same computation either way
 
 
 def test_gpu_script_reports_a_step_that_fails_and_goes_on(tmp_path: Path) -> None:

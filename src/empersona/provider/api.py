@@ -54,6 +54,7 @@ class ProviderArgs(BaseModel):
     kv_cache_gib: float | None = Field(None, gt=0)
     min_batch_bucket: int | None = Field(None, ge=1)
     shrink_at: float | None = Field(None, ge=0, le=1)
+    lora_dtype: Literal["model", "float32"] = "model"
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class EmpersonaAPI(ModelAPI):
             kv_cache_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
             min_batch_bucket=args.min_batch_bucket,
             shrink_at=args.shrink_at,
+            lora_dtype=args.lora_dtype,
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None

@@ -146,6 +146,8 @@ class EngineOptions:
     live rows then fill the next power-of-two bucket down, one more compiled graph per size),
     ``SHRINK_AT_DYNAMIC`` otherwise (the live rows exactly; the cost is a copy of their KV cache).
     0 turns it off.
+    ``lora_dtype``: the dtype adapters are applied in, ``"model"`` (the base model's: bf16 on a GPU,
+    tensor cores, as vLLM) or ``"float32"`` (PEFT's default for a 16-bit base; see ``lora``).
     """
 
     max_batch_size: int = 256
@@ -160,6 +162,7 @@ class EngineOptions:
     kv_cache_bytes: int | None = None
     min_batch_bucket: int | None = None
     shrink_at: float | None = None
+    lora_dtype: str = "model"
 
 
 @dataclass
@@ -252,6 +255,10 @@ class Engine:
         if self.compile and not self.static:
             raise ValueError("compile=True decodes on a static cache; do not set static_cache=False with it")
         self.adapters = AdapterSet(model)
+        if options.lora_dtype == "model":
+            self.adapters.rows.dtype = next(model.parameters()).dtype
+        elif options.lora_dtype != "float32":
+            raise ValueError(f"lora_dtype must be 'model' or 'float32', not {options.lora_dtype!r}")
         self.stats = EngineStats()
         self.lock = threading.RLock()
         generation = getattr(model, "generation_config", None)
