@@ -4,10 +4,11 @@
 # Before the call, here: `bash bench/gpu_prepare.sh` fills the git-ignored .whl/ (wheels) and
 # .mirror/ (data, never committed).
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
-# and the 15 device minutes include its start): "bash bench/gpu.sh" (generation, issue 7; 290 s of
-# step limits, timeout_s 340), then "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='train kv' bash bench/gpu.sh"
-# (training with its variants, the KV cache budget; 360 s of limits, timeout_s 410). The profile
-# step (130 s) only if time is left.
+# and the 15 device minutes include its start, a minute or more): "GPU_CHECK_SHAPES=1.5b bash
+# bench/gpu.sh" (generation at the issue-7 target shape; 200 s of step limits, timeout_s 250), then
+# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='train kv' bash bench/gpu.sh" (training with its variants,
+# the KV cache budget; 360 s of limits, timeout_s 410). With time left, on 0.5b: adapters (200 s),
+# shrink (200 s), profile (130 s); plain "bash bench/gpu.sh" adds the 0.5B generation (90 s).
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
 # output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
