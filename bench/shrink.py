@@ -10,10 +10,12 @@ Each row here stops at a length drawn from a made-up mixture, seeded and printed
 ``--short-share`` of rows end after 16-96 tokens, a share ``--cap-share`` run to ``--max-new``, the
 others end uniformly in between (greedy decoding of a random model that emits no EOS, the lengths
 set per row through ``max_new_tokens``, which stops a row as an EOS would). One engine runs the
-same waves with ``shrink_at`` 0 (off) and its default (0.5 on a static cache, 0.75 otherwise),
-alternating ``--repeats`` times; each
+same waves with ``shrink_at`` 0 (off) and ``--shrink-at`` (default: the engine's, 0.75 on a
+dynamic cache; 0.5 where the engine's is off, as when compiling on a GPU), alternating
+``--repeats`` times; each
 variant's best wall time is reported with new tokens/s, rows x steps decoded, rounds shrunk, and
-whether the tokens equal the unshrunk run's.
+whether the tokens equal the unshrunk run's, and each variant's first (warm-up) round, which on a
+GPU holds its compiles: the fixed cost to set against the gain.
 
 Run here (CPU): ``.venv/bin/python bench/shrink.py --shape tiny-v152k --device cpu``.
 On a GPU: ``python3 bench/shrink.py --shape 1.5b --device cuda --batch 256`` (static cache and
@@ -81,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per variant; the best is kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shrink-at", type=float, default=None, help="the shrinking run's shrink_at")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from empersona.provider.engine import Engine, EngineOptions, Request
+    from empersona.provider.engine import SHRINK_AT_STATIC, Engine, EngineOptions, Request
 
     cuda = args.device == "cuda"
     device = torch.device("cuda:0" if cuda else "cpu")
@@ -105,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         waves = [[Request(p, n, temperature=0.0) for p, n in zip(ids, wave, strict=True)] for wave in lengths]
         new_tokens = sum(sum(wave) for wave in lengths)
-        shrink = f"shrink_at {engine.shrink_at:g}"
-        settings = {"full rounds": 0.0, shrink: engine.shrink_at}
-        began = time.perf_counter()
-        for shrink_at in settings.values():  # warm-up: compiles (CUDA) every row bucket either variant uses
-            run_variant(engine, waves[:1], shrink_at, device)
-        warmup = time.perf_counter() - began
+        shrink_at = args.shrink_at if args.shrink_at is not None else engine.shrink_at or SHRINK_AT_STATIC
+        shrink = f"shrink_at {shrink_at:g}"
+        settings = {"full rounds": 0.0, shrink: shrink_at}
+        warmup = {}
+        for name, value in settings.items():  # warm-up: compiles (CUDA) every row bucket each variant uses
+            began = time.perf_counter()
+            run_variant(engine, waves[:1], value, device)
+            warmup[name] = time.perf_counter() - began
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
         for _ in range(args.repeats):
             for name, shrink_at in settings.items():
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens_per_s": new_tokens / best["seconds"],
             "decode_row_steps": best["decode_row_steps"],
             "shrunk_rounds": best["shrunk_rounds"],
+            "warmup_s": warmup[name],  # the first round, with its compiles (CUDA: one per new bucket)
             "same_tokens": all(r["tokens"] == reference for r in results),
         }
     flat = sorted(n for wave in lengths for n in wave)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_new": args.max_new, "short_share": args.short_share, "cap_share": args.cap_share, "seed": args.seed,
         "answer_tokens": {"mean": sum(flat) / len(flat), "median": flat[len(flat) // 2], "max": flat[-1]},
         "useful_share_of_full_rounds": new_tokens / (args.waves * args.batch * args.max_new),
-        "warmup_s": warmup, "variants": variants,
+        "variants": variants,
         "shrink_at": settings[shrink],
         "speedup": variants["full rounds"]["seconds"] / variants[shrink]["seconds"],
     }
@@ -146,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{flat[0]}-{answers['max']} new tokens (mean {answers['mean']:.0f}; {100 * report['useful_share_of_full_rounds']:.0f}% "
         f"of the rows x steps of full rounds); best of {args.repeats}"
     )
-    print(f"  {'variant':<14} {'wall s':>8} {'new tok/s':>10} {'rows x steps':>13} {'shrunk':>7}  same tokens")
+    print(f"  {'variant':<14} {'wall s':>8} {'new tok/s':>10} {'rows x steps':>13} {'shrunk':>7} {'warm-up s':>10}  same tokens")
     for name, row in variants.items():
         print(
             f"  {name:<14} {row['seconds']:8.2f} {row['new_tokens_per_s']:10,.0f} {row['decode_row_steps']:13,d} "
-            f"{row['shrunk_rounds']:7d}  {row['same_tokens']}"
+            f"{row['shrunk_rounds']:7d} {row['warmup_s']:10.1f}  {row['same_tokens']}"
         )
     print(f"  {shrink} / full rounds: {report['speedup']:.2f}x tokens/s; written to {out}")
     return 0 if all(row["same_tokens"] for row in variants.values()) else 1

@@ -44,7 +44,7 @@ def run(
         {},
         {"static_cache": True, "sync_every": 1},
         {"static_cache": True, "sync_every": 4},
-        {"compile": True, "compile_backend": "eager", "sync_every": 2},
+        {"compile": True, "compile_backend": "eager", "sync_every": 2, "shrink_at": 0.5},  # off by default
     ],
     ids=["dynamic", "static", "static-sync-4", "compiled"],
 )
@@ -52,7 +52,7 @@ def test_a_shrunk_round_gives_the_tokens_and_logprobs_of_a_full_one(
     lively: tuple[Path, Path, Path], layout: dict[str, object]
 ) -> None:
     base, a1, a2 = lively
-    full, unshrunk = run(base, (a1, a2), 3, shrink_at=0.0, **layout)
+    full, unshrunk = run(base, (a1, a2), 3, **{**layout, "shrink_at": 0.0})
     shrunk, engine = run(base, (a1, a2), 3, **layout)
     assert unshrunk.stats.shrunk_rounds == 0 and engine.stats.shrunk_rounds >= 1
     assert engine.stats.decode_row_steps < unshrunk.stats.decode_row_steps
@@ -110,6 +110,13 @@ def test_a_round_with_all_rows_equally_long_never_shrinks(lively: tuple[Path, Pa
     engine.generate([Request(p, 10, temperature=0.0) for p in prompts])
     assert engine.stats.shrunk_rounds == 0
     assert engine.stats.decode_row_steps == 10 * 8  # 5 rows padded to 8, ten choices each
+
+
+def test_compiled_steps_do_not_shrink_unless_asked(lively: tuple[Path, Path, Path]) -> None:
+    base, a1, a2 = lively
+    _, compiled = run(base, (a1, a2), None, EARLY_FIVE, compile=True, compile_backend="eager")
+    assert compiled.shrink_at == 0 and compiled.stats.shrunk_rounds == 0
+    assert compiled.stats.decode_row_steps == 40 * 8
 
 
 def test_the_provider_takes_shrink_at(tiny_model: Path) -> None:

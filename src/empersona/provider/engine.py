@@ -60,9 +60,12 @@ StopReason = Literal["stop", "max_tokens"]
 STATIC_LENGTH_STEP = 256
 KV_CACHE_SHARE = 0.5  # of the GPU memory free after loading, for static KV caches (the rest: activations)
 GPU_MIN_ROWS = 32  # compiled CUDA batches are padded to at least this many rows (one graph for small batches)
-# a round goes on with its live rows once they are at most this share of its batch (EngineOptions.shrink_at)
+# a round goes on with its live rows once they are at most this share of its batch (EngineOptions.shrink_at);
+# compiled: off, since each smaller bucket is one more compiled graph (about 50 s for a 1.5B model
+# on an H100), more than the tails of a battery's rounds are estimated to save until a GPU run says
 SHRINK_AT_STATIC = 0.5
 SHRINK_AT_DYNAMIC = 0.75
+SHRINK_AT_COMPILED = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,10 @@ class EngineOptions:
     ``shrink_at``: when the rows still generating are at most this share of a round's batch
     (checked every ``sync_every`` steps on a static cache, every step otherwise), the round goes
     on with those rows only: sampled answers end at different lengths, and a round otherwise runs
-    all its rows until its longest answer ends. None: ``SHRINK_AT_STATIC`` on a static cache (the
-    live rows then fill the next power-of-two bucket down, one more compiled graph per size),
-    ``SHRINK_AT_DYNAMIC`` otherwise (the live rows exactly; the cost is a copy of their KV cache).
-    0 turns it off.
+    all its rows until its longest answer ends. None: ``SHRINK_AT_COMPILED`` (off) when the step
+    is compiled, ``SHRINK_AT_STATIC`` on an eager static cache (the live rows then fill the next
+    power-of-two bucket down), ``SHRINK_AT_DYNAMIC`` otherwise (the live rows exactly; the cost is
+    a copy of their KV cache). 0 turns it off.
     ``lora_dtype``: the dtype adapters are applied in, ``"model"`` (the base model's: bf16 on a GPU,
     tensor cores, as vLLM) or ``"float32"`` (PEFT's default for a 16-bit base; see ``lora``).
     """
@@ -275,7 +278,7 @@ class Engine:
         self.kv_cache_budget = options.kv_cache_bytes if options.kv_cache_bytes is not None else auto_kv_budget(self.device)
         self._kv_bytes_per_slot = kv_bytes_per_slot(model)
         self.min_rows = options.min_batch_bucket or default_min_rows(self.compile, self.device)
-        shrink_default = SHRINK_AT_STATIC if self.static else SHRINK_AT_DYNAMIC
+        shrink_default = SHRINK_AT_COMPILED if self.compile else SHRINK_AT_STATIC if self.static else SHRINK_AT_DYNAMIC
         self.shrink_at = options.shrink_at if options.shrink_at is not None else shrink_default
         self._compiled_step: Any = None
         self._compiled_sample: Any = None
