@@ -65,6 +65,9 @@ class TrainMetadata(BaseModel):
     grad_accum: int
     precision: str
     attention: str
+    # the chat template the training data were rendered with: "model" (the model's own, with the
+    # markers TRL adds to formats it knows) or one of empersona's (its path in the package)
+    training_template: str = "model"
     steps: int
     final_loss: float | None
     mean_loss: float | None

@@ -9,7 +9,8 @@ defaults from PROTOCOLS.md section 2). What a run does:
 2. loads the base (bf16 on a GPU that has it, fp32 on CPU; 4-bit NF4 with ``qlora``), adds a
    fresh adapter or continues ``init_adapter`` (sequential fine-tuning);
 3. trains with loss on the assistant tokens only: TRL swaps in the Qwen2.5 training template with
-   generation markers, so the labels cover the assistant text and its ``<|im_end|>``; with
+   generation markers (for Llama 3.1, which TRL does not know, ``training_template`` gives ours),
+   so the labels cover the assistant text and its ``<|im_end|>``; with
    ``padding_free`` a batch is one flattened sequence whose per-example positions keep the
    examples apart in attention (FlashAttention 2 where installed, else ``packed_sdpa_attention``
    in base_model.py, or ``varlen_attention`` on request), the same loss as a padded batch without
@@ -108,6 +109,7 @@ class PreparedRun:
     device: str
     precision: str
     attention: str
+    training_template: str = "model"  # "model" (TRL's handling) or our template's file name
 
 
 def _world() -> tuple[int, bool]:
@@ -187,12 +189,63 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def check_training_template(tokenizer: Any, base: str) -> None:
-    """Refuse a base whose chat template cannot restrict the loss to the assistant's tokens.
+# made-up conversations on which an own training template must render what the model's template does
+TEMPLATE_PROBES: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A pear."}],
+    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": " Hi \n"},
+     {"role": "assistant", "content": "\nHello. "}, {"role": "user", "content": "And?"}],
+    [{"role": "user", "content": "One"}, {"role": "assistant", "content": "Two"},
+     {"role": "user", "content": "Three"}, {"role": "assistant", "content": "Four"}],
+)
+OWN_TRAINING_TEMPLATES = ("llama3_1_training.jinja",)
+
+
+def own_template_name(template: str) -> str:
+    """The file name of one of our training templates (as recorded in ``empersona.json``)."""
+    from importlib.resources import files
+
+    for name in OWN_TRAINING_TEMPLATES:
+        if files("empersona").joinpath("chat_templates", name).read_text(encoding="utf-8") == template:
+            return f"empersona/chat_templates/{name}"
+    raise ValueError("not one of empersona's training templates")
+
+
+def own_training_template(tokenizer: Any) -> str | None:
+    """One of our training templates that renders this tokenizer's chat format exactly, or None.
+
+    Checked by rendering: on every probe conversation, with and without the generation prompt,
+    the candidate must give the very text the tokenizer's own template gives, so training sees
+    the format that evaluation (which renders with the model's own template) will use.
+    """
+    from importlib.resources import files
+
+    def render(conversation: list[dict[str, str]], template: str | None, prompt: bool) -> str | None:
+        try:
+            return str(tokenizer.apply_chat_template(
+                conversation, chat_template=template, tokenize=False, add_generation_prompt=prompt
+            ))
+        except Exception:  # a template that cannot render a probe does not match
+            return None
+
+    for name in OWN_TRAINING_TEMPLATES:
+        candidate = files("empersona").joinpath("chat_templates", name).read_text(encoding="utf-8")
+        if all(
+            (own := render(conversation, None, prompt)) is not None and own == render(conversation, candidate, prompt)
+            for conversation in TEMPLATE_PROBES
+            for prompt in (False, True)
+        ):
+            return candidate
+    return None
+
+
+def training_template(tokenizer: Any, base: str) -> str | None:
+    """The chat template to render the training data with, or None for what TRL does itself.
 
     The loss is on assistant tokens only, which needs ``{% generation %}`` markers in the chat
-    template; TRL adds them to the templates it knows (Qwen2.5, Llama 3, ...) and refuses the
-    rest, Llama 3.1 among them in TRL 1.16.
+    template. TRL adds them to the templates it knows (Qwen2.5, Llama 3, ...); for Llama 3.1
+    (the protocol's replication model), which TRL 1.16 does not know, we ship our own
+    (``empersona/chat_templates``), used when it renders the model's format exactly. Any other
+    base is refused with what to do.
     """
     import trl
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
@@ -201,15 +254,19 @@ def check_training_template(tokenizer: Any, base: str) -> None:
     if not template:
         raise EmpersonaError(f"{base}: the tokenizer has no chat template; the training data are chat conversations")
     if has_generation_markers(template):
-        return
+        return None
     try:
         get_training_chat_template(tokenizer)
+        return None
     except ValueError as exc:
+        own = own_training_template(tokenizer)
+        if own is not None:
+            return own
         raise EmpersonaError(
             f"{base}: its chat template cannot restrict the loss to the assistant's tokens: TRL {trl.__version__} has "
-            f"no training version of it ({exc}). Copy the model folder, wrap the assistant's content in its chat "
-            "template (tokenizer_config.json or chat_template.jinja) with {% generation %} ... {% endgeneration %}, "
-            "and train from that folder"
+            f"no training version of it ({exc}), nor has empersona. Copy the model folder, wrap the assistant's "
+            "content in its chat template (tokenizer_config.json or chat_template.jinja) with {% generation %} ... "
+            "{% endgeneration %}, and train from that folder"
         ) from exc
 
 
@@ -284,7 +341,7 @@ def prepare(
     )
     _ = args.device  # sets up torch.distributed under accelerate launch, so loading can shard
     tokenizer = AutoTokenizer.from_pretrained(_resolve_base(config.base))
-    check_training_template(tokenizer, config.base)  # before the weights: a 70B load takes minutes
+    own_template = training_template(tokenizer, config.base)  # before the weights: a 70B load takes minutes
     model = load_base_model(config, bf16=bf16)
     peft_config = None
     if config.init_adapter is not None:
@@ -304,16 +361,24 @@ def prepare(
     if flatten:
         pad = tokenizer.pad_token or tokenizer.eos_token
         collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.convert_tokens_to_ids(pad), padding_free=True)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        data_collator=collator,
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(data.holdout) if data.holdout else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=list(callbacks),
-    )
+    # our training template renders the data (SFTTrainer tokenizes them here); the tokenizer saved
+    # with checkpoints and the adapter keeps the model's own template, which evaluation renders with
+    model_template = tokenizer.chat_template
+    if own_template is not None:
+        tokenizer.chat_template = own_template
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=Dataset.from_list(data.train),
+            eval_dataset=Dataset.from_list(data.holdout) if data.holdout else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=list(callbacks),
+        )
+    finally:
+        tokenizer.chat_template = model_template
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if progress:
@@ -323,7 +388,8 @@ def prepare(
     if config.qlora:
         precision += " (base in 4-bit NF4)"
     return PreparedRun(
-        trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention
+        trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention,
+        own_template_name(own_template) if own_template is not None else "model",
     )
 
 
@@ -371,6 +437,7 @@ def train(
         grad_accum=run.grad_accum,
         precision=run.precision,
         attention=run.attention,
+        training_template=run.training_template,
         steps=trainer.state.global_step,
         final_loss=losses[-1] if losses else None,
         mean_loss=output.training_loss,
