@@ -109,7 +109,7 @@ class PreparedRun:
     device: str
     precision: str
     attention: str
-    training_template: str = "model"  # "model" (TRL's handling) or our template's file name
+    training_template: str = "model"  # "model" (TRL's handling) or the path of our template in the package
 
 
 def _world() -> tuple[int, bool]:
