@@ -42,11 +42,12 @@ def run(
     "layout",
     [
         {},
+        {"row_prefill_tokens": 1},  # prompts prefilled one by one, their caches merged, then shrunk
         {"static_cache": True, "sync_every": 1},
         {"static_cache": True, "sync_every": 4},
         {"compile": True, "compile_backend": "eager", "sync_every": 2, "shrink_at": 0.5},  # off by default
     ],
-    ids=["dynamic", "static", "static-sync-4", "compiled"],
+    ids=["dynamic", "dynamic-row-prefill", "static", "static-sync-4", "compiled"],
 )
 def test_a_shrunk_round_gives_the_tokens_and_logprobs_of_a_full_one(
     lively: tuple[Path, Path, Path], layout: dict[str, object]
