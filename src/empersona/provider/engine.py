@@ -187,7 +187,6 @@ class _RoundState:
     """Per-row decoding state of a round, one entry per row of the batch as it runs now."""
 
     temperature: torch.Tensor
-    greedy: torch.Tensor
     top_p: torch.Tensor
     top_k: torch.Tensor
     limit: torch.Tensor
@@ -409,10 +408,8 @@ class Engine:
         limit = torch.tensor([r.max_new_tokens for r in requests], device=device)
         limit[real_rows:] = 1  # padding rows of a compiled batch stop at once
         eos = torch.tensor(self.eos_ids or (-1,), device=device)
-        temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
         state = _RoundState(
-            temperature=temperature,
-            greedy=temperature <= 0,
+            temperature=torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device),
             top_p=torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device),
             top_k=torch.tensor([r.top_k for r in requests], dtype=torch.long, device=device),
             limit=limit,
@@ -429,7 +426,7 @@ class Engine:
         steps = 0
         for step in range(max_new):
             token, token_lp, values, ids = sample(
-                logits, state.temperature, state.top_p, state.top_k, state.greedy, k, sampled, filters
+                logits, state.temperature, state.top_p, state.top_k, state.temperature <= 0, k, sampled, filters
             )
             token = torch.where(state.done, self.pad_id, token)
             out.write_step(state.slot, step, token, token_lp if k else None, values if k else None, ids if k else None)
@@ -444,10 +441,10 @@ class Engine:
             if step + 1 == max_new:
                 break
             if (step + 1) % sync_every == 0:
-                live = int((~state.done).sum())
-                if live == 0:
+                live = [row for row, done in enumerate(state.done.tolist()) if not done]
+                if not live:
                     break
-                if live <= self.shrink_at * len(state.slot):
+                if len(live) <= self.shrink_at * len(state.slot):
                     batch, cache, token = self._shrink(batch, cache, state, out, token, live)
             logits = self._decode(batch, cache, token, state.position, step)
             state.position = state.position + 1
@@ -456,42 +453,40 @@ class Engine:
         return self._collect(requests[:real_rows], out, steps)
 
     def _shrink(
-        self, batch: _Batch, cache: Any, state: _RoundState, out: _RoundOutput, token: torch.Tensor, live: int
+        self, batch: _Batch, cache: Any, state: _RoundState, out: _RoundOutput, token: torch.Tensor, live: list[int]
     ) -> tuple[_Batch, Any, torch.Tensor]:
         """Go on with the rows still generating only, in a smaller batch (same tokens, less work).
 
         The finished rows' results are stored; the live rows' KV cache, mask and sampling settings
         move to a batch of the next bucket size (static cache: padded with finished copies of a
-        live row, whose writes go to the spare output row) or of exactly ``live`` rows.
+        live row, whose writes go to the spare output row) or of exactly the ``live`` rows.
         """
         import torch
 
-        rows = len(state.slot)
-        size = self._bucket_rows(live) if self.static else live
-        if size >= rows:
+        size = self._bucket_rows(len(live)) if self.static else len(live)
+        if size >= len(state.slot):
             return batch, cache, token
-        keep = torch.nonzero(~state.done).flatten()
-        keep = torch.cat([keep, keep[:1].expand(size - live)])
+        keep_rows = live + live[:1] * (size - len(live))
+        keep = torch.tensor(keep_rows, device=self.device)
         out.finish(state)
         spare = out.length.shape[0] - 1
         state.select(keep)
-        state.slot[live:] = spare
-        state.done[live:] = True
+        state.slot[len(live):] = spare
+        state.done[len(live):] = True
         token = token.index_select(0, keep)
-        keep_host = keep.tolist()
         batch = replace(
             batch,
-            requests=[batch.requests[i] for i in keep_host],
+            requests=[batch.requests[i] for i in keep_rows],
             mask=batch.mask.index_select(0, keep),
             positions=batch.positions.index_select(0, keep),
             ids=batch.ids.index_select(0, keep),
-            real_rows=live,
+            real_rows=len(live),
         )
         if self.static:
             smaller = self._static_cache(size, batch.mask.shape[1])
             _copy_rows(smaller, cache, keep)
             cache = smaller
-            self.stats.shapes[(live, batch.mask.shape[1])] += 1
+            self.stats.shapes[(len(live), batch.mask.shape[1])] += 1
         else:
             cache.batch_select_indices(keep)
         self._set_rows([r.adapter for r in batch.requests])
