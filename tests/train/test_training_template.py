@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from empersona.errors import EmpersonaError
-from empersona.train.sft import own_training_template, prepare, training_template
+from empersona.train.sft import own_template_text, own_training_template, prepare, training_template
 from test_sft import TOY_ROWS, fast, write_jsonl
 
 LLAMA_31 = files("trl").joinpath("chat_templates", "llama3_1.jinja").read_text(encoding="utf-8")
@@ -44,7 +44,9 @@ def tokenizer_of(path: Path) -> Any:
 
 def test_our_llama_31_template_renders_the_models_text_and_marks_the_assistant(tiny_model: Path, tmp_path: Path) -> None:
     tokenizer = tokenizer_of(with_template(tiny_model, tmp_path / "llama31", LLAMA_31))
-    own = own_training_template(tokenizer)
+    name = own_training_template(tokenizer)
+    assert name is not None
+    own = own_template_text(name)
     assert own is not None and "{% generation %}" in own.replace("{%- generation %}", "{% generation %}")
     conversations = [row["messages"] for row in TOY_ROWS] + [
         [{"role": "system", "content": "  Answer in French.  "}, {"role": "user", "content": "Bonjour"},

@@ -200,24 +200,20 @@ TEMPLATE_PROBES: tuple[list[dict[str, str]], ...] = (
 OWN_TRAINING_TEMPLATES = ("llama3_1_training.jinja",)
 
 
-def own_template_name(template: str) -> str:
-    """The file name of one of our training templates (as recorded in ``empersona.json``)."""
+def own_template_text(name: str) -> str:
+    """The text of one of our training templates (``empersona/chat_templates/<name>``)."""
     from importlib.resources import files
 
-    for name in OWN_TRAINING_TEMPLATES:
-        if files("empersona").joinpath("chat_templates", name).read_text(encoding="utf-8") == template:
-            return f"empersona/chat_templates/{name}"
-    raise ValueError("not one of empersona's training templates")
+    return files("empersona").joinpath("chat_templates", name).read_text(encoding="utf-8")
 
 
 def own_training_template(tokenizer: Any) -> str | None:
-    """One of our training templates that renders this tokenizer's chat format exactly, or None.
+    """The name of one of our training templates that renders this tokenizer's chat format exactly.
 
     Checked by rendering: on every probe conversation, with and without the generation prompt,
     the candidate must give the very text the tokenizer's own template gives, so training sees
     the format that evaluation (which renders with the model's own template) will use.
     """
-    from importlib.resources import files
 
     def render(conversation: list[dict[str, str]], template: str | None, prompt: bool) -> str | None:
         try:
@@ -228,18 +224,18 @@ def own_training_template(tokenizer: Any) -> str | None:
             return None
 
     for name in OWN_TRAINING_TEMPLATES:
-        candidate = files("empersona").joinpath("chat_templates", name).read_text(encoding="utf-8")
+        candidate = own_template_text(name)
         if all(
             (own := render(conversation, None, prompt)) is not None and own == render(conversation, candidate, prompt)
             for conversation in TEMPLATE_PROBES
             for prompt in (False, True)
         ):
-            return candidate
+            return name
     return None
 
 
 def training_template(tokenizer: Any, base: str) -> str | None:
-    """The chat template to render the training data with, or None for what TRL does itself.
+    """The name of our chat template to render the training data with, or None for what TRL does itself.
 
     The loss is on assistant tokens only, which needs ``{% generation %}`` markers in the chat
     template. TRL adds them to the templates it knows (Qwen2.5, Llama 3, ...); for Llama 3.1
@@ -365,7 +361,7 @@ def prepare(
     # with checkpoints and the adapter keeps the model's own template, which evaluation renders with
     model_template = tokenizer.chat_template
     if own_template is not None:
-        tokenizer.chat_template = own_template
+        tokenizer.chat_template = own_template_text(own_template)
     try:
         trainer = SFTTrainer(
             model=model,
@@ -389,7 +385,7 @@ def prepare(
         precision += " (base in 4-bit NF4)"
     return PreparedRun(
         trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention,
-        own_template_name(own_template) if own_template is not None else "model",
+        f"empersona/chat_templates/{own_template}" if own_template is not None else "model",
     )
 
 
