@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import QWEN25_SHAPES, _sync, build_model, prompt_ids, prompts  # noqa: E402
+from generate import QWEN25_SHAPES, BenchModel, _sync  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -70,15 +70,13 @@ def write_adapter(model_dir: Path, out: Path, rank: int, seed: int) -> Path:
 
 
 def run_variant(
-    model_dir: Path, adapters: list[Path], lora_dtype: str, ids: list[tuple[int, ...]], new_tokens: int,
-    device: Any, dtype: Any, repeats: int,
+    bench: BenchModel, adapters: list[Path], lora_dtype: str, ids: list[tuple[int, ...]], new_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one."""
-    from transformers import AutoModelForCausalLM
-
     from empersona.provider.engine import Engine, EngineOptions, Request
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    device = bench.device
+    model = bench.load()
     engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype))
     keys: list[str | None] = [None, *(engine.add_adapter(path) for path in adapters)]
     requests = [Request(p, new_tokens, temperature=0.0, adapter=keys[i % len(keys)]) for i, p in enumerate(ids)]
@@ -115,20 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = args.device == "cuda"
-    device = torch.device("cuda:0" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
     out = args.out or Path(f"bench/results/adapters-{args.shape}-{args.device}.json")
     variants: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = build_model(args.shape, Path(scratch) / "model", "bfloat16" if cuda else "float32")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ids = [prompt_ids(tokenizer, t) for t in prompts(model_dir, args.batch, args.prompt_tokens, seed=0)]
-        paths = [write_adapter(model_dir, Path(scratch) / f"a{i}", args.rank, seed=i) for i in range(args.adapters)]
+        bench = BenchModel.build(args.shape, args.device, Path(scratch))
+        ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=0)
+        paths = [write_adapter(bench.model_dir, Path(scratch) / f"a{i}", args.rank, seed=i) for i in range(args.adapters)]
         plan = {"base only": ([], "model"), "lora_dtype model": (paths, "model"), "lora_dtype float32": (paths, "float32")}
         for name, (adapters, lora_dtype) in plan.items():
-            variants[name] = run_variant(model_dir, adapters, lora_dtype, ids, args.new_tokens, device, dtype, args.repeats)
+            variants[name] = run_variant(bench, adapters, lora_dtype, ids, args.new_tokens, args.repeats)
             if cuda:
                 torch.cuda.empty_cache()
     new = args.batch * args.new_tokens

@@ -136,6 +136,36 @@ def prompts(model_dir: Path, batch: int, prompt_tokens: int, seed: int) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class BenchModel:
+    """A benchmark model saved for one run: bf16 on CUDA, float32 on CPU, with its tokenizer."""
+
+    model_dir: Path
+    tokenizer: Any
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+    @classmethod
+    def build(cls, shape: str, device: str, scratch: Path) -> BenchModel:
+        import torch
+        from transformers import AutoTokenizer
+
+        cuda = device == "cuda"
+        model_dir = build_model(shape, Path(scratch) / "model", "bfloat16" if cuda else "float32")
+        return cls(model_dir, AutoTokenizer.from_pretrained(model_dir), torch.device("cuda:0" if cuda else "cpu"),
+                   torch.bfloat16 if cuda else torch.float32)
+
+    def load(self) -> Any:
+        """A fresh copy of the model on the device."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype).to(self.device)
+
+    def prompt_ids(self, batch: int, prompt_tokens: int, seed: int) -> list[tuple[int, ...]]:
+        """Token ids of ``batch`` distinct made-up prompts (``prompts``) through the chat template."""
+        return [prompt_ids(self.tokenizer, text) for text in prompts(self.model_dir, batch, prompt_tokens, seed)]
+
+
 def run_plain(model: Any, tokenizer: Any, texts: list[str], new_tokens: int) -> float:
     """One sampled ``model.generate`` on the whole left-padded batch; returns wall seconds."""
     import torch

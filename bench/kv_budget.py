@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import _sync, build_model, prompt_ids, prompts  # noqa: E402
+from generate import BenchModel, _sync  # noqa: E402
 
 
 def run_waves(engine: Any, waves: list[list[Any]], device: Any) -> tuple[float, list[list[tuple[int, ...]]]]:
@@ -57,12 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from empersona.provider.engine import Engine, EngineOptions, Request
 
-    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     cuda = args.device == "cuda"
     out = args.out or Path(f"bench/results/kv-budget-{args.shape}-{args.device}.json")
     report: dict[str, Any] = {
@@ -71,11 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds, "torch": torch.__version__, "variants": {},
     }
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = build_model(args.shape, Path(scratch) / "model", "bfloat16" if cuda else "float32")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-        engine = Engine(model, EngineOptions(max_batch_size=args.batch, static_cache=True))
-        ids = [prompt_ids(tokenizer, t) for t in prompts(model_dir, args.batch, args.prompt_tokens, seed=args.batch)]
+        bench = BenchModel.build(args.shape, args.device, Path(scratch))
+        device = bench.device
+        engine = Engine(bench.load(), EngineOptions(max_batch_size=args.batch, static_cache=True))
+        ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=args.batch)
         short = [Request(p, args.short, temperature=0.0) for p in ids]
         long = [Request(p, args.long, temperature=0.0) for p in ids]
         waves = [short, long] * args.rounds

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import _sync, build_model, prompt_ids, prompts, weight_bytes  # noqa: E402
+from generate import BenchModel, _sync, weight_bytes  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], device: Any, repeats: int) -> float:
@@ -172,12 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from empersona.provider.engine import Engine, EngineOptions, Request
 
-    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     out = args.out or Path(f"bench/results/profile-engine-{args.shape}-{args.device}.json")
     report: dict[str, Any] = {"shape": args.shape, "device": args.device, "batch": args.batch, "new_tokens": args.new_tokens}
     if args.device == "cuda":
@@ -188,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = build_model(args.shape, Path(scratch) / "model", "bfloat16" if args.device == "cuda" else "float32")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        bench = BenchModel.build(args.shape, args.device, Path(scratch))
+        device, dtype = bench.device, bench.dtype
+        model = bench.load()
         compile_engine = None if args.compile == "auto" else args.compile == "on"
         engine = Engine(model, EngineOptions(max_batch_size=args.batch, compile=compile_engine, static_cache=True))
-        texts = prompts(model_dir, args.batch, args.prompt_tokens, seed=args.batch)
-        requests = [Request(prompt=prompt_ids(tokenizer, t), max_new_tokens=args.new_tokens, temperature=1.0) for t in texts]
+        ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=args.batch)
+        requests = [Request(prompt=p, max_new_tokens=args.new_tokens, temperature=1.0) for p in ids]
         step_bytes = weight_bytes(model)
         n = args.new_tokens
 

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import QWEN25_SHAPES, _sync, build_model, prompt_ids, prompts  # noqa: E402
+from generate import QWEN25_SHAPES, BenchModel, _sync  # noqa: E402
 
 
 def answer_lengths(rows: int, max_new: int, short_share: float, cap_share: float, seed: int) -> list[int]:
@@ -88,20 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from empersona.provider.engine import SHRINK_AT_STATIC, Engine, EngineOptions, Request
 
     cuda = args.device == "cuda"
-    device = torch.device("cuda:0" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
     out = args.out or Path(f"bench/results/shrink-{args.shape}-{args.device}.json")
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = build_model(args.shape, Path(scratch) / "model", "bfloat16" if cuda else "float32")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        bench = BenchModel.build(args.shape, args.device, Path(scratch))
+        device = bench.device
+        model = bench.load()
         engine = Engine(model, EngineOptions(max_batch_size=args.batch))
-        ids = [prompt_ids(tokenizer, t) for t in prompts(model_dir, args.batch, args.prompt_tokens, seed=args.seed)]
+        ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=args.seed)
         lengths = [
             answer_lengths(args.batch, args.max_new, args.short_share, args.cap_share, args.seed + wave)
             for wave in range(args.waves)
