@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = {"base only": ([], "model"), "lora_dtype model": (paths, "model"), "lora_dtype float32": (paths, "float32")}
         for name, (adapters, lora_dtype) in plan.items():
             variants[name] = run_variant(bench, adapters, lora_dtype, ids, args.new_tokens, args.repeats)
+            got = variants[name]  # shown as it comes: a run cut by a time limit keeps what it measured
+            print(f"{name}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
             if cuda:
                 torch.cuda.empty_cache()
     new = args.batch * args.new_tokens

@@ -18,6 +18,8 @@
 #      with the weight-bandwidth bound;
 #   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
 #      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
+#   2b. sampler: the next-token choice alone at batch 256, compiled, without logprobs and with 1 and
+#      5 top logprobs, against the softmax-materialising form it replaced (bench/sampler.py);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
 #      then 3 profiled steps of each (top host operators and kernels); on the last shape also our
 #      trainer with the model's own full-logit loss instead of TRL's fused LM head, with padded
@@ -31,7 +33,8 @@
 #   6. adapters (on request): one batch over the base and six random r=32 adapters, adapters in the
 #      model's dtype against float32 (PEFT's) and against no adapters (bench/adapters.py, last
 #      shape, batch 256: three compiles).
-# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all six on CPU).
+# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
+# GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
 #
@@ -43,7 +46,7 @@ set -u -o pipefail
 OUT=${OUT:-bench/results/gpu}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SHAPES=${GPU_CHECK_SHAPES:-1.5b 0.5b}
-STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile train kv shrink adapters")}
+STEPS=${GPU_CHECK_STEPS:-$([ "$DEVICE" = cuda ] && echo "generate" || echo "generate profile sampler train kv shrink adapters")}
 PYTHON=${PYTHON:-python3}
 MIRROR=${GPU_CHECK_MIRROR:-.mirror}
 mkdir -p "$OUT"
@@ -92,23 +95,25 @@ EOF
 # a compile of about 50 s (H100, 2026-11-27), so the first shape runs batch 256 and 32 only.
 if [ "$DEVICE" = cuda ]; then
     gen_args=(--device cuda --new-tokens 128 --prompt-tokens 64)
-    all_batches=256,32 largest_batch=256
+    all_batches=${GPU_CHECK_BATCHES:-256,32} largest_batch=256
+    sampler_args=(--device cuda --compile)
     profile_args=(--device cuda --batch 256 --new-tokens 128 --prompt-tokens 64)
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
     adapters_args=(--device cuda --batch 256 --new-tokens 64)
-    gen_limits=(200 90) profile_limit=130 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
+    gen_limits=(200 90) profile_limit=130 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
     adapters_limit=200
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
-    all_batches=8,1 largest_batch=8
+    all_batches=${GPU_CHECK_BATCHES:-8,1} largest_batch=8
+    sampler_args=(--device cpu --batch 4 --vocab 4096 --repeats 1 --steps 2)
     profile_args=(--device cpu --batch 8 --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
     kv_args=(--device cpu --batch 8 --rounds 1)
     shrink_args=(--device cpu --batch 8 --max-new 32 --short-share 0.6 --waves 1 --repeats 1)
     adapters_args=(--device cpu --batch 8 --new-tokens 8 --repeats 1)
-    gen_limits=(300 120) profile_limit=300 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
+    gen_limits=(300 120) profile_limit=300 sampler_limit=60 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
     adapters_limit=120
 fi
 
@@ -126,6 +131,9 @@ profile_first() {
     for shape in $SHAPES; do break; done
     step "profile-$shape" "$profile_limit" "$PYTHON" bench/profile_engine.py --shape "$shape" \
         "${profile_args[@]}" --out "$OUT/profile-$shape.json"
+}
+sampler() {
+    step sampler "$sampler_limit" "$PYTHON" bench/sampler.py "${sampler_args[@]}" --out "$OUT/sampler.json"
 }
 train_all() {
     local i=0 shape last variants limit
@@ -158,11 +166,12 @@ for name in $STEPS; do
     case $name in
         generate) generate_all ;;
         profile) profile_first ;;
+        sampler) sampler ;;
         train) train_all ;;
         kv) kv_last ;;
         shrink) shrink_last ;;
         adapters) adapters_last ;;
-        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile train kv shrink adapters)" ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile sampler train kv shrink adapters)" ;;
     esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"

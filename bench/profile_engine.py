@@ -7,15 +7,17 @@ on its own after a warm-up, all in one run:
 - ``generate``: ``Engine.generate`` end to end (what generate.py reports), ms per new token;
 - ``prefill``: layout plus the prompt forward passes (prefix once, then the suffixes);
 - ``decode step``: the model's decode step alone (compiled, CUDA graphs on CUDA), replayed;
-- ``sampler``: the next-token choice alone (log-softmax over the vocabulary, draw, top logprob);
+- ``sampler``: the next-token choice alone, as the timed generate makes it (a draw, no logprobs
+  asked), and apart from the phases with one top logprob;
 - ``loop rest``: per-step time of generate not covered by the three above (host work, syncs);
 - attention: the decode attention of one layer on the batch's cache: ``ours``
   (``grouped_decode_attention`` as the engine runs it), ``matmul`` (its fallback without SDPA's
   ``enable_gqa``) and SDPA on repeated key/value heads (what transformers does with a mask), at
   the cache length the engine allocates and at the length actually filled,
   times the number of layers; on CUDA each is captured in a CUDA graph so launches do not count;
-- the model step's kernels (eager, on CUDA): ``torch.profiler`` over a few decode steps, the
-  kernels with the most device time, and device time per step by kind (matmul, attention, rest).
+- kernels (CUDA): ``torch.profiler`` over a few calls of the eager decode step, of the prefill and
+  of the compiled sampler: the kernels with the most device time, and device time per call by
+  kind (matmul, attention, softmax/reduce, rest).
 
 Figures go to stdout and ``--out`` (JSON). Run here: ``.venv/bin/python bench/profile_engine.py
 --shape tiny --device cpu --batch 8 --new-tokens 16``; on the H100 through ``bench/gpu.sh``.
@@ -112,10 +114,9 @@ def attention_variants(config: Any, rows: int, lengths: dict[str, int], device: 
     return out
 
 
-def kernel_profile(engine: Any, batch: Any, cache: Any, token: Any, position: Any, steps: int) -> dict[str, Any]:
-    """Device time per eager decode step, by kind, and the top kernels (CUDA only)."""
+def decode_runner(engine: Any, batch: Any, cache: Any, token: Any, position: Any) -> Callable[[int], Any]:
+    """The eager decode step ``i`` of ``batch`` on ``cache`` (what the engine compiles)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from empersona.provider.engine import _static_decode_step
 
@@ -127,12 +128,20 @@ def kernel_profile(engine: Any, batch: Any, cache: Any, token: Any, position: An
             kwargs["cache_position"] = torch.arange(at, at + 1, device=engine.device)
         return _static_decode_step(engine.model, engine._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
 
+    return step
+
+
+def kernel_profile(run: Callable[[int], Any], steps: int) -> dict[str, Any]:
+    """Device time per call of ``run`` (called with 0, 1, ...), by kind, and the top kernels (CUDA only)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
     with torch.inference_mode():
-        step(0)
+        run(0)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for i in range(steps):
-                step(i)
+                run(i)
             torch.cuda.synchronize()
     kinds = {"matmul": 0.0, "attention": 0.0, "softmax/reduce": 0.0, "rest": 0.0}
     top = []
@@ -219,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(steps):
                     engine._decode(batch, cache, token, position + i, i)
 
-            def sample_steps() -> None:
+            def sample_steps(k: int) -> None:
                 for _ in range(steps):
-                    sample(logits, temperature, top_p, top_k, greedy, 1, True, False)
+                    sample(logits, temperature, top_p, top_k, greedy, k, True, False)
 
             decode_ms = 1000 * timed(decode_steps, device, args.repeats) / steps
-            sample_ms = 1000 * timed(sample_steps, device, args.repeats) / steps
+            # as the timed generate calls sample (no logprobs asked), and with one top logprob
+            sample_ms = 1000 * timed(lambda: sample_steps(0), device, args.repeats) / steps
+            sample(logits, temperature, top_p, top_k, greedy, 1, True, False)  # compiles the k=1 form
+            report["sampler_top1_ms"] = 1000 * timed(lambda: sample_steps(1), device, args.repeats) / steps
         generate_ms = 1000 * generate_s / n
         prefill_ms = 1000 * prefill_s / n
         report["phases_ms_per_new_token"] = {
@@ -245,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, ms in report["phases_ms_per_new_token"].items():
             print(f"  {name:<22} {ms:8.3f} ms per new token")
+        print(f"  (sampler with one top logprob: {report['sampler_top1_ms']:.3f} ms per call)")
         save()
 
         with torch.inference_mode():
@@ -255,11 +268,22 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
         if args.device == "cuda":
-            report["eager_step_kernels"] = kernel_profile(engine, batch, cache, token, position, args.profile_steps)
-            print("  eager decode step, device ms by kind:", {k: round(v, 3) for k, v in report["eager_step_kernels"]["ms_per_step_by_kind"].items()})
-            for k in report["eager_step_kernels"]["top_kernels"]:
-                print(f"    {k['ms_per_step']:7.3f} ms x{k['calls_per_step']:<4} {k['name']}")
-            save()
+            profiled = {
+                "eager_step_kernels": ("eager decode step", decode_runner(engine, batch, cache, token, position), 25),
+                "prefill_kernels": ("prefill (whole batch)", lambda i: engine._prefill(batch, n), 12),
+                "sampler_kernels": (
+                    "sampler (as compiled, no logprobs)",
+                    lambda i: sample(logits, temperature, top_p, top_k, greedy, 0, True, False),
+                    8,
+                ),
+            }
+            for key, (title, run, shown) in profiled.items():
+                report[key] = kernel_profile(run, args.profile_steps)
+                by_kind = {k: round(v, 3) for k, v in report[key]["ms_per_step_by_kind"].items()}
+                print(f"  {title}, device ms per call by kind:", by_kind)
+                for k in report[key]["top_kernels"][:shown]:
+                    print(f"    {k['ms_per_step']:7.3f} ms x{k['calls_per_step']:<4} {k['name']}")
+                save()
     print(f"written to {out}")
     return 0
 

@@ -33,6 +33,10 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     done, log = dry_run(out, "tiny", 280, compile="off", mirror=str(shared_data))
     assert done.returncode == 0, done.stderr + log
     assert all(f"end {name}-tiny: rc 0" in log for name in ("generate", "profile", "train", "kv", "shrink", "adapters")), log
+    assert "end sampler: rc 0" in log, log
+    sampled = json.loads((out / "sampler.json").read_text(encoding="utf-8"))
+    assert {r["top_logprobs"] for r in sampled["results"]} == {0, 1, 5}
+    assert all(r["ms_per_step"] > 0 for r in sampled["results"])
     generated = json.loads((out / "generate-tiny.json").read_text(encoding="utf-8"))
     assert generated["complete"] is True
     measured = {(r["method"], r["batch"]) for r in generated["results"]}

@@ -77,3 +77,26 @@ def test_bf16_logits_give_the_same_result_as_their_float32_values() -> None:
     full = sample_next(logits.float(), *args, 3, True, False)
     for a, b in zip(low, full, strict=True):
         assert torch.equal(a, b)
+
+
+def test_top_one_logprob_is_the_rows_maximum_without_a_topk() -> None:
+    torch.manual_seed(6)
+    logits = torch.randn(5, 40) * 2
+    logits[0, [3, 9]] = 10.0  # a tie: the first index is reported, as argmax
+    choice, chosen, values, ids = sample_next(logits, *flags(5, 1.0), 1, True, False)
+    reference = torch.log_softmax(logits, -1)
+    assert values is not None and ids is not None and values.shape == (5, 1) and ids.shape == (5, 1)
+    torch.testing.assert_close(values.squeeze(1), reference.max(-1).values)
+    assert torch.equal(ids.squeeze(1), logits.argmax(-1)) and ids[0, 0] == 3
+    torch.testing.assert_close(chosen, reference.gather(-1, choice[:, None]).squeeze(-1))
+
+
+def test_no_logprobs_asked_computes_none_and_draws_the_same_tokens() -> None:
+    logits = torch.randn(64, 100) * 3
+    args = flags(64, 0.8)
+    torch.manual_seed(7)
+    bare = sample_next(logits, *args, 0, True, False)
+    torch.manual_seed(7)
+    with_logprobs = sample_next(logits, *args, 2, True, False)
+    assert bare[1:] == (None, None, None)
+    assert torch.equal(bare[0], with_logprobs[0])

@@ -21,7 +21,7 @@ def sample_next(
     k: int,
     sampled: bool,
     filters: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Pick each row's next token; return it, its logprob and the top-``k`` logprobs (``k=0``: none).
 
     ``sampled`` (any row samples) and ``filters`` (any row uses top-k/top-p) are per-batch flags,
@@ -35,14 +35,16 @@ def sample_next(
 
     Logprobs are ``logits - logsumexp(logits)`` taken only where needed (the chosen token, the
     top k), so no vocabulary-sized tensor of logprobs or probabilities is written: at batch 256
-    and a 152k vocabulary each such tensor is 155 MB per step. ``logits`` may be bf16 (the model's
-    own values); the arithmetic is float32.
+    and a 152k vocabulary each such tensor is 155 MB per step. With ``k=0`` (no row asked for
+    logprobs) no logprob is computed at all and the second value is None; with ``k=1`` the top
+    logprob is the row's maximum, a reduction the greedy choice already makes, not a ``topk``
+    over the vocabulary. ``logits`` may be bf16 (the model's own values); the arithmetic is
+    float32.
     """
     import torch
 
     logits = logits.float()
-    norm = torch.logsumexp(logits, dim=-1)
-    choice = logits.argmax(dim=-1)
+    best = choice = logits.argmax(dim=-1)  # the greedy choice: the first index of the maximum
     if sampled:
         scaled = logits / temperature.clamp_min(1e-5)[:, None]
         if filters:
@@ -55,8 +57,11 @@ def sample_next(
             scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
         log_race = torch.rand_like(scaled).log_().neg_().log_()  # log E, E = -log U ~ Exp(1)
         choice = torch.where(greedy, choice, (scaled - log_race).argmax(dim=-1))
+    if not k:
+        return choice, None, None, None
+    norm = torch.logsumexp(logits, dim=-1)
     chosen = logits.gather(-1, choice[:, None]).squeeze(-1) - norm
-    if k:
-        values, ids = logits.topk(k, dim=-1)
-        return choice, chosen, values - norm[:, None], ids
-    return choice, chosen, None, None
+    if k == 1:
+        return choice, chosen, logits.gather(-1, best[:, None]) - norm[:, None], best[:, None]
+    values, ids = logits.topk(k, dim=-1)
+    return choice, chosen, values - norm[:, None], ids
