@@ -152,10 +152,11 @@ def kernel_profile(run: Callable[[int], Any], steps: int) -> dict[str, Any]:
         if not device_us:
             continue
         name = event.key.lower()
-        if any(s in name for s in ("gemm", "nvjet", "cutlass", "sm90_", "matmul", "cublas")):
-            kind = "matmul"
-        elif any(s in name for s in ("flash", "fmha", "attention", "efficient")):
+        # attention first: cuDNN's fused attention kernels carry "sm90_" in their names too
+        if any(s in name for s in ("flash", "fmha", "attention", "efficient", "sdpa")):
             kind = "attention"
+        elif any(s in name for s in ("gemm", "nvjet", "cutlass", "sm90_", "matmul", "cublas")):
+            kind = "matmul"
         elif any(s in name for s in ("softmax", "reduce")):
             kind = "softmax/reduce"
         else:
