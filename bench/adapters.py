@@ -3,11 +3,15 @@
 The battery's mixed batches hold rows of the base model and of six fine-tunes. This runs one
 batch of ``--batch`` rows spread round-robin over the base and ``--adapters`` random LoRA adapters
 (rank ``--rank`` on all seven projections, as the recipe trains them) with a fixed answer length,
-three ways, each on a freshly loaded model:
+four ways, each on a freshly loaded model:
 
 - ``base only``: no adapter loaded, every row the base model (the floor);
-- ``lora_dtype model``: adapters applied in the model's dtype (the default: bf16 on a GPU);
-- ``lora_dtype float32``: adapters in float32 under a 16-bit base, as PEFT keeps them.
+- ``lora_dtype model``: adapters applied in the model's dtype (the default: bf16 on a GPU), A
+  applied in a product of its own (the default);
+- ``model, A stacked``: the same with the A factors stacked under each base weight
+  (``lora_fuse_input=True``: one matrix product gives a layer's output and the adapters' A x);
+- ``lora_dtype float32``: adapters in float32 under a 16-bit base, as PEFT keeps them (A apart:
+  the dtypes differ).
 
 Reported: new tokens/s of each after a warm-up batch (which compiles on CUDA), its ratio to the
 base-only run, and the share of tokens the two adapter runs agree on (greedy; on CPU the model is
@@ -15,7 +19,7 @@ float32 and both are the same computation). The adapters are written straight as
 (``adapter_config.json`` and ``adapter_model.safetensors``), without loading the model to build them.
 
 Run here (CPU): ``.venv/bin/python bench/adapters.py --shape tiny-v152k --device cpu``.
-On a GPU: ``python3 bench/adapters.py --shape 1.5b --device cuda --batch 256`` (three compiles).
+On a GPU: ``python3 bench/adapters.py --shape 1.5b --device cuda --batch 256`` (four compiles).
 Writes ``bench/results/adapters-<shape>-<device>.json``.
 """
 
@@ -69,15 +73,22 @@ def write_adapter(model_dir: Path, out: Path, rank: int, seed: int) -> Path:
     return out
 
 
+def same_share(first: list[tuple[int, ...]], second: list[tuple[int, ...]]) -> float:
+    """The share of token positions two runs over the same prompts agree on."""
+    pairs = [(a, b) for x, y in zip(first, second, strict=True) for a, b in zip(x, y, strict=True)]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else 1.0
+
+
 def run_variant(
-    bench: BenchModel, adapters: list[Path], lora_dtype: str, ids: list[tuple[int, ...]], new_tokens: int, repeats: int
+    bench: BenchModel, adapters: list[Path], lora_dtype: str, fuse: bool, ids: list[tuple[int, ...]], new_tokens: int,
+    repeats: int,
 ) -> dict[str, Any]:
     """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one."""
     from empersona.provider.engine import Engine, EngineOptions, Request
 
     device = bench.device
     model = bench.load()
-    engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype))
+    engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse))
     keys: list[str | None] = [None, *(engine.add_adapter(path) for path in adapters)]
     requests = [Request(p, new_tokens, temperature=0.0, adapter=keys[i % len(keys)]) for i, p in enumerate(ids)]
     began = time.perf_counter()
@@ -119,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         bench = BenchModel.build(args.shape, args.device, Path(scratch))
         ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=0)
         paths = [write_adapter(bench.model_dir, Path(scratch) / f"a{i}", args.rank, seed=i) for i in range(args.adapters)]
-        plan = {"base only": ([], "model"), "lora_dtype model": (paths, "model"), "lora_dtype float32": (paths, "float32")}
-        for name, (adapters, lora_dtype) in plan.items():
-            variants[name] = run_variant(bench, adapters, lora_dtype, ids, args.new_tokens, args.repeats)
+        plan = {
+            "base only": ([], "model", True),
+            "lora_dtype model": (paths, "model", False),
+            "model, A stacked": (paths, "model", True),
+            "lora_dtype float32": (paths, "float32", False),
+        }
+        for name, (adapters, lora_dtype, fuse) in plan.items():
+            variants[name] = run_variant(bench, adapters, lora_dtype, fuse, ids, args.new_tokens, args.repeats)
             got = variants[name]  # shown as it comes: a run cut by a time limit keeps what it measured
             print(f"{name}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
             if cuda:
@@ -129,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     new = args.batch * args.new_tokens
     base_s = variants["base only"]["seconds"]
     model_tokens, fp32_tokens = variants["lora_dtype model"]["tokens"], variants["lora_dtype float32"]["tokens"]
-    pairs = [(a, b) for x, y in zip(model_tokens, fp32_tokens, strict=True) for a, b in zip(x, y, strict=True)]
     report = {
         "shape": args.shape, "device": args.device, "card": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__, "batch": args.batch, "adapters": args.adapters, "rank": args.rank,
@@ -142,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, v in variants.items()
         },
         "model_over_float32": variants["lora_dtype float32"]["seconds"] / variants["lora_dtype model"]["seconds"],
-        "same_token_share": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+        "stacked_over_apart": variants["lora_dtype model"]["seconds"] / variants["model, A stacked"]["seconds"],
+        "stacked_same_token_share": same_share(variants["model, A stacked"]["tokens"], model_tokens),
+        "same_token_share": same_share(model_tokens, fp32_tokens),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -155,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<20} {row['seconds']:8.3f} {row['new_tokens_per_s']:10,.0f} {row['over_base_only']:12.2f}x {row['warmup_s']:10.1f}")
     print(
         f"  lora_dtype model / float32: {report['model_over_float32']:.2f}x tokens/s; the two agree on "
-        f"{100 * report['same_token_share']:.1f}% of tokens; written to {out}"
+        f"{100 * report['same_token_share']:.1f}% of tokens; A stacked / apart: {report['stacked_over_apart']:.2f}x "
+        f"tokens/s, agreeing on {100 * report['stacked_same_token_share']:.1f}% of tokens; written to {out}"
     )
     return 0
 

@@ -7,7 +7,7 @@
 # and the 15 device minutes include its start, a minute or more): "GPU_CHECK_SHAPES=1.5b bash
 # bench/gpu.sh" (generation at the issue-7 target shape; 200 s of step limits, timeout_s 250), then
 # "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='train kv' bash bench/gpu.sh" (training with its variants,
-# the KV cache budget; 360 s of limits, timeout_s 410). With time left, on 0.5b: adapters (200 s),
+# the KV cache budget; 360 s of limits, timeout_s 410). With time left, on 0.5b: adapters (260 s),
 # shrink (200 s), profile (130 s); plain "bash bench/gpu.sh" adds the 0.5B generation (90 s).
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
@@ -31,8 +31,9 @@
 #      smaller buckets, against full rounds (bench/shrink.py, last shape, batch 128: a compile per
 #      bucket; about 150 s on the 0.5B shape);
 #   6. adapters (on request): one batch over the base and six random r=32 adapters, adapters in the
-#      model's dtype against float32 (PEFT's) and against no adapters (bench/adapters.py, last
-#      shape, batch 256: three compiles).
+#      model's dtype against float32 (PEFT's), with their A factors stacked under the base weights,
+#      and against no adapters (bench/adapters.py, last shape, batch 256: four compiles; 196 s for
+#      three on the 1.5B shape, 2026-11-27).
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
 # GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
@@ -103,7 +104,7 @@ if [ "$DEVICE" = cuda ]; then
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
     adapters_args=(--device cuda --batch 256 --new-tokens 64)
     gen_limits=(200 90) profile_limit=130 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
-    adapters_limit=200
+    adapters_limit=260
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=${GPU_CHECK_BATCHES:-8,1} largest_batch=8

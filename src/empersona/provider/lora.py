@@ -11,6 +11,11 @@ columns of that row's adapter and 0 elsewhere, so a base-model row gets exactly 
 the same arithmetic as PEFT's mixed-adapter batches (``adapter_names=[...]``), but with tensor
 shapes that do not depend on which adapters a batch holds, so ``torch.compile`` / CUDA graphs
 capture it once (PEFT's version indexes sub-batches by Python lists and recompiles per batch mix).
+With ``AdapterSet.fuse_input`` (the engine's ``lora_fuse_input``) and the factors in the base
+weight's dtype, ``A_cat`` is stacked under ``W`` in one matrix (the base layer's weight becomes a
+view of it, so the base weights are still held once) and one product gives ``W x`` and
+``A_cat x`` together; a weight tied to another module (an LM head tied to the embeddings) is left
+as it is.
 
 Adapters are read from their folders with PEFT's own config and weight loaders. Only plain LoRA
 on linear layers is served (no DoRA, LoRA bias, modules_to_save, fan_in_fan_out, embedding or
@@ -26,6 +31,7 @@ model runs in float32 and both are the same.
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,18 +176,39 @@ def _make_slot_linear_class() -> type[nn.Module]:
             device = base.weight.device
             self.register_buffer("a_cat", torch.zeros(0, base.in_features, device=device), persistent=False)
             self.register_buffer("b_cat", torch.zeros(base.out_features, 0, device=device), persistent=False)
+            # with fused input: the base weight with every adapter's A below it, [out + columns, in]
+            # (the base weight and ``a_cat`` are views of it), and the base bias padded with zeros
+            self.register_buffer("w_cat", None, persistent=False)
+            self.register_buffer("bias_cat", None, persistent=False)
 
-        def set_factors(self, a_cat: torch.Tensor, b_cat: torch.Tensor) -> None:
-            device = self.base.weight.device
+        def set_factors(self, a_cat: torch.Tensor, b_cat: torch.Tensor, fuse: bool = False) -> None:
+            """Install the stacked factors; ``fuse``: stack A under the base weight (same dtype only)."""
+            weight = self.base.weight
             dtype = self.rows.dtype or torch.float32
-            self.a_cat = a_cat.to(device=device, dtype=dtype)
-            self.b_cat = b_cat.to(device=device, dtype=dtype)
+            a_cat = a_cat.to(device=weight.device, dtype=dtype)
+            self.b_cat = b_cat.to(device=weight.device, dtype=dtype)
+            if not (fuse and dtype == weight.dtype):
+                self.w_cat = self.bias_cat = None
+                self.a_cat = a_cat
+                return
+            out_features = self.base.out_features
+            stacked = torch.cat([weight.detach(), a_cat])
+            # the base layer keeps its parameter, now a view of the stacked matrix: no second copy
+            self.base.weight = nn.Parameter(stacked[:out_features], requires_grad=False)
+            self.w_cat, self.a_cat = stacked, stacked[out_features:]
+            bias = self.base.bias
+            self.bias_cat = None if bias is None else torch.cat([bias.detach(), bias.new_zeros(a_cat.shape[0])])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.base(x)
             mask = self.rows.mask
             assert mask is not None, "RowMask.set_rows must run before a forward pass"
-            hidden = torch.matmul(x.to(self.a_cat.dtype), self.a_cat.t())
+            if self.w_cat is not None:
+                # one GEMM gives the base output and every adapter's A x
+                both = torch.nn.functional.linear(x, self.w_cat, self.bias_cat)
+                out, hidden = both.split([self.base.out_features, self.a_cat.shape[0]], dim=-1)
+            else:
+                out = self.base(x)
+                hidden = torch.matmul(x.to(self.a_cat.dtype), self.a_cat.t())
             hidden = hidden * mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), mask.shape[1])
             return out + torch.matmul(hidden, self.b_cat.t()).to(out.dtype)
 
@@ -194,6 +221,7 @@ class AdapterSet:
 
     model: nn.Module
     rows: RowMask = field(default_factory=RowMask)
+    fuse_input: bool = False  # stack the adapters' A under the base weight where dtypes and sharing allow
     adapters: dict[str, Adapter] = field(default_factory=dict)
     blocks: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -249,6 +277,8 @@ class AdapterSet:
         slot_linear = _make_slot_linear_class()
         targets = sorted({name for adapter in self.adapters.values() for name in adapter.layers})
         modules = dict(self.model.named_modules())
+        # a weight tied to another module (an LM head tied to the embeddings) is left unstacked
+        uses = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
         for name in targets:
             module = modules[name]
             if not isinstance(module, slot_linear):
@@ -267,4 +297,4 @@ class AdapterSet:
                 rank = weights.a.shape[0]
                 a_cat[start : start + rank] = weights.a
                 b_cat[:, start : start + rank] = weights.b * weights.scaling
-            module.set_factors(a_cat, b_cat)
+            module.set_factors(a_cat, b_cat, fuse=self.fuse_input and uses[id(base.weight)] == 1)
