@@ -4,11 +4,13 @@
 # Before the call, here: `bash bench/gpu_prepare.sh` fills the git-ignored .whl/ (wheels) and
 # .mirror/ (data, never committed).
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
-# and the 15 device minutes include its start, a minute or more): "GPU_CHECK_SHAPES=1.5b bash
-# bench/gpu.sh" (generation at the issue-7 target shape; 200 s of step limits, timeout_s 250), then
-# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='train kv' bash bench/gpu.sh" (training with its variants,
-# the KV cache budget; 360 s of limits, timeout_s 410). With time left, on 0.5b: adapters (260 s),
-# shrink (200 s), profile (130 s); plain "bash bench/gpu.sh" adds the 0.5B generation (90 s).
+# and the 15 device minutes include its start, 30 s to a minute or more). Measured on 2026-11-27:
+# generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: the compiled
+# prompt passes (in profile), the stacked adapter factors (in adapters), shrink, kv, the training
+# variants. Next: "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile
+# adapters' bash bench/gpu.sh" (118 + ~150 + ~260 s; timeout_s 560), then with the time left
+# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='shrink kv' bash bench/gpu.sh" (timeout_s 360), or 'train'
+# (280 s with its variants); plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
 # output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
@@ -17,7 +19,9 @@
 #      plain `generate` against the engine (static cache, compiled decode step with CUDA graphs),
 #      with the weight-bandwidth bound;
 #   2. the engine's time at batch 256 on the first shape, phase by phase (bench/profile_engine.py:
-#      prefill, decode step, sampler, loop; attention variants; the eager step's kernels);
+#      prefill, decode step, sampler, loop; the prompt passes compiled against eager, one more
+#      compile; attention variants; the kernels of the eager step, the prefill and the sampler;
+#      73 s on the H100 before the compiled prompt passes were added);
 #   2b. sampler: the next-token choice alone at batch 256, compiled, without logprobs and with 1 and
 #      5 top logprobs, against the softmax-materialising form it replaced (bench/sampler.py);
 #   3. training, 1.5B and 0.5B shapes: `empersona train`'s trainer against a plain PEFT loop,
@@ -91,7 +95,7 @@ EOF
 
 # per shape, in order: generation (the first shape at every batch size, the others at the
 # largest only), then training; limits in seconds, the first shape's generation first since the
-# targets are set on it. CUDA limits: generation 200 + 90 s, profile 130 s, training 100 + 70 s
+# targets are set on it. CUDA limits: generation 200 + 90 s, profile 200 s, training 100 + 70 s
 # (110 s more on the last shape, which runs three variants), kv 150 s; a new batch size or shape costs
 # a compile of about 50 s (H100, 2026-11-27), so the first shape runs batch 256 and 32 only.
 if [ "$DEVICE" = cuda ]; then
@@ -103,7 +107,7 @@ if [ "$DEVICE" = cuda ]; then
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
     adapters_args=(--device cuda --batch 256 --new-tokens 64)
-    gen_limits=(200 90) profile_limit=130 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
+    gen_limits=(200 90) profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
     adapters_limit=260
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")

@@ -5,7 +5,8 @@ rows (default the 1.5B shape at B=256, ~128 prompt tokens, 128 new) into its par
 on its own after a warm-up, all in one run:
 
 - ``generate``: ``Engine.generate`` end to end (what generate.py reports), ms per new token;
-- ``prefill``: layout plus the prompt forward passes (prefix once, then the suffixes);
+- ``prefill``: layout plus the prompt forward passes (prefix once, then the suffixes); apart from
+  the phases, the same passes compiled (``compile_prefill``), after their compile;
 - ``decode step``: the model's decode step alone (compiled, CUDA graphs on CUDA), replayed;
 - ``sampler``: the next-token choice alone, as the timed generate makes it (a draw, no logprobs
   asked), and apart from the phases with one top logprob;
@@ -35,7 +36,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import BenchModel, _sync, weight_bytes  # noqa: E402
+from generate import QWEN25_SHAPES, BenchModel, _sync, weight_bytes  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], device: Any, repeats: int) -> float:
@@ -169,7 +170,7 @@ def kernel_profile(run: Callable[[int], Any], steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="1.5b", choices=["tiny", "0.5b", "1.5b"])
+    parser.add_argument("--shape", default="1.5b", choices=["tiny", *QWEN25_SHAPES])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -214,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             batch = engine._layout(requests, len(requests), n)
             prefill_s = timed(lambda: engine._prefill(batch, n), device, args.repeats)
+            # the same prompt passes compiled (compile_prefill): first call compiles, then timed
+            engine.compile_prefill = True
+            began = time.perf_counter()
+            engine._prefill(batch, n)
+            _sync(device)
+            report["prefill_compile_s"] = time.perf_counter() - began
+            report["prefill_compiled_s"] = timed(lambda: engine._prefill(batch, n), device, args.repeats)
+            engine.compile_prefill = False
             cache, logits = engine._prefill(batch, n)
             rows = len(requests)
             temperature = torch.ones(rows, device=device)
@@ -259,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, ms in report["phases_ms_per_new_token"].items():
             print(f"  {name:<22} {ms:8.3f} ms per new token")
         print(f"  (sampler with one top logprob: {report['sampler_top1_ms']:.3f} ms per call)")
+        print(
+            f"  prefill of the batch: eager {1000 * report['prefill_s']:.1f} ms, compiled (compile_prefill) "
+            f"{1000 * report['prefill_compiled_s']:.1f} ms ({report['prefill_s'] / report['prefill_compiled_s']:.2f}x; "
+            f"its compile {report['prefill_compile_s']:.1f} s)"
+        )
         save()
 
         with torch.inference_mode():

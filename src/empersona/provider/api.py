@@ -55,6 +55,7 @@ class ProviderArgs(BaseModel):
     min_batch_bucket: int | None = Field(None, ge=1)
     shrink_at: float | None = Field(None, ge=0, le=1)
     lora_dtype: Literal["model", "float32"] = "model"
+    compile_prefill: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ class EmpersonaAPI(ModelAPI):
             min_batch_bucket=args.min_batch_bucket,
             shrink_at=args.shrink_at,
             lora_dtype=args.lora_dtype,
+            compile_prefill=args.compile_prefill,
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
