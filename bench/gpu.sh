@@ -9,7 +9,7 @@
 # prompt passes (in profile), the stacked adapter factors (in adapters), shrink, kv, the training
 # variants. Next: "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile
 # adapters' bash bench/gpu.sh" (118 + ~150 + ~260 s; timeout_s 560), then with the time left
-# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='shrink kv' bash bench/gpu.sh" (timeout_s 360), or 'train'
+# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='shrink kv' bash bench/gpu.sh" (timeout_s 400), or 'train'
 # (280 s with its variants); plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
