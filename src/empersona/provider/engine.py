@@ -155,9 +155,10 @@ class EngineOptions:
     one graph for any prompt width and row count above one, per cache type; no CUDA graphs). Eager prompt
     passes leave the norms, rotary embedding and activations unfused: on an H100 (1.5B shape,
     batch 256, 64-token prompts) 77 of the prefill's 150 ms of kernels were such element-wise
-    work beside 65 ms of matrix products. Off by default: it costs a compile (80 s for the 0.5B
-    shape on this project's CPU, which it makes 1.03x faster there; 1.22x on a small model with
-    the 152k vocabulary) and is not yet timed on a GPU (``bench/profile_engine.py`` times both).
+    work beside 65 ms of matrix products. Off by default: it costs a compile (130 s for the 0.5B
+    shape on this project's 2-core CPU, where its prompt passes over 8 x ~150 tokens ran 1.18x
+    faster; 1.04-1.27x over two runs on a small model with the 152k vocabulary) and is not yet
+    timed on a GPU (``bench/profile_engine.py`` times it beside the eager passes).
     ``lora_fuse_input``: where the adapters run in the model's dtype, stack their A factors under
     each adapted layer's base weight, so one matrix product gives the layer's output and the
     adapters' A x instead of two (one small product less per adapted layer: 196 per decode step
