@@ -11,7 +11,11 @@ four ways, each on a freshly loaded model:
 - ``model, A stacked``: the same with the A factors stacked under each base weight
   (``lora_fuse_input=True``: one matrix product gives a layer's output and the adapters' A x);
 - ``lora_dtype float32``: adapters in float32 under a 16-bit base, as PEFT keeps them (A apart:
-  the dtypes differ).
+  the dtypes differ);
+- with ``--one-model``, a study's pattern (one model evaluated at a time, every adapter met so far
+  loaded): all rows of the first adapter with all adapters loaded, against the same rows with it
+  loaded alone (run eagerly, a batch computes only the adapters it holds: the two should match;
+  compiled, every loaded adapter is computed).
 
 Reported: new tokens/s of each after a warm-up batch (which compiles on CUDA), its ratio to the
 base-only run, and the share of tokens the two adapter runs agree on (greedy; on CPU the model is
@@ -81,16 +85,21 @@ def same_share(first: list[tuple[int, ...]], second: list[tuple[int, ...]]) -> f
 
 def run_variant(
     bench: BenchModel, adapters: list[Path], lora_dtype: str, fuse: bool, ids: list[tuple[int, ...]], new_tokens: int,
-    repeats: int,
+    repeats: int, rows_of: int | None = None,
 ) -> dict[str, Any]:
-    """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one."""
+    """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one.
+
+    Rows go round-robin over the base and the adapters, or with ``rows_of`` all to that one
+    (0: the base, 1: the first adapter, ...).
+    """
     from empersona.provider.engine import Engine, EngineOptions, Request
 
     device = bench.device
     model = bench.load()
     engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse))
     keys: list[str | None] = [None, *(engine.add_adapter(path) for path in adapters)]
-    requests = [Request(p, new_tokens, temperature=0.0, adapter=keys[i % len(keys)]) for i, p in enumerate(ids)]
+    which = [keys[i % len(keys)] if rows_of is None else keys[rows_of] for i in range(len(ids))]
+    requests = [Request(p, new_tokens, temperature=0.0, adapter=key) for p, key in zip(ids, which, strict=True)]
     began = time.perf_counter()
     engine.generate(requests)
     _sync(device)
@@ -118,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="timed batches per variant; the best is kept")
+    parser.add_argument(
+        "--one-model", action="store_true",
+        help="also batches of one adapter's rows with all adapters loaded against it loaded alone (a study's pattern)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -136,10 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             "model, A stacked": (paths, "model", True),
             "lora_dtype float32": (paths, "float32", False),
         }
+        one_model = {"one adapter, all loaded": (paths, 1), "one adapter, alone": (paths[:1], 1)} if args.one_model else {}
         for name, (adapters, lora_dtype, fuse) in plan.items():
             variants[name] = run_variant(bench, adapters, lora_dtype, fuse, ids, args.new_tokens, args.repeats)
             got = variants[name]  # shown as it comes: a run cut by a time limit keeps what it measured
             print(f"{name}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
+        for name, (adapters, rows_of) in one_model.items():
+            variants[name] = run_variant(bench, adapters, "model", False, ids, args.new_tokens, args.repeats, rows_of)
+            print(f"{name}: {variants[name]['seconds']:.3f} s per batch", flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
             if cuda:
                 torch.cuda.empty_cache()
     new = args.batch * args.new_tokens
@@ -160,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "stacked_over_apart": variants["lora_dtype model"]["seconds"] / variants["model, A stacked"]["seconds"],
         "stacked_same_token_share": same_share(variants["model, A stacked"]["tokens"], model_tokens),
         "same_token_share": same_share(model_tokens, fp32_tokens),
+        "one_model_all_loaded_over_alone": (
+            variants["one adapter, alone"]["seconds"] / variants["one adapter, all loaded"]["seconds"] if one_model else None
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -167,14 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.shape} on {report['card'] or args.device}: {args.batch} rows over the base and {args.adapters} "
         f"adapters (r={args.rank}), {args.new_tokens} new tokens each; best of {args.repeats}"
     )
-    print(f"  {'variant':<20} {'wall s':>8} {'new tok/s':>10} {'vs base only':>13} {'warm-up s':>10}")
+    print(f"  {'variant':<24} {'wall s':>8} {'new tok/s':>10} {'vs base only':>13} {'warm-up s':>10}")
     for name, row in report["variants"].items():
-        print(f"  {name:<20} {row['seconds']:8.3f} {row['new_tokens_per_s']:10,.0f} {row['over_base_only']:12.2f}x {row['warmup_s']:10.1f}")
+        print(f"  {name:<24} {row['seconds']:8.3f} {row['new_tokens_per_s']:10,.0f} {row['over_base_only']:12.2f}x {row['warmup_s']:10.1f}")
     print(
         f"  lora_dtype model / float32: {report['model_over_float32']:.2f}x tokens/s; the two agree on "
         f"{100 * report['same_token_share']:.1f}% of tokens; A stacked / apart: {report['stacked_over_apart']:.2f}x "
         f"tokens/s, agreeing on {100 * report['stacked_same_token_share']:.1f}% of tokens; written to {out}"
     )
+    if report["one_model_all_loaded_over_alone"] is not None:
+        print(
+            f"  one adapter's rows with all {args.adapters} loaded: {report['one_model_all_loaded_over_alone']:.2f}x the "
+            "tokens/s of the same rows with it loaded alone"
+        )
     return 0
 
 

@@ -163,7 +163,8 @@ class EngineOptions:
     each adapted layer's base weight, so one matrix product gives the layer's output and the
     adapters' A x instead of two (one small product less per adapted layer: 196 per decode step
     of Qwen2.5-1.5B with all seven projections adapted). Off by default until a GPU run of
-    ``bench/adapters.py`` says it pays: on this project's CPU it is the same speed (0.97x).
+    ``bench/adapters.py`` says it pays: on this project's CPU it was 0.86-0.97x the speed of two
+    products over three runs (0.5B shape, batch 8).
     """
 
     max_batch_size: int = 256

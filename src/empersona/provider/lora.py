@@ -11,6 +11,11 @@ columns of that row's adapter and 0 elsewhere, so a base-model row gets exactly 
 the same arithmetic as PEFT's mixed-adapter batches (``adapter_names=[...]``), but with tensor
 shapes that do not depend on which adapters a batch holds, so ``torch.compile`` / CUDA graphs
 capture it once (PEFT's version indexes sub-batches by Python lists and recompiles per batch mix).
+Run eagerly (CPU, or a GPU with ``compile=false``), a batch uses only the span of columns its rows'
+adapters hold (``RowMask.active``) and none for base rows alone: a study evaluates one model at a
+time while every adapter met so far stays loaded (``bench/adapters.py --one-model``: rows of one
+adapter with six loaded ran at 0.83x the speed of the same rows with it loaded alone before this,
+0.95x after, 0.5B shape on CPU). Compiled, every column is computed, so one graph serves all.
 With ``AdapterSet.fuse_input`` (the engine's ``lora_fuse_input``) and the factors in the base
 weight's dtype, ``A_cat`` is stacked under ``W`` in one matrix (the base layer's weight becomes a
 view of it, so the base weights are still held once) and one product gives ``W x`` and
@@ -138,6 +143,8 @@ class RowMask:
     mask: torch.Tensor | None = None
     buffers: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     dtype: torch.dtype | None = None  # of the mask and the adapter product; None: float32
+    # the rank columns the batch's adapters span, (start, stop); None: no row has an adapter
+    active: tuple[int, int] | None = None
 
     def set_rows(self, blocks: list[tuple[int, int] | None], device: torch.device) -> None:
         """Row i uses columns ``blocks[i] = (start, stop)``; ``None`` is the base model (no adapter)."""
@@ -158,6 +165,8 @@ class RowMask:
                 host[row, block[0] : block[1]] = 1.0
         buffer.copy_(host)
         self.mask = buffer
+        used = [block for block in blocks if block is not None]
+        self.active = (min(b[0] for b in used), max(b[1] for b in used)) if used else None
 
 
 @functools.cache
@@ -202,15 +211,26 @@ def _make_slot_linear_class() -> type[nn.Module]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             mask = self.rows.mask
             assert mask is not None, "RowMask.set_rows must run before a forward pass"
+            # Run eagerly, a batch computes only the columns of the adapters its rows use (none
+            # for base rows alone: a study evaluates one model at a time, and every adapter it
+            # has loaded would otherwise cost every row). Compiled, all columns: the span would
+            # be one more graph per adapter.
+            start, stop = 0, mask.shape[1]
+            if not torch.compiler.is_compiling():
+                if self.rows.active is None:
+                    return self.base(x)
+                start, stop = self.rows.active
             if self.w_cat is not None:
                 # one GEMM gives the base output and every adapter's A x
                 both = torch.nn.functional.linear(x, self.w_cat, self.bias_cat)
                 out, hidden = both.split([self.base.out_features, self.a_cat.shape[0]], dim=-1)
+                hidden = hidden[..., start:stop]
             else:
                 out = self.base(x)
-                hidden = torch.matmul(x.to(self.a_cat.dtype), self.a_cat.t())
+                hidden = torch.matmul(x.to(self.a_cat.dtype), self.a_cat[start:stop].t())
+            mask = mask[:, start:stop]
             hidden = hidden * mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), mask.shape[1])
-            return out + torch.matmul(hidden, self.b_cat.t()).to(out.dtype)
+            return out + torch.matmul(hidden, self.b_cat[:, start:stop].t()).to(out.dtype)
 
     return SlotLinear
 
