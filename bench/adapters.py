@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "one_model_all_loaded_over_alone": (
             variants["one adapter, alone"]["seconds"] / variants["one adapter, all loaded"]["seconds"] if one_model else None
         ),
+        "one_model_same_tokens": (
+            variants["one adapter, alone"]["tokens"] == variants["one adapter, all loaded"]["tokens"] if one_model else None
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -117,7 +117,7 @@ else
     train_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1)
     kv_args=(--device cpu --batch 8 --rounds 1)
     shrink_args=(--device cpu --batch 8 --max-new 32 --short-share 0.6 --waves 1 --repeats 1)
-    adapters_args=(--device cpu --batch 8 --new-tokens 8 --repeats 1)
+    adapters_args=(--device cpu --batch 8 --new-tokens 8 --repeats 1 --one-model)
     gen_limits=(300 120) profile_limit=300 sampler_limit=60 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
     adapters_limit=120
 fi

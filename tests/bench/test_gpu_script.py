@@ -64,7 +64,10 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     assert shrunk["variants"]["full rounds"]["shrunk_rounds"] == 0
     assert shrunk["variants"][f"shrink_at {shrunk['shrink_at']:g}"]["decode_row_steps"] < shrunk["variants"]["full rounds"]["decode_row_steps"]
     served = json.loads((out / "adapters-tiny.json").read_text(encoding="utf-8"))
-    assert set(served["variants"]) == {"base only", "lora_dtype model", "model, A stacked", "lora_dtype float32"}
+    assert set(served["variants"]) == {
+        "base only", "lora_dtype model", "model, A stacked", "lora_dtype float32", "one adapter, all loaded", "one adapter, alone",
+    }
+    assert served["one_model_same_tokens"] is True  # the other adapters loaded beside it change nothing
     assert served["stacked_same_token_share"] == 1.0  # stacking A under W changes no token here
     assert served["same_token_share"] == 1.0  # float32 on CPU: the same computation either way
 
