@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=0)
         paths = [write_adapter(bench.model_dir, Path(scratch) / f"a{i}", args.rank, seed=i) for i in range(args.adapters)]
         plan = {
-            "base only": ([], "model", True),
+            "base only": ([], "model", False),
             "lora_dtype model": (paths, "model", False),
             "model, A stacked": (paths, "model", True),
             "lora_dtype float32": (paths, "float32", False),
@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             variants[name] = run_variant(bench, adapters, lora_dtype, fuse, ids, args.new_tokens, args.repeats)
             got = variants[name]  # shown as it comes: a run cut by a time limit keeps what it measured
             print(f"{name}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
         for name, (adapters, rows_of) in one_model.items():
             variants[name] = run_variant(bench, adapters, "model", False, ids, args.new_tokens, args.repeats, rows_of)
             print(f"{name}: {variants[name]['seconds']:.3f} s per batch", flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
             if cuda:
                 torch.cuda.empty_cache()
     new = args.batch * args.new_tokens
