@@ -41,7 +41,8 @@
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
 # GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
-# multiprocess or pydantic: those come from .whl. It has no inspect-ai, so generation runs --methods plain,engine.
+# multiprocess or pydantic: those come from .whl. It has no inspect-ai: generation runs --methods
+# plain,engine unless .whl carries it (GPU_PREPARE_INSPECT=1), then also hf and empersona.
 #
 # Dry run on a CPU machine (tiny model, inductor without CUDA graphs; GPU_CHECK_COMPILE=off skips
 # compiling), as tests/bench/test_gpu_script.py does:
@@ -82,11 +83,18 @@ fi
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
-say "machine: $(uname -m), $(nproc) cores"
+# inspect's hf/ provider and empersona/ through inspect where inspect-ai is there (the H100 image
+# has none: GPU_PREPARE_INSPECT=1 bash bench/gpu_prepare.sh carries it); GPU_CHECK_METHODS overrides
+if "$PYTHON" -c "import inspect_ai" >/dev/null 2>&1; then
+    METHODS=${GPU_CHECK_METHODS:-plain,engine,hf,empersona}
+else
+    METHODS=${GPU_CHECK_METHODS:-plain,engine}
+fi
+say "machine: $(uname -m), $(nproc) cores; generation methods $METHODS"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
 "$PYTHON" - >>"$LOG" 2>&1 <<'EOF'
 import importlib
-for name in ("torch", "transformers", "peft", "accelerate", "trl", "datasets"):
+for name in ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "inspect_ai"):
     try:
         print(f"{name} {importlib.import_module(name).__version__}")
     except Exception as err:  # report, the steps below say what fails
@@ -107,7 +115,10 @@ if [ "$DEVICE" = cuda ]; then
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
     adapters_args=(--device cuda --batch 256 --new-tokens 64)
-    gen_limits=(200 90) profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
+    # hf/ runs plain generate again, empersona/ compiles once more: 90 s more where inspect is there
+    gen_limits=(200 90)
+    [[ $METHODS == *empersona* ]] && gen_limits=(290 150)
+    profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
     adapters_limit=260
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
@@ -127,7 +138,7 @@ generate_all() {
     for shape in $SHAPES; do
         batches=$([ $i -eq 0 ] && echo "$all_batches" || echo "$largest_batch")
         step "generate-$shape" "${gen_limits[$((i < 1 ? i : 1))]}" "$PYTHON" bench/generate.py --shape "$shape" \
-            "${gen_args[@]}" --batch-sizes "$batches" --methods plain,engine --out "$OUT/generate-$shape.json"
+            "${gen_args[@]}" --batch-sizes "$batches" --methods "$METHODS" --out "$OUT/generate-$shape.json"
         i=$((i + 1))
     done
 }

@@ -40,7 +40,8 @@ def test_gpu_script_dry_run_measures_every_step(shared_data: Path, tmp_path: Pat
     generated = json.loads((out / "generate-tiny.json").read_text(encoding="utf-8"))
     assert generated["complete"] is True
     measured = {(r["method"], r["batch"]) for r in generated["results"]}
-    assert measured == {(m, b) for m in ("plain", "engine") for b in (8, 1)}
+    # inspect-ai is installed here, so the dry run also measures inspect's hf/ and our empersona/
+    assert measured == {(m, b) for m in ("plain", "engine", "hf", "empersona") for b in (8, 1)}
     assert all(r["tokens_per_s"] > 0 for r in generated["results"])
     profiled = json.loads((out / "profile-tiny.json").read_text(encoding="utf-8"))
     phases = profiled["phases_ms_per_new_token"]
