@@ -447,7 +447,7 @@ class Engine:
                 logits, state.temperature, state.top_p, state.top_k, state.temperature <= 0, k, sampled, filters
             )
             token = torch.where(state.done, self.pad_id, token)
-            out.write_step(state.slot, step, token, token_lp if k else None, values if k else None, ids if k else None)
+            out.write_step(state.slot, step, token, token_lp, values, ids)  # logprobs None when k == 0
             steps = step + 1
             self.stats.decode_row_steps += len(state.slot)
             hit_eos = torch.isin(token, eos) & ~state.done
@@ -803,10 +803,8 @@ def _copy_rows(target_cache: Any, source_cache: Any, index: torch.Tensor) -> Non
     (a dynamic cache, one row per adapter) into every row, or a static cache's live rows into a
     smaller one of the same length."""
     for target, source in zip(target_cache.layers, source_cache.layers, strict=True):
-        keys = source.keys.index_select(0, index)
+        keys = source.keys.index_select(0, index)  # the target was allocated when made (_static_cache)
         values = source.values.index_select(0, index)
-        if not target.is_initialized:
-            target.lazy_initialization(keys, values)
         target.keys[:, :, : keys.shape[2]].copy_(keys)
         target.values[:, :, : values.shape[2]].copy_(values)
         if hasattr(target, "cumulative_length"):  # transformers >= 5.2x counts the filled length itself
@@ -841,8 +839,7 @@ def _static_decode_step(
     The logits stay in the model's dtype (the sampler computes in float32): the copy out of the
     CUDA graph's buffer is then half the size for a bf16 model.
     """
-    out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
-    return out.logits[:, -1, :]
+    return _last_logits(model, ids, positions, mask, {cache_arg: cache, **extra})
 
 
 def kv_layout(model: nn.Module) -> tuple[int, int, int]:
