@@ -431,6 +431,9 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as API clients expect
+        # reply headers and body are two writes; with Nagle's algorithm on, the body waits for the
+        # client's (delayed, ~40 ms) ACK of the headers, which would add ~40 ms to every reply
+        disable_nagle_algorithm = True
         server_version = "empersona-loopback/1"
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
