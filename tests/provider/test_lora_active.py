@@ -3,7 +3,8 @@
 A study evaluates one model at a time, so its batches hold one adapter's rows (or base rows
 only) while every adapter met so far stays loaded. The columns of adapters absent from a batch
 must not be computed at all: here they are filled with NaN, which any product over them (even
-masked by zeros: NaN x 0 is NaN) would spread into the answers.
+masked by zeros: NaN x 0 is NaN) would spread into the answers. (With ``lora_merge``, the
+default, such batches run merged instead: these tests turn it off to check the products.)
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def test_a_batch_computes_only_the_adapters_it_holds(lively: tuple[Path, Path, P
     base, first, second = lively
     prompts = prompt_ids(base)
 
-    alone = Engine(load(base), EngineOptions(min_prefix=8))
+    alone = Engine(load(base), EngineOptions(min_prefix=8, lora_merge=False))
     expected_first = answers(alone, prompts, alone.add_adapter(first))
-    expected_base = answers(Engine(load(base), EngineOptions(min_prefix=8)), prompts, None)
+    expected_base = answers(Engine(load(base), EngineOptions(min_prefix=8, lora_merge=False)), prompts, None)
 
-    engine = Engine(load(base), EngineOptions(min_prefix=8))
+    engine = Engine(load(base), EngineOptions(min_prefix=8, lora_merge=False))
     key_first, key_second = engine.add_adapter(first), engine.add_adapter(second)
     poison(engine, key_second)
     got_first = answers(engine, prompts, key_first)
@@ -64,7 +65,7 @@ def test_compiled_steps_compute_every_column_with_one_graph_for_all_adapters(liv
     prompts = prompt_ids(base)
     torch._dynamo.reset()
     counters.clear()
-    engine = Engine(load(base), EngineOptions(min_prefix=8, compile=True, compile_backend="eager"))
+    engine = Engine(load(base), EngineOptions(min_prefix=8, compile=True, compile_backend="eager", lora_merge=False))
     keys = [engine.add_adapter(first), engine.add_adapter(second), None]
     engine.generate([Request(p, 3, temperature=0.0, adapter=keys[0]) for p in prompts])
     graphs = counters["stats"]["unique_graphs"]

@@ -3,7 +3,8 @@
 On CPU the tests' models run in float32, where both are the same; here the base is cast to
 bf16: with ``lora_dtype="model"`` the stacked factors and the row mask are bf16 (tensor cores on a
 GPU), with ``"float32"`` they stay float32 as PEFT keeps them. Both give the first token's logprobs
-of PEFT's own forward pass to bf16 precision, and an adapter row differs from a base row.
+of PEFT's own forward pass to bf16 precision, and an adapter row differs from a base row; so does
+the adapter merged into the bf16 base weights (``lora_merge``, a batch of its rows alone).
 """
 
 from __future__ import annotations
@@ -24,20 +25,27 @@ def first_token_logprobs(engine: Engine, prompt: tuple[int, ...], adapter: str |
     return dict(completion.logprobs[0].top)
 
 
-@pytest.mark.parametrize(("lora_dtype", "factor_dtype"), [("model", torch.bfloat16), ("float32", torch.float32)])
+@pytest.mark.parametrize(
+    ("lora_dtype", "factor_dtype", "merge"),
+    [("model", torch.bfloat16, False), ("float32", torch.float32, False), ("model", torch.bfloat16, True)],
+    ids=["model", "float32", "merged"],
+)
 def test_adapters_run_in_the_chosen_dtype_and_match_peft(
-    lively: tuple[Path, Path, Path], lora_dtype: str, factor_dtype: torch.dtype
+    lively: tuple[Path, Path, Path], lora_dtype: str, factor_dtype: torch.dtype, merge: bool
 ) -> None:
     from peft import PeftModel
 
     base, adapter, _ = lively
     prompt = prompt_ids(base)[0]
-    engine = Engine(load(base).to(torch.bfloat16), EngineOptions(lora_dtype=lora_dtype))
+    engine = Engine(load(base).to(torch.bfloat16), EngineOptions(lora_dtype=lora_dtype, lora_merge=merge))
     key = engine.add_adapter(adapter)
     slots = [m for m in engine.model.modules() if isinstance(m, _make_slot_linear_class())]
     assert slots and all(m.a_cat.dtype == m.b_cat.dtype == factor_dtype for m in slots)
     got = first_token_logprobs(engine, prompt, key)
-    assert engine.adapters.rows.mask is not None and engine.adapters.rows.mask.dtype == factor_dtype
+    if merge:
+        assert engine.adapters.rows.merged and engine.adapters.merged_key == key
+    else:
+        assert engine.adapters.rows.mask is not None and engine.adapters.rows.mask.dtype == factor_dtype
 
     peft = PeftModel.from_pretrained(load(base).to(torch.bfloat16), adapter).eval()
     with torch.no_grad():

@@ -56,6 +56,7 @@ class ProviderArgs(BaseModel):
     shrink_at: float | None = Field(None, ge=0, le=1)
     lora_dtype: Literal["model", "float32"] = "model"
     compile_prefill: bool = False
+    lora_merge: bool = True
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ class EmpersonaAPI(ModelAPI):
             shrink_at=args.shrink_at,
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
+            lora_merge=args.lora_merge,
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None

@@ -1,0 +1,189 @@
+"""``lora_merge``: a batch of one adapter's rows runs with that adapter merged into the base weights.
+
+A study evaluates one model at a time, so a fine-tune's batches hold its rows only. Merged, they
+must answer as the per-row adapter products do (float32 on CPU: the same tokens, logprobs equal
+up to rounding), a base or mixed batch afterwards must see the base weights restored bit for bit
+(the same answers as an engine that never merged), switching adapters must not stack one update
+on another, and a weight shared with another module (a tied LM head) is never merged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from empersona.provider.engine import Engine, EngineOptions, Request
+from empersona.provider.lora import Adapter, LoraWeights
+from test_provider_engine import NEW_TOKENS, lively, load, prompt_ids, run_mixed  # noqa: F401 (lively: a fixture)
+
+Answer = tuple[tuple[int, ...], list[float]]
+
+
+def answers(engine: Engine, prompts: list[tuple[int, ...]], adapter: str | None) -> list[Answer]:
+    done = engine.generate([Request(p, NEW_TOKENS, temperature=0.0, adapter=adapter, top_logprobs=1) for p in prompts])
+    return [(c.tokens, [lp.logprob for lp in c.logprobs or []]) for c in done]
+
+
+def assert_close(got: list[Answer], want: list[Answer]) -> None:
+    assert [tokens for tokens, _ in got] == [tokens for tokens, _ in want]
+    for (_, got_lps), (_, want_lps) in zip(got, want, strict=True):
+        assert got_lps == pytest.approx(want_lps, abs=1e-4)
+
+
+def adapted_weights(engine: Engine) -> dict[str, torch.Tensor]:
+    return {name: module.base.weight.detach().clone() for name, module in engine.model.named_modules() if hasattr(module, "rows")}
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_merged_batches_answer_as_the_products_and_the_base_weights_come_back(
+    lively: tuple[Path, Path, Path], static: bool
+) -> None:
+    base, first, second = lively
+    prompts = prompt_ids(base)
+    options = EngineOptions(min_prefix=8, static_cache=static, lora_merge=False)
+    plain = Engine(load(base), options)
+    plain_keys = [plain.add_adapter(first), plain.add_adapter(second)]
+    want = {key: answers(plain, prompts, key) for key in plain_keys}
+    want_base = answers(Engine(load(base), options), prompts, None)
+    _, want_mixed = run_mixed(base, (first, second), options)
+
+    engine = Engine(load(base), EngineOptions(min_prefix=8, static_cache=static, lora_merge=True))
+    keys = [engine.add_adapter(first), engine.add_adapter(second)]
+    original = adapted_weights(engine)
+    for key, plain_key in zip(keys, plain_keys, strict=True):
+        got = answers(engine, prompts, key)
+        assert engine.adapters.rows.merged and engine.adapters.merged_key == key
+        assert_close(got, want[plain_key])
+    merged = adapted_weights(engine)
+    # the second adapter's update alone: the first was taken out before it went in
+    name = "model.layers.0.self_attn.q_proj"
+    layer = engine.adapters.adapters[keys[1]].layers[name]
+    assert torch.allclose(merged[name], original[name] + layer.scaling * layer.b @ layer.a, atol=1e-6)
+    assert not torch.equal(merged[name], original[name])
+
+    # the base model: restored bit for bit, and no adapter product
+    assert answers(engine, prompts, None) == want_base
+    assert engine.adapters.merged_key is None and engine.adapters.rows.merged
+    assert all(torch.equal(weight, original[n]) for n, weight in adapted_weights(engine).items())
+
+    # a mixed batch after a merged one: restored weights and the per-row products
+    answers(engine, prompts, keys[0])
+    requests = [Request(p, NEW_TOKENS, temperature=0.0, adapter=k) for k in (None, *keys) for p in prompts]
+    tokens = [c.tokens for c in engine.generate(requests)]
+    assert not engine.adapters.rows.merged and engine.adapters.merged_key is None
+    n = len(prompts)
+    assert [tokens[i * n : (i + 1) * n] for i in range(3)] == want_mixed
+
+
+def test_adding_an_adapter_while_one_is_merged_stacks_the_base_weights(lively: tuple[Path, Path, Path]) -> None:
+    """With the A factors stacked under the base weights (``lora_fuse_input``) a new adapter
+    restacks them: it must stack the base model's weights, not the merged ones."""
+    base, first, second = lively
+    options = EngineOptions(min_prefix=8, lora_fuse_input=True, lora_merge=False)
+    _, want_mixed = run_mixed(base, (first, second), options)
+    engine = Engine(load(base), EngineOptions(min_prefix=8, lora_fuse_input=True, lora_merge=True))
+    key = engine.add_adapter(first)
+    answers(engine, prompt_ids(base), key)
+    assert engine.adapters.merged_key == key
+    keys = [None, key, engine.add_adapter(second)]
+    assert engine.adapters.merged_key is None
+    prompts = prompt_ids(base)
+    tokens = [c.tokens for c in engine.generate([Request(p, NEW_TOKENS, temperature=0.0, adapter=k) for k in keys for p in prompts])]
+    n = len(prompts)
+    assert [tokens[i * n : (i + 1) * n] for i in range(3)] == want_mixed
+
+
+def test_an_adapter_of_a_tied_weight_runs_unmerged(tiny_model: Path) -> None:
+    model = load(tiny_model)
+    embedding = model.get_input_embeddings().weight
+    assert model.lm_head.weight is embedding  # the fixture ties its LM head to the embeddings
+    before = embedding.detach().clone()
+    hidden, vocab = embedding.shape[1], embedding.shape[0]
+    generator = torch.Generator().manual_seed(0)
+
+    def factors(fan_in: int, fan_out: int) -> LoraWeights:
+        return LoraWeights(torch.randn(4, fan_in, generator=generator), torch.randn(fan_out, 4, generator=generator), 0.5)
+
+    def made_up(name: str, layers: dict[str, LoraWeights]) -> Adapter:
+        return Adapter(path=tiny_model / name, base_model=str(tiny_model), layers=layers)
+
+    engine = Engine(model, EngineOptions(lora_merge=True))
+    head = engine.adapters.add(made_up("head", {"lm_head": factors(hidden, vocab)}))
+    query = engine.adapters.add(made_up("query", {"model.layers.0.self_attn.q_proj": factors(hidden, hidden)}))
+    assert not engine.adapters.can_merge(head) and engine.adapters.can_merge(query)
+    prompts = prompt_ids(tiny_model)[:2]
+    answers(engine, prompts, head)
+    assert not engine.adapters.rows.merged and engine.adapters.merged_key is None
+    assert torch.equal(embedding, before)  # the embeddings were not touched
+    answers(engine, prompts, query)
+    assert engine.adapters.rows.merged and engine.adapters.merged_key == query
+
+
+def test_compiled_steps_switch_between_merged_and_mixed_batches(lively: tuple[Path, Path, Path]) -> None:
+    """Compiled (dynamo's capture, as on a GPU), the merged flag selects the graph: a merged
+    batch, a mixed one and a merged one again each decode as the uncompiled engine does."""
+    base, first, second = lively
+    prompts = prompt_ids(base)
+    options = EngineOptions(min_prefix=8, static_cache=True, lora_merge=False)
+    plain = Engine(load(base), options)
+    plain_keys = [plain.add_adapter(first), plain.add_adapter(second)]
+    want = [answers(plain, prompts, plain_keys[0]), answers(plain, prompts, None), answers(plain, prompts, plain_keys[1])]
+
+    torch._dynamo.reset()
+    engine = Engine(load(base), EngineOptions(min_prefix=8, compile=True, compile_backend="eager", lora_merge=True))
+    keys = [engine.add_adapter(first), engine.add_adapter(second)]
+    mixed = [Request(p, NEW_TOKENS, temperature=0.0, adapter=k, top_logprobs=1) for k in (keys[0], None) for p in prompts]
+    got_first = answers(engine, prompts, keys[0])
+    done = engine.generate(mixed)
+    got_mixed = [(c.tokens, [lp.logprob for lp in c.logprobs or []]) for c in done]
+    got_second = answers(engine, prompts, keys[1])
+    assert_close(got_first, want[0])
+    assert_close(got_mixed, want[0] + want[1])
+    assert_close(got_second, want[2])
+
+
+def test_the_provider_takes_lora_merge_as_a_model_arg(tiny_model: Path) -> None:
+    from inspect_ai.model import get_model
+
+    from empersona.errors import EmpersonaError
+
+    model = get_model(f"empersona/{tiny_model}", memoize=False, lora_merge=False)
+    assert model.api.served.engine.options.lora_merge is False  # type: ignore[attr-defined]
+    assert get_model(f"empersona/{tiny_model}", memoize=False).api.served.engine.options.lora_merge is True  # type: ignore[attr-defined]
+    with pytest.raises(EmpersonaError, match="lora_merge"):
+        get_model(f"empersona/{tiny_model}", memoize=False, lora_merge="sometimes")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_taking_an_update_out_restores_the_weights_bit_for_bit(tiny_model: Path, dtype: torch.dtype) -> None:
+    """Merging, switching and restoring ten times leaves every base weight as it was, while the
+    positions kept to restore it exactly are a small share of the weights (no copy of them)."""
+    model = load(tiny_model).to(dtype)
+    engine = Engine(model, EngineOptions(lora_merge=True))
+    names = [f"model.layers.{i}.{part}" for i in range(2) for part in ("self_attn.q_proj", "mlp.down_proj")]
+    modules = dict(model.named_modules())
+    generator = torch.Generator().manual_seed(0)
+
+    def made_up(tag: str, size: float) -> Adapter:
+        layers = {}
+        for name in names:
+            linear = modules[name]
+            a = torch.randn(8, linear.in_features, generator=generator) / linear.in_features**0.5
+            b = torch.randn(linear.out_features, 8, generator=generator) * size * linear.weight.float().std()
+            layers[name] = LoraWeights(a, b, 2.0)
+        return Adapter(path=tiny_model / tag, base_model=str(tiny_model), layers=layers)
+
+    keys = [engine.adapters.add(made_up("small", 0.01)), engine.adapters.add(made_up("large", 0.3))]
+    original = adapted_weights(engine)
+    elements = sum(w.numel() for w in original.values())
+    for _ in range(5):
+        for key in keys:
+            engine.adapters.merge(key)
+            kept = sum(where.numel() for where, _ in engine.adapters.fixups.values())
+            assert 0 < kept < 0.25 * elements
+            assert any(not torch.equal(w, original[n]) for n, w in adapted_weights(engine).items())
+        engine.adapters.merge(None)
+        assert not engine.adapters.fixups
+        assert all(torch.equal(w, original[n]) for n, w in adapted_weights(engine).items())
