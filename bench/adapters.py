@@ -15,7 +15,8 @@ four ways, each on a freshly loaded model:
 - with ``--one-model``, a study's pattern (one model evaluated at a time, every adapter met so far
   loaded): all rows of the first adapter with all adapters loaded, against the same rows with it
   loaded alone (run eagerly, a batch computes only the adapters it holds: the two should match;
-  compiled, every loaded adapter is computed).
+  compiled, every loaded adapter is computed), and the same rows with all loaded and that adapter
+  merged into the base weights (``lora_merge=True``: the base model's products alone).
 
 Reported: new tokens/s of each after a warm-up batch (which compiles on CUDA), its ratio to the
 base-only run, and the share of tokens the two adapter runs agree on (greedy; on CPU the model is
@@ -23,7 +24,8 @@ float32 and both are the same computation). The adapters are written straight as
 (``adapter_config.json`` and ``adapter_model.safetensors``), without loading the model to build them.
 
 Run here (CPU): ``.venv/bin/python bench/adapters.py --shape tiny-v152k --device cpu``.
-On a GPU: ``python3 bench/adapters.py --shape 1.5b --device cuda --batch 256`` (four compiles).
+On a GPU: ``python3 bench/adapters.py --shape 1.5b --device cuda --batch 256`` (four compiles);
+``--variants base,model,stacked,one-all,one-merged`` picks variants (one compile each).
 Writes ``bench/results/adapters-<shape>-<device>.json``.
 """
 
@@ -85,7 +87,7 @@ def same_share(first: list[tuple[int, ...]], second: list[tuple[int, ...]]) -> f
 
 def run_variant(
     bench: BenchModel, adapters: list[Path], lora_dtype: str, fuse: bool, ids: list[tuple[int, ...]], new_tokens: int,
-    repeats: int, rows_of: int | None = None,
+    repeats: int, rows_of: int | None = None, merge: bool = False,
 ) -> dict[str, Any]:
     """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one.
 
@@ -96,7 +98,7 @@ def run_variant(
 
     device = bench.device
     model = bench.load()
-    engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse))
+    engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse, lora_merge=merge))
     keys: list[str | None] = [None, *(engine.add_adapter(path) for path in adapters)]
     which = [keys[i % len(keys)] if rows_of is None else keys[rows_of] for i in range(len(ids))]
     requests = [Request(p, new_tokens, temperature=0.0, adapter=key) for p, key in zip(ids, which, strict=True)]
@@ -117,6 +119,32 @@ def run_variant(
     return {"warmup_s": warmup, "seconds": min(walls), "all_seconds": walls, "tokens": tokens}
 
 
+# id: (label, adapters used (all, first, none), lora_dtype, A stacked, rows all of the first adapter, merged)
+VARIANTS: dict[str, tuple[str, str, str, bool, bool, bool]] = {
+    "base": ("base only", "none", "model", False, False, False),
+    "model": ("lora_dtype model", "all", "model", False, False, False),
+    "stacked": ("model, A stacked", "all", "model", True, False, False),
+    "float32": ("lora_dtype float32", "all", "float32", False, False, False),
+    "one-all": ("one adapter, all loaded", "all", "model", False, True, False),
+    "one-alone": ("one adapter, alone", "first", "model", False, True, False),
+    "one-merged": ("one adapter, merged", "all", "model", False, True, True),
+}
+ONE_MODEL = ("one-all", "one-alone", "one-merged")
+
+
+def ratio(variants: dict[str, dict[str, Any]], slower: str, faster: str) -> float | None:
+    """tokens/s of ``faster`` over ``slower`` (None when either did not run)."""
+    if slower not in variants or faster not in variants:
+        return None
+    return variants[slower]["seconds"] / variants[faster]["seconds"]
+
+
+def agreement(variants: dict[str, dict[str, Any]], first: str, second: str) -> float | None:
+    if first not in variants or second not in variants:
+        return None
+    return same_share(variants[first]["tokens"], variants[second]["tokens"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="tiny-v152k", choices=["tiny", *QWEN25_SHAPES])
@@ -129,10 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed batches per variant; the best is kept")
     parser.add_argument(
         "--one-model", action="store_true",
-        help="also batches of one adapter's rows with all adapters loaded against it loaded alone (a study's pattern)",
+        help="also batches of one adapter's rows: all adapters loaded, it alone, it merged (a study's pattern)",
+    )
+    parser.add_argument(
+        "--variants", default=None,
+        help=f"comma-separated variants to run, in this order (default: the first four, with --one-model all): {','.join(VARIANTS)}",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    chosen = (
+        [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
+        else [v for v in VARIANTS if args.one_model or v not in ONE_MODEL]
+    )
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or "base" not in chosen:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}" if unknown else "--variants must include base")
 
     import torch
 
@@ -143,48 +182,37 @@ def main(argv: list[str] | None = None) -> int:
         bench = BenchModel.build(args.shape, args.device, Path(scratch))
         ids = bench.prompt_ids(args.batch, args.prompt_tokens, seed=0)
         paths = [write_adapter(bench.model_dir, Path(scratch) / f"a{i}", args.rank, seed=i) for i in range(args.adapters)]
-        plan = {
-            "base only": ([], "model", False),
-            "lora_dtype model": (paths, "model", False),
-            "model, A stacked": (paths, "model", True),
-            "lora_dtype float32": (paths, "float32", False),
-        }
-        one_model = {"one adapter, all loaded": (paths, 1), "one adapter, alone": (paths[:1], 1)} if args.one_model else {}
-        for name, (adapters, lora_dtype, fuse) in plan.items():
-            variants[name] = run_variant(bench, adapters, lora_dtype, fuse, ids, args.new_tokens, args.repeats)
-            got = variants[name]  # shown as it comes: a run cut by a time limit keeps what it measured
-            print(f"{name}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
-        for name, (adapters, rows_of) in one_model.items():
-            variants[name] = run_variant(bench, adapters, "model", False, ids, args.new_tokens, args.repeats, rows_of)
-            print(f"{name}: {variants[name]['seconds']:.3f} s per batch", flush=True)
+        served = {"none": [], "first": paths[:1], "all": paths}
+        for name in chosen:
+            label, which, lora_dtype, fuse, one, merge = VARIANTS[name]
+            got = run_variant(bench, served[which], lora_dtype, fuse, ids, args.new_tokens, args.repeats, 1 if one else None, merge)
+            variants[name] = got  # shown as it comes: a run cut by a time limit keeps what it measured
+            print(f"{label}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
             if cuda:
                 torch.cuda.empty_cache()
     new = args.batch * args.new_tokens
-    base_s = variants["base only"]["seconds"]
-    model_tokens, fp32_tokens = variants["lora_dtype model"]["tokens"], variants["lora_dtype float32"]["tokens"]
+    base_s = variants["base"]["seconds"]
     report = {
         "shape": args.shape, "device": args.device, "card": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__, "batch": args.batch, "adapters": args.adapters, "rank": args.rank,
         "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens,
         "variants": {
-            name: {
+            VARIANTS[name][0]: {
                 "seconds": v["seconds"], "all_seconds": v["all_seconds"], "warmup_s": v["warmup_s"],
                 "new_tokens_per_s": new / v["seconds"], "over_base_only": base_s / v["seconds"],
             }
             for name, v in variants.items()
         },
-        "model_over_float32": variants["lora_dtype float32"]["seconds"] / variants["lora_dtype model"]["seconds"],
-        "stacked_over_apart": variants["lora_dtype model"]["seconds"] / variants["model, A stacked"]["seconds"],
-        "stacked_same_token_share": same_share(variants["model, A stacked"]["tokens"], model_tokens),
-        "same_token_share": same_share(model_tokens, fp32_tokens),
-        "one_model_all_loaded_over_alone": (
-            variants["one adapter, alone"]["seconds"] / variants["one adapter, all loaded"]["seconds"] if one_model else None
-        ),
+        "model_over_float32": ratio(variants, "float32", "model"),
+        "stacked_over_apart": ratio(variants, "model", "stacked"),
+        "stacked_same_token_share": agreement(variants, "stacked", "model"),
+        "same_token_share": agreement(variants, "model", "float32"),
+        "one_model_all_loaded_over_alone": ratio(variants, "one-all", "one-alone"),
         "one_model_same_tokens": (
-            variants["one adapter, alone"]["tokens"] == variants["one adapter, all loaded"]["tokens"] if one_model else None
+            variants["one-alone"]["tokens"] == variants["one-all"]["tokens"] if {"one-alone", "one-all"} <= set(variants) else None
         ),
+        "merged_over_all_loaded": ratio(variants, "one-all", "one-merged"),
+        "merged_same_token_share": agreement(variants, "one-merged", "one-all"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -195,16 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'variant':<24} {'wall s':>8} {'new tok/s':>10} {'vs base only':>13} {'warm-up s':>10}")
     for name, row in report["variants"].items():
         print(f"  {name:<24} {row['seconds']:8.3f} {row['new_tokens_per_s']:10,.0f} {row['over_base_only']:12.2f}x {row['warmup_s']:10.1f}")
-    print(
-        f"  lora_dtype model / float32: {report['model_over_float32']:.2f}x tokens/s; the two agree on "
-        f"{100 * report['same_token_share']:.1f}% of tokens; A stacked / apart: {report['stacked_over_apart']:.2f}x "
-        f"tokens/s, agreeing on {100 * report['stacked_same_token_share']:.1f}% of tokens; written to {out}"
-    )
-    if report["one_model_all_loaded_over_alone"] is not None:
-        print(
-            f"  one adapter's rows with all {args.adapters} loaded: {report['one_model_all_loaded_over_alone']:.2f}x the "
-            "tokens/s of the same rows with it loaded alone"
-        )
+    lines = {
+        "model_over_float32": "lora_dtype model / float32: {:.2f}x tokens/s",
+        "same_token_share": "  lora_dtype model and float32 agree on {:.1%} of tokens",
+        "stacked_over_apart": "A stacked / apart: {:.2f}x tokens/s",
+        "stacked_same_token_share": "  A stacked and apart agree on {:.1%} of tokens",
+        "one_model_all_loaded_over_alone": f"one adapter's rows with all {args.adapters} loaded / it loaded alone: {{:.2f}}x tokens/s",
+        "merged_over_all_loaded": "the same rows with it merged into the base weights / all loaded: {:.2f}x tokens/s",
+        "merged_same_token_share": "  merged and unmerged agree on {:.1%} of tokens",
+    }
+    for key, line in lines.items():
+        if report[key] is not None:
+            print("  " + line.format(report[key]))
+    print(f"  written to {out}")
     return 0
 
 

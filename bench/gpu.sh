@@ -6,11 +6,11 @@
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
 # and the 15 device minutes include its start, 30 s to a minute or more). Measured on 2026-11-27:
 # generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: the compiled
-# prompt passes (in profile), the stacked adapter factors (in adapters), inspect's hf/ and our
+# prompt passes (in profile), the stacked and the merged adapter factors (in adapters), inspect's hf/ and our
 # empersona/ through inspect (in generate, with GPU_PREPARE_INSPECT=1), shrink, kv, the training
 # variants. Next: "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile'
 # bash bench/gpu.sh" (about 180 + 140 s; timeout_s 520), then "GPU_CHECK_SHAPES=0.5b
-# GPU_CHECK_STEPS='adapters' bash bench/gpu.sh" (four compiles of about 35 s; timeout_s 300), then
+# GPU_CHECK_STEPS='adapters' bash bench/gpu.sh" (five compiles of about 35 s; timeout_s 300), then
 # with the time left 'shrink kv' on 0.5b (timeout_s 400) or 'train' (280 s with its variants);
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
@@ -37,9 +37,10 @@
 #      smaller buckets, against full rounds (bench/shrink.py, last shape, batch 128: a compile per
 #      bucket; about 150 s on the 0.5B shape);
 #   6. adapters (on request): one batch over the base and six random r=32 adapters, adapters in the
-#      model's dtype against float32 (PEFT's), with their A factors stacked under the base weights,
-#      and against no adapters (bench/adapters.py, last shape, batch 256: four compiles; 196 s for
-#      three on the 1.5B shape, 2026-11-27).
+#      model's dtype, with their A factors stacked under the base weights, and against no adapters;
+#      then all rows of one adapter with all six loaded, as products and merged into the base
+#      weights (lora_merge) (bench/adapters.py, last shape, batch 256: five compiles; 196 s for
+#      three on the 1.5B shape, 2026-11-27; float32 adapters, measured then, are left out).
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
 # GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
@@ -116,7 +117,7 @@ if [ "$DEVICE" = cuda ]; then
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
-    adapters_args=(--device cuda --batch 256 --new-tokens 64)
+    adapters_args=(--device cuda --batch 256 --new-tokens 64 --variants base,model,stacked,one-all,one-merged)
     # hf/ runs plain generate again, empersona/ compiles once more: 90 s more where inspect is there
     gen_limits=(200 90)
     [[ $METHODS == *empersona* ]] && gen_limits=(290 150)
