@@ -56,6 +56,7 @@ def test_merged_batches_answer_as_the_products_and_the_base_weights_come_back(
         got = answers(engine, prompts, key)
         assert engine.adapters.rows.merged and engine.adapters.merged_key == key
         assert_close(got, want[plain_key])
+    assert engine.stats.adapter_merges == 2 and engine.stats.merged_batches == engine.stats.batches
     merged = adapted_weights(engine)
     # the second adapter's update alone: the first was taken out before it went in
     name = "model.layers.0.self_attn.q_proj"
@@ -73,6 +74,7 @@ def test_merged_batches_answer_as_the_products_and_the_base_weights_come_back(
     requests = [Request(p, NEW_TOKENS, temperature=0.0, adapter=k) for k in (None, *keys) for p in prompts]
     tokens = [c.tokens for c in engine.generate(requests)]
     assert not engine.adapters.rows.merged and engine.adapters.merged_key is None
+    assert engine.stats.adapter_merges == 3 and engine.stats.mixed_batches >= 1
     n = len(prompts)
     assert [tokens[i * n : (i + 1) * n] for i in range(3)] == want_mixed
 

@@ -125,6 +125,30 @@ def test_greedy_through_inspect_equals_plain_generate_in_one_mixed_round(
     assert results[1] != results[0] and results[2] != results[0]
 
 
+def test_one_fine_tune_at_a_time_runs_merged_and_equals_plain_generate(
+    tiny_model: Path, tiny_adapters: tuple[Path, Path]
+) -> None:
+    """As ``empersona run`` evaluates them: one model's requests at a time. Each round is one
+    adapter's rows alone, so it runs with that adapter merged into the base weights (``lora_merge``,
+    on by default), and still gives plain ``generate``'s tokens through PEFT (float32)."""
+    from inspect_ai.model import ChatMessageUser, GenerateConfig
+
+    models = [get(str(adapter)) for adapter in tiny_adapters]
+    config = GenerateConfig(temperature=0, max_tokens=NEW_TOKENS)
+    conversations = [[ChatMessageUser(content=m)] for m in MESSAGES]
+    texts = [models[0].api.prompt(c) for c in conversations]
+    stats = models[0].api.served.engine.stats
+    merged_before, merges_before = stats.merged_batches, stats.adapter_merges
+
+    async def one_model(model: Any) -> list[Any]:
+        return list(await asyncio.gather(*[model.api.served.batcher.submit(model.api.request(c, config)) for c in conversations]))
+
+    for model, adapter in zip(models, tiny_adapters, strict=True):
+        got = [list(c.tokens) for c in asyncio.run(one_model(model))]
+        assert got == plain_generate(tiny_model, adapter, texts)
+    assert stats.merged_batches - merged_before == 2 and stats.adapter_merges - merges_before == 2
+
+
 def test_logprobs_come_back_as_text_pieces(tiny_model: Path) -> None:
     from inspect_ai.model import GenerateConfig
 

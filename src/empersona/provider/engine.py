@@ -109,6 +109,8 @@ class EngineStats:
     batches: int = 0
     rows: int = 0
     mixed_batches: int = 0
+    merged_batches: int = 0  # batches run with their one adapter merged into the base weights (lora_merge)
+    adapter_merges: int = 0  # times an adapter was merged in (each after taking the previous one out)
     forward_passes: int = 0
     prefill_tokens: int = 0
     prefix_tokens_saved: int = 0
@@ -430,6 +432,8 @@ class Engine:
             self.stats.mixed_batches += 1
 
         cache, logits = self._prefill(batch, max_new)
+        if self.adapters.rows.merged and self.adapters.merged_key is not None:
+            self.stats.merged_batches += 1
         rows = len(requests)
         device = self.device
         sample = self._sampler()
@@ -619,6 +623,8 @@ class Engine:
             if only not in self._mergeable:
                 self._mergeable[only] = self.adapters.can_merge(only)
             if self._mergeable[only]:
+                if only is not None and only != self.adapters.merged_key:
+                    self.stats.adapter_merges += 1
                 self.adapters.merge(only)
                 rows.merged = True
                 return
