@@ -14,11 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from empersona.provider import engine as engine_module
 from empersona.provider.engine import Engine, EngineOptions, Request
 from empersona.provider.lora import Adapter, LoraWeights
 from test_provider_engine import NEW_TOKENS, lively, load, prompt_ids, run_mixed  # noqa: F401 (lively: a fixture)
 
 Answer = tuple[tuple[int, ...], list[float]]
+
+
+@pytest.fixture(autouse=True)
+def merge_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merge an adapter for its first batch, however small (the tests' batches are a few rows)."""
+    monkeypatch.setattr(engine_module, "MERGE_MIN_TOKENS", 0)
 
 
 def answers(engine: Engine, prompts: list[tuple[int, ...]], adapter: str | None) -> list[Answer]:
@@ -189,3 +196,35 @@ def test_taking_an_update_out_restores_the_weights_bit_for_bit(tiny_model: Path,
         engine.adapters.merge(None)
         assert not engine.adapters.fixups
         assert all(torch.equal(w, original[n]) for n, w in adapted_weights(engine).items())
+
+
+def test_a_small_batch_of_a_new_adapter_merges_only_when_its_model_goes_on(
+    lively: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the size at which one batch repays a merge, a newly met adapter runs as products,
+    and is merged from the next batch of its rows alone on; batches alternating between models
+    never merge, and a mixed batch prefilled row by row merges nothing."""
+    monkeypatch.setattr(engine_module, "MERGE_MIN_TOKENS", 10**6)
+    base, first, second = lively
+    prompts = prompt_ids(base)
+    engine = Engine(load(base), EngineOptions(min_prefix=8))
+    keys = [engine.add_adapter(first), engine.add_adapter(second)]
+    for key in [keys[0], None, keys[1], None, keys[0], keys[1]]:
+        answers(engine, prompts[:2], key)
+        assert engine.adapters.merged_key is None and engine.adapters.rows.merged == (key is None)
+    assert engine.stats.adapter_merges == 0
+    answers(engine, prompts[:2], keys[1])  # the second batch of the same model's rows in a row
+    assert engine.adapters.merged_key == keys[1] and engine.stats.adapter_merges == 1
+    answers(engine, prompts[:2], keys[1])
+    assert engine.stats.adapter_merges == 1 and engine.stats.merged_batches == 2
+
+    row_by_row = Engine(load(base), EngineOptions(min_prefix=8, row_prefill_tokens=1))
+    row_keys = [row_by_row.add_adapter(first), row_by_row.add_adapter(second)]
+    mixed = [Request(p, 4, temperature=0.0, adapter=k) for k in row_keys for p in prompts[:2]]
+    row_by_row.generate(mixed)
+    row_by_row.generate(mixed)
+    assert row_by_row.stats.adapter_merges == 0 and row_by_row.adapters.merged_key is None
+
+    monkeypatch.setattr(engine_module, "MERGE_MIN_TOKENS", 1)  # the tiny model is 64 wide: any batch
+    answers(engine, prompts[:2], keys[0])
+    assert engine.adapters.merged_key == keys[0]

@@ -66,6 +66,11 @@ GPU_MIN_ROWS = 32  # compiled CUDA batches are padded to at least this many rows
 SHRINK_AT_STATIC = 0.5
 SHRINK_AT_DYNAMIC = 0.75
 SHRINK_AT_COMPILED = 0.0
+# lora_merge merges a newly met adapter for a batch of at least this many tokens (rows x (prompt
+# width + new tokens)) per unit of the model's width (hidden size): about what its adapter
+# products cost against a merge and a restore (see Engine._merge_choice)
+MERGE_MIN_TOKENS = 4
+_PRODUCTS = object()  # _merge_choice: run the batch with per-row adapter products
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,11 @@ class EngineOptions:
     base weights (``AdapterSet.merge``: ``W + scaling * B A``, rounded once into the weight's
     dtype, as PEFT's ``merge_and_unload``) and no adapter products, at the base model's speed; a
     batch of base rows alone also skips them. A mixed batch takes the update out again (the base
-    weights come back bit for bit) and uses the per-row products. In bf16 the merged weights give
+    weights come back bit for bit) and uses the per-row products. A merge costs about two
+    layer-sized products per adapted layer, so a newly met adapter is merged for a batch of at
+    least ``MERGE_MIN_TOKENS`` x the model width tokens, or from the second batch of its rows
+    alone in a row (``Engine._merge_choice``): batches that alternate between models do not pay
+    a merge each. In bf16 the merged weights give
     logits slightly different from the products' (first-token logprobs within 0.05 of PEFT's
     forward pass, as the products are), so a row's answer may depend on whether its batch was
     mixed. On by default: on this project's CPU, batches of one adapter's rows with six loaded ran
@@ -315,6 +324,8 @@ class Engine:
         self._compiled_prompt: Any = None
         self.compile_prefill = options.compile_prefill
         self._mergeable: dict[str | None, bool] = {}  # adapter key: whether lora_merge may merge it
+        self._last_adapters: set[str | None] = set()  # the adapters of the batch before
+        self._batch_merge: str | None | object = _PRODUCTS  # this batch's _merge_choice
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, path: Path) -> str:
@@ -431,6 +442,7 @@ class Engine:
         if len({r.adapter for r in requests[:real_rows]}) > 1:
             self.stats.mixed_batches += 1
 
+        self._batch_merge = self._merge_choice(requests[:real_rows], batch.width, max_new)
         cache, logits = self._prefill(batch, max_new)
         if self.adapters.rows.merged and self.adapters.merged_key is not None:
             self.stats.merged_batches += 1
@@ -613,21 +625,48 @@ class Engine:
             n += 1
         return n if n >= self.options.min_prefix else 0
 
+    def _merge_choice(self, requests: Sequence[Request], width: int, max_new: int) -> str | None | object:
+        """The adapter a batch runs merged into the base weights (``None``: the base model with
+        no adapter products), or ``_PRODUCTS``: per-row adapter products.
+
+        Only a batch of one adapter's rows runs merged (``lora_merge``). Merging and taking the
+        update out again cost about two products the size of a layer's weight (0.6 to 3 s per
+        switch for the 0.5B shape on this project's CPU), which a batch's adapter products repay
+        once it holds about ``MERGE_MIN_TOKENS`` x the model width tokens; so a newly met
+        adapter is merged for a batch that large, or when the batch before was also its rows
+        alone (a study evaluates one model at a time: from its second batch on), and batches
+        that alternate between models do not merge and restore every time. The adapter already
+        merged, and the base model, cost nothing to keep.
+        """
+        if not (self.options.lora_merge and self.adapters.adapters):
+            return _PRODUCTS
+        distinct = {r.adapter for r in requests}
+        previous, self._last_adapters = self._last_adapters, distinct
+        if len(distinct) != 1:
+            return _PRODUCTS
+        (only,) = distinct
+        if only not in self._mergeable:
+            self._mergeable[only] = self.adapters.can_merge(only)
+        if not self._mergeable[only]:
+            return _PRODUCTS
+        hidden = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        large = len(requests) * (width + max_new) >= MERGE_MIN_TOKENS * hidden
+        if only is None or only == self.adapters.merged_key or previous == distinct or large:
+            return only
+        return _PRODUCTS
+
     def _set_rows(self, adapters: Sequence[str | None]) -> None:
         if not self.adapters.adapters:
             return
         rows = self.adapters.rows
-        distinct = set(adapters)
-        if self.options.lora_merge and len(distinct) == 1:
-            (only,) = distinct
-            if only not in self._mergeable:
-                self._mergeable[only] = self.adapters.can_merge(only)
-            if self._mergeable[only]:
-                if only is not None and only != self.adapters.merged_key:
-                    self.stats.adapter_merges += 1
-                self.adapters.merge(only)
-                rows.merged = True
-                return
+        if self._batch_merge is not _PRODUCTS and set(adapters) == {self._batch_merge}:
+            key = self._batch_merge
+            assert key is None or isinstance(key, str)
+            if key is not None and key != self.adapters.merged_key:
+                self.stats.adapter_merges += 1
+            self.adapters.merge(key)
+            rows.merged = True
+            return
         self.adapters.merge(None)
         rows.merged = False
         rows.set_rows([self.adapters.block(a) for a in adapters], self.device)
