@@ -5,13 +5,14 @@
 # .mirror/ (data, never committed).
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
 # and the 15 device minutes include its start, 30 s to a minute or more). Measured on 2026-11-27:
-# generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: the compiled
-# prompt passes (in profile), the stacked and the merged adapter factors (in adapters), inspect's hf/ and our
-# empersona/ through inspect (in generate, with GPU_PREPARE_INSPECT=1), shrink, kv, the training
-# variants. Next: "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile'
-# bash bench/gpu.sh" (about 180 + 140 s; timeout_s 520), then "GPU_CHECK_SHAPES=0.5b
+# generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: lora_merge
+# (on by default since; in adapters), the stacked adapter factors (in adapters), the compiled
+# prompt passes (in profile), inspect's hf/ and our empersona/ through inspect (in generate, with
+# GPU_PREPARE_INSPECT=1), shrink, kv, the training variants. Next: "GPU_CHECK_SHAPES=0.5b
 # GPU_CHECK_STEPS='adapters' bash bench/gpu.sh" (five compiles of about 35 s; timeout_s 300), then
-# with the time left 'shrink kv' on 0.5b (timeout_s 400) or 'train' (280 s with its variants);
+# "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile' bash bench/gpu.sh"
+# (about 180 + 140 s; timeout_s 520) as far as the time left allows, then 'shrink kv' on 0.5b
+# (timeout_s 400) or 'train' (280 s with its variants);
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
