@@ -18,8 +18,9 @@ four ways, each on a freshly loaded model:
   compiled, every loaded adapter is computed), and the same rows with all loaded and that adapter
   merged into the base weights (``lora_merge=True``: the base model's products alone).
 
-Reported: new tokens/s of each after a warm-up batch (which compiles on CUDA), its ratio to the
-base-only run, and the share of tokens the two adapter runs agree on (greedy; on CPU the model is
+Reported: new tokens/s of each after a warm-up batch (which compiles on CUDA; two for the merged
+variant, whose adapter a small first batch runs as products), its ratio to the base-only run, the
+time one merge and one restore take, and the share of tokens the two adapter runs agree on (greedy; on CPU the model is
 float32 and both are the same computation). The adapters are written straight as PEFT files
 (``adapter_config.json`` and ``adapter_model.safetensors``), without loading the model to build them.
 
@@ -104,6 +105,8 @@ def run_variant(
     requests = [Request(p, new_tokens, temperature=0.0, adapter=key) for p, key in zip(ids, which, strict=True)]
     began = time.perf_counter()
     engine.generate(requests)
+    if merge:  # a small first batch of a newly met adapter runs as products; the second merges it
+        engine.generate(requests)
     _sync(device)
     warmup = time.perf_counter() - began
     walls = []
@@ -114,9 +117,19 @@ def run_variant(
         tokens = [c.tokens for c in engine.generate(requests)]
         _sync(device)
         walls.append(time.perf_counter() - began)
+    switch: dict[str, float] = {}
+    if merge:  # what a switch costs: taking the update out, and merging it again
+        key = engine.adapters.merged_key
+        assert key is not None, "the merged variant ran unmerged"
+        for name, target in (("restore_s", None), ("merge_s", key)):
+            _sync(device)
+            began = time.perf_counter()
+            engine.adapters.merge(target)
+            _sync(device)
+            switch[name] = time.perf_counter() - began
     del engine, model
     gc.collect()
-    return {"warmup_s": warmup, "seconds": min(walls), "all_seconds": walls, "tokens": tokens}
+    return {"warmup_s": warmup, "seconds": min(walls), "all_seconds": walls, "tokens": tokens, **switch}
 
 
 # id: (label, adapters used (all, first, none), lora_dtype, A stacked, rows all of the first adapter, merged)
@@ -213,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "merged_over_all_loaded": ratio(variants, "one-all", "one-merged"),
         "merged_same_token_share": agreement(variants, "one-merged", "one-all"),
+        "merge_s": variants.get("one-merged", {}).get("merge_s"),
+        "restore_s": variants.get("one-merged", {}).get("restore_s"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -231,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "one_model_all_loaded_over_alone": f"one adapter's rows with all {args.adapters} loaded / it loaded alone: {{:.2f}}x tokens/s",
         "merged_over_all_loaded": "the same rows with it merged into the base weights / all loaded: {:.2f}x tokens/s",
         "merged_same_token_share": "  merged and unmerged agree on {:.1%} of tokens",
+        "merge_s": "  merging one adapter into the base weights took {:.3f} s",
+        "restore_s": "  taking it out again (the base weights bit for bit) took {:.3f} s",
     }
     for key, line in lines.items():
         if report[key] is not None:
