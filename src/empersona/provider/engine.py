@@ -185,7 +185,8 @@ class EngineOptions:
     logits slightly different from the products' (first-token logprobs within 0.05 of PEFT's
     forward pass, as the products are), so a row's answer may depend on whether its batch was
     mixed. On by default: on this project's CPU, batches of one adapter's rows with six loaded ran
-    1.08-1.26x faster merged (0.5B shape); on the H100 a batch over six adapters ran at 0.67x the
+    0.96-1.26x as fast merged as products over nine runs, median 1.13x (0.5B shape, batch 8; the
+    base model alone drifted between 2.22 and 2.86 s per batch over the same runs); on the H100 a batch over six adapters ran at 0.67x the
     base model's speed (``bench/adapters.py``), which is what merging recovers for a study's
     one-model batches (not yet timed there).
     """
