@@ -128,6 +128,11 @@ def test_an_adapter_of_a_tied_weight_runs_unmerged(tiny_model: Path) -> None:
     assert torch.equal(embedding, before)  # the embeddings were not touched
     answers(engine, prompts, query)
     assert engine.adapters.rows.merged and engine.adapters.merged_key == query
+    # a layer whose weight is not a plain float matrix (as a quantised layer's packed integers)
+    engine.adapters.merge(None)
+    layer = model.model.layers[0].self_attn.q_proj.base
+    layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
+    assert not engine.adapters.can_merge(query)
 
 
 def test_compiled_steps_switch_between_merged_and_mixed_batches(lively: tuple[Path, Path, Path]) -> None:

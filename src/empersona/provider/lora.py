@@ -308,12 +308,19 @@ class AdapterSet:
 
     def can_merge(self, key: str | None) -> bool:
         """Whether an adapter may be merged: not when it adapts a weight another module shares
-        (an LM head tied to the embeddings), which the merge would change for both."""
+        (an LM head tied to the embeddings), which the merge would change for both, nor a weight
+        that is not a plain floating-point matrix (a quantised layer's packed integers)."""
         if key is None:
             return True
         uses = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
         modules = dict(self.model.named_modules())
-        return all(uses[id(modules[name].base.weight)] == 1 for name in self.adapters[key].layers)
+        for name in self.adapters[key].layers:
+            base = modules[name].base
+            weight = base.weight
+            plain = weight.dtype.is_floating_point and tuple(weight.shape) == (base.out_features, base.in_features)
+            if not plain or uses[id(weight)] != 1:
+                return False
+        return True
 
     def merge(self, key: str | None) -> None:
         """Make the base weights hold ``W + scaling * B A`` of adapter ``key`` (``None``: the base's own).
