@@ -43,7 +43,9 @@
 #      weights (lora_merge) (bench/adapters.py, last shape, batch 256: five compiles; 196 s for
 #      three on the 1.5B shape, 2026-11-27; float32 adapters, measured then, are left out).
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
-# GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less).
+# GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less);
+# GPU_CHECK_ADAPTER_VARIANTS the adapters step's variants (e.g. base,one-all,one-merged: three
+# compiles, lora_merge against the products alone).
 # The H100 image has torch, transformers, peft and accelerate but no trl, datasets, dill,
 # multiprocess or pydantic: those come from .whl. It has no inspect-ai: generation runs --methods
 # plain,engine unless .whl carries it (GPU_PREPARE_INSPECT=1), then also hf and empersona.
@@ -118,7 +120,7 @@ if [ "$DEVICE" = cuda ]; then
     train_args=(--device cuda --steps 20 --warmup 3 --profile-steps 3)
     kv_args=(--device cuda --batch 64)
     shrink_args=(--device cuda --batch 128 --max-new 256 --repeats 1)
-    adapters_args=(--device cuda --batch 256 --new-tokens 64 --variants base,model,stacked,one-all,one-merged)
+    adapters_args=(--device cuda --batch 256 --new-tokens 64 --variants "${GPU_CHECK_ADAPTER_VARIANTS:-base,model,stacked,one-all,one-merged}")
     # hf/ runs plain generate again, empersona/ compiles once more: 90 s more where inspect is there
     gen_limits=(200 90)
     [[ $METHODS == *empersona* ]] && gen_limits=(290 150)
