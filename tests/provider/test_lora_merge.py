@@ -4,7 +4,9 @@ A study evaluates one model at a time, so a fine-tune's batches hold its rows on
 must answer as the per-row adapter products do (float32 on CPU: the same tokens, logprobs equal
 up to rounding), a base or mixed batch afterwards must see the base weights restored bit for bit
 (the same answers as an engine that never merged), switching adapters must not stack one update
-on another, and a weight shared with another module (a tied LM head) is never merged.
+on another, and a weight shared with another module (a tied LM head) or not a plain float matrix
+is never merged. A newly met adapter is merged only for a batch large enough to repay it or from
+its second batch in a row (the last test); the others merge at once (``merge_at_once``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from empersona.provider import engine as engine_module
 from empersona.provider.engine import Engine, EngineOptions, Request
-from empersona.provider.lora import Adapter, LoraWeights
+from empersona.provider.lora import Adapter, LoraWeights, _make_slot_linear_class
 from test_provider_engine import NEW_TOKENS, lively, load, prompt_ids, run_mixed  # noqa: F401 (lively: a fixture)
 
 Answer = tuple[tuple[int, ...], list[float]]
@@ -40,7 +42,9 @@ def assert_close(got: list[Answer], want: list[Answer]) -> None:
 
 
 def adapted_weights(engine: Engine) -> dict[str, torch.Tensor]:
-    return {name: module.base.weight.detach().clone() for name, module in engine.model.named_modules() if hasattr(module, "rows")}
+    """A copy of the base weight of every adapted layer, by layer name."""
+    slot = _make_slot_linear_class()
+    return {name: m.base.weight.detach().clone() for name, m in engine.model.named_modules() if isinstance(m, slot)}
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
