@@ -24,7 +24,8 @@ time one merge and one restore take, and the share of tokens the two adapter run
 float32 and both are the same computation). The adapters are written straight as PEFT files
 (``adapter_config.json`` and ``adapter_model.safetensors``), without loading the model to build them.
 
-Run here (CPU): ``.venv/bin/python bench/adapters.py --shape tiny-v152k --device cpu``.
+Run here (CPU): ``.venv/bin/python bench/adapters.py --shape tiny-v152k --device cpu``
+(``--compile on``: the compiled static-cache decoding a GPU uses, by inductor without CUDA graphs).
 On a GPU: ``python3 bench/adapters.py --shape 1.5b --device cuda --batch 256`` (four compiles);
 ``--variants base,model,stacked,one-all,one-merged`` picks variants (one compile each).
 Writes ``bench/results/adapters-<shape>-<device>.json``.
@@ -88,7 +89,7 @@ def same_share(first: list[tuple[int, ...]], second: list[tuple[int, ...]]) -> f
 
 def run_variant(
     bench: BenchModel, adapters: list[Path], lora_dtype: str, fuse: bool, ids: list[tuple[int, ...]], new_tokens: int,
-    repeats: int, rows_of: int | None = None, merge: bool = False,
+    repeats: int, rows_of: int | None = None, merge: bool = False, compile: bool | None = None,
 ) -> dict[str, Any]:
     """Load the model, serve the adapters, and time ``repeats`` batches after a warm-up one.
 
@@ -99,7 +100,10 @@ def run_variant(
 
     device = bench.device
     model = bench.load()
-    engine = Engine(model, EngineOptions(max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse, lora_merge=merge))
+    options = EngineOptions(
+        max_batch_size=len(ids), lora_dtype=lora_dtype, lora_fuse_input=fuse, lora_merge=merge, compile=compile
+    )
+    engine = Engine(model, options)
     keys: list[str | None] = [None, *(engine.add_adapter(path) for path in adapters)]
     which = [keys[i % len(keys)] if rows_of is None else keys[rows_of] for i in range(len(ids))]
     requests = [Request(p, new_tokens, temperature=0.0, adapter=key) for p, key in zip(ids, which, strict=True)]
@@ -176,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", default=None,
         help=f"comma-separated variants to run, in this order (default: the first four, with --one-model all): {','.join(VARIANTS)}",
     )
+    parser.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto",
+        help="compiled static-cache decoding (auto: on for cuda; on CPU 'on' runs inductor without CUDA graphs, "
+        "the GPU's layout: every loaded adapter's columns are computed)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    compile_engine = None if args.compile == "auto" else args.compile == "on"
     chosen = (
         [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
         else [v for v in VARIANTS if args.one_model or v not in ONE_MODEL]
@@ -198,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         served = {"none": [], "first": paths[:1], "all": paths}
         for name in chosen:
             label, which, lora_dtype, fuse, one, merge = VARIANTS[name]
-            got = run_variant(bench, served[which], lora_dtype, fuse, ids, args.new_tokens, args.repeats, 1 if one else None, merge)
+            got = run_variant(
+                bench, served[which], lora_dtype, fuse, ids, args.new_tokens, args.repeats, 1 if one else None, merge,
+                compile_engine,
+            )
             variants[name] = got  # shown as it comes: a run cut by a time limit keeps what it measured
             print(f"{label}: {got['seconds']:.3f} s per batch (warm-up and compiles {got['warmup_s']:.1f} s)", flush=True)
             if cuda:
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     base_s = variants["base"]["seconds"]
     report = {
         "shape": args.shape, "device": args.device, "card": torch.cuda.get_device_name(0) if cuda else None,
-        "torch": torch.__version__, "batch": args.batch, "adapters": args.adapters, "rank": args.rank,
+        "torch": torch.__version__, "compile": args.compile, "batch": args.batch, "adapters": args.adapters, "rank": args.rank,
         "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens,
         "variants": {
             VARIANTS[name][0]: {
