@@ -42,9 +42,9 @@ def assert_close(got: list[Answer], want: list[Answer]) -> None:
 
 
 def adapted_weights(engine: Engine) -> dict[str, torch.Tensor]:
-    """A copy of the base weight of every adapted layer, by layer name."""
-    slot = _make_slot_linear_class()
-    return {name: m.base.weight.detach().clone() for name, m in engine.model.named_modules() if isinstance(m, slot)}
+    """A copy of the base weight of every adapted layer, by layer name (found wrapped or not)."""
+    assert engine.adapters.slots and all(isinstance(m, _make_slot_linear_class()) for m in engine.adapters.slots.values())
+    return {name: m.base.weight.detach().clone() for name, m in engine.adapters.slots.items()}
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
@@ -134,7 +134,7 @@ def test_an_adapter_of_a_tied_weight_runs_unmerged(tiny_model: Path) -> None:
     assert engine.adapters.rows.merged and engine.adapters.merged_key == query
     # a layer whose weight is not a plain float matrix (as a quantised layer's packed integers)
     engine.adapters.merge(None)
-    layer = model.model.layers[0].self_attn.q_proj.base
+    layer = engine.adapters.slots["model.layers.0.self_attn.q_proj"].base
     layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
     assert not engine.adapters.can_merge(query)
 
@@ -237,3 +237,30 @@ def test_a_small_batch_of_a_new_adapter_merges_only_when_its_model_goes_on(
     monkeypatch.setattr(engine_module, "MERGE_MIN_TOKENS", 1)  # the tiny model is 64 wide: any batch
     answers(engine, prompts[:2], keys[0])
     assert engine.adapters.merged_key == keys[0]
+
+
+def test_merged_batches_reuse_the_base_models_compiled_graphs(lively: tuple[Path, Path, Path]) -> None:
+    """A study evaluates the base model first, then each fine-tune. Merged, a fine-tune's batches
+    run the base model's own layers, so the decode graphs compiled for the base model serve them
+    (on an H100 each is a compile of about 50 s for a 1.5B model); only a mixed batch, which needs
+    the adapter products, compiles its own."""
+    from torch._dynamo.utils import counters
+
+    base, first, _ = lively
+    prompts = prompt_ids(base)
+    plain = Engine(load(base), EngineOptions(min_prefix=8, static_cache=True, lora_merge=False))
+    want_first = answers(plain, prompts, plain.add_adapter(first))
+
+    torch._dynamo.reset()
+    counters.clear()
+    engine = Engine(load(base), EngineOptions(min_prefix=8, compile=True, compile_backend="eager"))
+    want_base = answers(engine, prompts, None)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    key = engine.add_adapter(first)
+    assert_close(answers(engine, prompts, key), want_first)
+    assert engine.adapters.merged_key == key and not engine.adapters.wrapped
+    assert counters["stats"]["unique_graphs"] == graphs  # the base model's graphs, no new one
+    engine.generate([Request(p, 3, temperature=0.0, adapter=k) for k in (None, key) for p in prompts])
+    assert engine.adapters.wrapped and counters["stats"]["unique_graphs"] > graphs  # products: their own graph
+    assert answers(engine, prompts, None) == want_base  # the base weights back, the base graph again

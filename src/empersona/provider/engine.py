@@ -176,7 +176,9 @@ class EngineOptions:
     at a time, so every batch of a fine-tune's evaluation) runs with that adapter merged into the
     base weights (``AdapterSet.merge``: ``W + scaling * B A``, rounded once into the weight's
     dtype, as PEFT's ``merge_and_unload``) and no adapter products, at the base model's speed; a
-    batch of base rows alone also skips them. A mixed batch takes the update out again (the base
+    batch of base rows alone also skips them. Such batches run on the base model's own layers
+    (``AdapterSet.wrap``), so compiled, they reuse the decode graphs compiled for the base model
+    instead of compiling their own (a study evaluates the base model first). A mixed batch takes the update out again (the base
     weights come back bit for bit) and uses the per-row products. A merge costs about two
     layer-sized products per adapted layer, so a newly met adapter is merged for a batch of at
     least ``MERGE_MIN_TOKENS`` x the model width tokens, or from the second batch of its rows
@@ -668,9 +670,11 @@ class Engine:
             if key is not None and key != self.adapters.merged_key:
                 self.stats.adapter_merges += 1
             self.adapters.merge(key)
+            self.adapters.wrap(False)  # the base model's own layers: its compiled graphs serve
             rows.merged = True
             return
         self.adapters.merge(None)
+        self.adapters.wrap(True)
         rows.merged = False
         rows.set_rows([self.adapters.block(a) for a in adapters], self.device)
 

@@ -259,6 +259,8 @@ class AdapterSet:
     # per layer of the merged adapter: the elements that taking its update out again would not
     # round back to the base weight (flat positions, original values), to restore it bit for bit
     fixups: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    slots: dict[str, nn.Module] = field(default_factory=dict)  # the SlotLinear of each adapted layer
+    wrapped: bool = True  # the adapted layers are SlotLinear modules (False: their plain base layers)
 
     def key(self, path: Path) -> str:
         """The name an adapter folder is served under (its resolved path)."""
@@ -295,6 +297,7 @@ class AdapterSet:
                     )
                 )
         self.merge(None)  # restacking reads the base weights: they must be the base model's
+        self.wrap(True)
         start = self.rows.columns
         self.adapters[key] = adapter
         self.blocks[key] = (start, start + adapter.rank)
@@ -313,9 +316,8 @@ class AdapterSet:
         if key is None:
             return True
         uses = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
-        modules = dict(self.model.named_modules())
         for name in self.adapters[key].layers:
-            base = modules[name].base
+            base = self.slots[name].base
             weight = base.weight
             plain = weight.dtype.is_floating_point and tuple(weight.shape) == (base.out_features, base.in_features)
             if not plain or uses[id(weight)] != 1:
@@ -340,11 +342,10 @@ class AdapterSet:
 
         if key == self.merged_key:
             return
-        modules = dict(self.model.named_modules())
         with torch.no_grad():
             if self.merged_key is not None:
                 for name, weights in self.adapters[self.merged_key].layers.items():
-                    weight = modules[name].base.weight
+                    weight = self.slots[name].base.weight
                     back = (weight.float() - _update(weights, weight.device)).to(weight.dtype)
                     where, values = self.fixups.pop(name)
                     back.view(-1)[where] = values
@@ -353,7 +354,7 @@ class AdapterSet:
             if key is None:
                 return
             for name, weights in self.adapters[key].layers.items():
-                weight = modules[name].base.weight
+                weight = self.slots[name].base.weight
                 update = _update(weights, weight.device)
                 merged = (weight.float() + update).to(weight.dtype)
                 back = (merged.float() - update).to(weight.dtype)
@@ -361,6 +362,23 @@ class AdapterSet:
                 self.fixups[name] = (where, weight.view(-1)[where].clone())
                 weight.copy_(merged)
             self.merged_key = key
+
+    def wrap(self, on: bool) -> None:
+        """Put the SlotLinear modules in the model (``on``), or their plain base layers back.
+
+        A merged batch needs no adapter product, and with the base layers back the model is the
+        very module tree the base model was compiled as: a compiled decode step (one graph per
+        batch shape, about 50 s each for a 1.5B model on an H100) is reused instead of compiled
+        again for the wrapped tree, whose adapter products a merged batch would not run anyway.
+        """
+        if on == self.wrapped:
+            return
+        modules = dict(self.model.named_modules())
+        for name, slot in self.slots.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = modules[parent_name] if parent_name else self.model
+            setattr(parent, child, slot if on else slot.base)
+        self.wrapped = on
 
     def _rebuild(self) -> None:
         """Wrap every adapted layer once and restack all adapters' factors into it."""
@@ -378,6 +396,7 @@ class AdapterSet:
                 parent = modules[parent_name] if parent_name else self.model
                 module = slot_linear(module, self.rows)
                 setattr(parent, child, module)
+            self.slots[name] = module
             base = module.base
             a_cat = torch.zeros(self.rows.columns, base.in_features)
             b_cat = torch.zeros(base.out_features, self.rows.columns)
