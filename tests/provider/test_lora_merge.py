@@ -135,8 +135,14 @@ def test_an_adapter_of_a_tied_weight_runs_unmerged(tiny_model: Path) -> None:
     # a layer whose weight is not a plain float matrix (as a quantised layer's packed integers)
     engine.adapters.merge(None)
     layer = engine.adapters.slots["model.layers.0.self_attn.q_proj"].base
-    layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
+    weight = layer.weight
+    layer.weight = torch.nn.Parameter(weight.detach().to(torch.int8), requires_grad=False)
     assert not engine.adapters.can_merge(query)
+    # or not laid out row after row (merging and restoring read it as one flat run of values)
+    layer.weight = torch.nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=False)
+    assert layer.weight.shape == weight.shape and not engine.adapters.can_merge(query)
+    layer.weight = weight
+    assert engine.adapters.can_merge(query)
 
 
 def test_compiled_steps_switch_between_merged_and_mixed_batches(lively: tuple[Path, Path, Path]) -> None:

@@ -319,7 +319,11 @@ class AdapterSet:
         for name in self.adapters[key].layers:
             base = self.slots[name].base
             weight = base.weight
-            plain = weight.dtype.is_floating_point and tuple(weight.shape) == (base.out_features, base.in_features)
+            plain = (
+                weight.dtype.is_floating_point
+                and tuple(weight.shape) == (base.out_features, base.in_features)
+                and weight.is_contiguous()
+            )
             if not plain or uses[id(weight)] != 1:
                 return False
         return True
