@@ -187,7 +187,7 @@ class EngineOptions:
     logits slightly different from the products' (first-token logprobs within 0.05 of PEFT's
     forward pass, as the products are), so a row's answer may depend on whether its batch was
     mixed. On by default: on this project's CPU, batches of one adapter's rows with six loaded ran
-    0.96-1.26x as fast merged as products over nine runs, median 1.13x (0.5B shape, batch 8; the
+    0.96-1.26x as fast merged as products over ten runs, median 1.11x (0.5B shape, batch 8; the
     base model alone drifted between 2.22 and 2.86 s per batch over the same runs), and 1.24x and
     1.41x in two runs with the decode step compiled (inductor: the GPU's layout, where the products
     cover every loaded adapter's columns; 0.78-0.81x the base model's speed as products); on the H100 a batch over six adapters ran at 0.67x the
