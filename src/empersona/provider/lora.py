@@ -147,7 +147,7 @@ class RowMask:
     # the rank columns the batch's adapters span, (start, stop); None: no row has an adapter
     active: tuple[int, int] | None = None
     # every row of the batch uses the adapter merged into the base weights (or the base model
-    # with none merged): the adapted layers run their base product alone (``AdapterSet.merge``)
+    # with none merged): the model runs on its plain base layers (``AdapterSet.merge`` and ``wrap``)
     merged: bool = False
 
     def set_rows(self, blocks: list[tuple[int, int] | None], device: torch.device) -> None:
@@ -218,8 +218,6 @@ def _make_slot_linear_class() -> type[nn.Module]:
             self.bias_cat = None if bias is None else torch.cat([bias.detach(), bias.new_zeros(a_cat.shape[0])])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.rows.merged:  # the batch's one adapter is merged into the base weight, or none is used
-                return self.base(x)
             mask = self.rows.mask
             assert mask is not None, "RowMask.set_rows must run before a forward pass"
             # Run eagerly, a batch computes only the columns of the adapters its rows use (none
@@ -332,7 +330,8 @@ class AdapterSet:
         """Make the base weights hold ``W + scaling * B A`` of adapter ``key`` (``None``: the base's own).
 
         A batch whose rows all use one adapter (a study evaluates one model at a time) then runs
-        the base model's products alone, with no adapter products (``RowMask.merged``). The update
+        the base model's products alone, on its plain layers (``wrap``), with no adapter products
+        (``RowMask.merged``). The update
         is computed in float32 and rounded once into the weight's dtype, as PEFT's
         ``merge_and_unload`` does; in bf16 that rounding makes the logits differ slightly from the
         unmerged products'. Taking the update out again restores the base weights bit for bit
