@@ -172,27 +172,27 @@ class EngineOptions:
     of Qwen2.5-1.5B with all seven projections adapted). Off by default until a GPU run of
     ``bench/adapters.py`` says it pays: on this project's CPU it was 0.86-0.97x the speed of two
     products over three runs (0.5B shape, batch 8).
-    ``lora_merge``: a batch whose rows all use one adapter (``empersona run`` evaluates one model
-    at a time, so every batch of a fine-tune's evaluation) runs with that adapter merged into the
-    base weights (``AdapterSet.merge``: ``W + scaling * B A``, rounded once into the weight's
-    dtype, as PEFT's ``merge_and_unload``) and no adapter products, at the base model's speed; a
-    batch of base rows alone also skips them. Such batches run on the base model's own layers
+    ``lora_merge``: a batch whose rows all use one adapter (``empersona run`` evaluates one model at
+    a time, so every batch of a fine-tune's evaluation) runs with that adapter merged into the base
+    weights (``AdapterSet.merge``: ``W + scaling * B A``, rounded once into the weight's dtype, as
+    PEFT's ``merge_and_unload``) and no adapter products, at the base model's speed; a batch of base
+    rows alone also skips them. Such batches run on the base model's own layers
     (``AdapterSet.wrap``), so compiled, they reuse the decode graphs compiled for the base model
-    instead of compiling their own (a study evaluates the base model first). A mixed batch takes the update out again (the base
-    weights come back bit for bit) and uses the per-row products. A merge costs about two
-    layer-sized products per adapted layer, so a newly met adapter is merged for a batch of at
-    least ``MERGE_MIN_TOKENS`` x the model width tokens, or from the second batch of its rows
-    alone in a row (``Engine._merge_choice``): batches that alternate between models do not pay
-    a merge each. In bf16 the merged weights give
-    logits slightly different from the products' (first-token logprobs within 0.05 of PEFT's
-    forward pass, as the products are), so a row's answer may depend on whether its batch was
-    mixed. On by default: on this project's CPU, batches of one adapter's rows with six loaded ran
-    0.96-1.26x as fast merged as products over ten runs, median 1.11x (0.5B shape, batch 8; the
-    base model alone drifted between 2.22 and 2.86 s per batch over the same runs), and 1.24x and
-    1.41x in two runs with the decode step compiled (inductor: the GPU's layout, where the products
-    cover every loaded adapter's columns; 0.78-0.81x the base model's speed as products); on the H100 a batch over six adapters ran at 0.67x the
-    base model's speed (``bench/adapters.py``), which is what merging recovers for a study's
-    one-model batches (not yet timed there).
+    instead of compiling their own (a study evaluates the base model first). A mixed batch takes the
+    update out again (the base weights come back bit for bit) and uses the per-row products. A merge
+    costs about two layer-sized products per adapted layer, so a newly met adapter is merged for a
+    batch of at least ``MERGE_MIN_TOKENS`` x the model width tokens, or from the second batch of its
+    rows alone in a row (``Engine._merge_choice``): batches that alternate between models do not pay
+    a merge each. In bf16 the merged weights give logits slightly different from the products'
+    (first-token logprobs within 0.05 of PEFT's forward pass, as the products are), so a row's
+    answer may depend on whether its batch was mixed. On by default: on this project's CPU, batches
+    of one adapter's rows with six loaded ran 0.96-1.26x as fast merged as products over ten runs,
+    median 1.11x (0.5B shape, batch 8; the base model alone drifted between 2.22 and 2.86 s per
+    batch over the same runs), and 1.24x and 1.41x in two runs with the decode step compiled
+    (inductor: the GPU's layout, where the products cover every loaded adapter's columns; 0.78-0.81x
+    the base model's speed as products); on the H100 a batch over six adapters ran at 0.67x the base
+    model's speed (``bench/adapters.py``), which is what merging recovers for a study's one-model
+    batches (not yet timed there).
     """
 
     max_batch_size: int = 256
