@@ -6,8 +6,8 @@ replaced: a full log-softmax tensor, a probability tensor and a tensor of expone
 step (three vocabulary-sized writes). Both run on the same logits, eager and (``--compile``)
 through ``torch.compile``, alternating, best of ``--repeats``, at each ``--top-logprobs`` count
 (0: no logprobs asked, which ``sample_next`` skips; 1: its top logprob is the greedy maximum,
-no ``topk``); the table gives ms per step and the ratio to the reference at the same count. On the H100 (1.5B shape, batch 256) ``bench/profile_engine.py`` measured the old form
-at 1.16 ms per step, more than the weights take to read (1.03 ms); this script there (2026-11-27,
+no ``topk``); the table gives ms per step and the ratio to the reference at the same count. On
+the H100 (1.5B shape, batch 256) ``bench/profile_engine.py`` measured the old form at 1.16 ms per step, more than the weights take to read (1.03 ms); this script there (2026-11-27,
 ``--device cuda --compile``, 256 x 151,936 bf16) gave ``sample_next`` compiled 0.25 ms without
 logprobs (2.0x the old form), 0.37 ms with one top logprob (3.2x), 1.04 ms with five (1.1x: the
 ``topk`` over the vocabulary).

@@ -328,7 +328,6 @@ class Engine:
         self._compiled_sample: Any = None
         self._compiled_prompt: Any = None
         self.compile_prefill = options.compile_prefill
-        self._mergeable: dict[str | None, bool] = {}  # adapter key: whether lora_merge may merge it
         self._last_adapters: set[str | None] = set()  # the adapters of the batch before
         self._batch_merge: str | None | object = _PRODUCTS  # this batch's _merge_choice
 
@@ -339,7 +338,6 @@ class Engine:
             key = self.adapters.key(path)
             if key in self.adapters.adapters:
                 return key
-            self._mergeable.clear()  # adding restacks the factors: a tied weight may be shared anew
             return self.adapters.add(read_adapter(path))
 
     # ------------------------------------------------------------------ public entry
@@ -650,9 +648,7 @@ class Engine:
         if len(distinct) != 1:
             return _PRODUCTS
         (only,) = distinct
-        if only not in self._mergeable:
-            self._mergeable[only] = self.adapters.can_merge(only)
-        if not self._mergeable[only]:
+        if not self.adapters.can_merge(only):
             return _PRODUCTS
         hidden = int(getattr(self.model.config, "hidden_size", 0) or 0)
         large = len(requests) * (width + max_new) >= MERGE_MIN_TOKENS * hidden

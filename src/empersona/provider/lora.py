@@ -310,31 +310,31 @@ class AdapterSet:
     def can_merge(self, key: str | None) -> bool:
         """Whether an adapter may be merged: not when it adapts a weight another module shares
         (an LM head tied to the embeddings), which the merge would change for both, nor a weight
-        that is not a plain floating-point matrix (a quantised layer's packed integers)."""
+        that is not a plain contiguous floating-point matrix (a quantised layer's packed integers)."""
         if key is None:
             return True
-        uses = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
-        for name in self.adapters[key].layers:
-            base = self.slots[name].base
+        uses = self._parameter_uses()
+
+        def mergeable(base: nn.Linear) -> bool:
             weight = base.weight
-            plain = (
-                weight.dtype.is_floating_point
-                and tuple(weight.shape) == (base.out_features, base.in_features)
-                and weight.is_contiguous()
-            )
-            if not plain or uses[id(weight)] != 1:
-                return False
-        return True
+            shape = (base.out_features, base.in_features)
+            plain = weight.dtype.is_floating_point and tuple(weight.shape) == shape and weight.is_contiguous()
+            return plain and uses[id(weight)] == 1
+
+        return all(mergeable(self.slots[name].base) for name in self.adapters[key].layers)
+
+    def _parameter_uses(self) -> collections.Counter[int]:
+        """How many modules hold each parameter (by id): more than one for a tied weight."""
+        return collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
 
     def merge(self, key: str | None) -> None:
         """Make the base weights hold ``W + scaling * B A`` of adapter ``key`` (``None``: the base's own).
 
         A batch whose rows all use one adapter (a study evaluates one model at a time) then runs
         the base model's products alone, on its plain layers (``wrap``), with no adapter products
-        (``RowMask.merged``). The update
-        is computed in float32 and rounded once into the weight's dtype, as PEFT's
-        ``merge_and_unload`` does; in bf16 that rounding makes the logits differ slightly from the
-        unmerged products'. Taking the update out again restores the base weights bit for bit
+        (``RowMask.merged``). The update is computed in float32 and rounded once into the weight's
+        dtype, as PEFT's ``merge_and_unload`` does; in bf16 that rounding makes the logits differ
+        slightly from the unmerged products'. Taking the update out again restores the base weights bit for bit
         without a copy of them: ``round(round(W + D) - D)`` is ``W`` for most elements, and the
         merge keeps the positions and original values of the rest (``fixups``; 0.3-10% of a
         layer's elements for updates 0.1-14% of the weights' size, 6 bytes each in bf16, against
@@ -391,7 +391,7 @@ class AdapterSet:
         targets = sorted({name for adapter in self.adapters.values() for name in adapter.layers})
         modules = dict(self.model.named_modules())
         # a weight tied to another module (an LM head tied to the embeddings) is left unstacked
-        uses = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
+        uses = self._parameter_uses()
         for name in targets:
             module = modules[name]
             if not isinstance(module, slot_linear):
