@@ -265,3 +265,46 @@ def test_releasing_the_engines_frees_a_frozen_model(tiny_model: Path) -> None:
     gc.freeze()  # as a later model load would
     release_engines()
     assert alive() is None
+
+
+def test_num_choices_come_back_as_that_many_choices(tiny_model: Path) -> None:
+    from inspect_ai.model import GenerateConfig
+
+    model = get(str(tiny_model))
+    sampled = GenerateConfig(temperature=1.0, max_tokens=6, num_choices=3, seed=7, logprobs=True)
+    first = asyncio.run(model.generate("Say something long.", config=sampled))
+    texts = [c.message.text for c in first.choices]
+    assert len(texts) == 3 and len(set(texts)) == 3
+    # usage counts the new tokens of every choice (one logprob entry each), the prompt once
+    assert first.usage is not None
+    assert first.usage.output_tokens == sum(len(c.logprobs.content) for c in first.choices if c.logprobs)
+    again = asyncio.run(model.generate("Say something long.", config=sampled))
+    assert [c.message.text for c in again.choices] == texts  # a seeded call samples the same choices again
+    greedy = GenerateConfig(temperature=0, max_tokens=6)
+    one = asyncio.run(model.generate("Say something long.", config=greedy))
+    two = asyncio.run(model.generate("Say something long.", config=greedy.merge(GenerateConfig(num_choices=2))))
+    assert [c.message.text for c in two.choices] == [one.completion] * 2
+    assert one.usage is not None and two.usage is not None
+    assert two.usage.output_tokens == 2 * one.usage.output_tokens and two.usage.input_tokens == one.usage.input_tokens
+
+
+def test_new_tokens_stop_at_the_context_length(tiny_model: Path) -> None:
+    from inspect_ai.model import ChatMessageUser, GenerateConfig
+
+    from empersona.provider.api import context_length
+
+    model = get(str(tiny_model))
+    assert model.api.context_length == context_length(model.api.served.engine.model.config) == 32768
+    prompt_tokens = len(model.api.prompt_ids([ChatMessageUser(content="Say something long.")]))
+    model.api.context_length = prompt_tokens + 3
+    greedy = GenerateConfig(temperature=0, max_tokens=50)
+    cut = asyncio.run(model.generate("Say something long.", config=greedy))
+    assert cut.usage is not None and cut.usage.output_tokens <= 3
+    unbounded = asyncio.run(get(str(tiny_model)).generate("Say something long.", config=greedy))
+    assert unbounded.usage is not None and unbounded.usage.output_tokens > 3  # this prompt does run on
+    assert cut.choices[0].stop_reason == "model_length"
+    within = asyncio.run(model.generate("Say something long.", config=GenerateConfig(temperature=0, max_tokens=2)))
+    assert within.choices[0].stop_reason == "max_tokens"
+    model.api.context_length = prompt_tokens
+    with pytest.raises(EmpersonaError, match=rf"prompt is {prompt_tokens} tokens .* context is {prompt_tokens} positions"):
+        asyncio.run(model.generate("Say something long.", config=greedy))

@@ -11,6 +11,7 @@ one to one. The tokenizer (and so the chat template) is the adapter folder's whe
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -179,6 +180,15 @@ def _load_base(key: EngineKey) -> Any:
     return model.to(key.device)
 
 
+def context_length(config: Any) -> int | None:
+    """The most positions a model takes (prompt and new tokens), from its config; None if it names none."""
+    for field in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _device_and_dtype(args: ProviderArgs) -> tuple[str, str]:
     import torch
 
@@ -237,6 +247,7 @@ class EmpersonaAPI(ModelAPI):
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
         tokenizer_dir = self.ref.adapter if self.ref.adapter and (self.ref.adapter / "tokenizer_config.json").exists() else self.ref.base
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.context_length = context_length(self.served.engine.model.config)
         # a battery asks each prompt many times (epochs, samples): render and tokenise it once
         self._prompt_ids: OrderedDict[tuple[tuple[str, str], ...], tuple[int, ...]] = OrderedDict()
 
@@ -270,17 +281,32 @@ class EmpersonaAPI(ModelAPI):
             self._prompt_ids.move_to_end(key)
         return ids
 
-    def request(self, messages: list[ChatMessage], config: GenerateConfig) -> Request:
-        """Turn an inspect generate call into an engine request."""
+    def request(self, messages: list[ChatMessage], config: GenerateConfig, choice: int = 0) -> Request:
+        """Turn an inspect generate call into an engine request (``choice``: which of ``num_choices``).
+
+        New tokens stop at the model's context length (``context_length``): a prompt that fills
+        it is refused with the lengths named, rather than generating past the positions the
+        model was trained on. Choice ``i`` of a seeded call draws with ``seed + i``.
+        """
+        prompt = self.prompt_ids(messages)
+        max_new = config.max_tokens or DEFAULT_MAX_TOKENS
+        if self.context_length is not None:
+            room = self.context_length - len(prompt)
+            if room <= 0:
+                raise EmpersonaError(
+                    f"empersona/{self.model_name}: the prompt is {len(prompt)} tokens and the model's context "
+                    f"is {self.context_length} positions (its config.json); shorten the prompt"
+                )
+            max_new = min(max_new, room)
         return Request(
-            prompt=self.prompt_ids(messages),
-            max_new_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+            prompt=prompt,
+            max_new_tokens=max_new,
             temperature=1.0 if config.temperature is None else float(config.temperature),
             top_p=1.0 if config.top_p is None else float(config.top_p),
             top_k=config.top_k or 0,
             adapter=self.adapter_key,
             top_logprobs=(config.top_logprobs or 1) if config.logprobs else None,
-            seed=config.seed,
+            seed=None if config.seed is None else config.seed + choice,
         )
 
     async def generate(
@@ -295,27 +321,35 @@ class EmpersonaAPI(ModelAPI):
         if tools:
             raise EmpersonaError(f"empersona/{self.model_name}: tool calls are not supported by this provider")
         start = time.monotonic()
-        completion = await self.served.batcher.submit(self.request(input, config))
-        text = self.tokenizer.decode(list(completion.tokens), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        stop_reason = completion.stop_reason
-        for stop in config.stop_seqs or []:
-            at = text.find(stop)
-            if at >= 0:
-                text, stop_reason = text[:at], "stop"
-        output_tokens = len(completion.tokens)
-        return ModelOutput(
-            model=self.model_name,
-            choices=[
+        requests = [self.request(input, config, choice) for choice in range(max(1, config.num_choices or 1))]
+        # the choices go to the batcher together: one batch, the prompt's cache shared where it helps
+        completions = await asyncio.gather(*(self.served.batcher.submit(request) for request in requests))
+        choices = []
+        for request, completion in zip(requests, completions, strict=True):
+            text = self.tokenizer.decode(list(completion.tokens), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            stop_reason = completion.stop_reason
+            if stop_reason == "max_tokens" and request.max_new_tokens < (config.max_tokens or DEFAULT_MAX_TOKENS):
+                stop_reason = "model_length"  # cut by the context length, not by max_tokens
+            for stop in config.stop_seqs or []:
+                at = text.find(stop)
+                if at >= 0:
+                    text, stop_reason = text[:at], "stop"
+            choices.append(
                 ChatCompletionChoice(
                     message=ChatMessageAssistant(content=text, model=self.model_name, source="generate"),
                     stop_reason=stop_reason,
                     logprobs=self.logprobs(completion),
                 )
-            ],
+            )
+        prompt_tokens = completions[0].prompt_tokens
+        output_tokens = sum(len(completion.tokens) for completion in completions)
+        return ModelOutput(
+            model=self.model_name,
+            choices=choices,
             usage=ModelUsage(
-                input_tokens=completion.prompt_tokens,
+                input_tokens=prompt_tokens,
                 output_tokens=output_tokens,
-                total_tokens=completion.prompt_tokens + output_tokens,
+                total_tokens=prompt_tokens + output_tokens,
             ),
             time=time.monotonic() - start,
         )
