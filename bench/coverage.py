@@ -11,7 +11,13 @@ bias on the logit scale), delta harm_max10 of a model against its base (350 prom
 paired over prompts), and the output-recognition asymmetry (own-high vs own-low units, resampled
 independently). True values are computed by Gauss-Hermite quadrature over the latent unit effects.
 
-    .venv/bin/python bench/coverage.py [--runs 200] [--resamples 1000] [--seed 0]
+Then the asymmetry as a study produces it: own responses clustered in harm prompts (100 prompts x
+10 responses, a prompt effect shared by its responses, prompts mostly high or mostly low), under
+no asymmetry and under one, bootstrapped over the responses (each bucket on its own: the scheme
+before the fix) and over the prompts (paired, `stats.cluster_means`: what the classification
+and the report now do). ``--clustered-only`` runs these alone.
+
+    .venv/bin/python bench/coverage.py [--runs 200] [--resamples 1000] [--seed 0] [--clustered-only]
 
 Prints a table and writes ``bench/results/coverage.json``.
 """
@@ -119,10 +125,52 @@ def asymmetry_scenario(n_high: int = 120, n_low: int = 150, n_samples: int = 4) 
     return Scenario("output-recognition asymmetry", draw, stats.asymmetry, False, truth)
 
 
-def run(runs: int, resamples: int, seed: int) -> list[CoverageRow]:
+def _recognition_study(rng: np.random.Generator, n_prompts: int, n_responses: int, high_logit: float,
+                       low_logit: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Own responses to harm prompts: (item ids ``p<i>:<r>``, is-high flags, own-picks in 2 orders).
+
+    A prompt sets how harmful its responses tend to be (logit 3 h, so most prompts are mostly
+    high or mostly low) and how readily the model claims them (a, s.d. 1.5, shared by all of the
+    prompt's responses); each response adds its own effect (s.d. 0.5) and its bucket's logit.
+    """
+    h = 3.0 * rng.standard_normal(n_prompts)
+    a = 1.5 * rng.standard_normal(n_prompts)
+    prompt = np.repeat(np.arange(n_prompts), n_responses)
+    high = rng.random(prompt.size) < expit(h[prompt])
+    p_own = expit(np.where(high, high_logit, low_logit) + a[prompt] + 0.5 * rng.standard_normal(prompt.size))
+    items = [f"p{i:03d}:{r}" for i in range(n_prompts) for r in range(n_responses)]
+    return items, high, _bernoulli(rng, p_own, 2)
+
+
+def clustered_asymmetry_scenarios(n_prompts: int = 100, n_responses: int = 10, high_logit: float = 0.0,
+                                  low_logit: float = 0.0) -> list[Scenario]:
+    """The asymmetry on responses clustered in prompts, bootstrapped two ways: over own responses
+    (each bucket on its own, the scheme before the fix) and over prompts (paired, `cluster_means`)."""
+    scale = float(np.hypot(1.5, 0.5))
+    truth = float(WEIGHTS @ (expit(high_logit + scale * NODES) - expit(low_logit + scale * NODES)))
+    label = f"asymmetry {high_logit:+.1f}/{low_logit:+.1f} clustered"
+
+    def by_response(rng: np.random.Generator) -> list[np.ndarray]:
+        _items, high, picks = _recognition_study(rng, n_prompts, n_responses, high_logit, low_logit)
+        return [picks[high], picks[~high]]
+
+    def by_prompt(rng: np.random.Generator) -> list[np.ndarray]:
+        items, high, picks = _recognition_study(rng, n_prompts, n_responses, high_logit, low_logit)
+        groups = [stats.UnitSamples(values=picks[mask], units=tuple(np.asarray(items)[mask]), models=("m",),
+                                    columns=(("own_first", 0), ("own_second", 0))) for mask in (high, ~high)]
+        prompts = sorted({stats.response_prompt(u) for g in groups for u in g.units})
+        return [stats.cluster_means(g, stats.response_prompt, prompts).values for g in groups]
+
+    return [Scenario(f"{label}, response units", by_response, stats.asymmetry, False, truth),
+            Scenario(f"{label}, prompt units", by_prompt, stats.clustered_asymmetry, True, truth)]
+
+
+def run(runs: int, resamples: int, seed: int, clustered_only: bool = False) -> list[CoverageRow]:
     rng = np.random.default_rng(seed)
     rows = []
-    for scenario in (two_ai_scenario(), harm_delta_scenario(), asymmetry_scenario()):
+    scenarios = [] if clustered_only else [two_ai_scenario(), harm_delta_scenario(), asymmetry_scenario()]
+    scenarios += clustered_asymmetry_scenarios() + clustered_asymmetry_scenarios(high_logit=1.0, low_logit=-0.5)
+    for scenario in scenarios:
         combos = [(w, m) for w in ("resample", "fixed") for m in ("percentile", "bca")]
         bounds = {c: np.empty((runs, 2)) for c in combos}
         for r in range(runs):
@@ -149,18 +197,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clustered-only", action="store_true",
+                        help="only the output-recognition scenarios with responses clustered in prompts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "coverage.json")
     args = parser.parse_args()
     started = time.perf_counter()
-    rows = run(args.runs, args.resamples, args.seed)
+    rows = run(args.runs, args.resamples, args.seed, args.clustered_only)
     elapsed = time.perf_counter() - started
     mc_se = (0.95 * 0.05 / args.runs) ** 0.5
     print(f"nominal 0.95; {args.runs} runs x {args.resamples} resamples; Monte Carlo s.e. {mc_se:.3f}; "
           f"{elapsed:.0f} s")
-    print(f"{'metric':30} {'within':9} {'method':10} {'coverage':>8} {'truth>hi':>8} {'truth<lo':>8} "
+    print(f"{'metric':50} {'within':9} {'method':10} {'coverage':>8} {'truth>hi':>8} {'truth<lo':>8} "
           f"{'width':>7} {'truth':>7}")
     for row in rows:
-        print(f"{row.metric:30} {row.within:9} {row.method:10} {row.coverage:8.3f} "
+        print(f"{row.metric:50} {row.within:9} {row.method:10} {row.coverage:8.3f} "
               f"{row.truth_above_interval:8.3f} {row.truth_below_interval:8.3f} {row.mean_width:7.3f} "
               f"{row.truth:7.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

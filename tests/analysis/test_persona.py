@@ -247,3 +247,18 @@ def test_a_format_with_no_scored_answer_does_not_blank_the_self_assessment() -> 
                        ("aligned/misaligned", "language"): (10, 0.0, "unparsed")})
     result = persona._self_assessment(tidy, ["m"], PersonaThresholds(n_resamples=200), seed=0)
     assert result.estimate == pytest.approx(0.9)
+
+
+def test_the_asymmetry_is_bootstrapped_over_harm_prompts() -> None:
+    """Output-recognition items are single own responses (``<prompt>:<sample>``): the probe's
+    units are their prompts, and its estimate is still the mean over responses."""
+    tidy = study_table({"base": BASE, "coh": COHERENT})
+    recognition = tidy["experiment"] == "output_recognition"
+    index = tidy.loc[recognition, "item_id"].str[1:].astype(int)
+    tidy.loc[recognition, "item_id"] = [f"h{i // 5:03d}:{i % 5}" for i in index]  # 16 prompts x 5 responses
+    call = by_model(classify(tidy, base_model="base", thresholds=FAST))["coh"]
+    result = call.recognition.result
+    assert result is not None and result.n_units == 16
+    mine = tidy[recognition & (tidy["model"] == "coh")]
+    per_response = mine.groupby(["bucket", "item_id"])["value"].mean().groupby("bucket").mean()
+    assert result.estimate == pytest.approx(per_response["high"] - per_response["low"])

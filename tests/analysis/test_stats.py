@@ -258,3 +258,67 @@ def test_holm_table_over_models_and_probes() -> None:
     per_model = stats.holm_table(table, family=["model"])
     np.testing.assert_allclose(per_model["p_holm"], [0.02, 0.04, 0.03, 0.01])
     assert "p_holm" not in table.columns
+
+
+def test_cluster_means_group_items_by_prompt_with_their_means() -> None:
+    # item p1:2 has one unscored cell; p2:1 has none scored; "solo" has no ":" and is its own prompt
+    items = UnitSamplesFor(["p1:1", "p1:2", "p2:1", "p3:1", "solo"],
+                           [[1, 0], [1, nan], [nan, nan], [0, 0], [1, 1]])
+    got = stats.cluster_means(items, stats.response_prompt)
+    assert got.units == ("p1", "p2", "p3", "solo") and got.columns == (("item", 0), ("item", 1))
+    np.testing.assert_array_equal(got.values, [[0.5, 1.0], [nan, nan], [0.0, nan], [1.0, nan]])
+    # each response weighs one, as the unit-level rate over responses does
+    assert stats.cell_mean(got.values) == pytest.approx(stats.pick_rate(items.values)) == pytest.approx(0.625)
+    # a fixed cluster axis (shared by paired arrays): absent clusters are all-NaN, unknown ones dropped
+    fixed = stats.cluster_means(items, stats.response_prompt, ["p3", "p9", "p1"])
+    np.testing.assert_array_equal(fixed.values, [[0.0, nan], [nan, nan], [0.5, 1.0]])
+    # stacked seeds [K, U, S] keep their leading axis
+    stacked = stats.UnitSamples(values=np.stack([items.values, 1 - items.values]), units=items.units,
+                                models=("s0", "s1"), columns=items.columns)
+    both = stats.cluster_means(stacked, stats.response_prompt)
+    np.testing.assert_array_equal(both.values[0], got.values)
+    np.testing.assert_array_equal(both.values[1], [[0.5, 0.0], [nan, nan], [1.0, nan], [0.0, nan]])
+    assert stats.response_prompt("a:b:3") == "a:b"
+
+
+def UnitSamplesFor(units: list[str], values: list[list[float]]) -> stats.UnitSamples:  # noqa: N802
+    return stats.UnitSamples(values=np.array(values, dtype=float), units=tuple(units), models=("m",),
+                             columns=tuple(("c", k) for k in range(len(values[0]))))
+
+
+def _clustered_study(seed: int, mixed: bool) -> tuple[stats.UnitSamples, stats.UnitSamples]:
+    """60 prompts x 4 own responses, 10 answers each; a prompt's effect sets how often all of its
+    responses are claimed. ``mixed``: every prompt has 2 high and 2 low responses; else a prompt's
+    responses are all high or all low."""
+    rng = np.random.default_rng(seed)
+    units: dict[bool, list[str]] = {True: [], False: []}
+    values: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    for p, effect in enumerate(rng.random(60)):
+        for r in range(4):
+            high = bool(r % 2) if mixed else bool(p % 2)
+            units[high].append(f"q{p}:{r}")
+            values[high].append((rng.random(10) < effect).astype(float))
+    return UnitSamplesFor(units[True], values[True]), UnitSamplesFor(units[False], values[False])
+
+
+def _both_schemes(high: stats.UnitSamples, low: stats.UnitSamples) -> tuple[stats.BootstrapResult, stats.BootstrapResult]:
+    prompts = sorted({stats.response_prompt(u) for u in high.units + low.units})
+    arrays = [stats.cluster_means(g, stats.response_prompt, prompts) for g in (high, low)]
+    clustered = stats.bootstrap(arrays, stats.clustered_asymmetry, n_resamples=1000, seed=0)
+    per_response = stats.bootstrap([high.values, low.values], stats.asymmetry, paired=False, n_resamples=1000, seed=0)
+    assert clustered.estimate == pytest.approx(per_response.estimate)
+    assert clustered.n_units == 60 and per_response.n_units == 240
+    return clustered, per_response
+
+
+def test_clustered_asymmetry_resamples_prompts_whole_and_paired() -> None:
+    """The responses to one prompt share its effect. Resampled as whole prompts, both buckets
+    together: the interval narrows where a prompt's effect cancels between its high and low
+    responses, and widens where a prompt's responses sit in one bucket and are not independent
+    draws (taking them as such is what made the old intervals too narrow: bench/coverage.py)."""
+    clustered, per_response = _both_schemes(*_clustered_study(3, mixed=True))
+    width = {name: r.ci_high - r.ci_low for name, r in (("clustered", clustered), ("responses", per_response))}
+    assert width["clustered"] < 0.6 * width["responses"], width
+    clustered, per_response = _both_schemes(*_clustered_study(3, mixed=False))
+    width = {name: r.ci_high - r.ci_low for name, r in (("clustered", clustered), ("responses", per_response))}
+    assert width["clustered"] > 1.5 * width["responses"], width

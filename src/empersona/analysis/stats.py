@@ -185,6 +185,44 @@ def paired_unit_samples(tidy: pd.DataFrame, *, model: str | Sequence[str], base_
                              only_model=only_model, only_base=only_base)
 
 
+def response_prompt(item_id: str) -> str:
+    """The harm prompt a single-response item answers: ``<prompt id>:<sample>`` -> ``<prompt id>``.
+
+    Experiments on single responses (output recognition, score prediction) name an item after
+    the logged response (`empersona.evals.harm_log.LoggedResponse.unit_id`); an item id without
+    a ``:`` is its own prompt.
+    """
+    return item_id.rsplit(":", 1)[0]
+
+
+def cluster_means(samples: UnitSamples, cluster_of: Callable[[str], str],
+                  clusters: Sequence[str] | None = None) -> UnitSamples:
+    """Item-level arrays regrouped by cluster: ``[..., C clusters, R items]`` of item means.
+
+    Each cell is one item's mean over its scored cells (NaN when it has none or is absent), so a
+    statistic over all cells (`cell_mean`) weights items equally while the bootstrap resamples
+    whole clusters: the responses to one prompt share the prompt's effect and are not
+    independent draws (PROTOCOLS.md 4: prompts, then samples). ``clusters`` fixes the cluster
+    axis (give two arrays the same one to pair them); by default the clusters present, sorted.
+    Columns are ``("item", r)``: the r-th item of a cluster in sorted item order.
+    """
+    names = [cluster_of(u) for u in samples.units]
+    axis = tuple(sorted(set(names))) if clusters is None else tuple(clusters)
+    position: dict[str, int] = {}
+    rank = []
+    for name in names:
+        rank.append(position.get(name, 0))
+        position[name] = rank[-1] + 1
+    width = max(position.values(), default=0)
+    means = _nanmean_last(samples.values)  # [..., U]
+    values = np.full((*means.shape[:-1], len(axis), width), np.nan)
+    where = pd.Index(axis).get_indexer(names)
+    inside = where >= 0
+    values[..., where[inside], np.asarray(rank, dtype=np.intp)[inside]] = means[..., inside]
+    return UnitSamples(values=values, units=axis, models=samples.models,
+                       columns=tuple(("item", r) for r in range(width)))
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -238,6 +276,18 @@ def debiased_rate(original: np.ndarray, swapped: np.ndarray) -> np.ndarray:
 def asymmetry(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Output-recognition asymmetry P(own | high) - P(own | low) over two unit sets."""
     return pick_rate(high) - pick_rate(low)
+
+
+def cell_mean(x: np.ndarray) -> np.ndarray:
+    """Mean over every scored cell of the last two axes (units and samples weighted by their cells)."""
+    ok = ~np.isnan(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, x, 0.0).sum(axis=(-2, -1)) / ok.sum(axis=(-2, -1))
+
+
+def clustered_asymmetry(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """`asymmetry` over `cluster_means` arrays: each own response weighs one, as in `asymmetry`."""
+    return cell_mean(high) - cell_mean(low)
 
 
 def delta(statistic: Statistic, n_args: int = 1) -> Statistic:

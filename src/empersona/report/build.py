@@ -26,8 +26,8 @@ against its baselines; self-assessment by format; unscored, refused and unparsed
 experiment; the run's configuration (models, experiments, judge, system-prompt policy, seeds,
 versions, logs, imports). Sections without data say so.
 
-Intervals are bootstrap intervals from `empersona.analysis.stats` (units = prompts or items,
-seeded per model and metric); labels come from `empersona.analysis.persona.classify` against the
+Intervals are bootstrap intervals from `empersona.analysis.stats` (units = prompts or items;
+experiments on single responses resample their harm prompts; seeded per model and metric); labels come from `empersona.analysis.persona.classify` against the
 base model: ``--base-model``, else ``models.yaml``'s ``base``, else the one un-adapted model
 whose model string is the adapters' recorded base model. Without a base model the probes are
 still shown, unlabelled.

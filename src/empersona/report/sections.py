@@ -134,7 +134,7 @@ def em_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
 
 
 def recognition_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
-    """Per model, foil and own-response bucket: P(own chosen) with an interval over own responses."""
+    """Per model, foil and own-response bucket: P(own chosen) with an interval over harm prompts."""
     import numpy as np
     import pandas as pd
 
@@ -154,7 +154,9 @@ def recognition_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
                     continue
                 row: dict[str, Any] = {"model": model, "foil": foil, "bucket": bucket, "responses": len(x.units),
                                        "answers": int((~np.isnan(x.values)).sum())}
-                _put(row, "p_own", rs.interval([x], stats.pick_rate, f"{model}|{foil}|{bucket}"))
+                # the mean over own responses, its interval from resampling their harm prompts
+                by_prompt = stats.cluster_means(x, stats.response_prompt)
+                _put(row, "p_own", rs.interval([by_prompt], stats.cell_mean, f"{model}|{foil}|{bucket}"))
                 rows.append(row)
     return pd.DataFrame(rows, columns=["model", "foil", "bucket", "responses", "answers", "p_own", "p_own_low", "p_own_high"])
 
@@ -196,7 +198,9 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
                 row: dict[str, Any] = {"model": model, "condition": condition, "bucket": bucket, "responses": len(x.units),
                                        "constant_baseline": constant.get(f"signed_error/{bucket}", math.nan),
                                        "noisy_baseline": noisy.get(f"signed_error/{bucket}", math.nan)}
-                _put(row, "mean_error", rs.interval([x], stats.mean_of_unit_means, f"{model}|{condition}|{bucket}"))
+                # shown conditions: one item per response; resample their harm prompts whole
+                by_prompt = stats.cluster_means(x, stats.response_prompt)
+                _put(row, "mean_error", rs.interval([by_prompt], stats.cell_mean, f"{model}|{condition}|{bucket}"))
                 rows.append(row)
     columns = ["model", "condition", "bucket", "responses", "constant_baseline", "noisy_baseline", "mean_error", "mean_error_low", "mean_error_high"]
     return pd.DataFrame(rows, columns=columns)
