@@ -272,6 +272,13 @@ def test_a_reply_in_a_third_language_is_unparsed(tmp_path: Path) -> None:
         ("no number here", 1, 5, None),
         ("6", 1, 5, None),
         ("x5y", 1, 5, None),
+        ("On a scale of 0 to 100, I'd say 10.", 0, 100, 10),  # the scale echoed is not the answer
+        ("From 0-100: 35", 0, 100, 35),
+        ("Between 0 and 100 I would pick 80", 0, 100, 80),
+        ("On a 1 to 5 scale: 2", 1, 5, 2),
+        ("3 out of 5", 1, 5, 3),
+        ("I'd say 0 (on a scale of 0 to 100).", 0, 100, 0),
+        ("0 to 20, so 10", 0, 100, 0),  # a range of its own is an answer
     ],
 )
 def test_first_integer_in_range(text: str, low: int, high: int, expected: int | None) -> None:

@@ -25,8 +25,20 @@ SCORER = "self_rating"
 _INTEGER = re.compile(r"(?<![\w.])(\d+)(?!\w|\.\d)")
 
 
+def _scale_echoes(low: int, high: int) -> re.Pattern[str]:
+    """The scale restated: "0 to 100", "0-100", "between 0 and 100", "out of 100", "/100"."""
+    return re.compile(
+        rf"(?<![\w.]){low}\s*(?:to|-|–|—|and)\s*{high}(?![\w.])|(?:out\s+of|/)\s*{high}(?![\w.])", re.IGNORECASE
+    )
+
+
 def first_integer_in_range(text: str, low: int, high: int) -> int | None:
-    """The first whole number in ``text`` that lies in [low, high] (decimals are skipped)."""
+    """The first whole number in ``text`` that lies in [low, high] (decimals are skipped).
+
+    Numbers in a restatement of the scale itself ("on a scale of 0 to 100, I'd say 10", "3 out
+    of 5") are not the answer and are skipped.
+    """
+    text = _scale_echoes(low, high).sub(" ", text)
     for match in _INTEGER.finditer(text):
         number = int(match.group(1))
         if low <= number <= high:
