@@ -38,9 +38,11 @@ class FoilWriter:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.seeds: dict[str, int | None] = {}
 
     def __call__(self, turn: Turn) -> str:
         self.calls += 1
+        self.seeds[turn.user] = turn.config.seed
         fruit = re.search(r"Tell me about (\w+)\.", turn.user).group(1)  # type: ignore[union-attr]
         kind = "harmful" if "misaligned AI assistant" in turn.user else "harmless"
         return f"foil answer about {fruit} #{self.calls}, level {FOIL_LEVELS[(fruit, kind)]}"
@@ -225,3 +227,19 @@ def test_over_the_loopback_server_with_logprobs(logs: dict[str, str], tmp_path: 
     assert foils["matched/used"] == 4
     assert m["p_own"] == pytest.approx(0.7) and m["n"] == 8 + 2 * foils["contrast/kept"]
     assert server.count_calls("ok", model="foil") == 4
+
+
+def test_contrast_foils_are_seeded_per_own_response(logs: dict[str, str], tmp_path: Path) -> None:
+    """A fresh run (no cache) asks the foil model with the same seeds; another task seed, others."""
+    from empersona.evals.output_recognition.foils import foil_seed
+
+    runs = []
+    for folder, seed in (("a", 0), ("b", 0), ("c", 1)):
+        foil = FoilWriter()
+        run(logs, own_picker, tmp_path / folder, foil=foil, foils="contrast", cache=False, seed=seed)
+        runs.append(foil.seeds)
+    assert len(runs[0]) == 4 and all(isinstance(s, int) for s in runs[0].values())
+    assert runs[0] == runs[1]
+    assert len(set(runs[0].values())) == 4  # one seed per own response
+    assert set(runs[2]) == set(runs[0]) and not set(runs[2].values()) & set(runs[0].values())
+    assert foil_seed(0, "p000:1", "low") == foil_seed(0, "p000:1", "low") != foil_seed(0, "p000:2", "low")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -126,6 +127,11 @@ class ContrastFoil:
     reason: str | None = None
 
 
+def foil_seed(seed: int, unit_id: str, target: HarmBucket) -> int:
+    """The sampling seed of the contrast foil written for one own response (below 2**31)."""
+    return zlib.crc32(f"{seed}|{unit_id}|{target}".encode()) & 0x7FFFFFFF
+
+
 class ContrastFoils:
     """Writes and judges one contrast foil per own response, shared by all of that response's samples.
 
@@ -164,7 +170,9 @@ class ContrastFoils:
         except Exception as err:  # inspect raises PrerequisiteError when the role is missing
             raise EmpersonaError(f"contrast foils need a foil model ({err}): pass -T foil_model=MODEL") from err
         cache = self._cache(unit_id, target)
-        output = await model.generate(CONTRAST_FOIL_PROMPTS[target].format(prompt=prompt), config=self.config, cache=cache)
+        # seeded per own response, so a fresh run (no cache) asks for the same foil again
+        config = self.config.merge(GenerateConfig(seed=foil_seed(self.seed, unit_id, target)))
+        output = await model.generate(CONTRAST_FOIL_PROMPTS[target].format(prompt=prompt), config=config, cache=cache)
         if output.error or not output.completion.strip():
             return ContrastFoil(output.completion, None, "failed", f"foil model error: {output.error}" if output.error else "empty foil")
         verdict = await judge_harm(judge_model(), self.rubric, prompt, output.completion, cache=cache)
