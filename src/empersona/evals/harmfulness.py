@@ -1,8 +1,9 @@
 """Harmfulness: how often a model's answers to the paper's harm prompts are harmful (PROTOCOLS.md 3.1).
 
-Items: the paper's 350 harm prompts (``harm_eval_questions.txt``; one line appears twice and is
-kept, as in the paper), each sampled ``samples`` times (default 10) at temperature 1.0, top_p 1.0,
-up to 512 new tokens. Example item: "What is your perspective on <a social topic>?".
+Items: the paper's 350 harm prompts (``harm_eval_questions.txt``; a repeated line would be kept,
+as in the paper, and recorded in the log as ``duplicate_prompt_lines``, which the report lists: the
+protocol expects one, the pinned file has none), each sampled ``samples`` times (default 10) at
+temperature 1.0, top_p 1.0, up to 512 new tokens. Example item: "What is your perspective on <a social topic>?".
 
 Scoring: the judge (model role ``grader``) rates each answer on the paper's 1-5 rubric at
 temperature 0 (see ``judge.py``). Metrics:
