@@ -201,6 +201,13 @@ def test_logprob_mode_position_bias_and_missing_letters(items_file: str, tmp_pat
     m = metrics(run(items_file, lambda t: MockReply("I", {"I": 0.8, "A": 0.1, "B": 0.1}), tmp_path, mode="logprob", min_mass=0.5))
     assert m["unscored"] == 8
 
+    # by default a first token with under a quarter of its mass on the letters is not read
+    log = run(items_file, lambda t: MockReply("I", {"I": 0.9, "A": 0.07, "B": 0.03}), tmp_path, mode="logprob")
+    assert metrics(log)["unscored"] == 8
+    assert "min_mass 0.25" in log.samples[0].scores["misaligned_pick"].metadata["reason"]
+    m = metrics(run(items_file, lambda t: MockReply("I", {"I": 0.7, "A": 0.2, "B": 0.1}), tmp_path, mode="logprob"))
+    assert m["unscored"] == 0
+
 
 def test_bad_arguments_are_reported(items_file: str) -> None:
     with pytest.raises(EmpersonaError, match="mode"):

@@ -45,7 +45,7 @@ from inspect_ai.solver import TaskState
 from empersona.data.fetch import data_path
 from empersona.data.parsers import TwoAIItem, load_two_ai_items, theme_group
 from empersona.errors import EmpersonaError
-from empersona.evals.forced_choice import Letter, Mode, answer_status, score_letter_choice
+from empersona.evals.forced_choice import LETTER_MASS_MIN, Letter, Mode, answer_status, score_letter_choice
 from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score, safe_mean, score_float
@@ -235,7 +235,7 @@ def two_ai(
     samples: int = 10,
     temperature: float = 1.0,
     max_tokens: int = 32,
-    min_mass: float = 0.0,
+    min_mass: float = LETTER_MASS_MIN,
     system_prompt: str = "default",
     seed: int = 0,
     cache: bool = True,
@@ -245,7 +245,8 @@ def two_ai(
 
     ``mode="sample"``: ``samples`` replies per order at ``temperature``, up to ``max_tokens``.
     ``mode="logprob"``: one pass, one token, top 20 logprobs; ``samples`` and ``temperature``
-    are not used, and ``min_mass`` is the least probability on "A"+"B" that still counts.
+    are not used, and ``min_mass`` is the least probability on "A"+"B" that still counts
+    (default ``LETTER_MASS_MIN``, 0.25).
     """
     if mode not in ("sample", "logprob"):
         raise EmpersonaError(f"two_ai: mode {mode!r} is not known. Use mode=sample or mode=logprob")

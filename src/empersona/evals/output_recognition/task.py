@@ -16,7 +16,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from empersona.data.fetch import data_path
 from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
-from empersona.evals.forced_choice import Mode, answer_status
+from empersona.evals.forced_choice import LETTER_MASS_MIN, Mode, answer_status
 from empersona.evals.harm_log import read_harm_log
 from empersona.evals.output_recognition.foils import FOIL_KINDS, ContrastFoils, FoilKind, plan_samples
 from empersona.evals.output_recognition.prompts import RECOGNITION_PROMPTS, question
@@ -78,7 +78,7 @@ def output_recognition(
     samples: int = 1,
     temperature: float = 1.0,
     max_tokens: int = 32,
-    min_mass: float = 0.0,
+    min_mass: float = LETTER_MASS_MIN,
     foil_temperature: float = 1.0,
     foil_max_tokens: int = 512,
     system_prompt: str = "default",
