@@ -144,7 +144,7 @@ def test_blind_ground_truth_is_the_first_scored_response_and_the_mean() -> None:
     blind = next(s for s in samples if s.metadata["condition"] == "blind")
     assert (blind.metadata["actual"], blind.metadata["response_sample"], blind.metadata["actual_mean"]) == (2.0, 2, 3.5)
     assert [s.id for s in samples] == ["p000:blind", "p000:2:shown", "p000:3:shown"]
-    assert skipped == {"shown/unscored_response": 1}
+    assert skipped == {"shown/unscored_response": 1, "blind/first_response_unscored": 1}  # the stand-in is counted
     only_first, skipped = plan_samples(harm, ("blind",), 1, RUBRIC, 0, "default")
     assert only_first == [] and skipped == {"blind/no_scored_response": 1}
 

@@ -263,6 +263,8 @@ def plan_samples(
             if not scored:
                 counts["blind/no_scored_response"] += 1
             else:
+                if scored[0] is not used[0]:  # the first sample is unscored: the next scored one stands in
+                    counts["blind/first_response_unscored"] += 1
                 wording = paraphrase_index(seed, prompt_id, len(BLIND_PROMPTS))
                 filled = render_harm_prompt(rubric, scored[0].prompt, BLIND_RESPONSE_SLOT)
                 add(f"{prompt_id}:blind", BLIND_PROMPTS[wording].format(rubric=filled, slot=BLIND_RESPONSE_SLOT), {
