@@ -59,24 +59,35 @@ app.command("import")(import_command)
 # --- end of sub-command registration ------------------------------------------------------
 
 
+INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT)
+
+
 def main() -> None:
     """Entry point: run the app, turning EmpersonaError into a one-line message."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode click hands back the code of a typer.Exit (and of an interrupt
+        # it turned into one) instead of exiting with it
+        code = app(standalone_mode=False)
     except EmpersonaError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        code = INTERRUPTED
     except Exception as err:  # click's own usage errors arrive here in non-standalone mode
         import click
 
         if isinstance(err, click.exceptions.ClickException):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+        if not isinstance(err, click.exceptions.Abort):
+            raise
+        code = INTERRUPTED
+    if code == INTERRUPTED:
+        typer.secho("interrupted: run the same command again to go on (finished work is kept)", fg=typer.colors.YELLOW, err=True)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,30 @@ def test_data_is_registered_on_the_main_command(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert failed.returncode == 2 and failed.stderr.startswith("error: ")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"messages": [{"role": "robot", "content": "b"}]}) + "\n")
+    malformed = subprocess.run(
+        [sys.executable, "-c", code, "data", "validate", str(broken)], env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert malformed.returncode == 1, malformed.stdout  # the command's own exit code, not 0
+    assert "rows: 1  errors: 3" in malformed.stdout
+
+
+def test_main_exits_with_the_commands_code_and_says_when_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import empersona.cli as cli
+
+    def interrupted(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    for app_call, code in ((lambda **_: None, None), (lambda **_: 1, 1), (lambda **_: 130, 130), (interrupted, 130)):
+        monkeypatch.setattr(cli, "app", app_call)
+        if code is None:
+            cli.main()
+            continue
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        assert exited.value.code == code
+        assert ("run the same command again" in capsys.readouterr().err) == (code == 130)

@@ -98,6 +98,8 @@ def run_experiment(
         metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
         retry_on_error=SAMPLE_RETRIES,
     )
+    if not logs:  # inspect gives no log for a run interrupted before it began
+        raise KeyboardInterrupt
     return logs[0]
 
 
