@@ -44,7 +44,8 @@ def test_nested_unknown_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(EmpersonaError) as err:
         load_study(write(tmp_path, data))
     assert "experiments.harmfulness.limt" in str(err.value)
-    assert "lora_rank" in str(err.value)
+    with pytest.raises(EmpersonaError, match="lora_rank"):  # checked once the schema holds
+        load_study(write(tmp_path, {**MINIMAL, "train": {"lora_rank": 8}}))
     with pytest.raises(EmpersonaError, match="unknown experiment"):
         load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfull": {}}}))
     with pytest.raises(EmpersonaError, match="add harmfulness"):
@@ -56,9 +57,13 @@ def test_nested_unknown_and_bad_values(tmp_path: Path) -> None:
         load_study(write(tmp_path, missing))
 
 
-def test_shipped_configs_are_valid() -> None:
+def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     for name in ("smoke.yaml", "paper.yaml"):
-        study = load_study(REPO / "configs" / name)
+        path = REPO / "configs" / name
+        data = yaml.safe_load(path.read_text())
+        if data.get("data_mirror") and not Path(data["data_mirror"]).is_dir():  # a checkout without ../shared
+            path = write(tmp_path, {k: v for k, v in data.items() if k != "data_mirror"})
+        study = load_study(path)
         assert study.experiments
     paper = load_study(REPO / "configs" / "paper.yaml")
     assert paper.base_model == "Qwen/Qwen2.5-32B-Instruct" and len(paper.domains) == 6 and paper.samples == 10
@@ -258,3 +263,92 @@ def test_logs_of_a_model_no_longer_in_the_study_leave_logs(tmp_path: Path) -> No
     moved = set_aside_other_models_logs(changed)  # type: ignore[arg-type]
     assert len(moved) == 1 and moved[0].exists() and "logs.replaced" in str(moved[0])
     assert find_logs(out / "logs") == []
+
+
+def test_what_the_schema_cannot_see_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    """Task arguments against each task's signature, domain names, the judge's model string and
+    the data mirror: every problem at once, each with its file, line and key."""
+    data = {**MINIMAL, "domains": ["insecure_code", "risky_finance_advice"], "judge": "gpt-4o-mini",
+            "data_mirror": str(tmp_path / "no-such-mirror"), "train": {"max_step": 3},
+            "experiments": {"harmfulness": {"args": {"max_tokens": 8, "harm_log": "x.eval"}},
+                            "two_ai": {"args": {"mod": "logprob"}}}}
+    path = write(tmp_path, data)
+    with pytest.raises(EmpersonaError) as err:
+        load_study(path)
+    message = str(err.value)
+    lines = path.read_text().splitlines()
+
+    def at(fragment: str) -> str:
+        return f"{path}:{next(i for i, text in enumerate(lines, start=1) if fragment in text)}: "
+
+    assert at("mod: logprob") + "field 'experiments.two_ai.args.mod': not an argument of the two_ai task" in message
+    assert "min_mass, mode, samples" in message
+    assert at("harm_log") + "field 'experiments.harmfulness.args.harm_log'" in message  # not a harmfulness argument
+    assert at("- risky_finance_advice") + "field 'domains.1': 'risky_finance_advice' is neither a known domain" in message
+    assert at("judge:") + "field 'judge': 'gpt-4o-mini' is not an inspect model string" in message
+    assert at("data_mirror") + "field 'data_mirror'" in message and "is not a folder" in message
+    assert at("max_step") + "field 'train.max_step': unknown training setting" in message
+    assert "Value error" not in message
+    recognition = {**MINIMAL, "experiments": {"harmfulness": {}, "output_recognition": {"args": {"harm_log": "x"}}}}
+    with pytest.raises(EmpersonaError, match=r"output_recognition.args.harm_log': set by the study"):
+        load_study(write(tmp_path, recognition))
+    with pytest.raises(EmpersonaError, match=r"field 'base_model': /no/such/model is not a model folder"):
+        load_study(write(tmp_path, {**MINIMAL, "base_model": "/no/such/model"}))
+    with pytest.raises(EmpersonaError, match="known keys here: limit, args"):
+        load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {"limt": 3}}}))
+    load_study(write(tmp_path, {**MINIMAL, "domains": [str(_chat_file(tmp_path))], "judge": "scripted"}))
+
+
+def _chat_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    return path
+
+
+def test_experiments_reading_a_harmfulness_log_name_whose() -> None:
+    from empersona.study.plan import ModelSpec, harm_logs_read
+
+    base = ModelSpec("base", "hf/b", "b")
+    tuned = [ModelSpec(f"d-s{i}", f"hf/a{i}", "b", adapter=Path(f"a{i}")) for i in range(2)]
+    models = [base, *tuned]
+    assert harm_logs_read("two_ai", tuned[0], models) == set()
+    assert harm_logs_read("score_prediction", tuned[1], models) == {"d-s1"}
+    # matched foils: a fine-tune's come from the base, the base's from the first fine-tune
+    assert harm_logs_read("output_recognition", tuned[1], models) == {"d-s1", "base"}
+    assert harm_logs_read("output_recognition", base, models) == {"base", "d-s0"}
+    assert harm_logs_read("output_recognition", base, [base]) == {"base"}
+
+
+def _no_openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("OPENAI_API_KEY", "AZUREAI_OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_judge_problems_are_found_without_calling_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.study.run import judge_problem
+
+    _no_openai_key(monkeypatch)
+    study = load_study(write(tmp_path, MINIMAL))
+    problem = judge_problem(study)
+    assert problem is not None and "OPENAI_API_KEY" in problem and "[bold]" not in problem
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    assert judge_problem(study) is None
+    assert judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "hf/some/local-judge"}))) is None  # not loaded
+    assert judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "scripted"}))) is None
+    assert "not recognized" in str(judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "nosuchprovider/x"}))))
+
+
+def test_a_judge_without_its_api_key_stops_the_run_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
+    from empersona.study.run import run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))  # planning counts the prompts
+    _no_openai_key(monkeypatch)
+    study = load_study(write(tmp_path, MINIMAL))
+    with pytest.raises(EmpersonaError, match="judge openai/gpt-4o-mini: .*OPENAI_API_KEY"):
+        run_study(study)
+    assert not (tmp_path / "run" / "adapters").exists()  # nothing was trained
+    run_study(study, dry_run=True)  # the dry run still plans, and warns
+    assert "warning: judge openai/gpt-4o-mini" in capsys.readouterr().err

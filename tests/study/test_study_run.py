@@ -151,3 +151,18 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         assert counts[(model, "harmfulness")] == 3 * 2  # 3 prompts x 2 samples
         assert counts[(model, "two_ai")] > 0
     assert (tmp_path / "on-empersona" / "report" / "report.html").exists()
+    # what the finished study counts as done: another judge re-judges; a stale adapter re-evaluates
+    from empersona.study.plan import make_plan
+
+    def statuses(**changes: object) -> dict[tuple[str, str], str]:
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(yaml.safe_dump({**data, **changes}, sort_keys=False))
+        return {(job.model.name, job.experiment): job.status for job in make_plan(load_study(changed)).eval_jobs}
+
+    assert set(statuses().values()) == {"done"}
+    rejudged = statuses(judge="openai-api/loopback/another-judge")
+    assert rejudged == {("base", "harmfulness"): "todo", ("risky_financial_advice-s0", "harmfulness"): "todo",
+                        ("base", "two_ai"): "done", ("risky_financial_advice-s0", "two_ai"): "done"}
+    retrained = statuses(train={**data["train"], "max_steps": 2})
+    assert retrained == {("base", "harmfulness"): "done", ("risky_financial_advice-s0", "harmfulness"): "todo",
+                         ("base", "two_ai"): "done", ("risky_financial_advice-s0", "two_ai"): "todo"}

@@ -28,6 +28,12 @@ class Experiment:
         """The experiment's inspect ``@task`` function (imports its module on demand)."""
         return getattr(import_module(self.module), self.name)
 
+    def parameters(self) -> list[str]:
+        """The task's parameters, in the order its function takes them."""
+        import inspect
+
+        return list(inspect.signature(self.task_function()).parameters)
+
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e

@@ -85,19 +85,22 @@ def run_experiment(
         MODEL_IDENTITY.reset(token)
     grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
     roles = {GRADER_ROLE: get_model(judge, config=grader_config, **(judge_args or {}))} if judge else None
-    logs = inspect_eval(
-        task,
-        model=model,
-        model_args=model_args or {},
-        model_roles=roles,
-        log_dir=str(log_dir),
-        limit=limit,
-        max_connections=max_connections,
-        display=display,
-        tags=tags,
-        metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
-        retry_on_error=SAMPLE_RETRIES,
-    )
+    try:
+        logs = inspect_eval(
+            task,
+            model=model,
+            model_args=model_args or {},
+            model_roles=roles,
+            log_dir=str(log_dir),
+            limit=limit,
+            max_connections=max_connections,
+            display=display,
+            tags=tags,
+            metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
+            retry_on_error=SAMPLE_RETRIES,
+        )
+    except OSError as err:  # a model folder or hub id that cannot be loaded
+        raise EmpersonaError(f"{name} on {model}: cannot load the model ({err}); check the model string and folder") from err
     if not logs:  # inspect gives no log for a run interrupted before it began
         raise KeyboardInterrupt
     return logs[0]
@@ -173,7 +176,19 @@ def eval_command(
     display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
 ) -> None:
     """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
-    args: dict[str, Any] = {"system_prompt": system_prompt, "seed": seed, **parse_assignments(task_arg, "-T")}
+    from empersona.evals.battery import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        raise EmpersonaError(f"unknown experiment '{experiment}'; choose from {', '.join(EXPERIMENTS)}")
+    for name, value in (("--model", model), ("--judge", judge)):
+        if value is not None and "/" not in value:
+            raise EmpersonaError(f"{name} {value}: not an inspect model string; write <provider>/<model>, e.g. openai/{value}")
+    assigned = parse_assignments(task_arg, "-T")
+    params = EXPERIMENTS[experiment].parameters()
+    unknown = sorted(set(assigned) - set(params))
+    if unknown:
+        raise EmpersonaError(f"-T {', '.join(unknown)}: not an argument of the {experiment} task; choose from {', '.join(params)}")
+    args: dict[str, Any] = {"system_prompt": system_prompt, "seed": seed, **assigned}
     if samples is not None:
         args["samples"] = samples
     if harm_log is not None:

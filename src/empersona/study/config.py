@@ -11,11 +11,13 @@ Example (``configs/smoke.yaml`` is a complete one)::
     samples: 10
     experiments:
       harmfulness: {}
-      two_ai: {mode: logprob}
+      two_ai: {args: {mode: logprob}}
 
 Unknown keys are errors that name the key, the file and its line: a typo never silently falls
 back to a default. Training settings are the fields of ``TrainConfig`` (``empersona train
---help``); experiment settings are the parameters of each experiment's task.
+--help``); experiment ``args`` are the parameters of each experiment's task (checked against its
+signature). Domains must be known names or existing chat JSONL files, the judge an inspect model
+string (``<provider>/<model>``), and a ``data_mirror`` an existing folder, all before anything runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ Provider = Literal["hf", "empersona", "vllm"]
 Stage = Literal["train", "eval", "report"]
 STAGES: tuple[Stage, ...] = ("train", "eval", "report")
 SCRIPTED_JUDGE = "scripted"
+SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"  # the model string logs record for it
 BATTERY_ORDER = ("harmfulness", "em_classic", "self_assessment", "two_ai", "output_recognition", "score_prediction")
 
 
@@ -108,19 +111,6 @@ class StudyConfig(BaseModel):
             raise ValueError(f"{sorted(needs_harm)} read the harmfulness log: add harmfulness to experiments")
         return value
 
-    @field_validator("train")
-    @classmethod
-    def _train_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from empersona.train.recipe import TrainConfig
-
-        reserved = {"base", "domain", "seed", "out", "domain_path", "system_prompt"} & set(value)
-        if reserved:
-            raise ValueError(f"{sorted(reserved)} are set by the study itself (base_model, domains, seeds, out, system_prompt)")
-        unknown = sorted(set(value) - set(TrainConfig.model_fields))
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; see `empersona train --help`")
-        return value
-
     def ordered_experiments(self) -> list[str]:
         """Experiments in dependency order: harmfulness before those that read its log."""
         return [name for name in BATTERY_ORDER if name in self.experiments]
@@ -136,6 +126,10 @@ def _line_of(path: Path, text: str, key_path: tuple[Any, ...]) -> int | None:
         return None
     line = None
     for key in key_path:
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
@@ -144,6 +138,64 @@ def _line_of(path: Path, text: str, key_path: tuple[Any, ...]) -> int | None:
         line = match[0].start_mark.line + 1
         node = match[1]
     return line
+
+
+STUDY_SET_TRAINING = frozenset({"base", "domain", "seed", "out", "domain_path", "system_prompt"})
+"""Training settings the study sets itself."""
+STUDY_SET_ARGS = frozenset({"harm_log"})
+"""Task arguments the study sets itself (each model's own harmfulness log)."""
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where an unknown key ``loc`` stands (empty when not a fixed set)."""
+    models: dict[tuple[Any, ...], type[BaseModel]] = {(): StudyConfig, ("vllm",): VLLMSettings, ("prices",): Prices}
+    parent = loc[:-1]
+    if len(parent) == 2 and parent[0] == "experiments":
+        return list(ExperimentSettings.model_fields)
+    model = models.get(parent)
+    return list(model.model_fields) if model else []
+
+
+def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(key path, problem, fix) for what the schema cannot see: task arguments against each
+    task's signature, domain names, the judge's model string, the data mirror."""
+    from empersona.data.domains import DOMAINS
+    from empersona.evals.battery import EXPERIMENTS
+
+    from empersona.train.recipe import TrainConfig
+
+    problems: list[tuple[tuple[Any, ...], str, str]] = []
+    for key in study.train:
+        if key in STUDY_SET_TRAINING:
+            problems.append((("train", key), "set by the study itself (base_model, domains, seeds, out, system_prompt)",
+                             "Remove it"))
+        elif key not in TrainConfig.model_fields:
+            problems.append((("train", key), "unknown training setting",
+                             "Check the spelling; `empersona train --help` lists the settings"))
+    for name, settings in study.experiments.items():
+        params = set(EXPERIMENTS[name].parameters())
+        for key in settings.args:
+            loc = ("experiments", name, "args", key)
+            if key in STUDY_SET_ARGS and key in params:
+                problems.append((loc, "set by the study (each model's own harmfulness log)", "Remove it"))
+            elif key not in params:
+                problems.append((loc, f"not an argument of the {name} task",
+                                 f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    for index, domain in enumerate(study.domains):
+        plain = Path(domain).expanduser()
+        if domain not in DOMAINS and not (plain.is_file() and plain.name.endswith((".jsonl", ".jsonl.gz"))):
+            problems.append((("domains", index), f"'{domain}' is neither a known domain nor an existing .jsonl file",
+                             f"Known domains: {', '.join(DOMAINS)}"))
+    base = Path(study.base_model).expanduser()
+    if study.base_model.startswith(("/", ".", "~")) and not study.build_tiny_base and not (base / "config.json").is_file():
+        problems.append((("base_model",), f"{study.base_model} is not a model folder (no config.json)",
+                         "Give a local model folder or a Hugging Face id (org/name)"))
+    if study.judge != SCRIPTED_JUDGE and "/" not in study.judge:
+        problems.append((("judge",), f"'{study.judge}' is not an inspect model string",
+                         "Write <provider>/<model>, e.g. openai/gpt-4o-mini, or 'scripted' for smoke runs"))
+    if study.data_mirror is not None and not study.data_mirror.is_dir():
+        problems.append((("data_mirror",), f"{study.data_mirror} is not a folder", "Point it at a data mirror, or remove the key"))
+    return problems
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -171,13 +223,22 @@ def load_study(path: Path) -> StudyConfig:
             loc = tuple(issue["loc"])
             key = ".".join(str(part) for part in loc) or "(top level)"
             if issue["type"] == "extra_forbidden":
-                problem, fix = "unknown key", "Check the spelling; `empersona run --help` lists the study keys"
+                known = _known_keys(loc)
+                problem = "unknown key"
+                fix = f"Check the spelling; known keys here: {', '.join(known)}" if known else "Check the spelling"
             elif issue["type"] == "missing":
                 problem, fix = "required key is missing", "Add it"
             else:
-                problem, fix = issue["msg"], "Correct the value"
+                problem, fix = issue["msg"].removeprefix("Value error, "), "Correct the value"
             problems.append(located(path, _line_of(path, text, loc), key, problem, fix))
         raise EmpersonaError("\n".join(problems)) from err
     # paths in a study file are relative to the working directory, like every CLI path
     mirror = study.data_mirror.resolve() if study.data_mirror else None
-    return study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror})
+    study = study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror})
+    semantic = _semantic_problems(study)
+    if semantic:
+        raise EmpersonaError("\n".join(
+            located(path, _line_of(path, text, loc), ".".join(str(part) for part in loc), problem, fix)
+            for loc, problem, fix in semantic
+        ))
+    return study

@@ -16,11 +16,12 @@ an experiment asks twice), judge calls per experiment as documented in ``estimat
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from empersona.study.config import SCRIPTED_JUDGE, StudyConfig
+from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, StudyConfig
 
 if TYPE_CHECKING:
     from empersona.train.recipe import TrainConfig
@@ -238,13 +239,14 @@ def model_identity(model: ModelSpec) -> str | None:
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
-                 model: ModelSpec | None = None) -> Path | None:
+                 model: ModelSpec | None = None, judge: str | None = None) -> Path | None:
     """A successful log of this experiment with these task arguments, if the folder has one.
 
     With ``model``, the log must also be of that model string and, for a fine-tune, of its
     current training run: a log of another base model, or of an adapter since retrained into
     the same folder, is not this model's result. Logs written before runs were recorded count
-    when they are newer than the adapter.
+    when they are newer than the adapter. With ``judge``, the log must have been judged by that
+    model string (``metadata["judge"]``).
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
@@ -262,6 +264,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         if not (all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit)):
             continue
         if model is not None and not log_is_of_model(header.eval, model, identity):
+            continue
+        if judge is not None and (header.eval.metadata or {}).get("judge") != judge:
             continue
         return Path(info.name.removeprefix("file://"))
     return None
@@ -301,8 +305,12 @@ def make_plan(study: StudyConfig) -> Plan:
             status, why = training_status(config)
             jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
     models = model_specs(study)
+    # a fine-tune whose adapter is to be (re)trained has no result yet, whatever its logs say
+    untrained = {job.out.resolve() for job in jobs if job.status != "done"}
+    judge = judge_model_string(study)
     evals = []
     harm = (0, 0)  # (prompts, samples) of the harmfulness runs, read by the experiments after it
+    harm_todo: set[str] = set()  # models whose harmfulness log is to be written (again)
     # experiment-major order: every model's harmfulness log exists before any experiment reads
     # one (output recognition also reads another model's, for its matched foils)
     for experiment in study.ordered_experiments():
@@ -314,10 +322,41 @@ def make_plan(study: StudyConfig) -> Plan:
             harm = (generations // samples, samples)
         for model in models:
             log_dir = study.out / "logs" / model.name
-            done = finished_log(log_dir, experiment, args, settings.limit, model)
+            reads = harm_logs_read(experiment, model, models)
+            stale = (model.adapter is not None and model.adapter.resolve() in untrained) or bool(reads & harm_todo)
+            done = None if stale else finished_log(log_dir, experiment, args, settings.limit, model,
+                                                   judge if experiment in JUDGED_EXPERIMENTS else None)
             status: EvalStatus = "done" if done else "todo"
+            if experiment == "harmfulness" and status == "todo":
+                harm_todo.add(model.name)
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
     return Plan(study, jobs, models, evals)
+
+
+JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition"})
+"""Experiments whose logs hold the judge's verdicts (self-assessment: its judge language
+detector; output recognition: its contrast foils); another judge means evaluating them again."""
+
+
+def judge_model_string(study: StudyConfig) -> str:
+    """The judge's inspect model string as the logs record it (the scripted judge's own for ``scripted``)."""
+    return SCRIPTED_JUDGE_MODEL if study.judge == SCRIPTED_JUDGE else study.judge
+
+
+def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec]) -> set[str]:
+    """Names of the models whose harmfulness log ``experiment`` on ``model`` reads: its own, and
+    for output recognition the partner that supplies matched foils (as ``recognition_foils``)."""
+    from empersona.evals.battery import EXPERIMENTS
+
+    if not EXPERIMENTS[experiment].needs_harm_log:
+        return set()
+    read = {model.name}
+    if experiment == "output_recognition":
+        base = next((spec for spec in models if spec.adapter is None), None)
+        partner = base if model.adapter is not None else next((spec for spec in models if spec.adapter is not None), None)
+        if partner is not None:
+            read.add(partner.name)
+    return read
 
 
 def estimated_cost(plan: Plan, prompt_tokens: int = 200, judge_prompt_tokens: int = 800) -> float | None:

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from empersona.errors import EmpersonaError
-from empersona.study.config import SCRIPTED_JUDGE, Stage, StudyConfig
+from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig
 from empersona.study.plan import DEFAULT_FOILS, ModelSpec, Plan, TrainJob, as_list, make_plan, model_identity, print_plan
 
-SCRIPTED_JUDGE_PORT = 18765
-SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"
 
 
 def say(message: str) -> None:
@@ -43,6 +41,30 @@ def ensure_base(study: StudyConfig) -> None:
         build_tiny_model(path)
 
 
+LOCAL_PROVIDERS = frozenset({"hf", "vllm", "empersona", "sglang", "llama-cpp-python", "transformer_lens", "mockllm"})
+"""Judge providers that load a model when built: not built ahead of the run just to check them."""
+
+
+def judge_problem(study: StudyConfig) -> str | None:
+    """Why the judge cannot be used (no API key, provider unknown or not installed), or None.
+
+    A remote judge's inspect model is built once (no call is made), so a missing key stops the
+    run before hours of training rather than after them. Local judges are not built here.
+    """
+    if study.judge == SCRIPTED_JUDGE or study.judge.split("/", 1)[0] in LOCAL_PROVIDERS:
+        return None
+    from inspect_ai.model import get_model
+    from rich.text import Text
+
+    try:
+        get_model(study.judge, memoize=False, **study.judge_args)
+    except Exception as err:  # inspect's PrerequisiteError (key, package), ValueError (provider)
+        reason = " ".join(Text.from_markup(str(err)).plain.split())
+        return (f"judge {study.judge}: {reason}. Set the key in the environment (never in the study file), "
+                "install the provider's package, or fix judge/judge_args")
+    return None
+
+
 @contextmanager
 def judge_endpoint(study: StudyConfig) -> Iterator[str]:
     """The judge model string; for ``judge: scripted`` serve the offline scripted judge meanwhile."""
@@ -51,13 +73,8 @@ def judge_endpoint(study: StudyConfig) -> Iterator[str]:
         return
     from empersona.testing.loopback import LoopbackServer, scripted_judge
 
-    try:
-        server = LoopbackServer(scripted_judge, port=SCRIPTED_JUDGE_PORT, models=("scripted-judge",)).start()
-    except OSError as err:
-        raise EmpersonaError(
-            f"cannot serve the scripted judge on 127.0.0.1:{SCRIPTED_JUDGE_PORT} ({err.strerror}); "
-            "is another study running? Wait for it, or stop the process that holds the port"
-        ) from err
+    # a port the system picks, so studies running side by side (or anything else) never collide
+    server = LoopbackServer(scripted_judge, models=("scripted-judge",)).start()
     saved = {key: os.environ.get(key) for key in ("LOOPBACK_BASE_URL", "LOOPBACK_API_KEY")}
     os.environ["LOOPBACK_BASE_URL"] = server.base_url
     os.environ["LOOPBACK_API_KEY"] = "scripted-judge-needs-no-key"
@@ -249,10 +266,15 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     if not dry_run:
         ensure_base(study)
     plan = make_plan(study)
+    stages = [only] if only else ["train", "eval", "report"]
+    problem = judge_problem(study) if "eval" in stages and any(j.status != "done" for j in plan.eval_jobs) else None
     if dry_run:
         print_plan(plan)
+        if problem:
+            say(f"warning: {problem}")
         return plan
-    stages = [only] if only else ["train", "eval", "report"]
+    if problem:
+        raise EmpersonaError(problem)
     if "train" in stages:
         train_all(plan)
         plan = make_plan(study)
@@ -262,8 +284,9 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         if missing:
             raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
         set_aside_other_models_logs(plan)
-        with judge_endpoint(study) as judge, model_server(study, plan):
-            evaluate_all(plan, judge)
+        if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
+            with judge_endpoint(study) as judge, model_server(study, plan):
+                evaluate_all(plan, judge)
     if "report" in stages:
         path = write_report(study)
         say(f"report: {path}")
