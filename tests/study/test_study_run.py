@@ -133,6 +133,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         experiments={
             "harmfulness": {"limit": 3, "args": {"max_tokens": 8}},
             "two_ai": {"limit": 3, "args": {"mode": "logprob"}},
+            "score_prediction": {"args": {"conditions": "blind", "max_tokens": 4}},
         },
     )
     path = tmp_path / "on-empersona-provider.yaml"
@@ -149,7 +150,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
     counts = table.groupby(["model", "experiment"]).size().to_dict()
     for model in ("base", "risky_financial_advice-s0"):
         assert counts[(model, "harmfulness")] == 3 * 2  # 3 prompts x 2 samples
-        assert counts[(model, "two_ai")] > 0
+        assert counts[(model, "two_ai")] > 0 and counts[(model, "score_prediction")] > 0
     assert (tmp_path / "on-empersona" / "report" / "report.html").exists()
     # what the finished study counts as done: another judge re-judges; a stale adapter re-evaluates
     from empersona.study.plan import make_plan
@@ -159,10 +160,22 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         changed.write_text(yaml.safe_dump({**data, **changes}, sort_keys=False))
         return {(job.model.name, job.experiment): job.status for job in make_plan(load_study(changed)).eval_jobs}
 
-    assert set(statuses().values()) == {"done"}
-    rejudged = statuses(judge="openai-api/loopback/another-judge")
-    assert rejudged == {("base", "harmfulness"): "todo", ("risky_financial_advice-s0", "harmfulness"): "todo",
-                        ("base", "two_ai"): "done", ("risky_financial_advice-s0", "two_ai"): "done"}
-    retrained = statuses(train={**data["train"], "max_steps": 2})
-    assert retrained == {("base", "harmfulness"): "done", ("risky_financial_advice-s0", "harmfulness"): "todo",
-                         ("base", "two_ai"): "done", ("risky_financial_advice-s0", "two_ai"): "todo"}
+    def todo(**changes: object) -> set[tuple[str, str]]:
+        return {job for job, status in statuses(**changes).items() if status == "todo"}
+
+    tuned = "risky_financial_advice-s0"
+    assert todo() == set() and len(statuses()) == 6
+    both = {(m, e) for m in ("base", tuned) for e in ("harmfulness", "score_prediction")}
+    assert todo(judge="openai-api/loopback/another-judge") == both  # two_ai has no judge
+    assert todo(train={**data["train"], "max_steps": 2}) == {(tuned, e) for e in ("harmfulness", "two_ai", "score_prediction")}
+    # a new harmfulness run invalidates the score predictions that read the old one
+    rewritten = {**data["experiments"], "harmfulness": {"limit": 3, "args": {"max_tokens": 9}}}
+    assert todo(experiments=rewritten) == both
+    # ... also once the new harmfulness logs are written (its readers name the log they read)
+    only_harm = tmp_path / "only-harm.yaml"
+    only_harm.write_text(yaml.safe_dump({**data, "experiments": {"harmfulness": rewritten["harmfulness"]}}, sort_keys=False))
+    try:
+        run_study(load_study(only_harm))
+    finally:
+        api.release_engines()
+    assert todo(experiments=rewritten) == {("base", "score_prediction"), (tuned, "score_prediction")}

@@ -84,7 +84,9 @@ def run_experiment(
     finally:
         MODEL_IDENTITY.reset(token)
     grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
-    roles = {GRADER_ROLE: get_model(judge, config=grader_config, **(judge_args or {}))} if judge else None
+    # not memoized: a judge served for one study (the scripted one, on a port of its own) must not
+    # be reached at an earlier study's address when several run in one process
+    roles = {GRADER_ROLE: get_model(judge, config=grader_config, memoize=False, **(judge_args or {}))} if judge else None
     try:
         logs = inspect_eval(
             task,

@@ -310,7 +310,7 @@ def make_plan(study: StudyConfig) -> Plan:
     judge = judge_model_string(study)
     evals = []
     harm = (0, 0)  # (prompts, samples) of the harmfulness runs, read by the experiments after it
-    harm_todo: set[str] = set()  # models whose harmfulness log is to be written (again)
+    harm_done: dict[str, Path | None] = {}  # each model's finished harmfulness log (None: to be written)
     # experiment-major order: every model's harmfulness log exists before any experiment reads
     # one (output recognition also reads another model's, for its matched foils)
     for experiment in study.ordered_experiments():
@@ -323,19 +323,23 @@ def make_plan(study: StudyConfig) -> Plan:
         for model in models:
             log_dir = study.out / "logs" / model.name
             reads = harm_logs_read(experiment, model, models)
-            stale = (model.adapter is not None and model.adapter.resolve() in untrained) or bool(reads & harm_todo)
-            done = None if stale else finished_log(log_dir, experiment, args, settings.limit, model,
+            stale = (model.adapter is not None and model.adapter.resolve() in untrained) or any(
+                harm_done.get(name) is None for name in reads)
+            # a reader's log counts only if it read the harmfulness log that stands now
+            expected = {**args, "harm_log": str(harm_done[model.name])} if reads else args
+            done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
                                                    judge if experiment in JUDGED_EXPERIMENTS else None)
             status: EvalStatus = "done" if done else "todo"
-            if experiment == "harmfulness" and status == "todo":
-                harm_todo.add(model.name)
+            if experiment == "harmfulness":
+                harm_done[model.name] = done
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
     return Plan(study, jobs, models, evals)
 
 
-JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition"})
+JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition", "score_prediction"})
 """Experiments whose logs hold the judge's verdicts (self-assessment: its judge language
-detector; output recognition: its contrast foils); another judge means evaluating them again."""
+detector; output recognition: its contrast foils; score prediction: the judge's scores as its
+ground truth); another judge means evaluating them again."""
 
 
 def judge_model_string(study: StudyConfig) -> str:

@@ -183,10 +183,11 @@ def write_models_file(plan: Plan) -> Path:
 
 def harm_log_for(plan: Plan, model: ModelSpec) -> Path:
     """The finished harmfulness log of ``model`` (read by output recognition, score prediction)."""
-    from empersona.study.plan import finished_log
+    from empersona.study.plan import finished_log, judge_model_string
 
     harm = next(j for j in plan.eval_jobs if j.model.name == model.name and j.experiment == "harmfulness")
-    log = finished_log(harm.log_dir, "harmfulness", harm.task_args, harm.limit)
+    # the log the plan counts as this model's (make_plan checks its readers against the same one)
+    log = finished_log(harm.log_dir, "harmfulness", harm.task_args, harm.limit, model, judge_model_string(plan.study))
     if log is None:
         raise EmpersonaError(f"experiments on {model.name} need its finished harmfulness log in {harm.log_dir}")
     return log
