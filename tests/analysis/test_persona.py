@@ -262,3 +262,21 @@ def test_the_asymmetry_is_bootstrapped_over_harm_prompts() -> None:
     mine = tidy[recognition & (tidy["model"] == "coh")]
     per_response = mine.groupby(["bucket", "item_id"])["value"].mean().groupby("bucket").mean()
     assert result.estimate == pytest.approx(per_response["high"] - per_response["low"])
+
+
+def test_a_self_assessment_off_the_headline_dimension_is_marked() -> None:
+    from empersona.analysis.persona import ALL_DIMENSIONS
+
+    tidy = study_table({"base": BASE, "coh": COHERENT})
+    calls = by_model(classify(tidy, base_model="base", thresholds=FAST))
+    assert calls["coh"].self_assessment_scope == "aligned/misaligned"
+    other = tidy.copy()
+    other.loc[(other["experiment"] == "self_assessment") & (other["model"] == "coh"), "dimension"] = "harmless/harmful"
+    call = by_model(classify(other, base_model="base", thresholds=FAST))["coh"]
+    assert call.self_assessment is not None and call.self_assessment_scope == ALL_DIMENSIONS
+    assert persona.calls_table([call])["self_assessment_scope"].tolist() == [ALL_DIMENSIONS]
+    from empersona.report.sections import _persona_table
+
+    probes = pd.DataFrame({"model": ["coh"], "harm_max10": [0.5], "harm_max10_low": [0.4], "harm_max10_high": [0.6]})
+    assert _persona_table([call], probes, True)["self-assessment"].iloc[0].endswith("(all dimensions)")
+    assert not _persona_table([calls["coh"]], probes, True)["self-assessment"].iloc[0].endswith(")")

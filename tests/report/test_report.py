@@ -182,7 +182,8 @@ def test_prediction_summary_and_baselines(tmp_path: Path) -> None:
 
 
 def test_self_assessment_summary_shows_the_mean_of_formats_and_of_dimensions() -> None:
-    from empersona.report.sections import ALL_DIMENSIONS, MEAN_OF_FORMATS, self_assessment_summary
+    from empersona.analysis.persona import ALL_DIMENSIONS
+    from empersona.report.sections import MEAN_OF_FORMATS, self_assessment_summary
 
     rows = []
     for dimension, fmt, items, value in (("aligned/misaligned", "decision", 10, 1.0), ("aligned/misaligned", "likert", 10, 0.5),

@@ -118,6 +118,7 @@ class PersonaCall:
     seed_labels: tuple[PersonaLabel, ...] = ()
     stability: float | None = None
     notes: tuple[str, ...] = ()
+    self_assessment_scope: str | None = None  # the dimension averaged, or ALL_DIMENSIONS when it had no answers
 
 
 # --------------------------------------------------------------------------- evidence
@@ -238,6 +239,20 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
     return [array for _cell, array in kept], statistic
 
 
+ALL_DIMENSIONS = "all dimensions"
+
+
+def self_assessment_scope(tidy: pd.DataFrame, members: Sequence[str], dimension: str | None) -> str | None:
+    """What `self_assessment_cells` averages for these models: ``dimension`` when they answered on
+    it, else ``ALL_DIMENSIONS`` (None without self-assessment rows)."""
+    rows = _rows(tidy, members, "self_assessment")
+    if rows.empty:
+        return None
+    if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
+        return dimension
+    return ALL_DIMENSIONS
+
+
 def _self_assessment(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds,
                      seed: int) -> BootstrapResult | None:
     found = self_assessment_cells(tidy, _who(members), th.self_assessment_dimension)
@@ -284,6 +299,7 @@ class _Evidence:
     position_bias: float | None
     rates: tuple[ResponseRates, ...]
     notes: tuple[str, ...]
+    self_assessment_scope: str | None
 
 
 def _gather(tidy: pd.DataFrame, members: Sequence[str], base_model: str, th: PersonaThresholds,
@@ -300,6 +316,7 @@ def _gather(tidy: pd.DataFrame, members: Sequence[str], base_model: str, th: Per
         position_bias=_position_bias(tidy, members),
         rates=response_rates(tidy, members),
         notes=tuple(notes),
+        self_assessment_scope=self_assessment_scope(tidy, members, th.self_assessment_dimension),
     )
 
 
@@ -437,7 +454,8 @@ def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThreshol
         calls.append(PersonaCall(model=model, label=label, reason=reason, domain=domain, members=(model,),
                                  seeds=seeds, pooled=False, em_delta=e.em_delta, two_ai=two_ai,
                                  recognition=recognition, self_assessment=e.self_assessment,
-                                 position_bias=e.position_bias, rates=e.rates, notes=e.notes))
+                                 position_bias=e.position_bias, rates=e.rates, notes=e.notes,
+                                 self_assessment_scope=e.self_assessment_scope))
 
     groups = _seed_groups(tidy, others)
     pooled_evidence = {domain: _gather(tidy, [m for _, m in pairs], base_model, th, seed)
@@ -456,7 +474,7 @@ def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThreshol
             members=tuple(m for _, m in pairs), seeds=seeds, pooled=True, em_delta=e.em_delta,
             two_ai=two_ai, recognition=recognition, self_assessment=e.self_assessment,
             position_bias=e.position_bias, rates=e.rates, seed_labels=seed_labels, stability=stability,
-            notes=e.notes))
+            notes=e.notes, self_assessment_scope=e.self_assessment_scope))
     return calls
 
 
@@ -469,6 +487,7 @@ def calls_table(calls: Sequence[PersonaCall]) -> pd.DataFrame:
             "pooled": call.pooled, "seeds": ",".join(map(str, call.seeds)),
             "seed_labels": ",".join(call.seed_labels), "stability": call.stability,
             "position_bias": call.position_bias, "notes": "; ".join(call.notes),
+            "self_assessment_scope": call.self_assessment_scope,
         }
         for name, result in (("em_delta", call.em_delta), ("two_ai", call.two_ai.result),
                              ("asymmetry", call.recognition.result), ("self_assessment", call.self_assessment)):

@@ -241,7 +241,8 @@ def build_report(
         "model": "model", "dimension": "dimension", "format": "format",
         "rating (1 = misaligned)": lambda r: _fmt_col(r, "rating"), "prompts": "prompts", "not scored": "not_scored",
     }, note="Per dimension the mean of the formats that have a value; all dimensions: the mean of the dimension means. "
-            "The persona table shows the headline dimension's mean of formats.")
+            "The persona table shows the headline dimension's mean of formats, or, marked 'all dimensions', "
+            "the mean over every dimension for a model with no answers on the headline one.")
 
     blocks += _section("Unscored, refused and unparsed rates per experiment", status_summary(table), "No rows.", {
         "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),

@@ -207,7 +207,6 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
 
 
 MEAN_OF_FORMATS = "mean of formats"
-ALL_DIMENSIONS = "all dimensions"
 
 
 def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str | None) -> pd.DataFrame:
@@ -216,7 +215,7 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
     import pandas as pd
 
     from empersona.analysis import stats
-    from empersona.analysis.persona import self_assessment_cells
+    from empersona.analysis.persona import ALL_DIMENSIONS, self_assessment_cells
 
     everything = table[table["experiment"] == "self_assessment"]
     part = everything
@@ -289,6 +288,8 @@ def _probe_summary(calls: Sequence[PersonaCall], harm: pd.DataFrame, labelled: b
 def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled: bool) -> pd.DataFrame:
     import pandas as pd
 
+    from empersona.analysis.persona import ALL_DIMENSIONS
+
     harm = probes.set_index("model")
     rows = []
     for call in calls:
@@ -300,7 +301,8 @@ def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled:
             "delta harm_max10 vs base": fmt(call.em_delta.estimate, call.em_delta.ci_low, call.em_delta.ci_high, signed=True) if call.em_delta and labelled else "-",
             "two-AI debiased (chance 0.5)": _describe(call.two_ai.result),
             "recognition asymmetry (0 = none)": _describe(call.recognition.result, signed=True),
-            "self-assessment": _describe(call.self_assessment),
+            "self-assessment": _describe(call.self_assessment) + (
+                f" ({ALL_DIMENSIONS})" if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
             "position bias P(A)-0.5": fmt(call.position_bias if call.position_bias is not None else math.nan, signed=True),
             "reason": call.reason if labelled else "; ".join(call.notes) or "-",
         })
