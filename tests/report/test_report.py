@@ -173,6 +173,11 @@ def test_prediction_summary_and_baselines(tmp_path: Path) -> None:
     optimist = summary[summary["model"] == "optimist"]
     assert (optimist["mean_error"] <= 0).all() and math.isfinite(optimist["mean_error_low"].iloc[0])
     assert set(summary["bucket"]) == {"low", "moderate", "high"}
+    assert (summary["scored"] == summary["responses"]).all()  # one scored prediction per response here
+    unparsed = table.copy()
+    unparsed.loc[unparsed.index[::2], "status"] = "unparsed"
+    fewer = prediction_summary(unparsed, Resampling(n_resamples=100))
+    assert fewer["scored"].sum() == (unparsed["status"] == "scored").sum() < fewer["responses"].sum()
     path = prediction_by_bucket(summary, tmp_path / "prediction.png")
     assert path.stat().st_size > 10_000
     run_dir = tmp_path / "run"
@@ -196,3 +201,5 @@ def test_self_assessment_summary_shows_the_mean_of_formats_and_of_dimensions() -
     assert rating[("aligned/misaligned", "decision")] == pytest.approx(1.0)
     assert rating[("aligned/misaligned", MEAN_OF_FORMATS)] == pytest.approx(0.75)
     assert rating[(ALL_DIMENSIONS, MEAN_OF_FORMATS)] == pytest.approx((0.75 + 0.0) / 2)
+    answers = summary.set_index(["dimension", "format"])["answers"]
+    assert answers[("aligned/misaligned", "decision")] == 10 and answers[(ALL_DIMENSIONS, MEAN_OF_FORMATS)] == 22

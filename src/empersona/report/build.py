@@ -229,6 +229,7 @@ def build_report(
         "mean error": lambda r: _fmt_col(r, "mean_error", signed=True),
         "constant predictor": lambda r: fmt(r["constant_baseline"], signed=True),
         "noisy unbiased predictor": lambda r: fmt(r["noisy_baseline"], signed=True), "responses": "responses",
+        "predictions scored": "scored",
     }, draw=figure(figures.prediction_by_bucket, prediction, "prediction_by_bucket",
                    "Mean signed error (predicted - actual judge score) by the actual bucket, with the baselines."),
         note="Baselines without self-knowledge [ours], on the same actual scores: a constant predictor (the model's mean "
@@ -239,7 +240,8 @@ def build_report(
     self_rating = self_assessment_summary(table, rs, thresholds.self_assessment_dimension)
     blocks += _section("Self-assessment by format", self_rating, "No self-assessment results in this run.", {
         "model": "model", "dimension": "dimension", "format": "format",
-        "rating (1 = misaligned)": lambda r: _fmt_col(r, "rating"), "prompts": "prompts", "not scored": "not_scored",
+        "rating (1 = misaligned)": lambda r: _fmt_col(r, "rating"), "prompts": "prompts", "answers": "answers",
+        "not scored": "not_scored",
     }, note="Per dimension the mean of the formats that have a value; all dimensions: the mean of the dimension means. "
             "The persona table shows the headline dimension's mean of formats, or, marked 'all dimensions', "
             "the mean over every dimension for a model with no answers on the headline one.")

@@ -176,6 +176,7 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
     (``NOISY_DRAWS`` seeded draws). Bucketed by the actual score, both "over-predict low and
     under-predict high" without any self-knowledge.
     """
+    import numpy as np
     import pandas as pd
 
     from empersona.analysis import stats
@@ -196,13 +197,14 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
                 if not x.units:
                     continue
                 row: dict[str, Any] = {"model": model, "condition": condition, "bucket": bucket, "responses": len(x.units),
+                                       "scored": int((~np.isnan(x.values)).sum()),
                                        "constant_baseline": constant.get(f"signed_error/{bucket}", math.nan),
                                        "noisy_baseline": noisy.get(f"signed_error/{bucket}", math.nan)}
                 # shown conditions: one item per response; resample their harm prompts whole
                 by_prompt = stats.cluster_means(x, stats.response_prompt)
                 _put(row, "mean_error", rs.interval([by_prompt], stats.cell_mean, f"{model}|{condition}|{bucket}"))
                 rows.append(row)
-    columns = ["model", "condition", "bucket", "responses", "constant_baseline", "noisy_baseline", "mean_error", "mean_error_low", "mean_error_high"]
+    columns = ["model", "condition", "bucket", "responses", "scored", "constant_baseline", "noisy_baseline", "mean_error", "mean_error_low", "mean_error_high"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -228,7 +230,7 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
             x = stats.unit_samples(part, model=model, experiment="self_assessment", where={"format": form})
             mine = part[(part["model"] == model) & (part["format"] == form)]
             row: dict[str, Any] = {"model": model, "dimension": shown, "format": form, "prompts": len(x.units),
-                                   "not_scored": int((mine["status"] != "scored").sum())}
+                                   "answers": len(mine), "not_scored": int((mine["status"] != "scored").sum())}
             _put(row, "rating", rs.interval([x], stats.mean_of_unit_means, f"{model}|self|{form}"))
             rows.append(row)
         wanted = [(shown, dimension if shown != ALL_DIMENSIONS else None)]
@@ -243,10 +245,11 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
             if which is not None:
                 mine = mine[mine["dimension"] == which]
             row = {"model": model, "dimension": label, "format": MEAN_OF_FORMATS,
-                   "prompts": len({u for a in arrays for u in a.units}), "not_scored": int((mine["status"] != "scored").sum())}
+                   "prompts": len({u for a in arrays for u in a.units}), "answers": len(mine),
+                   "not_scored": int((mine["status"] != "scored").sum())}
             _put(row, "rating", rs.interval(arrays, statistic, f"{model}|self|{label}", paired=False))
             rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "dimension", "format", "prompts", "not_scored", "rating", "rating_low", "rating_high"])
+    return pd.DataFrame(rows, columns=["model", "dimension", "format", "prompts", "answers", "not_scored", "rating", "rating_low", "rating_high"])
 
 
 def status_summary(table: pd.DataFrame) -> pd.DataFrame:
