@@ -93,7 +93,11 @@ def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pyt
     out = config.output_dir()
     out.mkdir(parents=True)
     (out / INCOMPLETE_MARKER).write_text("{}")
-    assert training_status(config)[0] == "partial"
+    assert training_status(config) == ("partial", "interrupted before its first checkpoint; starts again")
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    assert training_status(config) == ("partial", "interrupted; resumes from its last checkpoint")
     (out / INCOMPLETE_MARKER).unlink()
     (out / "empersona.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
     assert training_status(config) == ("done", "adapter matches the plan")

@@ -120,6 +120,7 @@ def train_config(study: StudyConfig, domain: str, seed: int) -> TrainConfig:
 
 def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     """Whether an adapter folder holds a finished adapter trained with exactly this config."""
+    from empersona.train.metadata import CHECKPOINTS_DIR, last_complete_checkpoint
     from empersona.train.sft import INCOMPLETE_MARKER
 
     out = config.output_dir()
@@ -127,7 +128,9 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     # empersona.json is written (atomically) before the marker is removed, so it decides
     if not meta_path.exists():
         if (out / INCOMPLETE_MARKER).exists():
-            return "partial", "interrupted; resumes from its last checkpoint"
+            if last_complete_checkpoint(out / CHECKPOINTS_DIR) is not None:
+                return "partial", "interrupted; resumes from its last checkpoint"
+            return "partial", "interrupted before its first checkpoint; starts again"
         return "missing", "no adapter yet"
     recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
     wanted = config.model_dump(mode="json")
