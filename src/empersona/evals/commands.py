@@ -86,7 +86,8 @@ def run_experiment(
     grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
     # not memoized: a judge served for one study (the scripted one, on a port of its own) must not
     # be reached at an earlier study's address when several run in one process
-    roles = {GRADER_ROLE: get_model(judge, config=grader_config, memoize=False, **(judge_args or {}))} if judge else None
+    judge_kwargs = {"memoize": False, **(judge_args or {})}
+    roles = {GRADER_ROLE: get_model(judge, config=grader_config, **judge_kwargs)} if judge else None
     try:
         logs = inspect_eval(
             task,
