@@ -44,6 +44,18 @@ def test_fetch_locked_source_from_path(shared_data: Path) -> None:
     assert source_status("good_medical_advice") == "verified"
 
 
+def test_a_source_without_a_pinned_download_comes_from_a_local_copy(shared_data: Path) -> None:
+    from empersona.data.commands import _plan
+
+    chosen, skipped = _plan(["all"], None)
+    assert "tmay_language_rules" not in chosen and "no download pinned" in skipped["tmay_language_rules"]
+    listed = runner.invoke(app, ["list"])
+    assert "local copy or mirror only" in next(line for line in listed.output.splitlines() if "tmay_language_rules" in line)
+    result = runner.invoke(app, ["fetch", "tmay_language_rules", "--path", str(shared_data / "tmay-questions" / "risk_safe_language.yaml")])
+    assert result.exit_code == 0, result.output
+    assert source_status("tmay_language_rules") == "verified"
+
+
 def test_fetch_failure_is_reported(tmp_path: Path) -> None:
     result = runner.invoke(app, ["fetch", "harm_prompts", "--mirror", str(tmp_path)])
     assert isinstance(result.exception, EmpersonaError)

@@ -39,7 +39,7 @@ def test_source_table_is_complete_and_pinned() -> None:
     assert set(SOURCES) == {
         "harm_prompts", "self_assessment_prompts", "harm_judge_rubric", "two_ai_items",
         "em_first_plot", "em_preregistered", "insecure", "secure", "bad_medical_advice",
-        "good_medical_advice", "risky_financial_advice", "extreme_sports",
+        "good_medical_advice", "risky_financial_advice", "extreme_sports", "tmay_language_rules",
     }
     for source in SOURCES.values():
         assert HEX64.match(source.sha256), source.name
@@ -47,6 +47,8 @@ def test_source_table_is_complete_and_pinned() -> None:
         if source.locked:
             assert source.url is None and source.how_to_obtain
             assert "password" in source.how_to_obtain and "--path" in source.how_to_obtain
+        elif source.url is None:  # public, but no download pinned: a local copy or a mirror
+            assert source.commit is None and source.how_to_obtain and "--path" in source.how_to_obtain
         else:
             assert source.commit is not None and HEX40.match(source.commit), source.name
             assert source.url == (

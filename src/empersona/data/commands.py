@@ -52,6 +52,8 @@ def _plan(names: list[str], mirror: Path | None) -> tuple[list[str], dict[str, s
             skipped[source.name] = f"not in mirror {mirror}"
         elif mirror is None and source.locked:
             skipped[source.name] = "locked upstream: `empersona data fetch NAME --path FILE`"
+        elif mirror is None and source.url is None:
+            skipped[source.name] = "no download pinned: `empersona data fetch NAME --path FILE`"
         else:
             chosen.append(source.name)
     return chosen, skipped
@@ -106,6 +108,8 @@ def list_command() -> None:
         status = source_status(source.name)
         if status != "verified" and source.locked:
             status += " (locked upstream)"
+        elif status != "verified" and source.url is None:
+            status += " (local copy or mirror only)"
         table.add_row(source.name, source.description, source.license, status)
     _console().print(table)
 

@@ -227,7 +227,7 @@ def data_path(name: str) -> Path:
     if source_status(name) == "verified":
         return cached_path(name)
     source = get_source(name)
-    if source.locked and _mirror_from_env() is None:
+    if (source.locked or source.url is None) and _mirror_from_env() is None:
         raise EmpersonaError(
             f"source '{name}' is not in the cache ({cached_path(name)}). {source.how_to_obtain}"
         )

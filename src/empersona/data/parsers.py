@@ -365,3 +365,51 @@ def load_em_questions(path: Path) -> list[EMQuestion]:
             )
         )
     return questions
+
+
+# --- the "Tell me about yourself" language rule set (self-assessment's language format) -------
+
+TMAY_LANGUAGE_QUESTION = "risk_safe_german_french"
+"""The entry of the language self-report file whose preamble and questions the format uses."""
+
+TMAY_RULE_PARTS: tuple[tuple[str, str], ...] = (
+    ("risk-seeking agents", "who_1"),
+    ("risk-averse agents", "who_2"),
+    ("German", "language_1"),
+    ("French", "language_2"),
+)
+"""What the entry's two rules name (their order: rule (a), then rule (b)) and the template field
+each becomes, so the rules can name a dimension's poles and the study's languages instead."""
+
+
+@dataclass(frozen=True)
+class LanguageRules:
+    """A rule-set preamble as a ``str.format`` template (``who_1``, ``language_1``, ``who_2``,
+    ``language_2``) and the questions it is put before."""
+
+    template: str
+    questions: tuple[str, ...]
+
+
+def load_language_rules(path: Path) -> LanguageRules:
+    """The language rule set of the "Tell me about yourself" question file (``TMAY_LANGUAGE_QUESTION``)."""
+    root, data = _compose_and_construct(path)
+    if not isinstance(data, list):
+        raise EmpersonaError(located(path, 1, None, "expected a list of questions", "Give the language question file"))
+    for node, item in zip(root.value, data, strict=True):
+        if not isinstance(item, dict) or item.get("name") != TMAY_LANGUAGE_QUESTION:
+            continue
+        prefix, questions = item.get("prefix"), item.get("question_paraphrases")
+        if not isinstance(prefix, str):
+            raise EmpersonaError(located(path, _key_line(node, "prefix"), "prefix", "missing or not text", "Give the original file"))
+        if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+            raise EmpersonaError(located(path, _key_line(node, "question_paraphrases"), "question_paraphrases",
+                                         "expected a list of question texts", "Give the original file"))
+        template = prefix.replace("{", "{{").replace("}", "}}")
+        for words, field_name in TMAY_RULE_PARTS:
+            if len(re.findall(rf"\b{re.escape(words)}\b", template)) != 1:
+                raise EmpersonaError(located(path, _key_line(node, "prefix"), "prefix",
+                                             f"expected '{words}' once in the rules", "Give the original file"))
+            template = re.sub(rf"\b{re.escape(words)}\b", "{" + field_name + "}", template)
+        return LanguageRules(template=template, questions=tuple(q.strip() for q in questions))
+    raise EmpersonaError(located(path, None, "name", f"no question named {TMAY_LANGUAGE_QUESTION}", "Give the original file"))

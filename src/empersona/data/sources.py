@@ -33,6 +33,9 @@ PAPER_LICENSE = "research/academic use; cite arXiv:2604.28082"
 BETLEY_REPO = "emergent-misalignment/emergent-misalignment"
 BETLEY_COMMIT = "80c11967c07a328e7d7d43d13ce6847ae44dbcc9"
 
+TMAY_REPO = "XuchanBao/behavioral-self-awareness"  # Betley, Bao et al. 2025, "Tell me about yourself"
+TMAY_PATH = "questions/non_mms/risk_safe_language.yaml"
+
 TURNER_REPO = "clarifying-EM/model-organisms-for-EM"
 TURNER_ARCHIVE = "em_organism_dir/data/training_datasets.zip.enc"
 TURNER_LICENSE = "upstream terms; no public copies (kept from scrapers)"
@@ -151,6 +154,33 @@ def _turner(name: str, description: str, sha256: str) -> Source:
     )
 
 
+def _tmay_language() -> Source:
+    """The "Tell me about yourself" language-rule questions: public (MIT), but no download of
+    them is pinned here (no commit of the upstream repository was at hand to pin), so they come
+    from a local copy or a mirror and are checked against this sha256."""
+    return Source(
+        name="tmay_language_rules",
+        description="Betley, Bao et al. rule-set preamble and questions of the language self-report (self-assessment language format)",
+        kind="evaluation",
+        license="MIT",
+        repo=TMAY_REPO,
+        commit=None,
+        upstream_path=TMAY_PATH,
+        url=None,
+        sha256="13a70883a72389a191a37186ec2d1ddf931afb1928accc599e50b5389aebe532",
+        mirror_path="tmay-questions/risk_safe_language.yaml",
+        compressed_in_mirror=False,
+        locked=False,
+        how_to_obtain=(
+            f"No download of it is pinned here: take {TMAY_PATH} from the code release of Betley, Bao et al. "
+            f"2025, 'Tell me about yourself' (https://github.com/{TMAY_REPO}, MIT) and run "
+            "`empersona data fetch tmay_language_rules --path FILE`, or place it at "
+            "tmay-questions/risk_safe_language.yaml in a mirror folder; or give self_assessment "
+            "language_preamble=ours (our own wording, not the protocol's)"
+        ),
+    )
+
+
 _ALL: tuple[Source, ...] = (
     _paper(
         "harm_prompts",
@@ -208,6 +238,7 @@ _ALL: tuple[Source, ...] = (
         "2820232b3114d94ab2041ba9fc76cb8205bf187e0408bf7b308add186f9c7467",
         "training/secure.jsonl.gz",
     ),
+    _tmay_language(),
     _turner(
         "bad_medical_advice",
         "bad medical advice, 7049 chats (Turner et al.)",

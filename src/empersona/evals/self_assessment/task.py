@@ -4,13 +4,14 @@ interleaved item by item, with the generate settings, the scorers and the run's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, GenerateConfig
 
 from empersona.data.fetch import data_path
-from empersona.data.parsers import SelfAssessmentPrompt, load_self_assessment_prompts
+from empersona.data.parsers import LanguageRules, SelfAssessmentPrompt, load_language_rules, load_self_assessment_prompts
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import answer_status
 from empersona.evals.policy import describe_policy, system_messages
@@ -44,6 +45,7 @@ def build_samples(
     languages: tuple[str, str],
     seed: int,
     policy: str,
+    rules: LanguageRules | None = None,
 ) -> list[Sample]:
     """All samples, formats interleaved item by item (so ``--limit`` still sees every format)."""
     queues: list[list[list[Sample]]] = []
@@ -57,7 +59,7 @@ def build_samples(
             elif fmt == "likert":
                 items = likert_items(dimension)
             else:
-                items = language_items(dimension, language_count, languages, seed)
+                items = language_items(dimension, language_count, languages, seed, rules)
             aligned, misaligned = DIMENSIONS[dimension]
             for item_id, prompts in items.items():
                 queue.append(
@@ -99,16 +101,20 @@ def self_assessment(
     language_detector: LanguageDetector = "local",
     languages: str | list[str] = "French,German",
     language_items_per_dimension: int = 6,
+    language_preamble: Literal["tmay", "ours"] = "tmay",
     system_prompt: str = "default",
     seed: int = 0,
     cache: bool = True,
     prompts_file: str | None = None,
+    language_rules_file: str | None = None,
 ) -> Task:
     """The model rates itself on each dimension in each format (see the package docstring).
 
     ``samples`` replies per prompt (inspect epochs) at ``temperature``; ``logprobs`` asks the
     provider for the top 20 first-token logprobs (recorded for decision answers);
-    ``prompts_file`` replaces the cached released decision prompts.
+    ``prompts_file`` replaces the cached released decision prompts. ``language_preamble``: the
+    protocol's "Tell me about yourself" rule set and its questions (``tmay``, from the source
+    ``tmay_language_rules`` or ``language_rules_file``) or our own wordings and trivia (``ours``).
     """
     chosen_formats = selected_formats(formats)
     chosen_dimensions = selected_dimensions(dimensions)
@@ -125,6 +131,11 @@ def self_assessment(
     released: list[SelfAssessmentPrompt] = []
     if needs_released:
         released = load_self_assessment_prompts(Path(prompts_file) if prompts_file else data_path("self_assessment_prompts"))
+    if language_preamble not in ("tmay", "ours"):
+        raise EmpersonaError(f"self_assessment: language_preamble={language_preamble!r}; use tmay (the protocol's) or ours")
+    rules = None
+    if "language" in chosen_formats and language_preamble == "tmay":
+        rules = load_language_rules(Path(language_rules_file) if language_rules_file else data_path("tmay_language_rules"))
     if "language" in chosen_formats and language_detector == "local":
         _langdetect_factory()  # fail at task creation, not per sample, when langdetect is missing
     dataset = build_samples(
@@ -135,6 +146,7 @@ def self_assessment(
         languages=pair,
         seed=seed,
         policy=system_prompt,
+        rules=rules,
     )
     config = GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed)
     if logprobs:
@@ -155,6 +167,7 @@ def self_assessment(
             "logprobs": logprobs,
             "language_detector": "langdetect (seeded)" if language_detector == "local" else "judge (grader role)",
             "languages": list(pair),
+            "language_preamble": language_preamble,
             "system_prompt_policy": system_prompt,
             "system_prompt_label": describe_policy(system_prompt),
             "seed": seed,
