@@ -315,12 +315,15 @@ def test_experiments_reading_a_harmfulness_log_name_whose() -> None:
     base = ModelSpec("base", "hf/b", "b")
     tuned = [ModelSpec(f"d-s{i}", f"hf/a{i}", "b", adapter=Path(f"a{i}")) for i in range(2)]
     models = [base, *tuned]
-    assert harm_logs_read("two_ai", tuned[0], models) == set()
-    assert harm_logs_read("score_prediction", tuned[1], models) == {"d-s1"}
+    assert harm_logs_read("two_ai", tuned[0], models) == {}
+    assert harm_logs_read("score_prediction", tuned[1], models) == {"harm_log": "d-s1"}
     # matched foils: a fine-tune's come from the base, the base's from the first fine-tune
-    assert harm_logs_read("output_recognition", tuned[1], models) == {"d-s1", "base"}
-    assert harm_logs_read("output_recognition", base, models) == {"base", "d-s0"}
-    assert harm_logs_read("output_recognition", base, [base]) == {"base"}
+    assert harm_logs_read("output_recognition", tuned[1], models) == {"harm_log": "d-s1", "matched_log": "base"}
+    assert harm_logs_read("output_recognition", base, models) == {"harm_log": "base", "matched_log": "d-s0"}
+    assert harm_logs_read("output_recognition", base, [base]) == {"harm_log": "base"}
+    # ... unless the study takes no matched foils, or names their log itself
+    assert harm_logs_read("output_recognition", base, models, {"foils": "contrast"}) == {"harm_log": "base"}
+    assert harm_logs_read("output_recognition", base, models, {"matched_log": "x.eval"}) == {"harm_log": "base"}
 
 
 def _no_openai_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,7 +161,6 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     task's signature, domain names, the judge's model string, the data mirror."""
     from empersona.data.domains import DOMAINS
     from empersona.evals.battery import EXPERIMENTS
-
     from empersona.train.recipe import TrainConfig
 
     problems: list[tuple[tuple[Any, ...], str, str]] = []

@@ -325,11 +325,11 @@ def make_plan(study: StudyConfig) -> Plan:
             harm = (generations // samples, samples)
         for model in models:
             log_dir = study.out / "logs" / model.name
-            reads = harm_logs_read(experiment, model, models)
+            reads = harm_logs_read(experiment, model, models, args)
             stale = (model.adapter is not None and model.adapter.resolve() in untrained) or any(
-                harm_done.get(name) is None for name in reads)
-            # a reader's log counts only if it read the harmfulness log that stands now
-            expected = {**args, "harm_log": str(harm_done[model.name])} if reads else args
+                harm_done.get(name) is None for name in reads.values())
+            # a reader's log counts only if it read the harmfulness logs that stand now
+            expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
             done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
                                                    judge if experiment in JUDGED_EXPERIMENTS else None)
             status: EvalStatus = "done" if done else "todo"
@@ -350,19 +350,32 @@ def judge_model_string(study: StudyConfig) -> str:
     return SCRIPTED_JUDGE_MODEL if study.judge == SCRIPTED_JUDGE else study.judge
 
 
-def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec]) -> set[str]:
-    """Names of the models whose harmfulness log ``experiment`` on ``model`` reads: its own, and
-    for output recognition the partner that supplies matched foils (as ``recognition_foils``)."""
+def matched_partner(model: ModelSpec, models: Sequence[ModelSpec]) -> ModelSpec | None:
+    """Whose harmfulness log gives ``model`` its matched foils: the base model for a fine-tune,
+    the first fine-tune for the base (None when the study has no other model)."""
+    if model.adapter is not None:
+        return next((spec for spec in models if spec.adapter is None), None)
+    return next((spec for spec in models if spec.adapter is not None), None)
+
+
+def uses_matched_log(args: dict[str, Any]) -> bool:
+    """Whether output recognition with these arguments takes its matched foils from the study's partner."""
+    return "matched" in as_list(args.get("foils"), list(DEFAULT_FOILS)) and not args.get("matched_log")
+
+
+def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec],
+                   args: dict[str, Any] | None = None) -> dict[str, str]:
+    """The harmfulness logs ``experiment`` on ``model`` reads, as {task argument: model name}:
+    its own (``harm_log``) and, for output recognition with matched foils from the study, the
+    partner's (``matched_log``)."""
     from empersona.evals.battery import EXPERIMENTS
 
     if not EXPERIMENTS[experiment].needs_harm_log:
-        return set()
-    read = {model.name}
-    if experiment == "output_recognition":
-        base = next((spec for spec in models if spec.adapter is None), None)
-        partner = base if model.adapter is not None else next((spec for spec in models if spec.adapter is not None), None)
-        if partner is not None:
-            read.add(partner.name)
+        return {}
+    read = {"harm_log": model.name}
+    partner = matched_partner(model, models)
+    if experiment == "output_recognition" and partner is not None and uses_matched_log(args or {}):
+        read["matched_log"] = partner.name
     return read
 
 

@@ -19,7 +19,18 @@ from typing import Any
 
 from empersona.errors import EmpersonaError
 from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig
-from empersona.study.plan import DEFAULT_FOILS, ModelSpec, Plan, TrainJob, as_list, make_plan, model_identity, print_plan
+from empersona.study.plan import (
+    DEFAULT_FOILS,
+    ModelSpec,
+    Plan,
+    TrainJob,
+    as_list,
+    make_plan,
+    matched_partner,
+    model_identity,
+    print_plan,
+    uses_matched_log,
+)
 
 
 
@@ -204,8 +215,8 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
     base = next(spec for spec in plan.models if spec.adapter is None)
     if "contrast" in foils and not out.get("foil_model"):
         out["foil_model"] = base.model_string
-    if "matched" in foils and not out.get("matched_log"):
-        partner = base if model.adapter is not None else next((s for s in plan.models if s.adapter is not None), None)
+    if uses_matched_log(args):
+        partner = matched_partner(model, plan.models)
         if partner is None:
             raise EmpersonaError("matched foils need a second model's harmfulness log: add a domain, or set foils: contrast")
         out["matched_log"] = str(harm_log_for(plan, partner))
