@@ -129,8 +129,9 @@ def summary_rows(log: EvalLog) -> list[tuple[str, str, str]]:
     return rows
 
 
-def print_summary(log: EvalLog) -> None:
-    """The summary table a researcher reads after a run."""
+def print_summary(log: EvalLog, metrics: bool = True) -> None:
+    """The summary a researcher reads after a run: the metrics table (unless ``metrics`` is
+    False: a study's report has them), then what was completed and scored, and the log."""
     from rich.console import Console
     from rich.table import Table
 
@@ -143,7 +144,7 @@ def print_summary(log: EvalLog) -> None:
         table.add_row(*row)
     if log.results is None or not log.results.scores:
         console.print("no metrics: no sample was scored (see the status counts below)")
-    else:
+    elif metrics:
         console.print(table)
     samples = log.samples or []
     total = log.results.total_samples if log.results else len(samples)

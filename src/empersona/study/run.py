@@ -252,7 +252,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed},
             model_identity=model_identity(job.model),
         )
-        print_summary(log)
+        print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
         if log.status != "success":
             raise EmpersonaError(
                 f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
