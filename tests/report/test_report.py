@@ -203,3 +203,14 @@ def test_self_assessment_summary_shows_the_mean_of_formats_and_of_dimensions() -
     assert rating[(ALL_DIMENSIONS, MEAN_OF_FORMATS)] == pytest.approx((0.75 + 0.0) / 2)
     answers = summary.set_index(["dimension", "format"])["answers"]
     assert answers[("aligned/misaligned", "decision")] == 10 and answers[(ALL_DIMENSIONS, MEAN_OF_FORMATS)] == 22
+
+
+def test_a_bucket_panel_without_scored_answers_says_so() -> None:
+    from empersona.report.figures import _bucket_panels
+
+    summary = pd.DataFrame({"model": ["m", "m"], "foil": ["contrast", "matched"], "bucket": ["low", "low"],
+                            "p_own": [float("nan"), 0.7], "p_own_low": [float("nan"), 0.6], "p_own_high": [float("nan"), 0.8]})
+    fig = _bucket_panels(summary, "foil", "p_own", title="t", xlabel="x", ylabel="y", panel_title="foil",
+                         anchor=(0.5, "chance"), connect=True)
+    said = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert "no scored answers in this panel" in said[0] and "no scored answers in this panel" not in said[1]

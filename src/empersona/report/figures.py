@@ -188,6 +188,8 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
         part = summary[summary[panel_column] == panel]
         if decorate is not None:
             decorate(ax, part)
+        if not any(_finite(v) for v in part[value]):
+            _empty(ax, "no scored answers in this panel")
         for i, model in enumerate(models):
             rows = part[part["model"] == model].set_index("bucket")
             kept = [(b, rows.loc[bucket]) for b, bucket in enumerate(BUCKETS) if bucket in rows.index and _finite(rows.loc[bucket, value])]
