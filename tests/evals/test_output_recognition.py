@@ -178,6 +178,10 @@ def test_bad_arguments(logs: dict[str, str]) -> None:
         output_recognition(harm_log=logs["harm_log"], matched_log=logs["harm_log"])
     with pytest.raises(EmpersonaError, match="need another model's harmfulness log"):
         output_recognition(harm_log=logs["harm_log"], foils="matched")
+    with pytest.raises(EmpersonaError, match="paraphrase=9 names no wording"):
+        output_recognition(harm_log=logs["harm_log"], matched_log=logs["matched_log"], paraphrase=9)
+    fixed = output_recognition(harm_log=logs["harm_log"], matched_log=logs["matched_log"], paraphrase=0)
+    assert {s.metadata["paraphrase"] for s in fixed.dataset} == {0} and fixed.metadata["paraphrase"] == 0
     assert [contrast_target(s) for s in (1, 2, 3, 4, 5)] == ["high", "high", None, "low", "low"]
 
 

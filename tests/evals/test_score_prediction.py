@@ -161,6 +161,10 @@ def test_bad_arguments(logs: dict[str, str]) -> None:
         score_prediction(conditions="blind,psychic", **logs)
     with pytest.raises(EmpersonaError, match="must be at least 1"):
         score_prediction(responses=0, **logs)
+    with pytest.raises(EmpersonaError, match="paraphrase=-1 names no wording"):
+        score_prediction(paraphrase=-1, **logs)
+    task = score_prediction(paraphrase=1, **logs)
+    assert {s.metadata["paraphrase"] for s in task.dataset} == {1} and task.metadata["paraphrase"] == 1
     stats = stats_with_baselines([1.0, 2.0], [1.0, 2.0], 0, 2)
     assert "baseline_noisy/sigma" in stats and "baseline_constant/n" not in stats
 

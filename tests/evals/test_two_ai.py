@@ -214,6 +214,20 @@ def test_bad_arguments_are_reported(items_file: str) -> None:
         two_ai(items_file=items_file, mode="vote")  # type: ignore[arg-type]
     with pytest.raises(EmpersonaError, match="samples"):
         two_ai(items_file=items_file, samples=0)
+    with pytest.raises(EmpersonaError, match=r"paraphrase=3 names no wording; give 0 to 2"):
+        two_ai(items_file=items_file, paraphrase=3)
+
+
+def test_one_wording_for_every_item_when_asked(items_file: str) -> None:
+    from empersona.evals.two_ai import TWO_AI_PROMPTS
+
+    seeded = list(two_ai(items_file=items_file).dataset)
+    assert len({s.metadata["paraphrase"] for s in seeded}) > 1  # by default a seeded choice per item
+    task = two_ai(items_file=items_file, paraphrase=2)
+    fixed = list(task.dataset)
+    assert {s.metadata["paraphrase"] for s in fixed} == {2} and task.metadata["paraphrase"] == 2
+    stem = TWO_AI_PROMPTS[2].split("{")[0]
+    assert all(s.input[-1].text.startswith(stem) for s in fixed)
 
 
 def test_real_items_every_one_in_both_orders(shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

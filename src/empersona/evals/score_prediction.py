@@ -60,7 +60,7 @@ from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.judge import HarmBucket, ScoreStatus, harm_bucket, parse_harm_reply, render_harm_prompt
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import make_score
-from empersona.evals.two_ai import paraphrase_index
+from empersona.evals.two_ai import check_paraphrase, paraphrase_index
 
 Condition = Literal["blind", "shown", "shown_other"]
 CONDITIONS: tuple[Condition, ...] = get_args(Condition)
@@ -247,7 +247,8 @@ def stats_with_baselines(predicted: Sequence[float], actual: Sequence[float], se
 
 
 def plan_samples(
-    harm: HarmLog, conditions: tuple[Condition, ...], responses: int | None, rubric: str, seed: int, policy: str
+    harm: HarmLog, conditions: tuple[Condition, ...], responses: int | None, rubric: str, seed: int, policy: str,
+    paraphrase: int | None = None,
 ) -> tuple[list[Sample], dict[str, int]]:
     """The samples of every condition, and counts of what had no ground truth."""
     samples: list[Sample] = []
@@ -265,7 +266,7 @@ def plan_samples(
             else:
                 if scored[0] is not used[0]:  # the first sample is unscored: the next scored one stands in
                     counts["blind/first_response_unscored"] += 1
-                wording = paraphrase_index(seed, prompt_id, len(BLIND_PROMPTS))
+                wording = paraphrase_index(seed, prompt_id, len(BLIND_PROMPTS), paraphrase)
                 filled = render_harm_prompt(rubric, scored[0].prompt, BLIND_RESPONSE_SLOT)
                 add(f"{prompt_id}:blind", BLIND_PROMPTS[wording].format(rubric=filled, slot=BLIND_RESPONSE_SLOT), {
                     "item_id": prompt_id, "condition": "blind", "prompt_id": prompt_id, "response_sample": scored[0].epoch,
@@ -278,7 +279,7 @@ def plan_samples(
                 for condition in shown:
                     counts[f"{condition}/unscored_response"] += 1
                 continue
-            wording = paraphrase_index(seed, response.unit_id, len(SHOWN_PROMPTS["shown"]))
+            wording = paraphrase_index(seed, response.unit_id, len(SHOWN_PROMPTS["shown"]), paraphrase)
             filled = render_harm_prompt(rubric, response.prompt, response.response)
             for condition in shown:
                 add(f"{response.unit_id}:{condition}", SHOWN_PROMPTS[condition][wording].format(rubric=filled), {
@@ -370,18 +371,22 @@ def score_prediction(
     seed: int = 0,
     cache: bool = True,
     rubric_file: str | None = None,
+    paraphrase: int | None = None,
 ) -> Task:
     """Predict (blind) or rate (shown, shown_other) the judge's 1-5 score of the model's own answers.
 
     ``harm_log``: this model's harmfulness log. ``responses``: use the first N logged samples of each
-    prompt (default all). ``samples``: predictions per item (inspect epochs).
+    prompt (default all). ``samples``: predictions per item (inspect epochs). ``paraphrase``: one
+    of our wordings of each condition (``BLIND_PROMPTS``, ``SHOWN_PROMPTS``) for every item; by
+    default a seeded choice per item.
     """
     chosen = parse_conditions(conditions)
     if samples < 1 or (responses is not None and responses < 1) or noisy_simulations < 1:
         raise EmpersonaError(f"score_prediction: samples={samples}, responses={responses} and noisy_simulations={noisy_simulations} must be at least 1")
     harm = read_harm_log(harm_log)
     rubric = load_judge_rubric(Path(rubric_file) if rubric_file else data_path("harm_judge_rubric"))
-    items, skipped = plan_samples(harm, chosen, responses, rubric, seed, system_prompt)
+    check_paraphrase("score_prediction", paraphrase, min(len(BLIND_PROMPTS), len(SHOWN_PROMPTS["shown"])))
+    items, skipped = plan_samples(harm, chosen, responses, rubric, seed, system_prompt, paraphrase)
     return Task(
         dataset=MemoryDataset(items, name="score_prediction"),
         solver=seeded_generate(cache_policy(cache, seed), seed),
@@ -402,6 +407,7 @@ def score_prediction(
             "system_prompt_policy": system_prompt,
             "system_prompt_label": describe_policy(system_prompt),
             "seed": seed,
+            "paraphrase": paraphrase,
             "paraphrases": {"blind": len(BLIND_PROMPTS), "shown": len(SHOWN_PROMPTS["shown"])},
         },
     )

@@ -75,16 +75,28 @@ TWO_AI_PROMPTS: tuple[str, ...] = (
 both orders of an item), and its index is recorded as ``paraphrase`` in the sample metadata."""
 
 
-def paraphrase_index(seed: int, item_id: str, count: int) -> int:
-    """The seeded choice of wording for one item (stable across runs and Python versions)."""
+def paraphrase_index(seed: int, item_id: str, count: int, fixed: int | None = None) -> int:
+    """The wording of one item: ``fixed`` when given (one wording for every item), else a seeded
+    choice among the ``count`` (stable across runs and Python versions)."""
+    if fixed is not None:
+        return fixed
     return random.Random(f"{seed}:{item_id}").randrange(count)
 
 
-def build_samples(items: list[TwoAIItem], seed: int, policy: str) -> list[Sample]:
+def check_paraphrase(experiment: str, fixed: int | None, count: int) -> None:
+    """Refuse a ``paraphrase`` task argument that names no wording of the experiment."""
+    if fixed is not None and not (isinstance(fixed, int) and 0 <= fixed < count):
+        raise EmpersonaError(
+            f"{experiment}: paraphrase={fixed!r} names no wording; give 0 to {count - 1}, or leave it out "
+            "for a seeded choice per item"
+        )
+
+
+def build_samples(items: list[TwoAIItem], seed: int, policy: str, paraphrase: int | None = None) -> list[Sample]:
     """Two samples per item, the original order and the swapped one, next to each other."""
     samples: list[Sample] = []
     for item in items:
-        wording = paraphrase_index(seed, item.item_id, len(TWO_AI_PROMPTS))
+        wording = paraphrase_index(seed, item.item_id, len(TWO_AI_PROMPTS), paraphrase)
         for order in ORDERS:
             first, second = (item.system_a, item.system_b) if order == "original" else (item.system_b, item.system_a)
             misaligned: Letter = item.misaligned if order == "original" else ("B" if item.misaligned == "A" else "A")
@@ -240,18 +252,21 @@ def two_ai(
     seed: int = 0,
     cache: bool = True,
     items_file: str | None = None,
+    paraphrase: int | None = None,
 ) -> Task:
     """Which of two AI descriptions the model resembles, every item in both orders.
 
     ``mode="sample"``: ``samples`` replies per order at ``temperature``, up to ``max_tokens``.
     ``mode="logprob"``: one pass, one token, top 20 logprobs; ``samples`` and ``temperature``
     are not used, and ``min_mass`` is the least probability on "A"+"B" that still counts
-    (default ``LETTER_MASS_MIN``, 0.25).
+    (default ``LETTER_MASS_MIN``, 0.25). ``paraphrase``: one of our question wordings
+    (``TWO_AI_PROMPTS``) for every item; by default a seeded choice per item.
     """
     if mode not in ("sample", "logprob"):
         raise EmpersonaError(f"two_ai: mode {mode!r} is not known. Use mode=sample or mode=logprob")
     if samples < 1:
         raise EmpersonaError(f"two_ai: samples={samples} must be at least 1")
+    check_paraphrase("two_ai", paraphrase, len(TWO_AI_PROMPTS))
     items = load_items(items_file)
     policy = cache_policy(cache, seed)
     if mode == "logprob":
@@ -261,7 +276,7 @@ def two_ai(
         config = GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed)
         epochs = samples
     return Task(
-        dataset=MemoryDataset(build_samples(items, seed, system_prompt), name="two_ai_identification"),
+        dataset=MemoryDataset(build_samples(items, seed, system_prompt, paraphrase), name="two_ai_identification"),
         solver=seeded_generate(policy, seed),
         scorer=[pick_scorer(mode, min_mass), answer_status(of=SCORER, group_field="theme_group")],
         epochs=Epochs(epochs),
@@ -276,6 +291,7 @@ def two_ai(
             "system_prompt_policy": system_prompt,
             "system_prompt_label": describe_policy(system_prompt),
             "seed": seed,
+            "paraphrase": paraphrase,
             "items": len(items),
             "orders": list(ORDERS),
             "paraphrases": len(TWO_AI_PROMPTS),

@@ -58,6 +58,7 @@ def plan_samples(
     matched_log: HarmLog | None,
     seed: int,
     policy: str,
+    paraphrase: int | None = None,
 ) -> FoilPlan:
     """Every (own response, foil kind, order) sample, with counts of what was left out and why."""
     candidates: dict[str, list[LoggedResponse]] = defaultdict(list)
@@ -71,7 +72,7 @@ def plan_samples(
             continue
         counts["own"]["scored"] += 1
         bucket = harm_bucket(own.score)
-        wording = paraphrase_index(seed, own.unit_id, len(RECOGNITION_PROMPTS))
+        wording = paraphrase_index(seed, own.unit_id, len(RECOGNITION_PROMPTS), paraphrase)
         for kind in kinds:
             foil: dict[str, object] = {"foil_target": None, "foil_response": None, "foil_score": None, "foil_source": None}
             if kind == "contrast":

@@ -23,6 +23,7 @@ from empersona.evals.output_recognition.prompts import RECOGNITION_PROMPTS, ques
 from empersona.evals.output_recognition.scoring import SCORER, choice_scorer, foil_scorer
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import ask_model, cache_policy
+from empersona.evals.two_ai import check_paraphrase
 
 TOP_LOGPROBS = 20
 
@@ -85,6 +86,7 @@ def output_recognition(
     seed: int = 0,
     cache: bool = True,
     rubric_file: str | None = None,
+    paraphrase: int | None = None,
 ) -> Task:
     """Own response vs a foil, both orders: which would the model more likely produce?
 
@@ -92,6 +94,8 @@ def output_recognition(
     those whose source is given). ``foil_model`` writes contrast foils (else the model role
     ``foil``); ``matched_log`` is another model's harmfulness log. ``responses``: the first N logged
     samples of each prompt (default all). ``samples``: answers per question (inspect epochs).
+    ``paraphrase``: one of our question wordings (``RECOGNITION_PROMPTS``) for every item; by
+    default a seeded choice per item.
     """
     if mode not in get_args(Mode):
         raise EmpersonaError(f"output_recognition: mode {mode!r} is not known. Use mode=sample or mode=logprob")
@@ -103,7 +107,8 @@ def output_recognition(
     if other_log is not None and other_log.model == own_log.model:
         raise EmpersonaError(f"{matched_log}: matched foils must come from another model, but this log is also {own_log.model!r}")
     rubric = load_judge_rubric(Path(rubric_file) if rubric_file else data_path("harm_judge_rubric")) if "contrast" in kinds else ""
-    plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt)
+    check_paraphrase("output_recognition", paraphrase, len(RECOGNITION_PROMPTS))
+    plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt, paraphrase)
     policy = cache_policy(cache, seed)
     contrast = ContrastFoils(foil_model, rubric, foil_temperature, foil_max_tokens, cache, seed) if "contrast" in kinds else None
     if mode == "logprob":
@@ -133,6 +138,7 @@ def output_recognition(
             "system_prompt_policy": system_prompt,
             "system_prompt_label": describe_policy(system_prompt),
             "seed": seed,
+            "paraphrase": paraphrase,
             "paraphrases": len(RECOGNITION_PROMPTS),
             "chance": 0.5,
         },
