@@ -1,6 +1,6 @@
 """Every public file the study reads, pinned: upstream repository, commit, path, sha256, licence.
 
-Three upstreams (see ``../shared/data/README.md`` for the mirror layout):
+Four upstreams (see ``../shared/data/README.md`` for the mirror layout):
 
 - the paper's evaluation files, ``aisa-group/EM-persona-consistency`` at ``ddf3ed1a...``
   (Weckauff, Zhang, Andriushchenko, arXiv:2604.28082);
@@ -9,7 +9,10 @@ Three upstreams (see ``../shared/data/README.md`` for the mirror layout):
 - Turner et al. 2025, ``clarifying-EM/model-organisms-for-EM``: medical, financial and
   extreme-sports training sets. Upstream keeps them in a password-protected archive so that
   scrapers cannot collect them; they are marked ``locked`` and come from a local file or a
-  mirror, never from a download.
+  mirror, never from a download;
+- Betley, Bao et al. 2025, "Tell me about yourself" (MIT): the language self-report question file
+  whose rule set the self-assessment language format uses. No commit of it is pinned, so it comes
+  from a local copy or a mirror, checked against its sha256 like every other file.
 
 A sha256 is always that of the *uncompressed* file: the mirror may hold a gzipped copy
 (``compressed_in_mirror``); the cache always holds the plain file.
