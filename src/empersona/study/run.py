@@ -70,7 +70,7 @@ def judge_problem(study: StudyConfig) -> str | None:
     try:
         get_model(study.judge, memoize=False, **study.judge_args)
     except Exception as err:  # inspect's PrerequisiteError (key, package), ValueError (provider)
-        reason = " ".join(Text.from_markup(str(err)).plain.split())
+        reason = " ".join(Text.from_markup(str(err)).plain.split()).rstrip(".")
         return (f"judge {study.judge}: {reason}. Set the key in the environment (never in the study file), "
                 "install the provider's package, or fix judge/judge_args")
     return None
