@@ -136,6 +136,7 @@ def print_summary(log: EvalLog, metrics: bool = True) -> None:
     from rich.table import Table
 
     console = Console()
+    console.print()  # inspect's display may leave its last line open
     table = Table(title=f"{log.eval.task} on {log.eval.model}  [{log.status}]")
     table.add_column("scorer")
     table.add_column("metric")
