@@ -123,3 +123,11 @@ def test_main_exits_with_the_commands_code_and_says_when_interrupted(
             cli.main()
         assert exited.value.code == code
         assert ("run the same command again" in capsys.readouterr().err) == (code == 130)
+
+
+def test_fetch_takes_a_training_domain_by_its_name(shared_data: Path) -> None:
+    result = runner.invoke(app, ["fetch", "insecure_code", "--mirror", str(shared_data)])
+    assert result.exit_code == 0, result.output
+    assert "fetching insecure ..." in result.output and source_status("insecure") == "verified"
+    hub = runner.invoke(app, ["fetch", "legal_advice"])
+    assert isinstance(hub.exception, EmpersonaError) and "Hugging Face hub" in str(hub.exception)

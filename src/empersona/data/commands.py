@@ -59,6 +59,22 @@ def _plan(names: list[str], mirror: Path | None) -> tuple[list[str], dict[str, s
     return chosen, skipped
 
 
+def _source_name(name: str) -> str:
+    """A source name as given, or the source a training domain reads (``insecure_code`` -> ``insecure``)."""
+    from empersona.data.domains import DOMAINS
+
+    domain = DOMAINS.get(name)
+    if name in SOURCES or name == "all" or domain is None:
+        return name
+    if domain.source_kind == "file":
+        return domain.source
+    raise EmpersonaError(
+        f"domain '{name}' is no file to fetch: `datasets` loads it from the Hugging Face hub when training "
+        f"starts; offline, give training a local copy (`empersona train --domain {name} --domain-path FILE`, "
+        "or domain_paths in a study file)"
+    )
+
+
 @app.command("fetch")
 def fetch_command(
     names: Annotated[
@@ -74,7 +90,7 @@ def fetch_command(
     """Download (or copy from a mirror) and verify the pinned sources."""
     from rich.table import Column, Table
 
-    names = names or []
+    names = [_source_name(name) for name in names or []]
     if path is not None and (names == ["all"] or len(names) != 1):
         raise EmpersonaError("--path needs exactly one source name: `data fetch NAME --path FILE`")
     if mirror is None and os.environ.get("EMPERSONA_MIRROR"):
