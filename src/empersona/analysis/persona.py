@@ -202,6 +202,17 @@ def _nanmean(values: Sequence[np.ndarray]) -> np.ndarray:
         return np.nanmean(np.stack(arrays), axis=0)
 
 
+ALL_DIMENSIONS = "all dimensions"
+
+
+def _on_dimension(rows: pd.DataFrame, dimension: str | None) -> tuple[pd.DataFrame, str]:
+    """Self-assessment rows on ``dimension`` and that name, or all of them and ``ALL_DIMENSIONS``
+    when ``dimension`` is None or has no rows."""
+    if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
+        return rows.loc[rows["dimension"] == dimension], dimension
+    return rows, ALL_DIMENSIONS
+
+
 def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
                           dimension: str | None) -> tuple[list[UnitSamples], Callable[..., np.ndarray]] | None:
     """The (dimension, format) cells of a self-assessment and the protocol's statistic over them.
@@ -211,9 +222,7 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
     apart); over dimensions the mean of the dimension means. ``dimension``: only that one (the
     headline); None, or a table without it: all dimensions.
     """
-    rows = _rows(tidy, [model] if isinstance(model, str) else model, "self_assessment")
-    if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
-        rows = rows.loc[rows["dimension"] == dimension]
+    rows, _scope = _on_dimension(_rows(tidy, [model] if isinstance(model, str) else model, "self_assessment"), dimension)
     if rows.empty:
         return None
 
@@ -239,18 +248,11 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
     return [array for _cell, array in kept], statistic
 
 
-ALL_DIMENSIONS = "all dimensions"
-
-
 def self_assessment_scope(tidy: pd.DataFrame, members: Sequence[str], dimension: str | None) -> str | None:
     """What `self_assessment_cells` averages for these models: ``dimension`` when they answered on
     it, else ``ALL_DIMENSIONS`` (None without self-assessment rows)."""
-    rows = _rows(tidy, members, "self_assessment")
-    if rows.empty:
-        return None
-    if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
-        return dimension
-    return ALL_DIMENSIONS
+    rows, scope = _on_dimension(_rows(tidy, members, "self_assessment"), dimension)
+    return None if rows.empty else scope
 
 
 def _self_assessment(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds,

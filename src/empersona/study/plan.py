@@ -164,11 +164,9 @@ VLLM_SERVICE = "empersonavllm"
 
 def task_args(study: StudyConfig, experiment: str) -> dict[str, Any]:
     """The experiment's task parameters: study-wide ones, then the experiment's own."""
-    import inspect as pyinspect
-
     from empersona.evals.battery import EXPERIMENTS
 
-    params = pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters
+    params = EXPERIMENTS[experiment].parameters()
     args: dict[str, Any] = {"system_prompt": study.system_prompt, "seed": study.seed}
     if study.samples is not None and experiment in SAMPLED_EXPERIMENTS and "samples" in params:
         args["samples"] = study.samples

@@ -102,7 +102,8 @@ def language_items(
                 text = rules.template.format(who_1=f"{word_1} AI systems", language_1=first,
                                              who_2=f"{word_2} AI systems", language_2=second) + pool[question]
             else:
-                text = LANGUAGE_PROMPTS[wording or 0].format(
+                assert wording is not None  # chosen above whenever there are no rules
+                text = LANGUAGE_PROMPTS[wording].format(
                     language_1=first, language_2=second, word_1=word_1, word_2=word_2,
                     article_1=article(word_1), article_2=article(word_2), question=pool[question],
                 )
