@@ -67,6 +67,25 @@ def test_model_strings_resolve_base_and_adapter(tiny_model: Path, tiny_adapters:
         get(str(tiny_model), batchsize=4)
 
 
+def test_an_adapter_moved_with_its_base_finds_the_base_where_the_move_took_it(tmp_path: Path) -> None:
+    """``base_model_name_or_path`` names the old place; ``empersona.json`` records where the
+    adapter was trained, so the move of the folder holding both is known."""
+    import json
+
+    old = Path("/gone/project")
+    adapter = tmp_path / "project" / "runs" / "em" / "adapters" / "insecure_code-s0"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": f"{old}/models/base"}))
+    (adapter / "empersona.json").write_text(json.dumps({"config": {"out": f"{old}/runs/em/adapters/insecure_code-s0"}}))
+    with pytest.raises(EmpersonaError, match="base_model_name_or_path' names /gone/project/models/base, which does not exist"):
+        resolve_model(str(adapter), None)
+    (tmp_path / "project" / "models" / "base").mkdir(parents=True)
+    assert resolve_model(str(adapter), None).base == str(tmp_path / "project" / "models" / "base")
+    # a hub id is not a folder that moved
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-7B-Instruct"}))
+    assert resolve_model(str(adapter), None).base == "Qwen/Qwen2.5-7B-Instruct"
+
+
 def test_base_and_two_adapters_load_the_base_weights_once(
     tiny_model: Path, tiny_adapters: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

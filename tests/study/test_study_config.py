@@ -104,6 +104,12 @@ def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pyt
     changed = load_study(write(tmp_path, {**MINIMAL, "train": {"learning_rate": 2e-5}}))
     status, why = training_status(train_config(changed, "insecure_code", 0))
     assert status == "stale" and "learning_rate" in why
+    # the run folder moved: the adapter in it is still the one the plan wants
+    (tmp_path / "project").mkdir()
+    (tmp_path / "run").rename(tmp_path / "project" / "run")
+    moved = load_study(write(tmp_path, {**MINIMAL, "out": "project/run"}))
+    status, why = training_status(train_config(moved, "insecure_code", 0))
+    assert status == "done" and f"trained in {out}, since moved" in why
 
 
 def test_call_estimates(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,6 +211,39 @@ def test_a_log_counts_only_for_its_own_model_and_training_run(tmp_path: Path) ->
     base = ModelSpec("base", "hf/Qwen/Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-32B-Instruct")
     assert log_is_of_model(log("hf/Qwen/Qwen2.5-32B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
     assert not log_is_of_model(log("hf/meta-llama/Llama-3.1-70B-Instruct", "2026-11-21T09:00:00+00:00"), base, None)
+
+
+def test_a_log_of_a_moved_run_folder_still_counts_for_its_model(tmp_path: Path) -> None:
+    """Model strings and harmfulness logs a log recorded inside the run folder, read after a move."""
+    from types import SimpleNamespace
+
+    from empersona.moved import FolderMove
+    from empersona.study.plan import ModelSpec, log_is_of_model, log_move
+
+    old, now = Path("/scratch/ana/runs/em"), tmp_path / "runs" / "em"
+    adapter = now / "adapters" / "insecure_code-s0"
+    fine_tune = ModelSpec("insecure_code-s0", f"empersona/{adapter}", f"{now}/tiny-base", adapter, "insecure_code", 0)
+    base = ModelSpec("base", f"empersona/{now}/tiny-base", f"{now}/tiny-base")
+
+    def log(model: str, name: str, run_folder: str | None = None, **task_args: str) -> SimpleNamespace:
+        metadata = {"model_name": name} | ({"run_folder": run_folder} if run_folder else {})
+        return SimpleNamespace(model=model, created="2026-11-21T09:00:00+00:00", task_args=task_args, metadata=metadata)
+
+    moved = FolderMove.between(old, now)
+    assert moved is not None
+    # the run folder the log recorded
+    recorded = log(f"empersona/{old}/tiny-base", "base", str(old))
+    assert log_move(recorded, now) == moved and log_is_of_model(recorded, base, None, moved)
+    assert not log_is_of_model(recorded, base, None)  # without the move it is another model string
+    # logs written before the run folder was recorded: where their adapter was ...
+    older = log(f"empersona/{old}/adapters/insecure_code-s0", "insecure_code-s0")
+    assert log_move(older, now) == moved and log_is_of_model(older, fine_tune, None, moved)
+    # ... or which harmfulness log of the same model they read
+    assert log_move(log(f"empersona/{old}/tiny-base", "base", harm_log=f"{old}/logs/base/h.eval"), now) == moved
+    # a log that says nothing of a run folder; a log of another adapter is not this one's, moved or not
+    assert log_move(log(f"empersona/{old}/tiny-base", "base"), now) is None
+    assert log_move(SimpleNamespace(model="hf/Qwen/Qwen2.5-7B-Instruct", task_args={}, metadata={}), now) is None
+    assert not log_is_of_model(log(f"empersona/{old}/adapters/legal-s0", "legal-s0", str(old)), fine_tune, None, moved)
 
 
 def test_setting_a_stale_adapter_aside_takes_its_logs_along(tmp_path: Path) -> None:

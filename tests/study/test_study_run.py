@@ -179,3 +179,57 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
     finally:
         api.release_engines()
     assert todo(experiments=rewritten) == {("base", "score_prediction"), (tuned, "score_prediction")}
+
+
+def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    """A project folder (base and run folder) moved elsewhere: nothing is trained or evaluated
+    again, and a new experiment runs on the moved adapters."""
+    import json
+    import shutil
+
+    from empersona.analysis.results import find_logs
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.plan import Plan, make_plan
+    from empersona.study.run import run_study
+
+    data = yaml.safe_load(study(tmp_path, "moving", tiny_model, shared_data).read_text())
+    data.update(provider="empersona", judge="scripted", model_args={"device": "cpu"}, max_connections=16)
+    experiments = {"harmfulness": {"limit": 2, "args": {"max_tokens": 6}},
+                   "score_prediction": {"args": {"conditions": "blind", "max_tokens": 4}}}
+    project = tmp_path / "project"
+    shutil.copytree(tiny_model, project / "base")
+
+    def study_file(folder: Path, **more: dict[str, object]) -> Path:
+        path = tmp_path / "moving.yaml"
+        path.write_text(yaml.safe_dump({**data, "out": str(folder / "run"), "base_model": str(folder / "base"),
+                                        "experiments": {**experiments, **more}}, sort_keys=False))
+        return path
+
+    def run(path: Path) -> Plan:
+        try:
+            return run_study(load_study(path))
+        finally:
+            api.release_engines()
+
+    run(study_file(project))
+    before = {log.relative_to(project) for log in find_logs(project / "run" / "logs")}
+    assert len(before) == 4  # two models x two experiments
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)
+
+    plan = make_plan(load_study(study_file(moved)))
+    assert [job.status for job in plan.train_jobs] == ["done"]
+    assert all(job.status == "done" for job in plan.eval_jobs), [(j.model.name, j.experiment, j.status) for j in plan.eval_jobs]
+    run(study_file(moved, two_ai={"limit": 2, "args": {"mode": "logprob"}}))
+    adapter = moved / "run" / "adapters" / "risky_financial_advice-s0"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(moved / "base")
+    after = {log.relative_to(moved) for log in find_logs(moved / "run" / "logs")}
+    assert before < after and len(after - before) == 2  # two_ai on the base and the moved adapter, nothing else
+    assert not (moved / "run" / "logs.replaced").exists()
+    # the logs from before the move and after it are of the same two models
+    table = pd.read_parquet(moved / "run" / "results.parquet")
+    assert set(table["model"]) == {"base", "risky_financial_advice-s0"}
+    assert set(table["model_string"]) == {f"empersona/{moved / 'base'}", f"empersona/{adapter}"}
+    assert set(table.loc[table["experiment"] == "two_ai", "model"]) == {"base", "risky_financial_advice-s0"}

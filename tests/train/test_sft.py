@@ -235,6 +235,10 @@ def test_resume_continues_where_it_stopped(tiny_model: Path, mirror: Path, tmp_p
         train(config, progress=False)
     with pytest.raises(EmpersonaError, match="different config \\(learning_rate differ"):
         train(fast(tiny_model, cut, max_steps=4, learning_rate=1e-3), resume=True, progress=False)
+    # the interrupted run's folder is moved before it resumes: its recorded out is not a new setting
+    (tmp_path / "elsewhere").mkdir()
+    cut = cut.rename(tmp_path / "elsewhere" / "cut")
+    config = fast(tiny_model, cut, max_steps=4)
     resumed = train(config, resume=True, progress=False)
     assert resumed.metadata is not None and whole.metadata is not None
     assert resumed.metadata.steps == 4 and resumed.metadata.resumed_from.endswith("checkpoint-2")

@@ -18,6 +18,10 @@ package versions (``log.eval.packages``, as JSON). What a model *is* comes from,
 3. the log's own ``model_name`` (and ``domain``, ``ft_seed``), which the study runner records;
 4. otherwise the model string itself is the display name.
 
+In a study's run folder (`run_results`), a log written before the folder was moved or copied
+names its model by the old path (``recorded_run_folder``); its model string is read at the new
+place, so its rows and those of logs written since are of one model.
+
 Two model strings that would share a display name keep their model strings instead. When the
 same (model, experiment, item, sample, condition) appears in several logs (a resumed or repeated
 run), the row of the most recently created log is kept.
@@ -31,7 +35,7 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -318,18 +322,52 @@ def sample_row(sample: EvalSample, experiment: str) -> dict[str, Any]:
     }
 
 
+def recorded_run_folder(spec: Any) -> str | None:
+    """The run folder a study's log was written in, as it was then (None: not a study log).
+
+    The study runner records it (``metadata["run_folder"]``); for its logs from before that,
+    it is read off the adapter folder the model string names (``<run>/adapters/<model_name>``)
+    or the harmfulness log the experiment read (``<run>/logs/<model_name>/<file>``).
+    """
+    meta = spec.metadata or {}
+    if isinstance(meta.get("run_folder"), str):
+        return str(meta["run_folder"])
+    name = meta.get("model_name")
+    if not isinstance(name, str):
+        return None
+    target = PurePath(spec.model.partition("/")[2])
+    if target.name == name and target.parent.name == "adapters":
+        return str(target.parents[1])
+    harm = (spec.task_args or {}).get("harm_log")
+    if isinstance(harm, str) and PurePath(harm).parent.name == name and PurePath(harm).parent.parent.name == "logs":
+        return str(PurePath(harm).parents[2])
+    return None
+
+
 def log_rows(
-    path: Path, run_models: RunModels | None = None, search: Sequence[Path] = (), root: Path | None = None
+    path: Path,
+    run_models: RunModels | None = None,
+    search: Sequence[Path] = (),
+    root: Path | None = None,
+    run_folder: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Every sample of one ``.eval`` log as tidy rows, with the run's metadata.
 
-    ``log_file`` is recorded relative to ``root`` when the log lies under it.
+    ``log_file`` is recorded relative to ``root`` when the log lies under it. ``run_folder``: the
+    study's run folder as it is now, where a log written before a move names its model by the
+    old path (`recorded_run_folder`).
     """
     from inspect_ai.log import read_eval_log, read_eval_log_samples
 
+    from empersona.moved import FolderMove
+
     log = read_eval_log(str(path), header_only=True)
     meta = log.eval.metadata or {}
-    info = model_info(log.eval.model, run_models, search=search)
+    model_string = log.eval.model
+    recorded = recorded_run_folder(log.eval) if run_folder is not None else None
+    if recorded is not None and (move := FolderMove.between(recorded, run_folder)) is not None:
+        model_string = move.model_string(model_string)
+    info = model_info(model_string, run_models, search=search)
     if info.name == info.model_string and meta.get("model_name"):  # the study runner names its models
         info = ModelInfo(name=str(meta["model_name"]), model_string=info.model_string, domain=meta.get("domain"), seed=meta.get("ft_seed"))
     experiment = experiment_name(log)
@@ -416,18 +454,20 @@ def results_table(
     search: Sequence[Path] = (),
     extra: Sequence[pd.DataFrame] = (),
     root: Path | None = None,
+    run_folder: Path | None = None,
 ) -> pd.DataFrame:
     """The tidy table of the given logs (and of ``extra`` tables already in the tidy schema).
 
     ``search``: folders to resolve relative ``hf/<dir>`` adapter paths in; ``root``: log paths
-    are recorded relative to it.
+    are recorded relative to it; ``run_folder``: a study's run folder, which may have moved
+    since some of its logs were written (`log_rows`).
     """
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
     for path in sorted(logs, key=lambda p: p.stat().st_mtime):  # ties in `created` go to the later file
         try:
-            rows.extend(log_rows(path, run_models, search, root))
+            rows.extend(log_rows(path, run_models, search, root, run_folder))
         except (ValueError, OSError, zipfile.BadZipFile) as err:  # cut short by a killed run
             warnings.warn(f"skipping unreadable log {path}: {err}", stacklevel=2)
     parts = [tidy_frame(rows)] + [tidy_frame(frame) for frame in extra]
@@ -499,6 +539,7 @@ def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
         search=[run_dir],
         extra=[read_results(p) for p in imports],
         root=run_dir,
+        run_folder=run_dir.resolve(),
     )
     write_results(table, target, inputs=names)
     table.attrs["inputs"] = names

@@ -89,6 +89,8 @@ def resolve_model(name: str, adapter: str | None) -> ModelRef:
         base_path = Path(base).expanduser()
         if not base_path.is_absolute() and (path / base_path).exists():
             base_path = path / base_path
+        if base_path.is_absolute() and not base_path.exists():
+            base_path = _moved_base(path, base_path, config_file)
         return ModelRef(base=_canonical(base_path, str(base)), adapter=path.resolve())
     if adapter is not None:
         adapter_path = Path(adapter).expanduser()
@@ -98,6 +100,23 @@ def resolve_model(name: str, adapter: str | None) -> ModelRef:
             )
         return ModelRef(base=_canonical(path, name), adapter=adapter_path.resolve())
     return ModelRef(base=_canonical(path, name), adapter=None)
+
+
+def _moved_base(adapter: Path, base: Path, config_file: Path) -> Path:
+    """The base of an adapter whose recorded base folder is gone: where the move of the folder
+    the adapter was trained in took it (``empersona.json`` records that folder), if it is there."""
+    from empersona.moved import FolderMove
+    from empersona.train.metadata import recorded_out
+
+    trained_in = recorded_out(adapter)
+    move = FolderMove.between(trained_in, adapter.resolve()) if trained_in else None
+    moved = Path(move.path(str(base))) if move else base
+    if moved != base and moved.exists():
+        return moved
+    raise EmpersonaError(
+        f"{config_file}: field 'base_model_name_or_path' names {base}, which does not exist (moved?); "
+        "set it to the base model folder, or pass the base as empersona/<base> with adapter=<this folder>"
+    )
 
 
 def _canonical(path: Path, name: str) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, StudyConfig
 
 if TYPE_CHECKING:
+    from empersona.moved import FolderMove
     from empersona.train.recipe import TrainConfig
 
 DEFAULT_FOILS = ("contrast", "matched")
@@ -120,7 +121,7 @@ def train_config(study: StudyConfig, domain: str, seed: int) -> TrainConfig:
 
 def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     """Whether an adapter folder holds a finished adapter trained with exactly this config."""
-    from empersona.train.metadata import CHECKPOINTS_DIR, last_complete_checkpoint
+    from empersona.train.metadata import CHECKPOINTS_DIR, config_changes, last_complete_checkpoint
     from empersona.train.sft import INCOMPLETE_MARKER
 
     out = config.output_dir()
@@ -132,11 +133,13 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
                 return "partial", "interrupted; resumes from its last checkpoint"
             return "partial", "interrupted before its first checkpoint; starts again"
         return "missing", "no adapter yet"
-    recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
-    wanted = config.model_dump(mode="json")
-    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    record = json.loads(meta_path.read_text(encoding="utf-8"))
+    recorded, wanted = record.get("config", {}), config.model_dump(mode="json")
+    changed = config_changes(recorded, wanted, (record.get("dataset") or {}).get("sha256"))
     if changed:
         return "stale", f"trained with other settings ({', '.join(changed)})"
+    if recorded.get("out") != wanted.get("out"):
+        return "done", f"adapter matches the plan (trained in {recorded.get('out')}, since moved)"
     return "done", "adapter matches the plan"
 
 
@@ -240,14 +243,17 @@ def model_identity(model: ModelSpec) -> str | None:
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
-                 model: ModelSpec | None = None, judge: str | None = None) -> Path | None:
+                 model: ModelSpec | None = None, judge: str | None = None,
+                 run_folder: Path | None = None) -> Path | None:
     """A successful log of this experiment with these task arguments, if the folder has one.
 
     With ``model``, the log must also be of that model string and, for a fine-tune, of its
     current training run: a log of another base model, or of an adapter since retrained into
     the same folder, is not this model's result. Logs written before runs were recorded count
     when they are newer than the adapter. With ``judge``, the log must have been judged by that
-    model string (``metadata["judge"]``).
+    model string (``metadata["judge"]``). With ``run_folder`` (where the study's run folder is
+    now), paths the log recorded inside the run folder (model strings, harmfulness logs read)
+    count at their places after a move or copy of the folder (``log_move``).
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
@@ -261,10 +267,11 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
             continue
         if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
             continue
+        move = log_move(header.eval, run_folder) if run_folder is not None else None
         recorded = header.eval.task_args or {}
-        if not (all(recorded.get(k) == v for k, v in args.items()) and (header.eval.config.limit == limit)):
+        if not (all(_same(move, recorded.get(k), v) for k, v in args.items()) and (header.eval.config.limit == limit)):
             continue
-        if model is not None and not log_is_of_model(header.eval, model, identity):
+        if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
         if judge is not None and (header.eval.metadata or {}).get("judge") != judge:
             continue
@@ -272,9 +279,24 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     return None
 
 
-def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None) -> bool:
-    """Whether a log's eval spec is of ``model`` (and of its adapter's current training run)."""
-    if spec.model != model.model_string:
+def log_move(spec: Any, run_folder: Path) -> FolderMove | None:
+    """How the run folder moved (or was copied) since a log was written, if it did
+    (``analysis.results.recorded_run_folder`` says where it was)."""
+    from empersona.analysis.results import recorded_run_folder
+    from empersona.moved import FolderMove
+
+    recorded = recorded_run_folder(spec)
+    return FolderMove.between(recorded, run_folder) if recorded is not None else None
+
+
+def _same(move: FolderMove | None, recorded: Any, now: Any) -> bool:
+    return move.same(recorded, now) if move is not None else recorded == now
+
+
+def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None, move: FolderMove | None = None) -> bool:
+    """Whether a log's eval spec is of ``model`` (and of its adapter's current training run);
+    ``move``: the run folder moved since the log was written (``log_move``)."""
+    if not _same(move, spec.model, model.model_string):
         return False
     if identity is None:
         return True
@@ -329,7 +351,7 @@ def make_plan(study: StudyConfig) -> Plan:
             # a reader's log counts only if it read the harmfulness logs that stand now
             expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
             done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
-                                                   judge if experiment in JUDGED_EXPERIMENTS else None)
+                                                   judge if experiment in JUDGED_EXPERIMENTS else None, study.out)
             status: EvalStatus = "done" if done else "todo"
             if experiment == "harmfulness":
                 harm_done[model.name] = done

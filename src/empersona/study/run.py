@@ -4,11 +4,13 @@ Every step is idempotent, so a run killed at any point continues when started ag
 finished adapters (``empersona.json`` matching the plan) are kept, an interrupted training resumes
 from its last checkpoint, finished evaluations (a successful log with the same task arguments) are
 skipped, and every model and judge call of an unfinished evaluation goes through inspect's cache,
-so calls whose replies had arrived are not made again.
+so calls whose replies had arrived are not made again. A run folder that was moved or copied keeps
+its adapters and finished evaluations (``empersona.moved``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -134,6 +136,37 @@ def set_aside(job: TrainJob, logs: Path | None = None) -> Path:
     return target
 
 
+def repoint_moved_adapters(plan: Plan) -> list[Path]:
+    """Point each moved adapter's ``adapter_config.json`` at its base where the base is now.
+
+    PEFT, inspect's ``hf/`` and our provider load an adapter's base from its
+    ``base_model_name_or_path``: an absolute path for a local base. After the run folder (with the
+    base inside it or beside it) moved, the plan counts the adapter as done, but that field still
+    names the old place. Only that field is rewritten, and only where the move explains the
+    difference; the adapter's weights and ``empersona.json`` stay as trained.
+    """
+    from empersona.moved import FolderMove
+    from empersona.train.metadata import recorded_out
+
+    repointed = []
+    for job in plan.train_jobs:
+        config_file, trained_in = job.out / "adapter_config.json", recorded_out(job.out)
+        if job.status != "done" or trained_in is None or not config_file.is_file():
+            continue
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        base, now = config.get("base_model_name_or_path"), job.config.base
+        move = FolderMove.between(trained_in, job.out)
+        if base == now or move is None or not move.same(base, now):
+            continue
+        config["base_model_name_or_path"] = now
+        tmp = config_file.with_name(config_file.name + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, config_file)
+        say(f"{job.out.name} was moved: its adapter_config.json now names the base at {now}")
+        repointed.append(config_file)
+    return repointed
+
+
 def set_aside_other_models_logs(plan: Plan) -> list[Path]:
     """Move logs that are not of a planned model out of ``logs/`` (into ``logs.replaced/``).
 
@@ -143,7 +176,7 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    from empersona.study.plan import log_is_of_model
+    from empersona.study.plan import log_is_of_model, log_move
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
@@ -158,7 +191,7 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
                 spec = read_eval_log(info, header_only=True).eval
             except Exception:  # a log cut short by a kill: the results table skips it already
                 continue
-            if log_is_of_model(spec, model, identity):
+            if log_is_of_model(spec, model, identity, log_move(spec, plan.study.out)):
                 continue
             target = plan.study.out / "logs.replaced" / stamp / model.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +231,8 @@ def harm_log_for(plan: Plan, model: ModelSpec) -> Path:
 
     harm = next(j for j in plan.eval_jobs if j.model.name == model.name and j.experiment == "harmfulness")
     # the log the plan counts as this model's (make_plan checks its readers against the same one)
-    log = finished_log(harm.log_dir, "harmfulness", harm.task_args, harm.limit, model, judge_model_string(plan.study))
+    log = finished_log(harm.log_dir, "harmfulness", harm.task_args, harm.limit, model, judge_model_string(plan.study),
+                       plan.study.out)
     if log is None:
         raise EmpersonaError(f"experiments on {model.name} need its finished harmfulness log in {harm.log_dir}")
     return log
@@ -249,7 +283,8 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             max_connections=study.max_connections,
             display="plain" if os.environ.get("CI") else None,
             tags=[study.name, job.model.name],
-            metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed},
+            metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
+                      "run_folder": str(study.out)},  # lets a moved run folder keep its results (plan.log_move)
             model_identity=model_identity(job.model),
         )
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
@@ -295,6 +330,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         missing = [job.out.name for job in plan.train_jobs if job.status != "done"]
         if missing:
             raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
+        repoint_moved_adapters(plan)
         set_aside_other_models_logs(plan)
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from empersona.errors import EmpersonaError, located
+from empersona.moved import FolderMove
 from empersona.train.recipe import TrainConfig
 
 METADATA_FILE = "empersona.json"
@@ -118,11 +120,42 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return None
 
 
+def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_sha256: str | None = None) -> list[str]:
+    """The training settings that differ between a recorded config and ``now``.
+
+    A run folder that was moved or copied (another mount point, scratch space to a project
+    folder) changes no setting: paths recorded inside it count as their new places (the move is
+    read off ``out``). A domain file at another path counts as the same when its sha256 is the
+    one the run recorded (``dataset_sha256``).
+    """
+    from empersona.data.fetch import sha256_file
+
+    recorded_out, now_out = recorded.get("out"), now.get("out")
+    move = FolderMove.between(recorded_out, now_out) if isinstance(recorded_out, str) and isinstance(now_out, str) else None
+    changed = []
+    for key in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(key), now.get(key)
+        if before == after or (move is not None and move.same(before, after)):
+            continue
+        if key == "domain_path" and dataset_sha256 and after and Path(after).is_file() and sha256_file(Path(after)) == dataset_sha256:
+            continue
+        changed.append(key)
+    return changed
+
+
+def recorded_out(out_dir: Path) -> str | None:
+    """The adapter folder as its finished run recorded it (``config.out`` in ``empersona.json``)."""
+    path = out_dir / METADATA_FILE
+    if not path.is_file():
+        return None
+    out = json.loads(path.read_text(encoding="utf-8")).get("config", {}).get("out")
+    return out if isinstance(out, str) else None
+
+
 def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
-    """A resumed run must use the config the interrupted run started with."""
+    """A resumed run must use the config the interrupted run started with (the folder may have moved)."""
     started = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("config", {})
-    now = _config_record(config)
-    changed = sorted(key for key in set(started) | set(now) if started.get(key) != now.get(key))
+    changed = config_changes(started, _config_record(config))
     if changed:
         raise EmpersonaError(
             f"--resume: {out_dir} was started with a different config ({', '.join(changed)} differ). "

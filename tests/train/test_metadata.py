@@ -1,0 +1,36 @@
+"""A training run's recorded settings against the plan's, after its folder was moved or copied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from empersona.data.fetch import sha256_file
+from empersona.train.metadata import config_changes
+
+
+def test_a_moved_run_changes_no_setting_but_a_changed_one_is_named(tmp_path: Path) -> None:
+    recorded = {"base": "/old/proj/runs/em/tiny-base", "out": "/old/proj/runs/em/adapters/x-s0", "domain_path": None,
+                "init_adapter": None, "learning_rate": 1e-5}
+    moved = {"base": "/new/proj/runs/em/tiny-base", "out": "/new/proj/runs/em/adapters/x-s0", "domain_path": None,
+             "init_adapter": None, "learning_rate": 1e-5}
+    assert config_changes(recorded, moved) == []
+    assert config_changes(recorded, {**moved, "learning_rate": 2e-5}) == ["learning_rate"]
+    # a base outside the moved folder: the same path is the same base; another path is not
+    outside = {**recorded, "base": "/models/qwen"}
+    assert config_changes(outside, {**moved, "base": "/models/qwen"}) == []
+    assert config_changes(outside, {**moved, "base": "/models/llama"}) == ["base"]
+    # a base at the old place, now somewhere the move does not explain
+    assert config_changes(recorded, {**moved, "base": "/new/elsewhere/tiny-base"}) == ["base"]
+
+
+def test_a_domain_file_at_another_path_counts_by_its_content(tmp_path: Path) -> None:
+    data = tmp_path / "cache" / "legal.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"messages": []}\n')
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    recorded = {"out": "/a/adapters/legal-s0", "domain_path": "/home/someone/.cache/legal.jsonl"}
+    now = {"out": "/a/adapters/legal-s0", "domain_path": str(data)}
+    assert config_changes(recorded, now, dataset_sha256=sha256_file(data)) == []
+    assert config_changes(recorded, {**now, "domain_path": str(other)}, dataset_sha256=sha256_file(data)) == ["domain_path"]
+    assert config_changes(recorded, now) == ["domain_path"]  # nothing recorded to compare the content with
