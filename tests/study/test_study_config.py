@@ -378,10 +378,39 @@ def test_judge_problems_are_found_without_calling_it(tmp_path: Path, monkeypatch
     problem = judge_problem(study)
     assert problem is not None and "OPENAI_API_KEY" in problem and "[bold]" not in problem
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    assert judge_problem(study) is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the endpoint is asked: see the next test
+    assert "cannot reach http://127.0.0.1:9/v1" in str(judge_problem(study))
     assert judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "hf/some/local-judge"}))) is None  # not loaded
     assert judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "scripted"}))) is None
     assert "not recognized" in str(judge_problem(load_study(write(tmp_path, {**MINIMAL, "judge": "nosuchprovider/x"}))))
+
+
+def test_the_judge_endpoint_is_asked_for_its_models_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong key or a dead endpoint stops the run before training; an unlisted model name warns."""
+    from empersona.study.run import judge_problem
+    from empersona.testing.loopback import LoopbackServer
+
+    study = load_study(write(tmp_path, MINIMAL))  # judge: openai/gpt-4o-mini
+    with LoopbackServer(models=("gpt-4o-mini", "gpt-4.1"), api_key="sk-the-right-key") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-the-right-key")
+        assert judge_problem(study) is None
+        assert capsys.readouterr().err == ""
+        typo = load_study(write(tmp_path, {**MINIMAL, "judge": "openai/gpt-4o-mnii"}))
+        assert judge_problem(typo) is None
+        warned = capsys.readouterr().err
+        assert f"warning: judge openai/gpt-4o-mnii: {server.base_url}/ does not list a model 'gpt-4o-mnii'" in warned
+        assert "among its 2 (gpt-4.1, gpt-4o-mini)" in warned
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-a-wrong-key-1234")
+        refused = judge_problem(study)
+        assert refused is not None and f"{server.base_url}/ refused the API key (401)" in refused
+        assert "wrong-key" not in refused and "1234" not in refused
+        assert server.count_calls() == 0  # nothing was generated
+        gone = server.base_url
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-right-key")
+    assert f"cannot reach {gone}/" in str(judge_problem(study))
 
 
 def test_a_judge_without_its_api_key_stops_the_run_before_training(

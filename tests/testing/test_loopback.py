@@ -188,6 +188,21 @@ def test_each_fault_kind_reaches_a_raw_client() -> None:
     assert [c.outcome for c in server.calls] == ["429", "500", "malformed", "bad_shape", "ok", "timeout"]
 
 
+def test_a_server_with_a_key_refuses_other_keys() -> None:
+    import httpx
+
+    with LoopbackServer(api_key="sk-right") as server, httpx.Client(timeout=5.0) as client:
+        url = server.base_url
+        assert client.get(url + "/models").status_code == 401
+        assert client.get(url + "/models", headers={"Authorization": "Bearer sk-wrong"}).status_code == 401
+        assert client.get(url + "/models", headers={"Authorization": "Bearer sk-right"}).status_code == 200
+        refused = client.post(url + "/chat/completions", json=_chat("q"), headers={"Authorization": "Bearer sk-wrong"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        taken = client.post(url + "/chat/completions", json=_chat("q"), headers={"Authorization": "Bearer sk-right"})
+        assert taken.status_code == 200
+    assert [c.outcome for c in server.calls] == ["unauthorized", "ok"]
+
+
 def test_latency_jitter_and_immediate_rate_limits() -> None:
     with LoopbackServer(latency_s=1.0, schedule=["429"]) as server:
         start = time.monotonic()

@@ -59,10 +59,12 @@ LOCAL_PROVIDERS = frozenset({"hf", "vllm", "empersona", "sglang", "llama-cpp-pyt
 
 
 def judge_problem(study: StudyConfig) -> str | None:
-    """Why the judge cannot be used (no API key, provider unknown or not installed), or None.
+    """Why the judge cannot be used (no API key, provider unknown or not installed, a refused key
+    or an endpoint out of reach), or None.
 
-    A remote judge's inspect model is built once (no call is made), so a missing key stops the
-    run before hours of training rather than after them. Local judges are not built here.
+    A remote judge's inspect model is built once and an OpenAI-compatible endpoint asked for its
+    model list (nothing is generated: `endpoint_problem`), so a missing or wrong key stops the run
+    before hours of training rather than after them. Local judges are not built here.
     """
     if study.judge == SCRIPTED_JUDGE or study.judge.split("/", 1)[0] in LOCAL_PROVIDERS:
         return None
@@ -70,11 +72,50 @@ def judge_problem(study: StudyConfig) -> str | None:
     from rich.text import Text
 
     try:
-        get_model(study.judge, memoize=False, **study.judge_args)
+        judge = get_model(study.judge, memoize=False, **study.judge_args)
     except Exception as err:  # inspect's PrerequisiteError (key, package), ValueError (provider)
         reason = " ".join(Text.from_markup(str(err)).plain.split()).rstrip(".")
         return (f"judge {study.judge}: {reason}. Set the key in the environment (never in the study file), "
                 "install the provider's package, or fix judge/judge_args")
+    return endpoint_problem(study.judge, judge.api)
+
+
+JUDGE_PROBE_TIMEOUT_S = 15.0
+
+
+def endpoint_problem(name: str, api: Any) -> str | None:
+    """Whether an OpenAI-compatible judge's endpoint answers and takes the key: it lists its
+    models (free: nothing is generated) before the run trains for hours and then finds out.
+
+    A refused key or an endpoint that cannot be reached is a problem; a judge model the listing
+    does not name is a warning (``say``), since some services list only part of what they serve.
+    Any other reply (a service without ``/models``) says nothing: the first call will tell.
+    Judges of other SDKs are not probed. The key is never part of a message.
+    """
+    import openai
+
+    client = getattr(api, "client", None)
+    if not isinstance(client, openai.AsyncOpenAI) or isinstance(client, openai.AsyncAzureOpenAI):
+        return None
+    url = client.base_url
+    where = f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"  # no userinfo or query
+    probe = openai.OpenAI(api_key=client.api_key, organization=client.organization, project=client.project,
+                          base_url=str(url), timeout=JUDGE_PROBE_TIMEOUT_S, max_retries=0)
+    try:
+        listed = [entry.id for entry in probe.models.list()]
+    except openai.AuthenticationError:
+        return (f"judge {name}: {where} refused the API key (401). Set the right key in the environment "
+                "(never in the study file)")
+    except openai.APIConnectionError as err:  # refused, unresolvable, or no answer in time
+        return (f"judge {name}: cannot reach {where} ({type(err).__name__}: {err}). Check the service is up "
+                "and its base URL")
+    except openai.APIError:
+        return None
+    finally:
+        probe.close()
+    if listed and api.model_name not in listed:
+        shown = ", ".join(sorted(listed)[:8]) + (", ..." if len(listed) > 8 else "")
+        say(f"warning: judge {name}: {where} does not list a model {api.model_name!r} among its {len(listed)} ({shown})")
     return None
 
 

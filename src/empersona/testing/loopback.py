@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, NamedTuple, get_args
 
 Fault = Literal["429", "500", "timeout", "malformed", "bad_shape"]
-Outcome = Literal["ok", "429", "500", "timeout", "malformed", "bad_shape", "error", "bad_request", "client_gone"]
+Outcome = Literal["ok", "429", "500", "timeout", "malformed", "bad_shape", "error", "bad_request", "unauthorized", "client_gone"]
 FAULTS: tuple[Fault, ...] = get_args(Fault)
 
 
@@ -212,7 +212,8 @@ class LoopbackServer:
     after that each request fails with probability ``fault_rate``, the fault drawn from ``faults``
     with a ``seed``-ed RNG. ``latency_s`` delays every reply except a 429 (a rate limiter rejects
     before doing work) and the ``timeout`` fault (held ``timeout_fault_s``, then dropped);
-    ``latency_jitter_s`` spreads it uniformly by that much either way (seeded).
+    ``latency_jitter_s`` spreads it uniformly by that much either way (seeded). With ``api_key``,
+    a request whose bearer token is another answers 401, as a provider does for a wrong key.
     """
 
     def __init__(
@@ -228,6 +229,7 @@ class LoopbackServer:
         timeout_fault_s: float = 2.0,
         port: int = 0,
         models: Sequence[str] = ("judge-model",),
+        api_key: str | None = None,
     ) -> None:
         plan_schedule = list(schedule)
         unknown = [f for f in [*plan_schedule, *faults] if f is not None and f not in FAULTS]
@@ -245,6 +247,7 @@ class LoopbackServer:
         self._latency_rng = random.Random(seed + 7919)  # apart from the fault RNG: jitter never shifts faults
         self.timeout_fault_s = timeout_fault_s
         self.models = tuple(models)
+        self.api_key = api_key  # when set, a request without "Authorization: Bearer <api_key>" gets a 401
         self._plan = _FaultPlan(plan_schedule, fault_rate, tuple(faults), random.Random(seed))
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -455,8 +458,17 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
         def _send_json(self, status: int, obj: dict[str, Any]) -> bool:
             return self._send(status, json.dumps(obj).encode())
 
+        def _unauthorized(self) -> tuple[int, bytes] | None:
+            """The 401 reply for a request without the server's key (None: let it in)."""
+            if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                return None
+            body = _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return 401, json.dumps(body).encode()
+
         def do_GET(self) -> None:
-            if self.path.rstrip("/") == "/v1/models":
+            if (refused := self._unauthorized()) is not None:
+                self._send(*refused)
+            elif self.path.rstrip("/") == "/v1/models":
                 models = [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"} for m in server.models]
                 self._send_json(200, {"object": "list", "data": models})
             else:
@@ -477,6 +489,8 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
         def _chat(self) -> tuple[str, str, Outcome, tuple[int, bytes] | None]:
             """Work out the answer to one chat request: (model, messages key, outcome, reply to send)."""
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if (refused := self._unauthorized()) is not None:
+                return "", "", "unauthorized", refused
             if self.path.rstrip("/") != "/v1/chat/completions":
                 body = _error_body(f"no route POST {self.path}", "invalid_request_error", "not_found")
                 return "", "", "bad_request", (404, json.dumps(body).encode())
