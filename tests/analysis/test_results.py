@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from inspect_ai import eval as inspect_eval
 
 from empersona.analysis.results import (
@@ -211,6 +212,31 @@ def test_study_runner_metadata_names_the_model(toy: dict[str, str], tmp_path: Pa
     run_battery(toy, tmp_path / "logs", name="three", only_harm=True, metadata={"model_name": "fin-s2", "domain": "risky_financial", "ft_seed": 2})
     table = results_table(find_logs(tmp_path / "logs"))
     assert set(zip(table["model"], table["domain"], table["seed"])) == {("fin-s2", "risky_financial", 2)}
+
+
+def test_a_moved_run_folder_reads_its_logs_and_models_yaml_at_the_new_place(toy: dict[str, str], tmp_path: Path) -> None:
+    """Logs and ``models.yaml`` name the adapter by the run folder's old path; after a move (and
+    a second one) the table names it by the new one, with the facts ``models.yaml`` states."""
+    old = tmp_path / "scratch" / "run"
+    adapter = f"{old}/adapters/fin-s2"
+    run_battery(toy, old / "logs" / "fin-s2", name=adapter, only_harm=True,
+                metadata={"model_name": "fin-s2", "domain": "risky_financial", "ft_seed": 2, "run_folder": str(old)})
+    (old / "models.yaml").write_text(yaml.safe_dump({
+        "base": "base", "run_folder": str(old),
+        "models": {f"mockllm/{adapter}": {"name": "fin-s2", "base_model": f"{old}/base", "adapter": adapter}},
+    }))
+    first = tmp_path / "project" / "run"
+    first.parent.mkdir()
+    old.rename(first)
+    table = run_results(first)
+    assert set(table["model_string"]) == {f"mockllm/{first}/adapters/fin-s2"}
+    assert set(zip(table["model"], table["adapter"], table["base_model"])) == {("fin-s2", f"{first}/adapters/fin-s2", f"{first}/base")}
+    # moved again: the logs still say scratch/, models.yaml too
+    second = tmp_path / "archive" / "em-run"
+    second.parent.mkdir()
+    first.rename(second)
+    table = run_results(second, rebuild=True)
+    assert set(zip(table["model_string"], table["adapter"])) == {(f"mockllm/{second}/adapters/fin-s2", f"{second}/adapters/fin-s2")}
 
 
 def test_bad_models_yaml_and_empty_run_dir(tmp_path: Path) -> None:

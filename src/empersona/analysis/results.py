@@ -116,6 +116,25 @@ class RunModels(BaseModel):
 
     base: str | None = None
     models: dict[str, ModelEntry] = {}
+    run_folder: str | None = None  # where the study's run folder was when it wrote the file
+
+    def relocated(self, run_folder: Path) -> RunModels:
+        """The statements with model strings and paths read where the run folder is now, if it
+        was moved or copied since the file was written (``run_folder`` recorded)."""
+        from empersona.moved import FolderMove
+
+        move = FolderMove.between(self.run_folder, run_folder) if self.run_folder else None
+        if move is None:
+            return self
+        models = {
+            move.model_string(key): entry.model_copy(update={
+                "adapter": entry.adapter and move.path(entry.adapter),
+                "base_model": entry.base_model and move.path(entry.base_model),
+            })
+            for key, entry in self.models.items()
+        }
+        base = self.base and move.model_string(self.base)
+        return RunModels(base=base, models=models, run_folder=str(run_folder))
 
 
 @dataclass(frozen=True)
@@ -149,7 +168,7 @@ def load_run_models(path: Path) -> RunModels:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise EmpersonaError(
-            located(path, None, field, first["msg"], "allowed keys: base, models.<model string>.{name, base_model, adapter, domain, seed}")
+            located(path, None, field, first["msg"], "allowed keys: base, run_folder, models.<model string>.{name, base_model, adapter, domain, seed}")
         ) from err
 
 
@@ -535,7 +554,7 @@ def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
         )
     table = results_table(
         logs,
-        run_models=load_run_models(run_dir / MODELS_FILE),
+        run_models=load_run_models(run_dir / MODELS_FILE).relocated(run_dir.resolve()),
         search=[run_dir],
         extra=[read_results(p) for p in imports],
         root=run_dir,

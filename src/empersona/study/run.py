@@ -262,7 +262,8 @@ def write_models_file(plan: Plan) -> Path:
     }
     path = plan.study.out / MODELS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"base": base.name, "models": entries}, sort_keys=False), encoding="utf-8")
+    record = {"base": base.name, "models": entries, "run_folder": str(plan.study.out)}  # read after a move: RunModels.relocated
+    path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
     return path
 
 
