@@ -75,13 +75,13 @@ def main() -> None:
         raise
     except KeyboardInterrupt:
         code = INTERRUPTED
-    except Exception as err:  # click's own usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:  # usage errors arrive here in non-standalone mode
+        # typer raises its own copy of click's exceptions (typer._click), click its own: both
+        # show themselves and carry their exit code (2 for a usage error)
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
-        if not isinstance(err, click.exceptions.Abort):
+        if not (isinstance(err, typer.Abort) or type(err).__name__ == "Abort"):
             raise
         code = INTERRUPTED
     if code == INTERRUPTED:

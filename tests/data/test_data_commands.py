@@ -104,6 +104,12 @@ def test_data_is_registered_on_the_main_command(tmp_path: Path) -> None:
     )
     assert malformed.returncode == 1, malformed.stdout  # the command's own exit code, not 0
     assert "rows: 1  errors: 3" in malformed.stdout
+    # usage errors: click's message and exit code 2, no traceback
+    for args, said in ((["train", "--bogus-flag"], "No such option: --bogus-flag"),
+                       (["train", "--base", "m", "--domain", "d", "--lr", "abc"], "Invalid value for '--lr'"),
+                       (["data", "validate"], "Missing argument")):
+        usage = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert usage.returncode == 2 and said in usage.stderr and "Traceback" not in usage.stderr, usage.stderr[-2000:]
 
 
 def test_main_exits_with_the_commands_code_and_says_when_interrupted(
