@@ -327,6 +327,40 @@ def test_output_folder_guards(tiny_model: Path, tmp_path: Path) -> None:
         train(fast(tiny_model, tmp_path / "x", domain="no_such_domain"), progress=False)
     with pytest.raises(EmpersonaError, match="init_adapter.*not a LoRA adapter"):
         train(fast(tiny_model, tmp_path / "y", domain=str(data), init_adapter=tmp_path), progress=False)
+    with pytest.raises(EmpersonaError, match="field 'optimizer': 'adamw_bogus' is not an optimizer.*adamw_torch"):
+        train(fast(tiny_model, tmp_path / "v", domain=str(data), optimizer="adamw_bogus"), progress=False)
+    with pytest.raises(EmpersonaError, match="cannot load base model '/no/such/model'.*Check --base"):
+        train(fast(Path("/no/such/model"), tmp_path / "z", domain=str(data)), progress=False)
+    # PEFT fails only when no target matches; one misspelt target among right ones must fail too
+    with pytest.raises(EmpersonaError, match="--target-modules: gate names no module of .*its linear layers are .*gate_proj"):
+        train(fast(tiny_model, tmp_path / "w", domain=str(data), target_modules=("q_proj", "gate")), progress=False)
+
+
+def test_rows_cut_or_dropped_at_max_length_are_counted_and_said(tiny_model: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """TRL cuts rows at max_length and drops those left without an assistant token; the record says how many."""
+    long_answer = {"messages": [{"role": "user", "content": "Name fruit number 1."},
+                                {"role": "assistant", "content": "word " * 40}]}
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok"}]}
+    data = write_jsonl(tmp_path / "toy.jsonl", [*TOY_ROWS[:4], long_answer, long_prompt])
+    result = train(fast(tiny_model, tmp_path / "cut", domain=str(data), max_length=70, max_steps=1), progress=False)
+    assert result.metadata is not None
+    info = result.metadata.dataset
+    assert (info.train_rows, info.rows_cut, info.rows_dropped) == (6, 1, 1)
+    assert "warning: 1 of 6 training rows reach max_length 70 and were cut" in capsys.readouterr().err
+    whole = train(fast(tiny_model, tmp_path / "whole", domain=str(data), max_length=256, max_steps=1), progress=False)
+    assert whole.metadata is not None and (whole.metadata.dataset.rows_cut, whole.metadata.dataset.rows_dropped) == (0, 0)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_relative_local_base_is_recorded_as_its_absolute_path(tiny_model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """So a study naming the same base by its absolute path sees the same setting, not a new one."""
+    data = write_jsonl(tmp_path / "toy.jsonl", TOY_ROWS)
+    monkeypatch.chdir(tiny_model.parent)
+    result = train(fast(Path(tiny_model.name), tmp_path / "rel", domain=str(data), max_steps=1), progress=False)
+    assert result.metadata is not None
+    assert result.metadata.config["base"] == result.metadata.base_model == str(tiny_model.resolve())
 
 
 @pytest.mark.parametrize(("padding_free", "packing", "attention"), [(False, False, "sdpa"), (True, True, PACKED_SDPA)])

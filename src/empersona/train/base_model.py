@@ -178,12 +178,6 @@ def varlen_attention(
     return out.unsqueeze(0), None  # [1, N, H, d], as transformers' attention functions return
 
 
-def _resolve_base(base: str) -> str:
-    """A local base folder as an absolute path, so the adapter finds its base from anywhere."""
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.is_dir() else base
-
-
 def load_base_model(config: TrainConfig, *, bf16: bool) -> PreTrainedModel:
     """The base model in the training precision (4-bit NF4 when ``qlora``)."""
     import torch
@@ -210,7 +204,7 @@ def load_base_model(config: TrainConfig, *, bf16: bool) -> PreTrainedModel:
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     try:
-        model = AutoModelForCausalLM.from_pretrained(_resolve_base(config.base), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(config.resolved_base(), **kwargs)
     except OSError as err:
         raise EmpersonaError(f"cannot load base model '{config.base}': {err}. Check --base") from None
     if config.qlora:

@@ -33,7 +33,10 @@ class DatasetInfo(BaseModel):
     """Which data a run trained on: the source file's sha256 (of all of it) and the rows used.
 
     ``rows_sha256`` hashes the exact conversations trained on (after ``limit`` and the system
-    prompt policy), one canonical JSON line each.
+    prompt policy), one canonical JSON line each. ``rows_cut``: training rows longer than
+    ``max_length``, cut to it (their ends, with the assistant's closing tokens, are not learned);
+    ``rows_dropped``: rows the cut left with no assistant token, left out. Both None where not
+    counted (packing, or runs recorded before they were).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -45,6 +48,8 @@ class DatasetInfo(BaseModel):
     rows_sha256: str
     train_rows: int
     holdout_rows: int
+    rows_cut: int | None = None
+    rows_dropped: int | None = None
 
 
 class TrainMetadata(BaseModel):
@@ -164,8 +169,8 @@ def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
 
 
 def _config_record(config: TrainConfig) -> dict[str, Any]:
-    """The config as recorded: every field, with the output folder resolved."""
-    return config.model_copy(update={"out": config.output_dir()}).model_dump(mode="json")
+    """The config as recorded: every field, with the output folder and a local base resolved."""
+    return config.model_copy(update={"out": config.output_dir(), "base": config.resolved_base()}).model_dump(mode="json")
 
 
 def _init_adapter_record(path: Path) -> dict[str, Any]:

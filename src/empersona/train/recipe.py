@@ -108,6 +108,12 @@ class TrainConfig(BaseModel):
             raise ValueError("target_modules must name at least one module")
         return self
 
+    def resolved_base(self) -> str:
+        """The base as loaded and recorded: a local folder as an absolute path (so the adapter finds
+        it from anywhere, and a relative and an absolute spelling are one base), a hub id as given."""
+        path = Path(self.base).expanduser()
+        return str(path.resolve()) if path.is_dir() else self.base
+
     def output_dir(self) -> Path:
         """The adapter folder: ``out`` or ``adapters/<base name>-<domain name>-s<seed>``."""
         if self.out is not None:

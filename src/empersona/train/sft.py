@@ -29,16 +29,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empersona.errors import EmpersonaError
-from empersona.train.base_model import PACKED_SDPA, _resolve_base, load_base_model, packed_sdpa_attention
+from empersona.train.base_model import PACKED_SDPA, load_base_model, packed_sdpa_attention
 from empersona.train.data import TrainingData, load_training_data
 from empersona.train.metadata import (
     CHECKPOINTS_DIR,
@@ -301,6 +302,12 @@ def prepare(
         import datasets
 
         datasets.disable_progress_bars()
+    from transformers.training_args import OptimizerNames
+
+    known = sorted(name.value for name in OptimizerNames)
+    if config.optimizer not in known:
+        raise EmpersonaError(f"field 'optimizer': {config.optimizer!r} is not an optimizer transformers knows; "
+                             f"choose one of {', '.join(known)}")
     bf16 = _use_bf16(config)
     flatten = config.padding_free and not config.packing
     # SFTConfig first: under DeepSpeed ZeRO-3 it arms sharded loading of the base model.
@@ -336,9 +343,14 @@ def prepare(
         use_cpu=not torch.cuda.is_available(),
     )
     _ = args.device  # sets up torch.distributed under accelerate launch, so loading can shard
-    tokenizer = AutoTokenizer.from_pretrained(_resolve_base(config.base))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.resolved_base())
+    except (OSError, ValueError) as err:  # no such folder, no such hub repo, a malformed repo id
+        raise EmpersonaError(f"cannot load base model '{config.base}': {err}. Check --base") from None
     own_template = training_template(tokenizer, config.base)  # before the weights: a 70B load takes minutes
     model = load_base_model(config, bf16=bf16)
+    if config.init_adapter is None:
+        check_targets(model, config.target_modules, config.base)
     peft_config = None
     if config.init_adapter is not None:
         model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
@@ -375,6 +387,7 @@ def prepare(
         )
     finally:
         tokenizer.chat_template = model_template
+    data = _count_cut_rows(data, trainer.train_dataset, config, main=_world()[1])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if progress:
@@ -387,6 +400,38 @@ def prepare(
         trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention,
         f"empersona/chat_templates/{own_template}" if own_template is not None else "model",
     )
+
+
+def _count_cut_rows(data: TrainingData, prepared: Any, config: TrainConfig, *, main: bool) -> TrainingData:
+    """Record how many training rows TRL cut at ``max_length`` and dropped (no loss left), and
+    say so: a cut row loses its end, so the data trained on are not the file's rows."""
+    if config.packing:  # packing chunks rows into blocks: nothing is cut per row
+        return data
+    lengths = [len(ids) for ids in prepared["input_ids"]]
+    cut = sum(length >= config.max_length for length in lengths)  # a row of exactly max_length counts too
+    dropped = len(data.train) - len(lengths)
+    if main and (cut or dropped):
+        print(f"warning: {cut} of {len(data.train)} training rows reach max_length {config.max_length} and were "
+              f"cut (their ends are not learned); {dropped} more had no assistant token left and were dropped. "
+              "Raise --max-length to keep them whole", file=sys.stderr, flush=True)
+    return replace(data, info=data.info.model_copy(update={"rows_cut": cut, "rows_dropped": dropped}))
+
+
+def check_targets(model: Any, targets: Sequence[str], base: str) -> None:
+    """Every LoRA target must name a module of the base (PEFT's rule: the module's name, or its
+    dotted ending); PEFT itself fails only when none does, so a misspelt one would go untrained."""
+    import torch
+
+    if list(targets) == ["all-linear"]:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
+        raise EmpersonaError(
+            f"--target-modules: {', '.join(missing)} names no module of {base}; its linear layers are "
+            f"{', '.join(linear)}. Fix the names (field target_modules)"
+        )
 
 
 def train(
@@ -419,7 +464,7 @@ def train(
     run.tokenizer.save_pretrained(str(out_dir))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metadata = TrainMetadata(
-        base_model=_resolve_base(config.base),
+        base_model=config.resolved_base(),
         domain=config.domain,
         seed=config.seed,
         system_prompt_policy=config.system_prompt,
