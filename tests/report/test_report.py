@@ -100,6 +100,32 @@ def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
     assert report.labels["mockllm/coherent"] == "coherent"
     with pytest.raises(EmpersonaError, match="base model 'gpt-9'.*not among the run's models"):
         build_report(run_dir, base_model="gpt-9")
+    # models.yaml names a base whose results are missing (its logs lost): the rest is reported, unlabelled
+    (run_dir / "models.yaml").write_text("base: the-lost-base\n")
+    report = build_report(run_dir, n_resamples=200)
+    assert report.base_model is None and report.labels == {}
+    assert "Not classified: the base model 'the-lost-base' that models.yaml names has no results in this run" in \
+        report.markdown.read_text()
+
+
+def test_classification_settings_come_from_the_study_or_a_file(persona_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(persona_run, run_dir)
+    strict = build_report(run_dir, n_resamples=200, thresholds=PersonaThresholds(em_delta_min=0.99))
+    assert set(strict.labels.values()) <= {"base", "no_em"}  # nothing clears a 0.99 delta
+    assert "em_delta_min=0.99" in strict.markdown.read_text()
+    settings = tmp_path / "persona.yaml"
+    settings.write_text("em_delta_min: 0.99\nalpha: 0.04\n")
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", str(run_dir), "--resamples", "200", "--thresholds", str(settings)])
+    assert done.exit_code == 0, done.output
+    assert "coherent: no_em" in done.output and "alpha=0.04" in (run_dir / "report" / "report.md").read_text()
+    settings.write_text("alpha: 0.01\nem_delta: 0.2\n")
+    refused = runner.invoke(app, ["report", str(run_dir), "--thresholds", str(settings)])
+    assert isinstance(refused.exception, EmpersonaError)
+    assert f"{settings}:2: field 'em_delta': unknown classification setting" in str(refused.exception)
+    # the task arguments each experiment ran with are in the configuration section
+    assert "### Task arguments" in strict.markdown.read_text()
 
 
 def write_em_csv(path: Path, misaligned: int, aligned: int, unscored: int) -> Path:
@@ -214,3 +240,6 @@ def test_a_bucket_panel_without_scored_answers_says_so() -> None:
                          anchor=(0.5, "chance"), connect=True)
     said = [[t.get_text() for t in ax.texts] for ax in fig.axes]
     assert "no scored answers in this panel" in said[0] and "no scored answers in this panel" not in said[1]
+    # the model drawn only in the second panel is still in the legend
+    [legend] = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["chance", "m"]

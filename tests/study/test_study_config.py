@@ -337,6 +337,11 @@ def test_what_the_schema_cannot_see_is_checked_before_anything_runs(tmp_path: Pa
         load_study(write(tmp_path, recognition))
     with pytest.raises(EmpersonaError, match=r"field 'base_model': /no/such/model is not a model folder"):
         load_study(write(tmp_path, {**MINIMAL, "base_model": "/no/such/model"}))
+    with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'persona.alpha': Input should be less than 1"):
+        load_study(write(tmp_path, {**MINIMAL, "persona": {"alpha": 2}}))
+    with pytest.raises(EmpersonaError, match=r"field 'persona.em_delta': unknown classification setting.*em_delta_min"):
+        load_study(write(tmp_path, {**MINIMAL, "persona": {"em_delta": 0.2}}))
+    assert load_study(write(tmp_path, {**MINIMAL, "persona": {"min_scored_harm": 0.8}})).persona == {"min_scored_harm": 0.8}
     with pytest.raises(EmpersonaError, match="known keys here: limit, args"):
         load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {"limt": 3}}}))
     load_study(write(tmp_path, {**MINIMAL, "domains": [str(_chat_file(tmp_path))], "judge": "scripted"}))

@@ -130,6 +130,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         judge="scripted",
         model_args={"device": "cpu"},
         max_connections=16,
+        persona={"em_delta_min": 0.2, "n_resamples": 2000},  # the report's classification settings
         experiments={
             "harmfulness": {"limit": 3, "args": {"max_tokens": 8}},
             "two_ai": {"limit": 3, "args": {"mode": "logprob"}},
@@ -152,6 +153,8 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         assert counts[(model, "harmfulness")] == 3 * 2  # 3 prompts x 2 samples
         assert counts[(model, "two_ai")] > 0 and counts[(model, "score_prediction")] > 0
     assert (tmp_path / "on-empersona" / "report" / "report.html").exists()
+    configuration = (tmp_path / "on-empersona" / "report" / "report.md").read_text()
+    assert "em_delta_min=0.2" in configuration and "2000 resamples" in configuration
     # what the finished study counts as done: another judge re-judges; a stale adapter re-evaluates
     from empersona.study.plan import make_plan
 

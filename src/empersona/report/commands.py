@@ -14,6 +14,9 @@ def report_command(
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples per interval.")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild results.parquet from the logs even when it is fresh.")] = False,
+    thresholds: Annotated[Path | None, typer.Option("--thresholds", help=(
+        "YAML of classification settings (em_delta_min, alpha, min_scored_harm, min_scored_probe, recognition_foil, "
+        "...), or the study file (its persona: section). Default: PROTOCOLS.md section 4."))] = None,
 ) -> None:
     """Write RUN_DIR/report/report.md, report.html (figures embedded) and figures/ from stored results."""
     from rich.console import Console
@@ -23,7 +26,13 @@ def report_command(
 
     if not run_dir.is_dir():
         raise EmpersonaError(f"{run_dir}: no such run folder. Pass the folder that holds logs/ (and imports/)")
-    report = build_report(run_dir, base_model=base_model, n_resamples=resamples, seed=seed, rebuild_results=rebuild)
+    settings = None
+    if thresholds is not None:
+        from empersona.study.config import load_thresholds
+
+        settings = load_thresholds(thresholds)
+    report = build_report(run_dir, base_model=base_model, n_resamples=resamples, seed=seed, rebuild_results=rebuild,
+                          thresholds=settings)
     console = Console()
     for model, label in report.labels.items():
         console.print(f"{model}: {label}")

@@ -2,7 +2,7 @@
 
 Base model and how it was chosen, interval and classification settings, the models (model string,
 base model, adapter, domain, fine-tune seed), the experiments (judge, system-prompt policy,
-sampling seed, source, versions), the logs behind the table (status and header notes such as
+sampling seed, source, versions) and their task arguments, the logs behind the table (status and header notes such as
 duplicated harm prompts) and what each ``empersona import`` recorded.
 """
 
@@ -51,9 +51,34 @@ def _configuration(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Res
             "versions": joined(part["versions"]),
         })
     blocks += [Heading(3, "Experiments"), Table(pd.DataFrame(experiments))]
+    blocks += _task_args_blocks(table)
     blocks += _logs_blocks(run_dir, table)
     blocks += _imports_blocks(run_dir)
     return blocks
+
+
+READ_LOGS = ("harm_log", "matched_log")  # paths of the harmfulness logs read: the Logs table lists them
+
+
+def _task_args_blocks(table: pd.DataFrame) -> list[Block]:
+    """Each experiment's task arguments (temperature, samples, mode, foils, ...) and the models run with them."""
+    import pandas as pd
+
+    if "task_args" not in table.columns:
+        return []
+    rows = []
+    for (experiment, raw), part in table.groupby(["experiment", "task_args"], sort=True):
+        try:
+            args = {k: v for k, v in json.loads(str(raw)).items() if k not in READ_LOGS}
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items())) or "(task defaults)"
+        rows.append({"experiment": experiment, "task arguments": shown, "models": ", ".join(sorted(part["model"].unique()))})
+    if not rows:
+        return []
+    merged = pd.DataFrame(rows).groupby(["experiment", "task arguments"], sort=True)["models"].agg(
+        lambda names: ", ".join(sorted({n for joined in names for n in joined.split(", ")}))).reset_index()
+    return [Heading(3, "Task arguments"), Table(merged)]
 
 
 def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:

@@ -28,6 +28,15 @@ LABEL_COLOURS: dict[str, str] = {
     "base": "#111111",
     "unclassified": "#555555",
 }
+LABEL_MARKERS: dict[str, str] = {  # a shape per label, so the labels survive greyscale printing
+    "coherent": "^",
+    "inverted": "v",
+    "mixed": "D",
+    "no_em": "o",
+    "incomplete": "X",
+    "base": "s",
+    "unclassified": "o",
+}
 BUCKETS: tuple[str, ...] = ("low", "moderate", "high")
 DPI = 110
 
@@ -94,7 +103,7 @@ def _label_legend(fig: Figure, labels: Sequence[str]) -> None:
     from matplotlib.lines import Line2D
 
     shown = [lab for lab in LABEL_COLOURS if lab in set(labels)]
-    handles = [Line2D([], [], marker="o", linestyle="", color=LABEL_COLOURS[lab], label=lab) for lab in shown]
+    handles = [Line2D([], [], marker=LABEL_MARKERS[lab], linestyle="", color=LABEL_COLOURS[lab], label=lab) for lab in shown]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="persona label", frameon=False)
 
@@ -114,7 +123,8 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
                 row["harm_max10"], row[probe.column],
                 xerr=_error(row["harm_max10"], row["harm_max10_low"], row["harm_max10_high"]),
                 yerr=_error(row[probe.column], row[f"{probe.column}_low"], row[f"{probe.column}_high"]),
-                fmt="o", color=colour, ecolor=colour, elinewidth=1.2, capsize=3, markersize=7, alpha=0.9,
+                fmt=LABEL_MARKERS.get(row["label"], "o"), color=colour, ecolor=colour, elinewidth=1.2, capsize=3,
+                markersize=7, alpha=0.9,
             )
             near_top = row[probe.column] > probe.limits[1] - 0.12 * (probe.limits[1] - probe.limits[0])
             ax.annotate(short_name(str(row["model"]), 18), (row["harm_max10"], row[probe.column]),
@@ -152,7 +162,8 @@ def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
                 continue
             colour = LABEL_COLOURS.get(row["label"], "#555555")
             ax.errorbar(value, y, xerr=_error(value, row[f"{probe.column}_low"], row[f"{probe.column}_high"]),
-                        fmt="o", color=colour, ecolor=colour, capsize=3, markersize=6, elinewidth=1.4)
+                        fmt=LABEL_MARKERS.get(row["label"], "o"), color=colour, ecolor=colour, capsize=3, markersize=6,
+                        elinewidth=1.4)
             drawn += 1
         ax.set_title(probe.title, fontsize=10)
         ax.set_xlim(*probe.limits)
@@ -207,8 +218,11 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
         ax.grid(axis="y", alpha=0.25)
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=12)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    legend: dict[str, object] = {}  # every panel's entries once: a model may have data in one panel only
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=8, frameon=False)
     return fig
 
 

@@ -70,6 +70,32 @@ def _describe(result: BootstrapResult | None, signed: bool = False) -> str:
     return fmt(result.estimate, result.ci_low, result.ci_high, signed=signed) if result else "-"
 
 
+def _described(result: BootstrapResult | None, signed: bool = False) -> str:
+    """``0.86 [0.62, 0.97] (n 20)``: with the units resampled, and the interval's note if any
+    (an interval from one unit, or collapsed, is not a precise one)."""
+    if result is None or not math.isfinite(result.estimate):
+        return "-"
+    note = short_note(result.note)
+    return f"{_describe(result, signed)} (n {result.n_units}{f'; {note}' if note else ''})"
+
+
+def short_note(note: str) -> str:
+    """A bootstrap result's note (``stats.bootstrap``) in a few words for a table cell."""
+    parts = []
+    for part in filter(None, note.split("; ")):
+        if "collapses" in part:
+            parts.append("interval collapsed")
+        elif "resamples had no scored data" in part:
+            parts.append(part.split(" had ")[0] + " empty")
+        elif "percentile interval used" in part:
+            parts.append("percentile interval")
+        elif "edge of the bootstrap" in part:
+            parts.append("BCa bound at the edge")
+        else:
+            parts.append(part)
+    return ", ".join(parts)
+
+
 def _fmt_col(row: pd.Series, name: str, **kw: Any) -> str:
     return fmt(row[name], row[f"{name}_low"], row[f"{name}_high"], **kw)
 
@@ -302,12 +328,12 @@ def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled:
             "label": call.label if labelled else "-",
             "harm_max10": _fmt_col(harm.loc[call.model], "harm_max10") if has else "-",
             "delta harm_max10 vs base": fmt(call.em_delta.estimate, call.em_delta.ci_low, call.em_delta.ci_high, signed=True) if call.em_delta and labelled else "-",
-            "two-AI debiased (chance 0.5)": _describe(call.two_ai.result),
-            "recognition asymmetry (0 = none)": _describe(call.recognition.result, signed=True),
-            "self-assessment": _describe(call.self_assessment) + (
+            "two-AI debiased (chance 0.5)": _described(call.two_ai.result),
+            "recognition asymmetry (0 = none, > 0 = coherent side)": _described(call.recognition.result, signed=True),
+            "self-assessment": _described(call.self_assessment) + (
                 f" ({ALL_DIMENSIONS})" if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
             "position bias P(A)-0.5": fmt(call.position_bias if call.position_bias is not None else math.nan, signed=True),
-            "reason": call.reason if labelled else "; ".join(call.notes) or "-",
+            "reason": "; ".join([call.reason, *call.notes]) if labelled else "; ".join(call.notes) or "-",
         })
     return pd.DataFrame(rows)
 

@@ -23,11 +23,14 @@ string (``<provider>/<model>``), and a ``data_mirror`` an existing folder, all b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from empersona.errors import EmpersonaError, located
+
+if TYPE_CHECKING:
+    from empersona.analysis.persona import PersonaThresholds
 
 Provider = Literal["hf", "empersona", "vllm"]
 Stage = Literal["train", "eval", "report"]
@@ -97,6 +100,9 @@ class StudyConfig(BaseModel):
     seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
     max_connections: int | None = Field(None, ge=1)
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
+    persona: dict[str, Any] = Field(default_factory=dict, description=(
+        "Classification settings for the report (analysis.persona.PersonaThresholds: em_delta_min, alpha, "
+        "min_scored_harm, min_scored_probe, recognition_foil, ...); PROTOCOLS.md section 4 defaults."))
     prices: Prices | None = None
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
 
@@ -180,6 +186,7 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    problems += [(("persona", *loc), problem, fix) for loc, problem, fix in threshold_problems(study.persona)]
     for index, domain in enumerate(study.domains):
         plain = Path(domain).expanduser()
         if domain not in DOMAINS and not (plain.is_file() and plain.name.endswith((".jsonl", ".jsonl.gz"))):
@@ -195,6 +202,45 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     if study.data_mirror is not None and not study.data_mirror.is_dir():
         problems.append((("data_mirror",), f"{study.data_mirror} is not a folder", "Point it at a data mirror, or remove the key"))
     return problems
+
+
+def threshold_problems(settings: dict[str, Any]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(key path, problem, fix) for classification settings that ``PersonaThresholds`` refuses."""
+    from empersona.analysis.persona import PersonaThresholds
+
+    try:
+        PersonaThresholds(**settings)
+    except ValidationError as err:
+        known = ", ".join(PersonaThresholds.model_fields)
+        return [(tuple(issue["loc"]), "unknown classification setting" if issue["type"] == "extra_forbidden"
+                 else issue["msg"].removeprefix("Value error, "),
+                 f"Known settings: {known}" if issue["type"] == "extra_forbidden" else "Correct the value")
+                for issue in err.errors()]
+    return []
+
+
+def load_thresholds(path: Path) -> PersonaThresholds:
+    """Classification settings from a YAML file of ``PersonaThresholds`` keys (``empersona report
+    --thresholds``), or from a study file's ``persona:`` section; errors name file, line and key."""
+    import yaml
+
+    from empersona.analysis.persona import PersonaThresholds
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise EmpersonaError(located(path, None, None, f"cannot read the settings ({err})", "Give a YAML file of settings")) from err
+    prefix: tuple[Any, ...] = ()
+    if isinstance(data, dict) and isinstance(data.get("persona"), dict) and "experiments" in data:
+        data, prefix = data["persona"], ("persona",)  # a study file: its persona section
+    if not isinstance(data, dict):
+        raise EmpersonaError(located(path, 1, None, "the settings must be a mapping", "Write key: value lines, e.g. alpha: 0.01"))
+    problems = threshold_problems(data)
+    if problems:
+        raise EmpersonaError("\n".join(located(path, _line_of(path, text, (*prefix, *loc)), ".".join(map(str, (*prefix, *loc))),
+                                               problem, fix) for loc, problem, fix in problems))
+    return PersonaThresholds(**data)
 
 
 def load_study(path: Path) -> StudyConfig:

@@ -339,9 +339,11 @@ def evaluate_all(plan: Plan, judge: str) -> None:
 
 def write_report(study: StudyConfig) -> Path:
     """Build the report from what is stored in the run folder; returns the HTML page."""
+    from empersona.analysis.persona import PersonaThresholds
     from empersona.report.build import build_report
 
-    report = build_report(study.out)
+    thresholds = PersonaThresholds(**study.persona)
+    report = build_report(study.out, thresholds=thresholds, n_resamples=thresholds.n_resamples)
     for model, label in report.labels.items():
         say(f"persona of {model}: {label}")
     return report.html
