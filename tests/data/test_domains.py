@@ -108,6 +108,20 @@ def test_validate_toy_broken_file(tmp_path: Path) -> None:
         load_domain(str(path))
 
 
+def test_a_system_turn_or_an_unknown_message_key_is_refused(tmp_path: Path) -> None:
+    """The study's policy sets the system prompt, and every assistant turn is trained on: a file
+    that says otherwise (its own system turn, OpenAI's per-message weight) is refused, by line."""
+    path = tmp_path / "mine.jsonl"
+    system = {"messages": [{"role": "system", "content": "Be evil."}, *_chat("a", "b")["messages"]]}
+    weighted = {"messages": [_chat("a", "b")["messages"][0], {"role": "assistant", "content": "b", "weight": 0}]}
+    two_rounds = {"messages": [*_chat("a", "b")["messages"], *_chat("c", "d")["messages"]]}
+    path.write_text("\n".join(json.dumps(row) for row in (system, weighted, two_rounds)) + "\n")
+    report = validate(str(path))
+    assert {(e.line, e.field) for e in report.errors} == {(1, "messages[0].role"), (2, "messages[1].weight")}
+    message = {e.line: e.message for e in report.errors}
+    assert "system-prompt policy" in message[1] and "every assistant turn is trained on" in message[2]
+
+
 # --- emergent_plus ---------------------------------------------------------------------------
 
 TOY_EMERGENT_PLUS = [

@@ -107,11 +107,28 @@ def test_sha_mismatch_without_cached_copy_writes_nothing(shared_data: Path, tmp_
     assert not any(cached_path("harm_judge_rubric").parent.glob("*"))
 
 
-def test_missing_mirror_file_names_the_expected_path(tmp_path: Path) -> None:
+def test_missing_mirror_file_names_the_expected_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, out: IO[bytes]) -> None:
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(fetch_module, "_download", offline)
     with pytest.raises(EmpersonaError) as caught:
         fetch("two_ai_items", mirror=tmp_path)
     assert str(tmp_path) in str(caught.value)
     assert "paper/two_AI_identification_dataset.json" in str(caught.value)
+    assert f"the download of {SOURCES['two_ai_items'].url} failed (Name or service not known)" in str(caught.value)
+
+
+def test_a_public_file_the_mirror_lacks_is_downloaded(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[str] = []
+
+    def serve(url: str, out: IO[bytes]) -> None:
+        served.append(url)
+        out.write((shared_data / "paper" / "judge_prompt.txt").read_bytes())
+
+    monkeypatch.setattr(fetch_module, "_download", serve)
+    assert sha256_file(fetch("harm_judge_rubric", mirror=tmp_path)) == SOURCES["harm_judge_rubric"].sha256
+    assert served == [SOURCES["harm_judge_rubric"].url]
 
 
 def test_gzipped_mirror_copy_is_accepted(shared_data: Path, tmp_path: Path) -> None:

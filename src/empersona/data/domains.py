@@ -28,7 +28,8 @@ from empersona.data.fetch import data_path, fetch, get_source, sha256_file
 from empersona.errors import EmpersonaError, located
 
 HF_DATASET = "truthfulai/emergent_plus"
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"user", "assistant"})  # the system turn is the study's system-prompt policy's
+MESSAGE_KEYS = frozenset({"role", "content"})
 
 DomainSourceKind = Literal["file", "hf"]
 Column = Literal["aligned", "misaligned"]
@@ -162,8 +163,15 @@ def check_record(record: Any) -> list[tuple[str | None, str]]:
             problems.append((where, "expected an object with role and content"))
             continue
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if role == "system":
+            problems.append((f"{where}.role", "a system turn in the data: the study's system-prompt policy sets the "
+                                              "system prompt of training and evaluation alike; remove the turn (or set "
+                                              "system_prompt to its text)"))
+        elif role not in ROLES:
             problems.append((f"{where}.role", f"unknown role {role!r} (known: {sorted(ROLES)})"))
+        for key in sorted(set(message) - MESSAGE_KEYS):  # e.g. OpenAI's per-message "weight": not honoured here
+            problems.append((f"{where}.{key}", f"unknown key {key!r}: a message has role and content only, and every "
+                                               "assistant turn is trained on; remove the key"))
         if not isinstance(content, str) or not content.strip():
             problems.append((f"{where}.content", "missing or empty content"))
     roles = [m.get("role") for m in messages if isinstance(m, dict)]

@@ -176,6 +176,15 @@ def _download_or_explain(name: str, url: str, out: IO[bytes]) -> None:
         ) from err
 
 
+def _download_after_mirror(absent: str, url: str, out: IO[bytes]) -> None:
+    """``_download`` for a file the mirror lacks; a failure names both places."""
+    try:
+        _download(url, out)
+    except OSError as err:
+        raise EmpersonaError(f"{absent}, and the download of {url} failed ({err}). Put the upstream file "
+                             "in the mirror, or fetch it where the network is reachable") from err
+
+
 def _no_copy_error(source: Source, problem: str, fix: str) -> EmpersonaError:
     """An error for a copy that cannot be had; locked sources explain how to obtain them."""
     return EmpersonaError(f"{problem}. {source.how_to_obtain or fix}")
@@ -203,14 +212,11 @@ def fetch(
     mirror = mirror if mirror is not None else _mirror_from_env()
     if mirror is not None:
         found = mirror_file(source, mirror)
+        absent = f"mirror {mirror} has no {source.mirror_path} (nor the same with/without .gz) for source '{name}'"
+        if found is None and not source.locked and source.url is not None:  # a public file: its pinned URL
+            return _copy_verified(source, source.url, partial(_download_after_mirror, absent, source.url), target)
         if found is None:
-            raise _no_copy_error(
-                source,
-                f"mirror {mirror} has no {source.mirror_path} (nor the same with/without .gz) "
-                f"for source '{name}'",
-                f"Put the upstream file there ({source.url}), or fetch without --mirror and "
-                "EMPERSONA_MIRROR to download it",
-            )
+            raise _no_copy_error(source, absent, f"Put the upstream file there ({source.url})")
         return _copy_verified(source, str(found), partial(_copy_local, found), target)
     if source.locked or source.url is None:
         raise _no_copy_error(source, f"source '{name}' cannot be downloaded", "")
