@@ -30,11 +30,12 @@ def test_fetch_all_from_mirror_then_list(shared_data: Path) -> None:
 
     listed = runner.invoke(app, ["list"])
     assert listed.exit_code == 0, listed.output
-    lines = [line for line in listed.output.splitlines() if "│" in line]
-    rows = {line.split("│")[1].strip(): line for line in lines}
+    rows = {line.split()[0]: line for line in listed.output.splitlines() if line.startswith("  ") and line[2] != " "}
     assert set(SOURCES) <= set(rows)
-    assert "verified" in rows["harm_prompts"] and "MIT" in rows["insecure"]
+    assert "verified" in rows["harm_prompts"] and "(MIT)" in rows["insecure"]
     assert "missing" in rows["secure"]
+    # the training domains, the hub ones too
+    assert "source insecure" in rows["insecure_code"] and "hub truthfulai/emergent_plus legal/misaligned" in rows["legal_advice"]
 
 
 def test_fetch_locked_source_from_path(shared_data: Path) -> None:
@@ -51,6 +52,7 @@ def test_a_source_without_a_pinned_download_comes_from_a_local_copy(shared_data:
     assert "tmay_language_rules" not in chosen and "no download pinned" in skipped["tmay_language_rules"]
     listed = runner.invoke(app, ["list"])
     assert "local copy or mirror only" in next(line for line in listed.output.splitlines() if "tmay_language_rules" in line)
+    assert "to obtain: No download of it is pinned here" in listed.output
     result = runner.invoke(app, ["fetch", "tmay_language_rules", "--path", str(shared_data / "tmay-questions" / "risk_safe_language.yaml")])
     assert result.exit_code == 0, result.output
     assert source_status("tmay_language_rules") == "verified"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from empersona.data.fetch import fetch, mirror_file, source_status
+from empersona.data.fetch import cache_dir, fetch, mirror_file, source_status
 from empersona.data.sources import SOURCES
 from empersona.errors import EmpersonaError
 
@@ -116,18 +117,31 @@ def fetch_command(
 
 @app.command("list")
 def list_command() -> None:
-    """Show each source: name, what it is, licence, and whether a verified copy is cached."""
-    from rich.table import Column, Table
+    """Show each source (cache status, licence, what it is, how to obtain a missing locked one)
+    and each training domain with where its rows come from."""
+    from empersona.data.domains import DOMAINS, HF_DATASET
 
-    table = Table(Column("name", no_wrap=True), "what", "licence", Column("status", no_wrap=True))
+    console = _console()
+    say = partial(console.print, markup=False, highlight=False, soft_wrap=True)
+    say(f"sources (cache: {cache_dir() / 'data'}):")
+    width = max(len(name) for name in SOURCES)
     for source in SOURCES.values():
         status = source_status(source.name)
         if status != "verified" and source.locked:
-            status += " (locked upstream)"
+            status += ", locked upstream"
         elif status != "verified" and source.url is None:
-            status += " (local copy or mirror only)"
-        table.add_row(source.name, source.description, source.license, status)
-    _console().print(table)
+            status += ", no download pinned: local copy or mirror only"
+        say(f"  {source.name:<{width}}  {status}  ({source.license})")
+        say(f"  {'':<{width}}  {source.description}")
+        if status.startswith("missing") and source.how_to_obtain:
+            say(f"  {'':<{width}}  to obtain: {source.how_to_obtain}")
+    say("training domains (empersona train --domain NAME):")
+    width = max(len(name) for name in DOMAINS)
+    for domain in DOMAINS.values():
+        kind = "misaligned" if domain.misaligned else "aligned control"
+        origin = (f"source {domain.source}" if domain.source_kind == "file"
+                  else f"hub {HF_DATASET} {domain.source}/{domain.column}, loaded when training starts")
+        say(f"  {domain.name:<{width}}  {kind}: {domain.description}; {origin}")
 
 
 @app.command("validate")
