@@ -101,11 +101,22 @@ def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
     with pytest.raises(EmpersonaError, match="base model 'gpt-9'.*not among the run's models"):
         build_report(run_dir, base_model="gpt-9")
     # models.yaml names a base whose results are missing (its logs lost): the rest is reported, unlabelled
-    (run_dir / "models.yaml").write_text("base: the-lost-base\n")
+    (run_dir / "models.yaml").write_text("base: the-lost-base\nmodels:\n  hf/the-lost-base: {name: the-lost-base}\n")
     report = build_report(run_dir, n_resamples=200)
     assert report.base_model is None and report.labels == {}
-    assert "Not classified: the base model 'the-lost-base' that models.yaml names has no results in this run" in \
-        report.markdown.read_text()
+    markdown = report.markdown.read_text()
+    assert "Not classified: the base model 'the-lost-base' that models.yaml names has no results in this run" in markdown
+    assert "Missing results (the run's models without an experiment the others have): the-lost-base: no results at all" in markdown
+
+
+def test_missing_results_name_the_model_and_what_it_lacks() -> None:
+    from empersona.analysis.results import RunModels
+    from empersona.report.build import missing_results
+
+    table = pd.DataFrame({"model": ["a", "a", "b"], "experiment": ["harmfulness", "two_ai", "harmfulness"]})
+    listed = RunModels(models={"hf/a": {"name": "a"}, "hf/b": {"name": "b"}, "hf/c": {"name": "c"}})
+    assert missing_results(table, listed) == {"b": "two_ai", "c": "no results at all"}
+    assert missing_results(table.iloc[:2], RunModels()) == {}
 
 
 def test_classification_settings_come_from_the_study_or_a_file(persona_run: Path, tmp_path: Path) -> None:

@@ -115,6 +115,19 @@ def resolve_base_model(table: pd.DataFrame, given: str | None, run_models: RunMo
     return BaseChoice(None, "no base model given or found; pass --base-model NAME or set 'base:' in models.yaml")
 
 
+def missing_results(table: pd.DataFrame, run_models: RunModels) -> dict[str, str]:
+    """What each model lacks: every experiment (a model ``models.yaml`` lists with no rows at
+    all), or the experiments some other model of the run has. Empty when nothing is missing."""
+    present = table.groupby("model")["experiment"].agg(set).to_dict()
+    experiments = set(table["experiment"])
+    listed = {entry.name or key for key, entry in run_models.models.items()}
+    out = {model: "no results at all" for model in sorted(listed - set(present))}
+    for model, has in sorted(present.items()):
+        if experiments - has:
+            out[str(model)] = ", ".join(sorted(experiments - has))
+    return out
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -184,8 +197,13 @@ def build_report(
     harm = harm_summary(table, rs)
     probes = _probe_summary(calls, harm, labelled)
     blocks: list[Block] = [Heading(1, f"empersona report: {run_dir.resolve().name}")]
-    blocks.append(Para(f"{len(table)} result rows, {table['model'].nunique()} models, experiments: "
+    count = table["model"].nunique()
+    blocks.append(Para(f"{len(table)} result rows, {count} model{'s' if count != 1 else ''}, experiments: "
                        + ", ".join(sorted(table["experiment"].unique())) + "."))
+    absent = missing_results(table, load_run_models(run_dir / MODELS_FILE).relocated(run_dir.resolve()))
+    if absent:
+        blocks.append(Para("Missing results (the run's models without an experiment the others have): "
+                           + "; ".join(f"{model}: {what}" for model, what in absent.items()) + "."))
 
     blocks.append(Heading(2, "Persona classification"))
     if not labelled:
