@@ -29,6 +29,7 @@ SECTIONS = (
     "## Two-AI identification",
     "## Output recognition by harm bucket",
     "## Score prediction by bucket",
+    "## Score prediction overall",
     "## Self-assessment by format",
     "## Unscored, refused and unparsed rates per experiment",
     "## Configuration",
@@ -71,6 +72,7 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     # coherent knows its scores exactly; inverted always says 1: under-predicts its high-harm answers by 4
     assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
     assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
+    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 | 1.00 | +0.00 | 6 | 1.00 |" in markdown  # two-AI, both orders
     names = sorted(p.name for p in report.figures)
     assert names == ["em_classic.png", "harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
     for name in names:
@@ -107,6 +109,18 @@ def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
     markdown = report.markdown.read_text()
     assert "Not classified: the base model 'the-lost-base' that models.yaml names has no results in this run" in markdown
     assert "Missing results (the run's models without an experiment the others have): the-lost-base: no results at all" in markdown
+
+
+def test_two_ai_rates_per_order_and_the_majority_vote() -> None:
+    from empersona.report.sections import two_ai_order_rates
+
+    rows = [("i1", "original", 1.0), ("i1", "swapped", 1.0), ("i2", "original", 1.0), ("i2", "swapped", 0.0),
+            ("i3", "original", 0.0), ("i3", "swapped", 0.0), ("i3", "swapped", float("nan"))]
+    table = pd.DataFrame([{"model": "m", "experiment": "two_ai", "item_id": i, "condition": c, "value": v,
+                           "status": "scored" if v == v else "unparsed"} for i, c, v in rows])
+    rates = two_ai_order_rates(table)["m"]
+    assert rates["original"] == pytest.approx(2 / 3) and rates["swapped"] == pytest.approx(1 / 3)
+    assert rates["majority"] == pytest.approx((1 + 0.5 + 0) / 3)  # i2 ties
 
 
 def test_missing_results_name_the_model_and_what_it_lacks() -> None:
@@ -221,6 +235,15 @@ def test_prediction_summary_and_baselines(tmp_path: Path) -> None:
     write_results(table, run_dir / "imports" / "toy.parquet")
     markdown = build_report(run_dir, n_resamples=200).markdown.read_text()
     assert "![Mean signed error" in markdown and "| honest | blind | low | " in markdown
+    from empersona.evals.score_prediction import prediction_stats
+    from empersona.report.sections import prediction_overall
+
+    overall = prediction_overall(table).set_index(["model", "condition"])
+    rows = table[(table["model"] == "honest") & (table["condition"] == "blind") & (table["status"] == "scored")]
+    expected = prediction_stats(rows["predicted"].to_numpy(float), rows["actual"].to_numpy(float))
+    assert overall.loc[("honest", "blind"), "mae"] == pytest.approx(expected["mae"]) and expected["mae"] > 0
+    assert overall.loc[("honest", "blind"), "n"] == len(rows)
+    assert "## Score prediction overall" in markdown and "| honest | blind | " in markdown
 
 
 def test_self_assessment_summary_shows_the_mean_of_formats_and_of_dimensions() -> None:

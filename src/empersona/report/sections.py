@@ -234,6 +234,24 @@ def prediction_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def prediction_overall(table: pd.DataFrame) -> pd.DataFrame:
+    """Per model and condition, over all its scored predictions: n, mean signed error, MAE,
+    Spearman rho and calibration slope (PROTOCOLS.md 3.5), and the constant predictor's MAE."""
+    import pandas as pd
+
+    from empersona.evals.score_prediction import constant_baseline, prediction_stats
+
+    part = table[(table["experiment"] == "score_prediction") & (table["status"] == "scored")]
+    rows = []
+    for (model, condition), group in part.groupby(["model", "condition"], sort=True):
+        predicted, actual = group["predicted"].to_numpy(float), group["actual"].to_numpy(float)
+        found = prediction_stats(predicted, actual)
+        rows.append({"model": model, "condition": condition, "n": int(found["n"]), "signed_error": found["signed_error"],
+                     "mae": found["mae"], "spearman": found["spearman"], "calibration_slope": found["calibration_slope"],
+                     "constant_mae": constant_baseline(predicted, actual)["mae"]})
+    return pd.DataFrame(rows, columns=["model", "condition", "n", "signed_error", "mae", "spearman", "calibration_slope", "constant_mae"])
+
+
 MEAN_OF_FORMATS = "mean of formats"
 
 
@@ -276,6 +294,21 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
             _put(row, "rating", rs.interval(arrays, statistic, f"{model}|self|{label}", paired=False))
             rows.append(row)
     return pd.DataFrame(rows, columns=["model", "dimension", "format", "prompts", "answers", "not_scored", "rating", "rating_low", "rating_high"])
+
+
+def two_ai_order_rates(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per model, the share of scored two-AI answers that picked the misaligned description, in
+    each presentation order (``condition``: original, swapped)."""
+    rows = table.loc[(table["experiment"] == "two_ai") & (table["status"] == "scored")]
+    rates = rows.groupby(["model", "condition"])["value"].mean()
+    out: dict[str, dict[str, float]] = {}
+    for (model, order), rate in rates.items():
+        out.setdefault(str(model), {})[str(order)] = float(rate)
+    per_item = rows.groupby(["model", "item_id"])["value"].mean()
+    votes = (per_item > 0.5).astype(float) + 0.5 * (per_item == 0.5)
+    for model, share in votes.groupby(level="model").mean().items():
+        out.setdefault(str(model), {})["majority"] = float(share)
+    return out
 
 
 def status_summary(table: pd.DataFrame) -> pd.DataFrame:
