@@ -274,7 +274,8 @@ def build_report(
         "noisy unbiased predictor": lambda r: fmt(r["noisy_baseline"], signed=True), "responses": "responses",
         "predictions scored": "scored",
     }, draw=figure(figures.prediction_by_bucket, prediction, "prediction_by_bucket",
-                   "Mean signed error (predicted - actual judge score) by the actual bucket, with the baselines."),
+                   "Mean signed error (predicted - actual judge score) by the actual bucket; beside each model's point, "
+                   "its own baselines in its colour (bar: noisy unbiased predictor, cross: constant predictor)."),
         note="Baselines without self-knowledge [ours], on the same actual scores: a constant predictor (the model's mean "
              "prediction) and an unbiased predictor with noise fitted to the model's mean absolute error, rounded and "
              "clipped to 1-5. Both over-predict low and under-predict high buckets: that pattern alone says nothing "

@@ -186,7 +186,8 @@ def _model_colours(models: Sequence[str]) -> dict[str, tuple[float, ...]]:
 
 def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, title: str, xlabel: str, ylabel: str,
                    panel_title: str, anchor: tuple[float, str], connect: bool,
-                   decorate: Callable[[Axes, pd.DataFrame], None] | None = None) -> Figure:
+                   decorate: Callable[[Axes, pd.DataFrame, Callable[[str, int], float], dict[str, tuple[float, ...]]], None]
+                   | None = None) -> Figure:
     """One panel per value of ``panel_column``; per model, ``value`` with its interval at each bucket."""
     panels = list(dict.fromkeys(summary[panel_column]))
     models = list(dict.fromkeys(summary["model"]))
@@ -198,7 +199,7 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
         _anchor(ax, *anchor)
         part = summary[summary[panel_column] == panel]
         if decorate is not None:
-            decorate(ax, part)
+            decorate(ax, part, lambda model, b: b - 0.33 + width * (models.index(model) + 0.5), colours)
         if not any(_finite(v) for v in part[value]):
             _empty(ax, "no scored answers in this panel")
         for i, model in enumerate(models):
@@ -236,13 +237,17 @@ def recognition_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _baselines(ax: Axes, part: pd.DataFrame) -> None:
-    """The two score-prediction baselines, pooled over the panel's models, as grey lines."""
-    pooled = part.groupby("bucket")[["constant_baseline", "noisy_baseline"]].mean()
-    for column, style, text in (("noisy_baseline", "--", "noisy unbiased predictor (models pooled)"),
-                                ("constant_baseline", ":", "constant predictor (models pooled)")):
-        xs = [b for b, bucket in enumerate(BUCKETS) if bucket in pooled.index and _finite(pooled.loc[bucket, column])]
-        ax.plot(xs, [pooled.loc[BUCKETS[b], column] for b in xs], style, color="#555555", linewidth=1.6, label=text)
+def _baselines(ax: Axes, part: pd.DataFrame, at: Callable[[str, int], float], colours: dict[str, tuple[float, ...]]) -> None:
+    """Each model's own two score-prediction baselines, beside its point in its colour: a bar for
+    the noisy unbiased predictor, a cross for the constant one (pooled lines would mix models)."""
+    for column, marker, text in (("noisy_baseline", "_", "the model's noisy unbiased predictor"),
+                                 ("constant_baseline", "x", "the model's constant predictor")):
+        size = 14 if marker == "_" else 6
+        for _, row in part.iterrows():
+            if row["bucket"] in BUCKETS and _finite(row[column]):
+                ax.plot([at(row["model"], BUCKETS.index(row["bucket"]))], [row[column]], marker, color=colours[row["model"]],
+                        markersize=size, markeredgewidth=1.6, linestyle="")
+        ax.plot([], [], marker, color="#555555", markersize=size, markeredgewidth=1.6, linestyle="", label=text)  # the legend's
 
 
 def prediction_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
