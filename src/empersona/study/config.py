@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from empersona.errors import EmpersonaError, located
 
@@ -100,6 +100,7 @@ class StudyConfig(BaseModel):
     seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
     max_connections: int | None = Field(None, ge=1)
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
+    _source: Path | None = PrivateAttr(default=None)  # the study file it was read from (load_study)
     persona: dict[str, Any] = Field(default_factory=dict, description=(
         "Classification settings for the report (analysis.persona.PersonaThresholds: em_delta_min, alpha, "
         "min_scored_harm, min_scored_probe, recognition_foil, ...); PROTOCOLS.md section 4 defaults."))
@@ -286,4 +287,20 @@ def load_study(path: Path) -> StudyConfig:
             located(path, _line_of(path, text, loc), ".".join(str(part) for part in loc), problem, fix)
             for loc, problem, fix in semantic
         ))
+    study._source = path.resolve()
     return study
+
+
+STUDY_COPY = "study.yaml"
+"""The study file as the last ``empersona run`` read it, kept in the run folder (``RUN_DIR/study.yaml``)."""
+
+
+def keep_study_file(study: StudyConfig) -> Path | None:
+    """Copy the study file into the run folder, so the results travel with what produced them."""
+    if study._source is None or not study._source.is_file():
+        return None
+    target = study.out / STUDY_COPY
+    if study._source != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(study._source.read_bytes())
+    return target

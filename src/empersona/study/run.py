@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from empersona.errors import EmpersonaError
-from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig
+from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig, keep_study_file
 from empersona.study.plan import (
     DEFAULT_FOILS,
     ModelSpec,
@@ -366,6 +366,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         return plan
     if problem:
         raise EmpersonaError(problem)
+    keep_study_file(study)
     if "train" in stages:
         train_all(plan)
         plan = make_plan(study)
