@@ -77,6 +77,7 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     assert names == ["em_classic.png", "harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
     for name in names:
         assert f"](figures/{name})" in markdown
+        assert (run_dir / "report" / "figures" / name).with_suffix(".pdf").read_bytes().startswith(b"%PDF")
     page = report.html.read_text()
     assert page.count('src="data:image/png;base64,') == 5 and 'src="figures/' not in page
     assert all(section[3:] in page for section in SECTIONS)

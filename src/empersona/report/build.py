@@ -190,7 +190,7 @@ def build_report(
     report_dir = run_dir / REPORT_DIR
     figure_dir = report_dir / FIGURES_DIR
     figure_dir.mkdir(parents=True, exist_ok=True)
-    for stale in figure_dir.glob("*.png"):
+    for stale in [*figure_dir.glob("*.png"), *figure_dir.glob("*.pdf")]:
         stale.unlink()
 
     def figure(draw: Callable[[pd.DataFrame, Path], Path], summary: pd.DataFrame, name: str, caption: str) -> Callable[[], Figure]:

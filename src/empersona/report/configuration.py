@@ -106,7 +106,8 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
             duplicates.setdefault(pairs or "none", []).append(name)
     blocks: list[Block] = [Heading(3, "Logs"), Table(pd.DataFrame(rows))]
     if duplicates:
-        blocks.append(Para("Duplicated harm prompts (kept, as in the paper): " + "; ".join(
+        blocks.append(Para("Duplicated harm prompts (kept, as in the paper; PROTOCOLS.md expects one, the pinned file has "
+                           "none): " + "; ".join(
             f"{pairs} ({len(names)} log{'s' if len(names) > 1 else ''})" for pairs, names in sorted(duplicates.items()))))
     return blocks
 

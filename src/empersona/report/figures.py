@@ -72,8 +72,11 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """The PNG the report shows, and the same figure as a vector PDF beside it (for a paper);
+    no creation dates in either, so a rebuild writes the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    fig.savefig(path.with_suffix(".pdf"), format="pdf", metadata={"Creator": None, "Producer": None, "CreationDate": None})
     return path
 
 
