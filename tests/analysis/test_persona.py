@@ -210,6 +210,25 @@ def test_seeds_get_labels_a_pooled_call_and_stability() -> None:
     assert pooled.label == "coherent" and pooled.stability == 1.0
     assert pooled.em_delta.n_seeds == 3 and pooled.two_ai.result.n_seeds == 3
     assert all(not c.pooled for c in calls[:-1])
+    assert dict(pooled.seeds_with_data) == {"two_ai": 3, "output_recognition": 3} and not pooled.notes
+
+
+def test_a_pooled_probe_resting_on_fewer_seeds_says_so() -> None:
+    """Seed 0 has no high-harm own responses: the pooled asymmetry is the other seeds' alone."""
+    from empersona.report.sections import _persona_table
+
+    specs = {"base": BASE, **{f"risky-s{s}": _seeded(COHERENT, s) for s in range(2)}}
+    tidy = study_table(specs)
+    tidy = tidy.loc[~((tidy["model"] == "risky-s0") & (tidy["experiment"] == "output_recognition")
+                      & (tidy["bucket"] == "high"))]
+    pooled = classify(tidy, base_model="base", thresholds=FAST)[-1]
+    assert dict(pooled.seeds_with_data) == {"two_ai": 2, "output_recognition": 1}
+    assert "output_recognition: data from 1 of 2 seeds" in pooled.notes
+    probes = pd.DataFrame({"model": [pooled.model], "harm_max10": [0.5], "harm_max10_low": [0.4], "harm_max10_high": [0.6]})
+    row = _persona_table([pooled], probes, True).iloc[0]
+    assert "1 of 2 seeds" in row["recognition asymmetry (0 = none, > 0 = coherent side)"]
+    assert "seeds" not in row["two-AI debiased (chance 0.5)"]
+    assert "output_recognition: data from 1 of 2 seeds" in row["reason"]
 
 
 def test_disagreeing_seeds_lower_stability_and_widen_the_pooled_interval() -> None:

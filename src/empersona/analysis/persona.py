@@ -130,6 +130,7 @@ class PersonaCall:
     stability: float | None = None
     notes: tuple[str, ...] = ()
     self_assessment_scope: str | None = None  # the dimension averaged, or ALL_DIMENSIONS when it had no answers
+    seeds_with_data: tuple[tuple[str, int], ...] = ()  # pooled calls: per probe, how many of the seeds gave it data
 
 
 # --------------------------------------------------------------------------- evidence
@@ -315,6 +316,25 @@ class _Evidence:
     self_assessment_scope: str | None
     harm_shortfall: tuple[str, ...] = ()  # harmfulness (model or base) scored below min_scored_harm
     probe_shortfall: tuple[str, ...] = ()  # primary probes scored below min_scored_probe
+
+
+def _seeds_with_data(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds) -> tuple[tuple[str, int], ...]:
+    """Per primary probe, how many of a pooled call's members (seeds) have scored data for it:
+    a two-AI answer; own responses of both harm buckets under the recognition foil."""
+    scored = tidy.loc[tidy["model"].isin(list(members)) & (tidy["status"] == "scored")]
+    two_ai = scored.loc[scored["experiment"] == "two_ai", "model"].nunique()
+    recognition = scored.loc[scored["experiment"] == "output_recognition"]
+    if th.recognition_foil is not None and len(recognition):
+        recognition = recognition.loc[recognition["condition"].astype(str).str.startswith(f"{th.recognition_foil}:")]
+    both = (recognition.groupby("model")["bucket"].agg(lambda b: {"high", "low"} <= set(b)).sum()
+            if len(recognition) and "bucket" in recognition.columns else 0)
+    return (("two_ai", int(two_ai)), ("output_recognition", int(both)))
+
+
+def _fewer_seeds(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds) -> tuple[str, ...]:
+    """Notes for the probes of a pooled call that rest on fewer seeds than it pools."""
+    return tuple(f"{probe}: data from {n} of {len(members)} seeds"
+                 for probe, n in _seeds_with_data(tidy, members, th) if n < len(members))
 
 
 def _shortfalls(tidy: pd.DataFrame, members: Sequence[str], who: str, experiments: Sequence[str],
@@ -512,7 +532,9 @@ def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThreshol
             members=tuple(m for _, m in pairs), seeds=seeds, pooled=True, em_delta=e.em_delta,
             two_ai=two_ai, recognition=recognition, self_assessment=e.self_assessment,
             position_bias=e.position_bias, rates=e.rates, seed_labels=seed_labels, stability=stability,
-            notes=e.notes, self_assessment_scope=e.self_assessment_scope))
+            notes=e.notes + _fewer_seeds(tidy, [m for _, m in pairs], th),
+            self_assessment_scope=e.self_assessment_scope,
+            seeds_with_data=_seeds_with_data(tidy, [m for _, m in pairs], th)))
     return calls
 
 

@@ -70,13 +70,18 @@ def _describe(result: BootstrapResult | None, signed: bool = False) -> str:
     return fmt(result.estimate, result.ci_low, result.ci_high, signed=signed) if result else "-"
 
 
-def _described(result: BootstrapResult | None, signed: bool = False) -> str:
+def _described(result: BootstrapResult | None, signed: bool = False, seeds: tuple[int, int] | None = None) -> str:
     """``0.86 [0.62, 0.97] (n 20)``: with the units resampled, and the interval's note if any
-    (an interval from one unit, or collapsed, is not a precise one)."""
+    (an interval from one unit, or collapsed, is not a precise one); ``seeds``: (seeds with data,
+    seeds pooled) of a pooled call, said when fewer seeds gave data than it pools."""
     if result is None or not math.isfinite(result.estimate):
         return "-"
-    note = short_note(result.note)
-    return f"{_describe(result, signed)} (n {result.n_units}{f'; {note}' if note else ''})"
+    notes = [f"n {result.n_units}"]
+    if seeds is not None and seeds[0] < seeds[1]:
+        notes.append(f"{seeds[0]} of {seeds[1]} seeds")
+    if result.note:
+        notes.append(short_note(result.note))
+    return f"{_describe(result, signed)} ({'; '.join(notes)})"
 
 
 def short_note(note: str) -> str:
@@ -356,13 +361,19 @@ def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled:
     rows = []
     for call in calls:
         has = call.model in harm.index
+        with_data = dict(call.seeds_with_data)
+
+        def seeds(probe: str, call: PersonaCall = call, with_data: dict[str, int] = with_data) -> tuple[int, int] | None:
+            return (with_data[probe], len(call.seeds)) if call.pooled and probe in with_data else None
+
         rows.append({
             "model": call.model,
             "label": call.label if labelled else "-",
             "harm_max10": _fmt_col(harm.loc[call.model], "harm_max10") if has else "-",
             "delta harm_max10 vs base": fmt(call.em_delta.estimate, call.em_delta.ci_low, call.em_delta.ci_high, signed=True) if call.em_delta and labelled else "-",
-            "two-AI debiased (chance 0.5)": _described(call.two_ai.result),
-            "recognition asymmetry (0 = none, > 0 = coherent side)": _described(call.recognition.result, signed=True),
+            "two-AI debiased (chance 0.5)": _described(call.two_ai.result, seeds=seeds("two_ai")),
+            "recognition asymmetry (0 = none, > 0 = coherent side)": _described(
+                call.recognition.result, signed=True, seeds=seeds("output_recognition")),
             "self-assessment": _described(call.self_assessment) + (
                 f" ({ALL_DIMENSIONS})" if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
             "position bias P(A)-0.5": fmt(call.position_bias if call.position_bias is not None else math.nan, signed=True),
