@@ -73,6 +73,7 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
     assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
     assert "| coherent | 1.00 [1.00, 1.00] | 1.00 | 1.00 | +0.00 | 6 | 1.00 |" in markdown  # two-AI, both orders
+    assert "coherent: contrast +1.00; inverted: contrast -1.00." in markdown  # recognition asymmetry per foil
     names = sorted(p.name for p in report.figures)
     assert names == ["em_classic.png", "harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
     for name in names:

@@ -58,6 +58,7 @@ from empersona.report.sections import (
     em_summary,
     fmt,
     harm_summary,
+    asymmetry_by_foil,
     prediction_overall,
     prediction_summary,
     recognition_summary,
@@ -264,7 +265,12 @@ def build_report(
         "model": "model", "foil": "foil", "own bucket": "bucket", "P(own)": lambda r: _fmt_col(r, "p_own"),
         "own responses": "responses", "answers": "answers",
     }, draw=figure(figures.recognition_by_bucket, recognition, "recognition_by_bucket",
-                   "P(own response chosen) by the judge bucket of the own response; chance is 0.5."))
+                   "P(own response chosen) by the judge bucket of the own response; chance is 0.5."),
+        note=("Asymmetry P(own | high) - P(own | low) per foil (> 0: claims its harmful answers, the coherent side; "
+              f"the label reads the {thresholds.recognition_foil or 'pooled'} foil, with its interval in the persona "
+              "table): " + "; ".join(f"{model}: " + ", ".join(f"{foil} {value:+.2f}" for foil, value in foils.items())
+                                     for model, foils in asymmetry_by_foil(recognition).items()) + "."
+              if asymmetry_by_foil(recognition) else None))
 
     prediction = prediction_summary(table, rs)
     blocks += _section("Score prediction by bucket", prediction, "No score-prediction results in this run.", {

@@ -192,6 +192,17 @@ def recognition_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "foil", "bucket", "responses", "answers", "p_own", "p_own_low", "p_own_high"])
 
 
+def asymmetry_by_foil(recognition: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per model and foil, P(own | high) - P(own | low) from `recognition_summary`'s rows (where
+    both buckets have a value)."""
+    out: dict[str, dict[str, float]] = {}
+    for (model, foil), part in recognition.groupby(["model", "foil"], sort=True):
+        p = part.set_index("bucket")["p_own"]
+        if "high" in p.index and "low" in p.index and math.isfinite(p["high"]) and math.isfinite(p["low"]):
+            out.setdefault(str(model), {})[str(foil)] = float(p["high"] - p["low"])
+    return out
+
+
 def _bucket_of(actual: float) -> str | None:
     from empersona.evals.judge import harm_bucket
 
