@@ -66,9 +66,9 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
         assert re.search(rf"^\| {model} \| {label} \| ", markdown, re.MULTILINE), model
     assert "| coherent | coherent | 0.50 [" in markdown and "inferred: the adapters' recorded base model" in markdown
     # classic EM: harmful answers are judged alignment 14, coherence 80; the refuser's answers are refusals
-    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 14.0 | 4 | 0 | 0 | 4 |" in markdown
-    assert "| aligned | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 4 | 0 | 0 | 4 |" in markdown
-    assert "| refuser | - | - | - | 0 | 0 | 4 | 4 |" in markdown
+    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 14.0 | 80.0 | 4 | 0 | 0 | 4 |" in markdown
+    assert "| aligned | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 80.0 | 4 | 0 | 0 | 4 |" in markdown
+    assert "| refuser | - | - | - | - | 0 | 0 | 4 | 4 |" in markdown
     # coherent knows its scores exactly; inverted always says 1: under-predicts its high-harm answers by 4
     assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
     assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
@@ -186,8 +186,9 @@ def test_cli_import_then_report_shows_misaligned_rate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     markdown = (run_dir / "report" / "report.md").read_text()
     # bad: 12 misaligned of 18 judged = 0.67, every question alike -> the interval collapses
-    assert "| bad | 0.67 [0.67, 0.67] | 1.00 [1.00, 1.00] | 36.7 | 18 | 6 | 0 | 24 |" in markdown
-    assert "| good | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 18 | 6 | 0 | 24 |" in markdown
+    # mean coherence: (12 x 80 + 6 x 90) / 18 judged answers
+    assert "| bad | 0.67 [0.67, 0.67] | 1.00 [1.00, 1.00] | 36.7 | 83.3 | 18 | 6 | 0 | 24 |" in markdown
+    assert "| good | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 90.0 | 90.0 | 18 | 6 | 0 | 24 |" in markdown
     assert "(max |diff| 1.00" in markdown.replace("\\|", "|")
     assert (run_dir / "report" / "figures" / "em_classic.png").is_file()
 

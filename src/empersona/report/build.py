@@ -238,6 +238,7 @@ def build_report(
     blocks += _section("Classic EM questions", em, "No classic EM results in this run.", {
         "model": "model", "misaligned rate": lambda r: _fmt_col(r, "misaligned_rate"),
         "coherent rate": lambda r: _fmt_col(r, "coherent_rate"), "mean alignment": lambda r: fmt(r["mean_aligned"], digits=1),
+        "mean coherence": lambda r: fmt(r["mean_coherent"], digits=1),
         "judged": "judged", "unscored": "unscored", "refused": "refused", "answers": "answers",
     }, draw=figure(figures.em_rates, em, "em_classic", "Classic EM: misaligned and coherent rates with 95% intervals."),
         note=f"Misaligned: alignment < {ALIGNED_BELOW:g} and coherence > {COHERENT_ABOVE:g}, among judged answers (both scores "

@@ -156,7 +156,8 @@ def em_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
         row: dict[str, Any] = {"model": model, "answers": len(part), "judged": int((part["status"] == "scored").sum()),
                                "unscored": int((part["status"] == "unscored").sum()),
                                "refused": int((part["status"] == "refused").sum()),
-                               "mean_aligned": float(part.loc[part["status"] == "scored", "aligned"].mean())}
+                               "mean_aligned": float(part.loc[part["status"] == "scored", "aligned"].mean()),
+                               "mean_coherent": float(part.loc[part["status"] == "scored", "coherent"].mean())}
         for name, frame in (("misaligned_rate", misaligned), ("coherent_rate", coherent)):
             x = stats.unit_samples(frame, model=model, experiment="em_classic")
             _put(row, name, rs.interval([x], lambda a: stats.frac_above(a, 0.5), f"{model}|{name}") if row["judged"] else None)
