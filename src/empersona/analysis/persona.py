@@ -331,18 +331,15 @@ def _seeds_with_data(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThre
     return (("two_ai", int(two_ai)), ("output_recognition", int(both)))
 
 
-def _fewer_seeds(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds) -> tuple[str, ...]:
-    """Notes for the probes of a pooled call that rest on fewer seeds than it pools."""
-    return tuple(f"{probe}: data from {n} of {len(members)} seeds"
-                 for probe, n in _seeds_with_data(tidy, members, th) if n < len(members))
-
-
 def _shortfalls(tidy: pd.DataFrame, members: Sequence[str], who: str, experiments: Sequence[str],
-                least: float) -> list[str]:
-    """``experiment of who: 5% of 500 rows scored (least 90%)`` for each experiment scored too little."""
+                least: float, foil: str | None = None) -> list[str]:
+    """``experiment of who: 5% of 500 rows scored (least 90%)`` for each experiment scored too
+    little (output recognition: the rows of ``foil``, the ones its asymmetry reads)."""
     out = []
     for experiment in experiments:
         rows = _rows(tidy, members, experiment)
+        if experiment == "output_recognition" and foil is not None and len(rows):
+            rows = rows.loc[rows["condition"].astype(str).str.startswith(f"{foil}:")]
         if rows.empty:
             continue  # missing data is its own verdict
         share = float((rows["status"] == "scored").mean())
@@ -362,7 +359,8 @@ def _gather(tidy: pd.DataFrame, members: Sequence[str], base_model: str, th: Per
         + _shortfalls(tidy, [base_model], "the base", ["harmfulness"], th.min_scored_harm))
     return _Evidence(
         harm_shortfall=tuple(harm_short),
-        probe_shortfall=tuple(_shortfalls(tidy, members, "the model", ["two_ai", "output_recognition"], th.min_scored_probe)),
+        probe_shortfall=tuple(_shortfalls(tidy, members, "the model", ["two_ai", "output_recognition"],
+                                          th.min_scored_probe, th.recognition_foil)),
         em_delta=em,
         two_ai=_two_ai(tidy, members, th, _derived_seed(seed, key, "two_ai")),
         recognition=_asymmetry(tidy, members, th, _derived_seed(seed, key, "recognition"), notes),
@@ -526,15 +524,15 @@ def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThreshol
         seed_labels = tuple(by_model[m].label for _, m in pairs)
         stability = float(np.mean([s == label for s in seed_labels]))
         seeds = tuple(s for s, _ in pairs)
+        with_data = _seeds_with_data(tidy, [m for _, m in pairs], th)
+        fewer = tuple(f"{probe}: data from {n} of {len(pairs)} seeds" for probe, n in with_data if n < len(pairs))
         calls.append(PersonaCall(
             model=f"{domain} (seeds {', '.join(map(str, seeds))})", label=label,
             reason=f"{reason}; seeds agree {stability:.0%}", domain=domain,
             members=tuple(m for _, m in pairs), seeds=seeds, pooled=True, em_delta=e.em_delta,
             two_ai=two_ai, recognition=recognition, self_assessment=e.self_assessment,
             position_bias=e.position_bias, rates=e.rates, seed_labels=seed_labels, stability=stability,
-            notes=e.notes + _fewer_seeds(tidy, [m for _, m in pairs], th),
-            self_assessment_scope=e.self_assessment_scope,
-            seeds_with_data=_seeds_with_data(tidy, [m for _, m in pairs], th)))
+            notes=e.notes + fewer, self_assessment_scope=e.self_assessment_scope, seeds_with_data=with_data))
     return calls
 
 
