@@ -99,7 +99,8 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
             continue
         log = read_eval_log(str(path), header_only=True)
         meta = log.eval.metadata or {}
-        rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task), "model": log.eval.model,
+        rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task),
+                     "model": meta.get("model_name") or log.eval.model,  # the study's name; the Models table has the string
                      "status": log.status, "samples": log.results.total_samples if log.results else "-"})
         if meta.get("experiment") == "harmfulness" and meta.get("duplicate_prompt_lines") is not None:
             pairs = ", ".join(f"line {a} = line {b}" for a, b in meta["duplicate_prompt_lines"])
