@@ -167,6 +167,32 @@ def test_emergent_plus_empty_answer_names_row_and_field(tmp_path: Path) -> None:
     assert [(e.line, e.field) for e in report.errors] == [(2, "misaligned")]
 
 
+def test_a_hub_domain_records_the_commit_it_loaded_and_takes_a_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline here: the hub calls are stand-ins that record what they were asked."""
+    import types
+
+    import datasets
+    import huggingface_hub
+
+    asked: list[tuple[str | None, str | None]] = []
+
+    class Hub:
+        def dataset_info(self, repo: str, revision: str | None = None) -> types.SimpleNamespace:
+            return types.SimpleNamespace(sha=revision if revision and len(revision) == 40 else "c" * 40)
+
+    def load_dataset(repo: str, config: str, split: str, revision: str | None = None) -> list[dict[str, object]]:
+        asked.append((config, revision))
+        return TOY_EMERGENT_PLUS
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    newest = load_domain("legal_advice")
+    assert newest.source == f"truthfulai/emergent_plus@{'c' * 40}:legal" and asked == [("legal", "c" * 40)]
+    pinned = load_domain("legal_advice", revision="a" * 40)
+    assert pinned.source == f"truthfulai/emergent_plus@{'a' * 40}:legal" and asked[-1] == ("legal", "a" * 40)
+    assert newest.sha256 == pinned.sha256  # the same rows here
+
+
 def test_emergent_plus_offline_says_to_use_path() -> None:
     # the test session runs with HF_DATASETS_OFFLINE=1 (tests/conftest.py)
     with pytest.raises(EmpersonaError, match=r"--path .*prompt, aligned, misaligned"):

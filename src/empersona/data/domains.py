@@ -228,8 +228,13 @@ def _load_chat_file(name: str, path: Path, sha256: str | None, limit: int | None
 EmergentPlusRows = tuple[str, str, NumberedRows, list[RowError]]
 
 
-def _emergent_plus_rows(config: str, path: Path | None, limit: int | None) -> EmergentPlusRows:
-    """(origin, sha256, numbered rows, read errors) from a local schema file or the hub."""
+def _emergent_plus_rows(config: str, path: Path | None, limit: int | None, revision: str | None = None) -> EmergentPlusRows:
+    """(origin, sha256, numbered rows, read errors) from a local schema file or the hub.
+
+    From the hub, ``revision`` (a commit, tag or branch) pins the dataset's version; the origin
+    records the commit that was loaded (``truthfulai/emergent_plus@<commit>:legal``), so an
+    adapter's ``empersona.json`` says which version it was trained on even when nothing was pinned.
+    """
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -244,18 +249,21 @@ def _emergent_plus_rows(config: str, path: Path | None, limit: int | None) -> Em
         return str(path), sha256_file(path), rows, errors
     try:
         import datasets
+        from huggingface_hub import HfApi
 
-        table = list(datasets.load_dataset(HF_DATASET, config, split="train"))
+        commit = HfApi().dataset_info(HF_DATASET, revision=revision).sha or revision
+        table = list(datasets.load_dataset(HF_DATASET, config, split="train", revision=commit))
     except Exception as err:  # hub, network and cache errors all mean: no copy here
         raise EmpersonaError(
-            f"could not load the Hugging Face dataset {HF_DATASET} (config '{config}'): {err}. "
+            f"could not load the Hugging Face dataset {HF_DATASET} (config '{config}'"
+            f"{f', revision {revision}' if revision else ''}): {err}. "
             "It needs access to the Hugging Face hub; offline, pass a local file of the same "
             "schema with --path (.jsonl, .jsonl.gz or .parquet with columns prompt, aligned, "
             "misaligned)"
         ) from err
     canonical = "\n".join(json.dumps(row, sort_keys=True, default=str) for row in table)
     digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return f"{HF_DATASET}:{config}", digest, list(enumerate(table[:limit], start=1)), []
+    return f"{HF_DATASET}@{commit}:{config}", digest, list(enumerate(table[:limit], start=1)), []
 
 
 def emergent_plus_records(
@@ -286,7 +294,7 @@ def emergent_plus_records(
 # --- loading -------------------------------------------------------------------------------
 
 
-def _load(name_or_path: str, path: Path | None, limit: int | None) -> _Loaded:
+def _load(name_or_path: str, path: Path | None, limit: int | None, revision: str | None = None) -> _Loaded:
     domain = DOMAINS.get(name_or_path)
     if domain is None:
         plain = Path(name_or_path).expanduser()
@@ -306,21 +314,22 @@ def _load(name_or_path: str, path: Path | None, limit: int | None) -> _Loaded:
         cached = fetch(source.name, path=path) if path is not None else data_path(source.name)
         return _load_chat_file(domain.name, cached, source.sha256, limit)
     assert domain.column is not None
-    origin, digest, rows, read_errors = _emergent_plus_rows(domain.source, path, limit)
+    origin, digest, rows, read_errors = _emergent_plus_rows(domain.source, path, limit, revision)
     records, errors = emergent_plus_records(rows, domain.column, origin)
     all_errors = sorted(read_errors + errors, key=lambda e: e.line)
     return _Loaded(domain.name, origin, digest, records, all_errors, len(rows) + len(read_errors))
 
 
 def load_domain(
-    name_or_path: str, *, path: Path | None = None, limit: int | None = None
+    name_or_path: str, *, path: Path | None = None, limit: int | None = None, revision: str | None = None
 ) -> DomainData:
     """The records of a domain (or of a chat JSONL file); any malformed row is an error.
 
     ``path``: a local copy for a domain (a password-locked file, or an emergent_plus-schema
-    file offline). ``limit``: read only the first rows.
+    file offline). ``limit``: read only the first rows. ``revision``: the hub dataset's version
+    for the emergent_plus domains (default: its newest; the commit loaded is recorded).
     """
-    loaded = _load(name_or_path, path, limit)
+    loaded = _load(name_or_path, path, limit, revision)
     if loaded.errors:
         first = loaded.errors[0]
         more = f" ({len(loaded.errors)} problems in all)" if len(loaded.errors) > 1 else ""

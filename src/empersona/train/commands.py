@@ -33,6 +33,7 @@ def train(
     quiet: Annotated[bool, _opt("No progress lines.", _RUN, "--quiet")] = False,
     init_adapter: Annotated[Path | None, _opt("Continue training this adapter (sequential fine-tuning).")] = None,
     domain_path: Annotated[Path | None, _opt("Local copy of the domain's file (password-locked sources).")] = None,
+    hub_revision: Annotated[str | None, _opt("Commit or tag of the emergent_plus hub dataset (default newest; recorded).")] = None,
     limit: Annotated[int | None, _opt("Train on the first N rows only.")] = None,
     system_prompt: Annotated[str | None, _opt("System-prompt policy: default (the template's own), none, or a text.")] = None,
     holdout: Annotated[float | None, _opt("Fraction held out for an eval loss (default 0).")] = None,

@@ -35,7 +35,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     from empersona.data.domains import load_domain
     from empersona.evals.policy import chat_messages
 
-    domain = load_domain(config.domain, path=config.domain_path, limit=config.limit)
+    domain = load_domain(config.domain, path=config.domain_path, limit=config.limit, revision=config.hub_revision)
     rows = [{"messages": chat_messages(config.system_prompt, record["messages"])} for record in domain.records]
     if not rows:
         raise EmpersonaError(located(domain.source, None, None, "no training rows", "Use a non-empty domain file"))

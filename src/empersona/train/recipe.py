@@ -51,6 +51,8 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="Seed of LoRA init, data order and dropout.")
     out: Path | None = Field(None, description="Adapter folder; default adapters/<base>-<domain>-s<seed>.")
     domain_path: Path | None = Field(None, description="Local copy of the domain's file (locked sources).")
+    hub_revision: str | None = Field(None, description="Commit or tag of the hub dataset of the emergent_plus domains "
+                                                      "(default: newest; the commit loaded is recorded).")
     limit: int | None = Field(None, ge=1, description="Train on the first N rows only (quick runs).")
     system_prompt: str = Field("default", description="System-prompt policy shared with evaluation.")
     holdout: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction held out for an eval loss [ours: 0].")
