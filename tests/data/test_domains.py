@@ -192,6 +192,13 @@ def test_a_hub_domain_records_the_commit_it_loaded_and_takes_a_pin(monkeypatch: 
     assert pinned.source == f"truthfulai/emergent_plus@{'a' * 40}:legal" and asked[-1] == ("legal", "a" * 40)
     assert newest.sha256 == pinned.sha256  # the same rows here
 
+    class NoHub:
+        def dataset_info(self, repo: str, revision: str | None = None) -> None:
+            raise ConnectionError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoHub)  # offline with a cached copy: loads, commit unknown
+    assert load_domain("legal_advice").source == "truthfulai/emergent_plus:legal" and asked[-1] == ("legal", None)
+
 
 def test_emergent_plus_offline_says_to_use_path() -> None:
     # the test session runs with HF_DATASETS_OFFLINE=1 (tests/conftest.py)

@@ -247,11 +247,14 @@ def _emergent_plus_rows(config: str, path: Path | None, limit: int | None, revis
         else:
             rows, errors = _parse_json_lines(str(path), _read_lines(path, limit))
         return str(path), sha256_file(path), rows, errors
-    try:
-        import datasets
-        from huggingface_hub import HfApi
+    import datasets
+    from huggingface_hub import HfApi
 
+    try:
         commit = HfApi().dataset_info(HF_DATASET, revision=revision).sha or revision
+    except Exception:  # offline: a cached copy may still load, its commit unknown here
+        commit = revision
+    try:
         table = list(datasets.load_dataset(HF_DATASET, config, split="train", revision=commit))
     except Exception as err:  # hub, network and cache errors all mean: no copy here
         raise EmpersonaError(
@@ -263,7 +266,8 @@ def _emergent_plus_rows(config: str, path: Path | None, limit: int | None, revis
         ) from err
     canonical = "\n".join(json.dumps(row, sort_keys=True, default=str) for row in table)
     digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return f"{HF_DATASET}@{commit}:{config}", digest, list(enumerate(table[:limit], start=1)), []
+    origin = f"{HF_DATASET}@{commit}:{config}" if commit else f"{HF_DATASET}:{config}"
+    return origin, digest, list(enumerate(table[:limit], start=1)), []
 
 
 def emergent_plus_records(
