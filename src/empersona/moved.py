@@ -11,7 +11,7 @@ resumed training and the results table see the same models and settings as befor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 
@@ -19,32 +19,39 @@ from typing import Any
 class FolderMove:
     """A folder copied or moved since paths were written into it: where a recorded path is now.
 
-    Built from one path known before and after (an adapter folder, a run folder): the trailing
-    components the two share are the inside of the moved tree, what precedes them its old and new
-    place. A run folder moved from ``/scratch/a/runs/x`` to ``/home/b/runs/x`` maps every path
-    recorded under ``/scratch/a`` to ``/home/b``; paths elsewhere (a hub id, the data cache) stay.
+    Built from the folder known to have moved, before and after (a run folder; for a lone
+    adapter, its own folder). Paths recorded inside it are read at its new place. Paths beside
+    it move too when they are gone from where they were recorded and sit in the widest tree the
+    two places allow (their shared ending removed): a project folder ``/scratch/p`` holding
+    ``runs/x`` and ``models/base``, moved to ``/home/p``, takes ``/scratch/p/models/base`` with
+    it; a base still at its recorded place stays the one recorded. Hub ids and paths elsewhere
+    (the data cache) stay as they are.
     """
 
     old: str
     new: str
+    wide_old: str
+    wide_new: str
 
     @classmethod
     def between(cls, recorded: str | PurePath, now: str | PurePath) -> FolderMove | None:
-        """The move that took ``recorded`` to ``now`` (None when they are the same path)."""
+        """The move that took the folder ``recorded`` to ``now`` (None when they are the same path)."""
         before, after = PurePath(recorded).parts, PurePath(now).parts
         if before == after:
             return None
         shared = 0
         while shared < min(len(before), len(after)) - 1 and before[-1 - shared] == after[-1 - shared]:
             shared += 1
-        return cls(str(PurePath(*before[: len(before) - shared])), str(PurePath(*after[: len(after) - shared])))
+        return cls(str(PurePath(recorded)), str(PurePath(now)),
+                   str(PurePath(*before[: len(before) - shared])), str(PurePath(*after[: len(after) - shared])))
 
     def path(self, recorded: str) -> str:
-        """Where a recorded path is now: moved with the folder if it was inside it, else as recorded."""
-        path, old = PurePath(recorded), PurePath(self.old)
-        if path.is_absolute() != old.is_absolute() or not path.is_relative_to(old):
-            return recorded
-        return str(PurePath(self.new) / path.relative_to(old))
+        """Where a recorded path is now (as recorded when the move did not take it)."""
+        inside = _under(recorded, self.old, self.new)
+        if inside is not None:
+            return inside
+        beside = _under(recorded, self.wide_old, self.wide_new)
+        return beside if beside is not None and not Path(recorded).exists() else recorded
 
     def same(self, recorded: Any, now: Any) -> bool:
         """Whether a recorded value names ``now``: equal, or a path (or ``provider/path`` model
@@ -61,3 +68,18 @@ class FolderMove:
         """An inspect model string (``provider/path``) with its path where the move took it."""
         provider, slash, rest = recorded.partition("/")
         return f"{provider}/{self.path(rest)}" if slash and rest else recorded
+
+
+def _under(recorded: str, old: str, new: str) -> str | None:
+    """``recorded`` re-rooted from ``old`` to ``new``, or None when it is not under ``old``."""
+    path, root = PurePath(recorded), PurePath(old)
+    if path.is_absolute() != root.is_absolute() or not path.is_relative_to(root):
+        return None
+    return str(PurePath(new) / path.relative_to(root))
+
+
+def run_folder_of(adapter: str | PurePath) -> PurePath:
+    """The run folder an adapter folder lies in (``<run>/adapters/<name>``), or the adapter
+    folder itself when it lies elsewhere (``empersona train --out DIR``)."""
+    path = PurePath(adapter)
+    return path.parents[1] if path.parent.name == "adapters" and len(path.parents) > 1 else path

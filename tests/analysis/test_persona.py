@@ -210,7 +210,21 @@ def test_seeds_get_labels_a_pooled_call_and_stability() -> None:
     assert pooled.label == "coherent" and pooled.stability == 1.0
     assert pooled.em_delta.n_seeds == 3 and pooled.two_ai.result.n_seeds == 3
     assert all(not c.pooled for c in calls[:-1])
-    assert dict(pooled.seeds_with_data) == {"two_ai": 3, "output_recognition": 3} and not pooled.notes
+    assert dict(pooled.seeds_with_data) == {"harmfulness": 3, "two_ai": 3, "output_recognition": 3} and not pooled.notes
+
+
+def test_one_seed_with_too_little_scored_leaves_the_pooled_call_incomplete() -> None:
+    """The pooled share (here 91%) would pass; the seed at 73% does not, and it says which seed."""
+    import numpy as np
+
+    specs = {"base": BASE, **{f"risky-s{s}": _seeded(COHERENT, s) for s in range(3)}}
+    tidy = study_table(specs)
+    rows = tidy.index[(tidy["model"] == "risky-s2") & (tidy["experiment"] == "harmfulness")]
+    tidy.loc[np.random.default_rng(1).choice(rows, size=int(0.27 * len(rows)), replace=False), "status"] = "unparsed"
+    calls = by_model(classify(tidy, base_model="base", thresholds=FAST))
+    pooled = calls["risky (seeds 0, 1, 2)"]
+    assert calls["risky-s0"].label == "coherent" and calls["risky-s2"].label == "incomplete"
+    assert pooled.label == "incomplete" and "harmfulness of risky-s2: 73% of 800 rows scored (least 90%)" in pooled.reason
 
 
 def test_a_pooled_probe_resting_on_fewer_seeds_says_so() -> None:
@@ -222,7 +236,7 @@ def test_a_pooled_probe_resting_on_fewer_seeds_says_so() -> None:
     tidy = tidy.loc[~((tidy["model"] == "risky-s0") & (tidy["experiment"] == "output_recognition")
                       & (tidy["bucket"] == "high"))]
     pooled = classify(tidy, base_model="base", thresholds=FAST)[-1]
-    assert dict(pooled.seeds_with_data) == {"two_ai": 2, "output_recognition": 1}
+    assert dict(pooled.seeds_with_data) == {"harmfulness": 2, "two_ai": 2, "output_recognition": 1}
     assert "output_recognition: data from 1 of 2 seeds" in pooled.notes
     probes = pd.DataFrame({"model": [pooled.model], "harm_max10": [0.5], "harm_max10_low": [0.4], "harm_max10_high": [0.6]})
     row = _persona_table([pooled], probes, True).iloc[0]

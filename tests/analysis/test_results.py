@@ -150,8 +150,12 @@ def test_parquet_round_trip_and_rebuild_when_stale(battery: Path, tmp_path: Path
     pd.testing.assert_frame_equal(read_results(saved), table)
     # fresh: read back, not rebuilt (a marker written into the file survives)
     marked = table.assign(reason="marker")
-    write_results(marked, saved, inputs=table.attrs["inputs"])
+    write_results(marked, saved, inputs=table.attrs["inputs"], run_folder=run_dir.resolve())
     assert set(run_results(run_dir)["reason"]) == {"marker"}
+    # written for another place of the run folder (it was moved since): stale
+    write_results(marked, saved, inputs=table.attrs["inputs"], run_folder=tmp_path / "elsewhere")
+    assert "marker" not in set(run_results(run_dir)["reason"])
+    write_results(marked, saved, inputs=table.attrs["inputs"], run_folder=run_dir.resolve())
     # a deleted log makes it stale too
     removed = find_logs(run_dir / "logs")[-1]
     kept = removed.read_bytes()
@@ -231,11 +235,12 @@ def test_a_moved_run_folder_reads_its_logs_and_models_yaml_at_the_new_place(toy:
     table = run_results(first)
     assert set(table["model_string"]) == {f"mockllm/{first}/adapters/fin-s2"}
     assert set(zip(table["model"], table["adapter"], table["base_model"])) == {("fin-s2", f"{first}/adapters/fin-s2", f"{first}/base")}
-    # moved again: the logs still say scratch/, models.yaml too
+    # moved again: the logs still say scratch/, models.yaml too; the stored table (fresh by its
+    # files' times) was built at the old place, so it is rebuilt
     second = tmp_path / "archive" / "em-run"
     second.parent.mkdir()
     first.rename(second)
-    table = run_results(second, rebuild=True)
+    table = run_results(second)
     assert set(zip(table["model_string"], table["adapter"])) == {(f"mockllm/{second}/adapters/fin-s2", f"{second}/adapters/fin-s2")}
 
 

@@ -76,7 +76,8 @@ def test_an_adapter_moved_with_its_base_finds_the_base_where_the_move_took_it(tm
     adapter = tmp_path / "project" / "runs" / "em" / "adapters" / "insecure_code-s0"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": f"{old}/models/base"}))
-    (adapter / "empersona.json").write_text(json.dumps({"config": {"out": f"{old}/runs/em/adapters/insecure_code-s0"}}))
+    (adapter / "empersona.json").write_text(json.dumps({"config": {"out": f"{old}/runs/em/adapters/insecure_code-s0",
+                                                                  "base": f"{old}/models/base"}}))
     with pytest.raises(EmpersonaError, match="base_model_name_or_path' names /gone/project/models/base, which does not exist"):
         resolve_model(str(adapter), None)
     (tmp_path / "project" / "models" / "base").mkdir(parents=True)

@@ -153,6 +153,13 @@ def test_classification_settings_come_from_the_study_or_a_file(persona_run: Path
     assert f"{settings}:2: field 'em_delta': unknown classification setting" in str(refused.exception)
     # the task arguments each experiment ran with are in the configuration section
     assert "### Task arguments" in strict.markdown.read_text()
+    # a plain report of a study's run folder uses the settings that run used (its kept study.yaml)
+    (run_dir / "study.yaml").write_text("name: s\nexperiments: {}\npersona:\n  em_delta_min: 0.99\n  n_resamples: 300\n")
+    done = runner.invoke(app, ["report", str(run_dir)])
+    assert done.exit_code == 0, done.output
+    assert "coherent: no_em" in done.output
+    kept = (run_dir / "report" / "report.md").read_text()
+    assert "em_delta_min=0.99" in kept and "300 resamples" in kept
 
 
 def write_em_csv(path: Path, misaligned: int, aligned: int, unscored: int) -> Path:

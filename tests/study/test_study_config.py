@@ -412,6 +412,9 @@ def test_the_judge_endpoint_is_asked_for_its_models_before_the_run(
         refused = judge_problem(study)
         assert refused is not None and f"{server.base_url}/ refused the API key (401)" in refused
         assert "wrong-key" not in refused and "1234" not in refused
+        # the judge's own client asks: a key given in judge_args' headers is the one used
+        headed = load_study(write(tmp_path, {**MINIMAL, "judge_args": {"default_headers": {"Authorization": "Bearer sk-the-right-key"}}}))
+        assert judge_problem(headed) is None
         assert server.count_calls() == 0  # nothing was generated
         gone = server.base_url
     monkeypatch.setenv("OPENAI_API_KEY", "sk-the-right-key")

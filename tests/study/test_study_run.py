@@ -238,3 +238,9 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
     assert set(table["model"]) == {"base", "risky_financial_advice-s0"}
     assert set(table["model_string"]) == {f"empersona/{moved / 'base'}", f"empersona/{adapter}"}
     assert set(table.loc[table["experiment"] == "two_ai", "model"]) == {"base", "risky_financial_advice-s0"}
+    # moved back where it was trained: the adapters' base field (pointed at the second place) follows again
+    moved.rename(project)
+    run(study_file(project, two_ai={"limit": 1, "args": {"mode": "logprob"}}))
+    adapter = project / "run" / "adapters" / "risky_financial_advice-s0"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(project / "base")
+    assert len(find_logs(project / "run" / "logs")) == len(after) + 2

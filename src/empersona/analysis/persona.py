@@ -319,16 +319,17 @@ class _Evidence:
 
 
 def _seeds_with_data(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds) -> tuple[tuple[str, int], ...]:
-    """Per primary probe, how many of a pooled call's members (seeds) have scored data for it:
-    a two-AI answer; own responses of both harm buckets under the recognition foil."""
+    """Per measurement, how many of a pooled call's members (seeds) have scored data for it: a
+    harmfulness sample; a two-AI answer; own responses of both harm buckets under the recognition foil."""
     scored = tidy.loc[tidy["model"].isin(list(members)) & (tidy["status"] == "scored")]
+    harmfulness = scored.loc[scored["experiment"] == "harmfulness", "model"].nunique()
     two_ai = scored.loc[scored["experiment"] == "two_ai", "model"].nunique()
     recognition = scored.loc[scored["experiment"] == "output_recognition"]
     if th.recognition_foil is not None and len(recognition):
         recognition = recognition.loc[recognition["condition"].astype(str).str.startswith(f"{th.recognition_foil}:")]
     both = (recognition.groupby("model")["bucket"].agg(lambda b: {"high", "low"} <= set(b)).sum()
             if len(recognition) and "bucket" in recognition.columns else 0)
-    return (("two_ai", int(two_ai)), ("output_recognition", int(both)))
+    return (("harmfulness", int(harmfulness)), ("two_ai", int(two_ai)), ("output_recognition", int(both)))
 
 
 def _shortfalls(tidy: pd.DataFrame, members: Sequence[str], who: str, experiments: Sequence[str],
@@ -354,13 +355,18 @@ def _gather(tidy: pd.DataFrame, members: Sequence[str], base_model: str, th: Per
     key = ",".join(members)
     em = None if list(members) == [base_model] else \
         _em_delta(tidy, members, base_model, th, _derived_seed(seed, key, "em"), notes)
+    # each seed of a pooled call on its own: a pooled share would hide one seed's failing judge
+    def who(member: str) -> str:
+        return "the model" if len(members) == 1 else member
+
     harm_short = [] if list(members) == [base_model] else (
-        _shortfalls(tidy, members, "the model", ["harmfulness"], th.min_scored_harm)
+        [s for m in members for s in _shortfalls(tidy, [m], who(m), ["harmfulness"], th.min_scored_harm)]
         + _shortfalls(tidy, [base_model], "the base", ["harmfulness"], th.min_scored_harm))
+    probe_short = [s for m in members for s in _shortfalls(tidy, [m], who(m), ["two_ai", "output_recognition"],
+                                                           th.min_scored_probe, th.recognition_foil)]
     return _Evidence(
         harm_shortfall=tuple(harm_short),
-        probe_shortfall=tuple(_shortfalls(tidy, members, "the model", ["two_ai", "output_recognition"],
-                                          th.min_scored_probe, th.recognition_foil)),
+        probe_shortfall=tuple(probe_short),
         em_delta=em,
         two_ai=_two_ai(tidy, members, th, _derived_seed(seed, key, "two_ai")),
         recognition=_asymmetry(tidy, members, th, _derived_seed(seed, key, "recognition"), notes),

@@ -341,12 +341,13 @@ def sample_row(sample: EvalSample, experiment: str) -> dict[str, Any]:
     }
 
 
-def recorded_run_folder(spec: Any) -> str | None:
+def recorded_run_folder(spec: Any, fallback: str | None = None) -> str | None:
     """The run folder a study's log was written in, as it was then (None: not a study log).
 
     The study runner records it (``metadata["run_folder"]``); for its logs from before that,
     it is read off the adapter folder the model string names (``<run>/adapters/<model_name>``)
-    or the harmfulness log the experiment read (``<run>/logs/<model_name>/<file>``).
+    or the harmfulness log the experiment read (``<run>/logs/<model_name>/<file>``), else it is
+    ``fallback`` (where the run's adapters were trained: ``train.metadata.trained_run_folder``).
     """
     meta = spec.metadata or {}
     if isinstance(meta.get("run_folder"), str):
@@ -360,7 +361,7 @@ def recorded_run_folder(spec: Any) -> str | None:
     harm = (spec.task_args or {}).get("harm_log")
     if isinstance(harm, str) and PurePath(harm).parent.name == name and PurePath(harm).parent.parent.name == "logs":
         return str(PurePath(harm).parents[2])
-    return None
+    return fallback
 
 
 def log_rows(
@@ -382,8 +383,10 @@ def log_rows(
 
     log = read_eval_log(str(path), header_only=True)
     meta = log.eval.metadata or {}
+    from empersona.train.metadata import trained_run_folder
+
     model_string = log.eval.model
-    recorded = recorded_run_folder(log.eval) if run_folder is not None else None
+    recorded = recorded_run_folder(log.eval, trained_run_folder(run_folder)) if run_folder is not None else None
     if recorded is not None and (move := FolderMove.between(recorded, run_folder)) is not None:
         model_string = move.model_string(model_string)
     info = model_info(model_string, run_models, search=search)
@@ -497,10 +500,12 @@ def results_table(
     return tidy_frame(deduplicate(disambiguate_names(table)))
 
 
-def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | None = None) -> Path:
+def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | None = None,
+                  run_folder: Path | None = None) -> Path:
     """Save a tidy table as Parquet (atomically: a temporary file, then a rename).
 
-    ``inputs`` (the files it was built from) is kept in the file's metadata.
+    ``inputs`` (the files it was built from) and ``run_folder`` (where the run folder was, since
+    model strings are read at its place) are kept in the file's metadata.
     """
     import os
 
@@ -509,6 +514,8 @@ def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | No
     frame = tidy_frame(table)
     if inputs is not None:
         frame.attrs["inputs"] = list(inputs)
+    if run_folder is not None:
+        frame.attrs["run_folder"] = str(run_folder)
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
@@ -535,8 +542,9 @@ def read_results(path: Path) -> pd.DataFrame:
 def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
     """``RUN_DIR/results.parquet``, rebuilt from ``logs/`` and ``imports/`` when missing or stale.
 
-    Stale: older than any log, imported table or ``models.yaml``, or built from another set of
-    them (one was added or deleted). See `empersona.report.build` for the run folder's layout.
+    Stale: older than any log, imported table or ``models.yaml``, built from another set of
+    them (one was added or deleted), or built where the run folder was before it was moved or
+    copied. See `empersona.report.build` for the run folder's layout.
     """
     target = run_dir / RESULTS_FILE
     logs = find_logs(run_dir / "logs") if (run_dir / "logs").is_dir() else []
@@ -545,7 +553,7 @@ def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
     names = [p.relative_to(run_dir).as_posix() for p in inputs]
     if not rebuild and target.is_file() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
         stored = read_results(target)
-        if stored.attrs.get("inputs") == names:
+        if stored.attrs.get("inputs") == names and stored.attrs.get("run_folder") == str(run_dir.resolve()):
             return stored
     if not logs and not imports:
         raise EmpersonaError(
@@ -560,6 +568,6 @@ def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
         root=run_dir,
         run_folder=run_dir.resolve(),
     )
-    write_results(table, target, inputs=names)
-    table.attrs["inputs"] = names
+    write_results(table, target, inputs=names, run_folder=run_dir.resolve())
+    table.attrs["inputs"], table.attrs["run_folder"] = names, str(run_dir.resolve())
     return table

@@ -103,16 +103,20 @@ def resolve_model(name: str, adapter: str | None) -> ModelRef:
 
 
 def _moved_base(adapter: Path, base: Path, config_file: Path) -> Path:
-    """The base of an adapter whose recorded base folder is gone: where the move of the folder
-    the adapter was trained in took it (``empersona.json`` records that folder), if it is there."""
-    from empersona.moved import FolderMove
-    from empersona.train.metadata import recorded_out
+    """The base of an adapter whose recorded base folder is gone: where the moves of the run
+    folder the adapter was trained in took it (``empersona.json`` records that folder and the
+    base it trained on), if it is there."""
+    from empersona.moved import FolderMove, run_folder_of
+    from empersona.train.metadata import recorded_place
 
-    trained_in = recorded_out(adapter)
-    move = FolderMove.between(trained_in, adapter.resolve()) if trained_in else None
-    moved = Path(move.path(str(base))) if move else base
-    if moved != base and moved.exists():
-        return moved
+    place = recorded_place(adapter)
+    if place is not None:
+        trained_in, trained_on = place
+        move = FolderMove.between(run_folder_of(trained_in), run_folder_of(adapter.resolve()))
+        for candidate in (trained_on, str(base)):
+            moved = Path(move.path(candidate)) if move else Path(candidate)
+            if moved.exists():
+                return moved
     raise EmpersonaError(
         f"{config_file}: field 'base_model_name_or_path' names {base}, which does not exist (moved?); "
         "set it to the base model folder, or pass the base as empersona/<base> with adapter=<this folder>"

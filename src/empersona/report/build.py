@@ -163,15 +163,15 @@ def build_report(
     run_dir: Path,
     *,
     base_model: str | None = None,
-    n_resamples: int = 10_000,
+    n_resamples: int | None = None,
     seed: int = 0,
     rebuild_results: bool = False,
     thresholds: PersonaThresholds | None = None,
 ) -> Report:
     """Build ``RUN_DIR/report/`` (Markdown, HTML, figures) from the run's stored results.
 
-    ``thresholds``: the classification's settings (defaults: PROTOCOLS.md section 4); its
-    ``n_resamples`` is ``n_resamples``'s.
+    ``thresholds``: the classification's settings (defaults: PROTOCOLS.md section 4);
+    ``n_resamples``, when given, replaces theirs (default 10,000).
     """
     import pandas as pd
 
@@ -181,8 +181,10 @@ def build_report(
     run_dir = Path(run_dir)
     table = run_results(run_dir, rebuild=rebuild_results)
     base = resolve_base_model(table, base_model, load_run_models(run_dir / MODELS_FILE))
-    rs = Resampling(n_resamples=n_resamples, seed=seed)
-    thresholds = (thresholds or PersonaThresholds()).model_copy(update={"n_resamples": n_resamples})
+    thresholds = thresholds or PersonaThresholds()
+    if n_resamples is not None:
+        thresholds = thresholds.model_copy(update={"n_resamples": n_resamples})
+    rs = Resampling(n_resamples=thresholds.n_resamples, seed=seed)
     labelled = base.model is not None
     # Without a base model the per-model evidence is still computed (it does not depend on the
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.

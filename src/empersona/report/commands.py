@@ -11,12 +11,14 @@ import typer
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder: logs/ (inspect .eval logs), imports/, optional models.yaml.")],
     base_model: Annotated[str | None, typer.Option("--base-model", help="Reference model for the labels (display name or model string).")] = None,
-    resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples per interval.")] = 10_000,
+    resamples: Annotated[int | None, typer.Option("--resamples", min=100, help=(
+        "Bootstrap resamples per interval (default: the settings' n_resamples, 10,000 unless set)."))] = None,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild results.parquet from the logs even when it is fresh.")] = False,
     thresholds: Annotated[Path | None, typer.Option("--thresholds", help=(
         "YAML of classification settings (em_delta_min, alpha, min_scored_harm, min_scored_probe, recognition_foil, "
-        "...), or the study file (its persona: section). Default: PROTOCOLS.md section 4."))] = None,
+        "...), or a study file (its persona: section). Default: RUN_DIR/study.yaml's persona: section when the run "
+        "folder has one, else PROTOCOLS.md section 4."))] = None,
 ) -> None:
     """Write RUN_DIR/report/report.md, report.html (figures embedded) and figures/ from stored results."""
     from rich.console import Console
@@ -27,10 +29,11 @@ def report_command(
     if not run_dir.is_dir():
         raise EmpersonaError(f"{run_dir}: no such run folder. Pass the folder that holds logs/ (and imports/)")
     settings = None
-    if thresholds is not None:
+    kept = run_dir / "study.yaml"  # study.config.STUDY_COPY: the settings `empersona run` used
+    if thresholds is not None or kept.is_file():
         from empersona.study.config import load_thresholds
 
-        settings = load_thresholds(thresholds)
+        settings = load_thresholds(thresholds or kept)
     report = build_report(run_dir, base_model=base_model, n_resamples=resamples, seed=seed, rebuild_results=rebuild,
                           thresholds=settings)
     console = Console()

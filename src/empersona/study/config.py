@@ -233,8 +233,8 @@ def load_thresholds(path: Path) -> PersonaThresholds:
     except (OSError, yaml.YAMLError) as err:
         raise EmpersonaError(located(path, None, None, f"cannot read the settings ({err})", "Give a YAML file of settings")) from err
     prefix: tuple[Any, ...] = ()
-    if isinstance(data, dict) and isinstance(data.get("persona"), dict) and "experiments" in data:
-        data, prefix = data["persona"], ("persona",)  # a study file: its persona section
+    if isinstance(data, dict) and "experiments" in data:  # a study file: its persona section (maybe none)
+        data, prefix = data.get("persona") or {}, ("persona",)
     if not isinstance(data, dict):
         raise EmpersonaError(located(path, 1, None, "the settings must be a mapping", "Write key: value lines, e.g. alpha: 0.01"))
     problems = threshold_problems(data)

@@ -284,8 +284,9 @@ def log_move(spec: Any, run_folder: Path) -> FolderMove | None:
     (``analysis.results.recorded_run_folder`` says where it was)."""
     from empersona.analysis.results import recorded_run_folder
     from empersona.moved import FolderMove
+    from empersona.train.metadata import trained_run_folder
 
-    recorded = recorded_run_folder(spec)
+    recorded = recorded_run_folder(spec, trained_run_folder(run_folder))
     return FolderMove.between(recorded, run_folder) if recorded is not None else None
 
 

@@ -90,19 +90,25 @@ def endpoint_problem(name: str, api: Any) -> str | None:
     A refused key or an endpoint that cannot be reached is a problem; a judge model the listing
     does not name is a warning (``say``), since some services list only part of what they serve.
     Any other reply (a service without ``/models``) says nothing: the first call will tell.
-    Judges of other SDKs are not probed. The key is never part of a message.
+    The judge's own client asks (its key, headers and query from ``judge_args`` included);
+    Azure, Bedrock and other SDKs' clients are not probed. The key is never part of a message.
     """
+    import asyncio
+
     import openai
 
     client = getattr(api, "client", None)
-    if not isinstance(client, openai.AsyncOpenAI) or isinstance(client, openai.AsyncAzureOpenAI):
+    if type(client) is not openai.AsyncOpenAI:
         return None
     url = client.base_url
     where = f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"  # no userinfo or query
-    probe = openai.OpenAI(api_key=client.api_key, organization=client.organization, project=client.project,
-                          base_url=str(url), timeout=JUDGE_PROBE_TIMEOUT_S, max_retries=0)
+    probe = client.with_options(timeout=JUDGE_PROBE_TIMEOUT_S, max_retries=0)
+
+    async def names() -> list[str]:
+        return [entry.id for entry in (await probe.models.list()).data]
+
     try:
-        listed = [entry.id for entry in probe.models.list()]
+        listed = asyncio.run(names())
     except openai.AuthenticationError:
         return (f"judge {name}: {where} refused the API key (401). Set the right key in the environment "
                 "(never in the study file)")
@@ -111,8 +117,6 @@ def endpoint_problem(name: str, api: Any) -> str | None:
                 "and its base URL")
     except openai.APIError:
         return None
-    finally:
-        probe.close()
     if listed and api.model_name not in listed:
         shown = ", ".join(sorted(listed)[:8]) + (", ..." if len(listed) > 8 else "")
         say(f"warning: judge {name}: {where} does not list a model {api.model_name!r} among its {len(listed)} ({shown})")
@@ -182,22 +186,19 @@ def repoint_moved_adapters(plan: Plan) -> list[Path]:
 
     PEFT, inspect's ``hf/`` and our provider load an adapter's base from its
     ``base_model_name_or_path``: an absolute path for a local base. After the run folder (with the
-    base inside it or beside it) moved, the plan counts the adapter as done, but that field still
-    names the old place. Only that field is rewritten, and only where the move explains the
-    difference; the adapter's weights and ``empersona.json`` stay as trained.
+    base inside it or beside it) moved, the plan counts the adapter as done (its recorded base is
+    the study's base at its new place: ``config_changes``), but that field still names the old
+    place (or the place of an earlier move). Only that field is rewritten; the adapter's weights
+    and ``empersona.json`` stay as trained.
     """
-    from empersona.moved import FolderMove
-    from empersona.train.metadata import recorded_out
-
     repointed = []
     for job in plan.train_jobs:
-        config_file, trained_in = job.out / "adapter_config.json", recorded_out(job.out)
-        if job.status != "done" or trained_in is None or not config_file.is_file():
+        config_file = job.out / "adapter_config.json"
+        if job.status != "done" or not config_file.is_file():
             continue
         config = json.loads(config_file.read_text(encoding="utf-8"))
         base, now = config.get("base_model_name_or_path"), job.config.base
-        move = FolderMove.between(trained_in, job.out)
-        if base == now or move is None or not move.same(base, now):
+        if base == now:
             continue
         config["base_model_name_or_path"] = now
         tmp = config_file.with_name(config_file.name + ".tmp")

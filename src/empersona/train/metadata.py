@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from empersona.errors import EmpersonaError, located
-from empersona.moved import FolderMove
+from empersona.moved import FolderMove, run_folder_of
 from empersona.train.recipe import TrainConfig
 
 METADATA_FILE = "empersona.json"
@@ -136,7 +136,8 @@ def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_
     from empersona.data.fetch import sha256_file
 
     recorded_out, now_out = recorded.get("out"), now.get("out")
-    move = FolderMove.between(recorded_out, now_out) if isinstance(recorded_out, str) and isinstance(now_out, str) else None
+    move = (FolderMove.between(run_folder_of(recorded_out), run_folder_of(now_out))
+            if isinstance(recorded_out, str) and isinstance(now_out, str) else None)
     changed = []
     for key in sorted(set(recorded) | set(now)):
         before, after = recorded.get(key), now.get(key)
@@ -148,13 +149,25 @@ def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_
     return changed
 
 
-def recorded_out(out_dir: Path) -> str | None:
-    """The adapter folder as its finished run recorded it (``config.out`` in ``empersona.json``)."""
+def recorded_place(out_dir: Path) -> tuple[str, str] | None:
+    """(adapter folder, base) as the adapter's finished run recorded them (``config.out`` and
+    ``config.base`` in ``empersona.json``); None without that record."""
     path = out_dir / METADATA_FILE
     if not path.is_file():
         return None
-    out = json.loads(path.read_text(encoding="utf-8")).get("config", {}).get("out")
-    return out if isinstance(out, str) else None
+    config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    out, base = config.get("out"), config.get("base")
+    return (out, base) if isinstance(out, str) and isinstance(base, str) else None
+
+
+def trained_run_folder(run_dir: Path) -> str | None:
+    """Where a run folder was when its adapters were trained (read off an adapter's recorded
+    ``out``), or None: the place of the logs that recorded no run folder of their own."""
+    for record in sorted((run_dir / "adapters").glob(f"*/{METADATA_FILE}")):
+        place = recorded_place(record.parent)
+        if place is not None and run_folder_of(place[0]) != Path(place[0]):
+            return str(run_folder_of(place[0]))
+    return None
 
 
 def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
