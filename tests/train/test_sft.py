@@ -242,6 +242,8 @@ def test_resume_continues_where_it_stopped(tiny_model: Path, mirror: Path, tmp_p
     resumed = train(config, resume=True, progress=False)
     assert resumed.metadata is not None and whole.metadata is not None
     assert resumed.metadata.steps == 4 and resumed.metadata.resumed_from.endswith("checkpoint-2")
+    # the mean loss covers every step, those before the interrupt too
+    assert resumed.metadata.mean_loss == pytest.approx(whole.metadata.mean_loss, abs=1e-6)
     first, second = adapter_tensors(whole.out_dir), adapter_tensors(cut)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not (cut / INCOMPLETE_MARKER).exists()

@@ -417,6 +417,18 @@ def _count_cut_rows(data: TrainingData, prepared: Any, config: TrainConfig, *, m
     return replace(data, info=data.info.model_copy(update={"rows_cut": cut, "rows_dropped": dropped}))
 
 
+def _mean_loss(history: Sequence[dict[str, Any]], fallback: float) -> float:
+    """The mean training loss over every step: each logged loss (the mean over the steps since
+    the previous log) weighted by its steps. A resumed run's history holds the steps before the
+    interrupt too, where the trainer's own ``training_loss`` covers only the resumed ones."""
+    total, steps, last = 0.0, 0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            window = int(entry["step"]) - last
+            total, steps, last = total + float(entry["loss"]) * window, steps + window, int(entry["step"])
+    return total / steps if steps else fallback
+
+
 def check_targets(model: Any, targets: Sequence[str], base: str) -> None:
     """Every LoRA target must name a module of the base (PEFT's rule: the module's name, or its
     dotted ending); PEFT itself fails only when none does, so a misspelt one would go untrained."""
@@ -481,7 +493,7 @@ def train(
         training_template=run.training_template,
         steps=trainer.state.global_step,
         final_loss=losses[-1] if losses else None,
-        mean_loss=output.training_loss,
+        mean_loss=_mean_loss(trainer.state.log_history, output.training_loss),
         eval_loss=eval_loss,
         resumed_from=str(checkpoint) if checkpoint else None,
         started_at=started.isoformat(timespec="seconds"),
