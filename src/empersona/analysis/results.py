@@ -370,12 +370,13 @@ def log_rows(
     search: Sequence[Path] = (),
     root: Path | None = None,
     run_folder: Path | None = None,
+    trained_in: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every sample of one ``.eval`` log as tidy rows, with the run's metadata.
 
     ``log_file`` is recorded relative to ``root`` when the log lies under it. ``run_folder``: the
     study's run folder as it is now, where a log written before a move names its model by the
-    old path (`recorded_run_folder`).
+    old path (`recorded_run_folder`; ``trained_in``: its fallback).
     """
     from inspect_ai.log import read_eval_log, read_eval_log_samples
 
@@ -383,10 +384,8 @@ def log_rows(
 
     log = read_eval_log(str(path), header_only=True)
     meta = log.eval.metadata or {}
-    from empersona.train.metadata import trained_run_folder
-
     model_string = log.eval.model
-    recorded = recorded_run_folder(log.eval, trained_run_folder(run_folder)) if run_folder is not None else None
+    recorded = recorded_run_folder(log.eval, trained_in) if run_folder is not None else None
     if recorded is not None and (move := FolderMove.between(recorded, run_folder)) is not None:
         model_string = move.model_string(model_string)
     info = model_info(model_string, run_models, search=search)
@@ -486,10 +485,13 @@ def results_table(
     """
     import pandas as pd
 
+    from empersona.train.metadata import trained_run_folder
+
     rows: list[dict[str, Any]] = []
+    trained_in = trained_run_folder(run_folder) if run_folder is not None else None  # read once, not per log
     for path in sorted(logs, key=lambda p: p.stat().st_mtime):  # ties in `created` go to the later file
         try:
-            rows.extend(log_rows(path, run_models, search, root, run_folder))
+            rows.extend(log_rows(path, run_models, search, root, run_folder, trained_in))
         except (ValueError, OSError, zipfile.BadZipFile) as err:  # cut short by a killed run
             warnings.warn(f"skipping unreadable log {path}: {err}", stacklevel=2)
     parts = [tidy_frame(rows)] + [tidy_frame(frame) for frame in extra]

@@ -257,9 +257,12 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
+    from empersona.train.metadata import trained_run_folder
+
     if not log_dir.exists():
         return None
     identity = model_identity(model) if model is not None else None
+    trained_in = trained_run_folder(run_folder) if run_folder is not None else None  # read once, not per log
     for info in list_eval_logs(str(log_dir), recursive=False):
         try:
             header = read_eval_log(info, header_only=True)
@@ -267,7 +270,7 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
             continue
         if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
             continue
-        move = log_move(header.eval, run_folder) if run_folder is not None else None
+        move = log_move(header.eval, run_folder, trained_in) if run_folder is not None else None
         recorded = header.eval.task_args or {}
         if not (all(_same(move, recorded.get(k), v) for k, v in args.items()) and (header.eval.config.limit == limit)):
             continue
@@ -279,14 +282,14 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     return None
 
 
-def log_move(spec: Any, run_folder: Path) -> FolderMove | None:
+def log_move(spec: Any, run_folder: Path, trained_in: str | None = None) -> FolderMove | None:
     """How the run folder moved (or was copied) since a log was written, if it did
-    (``analysis.results.recorded_run_folder`` says where it was)."""
+    (``analysis.results.recorded_run_folder`` says where it was; ``trained_in``: where the run's
+    adapters were trained, ``train.metadata.trained_run_folder``, for logs that say nothing)."""
     from empersona.analysis.results import recorded_run_folder
     from empersona.moved import FolderMove
-    from empersona.train.metadata import trained_run_folder
 
-    recorded = recorded_run_folder(spec, trained_run_folder(run_folder))
+    recorded = recorded_run_folder(spec, trained_in)
     return FolderMove.between(recorded, run_folder) if recorded is not None else None
 
 

@@ -219,9 +219,11 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     from empersona.study.plan import log_is_of_model, log_move
+    from empersona.train.metadata import trained_run_folder
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
+    trained_in = trained_run_folder(plan.study.out)  # read once, not per log
     for model in plan.models:
         folder = plan.study.out / "logs" / model.name
         if not folder.is_dir():
@@ -233,7 +235,7 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
                 spec = read_eval_log(info, header_only=True).eval
             except Exception:  # a log cut short by a kill: the results table skips it already
                 continue
-            if log_is_of_model(spec, model, identity, log_move(spec, plan.study.out)):
+            if log_is_of_model(spec, model, identity, log_move(spec, plan.study.out, trained_in)):
                 continue
             target = plan.study.out / "logs.replaced" / stamp / model.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)

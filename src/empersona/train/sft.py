@@ -285,7 +285,7 @@ def prepare(
     """Validate the data and the output folder, load model and tokenizer, build the trainer."""
     data = load_training_data(config)
     out_dir = config.output_dir()
-    world_size, _ = _world()
+    world_size, main = _world()
     grad_accum = config.grad_accum(world_size)
     if config.init_adapter is not None:
         _init_adapter_record(config.init_adapter)
@@ -387,7 +387,7 @@ def prepare(
         )
     finally:
         tokenizer.chat_template = model_template
-    data = _count_cut_rows(data, trainer.train_dataset, config, main=_world()[1])
+    data = _count_cut_rows(data, trainer.train_dataset, config, main=main)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if progress:
