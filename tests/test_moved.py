@@ -49,6 +49,15 @@ def test_same_accepts_a_moved_path_or_model_string_and_nothing_else() -> None:
     assert not move.same("", "/new")
 
 
+def test_a_task_argument_is_read_where_the_move_took_it() -> None:
+    move = FolderMove.between("/old/run", "/new/run")
+    assert move is not None
+    assert move.value("/old/run/logs/base/h.eval") == "/new/run/logs/base/h.eval"
+    assert move.value("empersona//old/run/adapters/x-s0") == "empersona//new/run/adapters/x-s0"
+    assert move.value("hf/Qwen/Qwen2.5-7B-Instruct") == "hf/Qwen/Qwen2.5-7B-Instruct"
+    assert move.value("logprob") == "logprob" and move.value(0.7) == 0.7 and move.value(None) is None
+
+
 def test_the_run_folder_of_an_adapter() -> None:
     assert run_folder_of("/p/runs/em/adapters/x-s0") == Path("/p/runs/em")
     assert run_folder_of("/p/my-adapter") == Path("/p/my-adapter")  # trained alone: its own folder

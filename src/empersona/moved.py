@@ -64,6 +64,13 @@ class FolderMove:
             return True
         return self.model_string(recorded) == now
 
+    def value(self, recorded: Any) -> Any:
+        """A recorded setting where the move took it: an absolute path, or a ``provider/path``
+        model string (a task argument such as the foil model); anything else as recorded."""
+        if not isinstance(recorded, str) or not recorded:
+            return recorded
+        return self.path(recorded) if PurePath(recorded).is_absolute() else self.model_string(recorded)
+
     def model_string(self, recorded: str) -> str:
         """An inspect model string (``provider/path``) with its path where the move took it."""
         provider, slash, rest = recorded.partition("/")

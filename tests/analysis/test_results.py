@@ -223,6 +223,8 @@ def test_a_moved_run_folder_reads_its_logs_and_models_yaml_at_the_new_place(toy:
     a second one) the table names it by the new one, with the facts ``models.yaml`` states."""
     old = tmp_path / "scratch" / "run"
     adapter = f"{old}/adapters/fin-s2"
+    (old / "data").mkdir(parents=True)
+    toy = {**toy, "prompts.txt": shutil.copy(toy["prompts.txt"], old / "data")}  # a task argument inside the run
     run_battery(toy, old / "logs" / "fin-s2", name=adapter, only_harm=True,
                 metadata={"model_name": "fin-s2", "domain": "risky_financial", "ft_seed": 2, "run_folder": str(old)})
     (old / "models.yaml").write_text(yaml.safe_dump({
@@ -235,6 +237,8 @@ def test_a_moved_run_folder_reads_its_logs_and_models_yaml_at_the_new_place(toy:
     table = run_results(first)
     assert set(table["model_string"]) == {f"mockllm/{first}/adapters/fin-s2"}
     assert set(zip(table["model"], table["adapter"], table["base_model"])) == {("fin-s2", f"{first}/adapters/fin-s2", f"{first}/base")}
+    # task arguments naming paths inside the run (a prompts file, a foil model) are read there too
+    assert {json.loads(a)["prompts_file"] for a in table["task_args"]} == {f"{first}/data/prompts.txt"}
     # moved again: the logs still say scratch/, models.yaml too; the stored table (fresh by its
     # files' times) was built at the old place, so it is rebuilt
     second = tmp_path / "archive" / "em-run"

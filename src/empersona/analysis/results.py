@@ -385,9 +385,11 @@ def log_rows(
     log = read_eval_log(str(path), header_only=True)
     meta = log.eval.metadata or {}
     model_string = log.eval.model
+    args = dict(log.eval.task_args or {})
     recorded = recorded_run_folder(log.eval, trained_in) if run_folder is not None else None
     if recorded is not None and (move := FolderMove.between(recorded, run_folder)) is not None:
         model_string = move.model_string(model_string)
+        args = {key: move.value(value) for key, value in args.items()}  # e.g. the foil model's path
     info = model_info(model_string, run_models, search=search)
     if info.name == info.model_string and meta.get("model_name"):  # the study runner names its models
         info = ModelInfo(name=str(meta["model_name"]), model_string=info.model_string, domain=meta.get("domain"), seed=meta.get("ft_seed"))
@@ -406,7 +408,7 @@ def log_rows(
         "eval_id": log.eval.eval_id,
         "created": str(log.eval.created),
         "eval_seed": meta.get("seed"),
-        "task_args": json.dumps(log.eval.task_args or {}, sort_keys=True, default=str),
+        "task_args": json.dumps(args, sort_keys=True, default=str),
         "versions": json.dumps(log.eval.packages or {}, sort_keys=True),
     }
     samples = read_eval_log_samples(str(path), all_samples_required=False, exclude_fields={"events", "messages"})
