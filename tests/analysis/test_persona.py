@@ -332,5 +332,7 @@ def test_a_self_assessment_off_the_headline_dimension_is_marked() -> None:
 
     probes = pd.DataFrame({"model": ["coh"], "harm_max10": [0.5], "harm_max10_low": [0.4], "harm_max10_high": [0.6]})
     assert _persona_table([call], probes, True)["self-assessment"].iloc[0].endswith("(all dimensions)")
+    marked = _persona_table([call], probes, True, "aligned/misaligned")["self-assessment"].iloc[0]
+    assert marked.endswith("(all dimensions, none on 'aligned/misaligned')")
     headline = _persona_table([calls["coh"]], probes, True)["self-assessment"].iloc[0]
     assert not headline.endswith("(all dimensions)") and headline.endswith(f"(n {calls['coh'].self_assessment.n_units})")

@@ -364,7 +364,11 @@ def _probe_summary(calls: Sequence[PersonaCall], harm: pd.DataFrame, labelled: b
     return pd.DataFrame(rows)
 
 
-def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled: bool) -> pd.DataFrame:
+def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled: bool,
+                   headline: str | None = None) -> pd.DataFrame:
+    """One row per model: label, harm, the probes and the notes. ``headline``: the self-assessment
+    dimension the table shows; a model without answers on it shows the mean over all dimensions,
+    marked so with the dimension it lacked."""
     import pandas as pd
 
     from empersona.analysis.persona import ALL_DIMENSIONS
@@ -387,7 +391,8 @@ def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled:
             "recognition asymmetry (0 = none, > 0 = coherent side)": _described(
                 call.recognition.result, signed=True, seeds=seeds("output_recognition")),
             "self-assessment": _described(call.self_assessment) + (
-                f" ({ALL_DIMENSIONS})" if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
+                f" ({ALL_DIMENSIONS}{f', none on {headline!r}' if headline else ''})"
+                if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
             "position bias P(A)-0.5": fmt(call.position_bias if call.position_bias is not None else math.nan, signed=True),
             "reason": "; ".join([call.reason, *call.notes]) if labelled else "; ".join(call.notes) or "-",
         })
