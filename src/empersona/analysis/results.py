@@ -511,17 +511,15 @@ def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | No
     ``inputs`` (the files it was built from) and ``run_folder`` (where the run folder was, since
     model strings are read at its place) are kept in the file's metadata.
     """
-    import os
+    from empersona.atomic import replacing
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     frame = tidy_frame(table)
     if inputs is not None:
         frame.attrs["inputs"] = list(inputs)
     if run_folder is not None:
         frame.attrs["run_folder"] = str(run_folder)
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 

@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal
 
+from empersona.atomic import replacing
 from empersona.data.sources import SOURCES, Source
 from empersona.errors import EmpersonaError
 
@@ -120,11 +120,8 @@ Writer = Callable[[IO[bytes]], None]
 
 def _copy_verified(source: Source, origin: str, write: Writer, target: Path) -> Path:
     """Write the content to a temp file beside ``target``, check its sha256, rename it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
+    with replacing(target) as tmp:
+        with tmp.open("wb") as out:
             write(out)
         actual = sha256_file(tmp)
         if actual != source.sha256:
@@ -134,9 +131,6 @@ def _copy_verified(source: Source, origin: str, write: Writer, target: Path) -> 
                 f"{source.sha256}, got {actual}.{kept} Check that the file is the pinned "
                 f"upstream version ({source.repo} {source.upstream_path})"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     _sidecar(target).write_text(json.dumps({"sha256": actual, **_stat_key(target)}))
     return target
 

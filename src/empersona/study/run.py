@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
 from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig, keep_study_file
 from empersona.study.plan import (
@@ -201,9 +202,7 @@ def repoint_moved_adapters(plan: Plan) -> list[Path]:
         if base == now:
             continue
         config["base_model_name_or_path"] = now
-        tmp = config_file.with_name(config_file.name + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, config_file)
+        replace_text(config_file, json.dumps(config, indent=2) + "\n")
         say(f"{job.out.name} was moved: its adapter_config.json now names the base at {now}")
         repointed.append(config_file)
     return repointed

@@ -11,7 +11,6 @@ revision of the source tree that produced the adapter.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError, located
 from empersona.moved import FolderMove, run_folder_of
 from empersona.train.recipe import TrainConfig
@@ -201,11 +201,7 @@ def _init_adapter_record(path: Path) -> dict[str, Any]:
 
 def write_metadata(out_dir: Path, metadata: TrainMetadata) -> Path:
     """Write ``empersona.json`` atomically (temporary file, then rename)."""
-    path = out_dir / METADATA_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return replace_text(out_dir / METADATA_FILE, metadata.model_dump_json(indent=2) + "\n")
 
 
 def adapter_identity(adapter_dir: Path) -> str | None:
