@@ -99,7 +99,74 @@ def _anchor(ax: Axes, value: float | None, label: str, vertical: bool = False) -
 
 
 def _empty(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=10)
+    # on a white box: an anchor line through the panel's middle would strike the text through
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=10,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 2.0}, zorder=5)
+
+
+class PointLabel(NamedTuple):
+    """A name to write beside a plotted point (data coordinates)."""
+
+    x: float
+    y: float
+    text: str
+    colour: str
+
+
+LABEL_FONT = 8.0
+
+
+def label_offsets(points: Sequence[PointLabel], size: tuple[float, float], xlim: tuple[float, float],
+                  ylim: tuple[float, float], fontsize: float = LABEL_FONT) -> list[tuple[float, float]]:
+    """Where each point's name goes, as the offset in points of the text's lower-left corner from
+    the point: the first of right/left, above/below, then further up or down, whose box stays in
+    the axes (``size``: its width and height in points) and overlaps neither a name placed before
+    nor another point's marker. Points are placed top to bottom; a name with no free place takes
+    its first place inside the axes. Text widths are estimated (0.6 em a character)."""
+    def at(x: float, y: float) -> tuple[float, float]:
+        return ((x - xlim[0]) / (xlim[1] - xlim[0]) * size[0], (y - ylim[0]) / (ylim[1] - ylim[0]) * size[1])
+
+    marks = [at(p.x, p.y) for p in points]
+    height = fontsize * 1.3
+    placed: list[tuple[float, float, float, float]] = []
+    offsets: list[tuple[float, float]] = [(6.0, 3.0)] * len(points)
+    for i in sorted(range(len(points)), key=lambda k: (-marks[k][1], marks[k][0])):
+        px, py = marks[i]
+        width = len(points[i].text) * fontsize * 0.6
+        rows = [3.0, -3.0 - height] + [v for k in range(1, 9) for v in (3.0 + k * height, -3.0 - (k + 1) * height)]
+        candidates = [(dx, dy) for dy in rows for dx in (6.0, -6.0 - width)]
+
+        def inside(dx: float, dy: float, px: float = px, py: float = py, width: float = width) -> bool:
+            return 0 <= px + dx and px + dx + width <= size[0] and 0 <= py + dy and py + dy + height <= size[1]
+
+        def free(dx: float, dy: float, px: float = px, py: float = py, width: float = width, i: int = i) -> bool:
+            x0, y0, x1, y1 = px + dx, py + dy, px + dx + width, py + dy + height
+            if any(x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y1 for bx0, by0, bx1, by1 in placed):
+                return False
+            return not any(j != i and x0 - 4 < mx < x1 + 4 and y0 - 4 < my < y1 + 4 for j, (mx, my) in enumerate(marks))
+
+        in_axes = [c for c in candidates if inside(*c)] or candidates
+        dx, dy = next((c for c in in_axes if free(*c)), in_axes[0])
+        placed.append((px + dx, py + dy, px + dx + width, py + dy + height))
+        offsets[i] = (dx, dy)
+    return offsets
+
+
+def _label_points(ax: Axes, points: Sequence[PointLabel]) -> None:
+    """Write each point's name beside it where it overlaps no other (`label_offsets`); a name moved
+    away from its point gets a thin line to it."""
+    if not points:
+        return
+    box = ax.get_position()
+    width, height = ax.figure.get_size_inches()
+    size = (box.width * width * 72.0, box.height * height * 72.0)
+    offsets = label_offsets(points, size, ax.get_xlim(), ax.get_ylim())
+    for point, (dx, dy) in zip(points, offsets, strict=True):
+        far = dy > 3.0 + LABEL_FONT or dy < -3.0 - 2.3 * LABEL_FONT
+        ax.annotate(point.text, (point.x, point.y), xytext=(dx, dy), textcoords="offset points", ha="left",
+                    va="bottom", fontsize=LABEL_FONT, color=point.colour,
+                    arrowprops={"arrowstyle": "-", "color": point.colour, "lw": 0.5, "shrinkA": 0, "shrinkB": 4}
+                    if far else None)
 
 
 def _label_legend(fig: Figure, labels: Sequence[str]) -> None:
@@ -129,17 +196,17 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
                 fmt=LABEL_MARKERS.get(row["label"], "o"), color=colour, ecolor=colour, elinewidth=1.2, capsize=3,
                 markersize=7, alpha=0.9,
             )
-            near_top = row[probe.column] > probe.limits[1] - 0.12 * (probe.limits[1] - probe.limits[0])
-            ax.annotate(short_name(str(row["model"]), 18), (row["harm_max10"], row[probe.column]),
-                        xytext=(6, -13 if near_top else 5), textcoords="offset points", fontsize=8, color=colour)
         if rows.empty:
             _empty(ax, "no data for this probe")
         ax.set_title(probe.title, fontsize=10)
-        ax.set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
         ax.set_xlim(-0.02, 1.05)
         ax.set_ylim(*probe.limits)
         ax.grid(alpha=0.25)
+        _label_points(ax, [PointLabel(float(r["harm_max10"]), float(r[probe.column]), short_name(str(r["model"]), 18),
+                                      LABEL_COLOURS.get(r["label"], "#555555")) for _, r in rows.iterrows()])
     axes[0].set_ylabel("self-report probe (95% interval)")
+    # one x label under the middle panel: three side by side ran into each other
+    axes[len(axes) // 2].set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
     fig.suptitle("What the models do (harm) against what they say about themselves", fontsize=12)
     _label_legend(fig, list(summary.loc[summary["model"].isin(plotted), "label"]))
     missing = [short_name(str(m)) for m in summary["model"] if m not in plotted]
