@@ -5,6 +5,12 @@ round: it yields to the event loop until no more requests arrive at once, takes 
 is pending (any adapter, any settings: the engine groups them) and runs it in a worker thread,
 so the event loop keeps accepting requests, which form the next round. Built on anyio (inspect's
 async layer), so it runs under asyncio and trio alike.
+
+A round belongs to no one request: the worker thread hands each request its completion (or the
+error of the batch it was in) and ends the round itself. So a leader that is cancelled while
+the engine runs (inspect's ``attempt_timeout``, a sample's time limit, Ctrl-C on one sample)
+leaves the other requests of its round to get their results, and the next round starts only
+when the engine is free. A request cancelled while it waits is taken out of the queue.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ class _Slot:
     result: Completion | None = None
     error: BaseException | None = None
 
+    @property
+    def answered(self) -> bool:
+        return self.result is not None or self.error is not None
+
 
 @dataclass
 class Batcher:
@@ -38,11 +48,16 @@ class Batcher:
         """Queue a request and return its completion once a round has run it."""
         slot = _Slot(request)
         self.pending.append(slot)
-        while slot.result is None and slot.error is None:
-            if not self.busy:
-                await self._lead()
-            else:
-                await self.round_done.wait()
+        try:
+            while not slot.answered:
+                if not self.busy:
+                    await self._lead()
+                else:
+                    await self.round_done.wait()
+        except BaseException:
+            if slot in self.pending:  # cancelled before a round took it: no one wants it run
+                self.pending.remove(slot)
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
@@ -52,7 +67,8 @@ class Batcher:
         import anyio
 
         self.busy = True
-        self.round_done = anyio.Event()
+        self.round_done = done = anyio.Event()
+        started = False
         try:
             # gather: let every coroutine that is ready now add its request (no timed wait)
             seen = -1
@@ -63,14 +79,33 @@ class Batcher:
                 await anyio.sleep(0)
             batch, self.pending = self.pending, []
             self.rounds += 1
-            try:
-                results = await anyio.to_thread.run_sync(self.engine.generate, [s.request for s in batch])
-            except Exception as exc:  # every request of the round sees the engine's error
-                for slot in batch:
-                    slot.error = exc
-            else:
-                for slot, result in zip(batch, results, strict=True):
-                    slot.result = result
+            started = True
+            # the thread answers every slot and ends the round even when this await is cancelled
+            await anyio.to_thread.run_sync(self._run_round, batch, done, abandon_on_cancel=True)
         finally:
-            self.busy = False
-            self.round_done.set()
+            if not started:
+                self._end_round(done)
+
+    def _run_round(self, batch: list[_Slot], done: Any) -> None:
+        """Worker thread: run the round, answer each slot, then end the round on the event loop."""
+        import anyio.from_thread
+
+        try:
+            outcomes = self.engine.generate_each([slot.request for slot in batch])
+            for slot, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    slot.error = outcome
+                else:
+                    slot.result = outcome
+        except BaseException as exc:  # the engine failed outside any one batch
+            for slot in batch:
+                slot.error = exc
+        finally:
+            try:
+                anyio.from_thread.run_sync(self._end_round, done)
+            except RuntimeError:  # the event loop is gone: no one is waiting any more
+                self.busy = False
+
+    def _end_round(self, done: Any) -> None:
+        self.busy = False
+        done.set()

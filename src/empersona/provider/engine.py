@@ -342,20 +342,46 @@ class Engine:
 
     # ------------------------------------------------------------------ public entry
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
-        """Generate for all requests, batched; results come back in the order of ``requests``."""
+        """Generate for all requests, batched; results come back in the order of ``requests``.
+        The first batch that fails raises its error (`generate_each` keeps the others)."""
+        outcomes = self.generate_each(requests)
+        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return [o for o in outcomes if isinstance(o, Completion)]
+
+    def generate_each(self, requests: Sequence[Request]) -> list[Completion | Exception]:
+        """Generate for all requests, batched; each request gets its completion or the error of
+        the batch it ran in, in the order of ``requests``. A batch that fails (out of memory, a
+        row too long for the KV budget) fails its own requests only; the other batches run."""
         import torch
 
-        results: list[Completion | None] = [None] * len(requests)
+        results: list[Completion | Exception | None] = [None] * len(requests)
         with self.lock, torch.inference_mode():
             self.stats.generate_calls += 1
-            for batch in (part for planned in self._plan(requests) for part in self._fit(planned, requests)):
-                seed = batch_seed([requests[i].seed for i in batch])
-                if seed is not None:
-                    torch.manual_seed(seed)
-                done = self._run([requests[i] for i in batch])
-                for index, completion in zip(batch, done):
-                    results[index] = completion
-        return [r for r in results if r is not None]
+            for planned in self._plan(requests):
+                try:
+                    parts = self._fit(planned, requests)
+                except ValueError:  # the longest row does not fit the KV budget: each row on its own
+                    parts = []
+                    for index in planned:
+                        try:
+                            parts += self._fit([index], requests)
+                        except ValueError as exc:  # only the rows too long fail
+                            results[index] = exc
+                for batch in parts:
+                    try:
+                        seed = batch_seed([requests[i].seed for i in batch])
+                        if seed is not None:
+                            torch.manual_seed(seed)
+                        done = self._run([requests[i] for i in batch])
+                    except Exception as exc:  # noqa: BLE001 - handed to this batch's requests
+                        for index in batch:
+                            results[index] = exc
+                        continue
+                    for index, completion in zip(batch, done):
+                        results[index] = completion
+        return [r if r is not None else RuntimeError("no result (engine error)") for r in results]
 
     def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
         """Sort request indices by prompt length and cut them into batches of similar length.

@@ -1,0 +1,98 @@
+"""The batcher in front of the engine: a cancelled request strands no one, and an error stays
+with the batch it happened in."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from empersona.provider.batcher import Batcher
+from empersona.provider.engine import Completion, Engine, EngineOptions, Request
+
+
+class SlowEngine:
+    """Answers each request with its prompt after ``delay`` seconds; counts its rounds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.calls, self.lock = delay, [], threading.Lock()
+
+    def generate_each(self, requests: Sequence[Request]) -> list[Completion | Exception]:
+        with self.lock:  # as the real engine: one round at a time
+            self.calls.append(len(requests))
+            time.sleep(self.delay)
+            return [Completion(tokens=r.prompt, stop_reason="stop", prompt_tokens=len(r.prompt)) for r in requests]
+
+
+def request(token: int) -> Request:
+    return Request(prompt=(token,), max_new_tokens=1, temperature=0.0)
+
+
+def test_a_cancelled_leader_leaves_its_round_to_finish_for_the_others() -> None:
+    async def main() -> tuple[list[tuple[int, ...]], list[int], bool]:
+        engine = SlowEngine(0.5)
+        batcher = Batcher(engine)  # type: ignore[arg-type]
+        tasks = [asyncio.create_task(batcher.submit(request(i))) for i in range(3)]
+        await asyncio.sleep(0.2)  # the round of all three is in the engine now
+        tasks[0].cancel()  # the leader (first to find the engine idle)
+        others = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=5)
+        later = await asyncio.wait_for(batcher.submit(request(9)), timeout=5)
+        assert tasks[0].cancelled()
+        return [c.tokens for c in [*others, later]], engine.calls, batcher.busy
+
+    tokens, calls, busy = asyncio.run(main())
+    assert tokens == [(1,), (2,), (9,)]
+    assert calls == [3, 1] and not busy  # no empty rounds, no round run twice
+
+
+def test_a_request_cancelled_while_it_waits_is_not_run() -> None:
+    async def main() -> list[int]:
+        engine = SlowEngine(0.3)
+        batcher = Batcher(engine)  # type: ignore[arg-type]
+        first = asyncio.create_task(batcher.submit(request(0)))
+        await asyncio.sleep(0.1)  # the engine is busy with the first round
+        waiting = [asyncio.create_task(batcher.submit(request(i))) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        waiting[0].cancel()
+        await first
+        assert (await waiting[1]).tokens == (2,)
+        return engine.calls
+
+    assert asyncio.run(main()) == [1, 1]
+
+
+def test_an_error_fails_only_the_requests_of_its_batch(tiny_model: Path) -> None:
+    """A row whose KV cache exceeds the budget fails alone; the round's other rows (the same
+    planned batch and another) get their answers, and the engine serves the next round."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    engine = Engine(model, EngineOptions(static_cache=True, kv_cache_bytes=engine_budget(model, 512)))
+    short = Request(prompt=tuple(range(5, 40)), max_new_tokens=4, temperature=0.0)
+    longer = Request(prompt=tuple(range(5, 150)), max_new_tokens=4, temperature=0.0)  # another planned batch
+    too_big = Request(prompt=tuple(range(5, 40)), max_new_tokens=2000, temperature=0.0)
+
+    async def main() -> tuple[list[object], list[object]]:
+        batcher = Batcher(engine)
+        mixed = await asyncio.gather(*(batcher.submit(r) for r in (short, longer, too_big)), return_exceptions=True)
+        alone = await asyncio.gather(*(batcher.submit(r) for r in (short, longer)), return_exceptions=True)
+        return mixed, alone
+
+    mixed, alone = asyncio.run(main())
+    assert isinstance(mixed[2], ValueError) and "KV cache" in str(mixed[2])
+    assert [type(x) for x in mixed[:2]] == [Completion, Completion]
+    assert [c.tokens for c in mixed[:2]] == [c.tokens for c in alone]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="KV cache"):
+        engine.generate([short, too_big])  # the list API still raises the first error
+
+
+def engine_budget(model: object, slots: int) -> int:
+    """Bytes of KV cache for one row of ``slots`` token slots of ``model``."""
+    config = model.config  # type: ignore[attr-defined]
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4 * slots
