@@ -16,7 +16,8 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -98,8 +99,49 @@ def resolve_model(name: str, adapter: str | None) -> ModelRef:
             raise EmpersonaError(
                 f"{adapter_path}: model arg 'adapter' has no adapter_config.json; pass a PEFT LoRA adapter folder"
             )
+        _check_named_base(path, adapter_path)
         return ModelRef(base=_canonical(path, name), adapter=adapter_path.resolve())
     return ModelRef(base=_canonical(path, name), adapter=None)
+
+
+def _check_named_base(base: Path, adapter: Path) -> None:
+    """Refuse an adapter served on a base other than the one it was trained on: when both its
+    recorded base and the named one are local folders, they must be the same folder or copies
+    of it (same config and weight files). Layer shapes alone would let a different model of the
+    same architecture through, with wrong answers and no error. A hub id is not checked."""
+    import json
+
+    config_file = adapter / "adapter_config.json"
+    recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not recorded or not base.is_dir():
+        return
+    trained_on = Path(recorded).expanduser()
+    if not trained_on.is_absolute():
+        trained_on = adapter / trained_on
+    if not trained_on.is_dir() or trained_on.resolve() == base.resolve():
+        return
+    if _fingerprint(trained_on) != _fingerprint(base):
+        raise EmpersonaError(
+            f"{config_file}: field 'base_model_name_or_path' says the adapter was trained on {recorded}, "
+            f"and empersona/{base} is another model; serve it as empersona/{adapter} (its own base), "
+            "or name that base"
+        )
+
+
+def _fingerprint(folder: Path) -> tuple[object, ...]:
+    """What tells two model folders apart cheaply: the config (its own path left out) and each
+    weight file's name, size and first MiB."""
+    import hashlib
+    import json
+
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    config.pop("_name_or_path", None)
+    weights = []
+    for file in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        with file.open("rb") as handle:
+            weights.append((file.name, file.stat().st_size, hashlib.sha256(handle.read(2**20)).hexdigest()))
+    return (json.dumps(config, sort_keys=True), tuple(weights))
 
 
 def _moved_base(adapter: Path, base: Path, config_file: Path) -> Path:
@@ -287,7 +329,10 @@ class EmpersonaAPI(ModelAPI):
         """Nothing to close per model: the base weights are shared (see ``release_engines``)."""
 
     def prompt(self, messages: list[ChatMessage]) -> str:
-        """The chat-templated prompt text, as inspect's ``hf`` provider renders it."""
+        """The chat-templated prompt text, as inspect's ``hf`` provider renders it (a tokenizer
+        without a chat template: one ``role: text`` line per message, as ``hf`` does then)."""
+        if not self.tokenizer.chat_template:
+            return "".join(f"{m.role}: {m.text}\n" for m in messages)
         chat = [{"role": m.role, "content": m.text} for m in messages]
         return str(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
 
@@ -348,15 +393,19 @@ class EmpersonaAPI(ModelAPI):
         # the choices go to the batcher together: one batch, the prompt's cache shared where it helps
         completions = await asyncio.gather(*(self.served.batcher.submit(request) for request in requests))
         choices = []
+        output_tokens = 0
         for request, completion in zip(requests, completions, strict=True):
-            text = self.tokenizer.decode(list(completion.tokens), skip_special_tokens=True, clean_up_tokenization_spaces=False)
             stop_reason = completion.stop_reason
             if stop_reason == "max_tokens" and request.max_new_tokens < (config.max_tokens or DEFAULT_MAX_TOKENS):
                 stop_reason = "model_length"  # cut by the context length, not by max_tokens
-            for stop in config.stop_seqs or []:
-                at = text.find(stop)
-                if at >= 0:
-                    text, stop_reason = text[:at], "stop"
+            stopped = self.at_stop_seq(completion, config.stop_seqs or [])
+            if stopped is not None:
+                completion, text = stopped
+                stop_reason = "stop"
+            else:
+                text = self.decode(completion.tokens)
+            # the EOS token that ended an answer is generated (and has a logprob) too, as hf/ counts it
+            output_tokens += len(completion.tokens) + (stopped is None and completion.stop_reason == "stop")
             choices.append(
                 ChatCompletionChoice(
                     message=ChatMessageAssistant(content=text, model=self.model_name, source="generate"),
@@ -365,7 +414,6 @@ class EmpersonaAPI(ModelAPI):
                 )
             )
         prompt_tokens = completions[0].prompt_tokens
-        output_tokens = sum(len(completion.tokens) for completion in completions)
         return ModelOutput(
             model=self.model_name,
             choices=choices,
@@ -376,6 +424,29 @@ class EmpersonaAPI(ModelAPI):
             ),
             time=time.monotonic() - start,
         )
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def at_stop_seq(self, completion: Completion, stops: Sequence[str]) -> tuple[Completion, str] | None:
+        """A completion that contains a stop sequence, cut at the earliest one: the text before
+        it, and the tokens up to the one that completes it (as ``hf/`` stops there; their
+        logprobs and count stay consistent with what was generated up to the stop). None when
+        no stop sequence occurs."""
+        text = self.decode(completion.tokens)
+        found = [(at, stop) for stop in stops if stop and (at := text.find(stop)) >= 0]
+        if not found:
+            return None
+        at, stop = min(found)
+        low, high = 1, len(completion.tokens)  # the fewest tokens whose text holds the stop sequence
+        while low < high:
+            middle = (low + high) // 2
+            if self.decode(completion.tokens[:middle]).find(stop) >= 0:
+                high = middle
+            else:
+                low = middle + 1
+        logprobs = completion.logprobs[:low] if completion.logprobs is not None else None
+        return replace(completion, tokens=completion.tokens[:low], logprobs=logprobs), text[:at]
 
     def token_text(self, token: int) -> str:
         """A token as the text it stands for (``Ġ10`` -> `` 10``), as top_logprobs report it."""

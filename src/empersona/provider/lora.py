@@ -101,6 +101,12 @@ def read_adapter(path: Path) -> Adapter:
         "fan_in_fan_out": bool(config.fan_in_fan_out),
         "layer_replication": bool(config.layer_replication),
         "target_parameters": bool(getattr(config, "target_parameters", None)),
+        # variants whose forward pass is not x @ A @ B * scaling on every token
+        "alora_invocation_tokens": bool(getattr(config, "alora_invocation_tokens", None)),
+        "arrow_config": bool(getattr(config, "arrow_config", None)),
+        "use_bdlora": bool(getattr(config, "use_bdlora", None)),
+        "kasa_config": bool(getattr(config, "kasa_config", None)),
+        "use_qalora": bool(getattr(config, "use_qalora", False)),
     }
     for name, used in unsupported.items():
         if used:
