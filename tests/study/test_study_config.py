@@ -9,7 +9,7 @@ import yaml
 
 from empersona.errors import EmpersonaError
 from empersona.study.config import load_study
-from empersona.study.plan import as_list, estimate_calls, make_plan, model_specs, training_status
+from empersona.study.plan import as_list, base_identity, estimate_calls, make_plan, model_specs, training_status
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,8 @@ def test_models_and_training_status(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert specs[0].model_string == "hf/base-model"
     assert specs[1].model_string == f"hf/{tmp_path / 'run' / 'adapters' / 'insecure_code-s0'}"
     vllm = load_study(write(tmp_path, {**MINIMAL, "provider": "vllm"}))
-    assert [s.model_string for s in model_specs(vllm)] == ["openai-api/empersonavllm/base", "openai-api/empersonavllm/insecure_code-s0"]
+    assert [s.model_string for s in model_specs(vllm)] == [f"openai-api/empersonavllm/base-{base_identity(vllm)}",
+                                                          "openai-api/empersonavllm/insecure_code-s0"]
 
 
 def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

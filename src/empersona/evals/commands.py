@@ -13,6 +13,7 @@ from empersona.evals.scoring import status_counts
 
 if TYPE_CHECKING:
     from inspect_ai.log import EvalLog
+    from inspect_ai.model import GenerateConfig
 
 
 SAMPLE_RETRIES = 2
@@ -63,12 +64,15 @@ def run_experiment(
     tags: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     model_identity: str | None = None,
+    model_config: GenerateConfig | None = None,
 ) -> EvalLog:
     """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log.
 
     ``model_identity``: which training run of a fine-tune ``model`` stands for (default: read
     from the adapter folder the model string names, if it is one); it scopes the call cache and
     is recorded in the log, so a retrained adapter at the same path is not served old answers.
+    ``model_config``: generate settings of the subject model only (the judge keeps its own), e.g.
+    a finite retry budget for a local server.
     """
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, get_model
@@ -89,10 +93,12 @@ def run_experiment(
     judge_kwargs = {"memoize": False, **(judge_args or {})}
     roles = {GRADER_ROLE: get_model(judge, config=grader_config, **judge_kwargs)} if judge else None
     try:
+        # with a config of its own the subject is built here (an eval-wide max_retries would override the judge's too)
+        subject = model if model_config is None else get_model(model, config=model_config, memoize=False, **(model_args or {}))
         logs = inspect_eval(
             task,
-            model=model,
-            model_args=model_args or {},
+            model=subject,
+            model_args=(model_args or {}) if model_config is None else {},
             model_roles=roles,
             log_dir=str(log_dir),
             limit=limit,

@@ -64,8 +64,14 @@ class VLLMSettings(BaseModel):
     gpu_memory_utilization: float | None = None
     dtype: str | None = None
     startup_timeout_s: float = Field(900.0, gt=0, description="How long to wait for the server to come up.")
+    generation_config: str = Field("vllm", description=(
+        "Sampling defaults for what a request leaves unset (--generation-config): 'vllm' (vLLM's neutral ones, so the "
+        "battery's settings are what is sampled), 'auto' (the model's generation_config.json), or a folder."))
+    max_loras: int | None = Field(None, ge=1, description="LoRA slots on the GPU (--max-loras; default min(adapters, 2)).")
     extra_args: list[str] = Field(default_factory=list, description="More vllm serve arguments, as given.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE).")
+    env: dict[str, str] = Field(default_factory=dict, description=(
+        "Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE); values of secret-looking keys are masked in "
+        "RUN_DIR/study.yaml."))
 
 
 class ExperimentSettings(BaseModel):
@@ -295,12 +301,47 @@ STUDY_COPY = "study.yaml"
 """The study file as the last ``empersona run`` read it, kept in the run folder (``RUN_DIR/study.yaml``)."""
 
 
+SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+"""Parts of an environment variable's name that mark its value as a secret."""
+MASKED = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY)."""
+    return any(marker in name.upper() for marker in SECRET_MARKERS)
+
+
 def keep_study_file(study: StudyConfig) -> Path | None:
-    """Copy the study file into the run folder, so the results travel with what produced them."""
+    """Copy the study file into the run folder, so the results travel with what produced them.
+
+    Values of ``vllm.env`` entries whose names look secret (``is_secret_name``) are written as
+    ``***`` in the copy; the rest of the file is kept as written.
+    """
     if study._source is None or not study._source.is_file():
         return None
     target = study.out / STUDY_COPY
     if study._source != target.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(study._source.read_bytes())
+        text = study._source.read_text(encoding="utf-8")
+        secrets = {key for key in study.vllm.env if is_secret_name(key)}
+        target.write_text(masked_env(text, secrets) if secrets else text, encoding="utf-8")
     return target
+
+
+def masked_env(text: str, secrets: set[str]) -> str:
+    """A study file's text with the values of the ``vllm.env`` entries named ``secrets`` masked.
+
+    The values are replaced where the YAML node of each lies (its start and end marks), so
+    comments and layout stay; a value spelled over several lines becomes one masked scalar.
+    """
+    import yaml
+
+    node = yaml.compose(text)
+    for part in ("vllm", "env"):
+        node = next((v for k, v in node.value if k.value == part), None) if isinstance(node, yaml.MappingNode) else None
+    entries = node.value if isinstance(node, yaml.MappingNode) else []
+    spans = [(value.start_mark.index, value.end_mark.index) for key, value in entries if key.value in secrets]
+    for start, end in sorted(spans, reverse=True):
+        raw = text[start:end]
+        text = text[:start] + f'"{MASKED}"' + raw[len(raw.rstrip()):] + text[end:]  # a block scalar's span ends past its newline
+    return text

@@ -57,6 +57,8 @@ class ModelSpec:
     adapter: Path | None = None
     domain: str | None = None
     seed: int | None = None
+    identity: str | None = None
+    """The base's ``base_identity`` (None on an adapter: its identity is its training run's)."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,49 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     return "done", "adapter matches the plan"
 
 
+BASE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
+"""Files of a local base whose contents are part of its identity (architecture, sampling
+defaults, chat template)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def base_identity(study: StudyConfig) -> str:
+    """Which base model the study's base is: a short fingerprint that changes with ``base_model``.
+
+    A hub id is its own identity. A local folder is known by where it lies (its path inside the
+    run folder, else its folder name: never the absolute path, so moving the run folder, or the
+    project folder holding base and run folder, keeps it), the contents of ``BASE_FILES`` and the
+    names and sizes of its weight files (reading the weights themselves would take minutes on a
+    large model). It scopes the base's cached calls and marks its logs (``log_is_of_model``),
+    and under ``provider: vllm`` names the base on the server, so the answers of another base
+    model (a study before this one on the same port, or a changed ``base_model``) are not
+    taken for this one's.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    local = Path(base_path(study))
+    if not local.is_dir():
+        digest.update(f"hub:{study.base_model}".encode())
+        return digest.hexdigest()[:16]
+    out = study.out.resolve()
+    place = local.relative_to(out).as_posix() if local.is_relative_to(out) else local.name
+    digest.update(f"local:{place}\n".encode())
+    for name in BASE_FILES:
+        if (local / name).is_file():
+            digest.update(f"{name}:".encode() + hashlib.sha256((local / name).read_bytes()).digest())
+    for path in sorted(local.iterdir()):
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def model_specs(study: StudyConfig) -> list[ModelSpec]:
     """The base model and one adapter per (domain, seed), with their model strings."""
     base = base_path(study)
-    specs = [ModelSpec(BASE_NAME, model_string(study, base, None, BASE_NAME), base)]
+    identity = base_identity(study)
+    served = f"{BASE_NAME}-{identity}"  # the base's name on a vLLM server: another base, another name
+    specs = [ModelSpec(BASE_NAME, model_string(study, base, None, served), base, identity=identity)]
     for domain in study.domains:
         for seed in study.seeds:
             out = adapter_dir(study, domain, seed)
@@ -236,10 +277,11 @@ def _task_default(experiment: str, parameter: str) -> Any:
 
 
 def model_identity(model: ModelSpec) -> str | None:
-    """Which training run of its adapter a fine-tune is (``train.metadata.adapter_identity``); None for the base."""
+    """Which training run of its adapter a fine-tune is (``train.metadata.adapter_identity``);
+    for the base, which base model it is (``base_identity``)."""
     from empersona.train.metadata import adapter_identity
 
-    return adapter_identity(model.adapter) if model.adapter is not None else None
+    return adapter_identity(model.adapter) if model.adapter is not None else model.identity
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
@@ -307,6 +349,8 @@ def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None, move: Fol
     recorded = (spec.metadata or {}).get("model_identity")
     if recorded is not None:
         return recorded == identity
+    if model.adapter is None:  # a base log from before bases had identities: its model string decided
+        return True
     import json
     from datetime import datetime
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
@@ -28,6 +28,7 @@ from empersona.study.plan import (
     Plan,
     TrainJob,
     as_list,
+    base_path,
     make_plan,
     matched_partner,
     model_identity,
@@ -35,6 +36,8 @@ from empersona.study.plan import (
     uses_matched_log,
 )
 
+if TYPE_CHECKING:
+    from inspect_ai.model import GenerateConfig
 
 
 def say(message: str) -> None:
@@ -320,7 +323,8 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             job.model.model_string,
             judge=judge,
             task_args=args,
-            model_args=study.model_args,
+            model_args=subject_model_args(study),
+            model_config=subject_model_config(study),
             judge_args=study.judge_args,
             log_dir=job.log_dir,
             limit=job.limit,
@@ -337,6 +341,63 @@ def evaluate_all(plan: Plan, judge: str) -> None:
                 f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
                 "Run the same command again to continue"
             )
+
+
+VLLM_MAX_RETRIES = 5
+VLLM_RETRY_TIMEOUT_S = 1800
+"""The subject's retry budget on the study's vLLM server: a few tries (inspect waits 3 s, then
+twice as long each time) within half an hour of the first, instead of inspect's default of
+retrying a connection error forever (a dead server would hang the run)."""
+
+
+def subject_model_args(study: StudyConfig) -> dict[str, Any]:
+    """The subject models' model args: the study file's ``model_args``, over the study's own.
+
+    The ``empersona`` provider is told not to apply the model's generation_config.json sampling
+    defaults (top_k, repetition_penalty, ...) to what a request leaves unset, so what is sampled
+    is what the battery asks for (PROTOCOLS.md: temperature 1, top_p 1); vLLM is told the same
+    by the server's ``--generation-config vllm``.
+    """
+    own = {"generation_config": False} if study.provider == "empersona" else {}
+    return {**own, **study.model_args}
+
+
+def subject_model_config(study: StudyConfig) -> GenerateConfig | None:
+    """The subject models' own generate settings: a finite retry budget on the study's vLLM server."""
+    if study.provider != "vllm":
+        return None
+    from inspect_ai.model import GenerateConfig
+
+    return GenerateConfig(max_retries=VLLM_MAX_RETRIES, timeout=VLLM_RETRY_TIMEOUT_S)
+
+
+SAMPLING_FIELDS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def base_sampling_defaults(study: StudyConfig) -> dict[str, Any]:
+    """The sampling fields a local base model's generation_config.json sets (empty for a hub id
+    or a folder without one)."""
+    path = Path(base_path(study)) / "generation_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return {key: config[key] for key in SAMPLING_FIELDS if key in config} if isinstance(config, dict) else {}
+
+
+def hf_sampling_warning(study: StudyConfig) -> str | None:
+    """For ``provider: hf``: which of the base's generation_config.json sampling defaults apply
+    on top of the battery's settings (transformers fills every field a request leaves unset from
+    it, and inspect's ``hf/`` offers no way to turn that off), or None."""
+    if study.provider != "hf":
+        return None
+    fields = base_sampling_defaults(study)
+    if not fields:
+        return None
+    shown = ", ".join(f"{key}={value}" for key, value in fields.items())
+    return (f"warning: the base model's generation_config.json sets {shown}; with provider hf these apply on top of "
+            "the battery's sampling settings (e.g. top_k and repetition_penalty are never sent by the battery, so they "
+            "stay on). Use provider: empersona or vllm to sample with exactly the battery's settings")
 
 
 def write_report(study: StudyConfig) -> Path:
@@ -360,12 +421,17 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         ensure_base(study)
     plan = make_plan(study)
     stages = [only] if only else ["train", "eval", "report"]
-    problem = judge_problem(study) if "eval" in stages and any(j.status != "done" for j in plan.eval_jobs) else None
+    evaluating = "eval" in stages and any(j.status != "done" for j in plan.eval_jobs)
+    problem = judge_problem(study) if evaluating else None
+    sampling = hf_sampling_warning(study) if evaluating else None
     if dry_run:
         print_plan(plan)
-        if problem:
-            say(f"warning: {problem}")
+        for warning in (sampling, problem and f"warning: {problem}"):
+            if warning:
+                say(warning)
         return plan
+    if sampling:
+        say(sampling)
     if problem:
         raise EmpersonaError(problem)
     keep_study_file(study)
