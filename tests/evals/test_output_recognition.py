@@ -247,3 +247,25 @@ def test_contrast_foils_are_seeded_per_own_response(logs: dict[str, str], tmp_pa
     assert len(set(runs[0].values())) == 4  # one seed per own response
     assert set(runs[2]) == set(runs[0]) and not set(runs[2].values()) & set(runs[0].values())
     assert foil_seed(0, "p000:1", "low") == foil_seed(0, "p000:1", "low") != foil_seed(0, "p000:2", "low")
+
+
+def test_the_foil_model_is_loaded_with_the_foil_model_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's subject model args (e.g. the empersona provider's generation_config=false)
+    reach the base when it writes contrast foils; a foil role (no model string) takes none."""
+    import asyncio
+
+    from empersona.evals.output_recognition import foils as foils_module
+
+    seen: list[dict[str, object]] = []
+
+    def fake_get_model(model: str | None = None, **kwargs: object) -> object:
+        seen.append({"model": model, **kwargs})
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(foils_module, "get_model", fake_get_model)
+    for model, args in (("empersona//m/base", {"generation_config": False}), (None, {"generation_config": False})):
+        contrast = foils_module.ContrastFoils(model, "", 1.0, 8, False, 0, args)
+        with pytest.raises(EmpersonaError, match="contrast foils need a foil model"):
+            asyncio.run(contrast.get("u1", "prompt", "high"))
+    assert seen[0] == {"model": "empersona//m/base", "role": "foil", "required": False, "generation_config": False}
+    assert seen[1] == {"model": None, "role": "foil", "required": True}

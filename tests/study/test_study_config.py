@@ -436,3 +436,19 @@ def test_a_judge_without_its_api_key_stops_the_run_before_training(
     assert not (tmp_path / "run" / "adapters").exists()  # nothing was trained
     run_study(study, dry_run=True)  # the dry run still plans, and warns
     assert "warning: judge openai/gpt-4o-mini" in capsys.readouterr().err
+
+
+def test_contrast_foils_are_written_with_the_subjects_model_args(shared_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.study.run import recognition_foils
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    recognition = {"output_recognition": {"args": {"foils": "contrast"}}, "harmfulness": {}}
+    for provider, expected in (("empersona", {"generation_config": False}), ("hf", None)):
+        study = load_study(write(tmp_path, {**MINIMAL, "provider": provider, "experiments": recognition}))
+        plan = make_plan(study)
+        adapter = next(spec for spec in plan.models if spec.adapter is not None)
+        args = recognition_foils(plan, adapter, {"foils": "contrast"})
+        assert args["foil_model"] == plan.models[0].model_string
+        assert args.get("foil_model_args") == expected

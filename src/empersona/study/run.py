@@ -296,6 +296,9 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
     base = next(spec for spec in plan.models if spec.adapter is None)
     if "contrast" in foils and not out.get("foil_model"):
         out["foil_model"] = base.model_string
+        # the base writes the foils as it answers as a subject: same provider settings
+        if (model_args := subject_model_args(plan.study)) and "foil_model_args" not in out:
+            out["foil_model_args"] = model_args
     if uses_matched_log(args):
         partner = matched_partner(model, plan.models)
         if partner is None:

@@ -11,7 +11,7 @@ import random
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from inspect_ai.dataset import Sample
 from inspect_ai.model import CachePolicy, ChatMessageUser, GenerateConfig, get_model
@@ -142,8 +142,10 @@ class ContrastFoils:
     run gets the same foil back without new calls.
     """
 
-    def __init__(self, foil_model: str | None, rubric: str, temperature: float, max_tokens: int, cache: bool, seed: int) -> None:
+    def __init__(self, foil_model: str | None, rubric: str, temperature: float, max_tokens: int, cache: bool, seed: int,
+                 model_args: dict[str, Any] | None = None) -> None:
         self.foil_model = foil_model
+        self.model_args = dict(model_args or {})  # e.g. the study's subject model args, when the base writes the foils
         self.rubric = rubric
         # logprobs stays unset: inspect's hf provider fails on an explicit logprobs=False
         self.config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
@@ -167,7 +169,8 @@ class ContrastFoils:
 
     async def _make(self, unit_id: str, prompt: str, target: HarmBucket) -> ContrastFoil:
         try:
-            model = get_model(self.foil_model, role=FOIL_ROLE, required=self.foil_model is None)
+            model = get_model(self.foil_model, role=FOIL_ROLE, required=self.foil_model is None,
+                              **(self.model_args if self.foil_model is not None else {}))
         except Exception as err:  # inspect raises PrerequisiteError when the role is missing
             raise EmpersonaError(f"contrast foils need a foil model ({err}): pass -T foil_model=MODEL") from err
         cache = self._cache(unit_id, target)

@@ -6,7 +6,7 @@ foil when needed) before asking the question, with the scorers of ``scoring``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset
@@ -73,6 +73,7 @@ def output_recognition(
     harm_log: str,
     foils: str | list[str] | None = None,
     foil_model: str | None = None,
+    foil_model_args: dict[str, Any] | None = None,
     matched_log: str | None = None,
     responses: int | None = None,
     mode: Mode = "sample",
@@ -92,7 +93,8 @@ def output_recognition(
 
     ``harm_log``: this model's harmfulness log. ``foils``: "contrast", "matched" or both (default:
     those whose source is given). ``foil_model`` writes contrast foils (else the model role
-    ``foil``); ``matched_log`` is another model's harmfulness log. ``responses``: the first N logged
+    ``foil``), loaded with ``foil_model_args`` (inspect model args); ``matched_log`` is another
+    model's harmfulness log. ``responses``: the first N logged
     samples of each prompt (default all). ``samples``: answers per question (inspect epochs).
     ``paraphrase``: one of our question wordings (``RECOGNITION_PROMPTS``) for every item; by
     default a seeded choice per item.
@@ -110,7 +112,8 @@ def output_recognition(
     check_paraphrase("output_recognition", paraphrase, len(RECOGNITION_PROMPTS))
     plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt, paraphrase)
     policy = cache_policy(cache, seed)
-    contrast = ContrastFoils(foil_model, rubric, foil_temperature, foil_max_tokens, cache, seed) if "contrast" in kinds else None
+    contrast = (ContrastFoils(foil_model, rubric, foil_temperature, foil_max_tokens, cache, seed, foil_model_args)
+                if "contrast" in kinds else None)
     if mode == "logprob":
         config = GenerateConfig(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS, seed=seed)
     else:
