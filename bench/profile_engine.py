@@ -229,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             top_p = torch.ones(rows, device=device)
             top_k = torch.zeros(rows, dtype=torch.long, device=device)
             greedy = torch.zeros(rows, dtype=torch.bool, device=device)
-            sample = engine._sampler()
-            token = sample(logits, temperature, top_p, top_k, greedy, 1, True, False)[0]
+            seed = torch.arange(rows, device=device)
             position = batch.positions[:, -1] + 1
+            sample = engine._sampler()
+            token = sample(logits, temperature, top_p, top_k, greedy, seed, position, 1, True, False)[0]
             steps = min(16, n - 1)
 
             def decode_steps() -> None:
@@ -240,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
 
             def sample_steps(k: int) -> None:
                 for _ in range(steps):
-                    sample(logits, temperature, top_p, top_k, greedy, k, True, False)
+                    sample(logits, temperature, top_p, top_k, greedy, seed, position, k, True, False)
 
             decode_ms = 1000 * timed(decode_steps, device, args.repeats) / steps
             # as the timed generate calls sample (no logprobs asked), and with one top logprob
             sample_ms = 1000 * timed(lambda: sample_steps(0), device, args.repeats) / steps
-            sample(logits, temperature, top_p, top_k, greedy, 1, True, False)  # compiles the k=1 form
+            sample(logits, temperature, top_p, top_k, greedy, seed, position, 1, True, False)  # compiles the k=1 form
             report["sampler_top1_ms"] = 1000 * timed(lambda: sample_steps(1), device, args.repeats) / steps
         generate_ms = 1000 * generate_s / n
         prefill_ms = 1000 * prefill_s / n
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prefill_kernels": ("prefill (whole batch)", lambda i: engine._prefill(batch, n), 12),
                 "sampler_kernels": (
                     "sampler (as compiled, no logprobs)",
-                    lambda i: sample(logits, temperature, top_p, top_k, greedy, 0, True, False),
+                    lambda i: sample(logits, temperature, top_p, top_k, greedy, seed, position, 0, True, False),
                     8,
                 ),
             }

@@ -1,7 +1,9 @@
 """Benchmark (issue 7): the engine's next-token choice against the softmax-materialising form.
 
-``sample_next`` draws with the exponential race on the scaled logits and takes logprobs as
-``logits - logsumexp`` at the chosen and top-k tokens only. The reference below is the form it
+``sample_next`` draws by inverse CDF with one hashed uniform per row (of its seed and position)
+on the unnormalised weights of the scaled logits, and takes logprobs as ``logits - logsumexp``
+at the chosen and top-k tokens only (until 2026-11-27 it drew with the exponential race, a
+vocabulary-sized tensor of noise per step; the H100 figures below are from that form). The reference below is the form it
 replaced: a full log-softmax tensor, a probability tensor and a tensor of exponential draws per
 step (three vocabulary-sized writes). Both run on the same logits, eager and (``--compile``)
 through ``torch.compile``, alternating, best of ``--repeats``, at each ``--top-logprobs`` count
@@ -26,8 +28,12 @@ from typing import Any
 from empersona.provider.sampling import sample_next
 
 
-def reference_sample(logits: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any, k: int, sampled: bool, filters: bool) -> Any:
-    """The replaced form (no filters): log-softmax, softmax and exponential draws, all materialised."""
+def reference_sample(
+    logits: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any, seed: Any, position: Any, k: int, sampled: bool,
+    filters: bool,
+) -> Any:
+    """The replaced form (no filters; global-generator draws, ``seed`` and ``position`` unused):
+    log-softmax, softmax and exponential draws, all materialised."""
     import torch
 
     logits = logits.float()
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     top_p = torch.ones(rows, device=args.device)
     top_k = torch.zeros(rows, dtype=torch.long, device=args.device)
     greedy = torch.zeros(rows, dtype=torch.bool, device=args.device)
+    seed = torch.arange(rows, device=args.device)
+    position = torch.full((rows,), 100, device=args.device)
     counts = [int(part) for part in args.top_logprobs.split(",")]
 
     forms: dict[str, Any] = {"reference": reference_sample, "sample_next": sample_next}
@@ -82,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
     best = {name: float("inf") for name in variants}
     for fn, k in variants.values():  # warm up (and compile) before any timing
-        fn(logits, temperature, top_p, top_k, greedy, k, True, False)
+        fn(logits, temperature, top_p, top_k, greedy, seed, position, k, True, False)
     for _ in range(args.repeats):
         for name, (fn, k) in variants.items():
             sync()
             start = time.perf_counter()
             for _ in range(args.steps):
-                fn(logits, temperature, top_p, top_k, greedy, k, True, False)
+                fn(logits, temperature, top_p, top_k, greedy, seed, position, k, True, False)
             sync()
             best[name] = min(best[name], (time.perf_counter() - start) / args.steps)
     print(f"sampler, {args.device}, {rows} rows x {args.vocab} vocabulary ({dtype}), sampled at temperature 1")

@@ -9,12 +9,15 @@ torch = pytest.importorskip("torch")
 from empersona.provider.sampling import sample_next  # noqa: E402
 
 
-def flags(rows: int, temperature: float, top_p: float = 1.0, top_k: int = 0) -> tuple[torch.Tensor, ...]:
+def flags(rows: int, temperature: float, top_p: float = 1.0, top_k: int = 0, position: int = 0) -> tuple[torch.Tensor, ...]:
+    """Per-row settings: one temperature, top-p and top-k for all, seeds 0..rows-1, one position."""
     return (
         torch.full((rows,), temperature),
         torch.full((rows,), top_p),
         torch.full((rows,), top_k, dtype=torch.long),
         torch.full((rows,), temperature <= 0),
+        torch.arange(rows, dtype=torch.long),
+        torch.full((rows,), position, dtype=torch.long),
     )
 
 
@@ -23,7 +26,6 @@ LOGITS = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_draws_follow_the_tempered_softmax(temperature: float) -> None:
-    torch.manual_seed(0)
     rows = 40_000
     logits = LOGITS.expand(rows, -1).contiguous()
     choice, _, _, _ = sample_next(logits, *flags(rows, temperature), 0, True, False)
@@ -48,10 +50,12 @@ def test_greedy_rows_take_the_first_argmax_beside_sampled_rows() -> None:
     logits = torch.tensor([[0.0, 3.0, 3.0, 1.0]] * 4)
     temperature = torch.tensor([0.0, 1.0, 0.0, 1.0])
     greedy = temperature <= 0
-    torch.manual_seed(2)
     seen = set()
-    for _ in range(50):
-        choice, _, _, _ = sample_next(logits, temperature, torch.ones(4), torch.zeros(4, dtype=torch.long), greedy, 0, True, False)
+    for step in range(50):
+        choice, _, _, _ = sample_next(
+            logits, temperature, torch.ones(4), torch.zeros(4, dtype=torch.long), greedy,
+            torch.arange(4), torch.full((4,), step), 0, True, False,
+        )
         assert choice[0] == 1 and choice[2] == 1  # ties: the first index, as model.generate
         seen.update(choice[[1, 3]].tolist())
     assert {1, 2} <= seen  # the sampled rows draw both top tokens
@@ -60,7 +64,6 @@ def test_greedy_rows_take_the_first_argmax_beside_sampled_rows() -> None:
 @pytest.mark.parametrize(("top_k", "top_p", "allowed"), [(2, 1.0, {0, 1}), (0, 0.6, {0, 1}), (0, 0.5, {0}), (1, 1.0, {0})])
 def test_top_k_and_top_p_restrict_the_draws(top_k: int, top_p: float, allowed: set[int]) -> None:
     # probabilities 0.563, 0.207, 0.126, 0.028, 0.076: top-p 0.6 keeps the first two, 0.5 the first
-    torch.manual_seed(3)
     rows = 4000
     logits = LOGITS.expand(rows, -1).contiguous()
     choice, _, _, _ = sample_next(logits, *flags(rows, 1.0, top_p, top_k), 0, True, True)
@@ -71,9 +74,7 @@ def test_bf16_logits_give_the_same_result_as_their_float32_values() -> None:
     torch.manual_seed(4)
     logits = (torch.randn(8, 300) * 4).to(torch.bfloat16)
     args = flags(8, 1.0)
-    torch.manual_seed(5)
     low = sample_next(logits, *args, 3, True, False)
-    torch.manual_seed(5)
     full = sample_next(logits.float(), *args, 3, True, False)
     for a, b in zip(low, full, strict=True):
         assert torch.equal(a, b)
@@ -94,9 +95,7 @@ def test_top_one_logprob_is_the_rows_maximum_without_a_topk() -> None:
 def test_no_logprobs_asked_computes_none_and_draws_the_same_tokens() -> None:
     logits = torch.randn(64, 100) * 3
     args = flags(64, 0.8)
-    torch.manual_seed(7)
     bare = sample_next(logits, *args, 0, True, False)
-    torch.manual_seed(7)
     with_logprobs = sample_next(logits, *args, 2, True, False)
     assert bare[1:] == (None, None, None)
     assert torch.equal(bare[0], with_logprobs[0])

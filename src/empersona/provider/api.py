@@ -7,6 +7,15 @@ no fixed wait, where inspect's ``hf`` provider waits 2 s for quiet and polls eve
 Prompts are built like inspect's ``hf`` provider builds them: the tokenizer's chat template
 with ``add_generation_prompt=True``, then the tokenizer's default call, so outputs compare
 one to one. The tokenizer (and so the chat template) is the adapter folder's when it has one.
+
+Sampling fields a call leaves unset (temperature, top_p, top_k) and the repetition penalty come
+from the base model's ``generation_config.json`` by default (model arg ``generation_config``), as
+``model.generate`` behind inspect's ``hf/`` provider and vLLM take them: a Qwen2.5-Instruct
+model then samples at temperature 0.7, top-p 0.8, top-k 20 with repetition penalty 1.05 unless
+the call says otherwise, and a file with ``do_sample: false`` makes calls without a temperature
+greedy. Fields the file does not set keep this provider's plain defaults (temperature 1, no
+top-p, no top-k, no penalty; ``model.generate`` would add top-k 50). ``generation_config=false``
+ignores the file: pure temperature sampling unless the call sets more.
 """
 
 from __future__ import annotations
@@ -59,6 +68,54 @@ class ProviderArgs(BaseModel):
     lora_dtype: Literal["model", "float32"] = "model"
     compile_prefill: bool = False
     lora_merge: bool = True
+    generation_config: bool = True
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Sampling settings a model's ``generation_config.json`` sets (None: the file does not set it).
+
+    ``greedy``: the file says ``do_sample: false``, so a call without a temperature decodes greedily.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    greedy: bool = False
+
+
+def sampling_defaults(base: str) -> SamplingDefaults:
+    """The sampling settings of ``base``'s generation config (none when it has no such file)."""
+    from transformers import GenerationConfig
+
+    file = Path(base) / "generation_config.json"
+    try:
+        config = GenerationConfig.from_pretrained(base)
+    except OSError as exc:
+        if file.exists():
+            raise EmpersonaError(f"{file}: cannot be read ({exc}); fix the file or remove it") from exc
+        return SamplingDefaults()
+    defaults = SamplingDefaults(
+        temperature=None if config.temperature is None else float(config.temperature),
+        top_p=None if config.top_p is None else float(config.top_p),
+        top_k=None if config.top_k is None else int(config.top_k),
+        repetition_penalty=None if config.repetition_penalty is None else float(config.repetition_penalty),
+        greedy=config.do_sample is False,
+    )
+    problems = {
+        "temperature": defaults.temperature is not None and defaults.temperature < 0,
+        "top_p": defaults.top_p is not None and not 0 < defaults.top_p <= 1,
+        "top_k": defaults.top_k is not None and defaults.top_k < 0,
+        "repetition_penalty": defaults.repetition_penalty is not None and defaults.repetition_penalty <= 0,
+    }
+    for field, bad in problems.items():
+        if bad:
+            raise EmpersonaError(
+                f"{file}: field '{field}' is {getattr(defaults, field)}, out of range; correct it, "
+                "or pass the model arg generation_config=false to ignore the file"
+            )
+    return defaults
 
 
 @dataclass(frozen=True)
@@ -187,6 +244,7 @@ class Served:
 
     engine: Engine
     batcher: Batcher
+    defaults: SamplingDefaults  # the base's generation_config.json sampling settings, read at load
 
 
 _SERVED: dict[EngineKey, Served] = {}
@@ -211,7 +269,7 @@ def served(key: EngineKey, freeze_gc: bool = True) -> Served:
         entry = _SERVED.get(key)
         if entry is None:
             engine = Engine(_load_base(key), key.options)
-            entry = Served(engine=engine, batcher=Batcher(engine))
+            entry = Served(engine=engine, batcher=Batcher(engine), defaults=sampling_defaults(key.base))
             _SERVED[key] = entry
             if freeze_gc:
                 gc.collect()
@@ -310,6 +368,7 @@ class EmpersonaAPI(ModelAPI):
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
+        self.defaults = self.served.defaults if args.generation_config else SamplingDefaults()
         tokenizer_dir = self.ref.adapter if self.ref.adapter and (self.ref.adapter / "tokenizer_config.json").exists() else self.ref.base
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.context_length = context_length(self.served.engine.model.config)
@@ -354,7 +413,9 @@ class EmpersonaAPI(ModelAPI):
 
         New tokens stop at the model's context length (``context_length``): a prompt that fills
         it is refused with the lengths named, rather than generating past the positions the
-        model was trained on. Choice ``i`` of a seeded call draws with ``seed + i``.
+        model was trained on. Choice ``i`` of a seeded call draws with ``seed + i``. Sampling
+        fields the call leaves None come from ``self.defaults`` (the model's generation config,
+        unless ``generation_config=false``), else temperature 1, no top-p, no top-k, no penalty.
         """
         prompt = self.prompt_ids(messages)
         max_new = config.max_tokens or DEFAULT_MAX_TOKENS
@@ -366,15 +427,23 @@ class EmpersonaAPI(ModelAPI):
                     f"is {self.context_length} positions (its config.json); shorten the prompt"
                 )
             max_new = min(max_new, room)
+        defaults = self.defaults
+        if config.temperature is not None:
+            temperature = float(config.temperature)
+        else:
+            temperature = 0.0 if defaults.greedy else 1.0 if defaults.temperature is None else defaults.temperature
+        top_p = config.top_p if config.top_p is not None else defaults.top_p
+        top_k = config.top_k if config.top_k is not None else defaults.top_k
         return Request(
             prompt=prompt,
             max_new_tokens=max_new,
-            temperature=1.0 if config.temperature is None else float(config.temperature),
-            top_p=1.0 if config.top_p is None else float(config.top_p),
-            top_k=config.top_k or 0,
+            temperature=temperature,
+            top_p=1.0 if top_p is None else float(top_p),
+            top_k=top_k or 0,
             adapter=self.adapter_key,
             top_logprobs=(config.top_logprobs or 1) if config.logprobs else None,
             seed=None if config.seed is None else config.seed + choice,
+            repetition_penalty=1.0 if defaults.repetition_penalty is None else defaults.repetition_penalty,
         )
 
     async def generate(

@@ -4,16 +4,18 @@
 base model) and returns the generated token ids, stop reason and optional logprobs. One call:
 
 1. sorts the requests by prompt length and cuts them into batches of at most
-   ``max_batch_size`` rows whose lengths stay within a factor of two (little padding); a batch
-   is seeded from its rows' seeds together (``batch_seed``), so rows with different seeds (the
-   repeats of a sample) share a batch;
+   ``max_batch_size`` rows whose lengths stay within a factor of two (little padding); seeds do
+   not split batches: each row draws from its own seed (``sampling.row_uniform`` of the seed and
+   the token's position), so a seeded request samples the same tokens whatever shares its batch,
+   and an unseeded one gets a seed from torch's global generator when its round starts;
 2. per batch, finds the longest token prefix all prompts share (the chat template's system
    prompt, a rubric) and, when it is at least ``min_prefix`` tokens, runs it once per distinct
    adapter in the batch and copies its KV cache into every row (prefix KV reuse). Rows are laid
    out ``[prefix][padding][own suffix]``; positions skip the padding, so each row computes what
    it would compute alone;
 3. decodes all rows together: greedy where ``temperature == 0``, otherwise temperature, top-k and
-   top-p sampling per row. Rows stop at an EOS token of the model's generation config (as
+   top-p sampling per row, after a per-row repetition penalty (``repetition_penalty``, as
+   Hugging Face's: on every token of the row's prompt and answer so far). Rows stop at an EOS token of the model's generation config (as
    ``model.generate`` does) or at their own ``max_new_tokens``. Once the rows still generating
    are at most ``shrink_at`` of the batch, the round goes on with those rows only (their KV
    cache, mask and settings moved to a smaller batch): sampled answers end at very different
@@ -34,7 +36,7 @@ batches) would run out of GPU memory. A dropped cache that comes back is allocat
 compiled step is not recompiled for it (CUDA graph trees re-record their graph for the new
 addresses, up to inductor's ``cudagraph_unexpected_rerecord_limit`` times per graph).
 
-Logprobs are the model's own (raw logits, before temperature and filtering), for every
+Logprobs are the model's own (raw logits, before the repetition penalty, temperature and filtering), for every
 generated token: the chosen token's logprob and the ``top_logprobs`` most likely alternatives.
 """
 
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from empersona.provider.attention import use_grouped_decode_attention
 from empersona.provider.lora import AdapterSet, read_adapter
-from empersona.provider.sampling import sample_next
+from empersona.provider.sampling import as_int64, sample_next
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +77,11 @@ _PRODUCTS = object()  # _merge_choice: run the batch with per-row adapter produc
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to continue. ``temperature == 0`` is greedy; ``top_logprobs=None`` skips logprobs."""
+    """One prompt to continue. ``temperature == 0`` is greedy; ``top_logprobs=None`` skips logprobs.
+
+    ``seed``: the row's draws depend on it and on the token positions only (None: a seed from
+    torch's global generator). ``repetition_penalty`` (1.0: none) applies to greedy rows too.
+    """
 
     prompt: tuple[int, ...]
     max_new_tokens: int
@@ -85,6 +91,7 @@ class Request:
     adapter: str | None = None
     top_logprobs: int | None = None
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -238,12 +245,16 @@ class _RoundState:
     length: torch.Tensor  # tokens kept when the row stops (EOS excluded)
     stopped: torch.Tensor  # ended on an EOS token
     done: torch.Tensor
-    position: torch.Tensor
+    position: torch.Tensor  # the row's own position of the token it draws next (padding not counted)
     slot: torch.Tensor  # the row of ``requests`` (and of the round's output) each row writes to
+    seed: torch.Tensor  # int64: the request's seed, or one drawn when the round started
+    penalty: torch.Tensor  # repetition penalty, 1.0 where none
+    seen: torch.Tensor | None  # bool [rows, vocab]: tokens in the row's input (None: no row penalised)
 
     def select(self, keep: torch.Tensor) -> None:
         for name, value in vars(self).items():
-            setattr(self, name, value.index_select(0, keep))
+            if value is not None:
+                setattr(self, name, value.index_select(0, keep))
 
 
 @dataclass
@@ -371,9 +382,6 @@ class Engine:
                             results[index] = exc
                 for batch in parts:
                     try:
-                        seed = batch_seed([requests[i].seed for i in batch])
-                        if seed is not None:
-                            torch.manual_seed(seed)
                         done = self._run([requests[i] for i in batch])
                     except Exception as exc:  # noqa: BLE001 - handed to this batch's requests
                         for index in batch:
@@ -386,8 +394,8 @@ class Engine:
     def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
         """Sort request indices by prompt length and cut them into batches of similar length.
 
-        Seeds do not split batches: the repeats of a sample carry different seeds, and a batch
-        per seed would cut a round of 256 rows into many small ones.
+        Seeds do not split batches: each row draws from its own seed (the repeats of a sample
+        carry different seeds, and a batch per seed would cut a round of 256 rows into many small ones).
         """
         def order(index: int) -> tuple[Any, ...]:
             # length first (little padding), then a canonical order: the same requests in any
@@ -459,6 +467,8 @@ class Engine:
         for request in requests:
             if not request.prompt:
                 raise ValueError("empty prompt: nothing to condition generation on")
+            if not request.repetition_penalty > 0:
+                raise ValueError(f"repetition_penalty must be above 0, not {request.repetition_penalty}")
         real_rows = len(requests)
         if self.static:
             size = self._bucket_rows(real_rows, self._rows_in_budget(requests))
@@ -483,6 +493,7 @@ class Engine:
         k = max(k, 1) if k >= 0 else 0
         filters = any(r.top_p < 1.0 or r.top_k > 0 for r in requests)
         sampled = any(r.temperature > 0 for r in requests)
+        penalised = any(r.repetition_penalty != 1.0 for r in requests)
         limit = torch.tensor([r.max_new_tokens for r in requests], device=device)
         limit[real_rows:] = 1  # padding rows of a compiled batch stop at once
         eos = torch.tensor(self.eos_ids or (-1,), device=device)
@@ -496,6 +507,9 @@ class Engine:
             done=torch.zeros(rows, dtype=torch.bool, device=device),
             position=batch.positions[:, -1] + 1,
             slot=torch.arange(rows, device=device),
+            seed=row_seeds(requests[:real_rows], rows).to(device),
+            penalty=torch.tensor([r.repetition_penalty for r in requests], dtype=torch.float32, device=device),
+            seen=prompt_tokens_seen(batch, logits.shape[-1]) if penalised else None,
         )
         # what each row of the batch produced, by its row in ``requests``; one more row takes the
         # writes of the padding rows a shrunk round may add
@@ -504,9 +518,12 @@ class Engine:
         steps = 0
         for step in range(max_new):
             token, token_lp, values, ids = sample(
-                logits, state.temperature, state.top_p, state.top_k, state.temperature <= 0, k, sampled, filters
+                logits, state.temperature, state.top_p, state.top_k, state.temperature <= 0, state.seed,
+                state.position, k, sampled, filters, state.penalty, state.seen,
             )
             token = torch.where(state.done, self.pad_id, token)
+            if state.seen is not None:
+                state.seen.scatter_(1, token[:, None], True)
             out.write_step(state.slot, step, token, token_lp, values, ids)  # logprobs None when k == 0
             steps = step + 1
             self.stats.decode_row_steps += len(state.slot)
@@ -885,19 +902,32 @@ class Engine:
         return logits.clone()
 
 
-def batch_seed(seeds: Sequence[int | None]) -> int | None:
-    """One seed for a batch from its rows' seeds (None when no row has one).
+def row_seeds(requests: Sequence[Request], rows: int) -> torch.Tensor:
+    """The int64 seed of each row: the request's own, else one drawn from torch's global
+    generator (so ``torch.manual_seed`` makes unseeded runs repeat); rows past the requests
+    (a static batch's padding) get 0."""
+    import torch
 
-    The same rows with the same seeds give the same seed, so a repeated call samples the same
-    tokens; other seeds (the next repeat of a sample) give another. Order does not matter.
-    """
-    given = sorted(s for s in seeds if s is not None)
-    if not given:
-        return None
-    import hashlib
+    seeds = torch.zeros(rows, dtype=torch.long)
+    unseeded = [row for row, request in enumerate(requests) if request.seed is None]
+    if unseeded:
+        seeds[unseeded] = torch.randint(-(2**62), 2**62, (len(unseeded),), dtype=torch.long)
+    seeded = [(row, as_int64(request.seed)) for row, request in enumerate(requests) if request.seed is not None]
+    if seeded:
+        seeds[[row for row, _ in seeded]] = torch.tensor([value for _, value in seeded], dtype=torch.long)
+    return seeds
 
-    digest = hashlib.sha256(",".join(map(str, given)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
+
+def prompt_tokens_seen(batch: _Batch, vocab: int) -> torch.Tensor:
+    """Bool ``[rows, vocab]``: the tokens of each row's prompt (the padding between prefix and
+    suffix not counted), where the repetition penalty starts."""
+    import torch
+
+    prompt_mask = batch.mask[:, : batch.width].bool()
+    # a padded slot points at the row's last prompt token (always its own), which is seen anyway
+    index = torch.where(prompt_mask, batch.ids, batch.ids[:, -1:])
+    seen = torch.zeros((batch.ids.shape[0], vocab), dtype=torch.bool, device=batch.ids.device)
+    return seen.scatter_(1, index, True)
 
 
 def _copy_rows(target_cache: Any, source_cache: Any, index: torch.Tensor) -> None:
