@@ -8,8 +8,11 @@
 # generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: lora_merge
 # (on by default since; in adapters), the stacked adapter factors (in adapters), the compiled
 # prompt passes (in profile), inspect's hf/ and our empersona/ through inspect (in generate, with
-# GPU_PREPARE_INSPECT=1), shrink, kv, the training variants. Next: "GPU_CHECK_SHAPES=0.5b
-# GPU_CHECK_STEPS='adapters' bash bench/gpu.sh" (five compiles of about 35 s; timeout_s 300), then
+# GPU_PREPARE_INSPECT=1), shrink, kv, the training variants, and the per-row sampler of 2026-11-27
+# afternoon (hashed uniforms, inverse CDF: its 'check:' lines say whether the int64 hash matches the
+# CPU's on CUDA and the compiled sampler the eager one). Next: "GPU_CHECK_SHAPES=0.5b
+# GPU_CHECK_STEPS='sampler adapters' bash bench/gpu.sh" (a compile, then five of about 35 s;
+# timeout_s 360), then
 # "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile' bash bench/gpu.sh"
 # (about 180 + 140 s; timeout_s 520) as far as the time left allows, then 'shrink kv' on 0.5b
 # (timeout_s 400) or 'train' (280 s with its variants);

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             torch.cuda.synchronize()
 
+    checks = device_checks(logits, temperature, top_p, top_k, greedy, seed, position, forms)
+    for name, value in checks.items():
+        print(f"check: {name}: {value}")
     best = {name: float("inf") for name in variants}
     for fn, k in variants.values():  # warm up (and compile) before any timing
         fn(logits, temperature, top_p, top_k, greedy, seed, position, k, True, False)
@@ -111,9 +114,32 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = args.out or Path(f"bench/results/sampler-{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": args.device, "rows": rows, "vocab": args.vocab, "results": rows_out}, indent=2) + "\n")
+    out.write_text(json.dumps({"device": args.device, "rows": rows, "vocab": args.vocab, "checks": checks,
+                               "results": rows_out}, indent=2) + "\n")
     print(f"written to {out}")
-    return 0
+    return 0 if checks["uniform draws equal the CPU's"] else 1
+
+
+def device_checks(logits: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any, seed: Any, position: Any,
+                  forms: dict[str, Any]) -> dict[str, Any]:
+    """What the per-row draws rest on, on this device: the hashed uniforms equal the CPU's bit for
+    bit (int64 products wrap the same way), and the compiled sampler picks the eager one's tokens
+    (share of rows, over 20 positions; float rounding may move a draw that lands on a boundary)."""
+    import torch
+
+    from empersona.provider.sampling import row_uniform
+
+    positions = torch.arange(20, device=seed.device)[:, None] + position[None, :]
+    here = torch.stack([row_uniform(seed, p) for p in positions]).cpu()
+    cpu = torch.stack([row_uniform(seed.cpu(), p.cpu()) for p in positions])
+    checks: dict[str, Any] = {"uniform draws equal the CPU's": bool(torch.equal(here, cpu))}
+    compiled = forms.get("sample_next (compiled)")
+    if compiled is not None:
+        same = [(sample_next(logits, temperature, top_p, top_k, greedy, seed, p, 0, True, False)[0]
+                 == compiled(logits, temperature, top_p, top_k, greedy, seed, p, 0, True, False)[0]).float().mean().item()
+                for p in positions]
+        checks["compiled picks the eager tokens (share of rows)"] = round(sum(same) / len(same), 4)
+    return checks
 
 
 if __name__ == "__main__":
