@@ -69,9 +69,11 @@ def train(
     overrides = {key: value for key, value in given.items() if key in TrainConfig.model_fields}
     settings = load_train_config(config, overrides)
 
+    from empersona.train.sft import end_distributed
     from empersona.train.sft import train as run_training
 
     result = run_training(settings, resume=resume, progress=not quiet)
+    end_distributed()
     if result.metadata is None:  # a non-main process of a multi-GPU run
         return
     meta = result.metadata

@@ -21,7 +21,13 @@ defaults from PROTOCOLS.md section 2). What a run does:
 
 While a run is incomplete its folder holds ``TRAINING_INCOMPLETE``; ``empersona.json`` is written
 atomically at the very end, so a folder with it is a finished adapter and one without is not.
-Under ``accelerate launch`` every process runs this; only the main one writes files.
+Under ``accelerate launch`` every process runs this; only the main one writes files. The
+accumulation steps follow the number of processes, so the effective batch and the step count are
+a single process's (``TrainConfig.grad_accum``). Under FSDP the final save gathers a full state
+dict whatever ``fsdp_state_dict_type`` says (transformers writes no adapter from a sharded one);
+FSDP's own activation checkpointing is refused (the adapter saved with it holds no weights; the
+training config's ``gradient_checkpointing`` does the same job); and a saved adapter missing any
+trained tensor fails the run before ``empersona.json`` is written.
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ class PreparedRun:
     precision: str
     attention: str
     training_template: str = "model"  # "model" (TRL's handling) or the path of our template in the package
+    trained_tensors: int = 0  # the adapter's trainable tensors: what the saved adapter file must hold
 
 
 def _world() -> tuple[int, bool]:
@@ -123,6 +130,17 @@ def _world() -> tuple[int, bool]:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     return state.num_processes, state.is_main_process
+
+
+def end_distributed() -> None:
+    """At the end of a command run under ``accelerate launch``: wait until every process is done
+    (the main one writes last), then take the process group down. A process that exits with it
+    still up can abort in its exit (gloo) or warn (NCCL), and the launcher then reports a failure."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _use_bf16(config: TrainConfig) -> bool:
@@ -268,12 +286,64 @@ def training_template(tokenizer: Any, base: str) -> str | None:
 
 
 def _checkpointing_args(sft_config: type, enabled: bool) -> dict[str, Any]:
-    """Activation checkpointing under the argument name this transformers version uses."""
+    """Activation checkpointing under the argument name this transformers version uses.
+
+    No ``use_reentrant`` is given: transformers 5 checkpoints non-reentrantly by default, and TRL
+    switches to reentrant for a LoRA model under DeepSpeed ZeRO-3 (where a non-reentrant recompute
+    meets frozen weights already partitioned away); an explicit ``False`` would only make TRL warn.
+    """
     import dataclasses
 
     names = {field.name for field in dataclasses.fields(sft_config)}
     name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+    return {name: enabled, f"{name}_kwargs": None}
+
+
+def check_fsdp_settings() -> None:
+    """Refuse FSDP's own activation checkpointing (``fsdp_activation_checkpointing: true`` in the
+    accelerate config) before any weights load: with a LoRA model the adapter the trainer then saves
+    holds no tensors. The training config's ``gradient_checkpointing`` recomputes the same layers."""
+    from accelerate.utils import str_to_bool
+
+    def flag(name: str) -> bool:
+        return bool(str_to_bool(os.environ.get(name, "false") or "false"))
+
+    if flag("ACCELERATE_USE_FSDP") and flag("FSDP_ACTIVATION_CHECKPOINTING"):
+        raise EmpersonaError(
+            "the accelerate config turns on fsdp_activation_checkpointing, with which the saved LoRA adapter holds "
+            "no weights. Set fsdp_activation_checkpointing: false in it (as configs/accelerate/fsdp_8gpu.yaml does); "
+            "the training config's gradient_checkpointing (on by default) recomputes the layers instead"
+        )
+
+
+def save_adapter(trainer: SFTTrainer, out_dir: Path) -> None:
+    """Write the adapter into ``out_dir``; every process calls this (FSDP and ZeRO-3 gather here).
+
+    Under FSDP the state dict is switched to a full one first: from a sharded one (FSDP2's default
+    when the accelerate config names none) transformers writes no adapter at all.
+    """
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out_dir))
+
+
+def check_saved_adapter(out_dir: Path, expected: int) -> None:
+    """The adapter file must hold every trained tensor (a multi-GPU save that gathered nothing, or
+    a DeepSpeed save without ``zero3_save_16bit_model``, leaves it empty or missing)."""
+    from safetensors import safe_open
+
+    path = out_dir / "adapter_model.safetensors"
+    found = 0
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            found = len(list(handle.keys()))
+    if found != expected:
+        raise EmpersonaError(
+            f"{path}: the saved adapter holds {found} tensors where training updated {expected}; the run is not "
+            "recorded as finished. Under DeepSpeed ZeRO-3 set zero3_save_16bit_model: true; under FSDP keep "
+            "fsdp_activation_checkpointing false. Then run the same command with --resume"
+        )
 
 
 def prepare(
@@ -340,9 +410,12 @@ def prepare(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # every LoRA tensor gets a gradient at every step: DDP need not search the graph for unused ones
+        ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
     )
     _ = args.device  # sets up torch.distributed under accelerate launch, so loading can shard
+    check_fsdp_settings()
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.resolved_base())
     except (OSError, ValueError) as err:  # no such folder, no such hub repo, a malformed repo id
@@ -399,6 +472,7 @@ def prepare(
     return PreparedRun(
         trainer, tokenizer, data, out_dir, world_size, grad_accum, str(trainer.args.device), precision, attention,
         f"empersona/chat_templates/{own_template}" if own_template is not None else "model",
+        trained_tensors=sum(1 for parameter in trainer.model.parameters() if parameter.requires_grad),
     )
 
 
@@ -470,9 +544,10 @@ def train(
         trainer = run.trainer
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         eval_loss = trainer.evaluate()["eval_loss"] if run.data.holdout else None
-        trainer.save_model(str(out_dir))  # every process: FSDP/ZeRO-3 gather the adapter here
+        save_adapter(trainer, out_dir)
     if not main:
         return TrainResult(out_dir, None)
+    check_saved_adapter(out_dir, run.trained_tensors)
     run.tokenizer.save_pretrained(str(out_dir))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metadata = TrainMetadata(
