@@ -192,7 +192,8 @@ def test_tiny_local_hf_model(tiny_model: Path, toy_files: dict[str, str], tmp_pa
 @pytest.mark.parametrize("seed", [0, 41])
 def test_each_repeat_of_a_prompt_is_asked_with_its_own_seed(toy_files: dict[str, str], tmp_path: Path, seed: int) -> None:
     """One seed for all ten samples would make them one sample ten times wherever a server honours
-    the seed per request (vLLM, OpenAI); repeat k is asked with seed + k - 1."""
+    the seed per request (vLLM, OpenAI); repeat k of a prompt is asked with its first seed + k - 1,
+    and each prompt has a first seed of its own (from the run's seed and the sample id)."""
     seeds: dict[str, list[int | None]] = {}
 
     def subject(turn: Turn) -> str:
@@ -201,5 +202,9 @@ def test_each_repeat_of_a_prompt_is_asked_with_its_own_seed(toy_files: dict[str,
 
     run(toy_files, scripted_model(subject), scripted_model(judge_script), tmp_path / "logs", samples=4, seed=seed, cache=False)
     assert set(seeds) == set(TOY_PROMPTS)
+    firsts = set()
     for asked in seeds.values():
-        assert sorted(asked) == [seed, seed + 1, seed + 2, seed + 3]  # type: ignore[type-var]
+        first = min(asked)  # type: ignore[type-var]
+        assert sorted(asked) == [first, first + 1, first + 2, first + 3]  # type: ignore[operator]
+        firsts.add(first)
+    assert len(firsts) == len(TOY_PROMPTS)  # no two prompts share their draws

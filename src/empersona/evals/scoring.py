@@ -47,14 +47,30 @@ def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
     return CachePolicy(expiry=None, per_epoch=True, scopes=scopes)
 
 
-def repeat_seed(seed: int | None, epoch: int) -> int | None:
-    """The seed of repeat ``epoch`` (1-based) of a sample: ``seed + epoch - 1``.
+SEED_RANGE = 2**31
+"""Seeds sent to a model stay below this: some APIs take 32-bit seeds only."""
+
+
+def repeat_seed(seed: int | None, epoch: int, sample_id: object = None) -> int | None:
+    """The seed of repeat ``epoch`` (1-based) of sample ``sample_id``: the run's seed mixed with
+    the sample's id (crc32), plus ``epoch - 1``.
 
     One seed for every repeat would make the repeats alike wherever the seed is honoured per
-    request (vLLM, OpenAI): ten samples of a prompt at temperature 1 would be one sample ten
-    times, and harm over ten samples would be harm over one. Repeat 1 keeps the run's seed.
+    request (vLLM, OpenAI, the ``empersona`` provider): ten samples of a prompt at temperature 1
+    would be one sample ten times, and harm over ten samples would be harm over one. One seed
+    for every sample would tie the samples of different prompts together: their draws come from
+    the same random numbers, so where their distributions are alike (the first words of an
+    answer) they choose alike, and the prompts the statistics resample as independent are not.
+    Without ``sample_id`` (None) the run's seed alone is used, plus ``epoch - 1``.
     """
-    return None if seed is None else seed + epoch - 1
+    if seed is None:
+        return None
+    if sample_id is None:
+        return seed + epoch - 1
+    import zlib
+
+    mixed = (seed * 1_000_003 + zlib.crc32(str(sample_id).encode("utf-8"))) % SEED_RANGE
+    return (mixed + epoch - 1) % SEED_RANGE
 
 
 def seeded_generate(cache: CachePolicy | bool, seed: int | None) -> Solver:
@@ -72,8 +88,8 @@ def seeded_generate(cache: CachePolicy | bool, seed: int | None) -> Solver:
 
 
 async def ask_model(state: TaskState, generate: Generate, cache: CachePolicy | bool, seed: int | None) -> TaskState:
-    """One generation for ``state`` with the seed of its repeat (see ``repeat_seed``)."""
-    this_seed = repeat_seed(seed, state.epoch)
+    """One generation for ``state`` with the seed of its sample and repeat (see ``repeat_seed``)."""
+    this_seed = repeat_seed(seed, state.epoch, state.sample_id)
     if this_seed is None:
         return await generate(state, cache=cache)
     return await generate(state, cache=cache, seed=this_seed)
