@@ -111,3 +111,12 @@ def test_an_activated_lora_is_refused(tiny_adapters: tuple[Path, Path], tmp_path
     config_file.write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(EmpersonaError, match="alora_invocation_tokens"):
         read_adapter(alora)
+
+
+def test_max_tokens_below_one_is_refused(tiny_model: Path) -> None:
+    """Not read as "unset" (the default of 2048 new tokens)."""
+    from inspect_ai.model import GenerateConfig
+
+    model = get(str(tiny_model))
+    with pytest.raises(EmpersonaError, match="max_tokens=0; ask for at least 1"):
+        asyncio.run(model.generate("Hello", config=GenerateConfig(max_tokens=0)))

@@ -418,6 +418,8 @@ class EmpersonaAPI(ModelAPI):
         unless ``generation_config=false``), else temperature 1, no top-p, no top-k, no penalty.
         """
         prompt = self.prompt_ids(messages)
+        if config.max_tokens is not None and config.max_tokens < 1:
+            raise EmpersonaError(f"empersona/{self.model_name}: max_tokens={config.max_tokens}; ask for at least 1 new token")
         max_new = config.max_tokens or DEFAULT_MAX_TOKENS
         if self.context_length is not None:
             room = self.context_length - len(prompt)
