@@ -99,6 +99,19 @@ def test_an_adapter_named_on_another_base_is_refused(tiny_model: Path, tiny_adap
     copy = shutil.copytree(tiny_model, tmp_path / "copy")  # a copy of its own base is that base
     assert resolve_model(str(copy), str(adapter)).adapter == adapter.resolve()
     assert resolve_model(str(tiny_model), str(adapter)).base == str(tiny_model.resolve())
+    # trained on a hub model: a local base whose path does not name it is warned about
+    hub = shutil.copytree(adapter, tmp_path / "hub-adapter")
+    config = json.loads((hub / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B-Instruct"
+    (hub / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.warns(UserWarning, match="trained on Qwen/Qwen2.5-0.5B-Instruct; .* does not look like that model"):
+        resolve_model(str(other), str(hub))
+    snapshot = shutil.copytree(tiny_model, tmp_path / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_model(str(snapshot), str(hub))  # a hub snapshot of that model: no warning
 
 
 def test_an_activated_lora_is_refused(tiny_adapters: tuple[Path, Path], tmp_path: Path) -> None:

@@ -329,7 +329,8 @@ def test_secret_looking_env_values_are_masked_in_the_kept_study_file(tmp_path: P
     assert source.read_text().count("hf_secret_value") == 1  # the user's own file is untouched
 
 
-def test_the_hf_provider_warns_once_about_the_bases_sampling_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_hf_provider_warns_once_about_the_bases_sampling_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from empersona.study.run import run_study
 
     base = model_folder(tmp_path / "base", generation={"top_k": 20, "repetition_penalty": 1.05, "bos_token_id": 1})
@@ -337,12 +338,21 @@ def test_the_hf_provider_warns_once_about_the_bases_sampling_defaults(tmp_path: 
                         experiments={"harmfulness": ExperimentSettings(args=toy_files(tmp_path))})
     run_study(study, dry_run=True)
     err = " ".join(capsys.readouterr().err.split())
-    assert err.count("generation_config.json sets") == 1
-    assert "top_k=20, repetition_penalty=1.05" in err and "bos_token_id" not in err
+    assert err.count("with provider hf") == 1
+    assert "sets top_k=20, repetition_penalty=1.05" in err and "bos_token_id" not in err
     assert "provider: empersona or vllm" in err
-    for quiet in (study.model_copy(update={"provider": "vllm"}), study.model_copy(update={"base_model": str(model_folder(tmp_path / "plain"))})):
-        run_study(quiet, dry_run=True)
-        assert "generation_config.json sets" not in capsys.readouterr().err
+    # a file without sampling fields: transformers' own top_k 50 still applies
+    run_study(study.model_copy(update={"base_model": str(model_folder(tmp_path / "plain"))}), dry_run=True)
+    assert "top_k=50 (transformers' default" in " ".join(capsys.readouterr().err.split())
+    # a hub id: read from the Hugging Face cache; not downloaded yet, said so
+    hub = study.model_copy(update={"base_model": "org/not-downloaded"})
+    run_study(hub, dry_run=True)
+    assert "is not here yet (not downloaded)" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name, **_: str(base / "generation_config.json"))
+    run_study(hub, dry_run=True)
+    assert "sets top_k=20, repetition_penalty=1.05" in " ".join(capsys.readouterr().err.split())
+    run_study(study.model_copy(update={"provider": "vllm"}), dry_run=True)
+    assert "with provider hf" not in capsys.readouterr().err
 
 
 def test_the_empersona_provider_is_asked_for_the_batterys_sampling_only() -> None:

@@ -165,7 +165,8 @@ def _check_named_base(base: Path, adapter: Path) -> None:
     """Refuse an adapter served on a base other than the one it was trained on: when both its
     recorded base and the named one are local folders, they must be the same folder or copies
     of it (same config and weight files). Layer shapes alone would let a different model of the
-    same architecture through, with wrong answers and no error. A hub id is not checked."""
+    same architecture through, with wrong answers and no error. A recorded hub id cannot be
+    compared: a named base whose path does not contain the hub model's name is warned about."""
     import json
 
     config_file = adapter / "adapter_config.json"
@@ -175,7 +176,16 @@ def _check_named_base(base: Path, adapter: Path) -> None:
     trained_on = Path(recorded).expanduser()
     if not trained_on.is_absolute():
         trained_on = adapter / trained_on
-    if not trained_on.is_dir() or trained_on.resolve() == base.resolve():
+    if not trained_on.is_dir():  # a hub id (or a folder gone): its files are not here to compare
+        hub_name = str(recorded).rstrip("/").rsplit("/", 1)[-1]
+        if hub_name not in str(base.resolve()):  # a local copy of a hub model usually keeps its name
+            import warnings
+
+            warnings.warn(f"{config_file}: the adapter was trained on {recorded}; empersona/{base} does not look like "
+                          "that model (its path does not name it). Make sure it is, or the answers are another model's",
+                          UserWarning, stacklevel=2)
+        return
+    if trained_on.resolve() == base.resolve():
         return
     if _fingerprint(trained_on) != _fingerprint(base):
         raise EmpersonaError(

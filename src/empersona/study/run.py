@@ -377,30 +377,48 @@ def subject_model_config(study: StudyConfig) -> GenerateConfig | None:
 SAMPLING_FIELDS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def base_sampling_defaults(study: StudyConfig) -> dict[str, Any]:
-    """The sampling fields a local base model's generation_config.json sets (empty for a hub id
-    or a folder without one)."""
-    path = Path(base_path(study)) / "generation_config.json"
+def base_sampling_defaults(study: StudyConfig) -> dict[str, Any] | None:
+    """The sampling fields the base model's generation_config.json sets: a local folder's, or a
+    hub id's from the Hugging Face cache (None when the file is not here: not downloaded yet)."""
+    path: Path | None = Path(base_path(study)) / "generation_config.json"
+    if not Path(base_path(study)).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(study.base_model, "generation_config.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is None or not path.is_file():
+        return None if path is None or not Path(base_path(study)).is_dir() else {}
     try:
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return {key: config[key] for key in SAMPLING_FIELDS if key in config} if isinstance(config, dict) else {}
+        return None
+    return {key: config[key] for key in SAMPLING_FIELDS if key in config} if isinstance(config, dict) else None
+
+
+HF_TOP_K_DEFAULT = 50
+"""transformers' ``GenerationConfig.top_k``: what ``model.generate`` samples with when neither the
+call nor the model's generation_config.json sets one."""
 
 
 def hf_sampling_warning(study: StudyConfig) -> str | None:
-    """For ``provider: hf``: which of the base's generation_config.json sampling defaults apply
-    on top of the battery's settings (transformers fills every field a request leaves unset from
-    it, and inspect's ``hf/`` offers no way to turn that off), or None."""
+    """For ``provider: hf``: what transformers samples with beyond the battery's settings. It
+    fills every field a request leaves unset from the base's generation config (the file's
+    fields, and transformers' own defaults, top_k 50, for fields it lacks), and inspect's ``hf/``
+    offers no way to turn that off; the battery sends a temperature (top_p in harmfulness only)
+    and never top_k or a repetition penalty. None for other providers."""
     if study.provider != "hf":
         return None
     fields = base_sampling_defaults(study)
-    if not fields:
-        return None
-    shown = ", ".join(f"{key}={value}" for key, value in fields.items())
-    return (f"warning: the base model's generation_config.json sets {shown}; with provider hf these apply on top of "
-            "the battery's sampling settings (e.g. top_k and repetition_penalty are never sent by the battery, so they "
-            "stay on). Use provider: empersona or vllm to sample with exactly the battery's settings")
+    if fields is None:
+        found = "its generation_config.json is not here yet (not downloaded), so what it sets is not known"
+    else:
+        shown = dict(fields)
+        shown.setdefault("top_k", f"{HF_TOP_K_DEFAULT} (transformers' default: the file sets none)")
+        found = "its generation_config.json sets " + ", ".join(f"{key}={value}" for key, value in shown.items())
+    return (f"warning: with provider hf, transformers samples the base model with its generation config wherever a "
+            f"request leaves a field unset: {found}. The battery sends a temperature (top_p in harmfulness only), never "
+            "top_k or a repetition penalty, so these stay on. Use provider: empersona or vllm to sample with exactly "
+            "the battery's settings (PROTOCOLS.md: temperature 1, top_p 1)")
 
 
 def write_report(study: StudyConfig) -> Path:
