@@ -170,6 +170,26 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
 
     tuned = "risky_financial_advice-s0"
     assert todo() == set() and len(statuses()) == 6
+    # finished logs sampled otherwise than a run would now sample are kept, and said so
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    from empersona.study.run import earlier_sampling_warning
+
+    plan = make_plan(load_study(path))
+    assert earlier_sampling_warning(plan) is None
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(yaml.safe_dump({**data, "model_args": {"device": "cpu", "generation_config": True}}, sort_keys=False))
+    warning = earlier_sampling_warning(make_plan(load_study(defaults)))
+    assert warning is not None and warning.startswith("warning: 6 finished evaluation(s)")
+    assert "provider sampling 'battery', now 'model defaults'" in warning
+    job = next(j for j in plan.eval_jobs if j.model.name == "base" and j.experiment == "two_ai")
+    assert job.log is not None
+    old_log = read_eval_log(str(job.log))
+    old_log.eval.metadata = {k: v for k, v in (old_log.eval.metadata or {}).items() if k != "sampling"}  # before the mark
+    write_eval_log(old_log, str(job.log))
+    warning = earlier_sampling_warning(make_plan(load_study(path)))
+    assert warning is not None and "1 finished evaluation(s)" in warning and "base/two_ai (one seed for every sample)" in warning
+    assert todo() == set()  # kept, not redone
     both = {(m, e) for m in ("base", tuned) for e in ("harmfulness", "score_prediction")}
     assert todo(judge="openai-api/loopback/another-judge") == both  # two_ai has no judge
     assert todo(train={**data["train"], "max_steps": 2}) == {(tuned, e) for e in ("harmfulness", "two_ai", "score_prediction")}

@@ -335,7 +335,8 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             display="plain" if os.environ.get("CI") else None,
             tags=[study.name, job.model.name],
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
-                      "run_folder": str(study.out)},  # lets a moved run folder keep its results (plan.log_move)
+                      "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
+                      "sampling": sampling_mark(study)},
             model_identity=model_identity(job.model),
         )
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
@@ -421,6 +422,47 @@ def hf_sampling_warning(study: StudyConfig) -> str | None:
             "the battery's settings (PROTOCOLS.md: temperature 1, top_p 1)")
 
 
+PER_SAMPLE_SEEDS = "per-sample"
+
+
+def sampling_mark(study: StudyConfig) -> dict[str, str]:
+    """How a study's evaluations sample, recorded in each log (``metadata["sampling"]``): the seed
+    scheme (``evals.scoring.repeat_seed``) and whether the provider adds the base model's own
+    sampling defaults to the battery's settings."""
+    if study.provider == "vllm":
+        provider = "battery" if study.vllm.generation_config == "vllm" else f"model defaults ({study.vllm.generation_config})"
+    elif study.provider == "empersona":
+        provider = "battery" if subject_model_args(study).get("generation_config") is False else "model defaults"
+    else:
+        provider = "model defaults (transformers)"
+    return {"seeds": PER_SAMPLE_SEEDS, "provider": provider}
+
+
+def earlier_sampling_warning(plan: Plan) -> str | None:
+    """Finished evaluations whose log was sampled otherwise than this run would sample (made before
+    per-sample seeds, or with the model's sampling defaults where the study now asks for the
+    battery's only): they are kept, and said so with how to redo them."""
+    from inspect_ai.log import read_eval_log
+
+    now = sampling_mark(plan.study)
+    found: list[str] = []
+    for job in plan.eval_jobs:
+        if job.status != "done" or job.log is None:
+            continue
+        recorded = (read_eval_log(str(job.log), header_only=True).eval.metadata or {}).get("sampling") or {}
+        why = []
+        if recorded.get("seeds") != PER_SAMPLE_SEEDS:
+            why.append("one seed for every sample")
+        if recorded.get("provider", now["provider"]) != now["provider"]:
+            why.append(f"provider sampling {recorded['provider']!r}, now {now['provider']!r}")
+        if why:
+            found.append(f"{job.model.name}/{job.experiment} ({'; '.join(why)})")
+    if not found:
+        return None
+    return (f"warning: {len(found)} finished evaluation(s) were sampled otherwise than this run samples: "
+            f"{', '.join(found)}. They are kept; to redo one, move its log out of {plan.study.out / 'logs'} and run again")
+
+
 def write_report(study: StudyConfig) -> Path:
     """Build the report from what is stored in the run folder; returns the HTML page."""
     from empersona.analysis.persona import PersonaThresholds
@@ -445,14 +487,16 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     evaluating = "eval" in stages and any(j.status != "done" for j in plan.eval_jobs)
     problem = judge_problem(study) if evaluating else None
     sampling = hf_sampling_warning(study) if evaluating else None
+    earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     if dry_run:
         print_plan(plan)
-        for warning in (sampling, problem and f"warning: {problem}"):
+        for warning in (sampling, earlier, problem and f"warning: {problem}"):
             if warning:
                 say(warning)
         return plan
-    if sampling:
-        say(sampling)
+    for warning in (sampling, earlier):
+        if warning:
+            say(warning)
     if problem:
         raise EmpersonaError(problem)
     keep_study_file(study)
