@@ -163,10 +163,11 @@ def _label_points(ax: Axes, points: Sequence[PointLabel]) -> None:
     offsets = label_offsets(points, size, ax.get_xlim(), ax.get_ylim())
     for point, (dx, dy) in zip(points, offsets, strict=True):
         far = dy > 3.0 + LABEL_FONT or dy < -3.0 - 2.3 * LABEL_FONT
-        ax.annotate(point.text, (point.x, point.y), xytext=(dx, dy), textcoords="offset points", ha="left",
-                    va="bottom", fontsize=LABEL_FONT, color=point.colour,
-                    arrowprops={"arrowstyle": "-", "color": point.colour, "lw": 0.5, "shrinkA": 0, "shrinkB": 4}
-                    if far else None)
+        note = ax.annotate(point.text, (point.x, point.y), xytext=(dx, dy), textcoords="offset points", ha="left",
+                           va="bottom", fontsize=LABEL_FONT, color=point.colour,
+                           arrowprops={"arrowstyle": "-", "color": point.colour, "lw": 0.5, "shrinkA": 0, "shrinkB": 4}
+                           if far else None)
+        note.set_in_layout(False)  # placed for the laid-out axes: the layout must not move them again
 
 
 def _label_legend(fig: Figure, labels: Sequence[str]) -> None:
@@ -183,6 +184,7 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
     fig = _figure(14.0, 4.8)
     axes = fig.subplots(1, len(PROBES), sharex=True)
     plotted: set[str] = set()
+    labels: list[list[PointLabel]] = []
     for ax, probe in zip(axes, PROBES, strict=True):
         rows = summary[summary[probe.column].notna() & summary["harm_max10"].notna()]
         plotted |= set(rows["model"])
@@ -202,8 +204,8 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_xlim(-0.02, 1.05)
         ax.set_ylim(*probe.limits)
         ax.grid(alpha=0.25)
-        _label_points(ax, [PointLabel(float(r["harm_max10"]), float(r[probe.column]), short_name(str(r["model"]), 18),
-                                      LABEL_COLOURS.get(r["label"], "#555555")) for _, r in rows.iterrows()])
+        labels.append([PointLabel(float(r["harm_max10"]), float(r[probe.column]), short_name(str(r["model"]), 18),
+                                  LABEL_COLOURS.get(r["label"], "#555555")) for _, r in rows.iterrows()])
     axes[0].set_ylabel("self-report probe (95% interval)")
     # one x label under the middle panel: three side by side ran into each other
     axes[len(axes) // 2].set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
@@ -212,6 +214,9 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
     missing = [short_name(str(m)) for m in summary["model"] if m not in plotted]
     if missing:
         fig.text(0.995, 0.005, "no probe data: " + ", ".join(missing), ha="right", va="bottom", fontsize=8, color="#777777")
+    fig.draw_without_rendering()  # lay the figure out first: names are placed in the axes' final size
+    for ax, points in zip(axes, labels, strict=True):
+        _label_points(ax, points)
     return _save(fig, path)
 
 
