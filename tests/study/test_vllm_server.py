@@ -367,3 +367,31 @@ def test_the_empersona_provider_is_asked_for_the_batterys_sampling_only() -> Non
     assert subject_model_config(study) is None
     config = subject_model_config(study.model_copy(update={"provider": "vllm"}))
     assert config is not None and config.max_retries is not None and config.timeout is not None
+
+
+def test_a_missing_vllm_is_found_before_anything_trains_and_the_dry_run_shows_the_server(
+        tmp_path: Path, fake_vllm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from empersona.study.run import run_study
+
+    base = model_folder(tmp_path / "base")
+    with_fake = vllm_study(tmp_path, tmp_path / "run", base, fake_vllm, free_port())
+    run_study(with_fake, dry_run=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "vLLM server: " in err and "--generation-config vllm" in err and "has no vllm package" not in err
+    without = with_fake.model_copy(update={"vllm": with_fake.vllm.model_copy(update={"env": {}})})
+    run_study(without, dry_run=True)
+    assert "has no vllm package" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(EmpersonaError, match="has no vllm package: install it there"):
+        run_study(without)  # before training, before the server
+    assert not (tmp_path / "run" / "vllm-server.log").exists()
+    # vllm settings under another provider are said to be unused
+    run_study(with_fake.model_copy(update={"provider": "empersona"}), dry_run=True)
+    assert "vllm: settings are not used with provider empersona" in " ".join(capsys.readouterr().err.split())
+
+
+def test_vllm_settings_are_checked(tmp_path: Path) -> None:
+    for bad, match in (({"generation_config": "autoo"}, "not 'vllm', 'auto' or a folder"), ({"port": 0}, "port"),
+                       ({"port": 99999}, "port")):
+        with pytest.raises(ValueError, match=match):
+            VLLMSettings(**bad)
+    assert VLLMSettings(generation_config=str(tmp_path)).generation_config == str(tmp_path)

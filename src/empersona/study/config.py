@@ -57,7 +57,7 @@ class VLLMSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     python: str | None = Field(None, description="Python of the environment that has vLLM (default: this one).")
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535, description="Port on 127.0.0.1 the server listens on.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (vLLM --tensor-parallel-size).")
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages, e.g. across nodes (--pipeline-parallel-size).")
     max_model_len: int | None = None
@@ -68,6 +68,14 @@ class VLLMSettings(BaseModel):
         "Sampling defaults for what a request leaves unset (--generation-config): 'vllm' (vLLM's neutral ones, so the "
         "battery's settings are what is sampled), 'auto' (the model's generation_config.json), or a folder."))
     max_loras: int | None = Field(None, ge=1, description="LoRA slots on the GPU (--max-loras; default min(adapters, 2)).")
+
+    @field_validator("generation_config")
+    @classmethod
+    def _known_generation_config(cls, value: str) -> str:
+        if value in ("vllm", "auto") or Path(value).expanduser().is_dir():
+            return value
+        raise ValueError(f"{value!r} is not 'vllm', 'auto' or a folder: use 'vllm' (the battery's settings only) or "
+                         "'auto' (the model's generation_config.json)")
     extra_args: list[str] = Field(default_factory=list, description="More vllm serve arguments, as given.")
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE); values of secret-looking keys are masked in "

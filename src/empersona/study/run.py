@@ -488,17 +488,22 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     problem = judge_problem(study) if evaluating else None
     sampling = hf_sampling_warning(study) if evaluating else None
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
+    unused = ("warning: the study file's vllm: settings are not used with provider "
+              f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
+    no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
-        for warning in (sampling, earlier, problem and f"warning: {problem}"):
+        if study.provider == "vllm":
+            say(f"vLLM server: {vllm_command_shown(plan)}")
+        for warning in (sampling, earlier, unused, problem and f"warning: {problem}", no_vllm and f"warning: {no_vllm}"):
             if warning:
                 say(warning)
         return plan
-    for warning in (sampling, earlier):
+    for warning in (sampling, earlier, unused):
         if warning:
             say(warning)
-    if problem:
-        raise EmpersonaError(problem)
+    if problem or no_vllm:
+        raise EmpersonaError(problem or str(no_vllm))
     keep_study_file(study)
     if "train" in stages:
         train_all(plan)
@@ -518,6 +523,26 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         say(f"report: {path}")
     say(f"done in {time.monotonic() - started:.0f} s")
     return plan
+
+
+def vllm_problem(study: StudyConfig) -> str | None:
+    """For ``provider: vllm``: why its server could not start (no vllm package), else None."""
+    if study.provider != "vllm":
+        return None
+    from empersona.study.vllm_server import vllm_missing
+
+    return vllm_missing(study)
+
+
+def vllm_command_shown(plan: Plan) -> str:
+    """The vLLM server's command line for the dry run (once every adapter is trained; before,
+    the adapters' LoRA rank is not known from their files)."""
+    from empersona.study.vllm_server import command_text, server_command
+
+    missing = [job.out.name for job in plan.train_jobs if job.status != "done"]
+    if missing:
+        return f"its command is shown once the adapters are trained ({len(missing)} to train)"
+    return command_text(server_command(plan.study, plan.models))
 
 
 @contextmanager

@@ -107,6 +107,28 @@ def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]
     return cmd + list(settings.extra_args)
 
 
+def vllm_missing(study: StudyConfig) -> str | None:
+    """Why the server could not start for want of vLLM (None when its Python finds the package):
+    asked before anything trains, so a missing install is not found after hours of training."""
+    python = study.vllm.python or sys.executable
+    probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
+    try:
+        done = subprocess.run([python, "-c", probe], env={**os.environ, **study.vllm.env}, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"vllm.python {python} could not be run ({err})"
+    if done.returncode != 0:
+        return (f"{python} has no vllm package: install it there (pip install -e '.[vllm]' on the GPU machine), "
+                "or point the study's vllm.python at the Python of an environment that has it")
+    return None
+
+
+def command_text(command: Sequence[str]) -> str:
+    """A command line as a shell would take it back."""
+    import shlex
+
+    return " ".join(shlex.quote(part) for part in command)
+
+
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The end of the server's log, with the lines that name an error first (vLLM's last lines
     are often the shutdown of its workers, after the line that says what went wrong)."""
