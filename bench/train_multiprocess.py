@@ -180,9 +180,11 @@ def main() -> int:
     results["fsdp2-ac"] = {"exit": code, "refused": refused, "ok": refused}
     print(f"{'fsdp2-ac':22s} exit {code}, refused with its message: {refused}  {'ok' if refused else 'FAILED'}")
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"runs and logs in {root}")
     if options.keep is None and not failed:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # kept on a failure, or when --keep names the folder
+        print("all passed; the runs' folder was removed (--keep DIR keeps them)")
+    else:
+        print(f"runs and logs in {root}")
     return 1 if failed else 0
 
 

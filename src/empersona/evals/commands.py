@@ -29,7 +29,7 @@ def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise EmpersonaError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} do_sample=false")
+            raise EmpersonaError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} device=cpu")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return out
 
@@ -176,11 +176,11 @@ def eval_command(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first K items.")] = None,
     log_dir: Annotated[Path, typer.Option("--log-dir", help="Where inspect writes its .eval logs.")] = Path("logs"),
     system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed; part of the resume cache key.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="The run's sampling seed (each sample asks with a seed derived from it, its id and its repeat); part of the resume cache key. -T seed=N wins over it.")] = 0,
     harm_log: Annotated[Path | None, typer.Option("--harm-log", help="Harmfulness log of the same model (output_recognition, score_prediction).")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="Forced-choice mode where an experiment has one: sample or logprob.")] = None,
     task_arg: Annotated[list[str], typer.Option("--task-arg", "-T", help="Experiment parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
-    model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M do_sample=false.")] = [],  # noqa: B006
+    model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M device=cpu; the provider's own (hf/: do_sample=false; empersona/: generation_config=false).")] = [],  # noqa: B006
     judge_arg: Annotated[list[str], typer.Option("--judge-arg", help="Judge model argument KEY=VALUE.")] = [],  # noqa: B006
     max_connections: Annotated[int | None, typer.Option("--max-connections", help="Concurrent model calls.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every model and judge call afresh (no resume).")] = False,

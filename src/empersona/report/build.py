@@ -275,7 +275,7 @@ def build_report(
     recognition = recognition_summary(table, rs)
     blocks += _section("Output recognition by harm bucket", recognition, "No output-recognition results in this run.", {
         "model": "model", "foil": "foil", "own bucket": "bucket", "P(own)": lambda r: _fmt_col(r, "p_own"),
-        "own responses": "responses", "answers": "answers",
+        "own responses": "responses", "scored answers": "answers",
     }, draw=figure(figures.recognition_by_bucket, recognition, "recognition_by_bucket",
                    "P(own response chosen) by the judge bucket of the own response; chance is 0.5."),
         note=("Asymmetry P(own | high) - P(own | low) per foil (> 0: claims its harmful answers, the coherent side; "

@@ -364,14 +364,23 @@ def _probe_summary(calls: Sequence[PersonaCall], harm: pd.DataFrame, labelled: b
     return pd.DataFrame(rows)
 
 
+def _self_assessment_cell(call: PersonaCall, headline: str | None) -> str:
+    """The persona table's self-assessment: the estimate, marked when it is over all dimensions
+    (the model has no answers on the headline one); '-' alone when there is none."""
+    from empersona.analysis.persona import ALL_DIMENSIONS
+
+    shown = _described(call.self_assessment)
+    if shown == "-" or call.self_assessment_scope != ALL_DIMENSIONS:
+        return shown
+    return shown + f" ({ALL_DIMENSIONS}{f', none on {headline!r}' if headline else ''})"
+
+
 def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled: bool,
                    headline: str | None = None) -> pd.DataFrame:
     """One row per model: label, harm, the probes and the notes. ``headline``: the self-assessment
     dimension the table shows; a model without answers on it shows the mean over all dimensions,
     marked so with the dimension it lacked."""
     import pandas as pd
-
-    from empersona.analysis.persona import ALL_DIMENSIONS
 
     harm = probes.set_index("model")
     rows = []
@@ -390,9 +399,7 @@ def _persona_table(calls: Sequence[PersonaCall], probes: pd.DataFrame, labelled:
             "two-AI debiased (chance 0.5)": _described(call.two_ai.result, seeds=seeds("two_ai")),
             "recognition asymmetry (0 = none, > 0 = coherent side)": _described(
                 call.recognition.result, signed=True, seeds=seeds("output_recognition")),
-            "self-assessment": _described(call.self_assessment) + (
-                f" ({ALL_DIMENSIONS}{f', none on {headline!r}' if headline else ''})"
-                if call.self_assessment and call.self_assessment_scope == ALL_DIMENSIONS else ""),
+            "self-assessment": _self_assessment_cell(call, headline),
             "position bias P(A)-0.5": fmt(call.position_bias if call.position_bias is not None else math.nan, signed=True),
             "reason": "; ".join([call.reason, *call.notes]) if labelled else "; ".join(call.notes) or "-",
         })

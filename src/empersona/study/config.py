@@ -69,10 +69,10 @@ class VLLMSettings(BaseModel):
         "battery's settings are what is sampled), 'auto' (the model's generation_config.json), or a folder."))
     max_loras: int | None = Field(None, ge=1, description="LoRA slots on the GPU (--max-loras; default min(adapters, 2)).")
 
-    @field_validator("generation_config")
+    @field_validator("generation_config", mode="before")
     @classmethod
-    def _known_generation_config(cls, value: str) -> str:
-        if value in ("vllm", "auto") or Path(value).expanduser().is_dir():
+    def _known_generation_config(cls, value: object) -> str:
+        if isinstance(value, str) and (value in ("vllm", "auto") or Path(value).expanduser().is_dir()):
             return value
         raise ValueError(f"{value!r} is not 'vllm', 'auto' or a folder: use 'vllm' (the battery's settings only) or "
                          "'auto' (the model's generation_config.json)")
