@@ -157,6 +157,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
     assert "em_delta_min=0.2" in configuration and "2000 resamples" in configuration
     assert (tmp_path / "on-empersona" / "study.yaml").read_text() == path.read_text()  # kept with the results
     assert "Study file: `study.yaml` in the run folder" in configuration
+    assert "provider battery; seeds per-sample" in configuration and "generation_config=False" in configuration
     # what the finished study counts as done: another judge re-judges; a stale adapter re-evaluates
     from empersona.study.plan import make_plan
 

@@ -84,7 +84,8 @@ def _task_args_blocks(table: pd.DataFrame) -> list[Block]:
 
 
 def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
-    """The logs behind the table: their status and notes from their headers (e.g. duplicate prompts)."""
+    """The logs behind the table: their status, how they were sampled, their model args, and notes
+    from their headers (e.g. duplicate prompts)."""
     import pandas as pd
     from inspect_ai.log import read_eval_log
 
@@ -99,9 +100,13 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
             continue
         log = read_eval_log(str(path), header_only=True)
         meta = log.eval.metadata or {}
+        sampling = meta.get("sampling") or {}
         rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task),
                      "model": meta.get("model_name") or log.eval.model,  # the study's name; the Models table has the string
-                     "status": log.status, "samples": log.results.total_samples if log.results else "-"})
+                     "status": log.status, "samples": log.results.total_samples if log.results else "-",
+                     # how the study sampled (seed scheme, the provider's own defaults or not), and the model args
+                     "sampling": "; ".join(f"{k} {v}" for k, v in sorted(sampling.items())) or "-",
+                     "model args": ", ".join(f"{k}={v}" for k, v in sorted((log.eval.model_args or {}).items())) or "-"})
         if meta.get("experiment") == "harmfulness" and meta.get("duplicate_prompt_lines") is not None:
             pairs = ", ".join(f"line {a} = line {b}" for a, b in meta["duplicate_prompt_lines"])
             duplicates.setdefault(pairs or "none", []).append(name)
