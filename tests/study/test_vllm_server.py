@@ -395,3 +395,11 @@ def test_vllm_settings_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=match):
             VLLMSettings(**bad)
     assert VLLMSettings(generation_config=str(tmp_path)).generation_config == str(tmp_path)
+
+
+def test_an_api_key_in_extra_args_is_refused() -> None:
+    with pytest.raises(ValueError, match="--api-key is set by the study"):
+        VLLMSettings(extra_args=["--api-key", "mine"])
+    with pytest.raises(ValueError, match="--api-key is set by the study"):
+        VLLMSettings(extra_args=["--api-key=mine"])
+    assert VLLMSettings(extra_args=["--enforce-eager"]).extra_args == ["--enforce-eager"]

@@ -235,7 +235,8 @@ def build_report(
                        "interval); 'k of N resamples empty': resamples without scored data, left out."))
     if len(probes) and probes[["two_ai", "asymmetry", "self_assessment"]].notna().any(axis=None):
         blocks.append(figure(figures.harm_vs_self_report, probes, "harm_vs_self_report",
-                             "Harm (harm_max10) against each self-report probe; bars are 95% intervals.")())
+                             "Harm (harm_max10) against each self-report probe; bars are 95% intervals; long model "
+                             "names are shortened in the middle ('...').")())
         blocks.append(figure(figures.probe_forest, probes, "probes_forest",
                              "The self-report probes per model with 95% intervals; dashed lines mark chance / no effect.")())
 

@@ -77,6 +77,14 @@ class VLLMSettings(BaseModel):
         raise ValueError(f"{value!r} is not 'vllm', 'auto' or a folder: use 'vllm' (the battery's settings only) or "
                          "'auto' (the model's generation_config.json)")
     extra_args: list[str] = Field(default_factory=list, description="More vllm serve arguments, as given.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_own_key(cls, value: list[str]) -> list[str]:
+        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in value):
+            raise ValueError("--api-key is set by the study (a random key per run, given to the server through its "
+                             "environment); remove it from extra_args")
+        return value
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE); values of secret-looking keys are masked in "
         "RUN_DIR/study.yaml."))
