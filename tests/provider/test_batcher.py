@@ -96,3 +96,25 @@ def engine_budget(model: object, slots: int) -> int:
     config = model.config  # type: ignore[attr-defined]
     head_dim = config.hidden_size // config.num_attention_heads
     return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4 * slots
+
+
+def test_a_leader_cancelled_before_its_thread_starts_hands_the_round_back() -> None:
+    """Cancelled at any point of its round's start (while gathering, at the thread call's own
+    checkpoint, or with the job queued for a worker): the others are still answered."""
+
+    async def trial(yields: int) -> tuple[bool, list[int]]:
+        engine = SlowEngine(0.01)
+        batcher = Batcher(engine)  # type: ignore[arg-type]
+        tasks = [asyncio.create_task(batcher.submit(request(i))) for i in range(3)]
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        tasks[0].cancel()
+        answered = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=5)
+        return [c.tokens for c in answered] == [(1,), (2,)] and not batcher.busy, engine.calls
+
+    async def main() -> list[tuple[bool, list[int]]]:
+        return [await trial(n) for n in range(12)]
+
+    outcomes = asyncio.run(main())
+    assert all(ok for ok, _calls in outcomes), outcomes
+    assert all(sum(calls) <= 3 for _ok, calls in outcomes)  # nobody's request ran twice

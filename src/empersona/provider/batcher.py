@@ -10,11 +10,13 @@ A round belongs to no one request: the worker thread hands each request its comp
 error of the batch it was in) and ends the round itself. So a leader that is cancelled while
 the engine runs (inspect's ``attempt_timeout``, a sample's time limit, Ctrl-C on one sample)
 leaves the other requests of its round to get their results, and the next round starts only
-when the engine is free. A request cancelled while it waits is taken out of the queue.
+when the engine is free; a leader cancelled before the thread has taken the round puts its
+requests back, first in line. A request cancelled while it waits is taken out of the queue.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,27 @@ class _Slot:
     @property
     def answered(self) -> bool:
         return self.result is not None or self.error is not None
+
+
+@dataclass
+class _Claim:
+    """Who ends a round: the worker thread once it has taken the round, else the leader that
+    gave it up (cancelled while the thread was still to start)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    state: str = "open"
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.state == "open":
+                self.state = "taken"
+            return self.state == "taken"
+
+    def abandon(self) -> bool:
+        with self.lock:
+            if self.state == "open":
+                self.state = "abandoned"
+            return self.state == "abandoned"
 
 
 @dataclass
@@ -68,7 +91,8 @@ class Batcher:
 
         self.busy = True
         self.round_done = done = anyio.Event()
-        started = False
+        batch: list[_Slot] = []
+        claim = _Claim()
         try:
             # gather: let every coroutine that is ready now add its request (no timed wait)
             seen = -1
@@ -79,17 +103,21 @@ class Batcher:
                 await anyio.sleep(0)
             batch, self.pending = self.pending, []
             self.rounds += 1
-            started = True
-            # the thread answers every slot and ends the round even when this await is cancelled
-            await anyio.to_thread.run_sync(self._run_round, batch, done, abandon_on_cancel=True)
-        finally:
-            if not started:
+            # once the thread has claimed the round it answers every slot and ends the round, even
+            # when this await is cancelled
+            await anyio.to_thread.run_sync(self._run_round, batch, done, claim, abandon_on_cancel=True)
+        except BaseException:
+            if claim.abandon():  # cancelled before the thread took the round: it never will
+                self.pending[:0] = batch  # the requests go back to the queue, first in line
                 self._end_round(done)
+            raise
 
-    def _run_round(self, batch: list[_Slot], done: Any) -> None:
+    def _run_round(self, batch: list[_Slot], done: Any, claim: _Claim) -> None:
         """Worker thread: run the round, answer each slot, then end the round on the event loop."""
         import anyio.from_thread
 
+        if not claim.take():  # the leader gave the round up before this thread started
+            return
         try:
             outcomes = self.engine.generate_each([slot.request for slot in batch])
             for slot, outcome in zip(batch, outcomes, strict=True):
