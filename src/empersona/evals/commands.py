@@ -65,6 +65,7 @@ def run_experiment(
     metadata: dict[str, Any] | None = None,
     model_identity: str | None = None,
     model_config: GenerateConfig | None = None,
+    sampling: str | None = None,
 ) -> EvalLog:
     """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log.
 
@@ -72,21 +73,25 @@ def run_experiment(
     from the adapter folder the model string names, if it is one); it scopes the call cache and
     is recorded in the log, so a retrained adapter at the same path is not served old answers.
     ``model_config``: generate settings of the subject model only (the judge keeps its own), e.g.
-    a finite retry budget for a local server.
+    a finite retry budget for a local server. ``sampling``: how the provider samples beyond the
+    battery's settings, when that is not read off ``model`` and ``model_args`` (a study's vLLM
+    server); it scopes the call cache (``scoring.SAMPLING``).
     """
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, get_model
 
     from empersona.evals.battery import EXPERIMENTS
     from empersona.evals.judge import GRADER_MAX_RETRIES, GRADER_ROLE
-    from empersona.evals.scoring import MODEL_IDENTITY
+    from empersona.evals.scoring import MODEL_IDENTITY, SAMPLING, sampling_scope
 
     identity = model_identity if model_identity is not None else local_adapter_identity(model)
     token = MODEL_IDENTITY.set(identity)
+    sampling_token = SAMPLING.set(sampling if sampling is not None else sampling_scope(model, model_args or {}))
     try:
         task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
     finally:
         MODEL_IDENTITY.reset(token)
+        SAMPLING.reset(sampling_token)
     grader_config = GenerateConfig(max_retries=GRADER_MAX_RETRIES)
     # not memoized: a judge served for one study (the scripted one, on a port of its own) must not
     # be reached at an earlier study's address when several run in one process

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 MODEL_IDENTITY: ContextVar[str | None] = ContextVar("empersona_model_identity", default=None)
 """Set while a task is built (``evals.commands.run_experiment``): which training run of an adapter
 the model string stands for (``train.metadata.adapter_identity``)."""
+SAMPLING: ContextVar[str | None] = ContextVar("empersona_sampling", default=None)
+"""Set while a task is built: how the provider samples when it is not the battery's settings alone
+(e.g. "model defaults": the base's generation_config.json fills what a request leaves unset), so
+answers sampled one way are not served from the cache to a run that samples the other way."""
 
 
 def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
@@ -44,6 +48,9 @@ def cache_policy(enabled: bool, seed: int) -> CachePolicy | bool:
     identity = MODEL_IDENTITY.get()
     if identity is not None:
         scopes["empersona_model"] = identity
+    sampling = SAMPLING.get()
+    if sampling is not None:
+        scopes["empersona_sampling"] = sampling
     return CachePolicy(expiry=None, per_epoch=True, scopes=scopes)
 
 
@@ -159,3 +166,15 @@ def safe_mean(values: Iterable[float]) -> float:
     """Mean of the non-NaN values; NaN when there are none."""
     kept = [v for v in values if not math.isnan(v)]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+def sampling_scope(model: str, model_args: dict[str, Any]) -> str | None:
+    """The cache scope of how ``model`` samples beyond the battery's settings, as far as its model
+    string and args tell: ``empersona/`` with ``generation_config`` on (its default) fills unset
+    fields from the base's generation_config.json ("model defaults"); None when it adds nothing
+    (``generation_config=false``) or the provider has no such switch."""
+    if not model.startswith("empersona/"):
+        return None
+    value = model_args.get("generation_config", True)
+    off = value is False or (isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"))
+    return None if off else "model defaults"

@@ -338,6 +338,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
                       "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
                       "sampling": sampling_mark(study)},
             model_identity=model_identity(job.model),
+            sampling=vllm_sampling_scope(study),
         )
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
         if log.status != "success":
@@ -436,6 +437,15 @@ def sampling_mark(study: StudyConfig) -> dict[str, str]:
     else:
         provider = "model defaults (transformers)"
     return {"seeds": PER_SAMPLE_SEEDS, "provider": provider}
+
+
+def vllm_sampling_scope(study: StudyConfig) -> str | None:
+    """The call cache's sampling scope for a study's vLLM server when it adds the model's own
+    defaults (``vllm.generation_config`` other than "vllm"); the ``empersona`` provider's is read
+    off its model args (``evals.scoring.sampling_scope``)."""
+    if study.provider != "vllm" or study.vllm.generation_config == "vllm":
+        return None
+    return f"model defaults ({study.vllm.generation_config})"
 
 
 def earlier_sampling_warning(plan: Plan) -> str | None:

@@ -21,6 +21,7 @@ from empersona.evals.harm_log import HarmLog, LoggedResponse
 from empersona.evals.judge import HarmBucket, harm_bucket, judge_harm, judge_model
 from empersona.evals.output_recognition.prompts import CONTRAST_FOIL_PROMPTS, FOIL_PENDING, RECOGNITION_PROMPTS, question
 from empersona.evals.policy import system_messages
+from empersona.evals.scoring import sampling_scope
 from empersona.evals.two_ai import paraphrase_index
 
 FoilKind = Literal["contrast", "matched"]
@@ -146,6 +147,7 @@ class ContrastFoils:
                  model_args: dict[str, Any] | None = None) -> None:
         self.foil_model = foil_model
         self.model_args = dict(model_args or {})  # e.g. the study's subject model args, when the base writes the foils
+        self.sampling = sampling_scope(foil_model or "", self.model_args)  # the cache's, as for the subject's calls
         self.rubric = rubric
         # logprobs stays unset: inspect's hf provider fails on an explicit logprobs=False
         self.config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
@@ -157,6 +159,8 @@ class ContrastFoils:
         if not self.cache:
             return False
         scopes = {"empersona_seed": str(self.seed), "contrast_for": unit_id, "contrast_target": target}
+        if self.sampling is not None:
+            scopes["empersona_sampling"] = self.sampling
         return CachePolicy(expiry=None, per_epoch=False, scopes=scopes)
 
     async def get(self, unit_id: str, prompt: str, target: HarmBucket) -> ContrastFoil:
