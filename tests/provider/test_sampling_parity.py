@@ -321,11 +321,11 @@ def test_sampling_defaults_read_the_generation_config(tmp_path: Path) -> None:
     qwen = tmp_path / "qwen"
     qwen.mkdir()
     (qwen / "generation_config.json").write_text(json.dumps(QWEN_INSTRUCT_DEFAULTS))
-    assert sampling_defaults(str(qwen)) == SamplingDefaults(0.7, 0.8, 20, 1.05, greedy=False)
+    assert sampling_defaults(str(qwen)) == SamplingDefaults(0.7, 0.8, 20, 1.05)
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))
-    assert sampling_defaults(str(plain)) == SamplingDefaults(greedy=True)
+    assert sampling_defaults(str(plain)) == SamplingDefaults()  # do_sample is not read (hf/ sends its own)
     missing = tmp_path / "missing"
     missing.mkdir()
     assert sampling_defaults(str(missing)) == SamplingDefaults()
@@ -356,7 +356,7 @@ def test_unset_sampling_fields_come_from_the_generation_config_unless_turned_off
     assert fields(qwen, unset) == (0.7, 0.8, 20, 1.05)
     assert fields(qwen, GenerateConfig(temperature=1.0, top_k=3)) == (1.0, 0.8, 3, 1.05)
     assert fields(qwen, unset, generation_config=False) == (1.0, 1.0, 0, 1.0)
-    assert fields(greedy, unset) == (0.0, 1.0, 0, 1.0)  # do_sample false: greedy unless asked
+    assert fields(greedy, unset) == (0.6, 1.0, 0, 1.0)  # do_sample false is not read: hf/ sends do_sample=true
     assert fields(greedy, GenerateConfig(temperature=0.9)) == (0.9, 1.0, 0, 1.0)
     assert fields(bare, unset) == (1.0, 1.0, 0, 1.0)
     with pytest.raises(EmpersonaError, match="generation_config"):

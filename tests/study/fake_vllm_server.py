@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     for flag in ("--model", "--host", "--dtype", "--generation-config", "--max-model-len", "--gpu-memory-utilization", "--api-key"):
         parser.add_argument(flag)
-    for flag in ("--port", "--tensor-parallel-size", "--pipeline-parallel-size", "--max-loras", "--max-lora-rank"):
+    for flag in ("--port", "--tensor-parallel-size", "--pipeline-parallel-size", "--max-loras", "--max-cpu-loras", "--max-lora-rank"):
         parser.add_argument(flag, type=int)
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--enable-lora", action="store_true")

@@ -223,6 +223,9 @@ def test_server_command_settings() -> None:
     assert value(command([base, *adapters]), "--max-loras") == "2"
     assert value(command([base, *adapters], max_loras=3), "--max-loras") == "3"
     assert command([base, *adapters], extra_args=["--max-loras", "4"]).count("--max-loras") == 1
+    # every adapter kept in CPU memory: vLLM's default (max_loras) would read the others from disk at each switch
+    assert value(command([base, *adapters]), "--max-cpu-loras") == str(len(adapters))
+    assert value(command([base, *adapters], max_loras=len(adapters) + 1), "--max-cpu-loras") == str(len(adapters) + 1)
     entries = command([base, adapters[0]])[command([base, adapters[0]]).index("--lora-modules") + 1:]
     assert json.loads(entries[0]) == {"name": "a0", "path": "/nowhere/a0", "base_model_name": "base-0123"}
 
@@ -394,7 +397,8 @@ def test_vllm_settings_are_checked(tmp_path: Path) -> None:
                        ({"port": 99999}, "port")):
         with pytest.raises(ValueError, match=match):
             VLLMSettings(**bad)
-    assert VLLMSettings(generation_config=str(tmp_path)).generation_config == str(tmp_path)
+    assert VLLMSettings(generation_config=str(tmp_path)).generation_config == str(tmp_path.resolve())
+    assert VLLMSettings(generation_config="~").generation_config == str(Path.home().resolve())  # no shell to expand it
 
 
 def test_an_api_key_in_extra_args_is_refused() -> None:

@@ -12,9 +12,10 @@ Sampling fields a call leaves unset (temperature, top_p, top_k) and the repetiti
 from the base model's ``generation_config.json`` by default (model arg ``generation_config``), as
 ``model.generate`` behind inspect's ``hf/`` provider and vLLM take them: a Qwen2.5-Instruct
 model then samples at temperature 0.7, top-p 0.8, top-k 20 with repetition penalty 1.05 unless
-the call says otherwise, and a file with ``do_sample: false`` makes calls without a temperature
-greedy. Fields the file does not set keep this provider's plain defaults (temperature 1, no
-top-p, no top-k, no penalty; ``model.generate`` would add top-k 50). ``generation_config=false``
+the call says otherwise. The file's ``do_sample`` is not read (inspect's ``hf/`` sends its own,
+true by default, and vLLM takes no such default): a call is greedy when it asks for temperature 0.
+Fields the file does not set keep this provider's plain defaults (temperature 1, no top-p, no
+top-k, no penalty; ``model.generate`` would add top-k 50). ``generation_config=false``
 ignores the file: pure temperature sampling unless the call sets more.
 """
 
@@ -73,16 +74,12 @@ class ProviderArgs(BaseModel):
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """Sampling settings a model's ``generation_config.json`` sets (None: the file does not set it).
-
-    ``greedy``: the file says ``do_sample: false``, so a call without a temperature decodes greedily.
-    """
+    """Sampling settings a model's ``generation_config.json`` sets (None: the file does not set it)."""
 
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
-    greedy: bool = False
 
 
 def sampling_defaults(base: str) -> SamplingDefaults:
@@ -101,7 +98,6 @@ def sampling_defaults(base: str) -> SamplingDefaults:
         top_p=None if config.top_p is None else float(config.top_p),
         top_k=None if config.top_k is None else int(config.top_k),
         repetition_penalty=None if config.repetition_penalty is None else float(config.repetition_penalty),
-        greedy=config.do_sample is False,
     )
     problems = {
         "temperature": defaults.temperature is not None and defaults.temperature < 0,
@@ -443,7 +439,7 @@ class EmpersonaAPI(ModelAPI):
         if config.temperature is not None:
             temperature = float(config.temperature)
         else:
-            temperature = 0.0 if defaults.greedy else 1.0 if defaults.temperature is None else defaults.temperature
+            temperature = 1.0 if defaults.temperature is None else defaults.temperature
         top_p = config.top_p if config.top_p is not None else defaults.top_p
         top_k = config.top_k if config.top_k is not None else defaults.top_k
         return Request(

@@ -72,8 +72,10 @@ class VLLMSettings(BaseModel):
     @field_validator("generation_config", mode="before")
     @classmethod
     def _known_generation_config(cls, value: object) -> str:
-        if isinstance(value, str) and (value in ("vllm", "auto") or Path(value).expanduser().is_dir()):
+        if isinstance(value, str) and value in ("vllm", "auto"):
             return value
+        if isinstance(value, str) and Path(value).expanduser().is_dir():
+            return str(Path(value).expanduser().resolve())  # the server gets no shell to expand a tilde
         raise ValueError(f"{value!r} is not 'vllm', 'auto' or a folder: use 'vllm' (the battery's settings only) or "
                          "'auto' (the model's generation_config.json)")
     extra_args: list[str] = Field(default_factory=list, description="More vllm serve arguments, as given.")

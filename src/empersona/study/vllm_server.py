@@ -71,8 +71,9 @@ def max_loras(study: StudyConfig, adapters: int) -> int:
     The battery evaluates one model at a time (a fine-tune's contrast foils come from the base,
     which needs no slot), so one slot holds the adapter in use and a second lets the next one
     load while the last requests of the previous drain. Every slot reserves memory for a
-    rank-``max_lora_rank`` adapter on each layer, taken from the KV cache; adapters beyond the
-    slots are kept in CPU memory and swapped in when asked for.
+    rank-``max_lora_rank`` adapter on each layer, taken from the KV cache; every adapter is kept in
+    CPU memory (``--max-cpu-loras``, the number of adapters; vLLM's default, ``max_loras``, would
+    read the others from disk again at each switch) and swapped in when asked for.
     """
     return study.vllm.max_loras if study.vllm.max_loras is not None else min(adapters, 2)
 
@@ -92,8 +93,11 @@ def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]
     ]  # fmt: skip
     if adapters:
         cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank([m.adapter for m in adapters if m.adapter]))]
+        slots = max_loras(study, len(adapters))
         if not any(arg == "--max-loras" or arg.startswith("--max-loras=") for arg in settings.extra_args):
-            cmd += ["--max-loras", str(max_loras(study, len(adapters)))]
+            cmd += ["--max-loras", str(slots)]
+        if not any(arg == "--max-cpu-loras" or arg.startswith("--max-cpu-loras=") for arg in settings.extra_args):
+            cmd += ["--max-cpu-loras", str(max(len(adapters), slots))]
         # vLLM's JSON form: a path with ',' or '=' in it would break the name=path form
         entries = ({"name": served_name(m), "path": str(m.adapter), "base_model_name": served_name(base)} for m in adapters)
         cmd += ["--lora-modules", *(json.dumps(entry) for entry in entries)]
@@ -325,9 +329,11 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
                 raise server_died(code, log) from err
             raise
         finally:
-            if watchdog is not None:
-                watchdog.stop()
-            stop(process)
+            try:
+                if watchdog is not None:
+                    watchdog.stop()
+            finally:  # an interrupt from the watchdog landing here must not keep the server alive
+                stop(process)
 
 
 def server_died(code: int, log: Path) -> EmpersonaError:
