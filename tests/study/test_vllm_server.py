@@ -407,3 +407,28 @@ def test_an_api_key_in_extra_args_is_refused() -> None:
     with pytest.raises(ValueError, match="--api-key is set by the study"):
         VLLMSettings(extra_args=["--api-key=mine"])
     assert VLLMSettings(extra_args=["--enforce-eager"]).extra_args == ["--enforce-eager"]
+
+
+def test_secrets_reached_through_a_merge_key_or_an_alias_are_masked_too() -> None:
+    from empersona.study.config import masked_env
+
+    merged = textwrap.dedent("""\
+        common: &c
+          HF_TOKEN: hf_secret_value
+        vllm:
+          env:
+            <<: *c
+            OTHER: "1"
+        """)
+    aliased = textwrap.dedent("""\
+        token: &t hf_secret_value
+        vllm:
+          env:
+            HF_TOKEN: *t
+        """)
+    for text in (merged, aliased):
+        masked = masked_env(text, {"HF_TOKEN"})
+        assert "hf_secret_value" not in masked  # nowhere, not even in the anchor it was read from
+        data = yaml.safe_load(masked)  # valid YAML
+        assert data["vllm"]["env"]["HF_TOKEN"] == "***"
+    assert yaml.safe_load(masked_env(merged, {"HF_TOKEN"}))["vllm"]["env"]["OTHER"] == "1"

@@ -350,8 +350,44 @@ def masked_env(text: str, secrets: set[str]) -> str:
     """A study file's text with the values of the ``vllm.env`` entries named ``secrets`` masked.
 
     The values are replaced where the YAML node of each lies (its start and end marks), so
-    comments and layout stay; a value spelled over several lines becomes one masked scalar.
+    comments and layout stay; a value spelled over several lines becomes one masked scalar; and
+    the secret values themselves are masked wherever else they appear (an anchor a merge key or
+    an alias reads them from). Should the result not parse with every secret masked, the file is
+    written anew from its parsed content, secret values masked (comments are lost).
     """
+    import yaml
+
+    def env_of(source: str) -> dict[str, Any]:
+        return dict(((yaml.safe_load(source) or {}).get("vllm") or {}).get("env") or {})
+
+    values = sorted({str(v) for k, v in env_of(text).items() if k in secrets and str(v)}, key=len, reverse=True)
+    masked = _masked_in_place(text, secrets)
+    for value in values:
+        masked = masked.replace(value, MASKED)
+    try:
+        env = env_of(masked)
+        complete = all(env.get(key) == MASKED for key in secrets) and not any(v in masked for v in values)
+    except (yaml.YAMLError, AttributeError):
+        complete = False
+    if complete:
+        return masked
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: mask(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        return MASKED if isinstance(node, str) and node in values else node
+
+    data = mask(yaml.safe_load(text))
+    for key in secrets:
+        data["vllm"]["env"][key] = MASKED
+    return ("# the study file as read, with secret-looking vllm.env values masked (its comments could not be kept)\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
+def _masked_in_place(text: str, secrets: set[str]) -> str:
+    """``masked_env`` for values written in place under ``vllm.env`` (plain, quoted or block scalars)."""
     import yaml
 
     node = yaml.compose(text)
