@@ -432,3 +432,11 @@ def test_secrets_reached_through_a_merge_key_or_an_alias_are_masked_too() -> Non
         data = yaml.safe_load(masked)  # valid YAML
         assert data["vllm"]["env"]["HF_TOKEN"] == "***"
     assert yaml.safe_load(masked_env(merged, {"HF_TOKEN"}))["vllm"]["env"]["OTHER"] == "1"
+
+
+def test_a_short_secret_value_is_masked_only_where_it_is_set() -> None:
+    from empersona.study.config import masked_env
+
+    text = "name: s3\nseeds: [3]\nvllm:\n  env:\n    MY_KEY_ID: '3'\n"
+    masked = masked_env(text, {"MY_KEY_ID"})
+    assert yaml.safe_load(masked) == {"name": "s3", "seeds": [3], "vllm": {"env": {"MY_KEY_ID": "***"}}}

@@ -346,6 +346,9 @@ def keep_study_file(study: StudyConfig) -> Path | None:
     return target
 
 
+MIN_SECRET_LENGTH = 8
+
+
 def masked_env(text: str, secrets: set[str]) -> str:
     """A study file's text with the values of the ``vllm.env`` entries named ``secrets`` masked.
 
@@ -360,7 +363,9 @@ def masked_env(text: str, secrets: set[str]) -> str:
     def env_of(source: str) -> dict[str, Any]:
         return dict(((yaml.safe_load(source) or {}).get("vllm") or {}).get("env") or {})
 
-    values = sorted({str(v) for k, v in env_of(text).items() if k in secrets and str(v)}, key=len, reverse=True)
+    # masked wherever they appear when long enough to be a secret, not a word or number of the file
+    values = sorted({str(v) for k, v in env_of(text).items() if k in secrets and len(str(v)) >= MIN_SECRET_LENGTH},
+                    key=len, reverse=True)
     masked = _masked_in_place(text, secrets)
     for value in values:
         masked = masked.replace(value, MASKED)
