@@ -382,14 +382,18 @@ SAMPLING_FIELDS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repet
 def base_sampling_defaults(study: StudyConfig) -> dict[str, Any] | None:
     """The sampling fields the base model's generation_config.json sets: a local folder's, or a
     hub id's from the Hugging Face cache (None when the file is not here: not downloaded yet)."""
-    path: Path | None = Path(base_path(study)) / "generation_config.json"
-    if not Path(base_path(study)).is_dir():
+    local = Path(base_path(study))
+    if local.is_dir():
+        path = local / "generation_config.json"
+        if not path.is_file():
+            return {}
+    else:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(study.base_model, "generation_config.json")
-        path = Path(cached) if isinstance(cached, str) else None
-    if path is None or not path.is_file():
-        return None if path is None or not Path(base_path(study)).is_dir() else {}
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -429,14 +433,14 @@ PER_SAMPLE_SEEDS = "per-sample"
 def sampling_mark(study: StudyConfig) -> dict[str, str]:
     """How a study's evaluations sample, recorded in each log (``metadata["sampling"]``): the seed
     scheme (``evals.scoring.repeat_seed``) and whether the provider adds the base model's own
-    sampling defaults to the battery's settings."""
-    if study.provider == "vllm":
-        provider = "battery" if study.vllm.generation_config == "vllm" else f"model defaults ({study.vllm.generation_config})"
-    elif study.provider == "empersona":
-        provider = "battery" if subject_model_args(study).get("generation_config") is False else "model defaults"
-    else:
-        provider = "model defaults (transformers)"
-    return {"seeds": PER_SAMPLE_SEEDS, "provider": provider}
+    sampling defaults to the battery's settings (the call cache's scope, "battery" where it adds
+    none)."""
+    from empersona.evals.scoring import sampling_scope
+
+    if study.provider == "hf":
+        return {"seeds": PER_SAMPLE_SEEDS, "provider": "model defaults (transformers)"}
+    scope = vllm_sampling_scope(study) if study.provider == "vllm" else sampling_scope("empersona/", subject_model_args(study))
+    return {"seeds": PER_SAMPLE_SEEDS, "provider": scope or "battery"}
 
 
 def vllm_sampling_scope(study: StudyConfig) -> str | None:
