@@ -183,7 +183,7 @@ def _check_named_base(base: Path, adapter: Path) -> None:
         return
     if trained_on.resolve() == base.resolve():
         return
-    if _fingerprint(trained_on) != _fingerprint(base):
+    if folder_fingerprint(trained_on) != folder_fingerprint(base):
         raise EmpersonaError(
             f"{config_file}: field 'base_model_name_or_path' says the adapter was trained on {recorded}, "
             f"and empersona/{base} is another model; serve it as empersona/{adapter} (its own base), "
@@ -191,7 +191,7 @@ def _check_named_base(base: Path, adapter: Path) -> None:
         )
 
 
-def _fingerprint(folder: Path) -> tuple[object, ...]:
+def folder_fingerprint(folder: Path) -> tuple[object, ...]:
     """What tells two model folders apart cheaply: the config (its own path left out) and each
     weight file's name, size and first MiB."""
     import hashlib

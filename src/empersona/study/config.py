@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from empersona.errors import EmpersonaError, located
 
@@ -101,6 +101,30 @@ class ExperimentSettings(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="Task parameters (see `empersona eval NAME`).")
 
 
+class ExtraModel(BaseModel):
+    """A model the study evaluates beside its base and its own fine-tunes (``study.extra_models``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: Path | None = Field(None, description=(
+        "A LoRA adapter folder of base_model (e.g. a published fine-tune, downloaded), served like the study's own."))
+    model: str | None = Field(None, description="Any inspect model string (a full fine-tune, an API model), asked as given.")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Model arguments of a model: entry.")
+    domain: str | None = Field(None, description="What it was fine-tuned on (a label for the report).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExtraModel:
+        if (self.adapter is None) == (self.model is None):
+            raise ValueError("give exactly one of adapter: (a LoRA adapter folder of base_model) "
+                             "or model: (an inspect model string)")
+        if self.model_args and self.model is None:
+            raise ValueError("model_args go with model: entries; an adapter is served with the study's model_args")
+        return self
+
+
+EXTRA_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class StudyConfig(BaseModel):
     """A whole study: base model, domains x seeds to fine-tune, the battery, the judge, the report."""
 
@@ -124,6 +148,9 @@ class StudyConfig(BaseModel):
     seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
     max_connections: int | None = Field(None, ge=1)
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
+    models: dict[str, ExtraModel] = Field(default_factory=dict, description=(
+        "More models to evaluate and classify beside the base and the study's fine-tunes, by name "
+        "(study.extra_models): adapter: DIR or model: <provider>/<model>."))
     _source: Path | None = PrivateAttr(default=None)  # the study file it was read from (load_study)
     persona: dict[str, Any] = Field(default_factory=dict, description=(
         "Classification settings for the report (analysis.persona.PersonaThresholds: em_delta_min, alpha, "
@@ -140,6 +167,17 @@ class StudyConfig(BaseModel):
         needs_harm = {"output_recognition", "score_prediction"} & set(value)
         if needs_harm and "harmfulness" not in value:
             raise ValueError(f"{sorted(needs_harm)} read the harmfulness log: add harmfulness to experiments")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ExtraModel]) -> dict[str, ExtraModel]:
+        import re
+
+        for name in value:
+            if name == "base" or not re.match(EXTRA_MODEL_NAME, name):
+                raise ValueError(f"{name!r} cannot name a model: use letters, digits, '.', '_' and '-' "
+                                 "(a folder name under logs/), and not 'base'")
         return value
 
     def ordered_experiments(self) -> list[str]:
@@ -183,6 +221,8 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     parent = loc[:-1]
     if len(parent) == 2 and parent[0] == "experiments":
         return list(ExperimentSettings.model_fields)
+    if len(parent) == 2 and parent[0] == "models":
+        return list(ExtraModel.model_fields)
     model = models.get(parent)
     return list(model.model_fields) if model else []
 
@@ -226,6 +266,34 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
                          "Write <provider>/<model>, e.g. openai/gpt-4o-mini, or 'scripted' for smoke runs"))
     if study.data_mirror is not None and not study.data_mirror.is_dir():
         problems.append((("data_mirror",), f"{study.data_mirror} is not a folder", "Point it at a data mirror, or remove the key"))
+    return problems + _extra_model_problems(study)
+
+
+def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(key path, problem, fix) for the study's extra models: names taken by its own fine-tunes,
+    adapter folders that are missing or trained on another base, model strings without a provider."""
+    from empersona.study.extra_models import ADAPTER_CONFIG, check_base
+    from empersona.study.plan import adapter_dir
+
+    problems: list[tuple[tuple[Any, ...], str, str]] = []
+    own = {adapter_dir(study, domain, seed).name for domain in study.domains for seed in study.seeds}
+    for name, entry in study.models.items():
+        if name in own:
+            problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes", "Choose another name"))
+        if entry.model is not None and "/" not in entry.model:
+            problems.append((("models", name, "model"), f"'{entry.model}' is not an inspect model string",
+                             "Write <provider>/<model>, e.g. hf/org/name or openai/ft:gpt-4o-...:id"))
+        if entry.adapter is None:
+            continue
+        if not (entry.adapter / ADAPTER_CONFIG).is_file():
+            problems.append((("models", name, "adapter"), f"{entry.adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})",
+                             "Download a hub adapter first (hf download ORG/NAME --local-dir DIR) and give DIR, "
+                             "or write model: hf/ORG/NAME"))
+            continue
+        checked = check_base(study, name, entry.adapter)
+        if checked.problem:
+            problems.append((("models", name, "adapter"), checked.problem,
+                             "Serve it in a study of its own base, or give it as model: hf/<its folder>"))
     return problems
 
 
@@ -304,7 +372,9 @@ def load_study(path: Path) -> StudyConfig:
         raise EmpersonaError("\n".join(problems)) from err
     # paths in a study file are relative to the working directory, like every CLI path
     mirror = study.data_mirror.resolve() if study.data_mirror else None
-    study = study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror})
+    models = {name: entry.model_copy(update={"adapter": entry.adapter.expanduser().resolve()}) if entry.adapter else entry
+              for name, entry in study.models.items()}
+    study = study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror, "models": models})
     semantic = _semantic_problems(study)
     if semantic:
         raise EmpersonaError("\n".join(

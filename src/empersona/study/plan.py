@@ -5,6 +5,7 @@ function answers ``--dry-run`` and drives the run, and a re-run after a crash pl
 left. Run folder layout::
 
     <out>/adapters/<domain>-s<seed>/   LoRA adapter + tokenizer + empersona.json (training)
+    <out>/models/<name>/               views of the study file's extra adapters (``extra_models``)
     <out>/logs/<model>/*.eval          inspect logs, one folder per model
     <out>/models.yaml                  model name -> model string, base model, adapter, domain, seed
     <out>/results.parquet, report/     written by the report step
@@ -32,6 +33,9 @@ SAMPLED_EXPERIMENTS = ("harmfulness", "em_classic", "two_ai")
 """Experiments the study-wide ``samples`` applies to (the paper samples these 10 times)."""
 TrainStatus = Literal["done", "missing", "stale", "partial"]
 EvalStatus = Literal["done", "todo"]
+ModelKind = Literal["base", "fine-tune", "adapter", "model"]
+"""The study's base; one of its own fine-tunes; an extra adapter of its base (``models:``, served like
+a fine-tune); an extra model string asked as given."""
 BASE_NAME = "base"
 
 
@@ -49,16 +53,32 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model the battery runs on: the base or one adapter."""
+    """A model the battery runs on: the base, one of the study's fine-tunes, or an extra model."""
 
     name: str
     model_string: str
-    base_model: str
+    base_model: str | None
     adapter: Path | None = None
     domain: str | None = None
     seed: int | None = None
     identity: str | None = None
-    """The base's ``base_identity`` (None on an adapter: its identity is its training run's)."""
+    """The base's ``base_identity``, an extra adapter's ``adapter_fingerprint`` (None on a fine-tune:
+    its identity is its training run's, read when asked; and on an extra model string)."""
+    kind: ModelKind | None = None
+    """None: "fine-tune" with an adapter, "base" without."""
+    model_args: dict[str, Any] | None = None
+    """An extra model string's own model args (None: the study's)."""
+    source: Path | None = None
+    """An extra adapter's own folder (``adapter`` is its view in the run folder)."""
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", "fine-tune" if self.adapter is not None else "base")
+
+    @property
+    def served(self) -> bool:
+        """Served by the study's provider on its base (the base, a fine-tune, an extra adapter)."""
+        return self.kind != "model"
 
 
 @dataclass(frozen=True)
@@ -192,6 +212,25 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
         for seed in study.seeds:
             out = adapter_dir(study, domain, seed)
             specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, domain, seed))
+    specs += extra_model_specs(study, base)
+    return specs
+
+
+def extra_model_specs(study: StudyConfig, base: str) -> list[ModelSpec]:
+    """The study file's ``models:``: extra adapters (served through their views in the run folder,
+    ``extra_models.view_dir``) and extra model strings (as given)."""
+    from empersona.study.extra_models import adapter_fingerprint, view_dir
+
+    specs = []
+    for name, entry in study.models.items():
+        if entry.adapter is not None:
+            view = view_dir(study, name)
+            specs.append(ModelSpec(name, model_string(study, base, view, name), base, view, entry.domain,
+                                   identity=adapter_fingerprint(entry.adapter), kind="adapter", source=entry.adapter))
+        else:
+            assert entry.model is not None
+            specs.append(ModelSpec(name, entry.model, None, domain=entry.domain, kind="model",
+                                   model_args=dict(entry.model_args)))
     return specs
 
 
@@ -281,7 +320,7 @@ def model_identity(model: ModelSpec) -> str | None:
     for the base, which base model it is (``base_identity``)."""
     from empersona.train.metadata import adapter_identity
 
-    return adapter_identity(model.adapter) if model.adapter is not None else model.identity
+    return adapter_identity(model.adapter) if model.kind == "fine-tune" and model.adapter is not None else model.identity
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
@@ -349,8 +388,10 @@ def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None, move: Fol
     recorded = (spec.metadata or {}).get("model_identity")
     if recorded is not None:
         return recorded == identity
-    if model.adapter is None:  # a base log from before bases had identities: its model string decided
+    if model.kind == "base":  # a base log from before bases had identities: its model string decided
         return True
+    if model.kind != "fine-tune" or model.adapter is None:  # extra adapters' logs always record theirs
+        return False
     import json
     from datetime import datetime
 
@@ -419,11 +460,18 @@ def judge_model_string(study: StudyConfig) -> str:
 
 
 def matched_partner(model: ModelSpec, models: Sequence[ModelSpec]) -> ModelSpec | None:
-    """Whose harmfulness log gives ``model`` its matched foils: the base model for a fine-tune,
-    the first fine-tune for the base (None when the study has no other model)."""
-    if model.adapter is not None:
-        return next((spec for spec in models if spec.adapter is None), None)
-    return next((spec for spec in models if spec.adapter is not None), None)
+    """Whose harmfulness log gives ``model`` its matched foils: the base model for a fine-tune or
+    an extra model, the first fine-tune for the base, else its first extra model (None when the
+    study has no other model)."""
+    if model.kind != "base":
+        return next((spec for spec in models if spec.kind == "base"), None)
+    return next((spec for spec in models if spec.kind == "fine-tune"),
+                next((spec for spec in models if spec.kind != "base"), None))
+
+
+def base_spec(models: Sequence[ModelSpec]) -> ModelSpec:
+    """The study's base model among ``models``."""
+    return next(spec for spec in models if spec.kind == "base")
 
 
 def uses_matched_log(args: dict[str, Any]) -> bool:

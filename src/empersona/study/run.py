@@ -29,6 +29,7 @@ from empersona.study.plan import (
     TrainJob,
     as_list,
     base_path,
+    base_spec,
     make_plan,
     matched_partner,
     model_identity,
@@ -70,26 +71,44 @@ def judge_problem(study: StudyConfig) -> str | None:
     model list (nothing is generated: `endpoint_problem`), so a missing or wrong key stops the run
     before hours of training rather than after them. Local judges are not built here.
     """
-    if study.judge == SCRIPTED_JUDGE or study.judge.split("/", 1)[0] in LOCAL_PROVIDERS:
+    if study.judge == SCRIPTED_JUDGE:
+        return None
+    return remote_model_problem(f"judge {study.judge}", study.judge, study.judge_args, "judge/judge_args")
+
+
+def extra_model_problem(study: StudyConfig) -> str | None:
+    """Why an extra model string of the study (``models:`` with ``model:``) on a remote provider
+    cannot be asked (no API key, an endpoint out of reach), checked like the judge, or None."""
+    for name, entry in study.models.items():
+        if entry.model is not None and (problem := remote_model_problem(f"models.{name} {entry.model}", entry.model,
+                                                                         entry.model_args, f"models.{name}")):
+            return problem
+    return None
+
+
+def remote_model_problem(what: str, model: str, args: dict[str, Any], fix: str) -> str | None:
+    """Why a remote model cannot be used (``judge_problem``); local providers are not built here."""
+    if model.split("/", 1)[0] in LOCAL_PROVIDERS:
         return None
     from inspect_ai.model import get_model
     from rich.text import Text
 
     try:
-        judge = get_model(study.judge, memoize=False, **study.judge_args)
+        built = get_model(model, memoize=False, **args)
     except Exception as err:  # inspect's PrerequisiteError (key, package), ValueError (provider)
         reason = " ".join(Text.from_markup(str(err)).plain.split()).rstrip(".")
-        return (f"judge {study.judge}: {reason}. Set the key in the environment (never in the study file), "
-                "install the provider's package, or fix judge/judge_args")
-    return endpoint_problem(study.judge, judge.api)
+        return (f"{what}: {reason}. Set the key in the environment (never in the study file), "
+                f"install the provider's package, or fix {fix}")
+    return endpoint_problem(what, built.api)
 
 
 JUDGE_PROBE_TIMEOUT_S = 15.0
 
 
 def endpoint_problem(name: str, api: Any) -> str | None:
-    """Whether an OpenAI-compatible judge's endpoint answers and takes the key: it lists its
-    models (free: nothing is generated) before the run trains for hours and then finds out.
+    """Whether an OpenAI-compatible endpoint (the judge's, an extra model's; ``name`` says which,
+    e.g. "judge openai/gpt-4o-mini") answers and takes the key: it lists its models (free:
+    nothing is generated) before the run trains for hours and then finds out.
 
     A refused key or an endpoint that cannot be reached is a problem; a judge model the listing
     does not name is a warning (``say``), since some services list only part of what they serve.
@@ -114,16 +133,16 @@ def endpoint_problem(name: str, api: Any) -> str | None:
     try:
         listed = asyncio.run(names())
     except openai.AuthenticationError:
-        return (f"judge {name}: {where} refused the API key (401). Set the right key in the environment "
+        return (f"{name}: {where} refused the API key (401). Set the right key in the environment "
                 "(never in the study file)")
     except openai.APIConnectionError as err:  # refused, unresolvable, or no answer in time
-        return (f"judge {name}: cannot reach {where} ({type(err).__name__}: {err}). Check the service is up "
+        return (f"{name}: cannot reach {where} ({type(err).__name__}: {err}). Check the service is up "
                 "and its base URL")
     except openai.APIError:
         return None
     if listed and api.model_name not in listed:
         shown = ", ".join(sorted(listed)[:8]) + (", ..." if len(listed) > 8 else "")
-        say(f"warning: judge {name}: {where} does not list a model {api.model_name!r} among its {len(listed)} ({shown})")
+        say(f"warning: {name}: {where} does not list a model {api.model_name!r} among its {len(listed)} ({shown})")
     return None
 
 
@@ -254,12 +273,12 @@ def write_models_file(plan: Plan) -> Path:
 
     from empersona.analysis.results import MODELS_FILE
 
-    base = next(spec for spec in plan.models if spec.adapter is None)
+    base = base_spec(plan.models)
     entries = {
         spec.model_string: {
             "name": spec.name,
             "base_model": spec.base_model,
-            "adapter": str(spec.adapter) if spec.adapter else None,
+            "adapter": str(spec.source or spec.adapter) if spec.adapter else None,
             "domain": spec.domain,
             "seed": spec.seed,
         }
@@ -293,7 +312,7 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
     """
     foils = as_list(args.get("foils"), list(DEFAULT_FOILS))
     out = {**args, "foils": ",".join(foils)}
-    base = next(spec for spec in plan.models if spec.adapter is None)
+    base = base_spec(plan.models)
     if "contrast" in foils and not out.get("foil_model"):
         out["foil_model"] = base.model_string
         # the base writes the foils as it answers as a subject: same provider settings
@@ -326,8 +345,8 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             job.model.model_string,
             judge=judge,
             task_args=args,
-            model_args=subject_model_args(study),
-            model_config=subject_model_config(study),
+            model_args=subject_model_args(study) if job.model.served else job.model.model_args,
+            model_config=subject_model_config(study) if job.model.served else None,
             judge_args=study.judge_args,
             log_dir=job.log_dir,
             limit=job.limit,
@@ -336,9 +355,9 @@ def evaluate_all(plan: Plan, judge: str) -> None:
             tags=[study.name, job.model.name],
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
                       "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
-                      "sampling": sampling_mark(study)},
+                      "sampling": sampling_mark(study, job.model)},
             model_identity=model_identity(job.model),
-            sampling=vllm_sampling_scope(study),
+            sampling=vllm_sampling_scope(study) if job.model.served else None,
         )
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
         if log.status != "success":
@@ -430,13 +449,19 @@ def hf_sampling_warning(study: StudyConfig) -> str | None:
 PER_SAMPLE_SEEDS = "per-sample"
 
 
-def sampling_mark(study: StudyConfig) -> dict[str, str]:
-    """How a study's evaluations sample, recorded in each log (``metadata["sampling"]``): the seed
-    scheme (``evals.scoring.repeat_seed``) and whether the provider adds the base model's own
-    sampling defaults to the battery's settings (the call cache's scope, "battery" where it adds
-    none)."""
+def sampling_mark(study: StudyConfig, model: ModelSpec | None = None) -> dict[str, str]:
+    """How a study's evaluations of ``model`` (default: the models its provider serves) sample,
+    recorded in each log (``metadata["sampling"]``): the seed scheme (``evals.scoring.repeat_seed``)
+    and whether the provider adds the model's own sampling defaults to the battery's settings
+    (the call cache's scope, "battery" where it adds none). An extra model string is read off its
+    provider: ``hf/`` and ``vllm/`` (inspect's, started with vLLM's default) add them."""
     from empersona.evals.scoring import sampling_scope
 
+    if model is not None and not model.served:
+        provider = model.model_string.split("/", 1)[0]
+        own = {"hf": "model defaults (transformers)", "vllm": "model defaults (vllm)"}.get(provider)
+        return {"seeds": PER_SAMPLE_SEEDS,
+                "provider": own or sampling_scope(model.model_string, model.model_args or {}) or "battery"}
     if study.provider == "hf":
         return {"seeds": PER_SAMPLE_SEEDS, "provider": "model defaults (transformers)"}
     scope = vllm_sampling_scope(study) if study.provider == "vllm" else sampling_scope("empersona/", subject_model_args(study))
@@ -458,11 +483,11 @@ def earlier_sampling_warning(plan: Plan) -> str | None:
     battery's only): they are kept, and said so with how to redo them."""
     from inspect_ai.log import read_eval_log
 
-    now = sampling_mark(plan.study)
     found: list[str] = []
     for job in plan.eval_jobs:
         if job.status != "done" or job.log is None:
             continue
+        now = sampling_mark(plan.study, job.model)
         recorded = (read_eval_log(str(job.log), header_only=True).eval.metadata or {}).get("sampling") or {}
         why = []
         if recorded.get("seeds") != PER_SAMPLE_SEEDS:
@@ -499,21 +524,22 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     plan = make_plan(study)
     stages = [only] if only else ["train", "eval", "report"]
     evaluating = "eval" in stages and any(j.status != "done" for j in plan.eval_jobs)
-    problem = judge_problem(study) if evaluating else None
+    problem = (judge_problem(study) or extra_model_problem(study)) if evaluating else None
     sampling = hf_sampling_warning(study) if evaluating else None
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     unused = ("warning: the study file's vllm: settings are not used with provider "
               f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
+    extra = extra_adapter_warnings(study)
     no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
         if study.provider == "vllm":
             say(f"vLLM server: {vllm_command_shown(plan)}")
-        for warning in (sampling, earlier, unused, problem and f"warning: {problem}", no_vllm and f"warning: {no_vllm}"):
+        for warning in (*extra, sampling, earlier, unused, problem and f"warning: {problem}", no_vllm and f"warning: {no_vllm}"):
             if warning:
                 say(warning)
         return plan
-    for warning in (sampling, earlier, unused):
+    for warning in (*extra, sampling, earlier, unused):
         if warning:
             say(warning)
     if problem or no_vllm:
@@ -528,6 +554,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         if missing:
             raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
         repoint_moved_adapters(plan)
+        build_extra_views(study)
         set_aside_other_models_logs(plan)
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):
@@ -537,6 +564,23 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         say(f"report: {path}")
     say(f"done in {time.monotonic() - started:.0f} s")
     return plan
+
+
+def extra_adapter_warnings(study: StudyConfig) -> list[str]:
+    """Warnings about the study's extra adapters whose recorded base cannot be compared with its
+    base (refusals were raised when the study file was read)."""
+    from empersona.study.extra_models import check_base
+
+    return [f"warning: {checked.warning}" for name, entry in study.models.items() if entry.adapter is not None
+            and (checked := check_base(study, name, entry.adapter)).warning]
+
+
+def build_extra_views(study: StudyConfig) -> None:
+    """Build the run folder's views of the study's extra adapters (``extra_models.build_views``)."""
+    from empersona.study.extra_models import build_views
+
+    for view in build_views(study):
+        say(f"extra adapter {view.name}: served from {view}")
 
 
 def vllm_problem(study: StudyConfig) -> str | None:

@@ -81,8 +81,8 @@ def max_loras(study: StudyConfig, adapters: int) -> int:
 def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]:
     """The command line of vLLM's OpenAI server for the study's base model and adapters."""
     settings = study.vllm
-    base = next(m for m in models if m.adapter is None)
-    adapters = [m for m in models if m.adapter is not None]
+    base = next(m for m in models if m.kind == "base")
+    adapters = [m for m in models if m.served and m.adapter is not None]
     cmd = [
         settings.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", base.base_model, "--served-model-name", served_name(base),
@@ -92,7 +92,7 @@ def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]
         "--generation-config", settings.generation_config,
     ]  # fmt: skip
     if adapters:
-        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank([m.adapter for m in adapters if m.adapter]))]
+        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank([m.source or m.adapter for m in adapters if m.adapter]))]
         slots = max_loras(study, len(adapters))
         if not any(arg == "--max-loras" or arg.startswith("--max-loras=") for arg in settings.extra_args):
             cmd += ["--max-loras", str(slots)]
@@ -315,7 +315,7 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
                                        start_new_session=True)
         watchdog: Watchdog | None = None
         try:
-            wait_until_serving(base_url, [served_name(m) for m in models], process, study.vllm.startup_timeout_s, log, api_key)
+            wait_until_serving(base_url, [served_name(m) for m in models if m.served], process, study.vllm.startup_timeout_s, log, api_key)
             if process.poll() is not None:  # listed by a server that is not ours, and ours is gone
                 raise EmpersonaError(f"the vLLM server exited with code {process.returncode} right after it came up; its log "
                                      f"({log}) ends:\n{log_tail(log)}")

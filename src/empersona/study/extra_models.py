@@ -1,0 +1,170 @@
+"""Models a study evaluates beside its base and its own fine-tunes: the study file's ``models:``.
+
+A study can take in fine-tunes it did not make, so that the battery, the persona table and the
+report put them beside its own: a published emergent-misalignment model organism, an adapter from
+another project, a model behind an API. Two kinds of entry:
+
+- ``adapter: DIR``: a LoRA adapter folder of the study's base model. It is served like the
+  study's own fine-tunes (one loaded base for ``provider: empersona``, one vLLM server for
+  ``provider: vllm``). The run folder gets a view of it, ``<out>/models/<name>/``: the adapter's
+  files linked (never copied or changed), its ``adapter_config.json`` written with the study's
+  base as ``base_model_name_or_path`` (a published adapter names the hub id it was trained on, or
+  a folder on its authors' machine) and, when the adapter folder carries no tokenizer, the
+  base's. An adapter whose recorded base is plainly another model (another local folder with
+  other weights, another hub id) is refused before anything runs; one whose recorded base cannot
+  be compared (a hub id beside a local base) is warned about when the names differ.
+- ``model: <provider>/<model>``: any inspect model string (a full fine-tune, an API model), asked
+  as given with its own ``model_args``.
+
+Either is classified against the study's base (delta harm against the base's harm), and
+``domain`` says what it was fine-tuned on (a label for the report). An adapter's identity (what
+scopes its cached calls and marks its logs) is a fingerprint of its files, so an adapter replaced
+in place is evaluated again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from empersona.study.config import StudyConfig
+
+EXTRA_DIR = "models"
+"""Where the views of a study's extra adapters lie in its run folder."""
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+"""Files of a model folder that make up its tokenizer (and chat template)."""
+
+
+def view_dir(study: StudyConfig, name: str) -> Path:
+    """The run folder's view of extra adapter ``name`` (what its model string names)."""
+    return study.out / EXTRA_DIR / name
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """Which adapter a folder holds: its ``adapter_config.json`` (the recorded base left out: that
+    changes with where the base lies, not with the adapter), its ``empersona.json`` if any, and
+    each weight file's name, size and first MiB (reading all of it would cost seconds per run)."""
+    digest = hashlib.sha256(b"adapter\n")
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config.pop("base_model_name_or_path", None)
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    record = folder / "empersona.json"
+    if record.is_file():
+        digest.update(b"empersona.json:" + hashlib.sha256(record.read_bytes()).digest())
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            with path.open("rb") as handle:
+                head = hashlib.sha256(handle.read(2**20)).hexdigest()
+            digest.update(f"{path.name}:{path.stat().st_size}:{head}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BaseCheck:
+    """Whether an extra adapter may be served on the study's base: a refusal, a warning, or neither."""
+
+    problem: str | None = None
+    warning: str | None = None
+
+
+def check_base(study: StudyConfig, name: str, folder: Path) -> BaseCheck:
+    """Compare the base an adapter records (``base_model_name_or_path``) with the study's base.
+
+    Refused when they are plainly different models: two local folders whose config or weight
+    files differ, or two hub ids. Warned about when they cannot be compared (a hub id against a
+    local folder, a recorded folder that is gone) and the folder's path does not name the hub
+    model. The same model, or a copy of it, passes.
+    """
+    from empersona.provider.api import folder_fingerprint
+    from empersona.study.plan import base_path
+
+    recorded = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = base_path(study)
+    if not recorded:
+        return BaseCheck(warning=f"models.{name}: {folder / ADAPTER_CONFIG} names no base model; it is served on "
+                                 f"the study's base {study.base_model}")
+    trained_on = Path(str(recorded)).expanduser()
+    if not trained_on.is_absolute() and (folder / trained_on).is_dir():
+        trained_on = folder / trained_on
+    base_local = Path(base).is_dir()
+    if trained_on.is_dir() and base_local:
+        if trained_on.resolve() == Path(base).resolve() or folder_fingerprint(trained_on) == folder_fingerprint(Path(base)):
+            return BaseCheck()
+        return BaseCheck(problem=f"the adapter was trained on {recorded}, another model than base_model {study.base_model} "
+                                 "(their config or weight files differ)")
+    if not trained_on.is_dir() and not base_local and not str(recorded).startswith(("/", ".", "~")):
+        if str(recorded).strip("/").casefold() == base.strip("/").casefold():
+            return BaseCheck()
+        return BaseCheck(problem=f"the adapter was trained on {recorded}, and base_model is {study.base_model}")
+    # one side cannot be read here: a local copy of a hub model usually keeps its name
+    recorded_name = str(recorded).rstrip("/").rsplit("/", 1)[-1].casefold()
+    base_name = base.rstrip("/").rsplit("/", 1)[-1].casefold()
+    if recorded_name == base_name or recorded_name in str(Path(base).resolve() if base_local else base).casefold():
+        return BaseCheck()
+    return BaseCheck(warning=f"models.{name}: the adapter was trained on {recorded}, and the study's base "
+                             f"{study.base_model} does not look like that model (its name differs); make sure it is, "
+                             "or its answers are another model's")
+
+
+def build_views(study: StudyConfig) -> list[Path]:
+    """(Re)build the view of every extra adapter in the run folder; returns the view folders.
+
+    Built anew on every run from the adapter's files as they are now, in a folder beside the old
+    view that then replaces it, so a run killed here leaves a complete view or none.
+    """
+    views = []
+    for name, entry in study.models.items():
+        if entry.adapter is None:
+            continue
+        views.append(_build_view(study, entry.adapter, view_dir(study, name)))
+    return views
+
+
+def _build_view(study: StudyConfig, source: Path, view: Path) -> Path:
+    from empersona.study.plan import base_path
+
+    staging = view.with_name(f".{view.name}.building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    source = source.resolve()
+    for path in sorted(source.iterdir()):
+        if path.name != ADAPTER_CONFIG:
+            (staging / path.name).symlink_to(path)
+    config = json.loads((source / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_path(study)
+    (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if not (source / "tokenizer_config.json").is_file():
+        _add_base_tokenizer(base_path(study), staging)
+    if view.exists():
+        old = view.with_name(f".{view.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        view.rename(old)
+        staging.rename(view)
+        shutil.rmtree(old)  # links and the rewritten config only: the adapter's files stay where they are
+    else:
+        staging.rename(view)
+    return view
+
+
+def _add_base_tokenizer(base: str, view: Path) -> None:
+    """Give an adapter view without a tokenizer the base's (inspect's ``hf/`` loads the tokenizer
+    from the folder its model string names): links to a local base's files, or a hub base's
+    tokenizer saved into the view."""
+    local = Path(base)
+    if local.is_dir():
+        for name in TOKENIZER_FILES:
+            if (local / name).is_file():
+                (view / name).symlink_to((local / name).resolve())
+        return
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(view))
