@@ -82,6 +82,22 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     page = report.html.read_text()
     assert page.count('src="data:image/png;base64,') == 5 and 'src="figures/' not in page
     assert all(section[3:] in page for section in SECTIONS)
+    # every table as CSV, unrounded: the persona table's labels and intervals, summaries' intervals flattened
+    tables = run_dir / "report" / "tables"
+    assert sorted(p.stem for p in tables.glob("*.csv")) == sorted([
+        "persona", "harmfulness", "classic_em", "two_ai", "output_recognition", "score_prediction",
+        "score_prediction_overall", "self_assessment", "response_rates"])
+    assert "`tables/persona.csv`" in markdown
+    persona_csv = pd.read_csv(tables / "persona.csv")
+    assert dict(zip(persona_csv["model"], persona_csv["label"], strict=True)) == EXPECTED
+    coherent = persona_csv.set_index("model").loc["coherent"]
+    assert coherent["two_ai"] == 1.0 and coherent["two_ai_direction"] == "misaligned" and coherent["two_ai_n"] == 6
+    assert coherent["em_delta_low"] <= coherent["em_delta"] <= coherent["em_delta_high"]
+    harm_csv = pd.read_csv(tables / "harmfulness.csv").set_index("model")
+    assert {"harm_max10", "harm_max10_low", "harm_max10_high", "prompts"} <= set(harm_csv.columns)
+    assert harm_csv.loc["coherent", "harm_max10"] == pytest.approx(coherent["em_delta"] + harm_csv.loc["aligned", "harm_max10"])
+    two_ai_csv = pd.read_csv(tables / "two_ai.csv").set_index("model")
+    assert two_ai_csv.loc["a_biased", "position_bias"] == 0.5 and "debiased_misaligned_rate_low" in two_ai_csv.columns
     before = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "report").rglob("*") if p.is_file()}
 
     shutil.rmtree(run_dir / "report")
@@ -100,6 +116,9 @@ def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
     markdown = report.markdown.read_text()
     assert "Not classified: no base model given or found" in markdown
     assert "| mockllm/coherent | - | 0.50 [" in markdown
+    unlabelled = pd.read_csv(run_dir / "report" / "tables" / "persona.csv")
+    assert "label" not in unlabelled.columns and not any(c.startswith("em_delta") for c in unlabelled.columns)
+    assert "two_ai" in unlabelled.columns
     report = build_report(run_dir, n_resamples=200, base_model="mockllm/aligned")
     assert report.labels["mockllm/coherent"] == "coherent"
     with pytest.raises(EmpersonaError, match="base model 'gpt-9'.*not among the run's models"):

@@ -558,6 +558,7 @@ def calls_table(calls: Sequence[PersonaCall]) -> pd.DataFrame:
             row[name] = result.estimate if result else np.nan
             row[f"{name}_low"] = result.ci_low if result else np.nan
             row[f"{name}_high"] = result.ci_high if result else np.nan
+            row[f"{name}_n"] = result.n_units if result else np.nan
         for name, probe in (("two_ai", call.two_ai), ("asymmetry", call.recognition)):
             row[f"{name}_p"] = probe.result.p_value if probe.result else np.nan
             row[f"{name}_p_holm"] = np.nan if probe.p_adjusted is None else probe.p_adjusted

@@ -17,6 +17,7 @@ Run folder layout::
       report/report.md        the report, referring to figures/*.png
       report/report.html      the same report with the figures embedded (one file to share)
       report/figures/*.png
+      report/tables/*.csv     every table of the report, numbers unrounded (``write_tables``)
 
 Sections: persona table (label, harm, the self-report probes, their intervals and the reason);
 harm against self-report (figure); the probes per model (forest figure); harmfulness; classic EM
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
 
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"
+TABLES_DIR = "tables"
+"""``report/tables/``: every table of the report as CSV, numbers unrounded, for a paper's own tables and plots."""
 
 
 # --------------------------------------------------------------------------- the base model
@@ -156,6 +159,44 @@ class Report:
     labels: dict[str, str]
 
 
+def flat_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A summary table for CSV: each column of interval results (``BootstrapResult``) becomes its
+    estimate, ``_low``, ``_high`` and ``_n`` (units resampled) columns; everything else as it is."""
+    import pandas as pd
+
+    from empersona.analysis.stats import BootstrapResult
+
+    columns: dict[str, pd.Series] = {}
+    for name in frame.columns:
+        values = frame[name]
+        if any(isinstance(v, BootstrapResult) for v in values):
+            def part(attribute: str) -> list[float]:
+                return [getattr(v, attribute) if isinstance(v, BootstrapResult) else float("nan") for v in values]
+
+            columns[name] = pd.Series(part("estimate"), index=frame.index)
+            columns[f"{name}_low"] = pd.Series(part("ci_low"), index=frame.index)
+            columns[f"{name}_high"] = pd.Series(part("ci_high"), index=frame.index)
+            columns[f"{name}_n"] = pd.Series(part("n_units"), index=frame.index)
+        else:
+            columns[name] = values
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
+    """Write each non-empty table as ``folder/<name>.csv`` (``flat_frame``), removing the CSVs of an
+    earlier build first; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.csv"):
+        stale.unlink()
+    written = []
+    for name, frame in tables.items():
+        if len(frame):
+            path = folder / f"{name}.csv"
+            flat_frame(frame).to_csv(path, index=False)
+            written.append(path)
+    return written
+
+
 def _section(title: str, summary: pd.DataFrame, missing: str, spec: dict[str, Callable[[pd.Series], str] | str], *,
              draw: Callable[[], Figure] | None = None, note: str | None = None) -> list[Block]:
     """A section: its figure (drawn only when there is data), its table and a note; or why it is empty."""
@@ -186,7 +227,7 @@ def build_report(
     """
     import pandas as pd
 
-    from empersona.analysis.persona import PersonaThresholds, classify
+    from empersona.analysis.persona import PersonaThresholds, calls_table, classify
     from empersona.report import figures
 
     run_dir = Path(run_dir)
@@ -318,11 +359,22 @@ def build_report(
             "The persona table shows the headline dimension's mean of formats, or, marked 'all dimensions', "
             "the mean over every dimension for a model with no answers on the headline one.")
 
-    blocks += _section("Unscored, refused and unparsed rates per experiment", status_summary(table), "No rows.", {
+    statuses = status_summary(table)
+    blocks += _section("Unscored, refused and unparsed rates per experiment", statuses, "No rows.", {
         "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),
         "unscored": lambda r: _pct(r["unscored"]), "refused": lambda r: _pct(r["refused"]), "unparsed": lambda r: _pct(r["unparsed"]),
     })
     blocks += _configuration(run_dir, table, base, rs, thresholds)
+    persona = calls_table(calls)
+    if not labelled:  # no base model: the per-model evidence stands, labels and deltas do not
+        persona = persona.drop(columns=[c for c in persona.columns if c == "label" or c.startswith("em_delta")])
+    written = write_tables(report_dir / TABLES_DIR, {
+        "persona": persona, "harmfulness": harm, "classic_em": em, "two_ai": two_ai.rename(columns={"result": "debiased_misaligned_rate"}),
+        "output_recognition": recognition, "score_prediction": prediction, "score_prediction_overall": overall,
+        "self_assessment": self_rating, "response_rates": statuses,
+    })
+    blocks.append(Para(f"Every table above as CSV, numbers unrounded (an interval as its estimate and _low and _high "
+                       f"columns): {', '.join(f'`{TABLES_DIR}/{path.name}`' for path in written)}."))
 
     markdown = report_dir / "report.md"
     markdown.write_text(to_markdown(blocks, report_dir), encoding="utf-8")

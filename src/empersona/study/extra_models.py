@@ -167,4 +167,10 @@ def _add_base_tokenizer(base: str, view: Path) -> None:
         return
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(base).save_pretrained(str(view))
+    from empersona.errors import EmpersonaError
+
+    try:
+        AutoTokenizer.from_pretrained(base).save_pretrained(str(view))
+    except (OSError, ValueError) as err:  # not downloadable here (offline, a gated model without a token)
+        raise EmpersonaError(f"{view.name}: the adapter has no tokenizer and the base's ({base}) could not be loaded "
+                             f"({err}); download the base first, or put its tokenizer files into the adapter's folder") from err
