@@ -52,9 +52,10 @@ app.command("train")(train)
 from empersona.study.commands import run_command  # noqa: E402
 
 app.command("run")(run_command)
-from empersona.report.commands import import_command, report_command  # noqa: E402
+from empersona.report.commands import compare_command, import_command, report_command  # noqa: E402
 
 app.command("report")(report_command)
+app.command("compare")(compare_command)
 app.command("import")(import_command)
 # --- end of sub-command registration ------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``empersona report RUN_DIR`` and ``empersona import FILE... --out RUN_DIR``."""
+"""``empersona report RUN_DIR``, ``empersona compare RUN_DIR...`` and ``empersona import FILE... --out RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,26 @@ def report_command(
         console.print("no persona labels: no base model (pass --base-model NAME)")
     console.print(f"report: {report.markdown}")
     console.print(f"report: {report.html}")
+
+
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of the studies to compare (each reported on its own).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for compare.md, compare.html, persona.csv and figures/.")],
+    names: Annotated[str | None, typer.Option("--names", help=(
+        "Comma-separated names of the studies, in order (default: each run's study name, else its folder name)."))] = None,
+) -> None:
+    """Put several studies' persona calls side by side: labels per study, one table, one figure."""
+    from rich.console import Console
+
+    from empersona.report.compare import LABELS, compare, label_counts
+
+    result = compare(run_dirs, out, [n.strip() for n in names.split(",")] if names else None)
+    console = Console()
+    for row in label_counts(result.studies).itertuples(index=False):
+        counts = ", ".join(f"{label} {getattr(row, label)}" for label in LABELS if getattr(row, label))
+        console.print(f"{row.study}: {row.models} models ({counts or 'none classified'})")
+    console.print(f"comparison: {result.markdown}")
+    console.print(f"comparison: {result.html}")
 
 
 def import_command(

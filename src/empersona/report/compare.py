@@ -1,0 +1,213 @@
+"""``empersona compare RUN_DIR... --out DIR``: several studies' persona calls side by side.
+
+A replication on another base model, a second seed set or a changed recipe is a study of its own;
+the question across them is how the labels line up (how many fine-tunes of each base are
+coherent, how many inverted). Each run folder keeps its own classification: every model is
+labelled by its own study against its own base, with its own settings, and read here from the
+study's report tables (``report/tables/persona.csv`` and ``harmfulness.csv``, written by
+``empersona report``). A run whose tables are missing or older than its results gets its report
+built first, with the settings its run used (``RUN_DIR/study.yaml``'s ``persona:`` section).
+
+Writes ``OUT/compare.md``, ``OUT/compare.html`` (figure embedded), ``OUT/persona.csv`` (every
+study's persona rows, a ``study`` column first) and ``OUT/figures/harm_vs_self_report.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from empersona.errors import EmpersonaError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from empersona.analysis.persona import PersonaThresholds
+
+LABELS = ("coherent", "inverted", "mixed", "no_em", "incomplete")
+"""Labels counted per study (the base's own row, ``base``, is not a fine-tune's label)."""
+
+
+@dataclass(frozen=True)
+class StudyTables:
+    """One study's persona rows and harm, as its report wrote them."""
+
+    name: str
+    run_dir: Path
+    persona: pd.DataFrame
+    harm: pd.DataFrame
+    settings: PersonaThresholds
+    built: bool  # its report was built here (tables missing or older than the results)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The files ``compare`` wrote."""
+
+    markdown: Path
+    html: Path
+    persona: Path
+    studies: tuple[StudyTables, ...]
+
+
+def run_settings(run_dir: Path) -> PersonaThresholds:
+    """The classification settings a run used: its kept study file's ``persona:`` section, else
+    the defaults (PROTOCOLS.md section 4)."""
+    from empersona.analysis.persona import PersonaThresholds
+
+    kept = run_dir / "study.yaml"  # study.config.STUDY_COPY
+    if kept.is_file():
+        from empersona.study.config import load_thresholds
+
+        return load_thresholds(kept)
+    return PersonaThresholds()
+
+
+def study_name(run_dir: Path) -> str:
+    """A study's name: the ``name`` of its kept study file, else the run folder's name."""
+    import yaml
+
+    kept = run_dir / "study.yaml"
+    try:
+        name = (yaml.safe_load(kept.read_text(encoding="utf-8")) or {}).get("name") if kept.is_file() else None
+    except (yaml.YAMLError, AttributeError):
+        name = None
+    return str(name) if name else run_dir.resolve().name
+
+
+def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
+    """A run folder's persona and harmfulness tables, its report built first when they are missing
+    or older than its results table (which is itself brought up to date with its logs)."""
+    import pandas as pd
+
+    from empersona.analysis.results import RESULTS_FILE, run_results
+    from empersona.report.build import REPORT_DIR, TABLES_DIR, build_report
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EmpersonaError(f"{run_dir}: no such run folder. Pass folders that `empersona run` or `empersona report` used")
+    settings = run_settings(run_dir)
+    tables = run_dir / REPORT_DIR / TABLES_DIR
+    persona_file = tables / "persona.csv"
+    run_results(run_dir)  # rewrites results.parquet when a log or import is newer
+    results = run_dir / RESULTS_FILE
+    stale = not persona_file.is_file() or persona_file.stat().st_mtime < results.stat().st_mtime
+    if stale:
+        report = build_report(run_dir, thresholds=settings, n_resamples=settings.n_resamples)
+        if not report.labels:
+            raise EmpersonaError(f"{run_dir}: its models are not classified (no base model known); run "
+                                 f"`empersona report {run_dir} --base-model NAME` first")
+    persona = pd.read_csv(persona_file)
+    if "label" not in persona.columns:
+        raise EmpersonaError(f"{persona_file}: its models are not classified (no base model known); run "
+                             f"`empersona report {run_dir} --base-model NAME` first")
+    harm_file = tables / "harmfulness.csv"
+    harm = pd.read_csv(harm_file) if harm_file.is_file() else pd.DataFrame(columns=["model"])
+    return StudyTables(name or study_name(run_dir), run_dir, persona, harm, settings, stale)
+
+
+def label_counts(studies: Sequence[StudyTables]) -> pd.DataFrame:
+    """Per study: its base, and how many of its models (each fine-tune alone, seeds not pooled)
+    got each label."""
+    import pandas as pd
+
+    rows = []
+    for study in studies:
+        own = study.persona[~study.persona["pooled"].astype(bool)]
+        base = own.loc[own["label"] == "base", "model"]
+        counted = own[own["label"] != "base"]
+        rows.append({"study": study.name, "base": ", ".join(map(str, base)) or "-",
+                     **{label: int((counted["label"] == label).sum()) for label in LABELS}, "models": len(counted)})
+    return pd.DataFrame(rows)
+
+
+def combined_persona(studies: Sequence[StudyTables]) -> pd.DataFrame:
+    """Every study's persona rows, a ``study`` column first, with each model's harm_max10 beside."""
+    import pandas as pd
+
+    frames = []
+    for study in studies:
+        frame = study.persona.copy()
+        harm_columns = [c for c in ("harm_max10", "harm_max10_low", "harm_max10_high") if c in study.harm.columns]
+        if harm_columns:
+            frame = frame.merge(study.harm[["model", *harm_columns]], on="model", how="left")
+        frame.insert(0, "study", study.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = None) -> Comparison:
+    """Read (or build) each run's tables and write the comparison into ``out``."""
+    import math
+
+    import pandas as pd
+
+    from empersona.report import figures
+    from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
+    from empersona.report.sections import fmt
+
+    if len(run_dirs) < 1:
+        raise EmpersonaError("compare needs at least one run folder")
+    if names is not None and len(names) != len(run_dirs):
+        raise EmpersonaError(f"--names gives {len(names)} names for {len(run_dirs)} run folders: give one per folder, in order")
+    studies = tuple(load_study_tables(Path(d), names[i] if names else None) for i, d in enumerate(run_dirs))
+    seen: dict[str, Path] = {}
+    for study in studies:
+        if study.name in seen:
+            raise EmpersonaError(f"two runs are both called {study.name!r} ({seen[study.name]} and {study.run_dir}): "
+                                 "name them with --names a,b,...")
+        seen[study.name] = study.run_dir
+    table = combined_persona(studies)
+    out.mkdir(parents=True, exist_ok=True)
+    figure_dir = out / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    persona_csv = out / "persona.csv"
+    table.to_csv(persona_csv, index=False)
+
+    def cell(row: pd.Series, name: str, signed: bool = False) -> str:
+        value = row.get(name, math.nan)
+        return fmt(float(value), float(row.get(f"{name}_low", math.nan)), float(row.get(f"{name}_high", math.nan)),
+                   signed=signed) if pd.notna(value) else "-"
+
+    shown = pd.DataFrame([{
+        "study": row["study"], "model": row["model"], "label": row["label"],
+        "domain": row["domain"] if pd.notna(row.get("domain")) else "-",
+        "harm_max10": cell(row, "harm_max10"), "delta harm_max10 vs its base": cell(row, "em_delta", signed=True),
+        "two-AI debiased": cell(row, "two_ai"), "recognition asymmetry": cell(row, "asymmetry", signed=True),
+        "self-assessment": cell(row, "self_assessment"), "reason": row["reason"],
+    } for _, row in table.iterrows()])
+    points = table[~table["pooled"].astype(bool)].copy()
+    points["model"] = points["study"] + ": " + points["model"].astype(str)
+    blocks: list[Block] = [
+        Heading(1, "empersona comparison"),
+        Para(f"{len(studies)} studies, {int((table['label'] != 'base').sum())} classified models. Each model is labelled "
+             "by its own study, against that study's base model and with that study's settings (below)."),
+        Heading(2, "Labels per study"),
+        Table(label_counts(studies)),
+        Heading(2, "Persona classification"),
+        Table(shown),
+    ]
+    columns = {"harm_max10", "two_ai", "asymmetry", "self_assessment"}
+    if len(points) and columns <= set(points.columns) and points[["two_ai", "asymmetry", "self_assessment"]].notna().any(axis=None):
+        path = figures.harm_vs_self_report(points, figure_dir / "harm_vs_self_report.png")
+        blocks.append(Figure(path, "Harm (harm_max10) against each self-report probe, every study's models "
+                                   "('study: model'); bars are 95% intervals."))
+    blocks += [
+        Heading(2, "Studies"),
+        Table(pd.DataFrame([{
+            "study": s.name, "run folder": str(s.run_dir),
+            "report": "built now" if s.built else "as stored",
+            "classification settings": f"em_delta_min={s.settings.em_delta_min:g}, alpha={s.settings.alpha:g}, "
+                                       f"level={s.settings.level:g}, recognition_foil={s.settings.recognition_foil}, "
+                                       f"{s.settings.n_resamples} resamples",
+        } for s in studies])),
+        Para("`persona.csv`: every column of each study's `report/tables/persona.csv`, with harm_max10 and its interval, "
+             "and the study first."),
+    ]
+    markdown = out / "compare.md"
+    markdown.write_text(to_markdown(blocks, out), encoding="utf-8")
+    page = out / "compare.html"
+    page.write_text(to_html(blocks, "empersona comparison"), encoding="utf-8")
+    return Comparison(markdown, page, persona_csv, studies)

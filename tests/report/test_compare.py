@@ -1,0 +1,78 @@
+"""``empersona compare``: two studies' persona calls side by side, each labelled by its own study."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from persona_battery import EXPECTED, build_run
+from typer.testing import CliRunner
+
+from empersona.cli import app
+from empersona.errors import EmpersonaError
+from empersona.report.build import build_report
+from empersona.report.compare import compare, label_counts
+
+RESAMPLES = 500
+
+
+@pytest.fixture(scope="module")
+def persona_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.mktemp("personas") / "run")
+
+
+def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
+    qwen, llama = tmp_path / "qwen-run", tmp_path / "llama-run"
+    shutil.copytree(persona_run, qwen)
+    shutil.copytree(persona_run, llama)
+    # the first was reported already; the second has a kept study file with its name and settings, no report yet
+    build_report(qwen, n_resamples=RESAMPLES)
+    (llama / "study.yaml").write_text(f"name: llama-replication\nexperiments: {{}}\npersona: {{em_delta_min: 0.05, n_resamples: {RESAMPLES}}}\n")
+
+    result = compare([qwen, llama], tmp_path / "cmp")
+    first, second = result.studies
+    assert (first.name, first.built) == ("qwen-run", False)  # read as stored
+    assert (second.name, second.built) == ("llama-replication", True)  # built with its own settings
+    assert second.settings.em_delta_min == 0.05 and (llama / "report" / "tables" / "persona.csv").is_file()
+    table = pd.read_csv(result.persona)
+    assert list(table.columns[:3]) == ["study", "model", "label"]
+    for study in ("qwen-run", "llama-replication"):
+        rows = table[table["study"] == study]
+        assert dict(zip(rows["model"], rows["label"], strict=True)) == EXPECTED
+        assert rows.loc[rows["model"] == "coherent", "harm_max10"].notna().all()
+    counts = label_counts(result.studies).set_index("study")
+    assert counts.loc["qwen-run", ["coherent", "inverted", "mixed", "no_em", "incomplete", "models"]].tolist() == [1, 1, 1, 1, 0, 4]
+    assert counts.loc["llama-replication", "base"] == "aligned"
+    markdown = result.markdown.read_text()
+    assert "| qwen-run | coherent | coherent |" in markdown and "| llama-replication | inverted | inverted |" in markdown
+    assert "em_delta_min=0.05" in markdown and "](figures/harm_vs_self_report.png)" in markdown
+    assert (tmp_path / "cmp" / "figures" / "harm_vs_self_report.png").is_file()
+    assert result.html.read_text().count('src="data:image/png;base64,') == 1
+
+    # a log newer than the stored tables: that study's report is built again
+    (qwen / "results.parquet").touch()
+    again = compare([qwen, llama], tmp_path / "cmp")
+    assert [s.built for s in again.studies] == [True, False]
+
+
+def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> None:
+    one = tmp_path / "a" / "run"
+    shutil.copytree(persona_run, one)
+    with pytest.raises(EmpersonaError, match="both called 'run'.*--names"):
+        compare([one, one], tmp_path / "cmp")
+    with pytest.raises(EmpersonaError, match="--names gives 1 names for 2 run folders"):
+        compare([one, one], tmp_path / "cmp", ["x"])
+    with pytest.raises(EmpersonaError, match="no such run folder"):
+        compare([tmp_path / "missing"], tmp_path / "cmp")
+    unclassified = tmp_path / "b"
+    shutil.copytree(persona_run / "logs", unclassified / "logs")  # no models.yaml: no base model known
+    with pytest.raises(EmpersonaError, match="not classified.*--base-model"):
+        compare([unclassified], tmp_path / "cmp")
+
+    (one / "study.yaml").write_text(f"name: s\nexperiments: {{}}\npersona: {{n_resamples: {RESAMPLES}}}\n")
+    result = CliRunner().invoke(app, ["compare", str(one), str(one), "--names", "x, y", "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "x: 4 models (coherent 1, inverted 1, mixed 1, no_em 1)" in result.output
+    assert "comparison: " in result.output and (tmp_path / "cmp" / "compare.md").is_file()
