@@ -47,7 +47,7 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     assert counts.loc["llama-replication", "base"] == "aligned"
     markdown = result.markdown.read_text()
     assert "| qwen-run | coherent | coherent |" in markdown and "| llama-replication | inverted | inverted |" in markdown
-    assert "em_delta_min=0.05" in markdown and "](figures/harm_vs_self_report.png)" in markdown
+    assert "2 studies, 8 classified models" in markdown and "em_delta_min=0.05" in markdown and "](figures/harm_vs_self_report.png)" in markdown
     assert (tmp_path / "cmp" / "figures" / "harm_vs_self_report.png").is_file()
     assert result.html.read_text().count('src="data:image/png;base64,') == 1
 

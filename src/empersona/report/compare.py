@@ -182,7 +182,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
     points["model"] = points["study"] + ": " + points["model"].astype(str)
     blocks: list[Block] = [
         Heading(1, "empersona comparison"),
-        Para(f"{len(studies)} studies, {int((table['label'] != 'base').sum())} classified models. Each model is labelled "
+        Para(f"{len(studies)} studies, {int(label_counts(studies)['models'].sum())} classified models. Each model is labelled "
              "by its own study, against that study's base model and with that study's settings (below)."),
         Heading(2, "Labels per study"),
         Table(label_counts(studies)),
