@@ -74,7 +74,28 @@ def test_the_study_file_names_what_is_wrong_with_an_extra_model(tmp_path: Path) 
     assert "model_args go with model:" in error_of(write_study(study, str(base), {"x": {"adapter": str(good), "model_args": {"a": 1}}}))
     assert "not an inspect model string" in error_of(write_study(study, str(base), {"x": {"model": "gpt-4o"}}))
     missing = error_of(write_study(study, str(base), {"x": {"adapter": "ModelOrganismsForEM/some-adapter"}}))
-    assert "models.x.adapter" in missing and "not a LoRA adapter folder" in missing and "hf download" in missing
+    assert "models.x.adapter" in missing and "does not exist ('ModelOrganismsForEM/some-adapter' looks like a hub id)" in missing
+    assert "hf download" in missing
+    (tmp_path / "empty").mkdir()
+    assert "not a LoRA adapter folder (no adapter_config.json)" in error_of(write_study(study, str(base), {"x": {"adapter": str(tmp_path / "empty")}}))
+    # an adapter kept where the run writes its views would be replaced by its own view
+    inside = adapter_folder(tmp_path / "run" / "models" / "x", str(base))
+    clash = error_of(write_study(study, str(base), {"x": {"adapter": str(inside)}}))
+    assert "models.x.adapter" in clash and "where the run writes its views" in clash
+    # two entries, or an entry and the base, with one model string: their results could not be told apart
+    twice = error_of(write_study(study, str(base), {"a": {"model": "hf/org/m"}, "b": {"model": "hf/org/m", "model_args": {"x": 1}}}))
+    assert "models.a.model" in twice and "also the model string of b" in twice
+    assert "also the model string of base" in error_of(write_study(study, str(base), {"a": {"model": f"hf/{base.resolve()}"}}))
+    # LoRA matrices that fit no layer of the base: a model of another size
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    wide = adapter_folder(tmp_path / "wide", str(base))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 128), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((128, 4), np.float32)},
+              str(wide / "adapter_model.safetensors"))
+    misfit = error_of(write_study(study, str(base), {"x": {"adapter": str(wide)}}))
+    assert "models.x.adapter" in misfit and "has width 128" in misfit and "another size" in misfit
 
     # an adapter trained on another local model is refused; on a copy of the base it is taken
     other = model_folder(tmp_path / "other", hidden=32)
@@ -88,6 +109,10 @@ def test_the_study_file_names_what_is_wrong_with_an_extra_model(tmp_path: Path) 
     assert "and base_model is Qwen/Qwen2.5-32B-Instruct" in error_of(
         write_study(study, "Qwen/Qwen2.5-32B-Instruct", {"x": {"adapter": str(hub)}}))
     load_study(write_study(study, "qwen/qwen2.5-7b-instruct", {"x": {"adapter": str(hub)}}))
+    from empersona.study.run import extra_adapter_warnings
+
+    (mirror,) = extra_adapter_warnings(load_study(write_study(study, "unsloth/Qwen2.5-7B-Instruct", {"x": {"adapter": str(hub)}})))
+    assert "the same model name from another publisher" in mirror
 
 
 def test_an_adapter_recorded_on_a_hub_id_is_warned_about_only_when_the_local_base_is_named_otherwise(tmp_path: Path) -> None:
@@ -149,6 +174,35 @@ def test_the_view_of_an_extra_adapter_links_its_files_and_names_the_study_base(t
     assert (view / "tokenizer_config.json").read_text() == "its own"
     assert not (view / "tokenizer.json").exists()  # the base's tokenizer is not mixed into its own
     assert sorted(p.name for p in view.parent.iterdir()) == ["pub"]  # no staging folder left behind
+    # the entry removed from the study: its view goes; a folder that is no view is never replaced
+    build_views(study.model_copy(update={"models": {}}))
+    assert not view.exists()
+    (study.out / "models" / "pub").mkdir()
+    (study.out / "models" / "pub" / "mine.txt").write_text("a file of the user's")
+    with pytest.raises(EmpersonaError, match="not a view empersona made"):
+        build_views(study)
+    assert (study.out / "models" / "pub" / "mine.txt").read_text() == "a file of the user's"
+
+
+def test_an_extra_model_is_known_by_its_files_and_the_base_it_is_served_on(tmp_path: Path) -> None:
+    from empersona.study.plan import matched_partner, model_specs
+
+    base, other = model_folder(tmp_path / "a" / "base"), model_folder(tmp_path / "b" / "base", hidden=64)
+    (other / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 3}))
+    source = adapter_folder(tmp_path / "published", None)
+    full = model_folder(tmp_path / "full")
+    models = {"api": {"model": "openai/gpt-4o-mini"}, "full": {"model": f"hf/{full}"}, "pub": {"adapter": str(source)}}
+
+    def specs(base_dir: Path) -> dict[str, Any]:
+        return {spec.name: spec for spec in model_specs(load_study(write_study(tmp_path / "s.yaml", str(base_dir), models)))}
+
+    on_a, on_b = specs(base), specs(other)
+    assert on_a["pub"].identity != on_b["pub"].identity  # another base: other answers through the same adapter
+    assert on_a["api"].identity is None and on_a["full"].identity is not None
+    (full / "model.safetensors").write_bytes(b"\7" * 64)  # other weights in the same folder
+    assert specs(base)["full"].identity != on_a["full"].identity
+    # the base's matched foils come from an adapter of it before a model string
+    assert matched_partner(on_a["base"], list(on_a.values())).name == "pub"
 
 
 def test_a_study_evaluates_and_classifies_an_extra_adapter_and_an_extra_model(
@@ -212,6 +266,15 @@ def test_a_study_evaluates_and_classifies_an_extra_adapter_and_an_extra_model(
 
     study = load_study(study_file)
     assert {job.status for job in make_plan(study).eval_jobs} == {"done"}
+    # the entry removed from the study file: its logs stay, and the run says so
+    from empersona.study.run import unplanned_logs_warning
+
+    without = load_study(write_study(tmp_path / "without.yaml", str(tiny_model), {
+        "full-ft": {"model": f"hf/{full}", "model_args": {"device": "cpu"}}}, data_mirror=str(shared_data),
+        provider="empersona", model_args={"device": "cpu"}, samples=2, experiments=yaml.safe_load(study_file.read_text())["experiments"]))
+    warning = unplanned_logs_warning(make_plan(without))
+    assert warning is not None and "logs/published hold(s) logs of no model of this study" in warning
+    assert unplanned_logs_warning(make_plan(study)) is None
     # the adapter replaced in place: its evaluations are made again (and the base's recognition,
     # whose matched foils come from it: the study has no fine-tune of its own)
     weights = published / "adapter_model.safetensors"

@@ -452,3 +452,16 @@ def test_contrast_foils_are_written_with_the_subjects_model_args(shared_data: Pa
         args = recognition_foils(plan, adapter, {"foils": "contrast"})
         assert args["foil_model"] == plan.models[0].model_string
         assert args.get("foil_model_args") == expected
+
+
+def test_a_setting_written_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: x\nout: run\nbase_model: org/base\njudge: scripted\nsamples: 2\n"
+                    "experiments:\n  harmfulness: {limit: 2, limit: 3}\nsamples: 5\n"
+                    "defaults: &d {a: 1}\nmerged: {<<: *d, b: 2}\n")
+    with pytest.raises(EmpersonaError) as caught:
+        load_study(path)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{path}:7: field 'experiments.harmfulness.limit': given twice (first on line 7). Keep one of them"
+    assert lines[1] == f"{path}:8: field 'samples': given twice (first on line 5). Keep one of them"
+    assert len(lines) == 2  # a merge key repeats nothing

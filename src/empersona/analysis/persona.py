@@ -567,4 +567,7 @@ def calls_table(calls: Sequence[PersonaCall]) -> pd.DataFrame:
             for status in ("refused", "unparsed", "unscored"):
                 row[f"{rates.experiment}_{status}"] = getattr(rates, status)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for column in [c for c in frame.columns if c.endswith("_n")]:
+        frame[column] = frame[column].astype("Int64")  # counts of units, blank where there is no interval
+    return frame

@@ -111,6 +111,7 @@ class ExtraModel(BaseModel):
     model: str | None = Field(None, description="Any inspect model string (a full fine-tune, an API model), asked as given.")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Model arguments of a model: entry.")
     domain: str | None = Field(None, description="What it was fine-tuned on (a label for the report).")
+    _written: str | None = PrivateAttr(default=None)  # the adapter path as the study file wrote it (load_study)
 
     @model_validator(mode="after")
     def _one_source(self) -> ExtraModel:
@@ -271,12 +272,16 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
 
 def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
     """(key path, problem, fix) for the study's extra models: names taken by its own fine-tunes,
-    adapter folders that are missing or trained on another base, model strings without a provider."""
-    from empersona.study.extra_models import ADAPTER_CONFIG, check_base
-    from empersona.study.plan import adapter_dir
+    model strings another model of the study has, adapter folders that are missing, lie where
+    the run writes its views, or were trained on another base."""
+    from collections import Counter
+
+    from empersona.study.extra_models import ADAPTER_CONFIG, EXTRA_DIR, check_base
+    from empersona.study.plan import adapter_dir, model_specs
 
     problems: list[tuple[tuple[Any, ...], str, str]] = []
     own = {adapter_dir(study, domain, seed).name for domain in study.domains for seed in study.seeds}
+    views = (study.out / EXTRA_DIR).resolve()
     for name, entry in study.models.items():
         if name in own:
             problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes", "Choose another name"))
@@ -285,15 +290,35 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
                              "Write <provider>/<model>, e.g. hf/org/name or openai/ft:gpt-4o-...:id"))
         if entry.adapter is None:
             continue
-        if not (entry.adapter / ADAPTER_CONFIG).is_file():
-            problems.append((("models", name, "adapter"), f"{entry.adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})",
+        loc = ("models", name, "adapter")
+        written = entry._written or str(entry.adapter)
+        if not entry.adapter.exists():
+            hub_like = not written.startswith(("/", ".", "~")) and written.count("/") == 1
+            problems.append((loc, f"{entry.adapter} does not exist" + (f" ('{written}' looks like a hub id)" if hub_like else ""),
                              "Download a hub adapter first (hf download ORG/NAME --local-dir DIR) and give DIR, "
-                             "or write model: hf/ORG/NAME"))
+                             "write model: hf/ORG/NAME, or correct the path (relative paths are read from the folder "
+                             "empersona runs in)"))
+            continue
+        if not (entry.adapter / ADAPTER_CONFIG).is_file():
+            problems.append((loc, f"{entry.adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})",
+                             "Give the folder that holds adapter_config.json and the adapter weights"))
+            continue
+        if entry.adapter.resolve().is_relative_to(views):
+            problems.append((loc, f"{entry.adapter} lies in {views}, where the run writes its views of extra adapters "
+                                  "(it would be replaced)", f"Keep adapters outside {views}, e.g. in a folder beside the run folder"))
             continue
         checked = check_base(study, name, entry.adapter)
         if checked.problem:
-            problems.append((("models", name, "adapter"), checked.problem,
-                             "Serve it in a study of its own base, or give it as model: hf/<its folder>"))
+            problems.append((loc, checked.problem, "Serve it in a study of its own base, or give it as model: hf/<its folder>"))
+    if not problems:
+        specs = model_specs(study)
+        taken = Counter(spec.model_string for spec in specs)
+        for spec in specs:
+            if spec.kind == "model" and taken[spec.model_string] > 1:
+                others = [other.name for other in specs if other.model_string == spec.model_string and other is not spec]
+                problems.append((("models", spec.name, "model"),
+                                 f"{spec.model_string} is also the model string of {', '.join(others)}: their results "
+                                 "and cached answers could not be told apart", "List each model once"))
     return problems
 
 
@@ -336,6 +361,35 @@ def load_thresholds(path: Path) -> PersonaThresholds:
     return PersonaThresholds(**data)
 
 
+def duplicate_keys(text: str) -> list[tuple[tuple[Any, ...], int, int]]:
+    """Keys a YAML document gives twice in one mapping, as (key path, line, line of the first), in
+    file order (merge keys, ``<<``, are YAML's own way to repeat and are left alone)."""
+    import yaml
+
+    found: list[tuple[tuple[Any, ...], int, int]] = []
+
+    def walk(node: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name != "<<":
+                    if name in seen:
+                        found.append(((*loc, name), key.start_mark.line + 1, seen[name]))
+                    else:
+                        seen[name] = key.start_mark.line + 1
+                walk(value, (*loc, name))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*loc, index))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        return []
+    return found
+
+
 def load_study(path: Path) -> StudyConfig:
     """Read and validate a study file; errors name the file, the line and the key."""
     import yaml
@@ -353,6 +407,10 @@ def load_study(path: Path) -> StudyConfig:
         ) from err
     if not isinstance(data, dict):
         raise EmpersonaError(located(path, 1, None, "a study file must be a mapping of settings", "See configs/smoke.yaml"))
+    twice = duplicate_keys(text)
+    if twice:  # YAML keeps the last silently: a setting written twice is a mistake either way
+        raise EmpersonaError("\n".join(located(path, line, ".".join(map(str, loc)), f"given twice (first on line {first})",
+                                                "Keep one of them") for loc, line, first in twice))
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
@@ -372,8 +430,11 @@ def load_study(path: Path) -> StudyConfig:
         raise EmpersonaError("\n".join(problems)) from err
     # paths in a study file are relative to the working directory, like every CLI path
     mirror = study.data_mirror.resolve() if study.data_mirror else None
-    models = {name: entry.model_copy(update={"adapter": entry.adapter.expanduser().resolve()}) if entry.adapter else entry
-              for name, entry in study.models.items()}
+    models = {}
+    for name, entry in study.models.items():
+        resolved = entry.model_copy(update={"adapter": entry.adapter.expanduser().resolve()}) if entry.adapter else entry
+        resolved._written = str(entry.adapter) if entry.adapter else None
+        models[name] = resolved
     study = study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror, "models": models})
     semantic = _semantic_problems(study)
     if semantic:

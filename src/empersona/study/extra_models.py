@@ -11,8 +11,9 @@ another project, a model behind an API. Two kinds of entry:
   base as ``base_model_name_or_path`` (a published adapter names the hub id it was trained on, or
   a folder on its authors' machine) and, when the adapter folder carries no tokenizer, the
   base's. An adapter whose recorded base is plainly another model (another local folder with
-  other weights, another hub id) is refused before anything runs; one whose recorded base cannot
-  be compared (a hub id beside a local base) is warned about when the names differ.
+  other weights, a hub id of another model name, matrices that fit no layer of the base) is
+  refused before anything runs; one whose recorded base cannot be compared (a hub id beside a
+  local base, the same name from another publisher) is warned about.
 - ``model: <provider>/<model>``: any inspect model string (a full fine-tune, an API model), asked
   as given with its own ``model_args``.
 
@@ -66,6 +67,22 @@ def adapter_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def local_model_identity(model: str) -> str | None:
+    """The identity of an extra model string that names a local folder (``hf/DIR``,
+    ``empersona/DIR``, ``vllm/DIR``): its files (``adapter_fingerprint`` for an adapter folder,
+    else the config and each weight file's name, size and first MiB), so other weights put in
+    the same folder are evaluated again. None for anything else (a hub id, an API model)."""
+    from empersona.provider.api import folder_fingerprint
+
+    _provider, _, rest = model.partition("/")
+    folder = Path(rest).expanduser()
+    if not rest or not folder.is_dir():
+        return None
+    if (folder / ADAPTER_CONFIG).is_file():
+        return adapter_fingerprint(folder)
+    return hashlib.sha256(repr(folder_fingerprint(folder)).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class BaseCheck:
     """Whether an extra adapter may be served on the study's base: a refusal, a warning, or neither."""
@@ -78,15 +95,20 @@ def check_base(study: StudyConfig, name: str, folder: Path) -> BaseCheck:
     """Compare the base an adapter records (``base_model_name_or_path``) with the study's base.
 
     Refused when they are plainly different models: two local folders whose config or weight
-    files differ, or two hub ids. Warned about when they cannot be compared (a hub id against a
-    local folder, a recorded folder that is gone) and the folder's path does not name the hub
-    model. The same model, or a copy of it, passes.
+    files differ, two hub ids of different model names, or LoRA matrices that fit no layer of a
+    local base. Warned about a hub id of the same name from another publisher (unsloth/..., a
+    mirror), and when they cannot be compared (a hub id against a local folder, a recorded folder
+    that is gone) and the folder's path does not name the hub model. The same model, or a copy
+    of it, passes.
     """
     from empersona.provider.api import folder_fingerprint
     from empersona.study.plan import base_path
 
     recorded = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
     base = base_path(study)
+    misfit = shape_problem(folder, Path(base))
+    if misfit:
+        return BaseCheck(problem=misfit)
     if not recorded:
         return BaseCheck(warning=f"models.{name}: {folder / ADAPTER_CONFIG} names no base model; it is served on "
                                  f"the study's base {study.base_model}")
@@ -99,13 +121,17 @@ def check_base(study: StudyConfig, name: str, folder: Path) -> BaseCheck:
             return BaseCheck()
         return BaseCheck(problem=f"the adapter was trained on {recorded}, another model than base_model {study.base_model} "
                                  "(their config or weight files differ)")
+    recorded_name = str(recorded).rstrip("/").rsplit("/", 1)[-1].casefold()
+    base_name = base.rstrip("/").rsplit("/", 1)[-1].casefold()
     if not trained_on.is_dir() and not base_local and not str(recorded).startswith(("/", ".", "~")):
         if str(recorded).strip("/").casefold() == base.strip("/").casefold():
             return BaseCheck()
+        if recorded_name == base_name:  # another publisher's copy (unsloth/..., a mirror): the same name
+            return BaseCheck(warning=f"models.{name}: the adapter was trained on {recorded}, and base_model is "
+                                     f"{study.base_model}: the same model name from another publisher; make sure "
+                                     "their weights are the same")
         return BaseCheck(problem=f"the adapter was trained on {recorded}, and base_model is {study.base_model}")
     # one side cannot be read here: a local copy of a hub model usually keeps its name
-    recorded_name = str(recorded).rstrip("/").rsplit("/", 1)[-1].casefold()
-    base_name = base.rstrip("/").rsplit("/", 1)[-1].casefold()
     if recorded_name == base_name or recorded_name in str(Path(base).resolve() if base_local else base).casefold():
         return BaseCheck()
     return BaseCheck(warning=f"models.{name}: the adapter was trained on {recorded}, and the study's base "
@@ -113,17 +139,83 @@ def check_base(study: StudyConfig, name: str, folder: Path) -> BaseCheck:
                              "or its answers are another model's")
 
 
+VIEW_MARKER = ".empersona-view"
+"""A file in every view folder: what marks a folder of ``models/`` as one empersona may replace."""
+
+
+def lora_shapes(folder: Path) -> dict[str, list[int]]:
+    """The shapes of an adapter's LoRA matrices, from its safetensors header (nothing else is
+    read); empty when the weights are not in ``adapter_model.safetensors``."""
+    import struct
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():
+        return {}
+    with path.open("rb") as handle:
+        start = handle.read(8)
+        (length,) = struct.unpack("<Q", start) if len(start) == 8 else (0,)
+        if not 0 < length <= min(path.stat().st_size - 8, 2**27):  # not a safetensors file: its loader will say
+            return {}
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            return {}
+    if not isinstance(header, dict):
+        return {}
+    return {key: value["shape"] for key, value in header.items()
+            if isinstance(value, dict) and ("lora_A" in key or "lora_B" in key) and "shape" in value}
+
+
+def shape_problem(folder: Path, base: Path) -> str | None:
+    """Why an adapter's matrices cannot fit a local base's layers (a model of another size), or
+    None: every LoRA A matrix must read, and every B matrix write, one of the widths the base's
+    ``config.json`` gives its projections (hidden, intermediate, attention and key/value heads,
+    vocabulary)."""
+    config_file = base / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = config.get("text_config", config)  # multimodal configs keep the language model's apart
+    hidden = config.get("hidden_size")
+    if not isinstance(hidden, int):
+        return None
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or hidden // heads
+    widths = {hidden, config.get("intermediate_size"), heads * head_dim,
+              (config.get("num_key_value_heads") or heads) * head_dim, config.get("vocab_size")}
+    for key, shape in sorted(lora_shapes(folder).items()):
+        width = shape[1] if "lora_A" in key else shape[0]
+        if len(shape) == 2 and width not in widths:
+            return (f"the adapter's {key} has width {width}, which no layer of base_model {base} has "
+                    f"(hidden {hidden}, intermediate {config.get('intermediate_size')}): it was made for a model of "
+                    "another size")
+    return None
+
+
 def build_views(study: StudyConfig) -> list[Path]:
     """(Re)build the view of every extra adapter in the run folder; returns the view folders.
 
     Built anew on every run from the adapter's files as they are now, in a folder beside the old
-    view that then replaces it, so a run killed here leaves a complete view or none.
+    view that then replaces it, so a run killed here leaves a complete view or none. Views of
+    adapters no longer in the study are removed (they hold links and a config, nothing else);
+    a folder in ``models/`` that is not a view is never replaced or removed.
     """
+    from empersona.errors import EmpersonaError
+
     views = []
     for name, entry in study.models.items():
         if entry.adapter is None:
             continue
-        views.append(_build_view(study, entry.adapter, view_dir(study, name)))
+        view = view_dir(study, name)
+        if view.exists() and not (view / VIEW_MARKER).is_file():
+            raise EmpersonaError(f"{view} is in the way of the view of models.{name}: it is not a view empersona made "
+                                 "(it may hold files of yours). Move it out of the run folder's models/")
+        views.append(_build_view(study, entry.adapter, view))
+    folder = study.out / EXTRA_DIR
+    if folder.is_dir():
+        for stale in folder.iterdir():
+            if stale.name not in study.models and stale.is_dir() and (stale / VIEW_MARKER).is_file():
+                shutil.rmtree(stale)  # links and the rewritten config only
     return views
 
 
@@ -143,6 +235,7 @@ def _build_view(study: StudyConfig, source: Path, view: Path) -> Path:
     (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if not (source / "tokenizer_config.json").is_file():
         _add_base_tokenizer(base_path(study), staging)
+    (staging / VIEW_MARKER).write_text(f"a view of {source} made by empersona run; rebuilt on each run\n", encoding="utf-8")
     if view.exists():
         old = view.with_name(f".{view.name}.old")
         if old.exists():

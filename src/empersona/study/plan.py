@@ -212,25 +212,34 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
         for seed in study.seeds:
             out = adapter_dir(study, domain, seed)
             specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, domain, seed))
-    specs += extra_model_specs(study, base)
+    specs += extra_model_specs(study, base, identity)
     return specs
 
 
-def extra_model_specs(study: StudyConfig, base: str) -> list[ModelSpec]:
+def extra_model_specs(study: StudyConfig, base: str, base_id: str) -> list[ModelSpec]:
     """The study file's ``models:``: extra adapters (served through their views in the run folder,
-    ``extra_models.view_dir``) and extra model strings (as given)."""
-    from empersona.study.extra_models import adapter_fingerprint, view_dir
+    ``extra_models.view_dir``) and extra model strings (as given).
+
+    An adapter is known by its files and the base it is served on (``base_id``: another base
+    gives other answers through the same adapter); a model string naming a local folder
+    (``hf/DIR``) by that folder's files (``extra_models.local_model_identity``); other model
+    strings by the string alone.
+    """
+    import hashlib
+
+    from empersona.study.extra_models import adapter_fingerprint, local_model_identity, view_dir
 
     specs = []
     for name, entry in study.models.items():
         if entry.adapter is not None:
             view = view_dir(study, name)
+            identity = hashlib.sha256(f"{adapter_fingerprint(entry.adapter)} on {base_id}".encode()).hexdigest()[:16]
             specs.append(ModelSpec(name, model_string(study, base, view, name), base, view, entry.domain,
-                                   identity=adapter_fingerprint(entry.adapter), kind="adapter", source=entry.adapter))
+                                   identity=identity, kind="adapter", source=entry.adapter))
         else:
             assert entry.model is not None
-            specs.append(ModelSpec(name, entry.model, None, domain=entry.domain, kind="model",
-                                   model_args=dict(entry.model_args)))
+            specs.append(ModelSpec(name, entry.model, None, domain=entry.domain, identity=local_model_identity(entry.model),
+                                   kind="model", model_args=dict(entry.model_args)))
     return specs
 
 
@@ -461,12 +470,15 @@ def judge_model_string(study: StudyConfig) -> str:
 
 def matched_partner(model: ModelSpec, models: Sequence[ModelSpec]) -> ModelSpec | None:
     """Whose harmfulness log gives ``model`` its matched foils: the base model for a fine-tune or
-    an extra model, the first fine-tune for the base, else its first extra model (None when the
-    study has no other model)."""
+    an extra model; for the base its first fine-tune, else its first extra adapter, else its first
+    extra model string (None when the study has no other model)."""
     if model.kind != "base":
         return next((spec for spec in models if spec.kind == "base"), None)
-    return next((spec for spec in models if spec.kind == "fine-tune"),
-                next((spec for spec in models if spec.kind != "base"), None))
+    for kind in ("fine-tune", "adapter", "model"):  # the closest to the base first: another adapter of it
+        partner = next((spec for spec in models if spec.kind == kind), None)
+        if partner is not None:
+            return partner
+    return None
 
 
 def base_spec(models: Sequence[ModelSpec]) -> ModelSpec:
@@ -526,6 +538,14 @@ def print_plan(plan: Plan) -> None:
     for job in plan.train_jobs:
         train.add_row(job.out.name, job.domain, str(job.seed), job.status, job.why)
     console.print(train)
+    extra = [model for model in plan.models if model.kind in ("adapter", "model")]
+    if extra:
+        table = Table(title="models the study did not train (models:)")
+        for column in ("model", "kind", "source", "asked as"):
+            table.add_column(column)
+        for model in extra:
+            table.add_row(model.name, model.kind or "", str(model.source or "-"), model.model_string)
+        console.print(table)
     evals = Table(title="evaluations (in order)")
     for column in ("model", "experiment", "limit", "generations", "judge calls", "status"):
         evals.add_column(column, justify="right" if column in ("generations", "judge calls", "limit") else "left")

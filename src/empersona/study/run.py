@@ -529,7 +529,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     unused = ("warning: the study file's vllm: settings are not used with provider "
               f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
-    extra = extra_adapter_warnings(study)
+    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan)]
     no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
@@ -564,6 +564,23 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         say(f"report: {path}")
     say(f"done in {time.monotonic() - started:.0f} s")
     return plan
+
+
+def unplanned_logs_warning(plan: Plan) -> str | None:
+    """Folders of ``logs/`` with logs of no model of the study (one removed from the study file,
+    or renamed, or logs put there by hand): the report reads every log under ``logs/``, so they
+    are said, not moved (they may be there on purpose)."""
+    folder = plan.study.out / "logs"
+    if not folder.is_dir():
+        return None
+    names = {model.name for model in plan.models}
+    others = sorted(path.name for path in folder.iterdir()
+                    if path.is_dir() and path.name not in names and any(path.glob("*.eval")))
+    if not others:
+        return None
+    return (f"warning: {', '.join(f'logs/{name}' for name in others)} hold(s) logs of no model of this study (removed "
+            f"from the study file, or renamed?); the report reads every log under logs/: move them out of {folder} "
+            "to leave them out")
 
 
 def extra_adapter_warnings(study: StudyConfig) -> list[str]:
