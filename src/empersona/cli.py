@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -63,6 +64,22 @@ app.command("import")(import_command)
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT)
 
 
+def interrupt_code(err: BaseException | None = None) -> int:
+    """The exit code of an interrupted command: 128 + the stop signal that interrupted it (143 for
+    SIGTERM, 129 for SIGHUP: a scheduler's stop), else 130 (Ctrl-C). The signal is read off the
+    exception chain (click turns the interrupt into its Abort, typer into an exit code of 130),
+    else off the signals the study's handlers saw (``vllm_server.STOPPED_BY``)."""
+    seen = err
+    while seen is not None:
+        signum = getattr(seen, "signum", None)
+        if isinstance(signum, int) and isinstance(seen, KeyboardInterrupt):
+            return 128 + signum
+        seen = seen.__cause__ or seen.__context__
+    from empersona.study.vllm_server import STOPPED_BY
+
+    return 128 + STOPPED_BY[-1] if STOPPED_BY else INTERRUPTED
+
+
 def main() -> None:
     """Entry point: run the app, turning EmpersonaError into a one-line message."""
     try:
@@ -74,8 +91,8 @@ def main() -> None:
         sys.exit(2)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        code = INTERRUPTED
+    except KeyboardInterrupt as err:
+        code = interrupt_code(err)
     except Exception as err:  # usage errors arrive here in non-standalone mode
         # typer raises its own copy of click's exceptions (typer._click), click its own: both
         # show themselves and carry their exit code (2 for a usage error)
@@ -84,8 +101,10 @@ def main() -> None:
             sys.exit(err.exit_code)
         if not (isinstance(err, typer.Abort) or type(err).__name__ == "Abort"):
             raise
-        code = INTERRUPTED
+        code = interrupt_code(err)
     if code == INTERRUPTED:
+        code = interrupt_code()
+    if code == INTERRUPTED or (isinstance(code, int) and code > 128 and code - 128 in (signal.SIGTERM, signal.SIGHUP)):
         typer.secho("interrupted: run the same command again to go on (finished work is kept)", fg=typer.colors.YELLOW, err=True)
     if isinstance(code, int) and not isinstance(code, bool) and code:
         sys.exit(code)

@@ -255,8 +255,9 @@ try:
         print("serving", flush=True)
         time.sleep(120)
 except KeyboardInterrupt as err:
+    from empersona.cli import interrupt_code
     print(f"interrupted: {err}", flush=True)
-    sys.exit(130)
+    sys.exit(interrupt_code(err))
 """
 
 
@@ -272,10 +273,30 @@ def test_sigterm_and_sighup_stop_the_server_like_ctrl_c(tmp_path: Path, fake_vll
     group = os.getpgid(engine)
     runner.send_signal(sig)
     out, _ = runner.communicate(timeout=60)
-    assert runner.returncode == 130 and f"stopped by {sig.name}" in out
+    assert runner.returncode == 128 + sig and f"stopped by {sig.name}" in out  # 143 / 129, as a shell reports them
     assert not group_alive(group)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", study.vllm.port)) != 0  # nothing serves on the port any more
+
+
+def test_a_stop_signal_gives_the_command_its_exit_code(tmp_path: Path, fake_vllm: Path) -> None:
+    """``empersona run`` stopped by SIGTERM exits with 143 (128 + 15), as a scheduler expects, not 130."""
+    base = model_folder(tmp_path / "base")
+    study = vllm_study(tmp_path, tmp_path / "run", base, fake_vllm, free_port(), FAKE_VLLM_LATENCY_S="30")
+    path = tmp_path / "study.yaml"
+    data = json.loads(study.model_dump_json())
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False))
+    runner = subprocess.Popen([sys.executable, "-m", "empersona.cli", "run", str(path), "--only", "eval"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert runner.stdout is not None
+    for line in runner.stdout:
+        if "evaluation 1/1" in line:
+            break
+    time.sleep(2)
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 143, out
+    assert "interrupted: run the same command again" in out
 
 
 def test_the_old_signal_handlers_are_back_after_the_server(tmp_path: Path, fake_vllm: Path) -> None:

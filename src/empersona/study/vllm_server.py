@@ -228,7 +228,17 @@ def group_alive(group: int) -> bool:
 
 
 class StopSignal(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived while the server ran: stop like Ctrl-C (the server with it)."""
+    """SIGTERM or SIGHUP arrived while the server ran: stop like Ctrl-C (the server with it).
+    ``signum`` gives the command its exit code, 128 + signum (143 for SIGTERM), as a shell has it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+STOPPED_BY: list[int] = []
+"""The stop signals that arrived in this process (the command's exit code names the last; typer
+turns the interrupt into its own exit code 130 on the way out)."""
 
 
 @contextmanager
@@ -241,7 +251,8 @@ def stop_signals_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise StopSignal(f"stopped by {signal.Signals(signum).name}")
+        STOPPED_BY.append(signum)
+        raise StopSignal(f"stopped by {signal.Signals(signum).name}", signum)
 
     saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
