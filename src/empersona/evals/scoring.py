@@ -82,7 +82,7 @@ def repeat_seed(seed: int | None, epoch: int, sample_id: object = None) -> int |
 
 def seeded_generate(cache: CachePolicy | bool, seed: int | None) -> Solver:
     """inspect's ``generate`` with each repeat (epoch) of a sample asked with its own seed."""
-    from inspect_ai.solver import Generate, TaskState, solver
+    from inspect_ai.solver import solver
 
     @solver(name="seeded_generate")
     def build() -> Solver:

@@ -48,7 +48,7 @@ from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import LETTER_MASS_MIN, Letter, Mode, answer_status, score_letter_choice
 from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.policy import describe_policy, system_messages
-from empersona.evals.scoring import make_score, safe_mean, score_float
+from empersona.evals.scoring import safe_mean, score_float
 
 Order = Literal["original", "swapped"]
 ORDERS: tuple[Order, ...] = ("original", "swapped")

@@ -302,7 +302,6 @@ class Engine:
     """One base model in memory serving batched requests for it and its LoRA adapters."""
 
     def __init__(self, model: nn.Module, options: EngineOptions = EngineOptions()) -> None:
-        import torch
 
         self.model = model.eval()
         self.grouped_attention = options.grouped_attention and use_grouped_decode_attention(model)

@@ -166,17 +166,17 @@ def flat_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
     from empersona.analysis.stats import BootstrapResult
 
+    def part(values: pd.Series, attribute: str) -> pd.Series:
+        return pd.Series([getattr(v, attribute) if isinstance(v, BootstrapResult) else float("nan") for v in values],
+                         index=values.index)
+
     columns: dict[str, pd.Series] = {}
     for name in frame.columns:
         values = frame[name]
         if any(isinstance(v, BootstrapResult) for v in values):
-            def part(attribute: str) -> list[float]:
-                return [getattr(v, attribute) if isinstance(v, BootstrapResult) else float("nan") for v in values]
-
-            columns[name] = pd.Series(part("estimate"), index=frame.index)
-            columns[f"{name}_low"] = pd.Series(part("ci_low"), index=frame.index)
-            columns[f"{name}_high"] = pd.Series(part("ci_high"), index=frame.index)
-            columns[f"{name}_n"] = pd.Series(part("n_units"), index=frame.index)
+            for suffix, attribute in (("", "estimate"), ("_low", "ci_low"), ("_high", "ci_high"), ("_n", "n_units")):
+                columns[f"{name}{suffix}"] = part(values, attribute)
+            columns[f"{name}_n"] = columns[f"{name}_n"].astype("Int64")
         else:
             columns[name] = values
     return pd.DataFrame(columns, index=frame.index)

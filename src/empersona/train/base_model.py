@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empersona.errors import EmpersonaError
