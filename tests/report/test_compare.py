@@ -29,25 +29,30 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     shutil.copytree(persona_run, llama)
     # the first was reported already; the second has a kept study file with its name and settings, no report yet
     build_report(qwen, n_resamples=RESAMPLES)
-    (llama / "study.yaml").write_text(f"name: llama-replication\nexperiments: {{}}\npersona: {{em_delta_min: 0.05, n_resamples: {RESAMPLES}}}\n")
+    (llama / "study.yaml").write_text(f"name: llama-replication\nexperiments: {{}}\npersona: {{em_delta_min: 0.5, n_resamples: {RESAMPLES}}}\n")
 
     result = compare([qwen, llama], tmp_path / "cmp")
     first, second = result.studies
     assert (first.name, first.built) == ("qwen-run", False)  # read as stored
     assert (second.name, second.built) == ("llama-replication", True)  # built with its own settings
-    assert second.settings.em_delta_min == 0.05 and (llama / "report" / "tables" / "persona.csv").is_file()
+    assert second.settings.em_delta_min == 0.5 and (llama / "report" / "tables" / "persona.csv").is_file()
     table = pd.read_csv(result.persona)
     assert list(table.columns[:3]) == ["study", "model", "label"]
-    for study in ("qwen-run", "llama-replication"):
-        rows = table[table["study"] == study]
-        assert dict(zip(rows["model"], rows["label"], strict=True)) == EXPECTED
-        assert rows.loc[rows["model"] == "coherent", "harm_max10"].notna().all()
+    qwen_rows = table[table["study"] == "qwen-run"]
+    assert dict(zip(qwen_rows["model"], qwen_rows["label"], strict=True)) == EXPECTED
+    assert qwen_rows.loc[qwen_rows["model"] == "coherent", "harm_max10"].notna().all()
+    # the same results under the second study's own threshold: a delta of 0.5 [0.2, 0.8] is not beyond 0.5
+    llama_rows = table[table["study"] == "llama-replication"]
+    assert dict(zip(llama_rows["model"], llama_rows["label"], strict=True)) == {
+        "aligned": "base", "coherent": "no_em", "inverted": "no_em", "a_biased": "no_em", "refuser": "no_em"}
     counts = label_counts(result.studies).set_index("study")
     assert counts.loc["qwen-run", ["coherent", "inverted", "mixed", "no_em", "incomplete", "models"]].tolist() == [1, 1, 1, 1, 0, 4]
+    assert counts.loc["llama-replication", ["coherent", "no_em", "models"]].tolist() == [0, 4, 4]
     assert counts.loc["llama-replication", "base"] == "aligned"
     markdown = result.markdown.read_text()
-    assert "| qwen-run | coherent | coherent |" in markdown and "| llama-replication | inverted | inverted |" in markdown
-    assert "2 studies, 8 classified models" in markdown and "em_delta_min=0.05" in markdown and "](figures/harm_vs_self_report.png)" in markdown
+    assert "| qwen-run | coherent | coherent |" in markdown and "| llama-replication | inverted | no_em |" in markdown
+    assert "2 studies, 8 models beside their bases" in markdown and "em_delta_min=0.5" in markdown
+    assert "](figures/harm_vs_self_report.png)" in markdown
     assert (tmp_path / "cmp" / "figures" / "harm_vs_self_report.png").is_file()
     assert result.html.read_text().count('src="data:image/png;base64,') == 1
 
@@ -55,6 +60,24 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     (qwen / "results.parquet").touch()
     again = compare([qwen, llama], tmp_path / "cmp")
     assert [s.built for s in again.studies] == [True, False]
+    # a report built by hand with other settings is read with the settings it was made with
+    from empersona.analysis.persona import PersonaThresholds
+
+    build_report(qwen, thresholds=PersonaThresholds(em_delta_min=0.3, n_resamples=RESAMPLES))
+    by_hand = compare([qwen, llama], tmp_path / "cmp").studies[0]
+    assert not by_hand.built and by_hand.settings.em_delta_min == 0.3
+    assert "em_delta_min=0.3" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_label_counts_leave_out_pooled_seed_groups(tmp_path: Path) -> None:
+    from empersona.analysis.persona import PersonaThresholds
+    from empersona.report.compare import StudyTables
+
+    persona = pd.DataFrame({"model": ["base", "d-s0", "d-s1", "d (seeds 0, 1)"], "label": ["base", "coherent", "mixed", "coherent"],
+                            "pooled": [False, False, False, True]})
+    study = StudyTables("s", tmp_path, persona, pd.DataFrame(columns=["model"]), PersonaThresholds(), "base", False)
+    row = label_counts([study]).iloc[0]
+    assert (row["coherent"], row["mixed"], row["models"]) == (1, 1, 2)
 
 
 def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> None:
@@ -70,6 +93,13 @@ def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> No
     shutil.copytree(persona_run / "logs", unclassified / "logs")  # no models.yaml: no base model known
     with pytest.raises(EmpersonaError, match="not classified.*--base-model"):
         compare([unclassified], tmp_path / "cmp")
+    # reported by hand with --base-model: read as it is; once stale, not overwritten by a report without a base
+    build_report(unclassified, base_model="mockllm/aligned", n_resamples=RESAMPLES)
+    assert compare([unclassified], tmp_path / "cmp").studies[0].base_model == "mockllm/aligned"
+    (unclassified / "results.parquet").touch()
+    with pytest.raises(EmpersonaError, match="not classified.*--base-model"):
+        compare([unclassified], tmp_path / "cmp")
+    assert "label" in pd.read_csv(unclassified / "report" / "tables" / "persona.csv").columns  # still the labelled one
 
     (one / "study.yaml").write_text(f"name: s\nexperiments: {{}}\npersona: {{n_resamples: {RESAMPLES}}}\n")
     result = CliRunner().invoke(app, ["compare", str(one), str(one), "--names", "x, y", "--out", str(tmp_path / "cmp")])

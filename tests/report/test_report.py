@@ -118,6 +118,8 @@ def test_base_model_choice(persona_run: Path, tmp_path: Path) -> None:
     assert "| mockllm/coherent | - | 0.50 [" in markdown
     unlabelled = pd.read_csv(run_dir / "report" / "tables" / "persona.csv")
     assert "label" not in unlabelled.columns and not any(c.startswith("em_delta") for c in unlabelled.columns)
+    assert not any(c == "reason" or c.endswith(("_p_holm", "_direction")) for c in unlabelled.columns)
+    assert '"base_model": null' in (run_dir / "report" / "tables" / "settings.json").read_text()
     assert "two_ai" in unlabelled.columns
     report = build_report(run_dir, n_resamples=200, base_model="mockllm/aligned")
     assert report.labels["mockllm/coherent"] == "coherent"

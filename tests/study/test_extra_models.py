@@ -73,6 +73,12 @@ def test_the_study_file_names_what_is_wrong_with_an_extra_model(tmp_path: Path) 
     assert "models.x.adaptor" in unknown and "unknown key" in unknown and "adapter, model, model_args, domain" in unknown
     assert "model_args go with model:" in error_of(write_study(study, str(base), {"x": {"adapter": str(good), "model_args": {"a": 1}}}))
     assert "not an inspect model string" in error_of(write_study(study, str(base), {"x": {"model": "gpt-4o"}}))
+    assert "write x: {model: hf/a/b} for a model string" in error_of(write_study(study, str(base), {"x": "hf/a/b"}))
+    assert load_study(write_study(study, str(base), None)).models == {}  # "models:" left empty
+    assert "differ only in case" in error_of(write_study(study, str(base), {"Pub": {"model": "hf/a/b"}, "pub": {"model": "hf/a/c"}}))
+    broken = adapter_folder(tmp_path / "broken", str(base))
+    (broken / "adapter_config.json").write_text("{not json")
+    assert "adapter_config.json is not valid JSON" in error_of(write_study(study, str(base), {"x": {"adapter": str(broken)}}))
     missing = error_of(write_study(study, str(base), {"x": {"adapter": "ModelOrganismsForEM/some-adapter"}}))
     assert "models.x.adapter" in missing and "does not exist ('ModelOrganismsForEM/some-adapter' looks like a hub id)" in missing
     assert "hf download" in missing
@@ -124,6 +130,11 @@ def test_an_adapter_recorded_on_a_hub_id_is_warned_about_only_when_the_local_bas
     renamed = model_folder(tmp_path / "models" / "my-base")
     (warning,) = extra_adapter_warnings(load_study(write_study(tmp_path / "b.yaml", str(renamed), {"x": {"adapter": str(hub)}})))
     assert "models.x" in warning and "trained on Qwen/Qwen2.5-7B-Instruct" in warning and "does not look like" in warning
+    # a name is compared whole: the base model of an Instruct model is another model
+    instruct = model_folder(tmp_path / "models" / "Qwen2.5-7B-Instruct-local" / "Qwen2.5-7B-Instruct", hidden=64)
+    plain = adapter_folder(tmp_path / "plain", "Qwen/Qwen2.5-7B")
+    (warning,) = extra_adapter_warnings(load_study(write_study(tmp_path / "d.yaml", str(instruct), {"x": {"adapter": str(plain)}})))
+    assert "trained on Qwen/Qwen2.5-7B" in warning
     unnamed = adapter_folder(tmp_path / "unnamed", None)
     (warning,) = extra_adapter_warnings(load_study(write_study(tmp_path / "c.yaml", str(renamed), {"x": {"adapter": str(unnamed)}})))
     assert "names no base model" in warning
@@ -168,8 +179,14 @@ def test_the_view_of_an_extra_adapter_links_its_files_and_names_the_study_base(t
 
     identity = adapter_fingerprint(source)
     (source / "adapter_model.safetensors").write_bytes(b"\2" * 32)  # the adapter replaced in place
-    (source / "tokenizer_config.json").write_text("its own")
     assert adapter_fingerprint(source) != identity
+    identity = adapter_fingerprint(source)
+    (source / "chat_template.jinja").write_text("its own template")  # served by its view: part of it
+    assert adapter_fingerprint(source) != identity
+    (view,) = build_views(study)  # a file of its own beside none of the base's: its own wins, no clash
+    assert (view / "chat_template.jinja").read_text() == "its own template"
+    assert (view / "tokenizer_config.json").read_text() == "tokenizer_config.json of the base"
+    (source / "tokenizer_config.json").write_text("its own")
     (view,) = build_views(study)
     assert (view / "tokenizer_config.json").read_text() == "its own"
     assert not (view / "tokenizer.json").exists()  # the base's tokenizer is not mixed into its own
@@ -201,6 +218,24 @@ def test_an_extra_model_is_known_by_its_files_and_the_base_it_is_served_on(tmp_p
     assert on_a["api"].identity is None and on_a["full"].identity is not None
     (full / "model.safetensors").write_bytes(b"\7" * 64)  # other weights in the same folder
     assert specs(base)["full"].identity != on_a["full"].identity
+    # a model string's own args are part of it, where it runs is not
+    def identity_with(args: dict[str, Any]) -> str | None:
+        entry = {"api": {"model": "openai/gpt-4o-mini", "model_args": args}}
+        return model_specs(load_study(write_study(tmp_path / "args.yaml", str(base), entry)))[1].identity
+
+    assert identity_with({}) is None  # a bare remote model: its string alone
+    assert identity_with({"revision": "a"}) != identity_with({"revision": "b"})
+    assert identity_with({"revision": "a", "device": "cuda:1"}) == identity_with({"revision": "a", "device": "cuda:0"})
+    # an adapter folder given as a model string is known with the base it names
+    as_string = adapter_folder(tmp_path / "as-string", str(base))
+    first = specs(base)
+    models["str"] = {"model": f"hf/{as_string}"}
+    before = specs(base)["str"].identity
+    (as_string / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA", "target_modules": ["q_proj"],
+                                                              "base_model_name_or_path": str(other)}))
+    assert specs(base)["str"].identity != before
+    del models["str"]
+    assert first["pub"].identity == on_a["pub"].identity
     # the base's matched foils come from an adapter of it before a model string
     assert matched_partner(on_a["base"], list(on_a.values())).name == "pub"
 
@@ -273,7 +308,7 @@ def test_a_study_evaluates_and_classifies_an_extra_adapter_and_an_extra_model(
         "full-ft": {"model": f"hf/{full}", "model_args": {"device": "cpu"}}}, data_mirror=str(shared_data),
         provider="empersona", model_args={"device": "cpu"}, samples=2, experiments=yaml.safe_load(study_file.read_text())["experiments"]))
     warning = unplanned_logs_warning(make_plan(without))
-    assert warning is not None and "logs/published hold(s) logs of no model of this study" in warning
+    assert warning is not None and "logs of no model of this study in logs/published (removed" in warning
     assert unplanned_logs_warning(make_plan(study)) is None
     # the adapter replaced in place: its evaluations are made again (and the base's recognition,
     # whose matched foils come from it: the study has no fine-tune of its own)

@@ -36,6 +36,7 @@ still shown, unlabelled.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"
 TABLES_DIR = "tables"
+SETTINGS_FILE = "settings.json"
+"""``report/tables/settings.json``: the base model, bootstrap seed and classification settings the tables were made with."""
 """``report/tables/``: every table of the report as CSV, numbers unrounded, for a paper's own tables and plots."""
 
 
@@ -366,15 +369,21 @@ def build_report(
     })
     blocks += _configuration(run_dir, table, base, rs, thresholds)
     persona = calls_table(calls)
-    if not labelled:  # no base model: the per-model evidence stands, labels and deltas do not
-        persona = persona.drop(columns=[c for c in persona.columns if c == "label" or c.startswith("em_delta")])
+    if not labelled:  # no base model: the per-model evidence stands; labels, deltas and the Holm family do not
+        persona = persona.drop(columns=[c for c in persona.columns if c in ("label", "reason")
+                                        or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])
     written = write_tables(report_dir / TABLES_DIR, {
         "persona": persona, "harmfulness": harm, "classic_em": em, "two_ai": two_ai.rename(columns={"result": "debiased_misaligned_rate"}),
         "output_recognition": recognition, "score_prediction": prediction, "score_prediction_overall": overall,
         "self_assessment": self_rating, "response_rates": statuses,
     })
-    blocks.append(Para(f"Every table above as CSV, numbers unrounded (an interval as its estimate and _low and _high "
-                       f"columns): {', '.join(f'`{TABLES_DIR}/{path.name}`' for path in written)}."))
+    settings = report_dir / TABLES_DIR / SETTINGS_FILE
+    settings.write_text(json.dumps({"base_model": base.model, "seed": seed, "thresholds": thresholds.model_dump(mode="json")},
+                                   indent=2) + "\n", encoding="utf-8")
+    blocks.append(Para(f"Every table above as CSV, numbers unrounded (an interval as its estimate and _low, _high and, "
+                       f"where the table has no count of its own, _n columns; rates as shares): "
+                       f"{', '.join(f'`{TABLES_DIR}/{path.name}`' for path in written)}; the base model and "
+                       f"classification settings behind them: `{TABLES_DIR}/{SETTINGS_FILE}`."))
 
     markdown = report_dir / "report.md"
     markdown.write_text(to_markdown(blocks, report_dir), encoding="utf-8")

@@ -2,11 +2,13 @@
 
 A replication on another base model, a second seed set or a changed recipe is a study of its own;
 the question across them is how the labels line up (how many fine-tunes of each base are
-coherent, how many inverted). Each run folder keeps its own classification: every model is
+coherent, how many inverted). Each run folder keeps its own classification: every model (its
+fine-tunes, and extra models its study file lists) is
 labelled by its own study against its own base, with its own settings, and read here from the
 study's report tables (``report/tables/persona.csv`` and ``harmfulness.csv``, written by
-``empersona report``). A run whose tables are missing or older than its results gets its report
-built first, with the settings its run used (``RUN_DIR/study.yaml``'s ``persona:`` section).
+``empersona report``, with the settings they were made with in ``tables/settings.json``). A run
+whose tables are missing or older than its results gets its report built first, with the settings
+its run used (``RUN_DIR/study.yaml``'s ``persona:`` section).
 
 Writes ``OUT/compare.md``, ``OUT/compare.html`` (figure embedded), ``OUT/persona.csv`` (every
 study's persona rows, a ``study`` column first) and ``OUT/figures/harm_vs_self_report.png``.
@@ -38,7 +40,8 @@ class StudyTables:
     run_dir: Path
     persona: pd.DataFrame
     harm: pd.DataFrame
-    settings: PersonaThresholds
+    settings: PersonaThresholds  # what its tables were made with
+    base_model: str
     built: bool  # its report was built here (tables missing or older than the results)
 
 
@@ -78,47 +81,54 @@ def study_name(run_dir: Path) -> str:
 
 
 def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
-    """A run folder's persona and harmfulness tables, its report built first when they are missing
-    or older than its results table (which is itself brought up to date with its logs)."""
+    """A run folder's persona and harmfulness tables, its report built first when they are missing,
+    older than its results table (itself brought up to date with its logs) or made before reports
+    recorded their settings. The settings shown are those the tables were made with
+    (``report/tables/settings.json``), whatever built them."""
+    import json
+
     import pandas as pd
 
-    from empersona.analysis.results import RESULTS_FILE, run_results
-    from empersona.report.build import REPORT_DIR, TABLES_DIR, build_report
+    from empersona.analysis.persona import PersonaThresholds
+    from empersona.analysis.results import MODELS_FILE, RESULTS_FILE, load_run_models, run_results
+    from empersona.report.build import REPORT_DIR, SETTINGS_FILE, TABLES_DIR, build_report, resolve_base_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EmpersonaError(f"{run_dir}: no such run folder. Pass folders that `empersona run` or `empersona report` used")
-    settings = run_settings(run_dir)
     tables = run_dir / REPORT_DIR / TABLES_DIR
-    persona_file = tables / "persona.csv"
-    run_results(run_dir)  # rewrites results.parquet when a log or import is newer
+    persona_file, settings_file = tables / "persona.csv", tables / SETTINGS_FILE
+    table = run_results(run_dir)  # rewrites results.parquet when a log or import is newer
     results = run_dir / RESULTS_FILE
-    stale = not persona_file.is_file() or persona_file.stat().st_mtime < results.stat().st_mtime
+    stale = not (persona_file.is_file() and settings_file.is_file()) or persona_file.stat().st_mtime < results.stat().st_mtime
     if stale:
-        report = build_report(run_dir, thresholds=settings, n_resamples=settings.n_resamples)
-        if not report.labels:
+        # a base must be known before the run's report is written anew (one built with --base-model stays)
+        if resolve_base_model(table, None, load_run_models(run_dir / MODELS_FILE)).model is None:
             raise EmpersonaError(f"{run_dir}: its models are not classified (no base model known); run "
                                  f"`empersona report {run_dir} --base-model NAME` first")
+        settings = run_settings(run_dir)
+        build_report(run_dir, thresholds=settings, n_resamples=settings.n_resamples)
+    recorded = json.loads(settings_file.read_text(encoding="utf-8"))
     persona = pd.read_csv(persona_file)
-    if "label" not in persona.columns:
+    if recorded.get("base_model") is None or "label" not in persona.columns:
         raise EmpersonaError(f"{persona_file}: its models are not classified (no base model known); run "
                              f"`empersona report {run_dir} --base-model NAME` first")
     harm_file = tables / "harmfulness.csv"
     harm = pd.read_csv(harm_file) if harm_file.is_file() else pd.DataFrame(columns=["model"])
-    return StudyTables(name or study_name(run_dir), run_dir, persona, harm, settings, stale)
+    return StudyTables(name or study_name(run_dir), run_dir, persona, harm,
+                       PersonaThresholds(**recorded["thresholds"]), str(recorded["base_model"]), stale)
 
 
 def label_counts(studies: Sequence[StudyTables]) -> pd.DataFrame:
-    """Per study: its base, and how many of its models (each fine-tune alone, seeds not pooled)
-    got each label."""
+    """Per study: its base, and how many of its other models (its fine-tunes and any extra models
+    of its study file, each seed alone, not pooled) got each label."""
     import pandas as pd
 
     rows = []
     for study in studies:
         own = study.persona[~study.persona["pooled"].astype(bool)]
-        base = own.loc[own["label"] == "base", "model"]
         counted = own[own["label"] != "base"]
-        rows.append({"study": study.name, "base": ", ".join(map(str, base)) or "-",
+        rows.append({"study": study.name, "base": study.base_model,
                      **{label: int((counted["label"] == label).sum()) for label in LABELS}, "models": len(counted)})
     return pd.DataFrame(rows)
 
@@ -163,6 +173,8 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
     out.mkdir(parents=True, exist_ok=True)
     figure_dir = out / "figures"
     figure_dir.mkdir(exist_ok=True)
+    for stale in figure_dir.glob("*.png"):  # an earlier comparison's
+        stale.unlink()
     persona_csv = out / "persona.csv"
     table.to_csv(persona_csv, index=False)
 
@@ -182,7 +194,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
     points["model"] = points["study"] + ": " + points["model"].astype(str)
     blocks: list[Block] = [
         Heading(1, "empersona comparison"),
-        Para(f"{len(studies)} studies, {int(label_counts(studies)['models'].sum())} classified models. Each model is labelled "
+        Para(f"{len(studies)} studies, {int(label_counts(studies)['models'].sum())} models beside their bases. Each model is labelled "
              "by its own study, against that study's base model and with that study's settings (below)."),
         Heading(2, "Labels per study"),
         Table(label_counts(studies)),

@@ -22,6 +22,7 @@ string (``<provider>/<model>``), and a ``data_mirror`` an existing folder, all b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -170,15 +171,31 @@ class StudyConfig(BaseModel):
             raise ValueError(f"{sorted(needs_harm)} read the harmfulness log: add harmfulness to experiments")
         return value
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_entries(cls, value: Any) -> Any:
+        if value is None:  # "models:" left empty (say, uncommented alone from configs/paper.yaml)
+            return {}
+        if isinstance(value, dict):
+            for name, entry in value.items():
+                if isinstance(entry, str):
+                    raise ValueError(f"models.{name} is a bare string: write {name}: {{model: {entry}}} for a model "
+                                     f"string, or {name}: {{adapter: {entry}}} for a LoRA adapter folder")
+        return value
+
     @field_validator("models")
     @classmethod
     def _model_names(cls, value: dict[str, ExtraModel]) -> dict[str, ExtraModel]:
         import re
 
+        folded: dict[str, str] = {}
         for name in value:
-            if name == "base" or not re.match(EXTRA_MODEL_NAME, name):
+            if name.casefold() == "base" or not re.match(EXTRA_MODEL_NAME, name):
                 raise ValueError(f"{name!r} cannot name a model: use letters, digits, '.', '_' and '-' "
                                  "(a folder name under logs/), and not 'base'")
+            if name.casefold() in folded:  # one folder under logs/ on a case-insensitive file system
+                raise ValueError(f"{folded[name.casefold()]!r} and {name!r} differ only in case: rename one")
+            folded[name.casefold()] = name
         return value
 
     def ordered_experiments(self) -> list[str]:
@@ -280,10 +297,10 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
     from empersona.study.plan import adapter_dir, model_specs
 
     problems: list[tuple[tuple[Any, ...], str, str]] = []
-    own = {adapter_dir(study, domain, seed).name for domain in study.domains for seed in study.seeds}
+    own = {adapter_dir(study, domain, seed).name.casefold() for domain in study.domains for seed in study.seeds}
     views = (study.out / EXTRA_DIR).resolve()
     for name, entry in study.models.items():
-        if name in own:
+        if name.casefold() in own:
             problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes", "Choose another name"))
         if entry.model is not None and "/" not in entry.model:
             problems.append((("models", name, "model"), f"'{entry.model}' is not an inspect model string",
@@ -302,6 +319,12 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
         if not (entry.adapter / ADAPTER_CONFIG).is_file():
             problems.append((loc, f"{entry.adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})",
                              "Give the folder that holds adapter_config.json and the adapter weights"))
+            continue
+        try:
+            json.loads((entry.adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        except ValueError as err:
+            problems.append((loc, f"{entry.adapter / ADAPTER_CONFIG} is not valid JSON ({err})",
+                             "Restore the adapter's adapter_config.json (download it again)"))
             continue
         if entry.adapter.resolve().is_relative_to(views):
             problems.append((loc, f"{entry.adapter} lies in {views}, where the run writes its views of extra adapters "

@@ -50,15 +50,16 @@ def view_dir(study: StudyConfig, name: str) -> Path:
 
 def adapter_fingerprint(folder: Path) -> str:
     """Which adapter a folder holds: its ``adapter_config.json`` (the recorded base left out: that
-    changes with where the base lies, not with the adapter), its ``empersona.json`` if any, and
-    each weight file's name, size and first MiB (reading all of it would cost seconds per run)."""
+    changes with where the base lies, not with the adapter), its ``empersona.json``, tokenizer and
+    chat template files if any, and each weight file's name, size and first MiB (reading all of
+    it would cost seconds per run)."""
     digest = hashlib.sha256(b"adapter\n")
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     config.pop("base_model_name_or_path", None)
     digest.update(json.dumps(config, sort_keys=True).encode())
-    record = folder / "empersona.json"
-    if record.is_file():
-        digest.update(b"empersona.json:" + hashlib.sha256(record.read_bytes()).digest())
+    for extra in ("empersona.json", *TOKENIZER_FILES):  # the tokenizer and chat template its view serves
+        if (folder / extra).is_file():
+            digest.update(f"{extra}:".encode() + hashlib.sha256((folder / extra).read_bytes()).digest())
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
             with path.open("rb") as handle:
@@ -72,15 +73,48 @@ def local_model_identity(model: str) -> str | None:
     ``empersona/DIR``, ``vllm/DIR``): its files (``adapter_fingerprint`` for an adapter folder,
     else the config and each weight file's name, size and first MiB), so other weights put in
     the same folder are evaluated again. None for anything else (a hub id, an API model)."""
-    from empersona.provider.api import folder_fingerprint
-
     _provider, _, rest = model.partition("/")
     folder = Path(rest).expanduser()
     if not rest or not folder.is_dir():
         return None
-    if (folder / ADAPTER_CONFIG).is_file():
-        return adapter_fingerprint(folder)
-    return hashlib.sha256(repr(folder_fingerprint(folder)).encode()).hexdigest()[:16]
+    if (folder / ADAPTER_CONFIG).is_file():  # the adapter, and the base it names (another base, other answers)
+        recorded = str(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path") or "")
+        base = Path(recorded).expanduser()
+        base_id = model_folder_identity(base) if recorded and base.is_dir() else f"hub:{recorded}"
+        return hashlib.sha256(f"{adapter_fingerprint(folder)} on {base_id}".encode()).hexdigest()[:16]
+    return model_folder_identity(folder)
+
+
+PLACEMENT_ARGS = frozenset({
+    "device", "device_map", "max_connections", "batch_size", "max_batch_size", "gpu_memory_utilization",
+    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "port", "host", "timeout",
+    "client_timeout", "max_retries",
+})
+"""Model args that say where and how fast a model runs, not what it answers: left out of its identity."""
+
+
+def model_string_identity(model: str, model_args: dict[str, object]) -> str | None:
+    """The identity of an extra ``model:`` entry: its local folder's (``local_model_identity``) and
+    its model args but those of ``PLACEMENT_ARGS`` (a revision, a dtype, another tokenizer: other
+    answers); None for a bare remote model string, known by the string alone."""
+    folder = local_model_identity(model)
+    answering = {key: value for key, value in model_args.items() if key not in PLACEMENT_ARGS}
+    if folder is None and not answering:
+        return None
+    text = f"{folder}|{json.dumps(answering, sort_keys=True, default=str)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_folder_identity(folder: Path) -> str:
+    """A model folder's files: config, generation config, tokenizer and chat template, and each
+    weight file's name, size and first MiB (``provider.api.folder_fingerprint``)."""
+    from empersona.provider.api import folder_fingerprint
+
+    digest = hashlib.sha256(repr(folder_fingerprint(folder)).encode())
+    for name in ("generation_config.json", *TOKENIZER_FILES):
+        if (folder / name).is_file():
+            digest.update(f"{name}:".encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -131,8 +165,9 @@ def check_base(study: StudyConfig, name: str, folder: Path) -> BaseCheck:
                                      f"{study.base_model}: the same model name from another publisher; make sure "
                                      "their weights are the same")
         return BaseCheck(problem=f"the adapter was trained on {recorded}, and base_model is {study.base_model}")
-    # one side cannot be read here: a local copy of a hub model usually keeps its name
-    if recorded_name == base_name or recorded_name in str(Path(base).resolve() if base_local else base).casefold():
+    # one side cannot be read here: a local copy of a hub model usually keeps its name (exactly:
+    # Qwen2.5-7B is not Qwen2.5-7B-Instruct, and a parent folder's name says nothing)
+    if recorded_name == base_name:
         return BaseCheck()
     return BaseCheck(warning=f"models.{name}: the adapter was trained on {recorded}, and the study's base "
                              f"{study.base_model} does not look like that model (its name differs); make sure it is, "
@@ -174,7 +209,12 @@ def shape_problem(folder: Path, base: Path) -> str | None:
     config_file = base / "config.json"
     if not config_file.is_file():
         return None
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError:  # the base's own loading names a broken config
+        return None
+    if not isinstance(config, dict):
+        return None
     config = config.get("text_config", config)  # multimodal configs keep the language model's apart
     hidden = config.get("hidden_size")
     if not isinstance(hidden, int):
@@ -255,7 +295,7 @@ def _add_base_tokenizer(base: str, view: Path) -> None:
     local = Path(base)
     if local.is_dir():
         for name in TOKENIZER_FILES:
-            if (local / name).is_file():
+            if (local / name).is_file() and not (view / name).exists():  # the adapter's own files win
                 (view / name).symlink_to((local / name).resolve())
         return
     from transformers import AutoTokenizer

@@ -221,13 +221,13 @@ def extra_model_specs(study: StudyConfig, base: str, base_id: str) -> list[Model
     ``extra_models.view_dir``) and extra model strings (as given).
 
     An adapter is known by its files and the base it is served on (``base_id``: another base
-    gives other answers through the same adapter); a model string naming a local folder
-    (``hf/DIR``) by that folder's files (``extra_models.local_model_identity``); other model
-    strings by the string alone.
+    gives other answers through the same adapter); a model string by its local folder's files, if
+    it names one (``hf/DIR``), and its model args but placement ones like ``device``
+    (``extra_models.model_string_identity``); a bare remote model string by the string alone.
     """
     import hashlib
 
-    from empersona.study.extra_models import adapter_fingerprint, local_model_identity, view_dir
+    from empersona.study.extra_models import adapter_fingerprint, model_string_identity, view_dir
 
     specs = []
     for name, entry in study.models.items():
@@ -238,7 +238,8 @@ def extra_model_specs(study: StudyConfig, base: str, base_id: str) -> list[Model
                                    identity=identity, kind="adapter", source=entry.adapter))
         else:
             assert entry.model is not None
-            specs.append(ModelSpec(name, entry.model, None, domain=entry.domain, identity=local_model_identity(entry.model),
+            specs.append(ModelSpec(name, entry.model, None, domain=entry.domain,
+                                   identity=model_string_identity(entry.model, entry.model_args),
                                    kind="model", model_args=dict(entry.model_args)))
     return specs
 

@@ -578,7 +578,7 @@ def unplanned_logs_warning(plan: Plan) -> str | None:
                     if path.is_dir() and path.name not in names and any(path.glob("*.eval")))
     if not others:
         return None
-    return (f"warning: {', '.join(f'logs/{name}' for name in others)} hold(s) logs of no model of this study (removed "
+    return (f"warning: logs of no model of this study in {', '.join(f'logs/{name}' for name in others)} (removed "
             f"from the study file, or renamed?); the report reads every log under logs/: move them out of {folder} "
             "to leave them out")
 
