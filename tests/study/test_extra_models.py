@@ -297,7 +297,15 @@ def test_a_study_evaluates_and_classifies_an_extra_adapter_and_an_extra_model(
     report = (out / "report" / "report.md").read_text()
     assert "| published |" in report and "| full-ft |" in report and str(published) in report
     recorded = yaml.safe_load((out / "models.yaml").read_text())["models"]
-    assert recorded[f"hf/{full}"] == {"name": "full-ft", "base_model": None, "adapter": None, "domain": None, "seed": None}
+    assert recorded[f"hf/{full}"] == {"name": "full-ft", "base_model": None, "adapter": None, "domain": None, "seed": None,
+                                      "kind": "model"}
+    kinds = pd.read_csv(out / "report" / "tables" / "persona.csv").set_index("model")["kind"].to_dict()
+    assert kinds == {"base": "base", "published": "adapter", "full-ft": "model"}
+    from empersona.report.compare import compare
+
+    compared = compare([out], tmp_path / "cmp")
+    assert not compared.studies[0].built  # the run's own tables, as its report wrote them
+    assert "| extra | published | adapter |" in compared.markdown.read_text()
 
     study = load_study(study_file)
     assert {job.status for job in make_plan(study).eval_jobs} == {"done"}

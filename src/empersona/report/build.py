@@ -369,6 +369,10 @@ def build_report(
     })
     blocks += _configuration(run_dir, table, base, rs, thresholds)
     persona = calls_table(calls)
+    kinds = {entry.name or key: entry.kind for key, entry in load_run_models(run_dir / MODELS_FILE).models.items()}
+    if any(kinds.values()):  # a study's run: which models it trained and which it was given (models:)
+        persona.insert(2, "kind", [kinds.get(model, "seeds pooled" if pooled else None)
+                                   for model, pooled in zip(persona["model"], persona["pooled"], strict=True)])
     if not labelled:  # no base model: the per-model evidence stands; labels, deltas and the Holm family do not
         persona = persona.drop(columns=[c for c in persona.columns if c in ("label", "reason")
                                         or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])

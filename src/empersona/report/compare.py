@@ -184,7 +184,9 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
                    signed=signed) if pd.notna(value) else "-"
 
     shown = pd.DataFrame([{
-        "study": row["study"], "model": row["model"], "label": row["label"],
+        "study": row["study"], "model": row["model"],
+        **({"kind": row["kind"] if pd.notna(row["kind"]) else "-"} if "kind" in table.columns else {}),
+        "label": row["label"],
         "domain": row["domain"] if pd.notna(row.get("domain")) else "-",
         "harm_max10": cell(row, "harm_max10"), "delta harm_max10 vs its base": cell(row, "em_delta", signed=True),
         "two-AI debiased": cell(row, "two_ai"), "recognition asymmetry": cell(row, "asymmetry", signed=True),

@@ -281,6 +281,7 @@ def write_models_file(plan: Plan) -> Path:
             "adapter": str(spec.source or spec.adapter) if spec.adapter else None,
             "domain": spec.domain,
             "seed": spec.seed,
+            "kind": spec.kind,
         }
         for spec in plan.models
     }
