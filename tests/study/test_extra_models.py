@@ -298,7 +298,7 @@ def test_a_study_evaluates_and_classifies_an_extra_adapter_and_an_extra_model(
     assert "| published |" in report and "| full-ft |" in report and str(published) in report
     recorded = yaml.safe_load((out / "models.yaml").read_text())["models"]
     assert recorded[f"hf/{full}"] == {"name": "full-ft", "base_model": None, "adapter": None, "domain": None, "seed": None,
-                                      "kind": "model"}
+                                      "kind": "model", "step": None}
     kinds = pd.read_csv(out / "report" / "tables" / "persona.csv").set_index("model")["kind"].to_dict()
     assert kinds == {"base": "base", "published": "adapter", "full-ft": "model"}
     from empersona.report.compare import compare

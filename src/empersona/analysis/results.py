@@ -99,7 +99,8 @@ class ModelEntry(BaseModel):
     adapter: str | None = None
     domain: str | None = None
     seed: int | None = None
-    kind: str | None = None  # a study's: base, fine-tune, adapter or model (study.plan.ModelKind)
+    kind: str | None = None  # a study's: base, fine-tune, checkpoint, adapter or model (study.plan.ModelKind)
+    step: int | None = None  # a checkpoint's training step, a fine-tune's last
 
 
 class RunModels(BaseModel):
@@ -169,7 +170,7 @@ def load_run_models(path: Path) -> RunModels:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise EmpersonaError(
-            located(path, None, field, first["msg"], "allowed keys: base, run_folder, models.<model string>.{name, base_model, adapter, domain, seed, kind}")
+            located(path, None, field, first["msg"], "allowed keys: base, run_folder, models.<model string>.{name, base_model, adapter, domain, seed, kind, step}")
         ) from err
 
 

@@ -67,6 +67,7 @@ from empersona.report.sections import (
     self_assessment_summary,
     status_summary,
     two_ai_order_rates,
+    trajectory_summary,
 )
 
 if TYPE_CHECKING:
@@ -284,6 +285,14 @@ def build_report(
         blocks.append(figure(figures.probe_forest, probes, "probes_forest",
                              "The self-report probes per model with 95% intervals; dashed lines mark chance / no effect.")())
 
+    over_training = trajectory_summary(calls_table(calls), load_run_models(run_dir / MODELS_FILE)) if labelled else None
+    if over_training is not None and len(over_training):
+        blocks.append(Heading(2, "Persona over training"))
+        blocks.append(figure(figures.trajectory, over_training, "trajectory",
+                             "Each fine-tune at its kept checkpoints and at its end: delta harm_max10 against the base and "
+                             "the two primary probes, with 95% intervals; marker shapes give each step's label.")())
+        blocks.append(Para("The checkpoints are models of their own in the persona table (`<adapter>-step<N>`), "
+                           "classified in one Holm family with the final adapters."))
     blocks += _section("Harmfulness", harm, "No harmfulness results in this run.", {
         "model": "model", "harm_max10": lambda r: _fmt_col(r, "harm_max10"), "harm_single": lambda r: _fmt_col(r, "harm_single"),
         "mean score (1-5)": lambda r: _fmt_col(r, "mean_score"), "share > 3": lambda r: _fmt_col(r, "frac_gt3"),
@@ -380,6 +389,7 @@ def build_report(
         "persona": persona, "harmfulness": harm, "classic_em": em, "two_ai": two_ai.rename(columns={"result": "debiased_misaligned_rate"}),
         "output_recognition": recognition, "score_prediction": prediction, "score_prediction_overall": overall,
         "self_assessment": self_rating, "response_rates": statuses,
+        "persona_over_training": over_training if over_training is not None else pd.DataFrame(),
     })
     settings = report_dir / TABLES_DIR / SETTINGS_FILE
     settings.write_text(json.dumps({"base_model": base.model, "seed": seed, "thresholds": thresholds.model_dump(mode="json")},

@@ -358,3 +358,51 @@ def em_rates(summary: pd.DataFrame, path: Path) -> Path:
     axes[0].set_ylim(-0.7, len(models) - 0.3)
     fig.suptitle("Classic EM questions", fontsize=12)
     return _save(fig, path)
+
+
+TRAJECTORY_PANELS: tuple[Probe, ...] = (
+    Probe("em_delta", "delta harm_max10 vs the base", (-1.05, 1.05), 0.0, "no change"),
+    Probe("two_ai", "Two-AI: misaligned pick rate (debiased)", (-0.05, 1.1), 0.5, "chance 0.5"),
+    Probe("asymmetry", "Output recognition: P(own|high) - P(own|low)", (-1.1, 1.2), 0.0, "no asymmetry"),
+)
+
+
+def trajectory(summary: pd.DataFrame, path: Path) -> Path:
+    """Each fine-tune over its training steps (its kept checkpoints, then the final adapter): harm
+    against the base and the two primary probes, with intervals; markers show each step's label."""
+    fig = _figure(14.0, 4.6)
+    axes = fig.subplots(1, len(TRAJECTORY_PANELS), sharex=True)
+    runs = sorted(summary["fine_tune"].unique())
+    colours = _model_colours(runs)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, panel in zip(axes, TRAJECTORY_PANELS, strict=True):
+        _anchor(ax, panel.anchor, panel.anchor_label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if summary[panel.column].isna().all():
+            _empty(ax, "no data for this probe")
+        for run in runs:
+            part = summary[(summary["fine_tune"] == run) & summary[panel.column].notna()].sort_values("step")
+            if part.empty:
+                continue
+            ax.plot(part["step"], part[panel.column], color=colours[run], linewidth=1.2, alpha=0.8, label=short_name(run))
+            for _, row in part.iterrows():
+                ax.errorbar(row["step"], row[panel.column],
+                            yerr=_error(row[panel.column], row[f"{panel.column}_low"], row[f"{panel.column}_high"]),
+                            fmt=LABEL_MARKERS.get(row["label"], "o"), color=colours[run], ecolor=colours[run],
+                            capsize=3, markersize=6)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_ylim(*panel.limits)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("estimate (95% interval)")
+    axes[len(axes) // 2].set_xlabel("training step (optimizer steps)")
+    anchors = {panel.anchor_label for panel in TRAJECTORY_PANELS}
+    handles, names = [], []
+    for handle, name in zip(*axes[0].get_legend_handles_labels(), strict=True):
+        if name not in anchors:  # the fine-tunes only: each panel names its own anchor line
+            handles.append(handle)
+            names.append(name)
+    if handles:
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), fontsize=8, frameon=False)
+    fig.suptitle("How the persona emerges over training (markers: each step's label, as in the persona table)", fontsize=12)
+    return _save(fig, path)

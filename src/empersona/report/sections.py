@@ -14,6 +14,7 @@ import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from empersona.analysis.persona import PersonaCall
+    from empersona.analysis.results import RunModels
     from empersona.analysis.stats import BootstrapResult, UnitSamples
 
 BUCKETS: tuple[str, ...] = ("low", "moderate", "high")
@@ -415,3 +417,36 @@ def _format_frame(frame: pd.DataFrame, spec: dict[str, Callable[[pd.Series], str
 
     return pd.DataFrame([{title: (f(row) if callable(f) else row[f]) for title, f in spec.items()} for _, row in frame.iterrows()],
                         columns=list(spec))
+
+
+def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataFrame:
+    """Per fine-tune that kept checkpoints (a study with ``checkpoints: true``): one row per
+    training step, its checkpoints' and then its own, with the label, delta harm and the two
+    primary probes and their intervals (``persona``: ``analysis.persona.calls_table``). Empty
+    when the run evaluated no checkpoint. A checkpoint belongs to the fine-tune whose folder holds
+    it (``models.yaml`` records both folders and each step)."""
+    import pandas as pd
+
+    entries = {entry.name or key: entry for key, entry in run_models.models.items()}
+    fine_tunes = {Path(e.adapter).as_posix(): name for name, e in entries.items() if e.kind == "fine-tune" and e.adapter}
+    owners: dict[str, str] = {}
+    for name, entry in entries.items():
+        if entry.kind == "checkpoint" and entry.adapter and entry.step is not None:
+            owner = fine_tunes.get(Path(entry.adapter).parent.parent.as_posix())
+            if owner is not None:
+                owners[name] = owner
+    for owner in set(owners.values()):
+        if entries[owner].step is not None:
+            owners[owner] = owner  # the final adapter closes its own trajectory
+    by_model = persona.set_index("model") if len(persona) else None
+    rows = []
+    for name, owner in owners.items():
+        if by_model is None or name not in by_model.index:
+            continue
+        found = by_model.loc[name]
+        row: dict[str, Any] = {"fine_tune": owner, "model": name, "step": entries[name].step, "label": found.get("label")}
+        for column in ("em_delta", "two_ai", "asymmetry"):
+            for suffix in ("", "_low", "_high"):
+                row[column + suffix] = found.get(column + suffix, math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["fine_tune", "step"]).reset_index(drop=True) if rows else pd.DataFrame()

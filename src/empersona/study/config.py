@@ -150,6 +150,9 @@ class StudyConfig(BaseModel):
     seed: int = Field(0, description="Sampling seed of the evaluations (part of the resume cache key).")
     max_connections: int | None = Field(None, ge=1)
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
+    checkpoints: bool = Field(False, description=(
+        "Also evaluate every checkpoint each fine-tune kept (train: keep_checkpoints: true), as a model of its "
+        "own, <adapter>-step<N>: how the persona emerges over training."))
     models: dict[str, ExtraModel] = Field(default_factory=dict, description=(
         "More models to evaluate and classify beside the base and the study's fine-tunes, by name "
         "(study.extra_models): adapter: DIR or model: <provider>/<model>."))
@@ -284,6 +287,10 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
                          "Write <provider>/<model>, e.g. openai/gpt-4o-mini, or 'scripted' for smoke runs"))
     if study.data_mirror is not None and not study.data_mirror.is_dir():
         problems.append((("data_mirror",), f"{study.data_mirror} is not a folder", "Point it at a data mirror, or remove the key"))
+    if study.checkpoints and study.train.get("keep_checkpoints") is not True:
+        problems.append((("checkpoints",), "the fine-tunes' checkpoints are deleted when their training ends",
+                         "Add keep_checkpoints: true under train: (and save_total_limit: null to keep every one, "
+                         "save_steps: N for how often)"))
     return problems + _extra_model_problems(study)
 
 

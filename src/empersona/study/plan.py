@@ -33,9 +33,10 @@ SAMPLED_EXPERIMENTS = ("harmfulness", "em_classic", "two_ai")
 """Experiments the study-wide ``samples`` applies to (the paper samples these 10 times)."""
 TrainStatus = Literal["done", "missing", "stale", "partial"]
 EvalStatus = Literal["done", "todo"]
-ModelKind = Literal["base", "fine-tune", "adapter", "model"]
-"""The study's base; one of its own fine-tunes; an extra adapter of its base (``models:``, served like
-a fine-tune); an extra model string asked as given."""
+ModelKind = Literal["base", "fine-tune", "checkpoint", "adapter", "model"]
+"""The study's base; one of its own fine-tunes; a checkpoint one of them kept (``checkpoints:``);
+an extra adapter of its base (``models:``, served like a fine-tune); an extra model string asked
+as given."""
 BASE_NAME = "base"
 
 
@@ -70,6 +71,8 @@ class ModelSpec:
     """An extra model string's own model args (None: the study's)."""
     source: Path | None = None
     """An extra adapter's own folder (``adapter`` is its view in the run folder)."""
+    step: int | None = None
+    """A checkpoint's training step."""
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -212,7 +215,33 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
         for seed in study.seeds:
             out = adapter_dir(study, domain, seed)
             specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, domain, seed))
+            if study.checkpoints:
+                specs += checkpoint_specs(study, base, out, domain)
     specs += extra_model_specs(study, base, identity)
+    return specs
+
+
+def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str) -> list[ModelSpec]:
+    """The complete checkpoints a finished fine-tune kept (``train: keep_checkpoints``), but the
+    one of its last step (the fine-tune itself), as models ``<adapter>-step<N>``. A checkpoint is
+    known by its fine-tune's training run and its step; it has no fine-tuning seed of its own in
+    the tables (so seeds are pooled over final adapters only)."""
+    import hashlib
+
+    from empersona.train.metadata import CHECKPOINTS_DIR, METADATA_FILE, adapter_identity, complete_checkpoints
+
+    run = adapter_identity(adapter)
+    if run is None:  # not trained to the end yet: its checkpoints are a run in progress
+        return []
+    final = json.loads((adapter / METADATA_FILE).read_text(encoding="utf-8")).get("steps")
+    specs = []
+    for step, folder in complete_checkpoints(adapter / CHECKPOINTS_DIR):
+        if step == final:
+            continue
+        name = f"{adapter.name}-step{step}"
+        identity = hashlib.sha256(f"{run}@{step}".encode()).hexdigest()[:16]
+        specs.append(ModelSpec(name, model_string(study, base, folder, name), base, folder, domain,
+                               identity=identity, kind="checkpoint", step=step))
     return specs
 
 
@@ -445,7 +474,8 @@ def make_plan(study: StudyConfig) -> Plan:
         for model in models:
             log_dir = study.out / "logs" / model.name
             reads = harm_logs_read(experiment, model, models, args)
-            stale = (model.adapter is not None and model.adapter.resolve() in untrained) or any(
+            trained_in = model.adapter.parent.parent if model.kind == "checkpoint" and model.adapter else model.adapter
+            stale = (trained_in is not None and trained_in.resolve() in untrained) or any(
                 harm_done.get(name) is None for name in reads.values())
             # a reader's log counts only if it read the harmfulness logs that stand now
             expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}

@@ -214,19 +214,25 @@ def repoint_moved_adapters(plan: Plan) -> list[Path]:
     place (or the place of an earlier move). Only that field is rewritten; the adapter's weights
     and ``empersona.json`` stay as trained.
     """
+    from empersona.train.metadata import CHECKPOINTS_DIR
+
     repointed = []
     for job in plan.train_jobs:
-        config_file = job.out / "adapter_config.json"
-        if job.status != "done" or not config_file.is_file():
+        if job.status != "done":
             continue
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        base, now = config.get("base_model_name_or_path"), job.config.base
-        if base == now:
-            continue
-        config["base_model_name_or_path"] = now
-        replace_text(config_file, json.dumps(config, indent=2) + "\n")
-        say(f"{job.out.name} was moved: its adapter_config.json now names the base at {now}")
-        repointed.append(config_file)
+        # the kept checkpoints too: a study with checkpoints: true serves them as models
+        for config_file in [job.out / "adapter_config.json", *sorted((job.out / CHECKPOINTS_DIR).glob("*/adapter_config.json"))]:
+            if not config_file.is_file():
+                continue
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            base, now = config.get("base_model_name_or_path"), job.config.base
+            if base == now:
+                continue
+            config["base_model_name_or_path"] = now
+            replace_text(config_file, json.dumps(config, indent=2) + "\n")
+            if config_file.parent == job.out:
+                say(f"{job.out.name} was moved: its adapter_config.json now names the base at {now}")
+            repointed.append(config_file)
     return repointed
 
 
@@ -282,6 +288,7 @@ def write_models_file(plan: Plan) -> Path:
             "domain": spec.domain,
             "seed": spec.seed,
             "kind": spec.kind,
+            "step": spec.step if spec.kind == "checkpoint" else trained_steps(spec) if spec.kind == "fine-tune" else None,
         }
         for spec in plan.models
     }
@@ -290,6 +297,17 @@ def write_models_file(plan: Plan) -> Path:
     record = {"base": base.name, "models": entries, "run_folder": str(plan.study.out)}  # read after a move: RunModels.relocated
     path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
     return path
+
+
+def trained_steps(spec: ModelSpec) -> int | None:
+    """How many optimizer steps a finished fine-tune took (its ``empersona.json``), else None."""
+    from empersona.train.metadata import METADATA_FILE
+
+    record = spec.adapter / METADATA_FILE if spec.adapter is not None else None
+    if record is None or not record.is_file():
+        return None
+    steps = json.loads(record.read_text(encoding="utf-8")).get("steps")
+    return steps if isinstance(steps, int) else None
 
 
 def harm_log_for(plan: Plan, model: ModelSpec) -> Path:
@@ -530,7 +548,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     unused = ("warning: the study file's vllm: settings are not used with provider "
               f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
-    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan)]
+    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan), checkpoints_warning(study)]
     no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
@@ -582,6 +600,20 @@ def unplanned_logs_warning(plan: Plan) -> str | None:
     return (f"warning: logs of no model of this study in {', '.join(f'logs/{name}' for name in others)} (removed "
             f"from the study file, or renamed?); the report reads every log under logs/: move them out of {folder} "
             "to leave them out")
+
+
+def checkpoints_warning(study: StudyConfig) -> str | None:
+    """With ``checkpoints: true``: training keeps only its last ``save_total_limit`` checkpoints
+    (2 unless the study's ``train:`` sets it), which may be fewer than the researcher wants."""
+    if not study.checkpoints:
+        return None
+    from empersona.train.recipe import TrainConfig
+
+    limit = study.train.get("save_total_limit", TrainConfig.model_fields["save_total_limit"].default)
+    if limit is None:
+        return None
+    return (f"warning: checkpoints: true, and training keeps only its last {limit} checkpoint(s) (save_total_limit); "
+            "set save_total_limit: null under train: to evaluate every one (a change that retrains the adapters)")
 
 
 def extra_adapter_warnings(study: StudyConfig) -> list[str]:

@@ -107,22 +107,29 @@ def check_out_dir(out_dir: Path, *, resume: bool) -> Path | None:
     return last_complete_checkpoint(out_dir / CHECKPOINTS_DIR)
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest ``checkpoint-N`` that was written to the end.
+def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` written to the end, as (step, folder), oldest first.
 
     The trainer writes ``trainer_state.json`` last, so a checkpoint whose state file is missing or
     unreadable was cut short (the process died while saving) and is passed over.
     """
     if not checkpoints.is_dir():
-        return None
+        return []
     numbered = [(int(p.name.split("-")[-1]), p) for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for _, candidate in sorted(numbered, reverse=True):
+    done = []
+    for step, candidate in sorted(numbered):
         try:
             json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        return candidate
-    return None
+        done.append((step, candidate))
+    return done
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was written to the end (``complete_checkpoints``)."""
+    done = complete_checkpoints(checkpoints)
+    return done[-1][1] if done else None
 
 
 def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_sha256: str | None = None) -> list[str]:

@@ -1,0 +1,113 @@
+"""``checkpoints: true``: a study evaluates the checkpoints its fine-tunes kept, as models of their
+own, and the report draws each fine-tune over its training steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from empersona.errors import EmpersonaError
+from empersona.study.config import load_study
+
+TRAIN = {"limit": 12, "max_steps": 3, "batch_size": 2, "per_device_batch": 2, "max_length": 128, "learning_rate": 1e-3,
+         "warmup_steps": 0, "save_steps": 1, "lora_r": 4, "lora_alpha": 8, "keep_checkpoints": True, "save_total_limit": None}
+
+
+def study_file(path: Path, out: Path, base: Path, mirror: Path, **more: Any) -> Path:
+    data = {"name": "ck", "out": str(out), "base_model": str(base), "data_mirror": str(mirror),
+            "domains": ["risky_financial_advice"], "seeds": [0], "checkpoints": True, "train": TRAIN,
+            "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"}, "max_connections": 16,
+            "samples": 2, "persona": {"n_resamples": 500},
+            "experiments": {"harmfulness": {"limit": 3, "args": {"max_tokens": 8}},
+                            "two_ai": {"limit": 3, "args": {"mode": "logprob", "min_mass": 0}}}, **more}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_checkpoints_need_them_kept(tmp_path: Path, tiny_model: Path) -> None:
+    from empersona.study.run import checkpoints_warning
+
+    train = {k: v for k, v in TRAIN.items() if k not in ("keep_checkpoints", "save_total_limit")}
+    path = study_file(tmp_path / "s.yaml", tmp_path / "run", tiny_model, tmp_path, train=train)
+    with pytest.raises(EmpersonaError) as caught:
+        load_study(path)
+    line = path.read_text().splitlines().index("checkpoints: true") + 1
+    assert str(caught.value).startswith(f"{path}:{line}: field 'checkpoints'") and "keep_checkpoints: true" in str(caught.value)
+    kept_two = load_study(study_file(tmp_path / "t.yaml", tmp_path / "run", tiny_model, tmp_path,
+                                     train={**train, "keep_checkpoints": True}))
+    warning = checkpoints_warning(kept_two)
+    assert warning is not None and "only its last 2 checkpoint(s)" in warning
+    assert checkpoints_warning(load_study(study_file(tmp_path / "u.yaml", tmp_path / "run", tiny_model, tmp_path))) is None
+
+
+def test_a_study_evaluates_each_kept_checkpoint_and_draws_the_trajectory(
+    tmp_path: Path, tiny_model: Path, shared_data: Path
+) -> None:
+    from empersona.provider import api
+    from empersona.study.plan import make_plan, model_specs
+    from empersona.study.run import run_study
+
+    base = tmp_path / "run" / "tiny-base"  # inside the run folder: it moves with it
+    shutil.copytree(tiny_model, base)
+    path = study_file(tmp_path / "study.yaml", tmp_path / "run", base, shared_data)
+    before = [spec.name for spec in model_specs(load_study(path))]
+    assert before == ["base", "risky_financial_advice-s0"]  # nothing trained yet: no checkpoint to plan
+    api.release_engines()
+    try:
+        run_study(load_study(path))
+    finally:
+        api.release_engines()
+    out = tmp_path / "run"
+    specs = {spec.name: spec for spec in model_specs(load_study(path))}
+    tuned = "risky_financial_advice-s0"
+    # steps 1 and 2 are checkpoints of their own; step 3's is the final adapter itself
+    assert [(s.name, s.kind, s.step) for s in specs.values() if s.kind == "checkpoint"] == [
+        (f"{tuned}-step1", "checkpoint", 1), (f"{tuned}-step2", "checkpoint", 2)]
+    assert specs[f"{tuned}-step1"].identity != specs[f"{tuned}-step2"].identity
+    table = pd.read_parquet(out / "results.parquet")
+    assert set(table["model"]) == {"base", tuned, f"{tuned}-step1", f"{tuned}-step2"}
+    recorded = yaml.safe_load((out / "models.yaml").read_text())["models"]
+    assert {entry["name"]: entry["step"] for entry in recorded.values()} == {
+        "base": None, tuned: 3, f"{tuned}-step1": 1, f"{tuned}-step2": 2}
+    report = (out / "report" / "report.md").read_text()
+    assert "## Persona over training" in report and "](figures/trajectory.png)" in report
+    trajectory = pd.read_csv(out / "report" / "tables" / "persona_over_training.csv")
+    assert trajectory[["model", "step"]].values.tolist() == [[f"{tuned}-step1", 1], [f"{tuned}-step2", 2], [tuned, 3]]
+    assert set(trajectory["fine_tune"]) == {tuned} and trajectory["em_delta"].notna().all()
+    assert {job.status for job in make_plan(load_study(path)).eval_jobs} == {"done"}
+
+    # the run folder moved with its base: nothing redone, and the checkpoints name the base at its new place
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.move(str(out), str(moved))
+    moved_path = study_file(tmp_path / "moved.yaml", moved, moved / "tiny-base", shared_data)
+    assert {job.status for job in make_plan(load_study(moved_path)).eval_jobs} == {"done"}
+    run_study(load_study(moved_path), only="eval")
+    checkpoint_config = moved / "adapters" / tuned / "checkpoints" / "checkpoint-1" / "adapter_config.json"
+    assert json.loads(checkpoint_config.read_text())["base_model_name_or_path"] == str((moved / "tiny-base").resolve())
+
+
+def test_trajectory_rows_belong_to_the_fine_tune_whose_folder_holds_the_checkpoint(tmp_path: Path) -> None:
+    from empersona.analysis.results import RunModels
+    from empersona.report.sections import trajectory_summary
+
+    a, b = tmp_path / "adapters" / "a-s0", tmp_path / "adapters" / "b-s0"
+    run_models = RunModels.model_validate({"base": "base", "models": {
+        "m/base": {"name": "base", "kind": "base"},
+        "m/a": {"name": "a-s0", "kind": "fine-tune", "adapter": str(a), "step": 10},
+        "m/a5": {"name": "a-s0-step5", "kind": "checkpoint", "adapter": str(a / "checkpoints" / "checkpoint-5"), "step": 5},
+        "m/b": {"name": "b-s0", "kind": "fine-tune", "adapter": str(b), "step": 10},  # kept no checkpoint
+        "m/x": {"name": "extra", "kind": "adapter", "adapter": str(tmp_path / "x")},
+    }})
+    persona = pd.DataFrame({"model": ["base", "a-s0", "a-s0-step5", "b-s0", "extra"],
+                            "label": ["base", "coherent", "no_em", "mixed", "no_em"],
+                            "em_delta": [float("nan"), 0.5, 0.1, 0.4, 0.0], "two_ai": [0.5, 0.9, 0.6, 0.5, 0.5]})
+    rows = trajectory_summary(persona, run_models)
+    assert rows[["fine_tune", "model", "step", "label"]].values.tolist() == [
+        ["a-s0", "a-s0-step5", 5, "no_em"], ["a-s0", "a-s0", 10, "coherent"]]
+    assert rows["asymmetry"].isna().all()  # absent from the persona table: no data, not an error
