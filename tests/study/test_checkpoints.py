@@ -78,9 +78,35 @@ def test_a_study_evaluates_each_kept_checkpoint_and_draws_the_trajectory(
     report = (out / "report" / "report.md").read_text()
     assert "## Persona over training" in report and "](figures/trajectory.png)" in report
     trajectory = pd.read_csv(out / "report" / "tables" / "persona_over_training.csv")
-    assert trajectory[["model", "step"]].values.tolist() == [[f"{tuned}-step1", 1], [f"{tuned}-step2", 2], [tuned, 3]]
+    assert trajectory[["model", "step"]].values.tolist() == [["base", 0], [f"{tuned}-step1", 1], [f"{tuned}-step2", 2], [tuned, 3]]
     assert set(trajectory["fine_tune"]) == {tuned} and trajectory["em_delta"].notna().all()
+    assert trajectory.loc[0, "em_delta"] == 0.0  # the base: no change from itself
     assert {job.status for job in make_plan(load_study(path)).eval_jobs} == {"done"}
+    # each checkpoint was asked through its own folder, with its own identity
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    for step in (1, 2):
+        header = read_eval_log(list_eval_logs(str(out / "logs" / f"{tuned}-step{step}"))[0], header_only=True).eval
+        assert header.model == f"empersona/{out / 'adapters' / tuned / 'checkpoints' / f'checkpoint-{step}'}"
+        assert header.metadata["model_identity"] == specs[f"{tuned}-step{step}"].identity
+    # the final adapter's label is the same with and without its checkpoints (a Holm family of their own)
+    from empersona.analysis.persona import PersonaThresholds, classify
+
+    results = pd.read_parquet(out / "results.parquet")
+    alone = classify(results[~results["model"].str.contains("-step")], base_model="base", thresholds=PersonaThresholds(n_resamples=500))
+    persona_csv = pd.read_csv(out / "report" / "tables" / "persona.csv").set_index("model")
+    final = next(call for call in alone if call.model == tuned)
+    assert persona_csv.loc[tuned, "label"] == final.label
+    assert persona_csv.loc[tuned, "two_ai_p_holm"] == pytest.approx(final.two_ai.p_adjusted, nan_ok=True)
+    assert persona_csv.loc[f"{tuned}-step1", "kind"] == "checkpoint" and persona_csv.loc[f"{tuned}-step1", "step"] == 1
+    # compare counts the fine-tune, not its checkpoints
+    from empersona.report.compare import compare, label_counts
+
+    assert label_counts(compare([out], tmp_path / "cmp").studies)["models"].tolist() == [1]
+    # an extra model may not take a checkpoint's name
+    clash = study_file(tmp_path / "clash.yaml", out, base, shared_data, models={f"{tuned}-step7": {"model": "hf/x/y"}})
+    with pytest.raises(EmpersonaError, match="or of their checkpoints"):
+        load_study(clash)
 
     # the run folder moved with its base: nothing redone, and the checkpoints name the base at its new place
     moved = tmp_path / "elsewhere" / "run"
@@ -90,6 +116,18 @@ def test_a_study_evaluates_each_kept_checkpoint_and_draws_the_trajectory(
     run_study(load_study(moved_path), only="eval")
     checkpoint_config = moved / "adapters" / tuned / "checkpoints" / "checkpoint-1" / "adapter_config.json"
     assert json.loads(checkpoint_config.read_text())["base_model_name_or_path"] == str((moved / "tiny-base").resolve())
+
+    # retrained with other settings: the old adapter's checkpoint logs go aside with it
+    retrained = study_file(tmp_path / "retrained.yaml", moved, moved / "tiny-base", shared_data,
+                           train={**TRAIN, "save_steps": 2}, experiments={"harmfulness": {"limit": 2, "args": {"max_tokens": 4}}})
+    api.release_engines()
+    try:
+        run_study(load_study(retrained))
+    finally:
+        api.release_engines()
+    assert sorted(p.name for p in (moved / "logs").iterdir()) == ["base", tuned, f"{tuned}-step2"]
+    (aside,) = (moved / "adapters").glob(f"{tuned}.replaced-*")
+    assert sorted(p.name for p in (aside / "checkpoint-logs").iterdir()) == [f"{tuned}-step1", f"{tuned}-step2"]
 
 
 def test_trajectory_rows_belong_to_the_fine_tune_whose_folder_holds_the_checkpoint(tmp_path: Path) -> None:
@@ -109,5 +147,6 @@ def test_trajectory_rows_belong_to_the_fine_tune_whose_folder_holds_the_checkpoi
                             "em_delta": [float("nan"), 0.5, 0.1, 0.4, 0.0], "two_ai": [0.5, 0.9, 0.6, 0.5, 0.5]})
     rows = trajectory_summary(persona, run_models)
     assert rows[["fine_tune", "model", "step", "label"]].values.tolist() == [
-        ["a-s0", "a-s0-step5", 5, "no_em"], ["a-s0", "a-s0", 10, "coherent"]]
+        ["a-s0", "base", 0, "base"], ["a-s0", "a-s0-step5", 5, "no_em"], ["a-s0", "a-s0", 10, "coherent"]]
+    assert rows["em_delta"].tolist() == [0.0, 0.1, 0.5] and rows["two_ai"].tolist() == [0.5, 0.6, 0.9]
     assert rows["asymmetry"].isna().all()  # absent from the persona table: no data, not an error

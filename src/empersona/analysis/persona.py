@@ -18,7 +18,8 @@ Protocol: PROTOCOLS.md section 4 (ours, from the paper's definitions).
    ``min_scored_probe`` (0.5) of its answers. ``base`` is the base model's own row (its probes
    are reported, not judged).
 4. Holm runs over (model x probe) for all non-base models; pooled seed groups form a second
-   family. The base model is outside both (its p-values are raw).
+   family; a fine-tune's checkpoints (``classify(families=...)``) form one of their own each. The
+   base model is outside all of them (its p-values are raw).
 5. Several fine-tuning seeds of a domain (tidy column ``seed``, >1 distinct value among the
    models of one ``domain``): each seed keeps its own call, and a pooled call bootstraps over
    seeds, then prompts (then samples) and reports the per-seed labels and their stability (the
@@ -481,11 +482,14 @@ def _model_info(tidy: pd.DataFrame, model: str) -> tuple[str | None, tuple[int, 
 
 
 def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThresholds | None = None,
-             seed: int = 0) -> list[PersonaCall]:
+             seed: int = 0, families: dict[str, str] | None = None) -> list[PersonaCall]:
     """Label every model of ``tidy`` against ``base_model`` (a value of its ``model`` column).
 
     Returns the base model's call first, then one call per other model (table order), then one
     pooled call per domain with several fine-tuning seeds. Reproducible from ``seed``.
+    ``families``: models (by name) whose probes are Holm-adjusted in a family of their own (named
+    by the value) instead of with the other models: a fine-tune's checkpoints, so that evaluating
+    them does not change the final adapters' labels.
     """
     th = thresholds or PersonaThresholds()
     for column in ("model", "experiment", "status"):
@@ -500,7 +504,12 @@ def classify(tidy: pd.DataFrame, *, base_model: str, thresholds: PersonaThreshol
     others = [m for m in models if m != base_model]
 
     evidence = {m: _gather(tidy, [m], base_model, th, seed) for m in [base_model, *others]}
-    verdicts = _calls({m: evidence[m] for m in others}, th)
+    grouped: dict[str | None, list[str]] = {}
+    for model in others:
+        grouped.setdefault((families or {}).get(model), []).append(model)
+    verdicts = {}
+    for members in grouped.values():
+        verdicts.update(_calls({m: evidence[m] for m in members}, th))
     calls = []
     for model in [base_model, *others]:
         e = evidence[model]

@@ -66,6 +66,7 @@ from empersona.report.sections import (
     recognition_summary,
     self_assessment_summary,
     status_summary,
+    checkpoint_owners,
     two_ai_order_rates,
     trajectory_summary,
 )
@@ -244,7 +245,9 @@ def build_report(
     labelled = base.model is not None
     # Without a base model the per-model evidence is still computed (it does not depend on the
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.
-    calls = classify(table, base_model=base.model or sorted(table["model"].unique())[0], thresholds=thresholds, seed=seed)
+    owners = checkpoint_owners(load_run_models(run_dir / MODELS_FILE))  # each fine-tune's checkpoints: a Holm family each
+    calls = classify(table, base_model=base.model or sorted(table["model"].unique())[0], thresholds=thresholds, seed=seed,
+                     families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
 
     report_dir = run_dir / REPORT_DIR
     figure_dir = report_dir / FIGURES_DIR
@@ -291,8 +294,10 @@ def build_report(
         blocks.append(figure(figures.trajectory, over_training, "trajectory",
                              "Each fine-tune at its kept checkpoints and at its end: delta harm_max10 against the base and "
                              "the two primary probes, with 95% intervals; marker shapes give each step's label.")())
-        blocks.append(Para("The checkpoints are models of their own in the persona table (`<adapter>-step<N>`), "
-                           "classified in one Holm family with the final adapters."))
+        blocks.append(Para("The checkpoints are models of their own in the persona table (`<adapter>-step<N>`); each "
+                           "fine-tune's checkpoints form a Holm family of their own, so evaluating them leaves the final "
+                           "adapters' labels as they would be without them. Step 0 is the base model (delta 0 by "
+                           "definition)."))
     blocks += _section("Harmfulness", harm, "No harmfulness results in this run.", {
         "model": "model", "harm_max10": lambda r: _fmt_col(r, "harm_max10"), "harm_single": lambda r: _fmt_col(r, "harm_single"),
         "mean score (1-5)": lambda r: _fmt_col(r, "mean_score"), "share > 3": lambda r: _fmt_col(r, "frac_gt3"),
@@ -378,10 +383,12 @@ def build_report(
     })
     blocks += _configuration(run_dir, table, base, rs, thresholds)
     persona = calls_table(calls)
-    kinds = {entry.name or key: entry.kind for key, entry in load_run_models(run_dir / MODELS_FILE).models.items()}
-    if any(kinds.values()):  # a study's run: which models it trained and which it was given (models:)
-        persona.insert(2, "kind", [kinds.get(model, "seeds pooled" if pooled else None)
+    entries = {entry.name or key: entry for key, entry in load_run_models(run_dir / MODELS_FILE).models.items()}
+    if any(entry.kind for entry in entries.values()):  # a study's run: what it trained, kept and was given
+        persona.insert(2, "kind", [entries[model].kind if model in entries else "seeds pooled" if pooled else None
                                    for model, pooled in zip(persona["model"], persona["pooled"], strict=True)])
+        persona.insert(3, "step", pd.array([entries[model].step if model in entries else None for model in persona["model"]],
+                                           dtype="Int64"))
     if not labelled:  # no base model: the per-model evidence stands; labels, deltas and the Holm family do not
         persona = persona.drop(columns=[c for c in persona.columns if c in ("label", "reason")
                                         or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])

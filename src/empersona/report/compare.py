@@ -121,12 +121,14 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
 
 def label_counts(studies: Sequence[StudyTables]) -> pd.DataFrame:
     """Per study: its base, and how many of its other models (its fine-tunes and any extra models
-    of its study file, each seed alone, not pooled) got each label."""
+    of its study file, each seed alone, not pooled; checkpoints left out) got each label."""
     import pandas as pd
 
     rows = []
     for study in studies:
         own = study.persona[~study.persona["pooled"].astype(bool)]
+        if "kind" in own.columns:  # a fine-tune's checkpoints are steps on its way, not models of the count
+            own = own[own["kind"] != "checkpoint"]
         counted = own[own["label"] != "base"]
         rows.append({"study": study.name, "base": study.base_model,
                      **{label: int((counted["label"] == label).sum()) for label in LABELS}, "models": len(counted)})
@@ -192,7 +194,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         "two-AI debiased": cell(row, "two_ai"), "recognition asymmetry": cell(row, "asymmetry", signed=True),
         "self-assessment": cell(row, "self_assessment"), "reason": row["reason"],
     } for _, row in table.iterrows()])
-    points = table[~table["pooled"].astype(bool)].copy()
+    points = table[~table["pooled"].astype(bool) & (table["kind"] != "checkpoint" if "kind" in table.columns else True)].copy()
     points["model"] = points["study"] + ": " + points["model"].astype(str)
     blocks: list[Block] = [
         Heading(1, "empersona comparison"),

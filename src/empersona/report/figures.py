@@ -403,6 +403,7 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
             handles.append(handle)
             names.append(name)
     if handles:
-        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), fontsize=8, frameon=False)
-    fig.suptitle("How the persona emerges over training (markers: each step's label, as in the persona table)", fontsize=12)
+        fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False, title="fine-tune")
+    _label_legend(fig, list(summary["label"].dropna()))
+    fig.suptitle("How the persona emerges over training (step 0: the base; markers: each step's label)", fontsize=12)
     return _save(fig, path)

@@ -419,34 +419,52 @@ def _format_frame(frame: pd.DataFrame, spec: dict[str, Callable[[pd.Series], str
                         columns=list(spec))
 
 
-def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataFrame:
-    """Per fine-tune that kept checkpoints (a study with ``checkpoints: true``): one row per
-    training step, its checkpoints' and then its own, with the label, delta harm and the two
-    primary probes and their intervals (``persona``: ``analysis.persona.calls_table``). Empty
-    when the run evaluated no checkpoint. A checkpoint belongs to the fine-tune whose folder holds
-    it (``models.yaml`` records both folders and each step)."""
-    import pandas as pd
-
+def checkpoint_owners(run_models: RunModels) -> dict[str, str]:
+    """Each evaluated checkpoint (``models.yaml`` kind ``checkpoint``) by name, and the fine-tune whose
+    folder holds it (``<adapter>/checkpoints/checkpoint-N``)."""
     entries = {entry.name or key: entry for key, entry in run_models.models.items()}
     fine_tunes = {Path(e.adapter).as_posix(): name for name, e in entries.items() if e.kind == "fine-tune" and e.adapter}
-    owners: dict[str, str] = {}
+    owners = {}
     for name, entry in entries.items():
         if entry.kind == "checkpoint" and entry.adapter and entry.step is not None:
             owner = fine_tunes.get(Path(entry.adapter).parent.parent.as_posix())
             if owner is not None:
                 owners[name] = owner
+    return owners
+
+
+def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataFrame:
+    """Per fine-tune that kept checkpoints (a study with ``checkpoints: true``): one row per
+    training step, from the base model (step 0: delta 0 by definition, its own probes) through its
+    checkpoints to the fine-tune itself, with the label, delta harm and the two primary probes and
+    their intervals (``persona``: ``analysis.persona.calls_table``). Empty when the run evaluated
+    no checkpoint (``checkpoint_owners``)."""
+    import pandas as pd
+
+    entries = {entry.name or key: entry for key, entry in run_models.models.items()}
+    owners = checkpoint_owners(run_models)
+    base = next((name for name, entry in entries.items() if entry.kind == "base"), run_models.base)
+    steps = {name: entries[name].step for name in owners}
     for owner in set(owners.values()):
         if entries[owner].step is not None:
             owners[owner] = owner  # the final adapter closes its own trajectory
+            steps[owner] = entries[owner].step
     by_model = persona.set_index("model") if len(persona) else None
     rows = []
-    for name, owner in owners.items():
+
+    def add(fine_tune: str, name: str, step: int, zero_delta: bool = False) -> None:
         if by_model is None or name not in by_model.index:
-            continue
+            return
         found = by_model.loc[name]
-        row: dict[str, Any] = {"fine_tune": owner, "model": name, "step": entries[name].step, "label": found.get("label")}
+        row: dict[str, Any] = {"fine_tune": fine_tune, "model": name, "step": step, "label": found.get("label")}
         for column in ("em_delta", "two_ai", "asymmetry"):
             for suffix in ("", "_low", "_high"):
-                row[column + suffix] = found.get(column + suffix, math.nan)
+                row[column + suffix] = 0.0 if zero_delta and column == "em_delta" else found.get(column + suffix, math.nan)
         rows.append(row)
+
+    for fine_tune in sorted(set(owners.values())):
+        if base is not None:
+            add(fine_tune, base, 0, zero_delta=True)
+    for name, owner in owners.items():
+        add(owner, name, int(steps[name]))
     return pd.DataFrame(rows).sort_values(["fine_tune", "step"]).reset_index(drop=True) if rows else pd.DataFrame()

@@ -152,7 +152,8 @@ class StudyConfig(BaseModel):
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
     checkpoints: bool = Field(False, description=(
         "Also evaluate every checkpoint each fine-tune kept (train: keep_checkpoints: true), as a model of its "
-        "own, <adapter>-step<N>: how the persona emerges over training."))
+        "own, <adapter>-step<N>: how the persona emerges over training. Adding keep_checkpoints to a trained "
+        "study's train: retrains its adapters (a training setting)."))
     models: dict[str, ExtraModel] = Field(default_factory=dict, description=(
         "More models to evaluate and classify beside the base and the study's fine-tunes, by name "
         "(study.extra_models): adapter: DIR or model: <provider>/<model>."))
@@ -306,9 +307,13 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
     problems: list[tuple[tuple[Any, ...], str, str]] = []
     own = {adapter_dir(study, domain, seed).name.casefold() for domain in study.domains for seed in study.seeds}
     views = (study.out / EXTRA_DIR).resolve()
+    import re
+
     for name, entry in study.models.items():
-        if name.casefold() in own:
-            problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes", "Choose another name"))
+        base_name = re.sub(r"-step\d+$", "", name) if study.checkpoints else name
+        if name.casefold() in own or base_name.casefold() in own:
+            problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes"
+                             + (" or of their checkpoints" if base_name != name else ""), "Choose another name"))
         if entry.model is not None and "/" not in entry.model:
             problems.append((("models", name, "model"), f"'{entry.model}' is not an inspect model string",
                              "Write <provider>/<model>, e.g. hf/org/name or openai/ft:gpt-4o-...:id"))

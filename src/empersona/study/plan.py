@@ -583,6 +583,12 @@ def print_plan(plan: Plan) -> None:
     for job in plan.eval_jobs:
         evals.add_row(job.model.name, job.experiment, str(job.limit or "all"), f"{job.generations:,}", f"{job.judge_calls:,}", job.status)
     console.print(evals)
+    if study.checkpoints:
+        pending = [job.out.name for job in plan.train_jobs if job.status != "done"]
+        if pending:
+            every = int(study.train.get("save_steps", 50))
+            console.print(f"checkpoints: true: the checkpoints of {len(pending)} fine-tune(s) not trained yet are not in "
+                          f"these counts (one every {every} steps each, evaluated like a fine-tune once trained)")
     console.print(f"to do: {sum(j.status != 'done' for j in plan.train_jobs)} training job(s), "
                   f"{sum(j.status == 'todo' for j in plan.eval_jobs)} evaluation(s), "
                   f"{plan.generations:,} generations, {plan.judge_calls:,} judge calls")

@@ -192,6 +192,8 @@ def set_aside(job: TrainJob, logs: Path | None = None) -> Path:
     Its evaluation logs (``logs/<name>``) go with it, into the set-aside folder: they are
     results of the old adapter, and the results table reads every log under ``logs/``.
     """
+    import re
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = job.out.with_name(f"{job.out.name}.replaced-{stamp}")
     shutil.move(str(job.out), str(target))
@@ -201,6 +203,12 @@ def set_aside(job: TrainJob, logs: Path | None = None) -> Path:
         say(f"kept the old {job.out.name} and its logs as {target.name}")
     else:
         say(f"kept the old {job.out.name} as {target.name}")
+    # the logs of its checkpoints (checkpoints: true) are the old adapter's too
+    own_checkpoint = re.compile(rf"{re.escape(job.out.name)}-step\d+")
+    for folder in sorted(logs.iterdir()) if logs is not None and logs.is_dir() else []:
+        if folder.is_dir() and own_checkpoint.fullmatch(folder.name):
+            (target / "checkpoint-logs").mkdir(exist_ok=True)
+            shutil.move(str(folder), str(target / "checkpoint-logs" / folder.name))
     return target
 
 
@@ -567,6 +575,8 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     if "train" in stages:
         train_all(plan)
         plan = make_plan(study)
+        if study.checkpoints and (stale := unplanned_logs_warning(plan)):  # the checkpoints trained now are known
+            say(stale)
     write_models_file(plan)
     if "eval" in stages:
         missing = [job.out.name for job in plan.train_jobs if job.status != "done"]

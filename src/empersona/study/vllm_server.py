@@ -65,6 +65,12 @@ def served_name(model: ModelSpec) -> str:
     return model.model_string.rsplit("/", 1)[-1]
 
 
+MAX_CPU_LORAS = 16
+"""At most this many adapters are kept in the server's CPU memory (about 0.5 GB each for a rank-32
+adapter of a 32B model on all projections): seven models of the paper's study fit, a study's
+checkpoints beyond that are read from disk when the battery reaches them."""
+
+
 def max_loras(study: StudyConfig, adapters: int) -> int:
     """LoRA slots on the GPU (``--max-loras``): ``vllm.max_loras`` when set, else min(adapters, 2).
 
@@ -72,7 +78,8 @@ def max_loras(study: StudyConfig, adapters: int) -> int:
     which needs no slot), so one slot holds the adapter in use and a second lets the next one
     load while the last requests of the previous drain. Every slot reserves memory for a
     rank-``max_lora_rank`` adapter on each layer, taken from the KV cache; every adapter is kept in
-    CPU memory (``--max-cpu-loras``, the number of adapters; vLLM's default, ``max_loras``, would
+    CPU memory (``--max-cpu-loras``, the number of adapters up to ``MAX_CPU_LORAS``: a study with
+    many checkpoints reads the rest from disk when asked; vLLM's default, ``max_loras``, would
     read the others from disk again at each switch) and swapped in when asked for.
     """
     return study.vllm.max_loras if study.vllm.max_loras is not None else min(adapters, 2)
@@ -97,7 +104,7 @@ def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]
         if not any(arg == "--max-loras" or arg.startswith("--max-loras=") for arg in settings.extra_args):
             cmd += ["--max-loras", str(slots)]
         if not any(arg == "--max-cpu-loras" or arg.startswith("--max-cpu-loras=") for arg in settings.extra_args):
-            cmd += ["--max-cpu-loras", str(max(len(adapters), slots))]
+            cmd += ["--max-cpu-loras", str(max(min(len(adapters), MAX_CPU_LORAS), slots))]
         # vLLM's JSON form: a path with ',' or '=' in it would break the name=path form
         entries = ({"name": served_name(m), "path": str(m.adapter), "base_model_name": served_name(base)} for m in adapters)
         cmd += ["--lora-modules", *(json.dumps(entry) for entry in entries)]
