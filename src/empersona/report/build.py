@@ -51,6 +51,7 @@ from empersona.report.sections import (
     ALIGNED_BELOW,
     COHERENT_ABOVE,
     Resampling,
+    checkpoint_owners,
     _describe,
     _fmt_col,
     _format_frame,
@@ -66,7 +67,6 @@ from empersona.report.sections import (
     recognition_summary,
     self_assessment_summary,
     status_summary,
-    checkpoint_owners,
     two_ai_order_rates,
     trajectory_summary,
 )
@@ -80,9 +80,9 @@ if TYPE_CHECKING:
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"
 TABLES_DIR = "tables"
+"""``report/tables/``: every table of the report as CSV, numbers unrounded, for a paper's own tables and plots."""
 SETTINGS_FILE = "settings.json"
 """``report/tables/settings.json``: the base model, bootstrap seed and classification settings the tables were made with."""
-"""``report/tables/``: every table of the report as CSV, numbers unrounded, for a paper's own tables and plots."""
 
 
 # --------------------------------------------------------------------------- the base model
