@@ -19,8 +19,10 @@ another project, a model behind an API. Two kinds of entry:
 
 Either is classified against the study's base (delta harm against the base's harm), and
 ``domain`` says what it was fine-tuned on (a label for the report). An adapter's identity (what
-scopes its cached calls and marks its logs) is a fingerprint of its files, so an adapter replaced
-in place is evaluated again.
+scopes its cached calls and marks its logs) is a fingerprint of its files and of the base it is
+served on, a ``model:`` entry's of its local folder (if it names one) and its answering model
+args (``model_string_identity``): an adapter replaced in place, or served on another base, is
+evaluated again.
 """
 
 from __future__ import annotations
