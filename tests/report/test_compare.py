@@ -83,10 +83,14 @@ def test_label_counts_leave_out_pooled_seed_groups(tmp_path: Path) -> None:
 def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> None:
     one = tmp_path / "a" / "run"
     shutil.copytree(persona_run, one)
+    other = tmp_path / "c" / "run"
+    shutil.copytree(persona_run, other)
     with pytest.raises(EmpersonaError, match="both called 'run'.*--names"):
+        compare([one, other], tmp_path / "cmp")
+    with pytest.raises(EmpersonaError, match="the same run folder is given twice"):
         compare([one, one], tmp_path / "cmp")
     with pytest.raises(EmpersonaError, match="--names gives 1 names for 2 run folders"):
-        compare([one, one], tmp_path / "cmp", ["x"])
+        compare([one, other], tmp_path / "cmp", ["x"])
     with pytest.raises(EmpersonaError, match="no such run folder"):
         compare([tmp_path / "missing"], tmp_path / "cmp")
     unclassified = tmp_path / "b"
@@ -102,7 +106,8 @@ def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> No
     assert "label" in pd.read_csv(unclassified / "report" / "tables" / "persona.csv").columns  # still the labelled one
 
     (one / "study.yaml").write_text(f"name: s\nexperiments: {{}}\npersona: {{n_resamples: {RESAMPLES}}}\n")
-    result = CliRunner().invoke(app, ["compare", str(one), str(one), "--names", "x, y", "--out", str(tmp_path / "cmp")])
+    result = CliRunner().invoke(app, ["compare", str(one), str(other), "--names", "x, y", "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     assert "x: 4 models (coherent 1, inverted 1, mixed 1, no_em 1)" in result.output
+    assert "y: its report was built first" in result.output  # the second had no tables yet
     assert "comparison: " in result.output and (tmp_path / "cmp" / "compare.md").is_file()

@@ -44,6 +44,9 @@ def test_checkpoints_need_them_kept(tmp_path: Path, tiny_model: Path) -> None:
     warning = checkpoints_warning(kept_two)
     assert warning is not None and "only its last 2 checkpoint(s)" in warning
     assert checkpoints_warning(load_study(study_file(tmp_path / "u.yaml", tmp_path / "run", tiny_model, tmp_path))) is None
+    late = checkpoints_warning(load_study(study_file(tmp_path / "v.yaml", tmp_path / "run", tiny_model, tmp_path,
+                                                     train={**TRAIN, "save_steps": 3})))
+    assert late is not None and "no checkpoint comes before the last step" in late
 
 
 def test_a_study_evaluates_each_kept_checkpoint_and_draws_the_trajectory(

@@ -74,6 +74,11 @@ def test_the_study_file_names_what_is_wrong_with_an_extra_model(tmp_path: Path) 
     assert "model_args go with model:" in error_of(write_study(study, str(base), {"x": {"adapter": str(good), "model_args": {"a": 1}}}))
     assert "not an inspect model string" in error_of(write_study(study, str(base), {"x": {"model": "gpt-4o"}}))
     assert "write x: {model: hf/a/b} for a model string" in error_of(write_study(study, str(base), {"x": "hf/a/b"}))
+    assert "write x: {adapter: /some/dir} for a LoRA adapter folder" in error_of(write_study(study, str(base), {"x": "/some/dir"}))
+    assert "models is a list" in error_of(write_study(study, str(base), [{"model": "hf/a/b"}]))
+    gone = error_of(write_study(study, str(base), {"x": {"model": f"hf/{tmp_path / 'no-such-model'}"}}))
+    assert "models.x.model" in gone and "no-such-model does not exist" in gone
+    assert "not an inspect model string" in error_of(write_study(study, str(base), {"x": {"model": str(tmp_path)}}))
     assert load_study(write_study(study, str(base), None)).models == {}  # "models:" left empty
     assert "differ only in case" in error_of(write_study(study, str(base), {"Pub": {"model": "hf/a/b"}, "pub": {"model": "hf/a/c"}}))
     broken = adapter_folder(tmp_path / "broken", str(base))
@@ -177,6 +182,12 @@ def test_the_view_of_an_extra_adapter_links_its_files_and_names_the_study_base(t
     assert (view / "tokenizer_config.json").read_text() == "tokenizer_config.json of the base"  # it has none of its own
     assert {path.name: path.read_bytes() for path in source.iterdir()} == before  # the adapter itself is untouched
 
+    identity = adapter_fingerprint(source)
+    config = json.loads((source / "adapter_config.json").read_text())
+    (source / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["v_proj", "q_proj"]}))
+    twin = adapter_fingerprint(source)
+    (source / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
+    assert adapter_fingerprint(source) == twin  # PEFT saves target_modules in no fixed order: the same adapter
     identity = adapter_fingerprint(source)
     (source / "adapter_model.safetensors").write_bytes(b"\2" * 32)  # the adapter replaced in place
     assert adapter_fingerprint(source) != identity

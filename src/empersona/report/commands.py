@@ -58,6 +58,10 @@ def compare_command(
 
     result = compare(run_dirs, out, [n.strip() for n in names.split(",")] if names else None)
     console = Console()
+    for study in result.studies:
+        if study.built:
+            console.print(f"{study.name}: its report was built first ({study.run_dir / 'report'}: tables missing or older "
+                          "than its results)")
     for row in label_counts(result.studies).itertuples(index=False):
         counts = ", ".join(f"{label} {getattr(row, label)}" for label in LABELS if getattr(row, label))
         console.print(f"{row.study}: {row.models} models ({counts or 'none classified'})")

@@ -147,7 +147,10 @@ def combined_persona(studies: Sequence[StudyTables]) -> pd.DataFrame:
             frame = frame.merge(study.harm[["model", *harm_columns]], on="model", how="left")
         frame.insert(0, "study", study.name)
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True, sort=False)
+    combined = pd.concat(frames, ignore_index=True, sort=False)
+    for column in [c for c in combined.columns if c == "step" or c.endswith("_n")]:
+        combined[column] = combined[column].astype("Int64")  # counts stay whole where a study has none
+    return combined
 
 
 def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = None) -> Comparison:
@@ -164,13 +167,17 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         raise EmpersonaError("compare needs at least one run folder")
     if names is not None and len(names) != len(run_dirs):
         raise EmpersonaError(f"--names gives {len(names)} names for {len(run_dirs)} run folders: give one per folder, in order")
-    studies = tuple(load_study_tables(Path(d), names[i] if names else None) for i, d in enumerate(run_dirs))
+    folders = [Path(d).resolve() for d in run_dirs]
+    if len(set(folders)) < len(folders):
+        raise EmpersonaError("the same run folder is given twice: compare different studies")
+    called = [names[i] if names else study_name(Path(d)) for i, d in enumerate(run_dirs)]
     seen: dict[str, Path] = {}
-    for study in studies:
-        if study.name in seen:
-            raise EmpersonaError(f"two runs are both called {study.name!r} ({seen[study.name]} and {study.run_dir}): "
+    for name, folder in zip(called, run_dirs, strict=True):  # before any report is built
+        if name in seen:
+            raise EmpersonaError(f"two runs are both called {name!r} ({seen[name]} and {folder}): "
                                  "name them with --names a,b,...")
-        seen[study.name] = study.run_dir
+        seen[name] = Path(folder)
+    studies = tuple(load_study_tables(Path(d), called[i]) for i, d in enumerate(run_dirs))
     table = combined_persona(studies)
     out.mkdir(parents=True, exist_ok=True)
     figure_dir = out / "figures"

@@ -125,6 +125,8 @@ class ExtraModel(BaseModel):
 
 
 EXTRA_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+LOCAL_MODEL_PROVIDERS = frozenset({"hf", "empersona", "vllm", "sglang", "transformer_lens"})
+"""Providers whose model string can name a local folder (``hf//path/to/model``)."""
 
 
 class StudyConfig(BaseModel):
@@ -183,8 +185,13 @@ class StudyConfig(BaseModel):
         if isinstance(value, dict):
             for name, entry in value.items():
                 if isinstance(entry, str):
-                    raise ValueError(f"models.{name} is a bare string: write {name}: {{model: {entry}}} for a model "
-                                     f"string, or {name}: {{adapter: {entry}}} for a LoRA adapter folder")
+                    is_path = entry.startswith(("/", ".", "~"))
+                    raise ValueError(f"models.{name} is a bare string: write {name}: "
+                                     + (f"{{adapter: {entry}}} for a LoRA adapter folder (or {{model: hf/{entry}}} for "
+                                        "a full model folder)" if is_path else f"{{model: {entry}}} for a model string"))
+        elif isinstance(value, list):
+            raise ValueError("models is a list: write a mapping of names to entries, e.g. "
+                             "models: {published: {adapter: DIR}, other: {model: hf/org/name}}")
         return value
 
     @field_validator("models")
@@ -314,9 +321,14 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
         if name.casefold() in own or base_name.casefold() in own:
             problems.append((("models", name), f"'{name}' is the name of one of the study's own fine-tunes"
                              + (" or of their checkpoints" if base_name != name else ""), "Choose another name"))
-        if entry.model is not None and "/" not in entry.model:
+        if entry.model is not None and ("/" not in entry.model or entry.model.startswith(("/", ".", "~"))):
             problems.append((("models", name, "model"), f"'{entry.model}' is not an inspect model string",
-                             "Write <provider>/<model>, e.g. hf/org/name or openai/ft:gpt-4o-...:id"))
+                             "Write <provider>/<model>, e.g. hf/org/name, hf//path/to/folder or openai/ft:gpt-4o-...:id"))
+        elif entry.model is not None:
+            provider, _, rest = entry.model.partition("/")
+            if provider in LOCAL_MODEL_PROVIDERS and rest.startswith(("/", ".", "~")) and not Path(rest).expanduser().exists():
+                problems.append((("models", name, "model"), f"{rest} does not exist (the local folder {entry.model} names)",
+                                 "Correct the path, or name a hub id without a leading / (hf/org/name)"))
         if entry.adapter is None:
             continue
         loc = ("models", name, "adapter")

@@ -58,6 +58,9 @@ def adapter_fingerprint(folder: Path) -> str:
     digest = hashlib.sha256(b"adapter\n")
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     config.pop("base_model_name_or_path", None)
+    for key, value in config.items():  # PEFT saves sets (target_modules) as lists in no fixed order
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            config[key] = sorted(value)
     digest.update(json.dumps(config, sort_keys=True).encode())
     for extra in ("empersona.json", *TOKENIZER_FILES):  # the tokenizer and chat template its view serves
         if (folder / extra).is_file():

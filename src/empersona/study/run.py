@@ -97,7 +97,8 @@ def remote_model_problem(what: str, model: str, args: dict[str, Any], fix: str) 
         built = get_model(model, memoize=False, **args)
     except Exception as err:  # inspect's PrerequisiteError (key, package), ValueError (provider)
         reason = " ".join(Text.from_markup(str(err)).plain.split()).rstrip(".")
-        return (f"{what}: {reason}. Set the key in the environment (never in the study file), "
+        hint = (f" (a Hugging Face model is written hf/{model})" if "not recognized" in reason.lower() else "")
+        return (f"{what}: {reason}{hint}. Set the key in the environment (never in the study file), "
                 f"install the provider's package, or fix {fix}")
     return endpoint_problem(what, built.api)
 
@@ -277,7 +278,8 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
             shutil.move(str(path), str(target))
             moved.append(target)
     if moved:
-        say(f"moved {len(moved)} log(s) of models no longer in the study to {moved[0].parents[1]}")
+        say(f"moved {len(moved)} log(s) of models no longer in the study, or of an earlier version of one (a base model "
+            f"changed, an adapter retrained or replaced), to {moved[0].parents[1]}")
     return moved
 
 
@@ -619,6 +621,11 @@ def checkpoints_warning(study: StudyConfig) -> str | None:
         return None
     from empersona.train.recipe import TrainConfig
 
+    every = study.train.get("save_steps", TrainConfig.model_fields["save_steps"].default)
+    max_steps = study.train.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(every, int) and every >= max_steps:
+        return (f"warning: checkpoints: true, and a checkpoint every {every} steps of {max_steps}: no checkpoint comes "
+                "before the last step, so none is evaluated; set save_steps under train: below max_steps")
     limit = study.train.get("save_total_limit", TrainConfig.model_fields["save_total_limit"].default)
     if limit is None:
         return None
