@@ -23,6 +23,7 @@ string (``<provider>/<model>``), and a ``data_mirror`` an existing folder, all b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -197,8 +198,6 @@ class StudyConfig(BaseModel):
     @field_validator("models")
     @classmethod
     def _model_names(cls, value: dict[str, ExtraModel]) -> dict[str, ExtraModel]:
-        import re
-
         folded: dict[str, str] = {}
         for name in value:
             if name.casefold() == "base" or not re.match(EXTRA_MODEL_NAME, name):
@@ -314,8 +313,6 @@ def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str
     problems: list[tuple[tuple[Any, ...], str, str]] = []
     own = {adapter_dir(study, domain, seed).name.casefold() for domain in study.domains for seed in study.seeds}
     views = (study.out / EXTRA_DIR).resolve()
-    import re
-
     for name, entry in study.models.items():
         base_name = re.sub(r"-step\d+$", "", name) if study.checkpoints else name
         if name.casefold() in own or base_name.casefold() in own:
