@@ -237,7 +237,8 @@ def build_report(
 
     run_dir = Path(run_dir)
     table = run_results(run_dir, rebuild=rebuild_results)
-    base = resolve_base_model(table, base_model, load_run_models(run_dir / MODELS_FILE))
+    run_models = load_run_models(run_dir / MODELS_FILE)  # read once: base, checkpoints, kinds
+    base = resolve_base_model(table, base_model, run_models)
     thresholds = thresholds or PersonaThresholds()
     if n_resamples is not None:
         thresholds = thresholds.model_copy(update={"n_resamples": n_resamples})
@@ -245,7 +246,7 @@ def build_report(
     labelled = base.model is not None
     # Without a base model the per-model evidence is still computed (it does not depend on the
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.
-    owners = checkpoint_owners(load_run_models(run_dir / MODELS_FILE))  # each fine-tune's checkpoints: a Holm family each
+    owners = checkpoint_owners(run_models)  # each fine-tune's checkpoints: a Holm family each
     calls = classify(table, base_model=base.model or sorted(table["model"].unique())[0], thresholds=thresholds, seed=seed,
                      families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
 
@@ -264,7 +265,7 @@ def build_report(
     count = table["model"].nunique()
     blocks.append(Para(f"{len(table)} result rows, {count} model{'s' if count != 1 else ''}, experiments: "
                        + ", ".join(sorted(table["experiment"].unique())) + "."))
-    absent = missing_results(table, load_run_models(run_dir / MODELS_FILE).relocated(run_dir.resolve()))
+    absent = missing_results(table, run_models.relocated(run_dir.resolve()))
     if absent:
         blocks.append(Para("Missing results (the run's models without an experiment the others have): "
                            + "; ".join(f"{model}: {what}" for model, what in absent.items()) + "."))
@@ -288,7 +289,8 @@ def build_report(
         blocks.append(figure(figures.probe_forest, probes, "probes_forest",
                              "The self-report probes per model with 95% intervals; dashed lines mark chance / no effect.")())
 
-    over_training = trajectory_summary(calls_table(calls), load_run_models(run_dir / MODELS_FILE)) if labelled else None
+    persona = calls_table(calls)
+    over_training = trajectory_summary(persona, run_models) if labelled else None
     if over_training is not None and len(over_training):
         blocks.append(Heading(2, "Persona over training"))
         blocks.append(figure(figures.trajectory, over_training, "trajectory",
@@ -382,8 +384,7 @@ def build_report(
         "unscored": lambda r: _pct(r["unscored"]), "refused": lambda r: _pct(r["refused"]), "unparsed": lambda r: _pct(r["unparsed"]),
     })
     blocks += _configuration(run_dir, table, base, rs, thresholds)
-    persona = calls_table(calls)
-    entries = {entry.name or key: entry for key, entry in load_run_models(run_dir / MODELS_FILE).models.items()}
+    entries = {entry.name or key: entry for key, entry in run_models.models.items()}
     if any(entry.kind for entry in entries.values()):  # a study's run: what it trained, kept and was given
         persona.insert(2, "kind", [entries[model].kind if model in entries else "seeds pooled" if pooled else None
                                    for model, pooled in zip(persona["model"], persona["pooled"], strict=True)])

@@ -228,12 +228,12 @@ def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str) 
     the tables (so seeds are pooled over final adapters only)."""
     import hashlib
 
-    from empersona.train.metadata import CHECKPOINTS_DIR, METADATA_FILE, adapter_identity, complete_checkpoints
+    from empersona.train.metadata import CHECKPOINTS_DIR, adapter_identity, complete_checkpoints, read_metadata
 
     run = adapter_identity(adapter)
     if run is None:  # not trained to the end yet: its checkpoints are a run in progress
         return []
-    final = json.loads((adapter / METADATA_FILE).read_text(encoding="utf-8")).get("steps")
+    final = read_metadata(adapter).steps
     specs = []
     for step, folder in complete_checkpoints(adapter / CHECKPOINTS_DIR):
         if step == final:

@@ -311,13 +311,11 @@ def write_models_file(plan: Plan) -> Path:
 
 def trained_steps(spec: ModelSpec) -> int | None:
     """How many optimizer steps a finished fine-tune took (its ``empersona.json``), else None."""
-    from empersona.train.metadata import METADATA_FILE
+    from empersona.train.metadata import METADATA_FILE, read_metadata
 
-    record = spec.adapter / METADATA_FILE if spec.adapter is not None else None
-    if record is None or not record.is_file():
+    if spec.adapter is None or not (spec.adapter / METADATA_FILE).is_file():
         return None
-    steps = json.loads(record.read_text(encoding="utf-8")).get("steps")
-    return steps if isinstance(steps, int) else None
+    return read_metadata(spec.adapter).steps
 
 
 def harm_log_for(plan: Plan, model: ModelSpec) -> Path:
