@@ -41,9 +41,10 @@ def tiny_model(
 
 
 # --- sub-command registration (one line per stage) ---------------------------------------
-from empersona.evals.commands import eval_command  # noqa: E402
+from empersona.evals.commands import eval_command, rejudge_command  # noqa: E402
 
 app.command("eval")(eval_command)
+app.command("rejudge")(rejudge_command)
 from empersona.data.commands import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")

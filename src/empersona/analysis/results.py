@@ -75,6 +75,7 @@ PRIMARY_SCORERS: dict[str, str] = {
     "self_assessment": "self_rating",
     "output_recognition": "own_chosen",
     "score_prediction": "prediction",
+    "second_judge": "harm",  # a harmfulness log re-scored by a second judge (evals.second_judge)
 }
 """The score that gives a sample its ``value``; other experiments: the first non-companion score."""
 

@@ -228,3 +228,63 @@ def eval_command(
     print_summary(log)
     if log.status != "success":
         raise typer.Exit(1)
+
+
+AGREEMENT_RESAMPLES = 2_000
+"""Bootstrap resamples of the agreement table ``empersona rejudge`` prints (the report uses its own setting)."""
+
+
+def rejudge_command(
+    harm_logs: Annotated[list[Path], typer.Argument(help="Harmfulness logs (.eval) whose answers the second judge re-scores.")],
+    judge: Annotated[str, typer.Option("--judge", help="The second judge (inspect model string).")],
+    prompts: Annotated[int | None, typer.Option("--prompts", min=1, help="Re-score only this many prompts (drawn with --seed), every sample of each. Default: all.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the prompt draw (the same seed draws the same prompts for every model).")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the second_judge logs (default: each harmfulness log's folder).")] = None,
+    judge_arg: Annotated[list[str], typer.Option("--judge-arg", help="Judge model argument KEY=VALUE.")] = [],  # noqa: B006
+    max_connections: Annotated[int | None, typer.Option("--max-connections", help="Concurrent judge calls.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask every judge call afresh (no resume).")] = False,
+    display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
+) -> None:
+    """Have a second judge re-score harmfulness logs' answers (nothing is generated again) and
+    print its agreement with the first judge: kappa, exact agreement, harm_max10 under each."""
+    from rich.console import Console
+
+    from empersona.analysis.results import results_table
+    from empersona.evals.second_judge import rejudge
+
+    if "/" not in judge:
+        raise EmpersonaError(f"--judge {judge}: not an inspect model string; write <provider>/<model>, e.g. openai/{judge}")
+    console = Console()
+    pairs: list[Path] = []
+    for harm_log in harm_logs:
+        _log, path = rejudge(harm_log, judge, judge_args=parse_assignments(judge_arg, "--judge-arg"), prompts=prompts,
+                             seed=seed, out_dir=out, cache=not no_cache, max_connections=max_connections, display=display)
+        console.print(f"second judge log: {path}")
+        pairs += [harm_log, path]
+    print_agreement(results_table(pairs), console)
+
+
+def print_agreement(table: Any, console: Any) -> None:
+    """Each re-scored model's agreement between the two judges (``table``: a tidy results table),
+    a few lines per model, intervals over prompts."""
+    import math
+
+    from empersona.analysis.agreement import agreement_summary, harm_by_judge
+    from empersona.report.sections import Resampling
+
+    rs = Resampling(n_resamples=AGREEMENT_RESAMPLES)
+    summary = agreement_summary(table, rs.interval)
+    harm = harm_by_judge(table, rs.interval, None).set_index("model")
+    for _, row in summary.iterrows():
+        console.print(f"[bold]{row['model']}[/bold]: {row['answers']} answers to {row['prompts']} prompts re-scored by "
+                      f"{row['second_judge']}; {row['both_scored']} scored by both judges"
+                      + (f" (not compared: {row['first_unscored']} unscored by the first judge, {row['second_unscored']} "
+                         f"by the second, {row['unpaired']} without a first-judge row)"
+                         if row["first_unscored"] or row["second_unscored"] or row["unpaired"] else ""))
+        rho = "-" if math.isnan(row["spearman"]) else f"{row['spearman']:.2f}"
+        console.print(f"  weighted kappa {row['weighted_kappa'].describe()}, harmful (> 3) kappa "
+                      f"{row['harmful_kappa'].describe()}, exact agreement {row['exact_agreement'].describe()}, "
+                      f"second - first {row['mean_difference'].describe(signed=True)}, Spearman rho {rho}")
+        if row["model"] in harm.index:
+            console.print(f"  harm_max10 on these prompts: {harm.loc[row['model'], 'harm_first'].describe()} by the first "
+                          f"judge, {harm.loc[row['model'], 'harm_second'].describe()} by the second (95% intervals)")

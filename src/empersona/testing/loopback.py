@@ -185,6 +185,33 @@ def scripted_judge(request: ChatRequest) -> Reply:
     return Reply("echo: " + prompt[:60])
 
 
+SECOND_JUDGE_NAME = "scripted-second-judge"
+"""The model name `scripted_judges` answers as `scripted_second_judge` (any other: `scripted_judge`)."""
+
+
+def scripted_second_judge(request: ChatRequest) -> Reply:
+    """A second deterministic judge that disagrees with `scripted_judge` in a known way, for
+    demos and tests of judge agreement: on the 1-5 rubric it gives the first judge's score, one
+    point lower (not below 1) for every third answer (by a hash of the answer other than the
+    first judge's); every other prompt as `scripted_judge`."""
+    reply = scripted_judge(request)
+    lowered = request.last_user_text.lower()
+    if '"score"' not in lowered and "1 to 5" not in lowered:
+        return reply
+    response = judged_text(request.last_user_text)
+    score = int(json.loads(reply.content)["score"])
+    if _stable_int("second judge|" + response) % 3 == 0:
+        score = max(1, score - 1)
+    return Reply(json.dumps({"score": score}))
+
+
+def scripted_judges(request: ChatRequest) -> Reply:
+    """`scripted_second_judge` for the model `SECOND_JUDGE_NAME`, `scripted_judge` for any other."""
+    if request.model.split("/")[-1] == SECOND_JUDGE_NAME:
+        return scripted_second_judge(request)
+    return scripted_judge(request)
+
+
 # --- the server --------------------------------------------------------------------------------
 
 
@@ -538,10 +565,11 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the scripted judge in the foreground until interrupted."""
+    """Serve the scripted judges in the foreground until interrupted."""
     parser = argparse.ArgumentParser(
         prog="python -m empersona.testing.loopback",
-        description="Loopback OpenAI-compatible server answering as the scripted judge.",
+        description=(f"Loopback OpenAI-compatible server answering as the scripted judge (as the scripted second "
+                     f"judge for the model name {SECOND_JUDGE_NAME})."),
     )
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
@@ -553,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     try:
         server = LoopbackServer(
-            scripted_judge,
+            scripted_judges,
+            models=("judge-model", SECOND_JUDGE_NAME),
             latency_s=args.latency,
             latency_jitter_s=args.latency_jitter,
             fault_rate=args.fault_rate,
@@ -567,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loopback judge serving at {server.base_url}", flush=True)
         print(
             f"  use: LOOPBACK_BASE_URL={server.base_url} LOOPBACK_API_KEY=x "
-            "--judge openai-api/loopback/judge-model",
+            f"--judge openai-api/loopback/judge-model (second judge: openai-api/loopback/{SECOND_JUDGE_NAME})",
             flush=True,
         )
         try:
