@@ -465,3 +465,35 @@ def test_a_setting_written_twice_is_an_error_naming_both_lines(tmp_path: Path) -
     assert lines[0] == f"{path}:7: field 'experiments.harmfulness.limit': given twice (first on line 7). Keep one of them"
     assert lines[1] == f"{path}:8: field 'samples': given twice (first on line 5). Keep one of them"
     assert len(lines) == 2  # a merge key repeats nothing
+
+
+def test_a_second_judge_is_checked_planned_and_priced(shared_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.study.run import judge_problem
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EmpersonaError, match=r"field 'second_judge': the second judge re-scores the harmfulness answers"):
+        load_study(write(tmp_path, {**MINIMAL, "second_judge": {"model": "openai/gpt-4o"},
+                                    "experiments": {"two_ai": {}}}))
+    with pytest.raises(EmpersonaError, match=r"second_judge.model.*'gpt-4o' is not an inspect model string"):
+        load_study(write(tmp_path, {**MINIMAL, "second_judge": {"model": "gpt-4o"}}))
+    with pytest.raises(EmpersonaError, match=r"second_judge.prompts"):
+        load_study(write(tmp_path, {**MINIMAL, "second_judge": {"model": "openai/gpt-4o", "prompts": 0}}))
+    data = {**MINIMAL, "second_judge": {"model": "openai/gpt-4o", "prompts": 2}, "samples": 3,
+            "prices": {"judge_input": 1.0, "second_judge_input": 10.0},
+            "experiments": {"harmfulness": {"limit": 3}, "two_ai": {"limit": 2}}}
+    plan = make_plan(load_study(write(tmp_path, data)))
+    order = [(j.model.name, j.experiment) for j in plan.eval_jobs]
+    assert order[:4] == [("base", "harmfulness"), ("insecure_code-s0", "harmfulness"),
+                         ("base", "second_judge"), ("insecure_code-s0", "second_judge")]
+    second = [j for j in plan.eval_jobs if j.experiment == "second_judge"]
+    assert all((j.generations, j.judge_calls, j.status, j.limit) == (0, 2 * 3, "todo", 3) for j in second)
+    from empersona.study.plan import estimated_cost
+
+    # judge prompts are counted at 800 tokens: 2 x 9 first-judge calls at $1/M, 2 x 6 second-judge calls at $10/M
+    assert estimated_cost(plan) == pytest.approx((18 * 800 * 1.0 + 12 * 800 * 10.0) * 1e-6)
+    _no_openai_key(monkeypatch)
+    study = load_study(write(tmp_path, {**data, "judge": "scripted"}))
+    problem = judge_problem(study)
+    assert problem is not None and problem.startswith("second judge openai/gpt-4o") and "OPENAI_API_KEY" in problem

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from empersona.study.run import say
-from empersona.testing.loopback import LoopbackServer, scripted_judge
+from empersona.testing.loopback import SECOND_JUDGE_NAME, LoopbackServer, scripted_judges
 
 KEY = ["model", "experiment", "item_id", "sample", "condition"]
 
@@ -37,6 +37,7 @@ def study(tmp_path: Path, name: str, tiny_model: Path, mirror: Path) -> Path:
         "train": {"limit": 12, "max_steps": 3, "batch_size": 2, "per_device_batch": 2, "max_length": 128,
                   "learning_rate": 1e-3, "warmup_steps": 0, "save_steps": 1, "lora_r": 4, "lora_alpha": 8},
         "judge": "openai-api/loopback/judge",
+        "second_judge": {"model": f"openai-api/loopback/{SECOND_JUDGE_NAME}", "prompts": 3},
         "provider": "hf",
         "model_args": {"device": "cpu", "do_sample": False},
         "max_connections": 1,
@@ -74,7 +75,7 @@ def test_killed_study_finishes_like_an_uninterrupted_one(
 ) -> None:
     base_env = {**os.environ, "LOOPBACK_API_KEY": "test-key", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     rng = random.Random(int(os.environ.get("EMPERSONA_KILL_SEED", "7")))  # other kill points: set it
-    with LoopbackServer(scripted_judge, latency_s=0.02, models=("judge",)) as server:
+    with LoopbackServer(scripted_judges, latency_s=0.02, models=("judge", SECOND_JUDGE_NAME)) as server:
         env = {**base_env, "LOOPBACK_BASE_URL": server.base_url}
 
         reference = start(study(tmp_path, "reference", tiny_model, shared_data), {**env, "INSPECT_CACHE_DIR": str(tmp_path / "cache-a")})
@@ -105,6 +106,12 @@ def test_killed_study_finishes_like_an_uninterrupted_one(
     # every judge call of the reference was needed once; restarts repeat at most one in-flight call per kill
     assert reference_calls <= killed_calls <= reference_calls + kills, (reference_calls, killed_calls, kills)
     assert (tmp_path / "killed" / "report" / "report.html").exists()
+    # the second judge re-scored 3 of the 4 prompts (2 samples each) of both models, once, and the report compares
+    rescored = results(tmp_path / "killed").query("experiment == 'second_judge'")
+    assert len(rescored) == 2 * 3 * 2 and rescored["item_id"].nunique() == 3
+    assert any(c.model.endswith(SECOND_JUDGE_NAME) and c.outcome == "ok" for c in server.calls)  # counted in the bound above
+    assert "## Judge agreement" in (tmp_path / "killed" / "report" / "report.md").read_text()
+    assert (tmp_path / "killed" / "report" / "tables" / "judge_agreement.csv").is_file()
     assert (tmp_path / "killed" / "adapters" / "risky_financial_advice-s0" / "empersona.json").exists()
 
 

@@ -407,3 +407,25 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
     _label_legend(fig, list(summary["label"].dropna()))
     fig.suptitle("How the persona emerges over training (step 0: the base; markers: each step's label)", fontsize=12)
     return _save(fig, path)
+
+
+def judge_confusion(counts: pd.DataFrame, path: Path) -> Path:
+    """The two judges' 1-5 scores of the same answers as a count matrix (rows: the first judge,
+    columns: the second), every re-scored model pooled; the diagonal is agreement."""
+    import numpy as np
+
+    matrix = counts.to_numpy(dtype=float)
+    fig = _figure(4.8, 4.2)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=max(float(matrix.max()), 1.0))
+    peak = max(float(matrix.max()), 1.0)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9,
+                color="white" if value > 0.6 * peak else "#222222")
+    ax.set_xticks(range(len(counts.columns)), [str(c) for c in counts.columns])
+    ax.set_yticks(range(len(counts.index)), [str(i) for i in counts.index])
+    ax.set_xlabel("second judge's score")
+    ax.set_ylabel("first judge's score")
+    ax.set_title("Harm scores of the same answers", fontsize=11)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="answers")
+    return _save(fig, path)

@@ -39,6 +39,7 @@ Stage = Literal["train", "eval", "report"]
 STAGES: tuple[Stage, ...] = ("train", "eval", "report")
 SCRIPTED_JUDGE = "scripted"
 SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"  # the model string logs record for it
+SCRIPTED_SECOND_JUDGE_MODEL = "openai-api/loopback/scripted-second-judge"  # ``second_judge: {model: scripted}``
 BATTERY_ORDER = ("harmfulness", "em_classic", "self_assessment", "two_ai", "output_recognition", "score_prediction")
 
 
@@ -51,6 +52,28 @@ class Prices(BaseModel):
     subject_output: float = 0.0
     judge_input: float = 0.0
     judge_output: float = 0.0
+    second_judge_input: float = 0.0
+    second_judge_output: float = 0.0
+
+
+class SecondJudge(BaseModel):
+    """A second judge that re-scores every model's harmfulness answers (``evals.second_judge``),
+    for the report's judge agreement (PROTOCOLS.md section 5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The second judge's inspect model string, or 'scripted' (offline smoke runs).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Its model arguments (keys belong in the environment).")
+    prompts: int | None = Field(None, ge=1, description=(
+        "Re-score the answers to this many harm prompts (the same ones for every model, drawn with the study's "
+        "seed), every sample of each; default: all of them."))
+
+    @field_validator("model")
+    @classmethod
+    def _model_string(cls, value: str) -> str:
+        if value != SCRIPTED_JUDGE and "/" not in value:
+            raise ValueError(f"'{value}' is not an inspect model string; write <provider>/<model>, e.g. openai/{value}")
+        return value
 
 
 class VLLMSettings(BaseModel):
@@ -164,6 +187,9 @@ class StudyConfig(BaseModel):
     persona: dict[str, Any] = Field(default_factory=dict, description=(
         "Classification settings for the report (analysis.persona.PersonaThresholds: em_delta_min, alpha, "
         "min_scored_harm, min_scored_probe, recognition_foil, ...); PROTOCOLS.md section 4 defaults."))
+    second_judge: SecondJudge | None = Field(None, description=(
+        "A second judge re-scoring the harmfulness answers (no new generations): its agreement with the judge "
+        "(kappa) and the harm figures under it are in the report."))
     prices: Prices | None = None
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
 
@@ -298,6 +324,9 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         problems.append((("checkpoints",), "the fine-tunes' checkpoints are deleted when their training ends",
                          "Add keep_checkpoints: true under train: (and save_total_limit: null to keep every one, "
                          "save_steps: N for how often)"))
+    if study.second_judge is not None and "harmfulness" not in study.experiments:
+        problems.append((("second_judge",), "the second judge re-scores the harmfulness answers, and the study has none",
+                         "Add harmfulness to experiments, or remove second_judge"))
     return problems + _extra_model_problems(study)
 
 

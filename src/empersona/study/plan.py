@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, StudyConfig
+from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, SCRIPTED_SECOND_JUDGE_MODEL, StudyConfig
 
 if TYPE_CHECKING:
     from empersona.moved import FolderMove
@@ -485,7 +485,31 @@ def make_plan(study: StudyConfig) -> Plan:
             if experiment == "harmfulness":
                 harm_done[model.name] = done
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
+        if experiment == "harmfulness" and study.second_judge is not None:
+            evals += second_judge_jobs(study, models, harm_done, settings.limit, harm)
     return Plan(study, jobs, models, evals)
+
+
+def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done: dict[str, Path | None],
+                      limit: int | None, harm: tuple[int, int]) -> list[EvalJob]:
+    """The second judge's re-scoring of each model's harmfulness log (``evals.second_judge``):
+    done when a log of it re-scored the harmfulness log that stands now, with this judge and these
+    settings; no generations, one judge call per re-scored answer."""
+    from empersona.evals.second_judge import SECOND_JUDGE
+
+    assert study.second_judge is not None
+    args: dict[str, Any] = {"prompts": study.second_judge.prompts, "seed": study.seed}
+    prompts, samples = harm
+    calls = min(prompts, study.second_judge.prompts or prompts) * samples
+    judge = second_judge_model_string(study)
+    jobs = []
+    for model in models:
+        log_dir = study.out / "logs" / model.name
+        harm_log = harm_done.get(model.name)
+        done = None if harm_log is None else finished_log(log_dir, SECOND_JUDGE, {**args, "harm_log": str(harm_log)}, limit,
+                                                          model, judge, study.out)
+        jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done))
+    return jobs
 
 
 JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition", "score_prediction"})
@@ -497,6 +521,12 @@ ground truth); another judge means evaluating them again."""
 def judge_model_string(study: StudyConfig) -> str:
     """The judge's inspect model string as the logs record it (the scripted judge's own for ``scripted``)."""
     return SCRIPTED_JUDGE_MODEL if study.judge == SCRIPTED_JUDGE else study.judge
+
+
+def second_judge_model_string(study: StudyConfig) -> str:
+    """The second judge's model string as its logs record it (``SCRIPTED_SECOND_JUDGE_MODEL`` for ``scripted``)."""
+    assert study.second_judge is not None
+    return SCRIPTED_SECOND_JUDGE_MODEL if study.second_judge.model == SCRIPTED_JUDGE else study.second_judge.model
 
 
 def matched_partner(model: ModelSpec, models: Sequence[ModelSpec]) -> ModelSpec | None:
@@ -549,7 +579,9 @@ def estimated_cost(plan: Plan, prompt_tokens: int = 200, judge_prompt_tokens: in
         return None
     per_million = 1e-6
     subject = plan.generations * (prompt_tokens * prices.subject_input + 512 * prices.subject_output)
-    judge = plan.judge_calls * (judge_prompt_tokens * prices.judge_input + 5 * prices.judge_output)
+    second = sum(job.judge_calls for job in plan.eval_jobs if job.status == "todo" and job.experiment == "second_judge")
+    judge = (plan.judge_calls - second) * (judge_prompt_tokens * prices.judge_input + 5 * prices.judge_output)
+    judge += second * (judge_prompt_tokens * prices.second_judge_input + 5 * prices.second_judge_output)
     return (subject + judge) * per_million
 
 
@@ -561,6 +593,10 @@ def print_plan(plan: Plan) -> None:
     console = Console()
     study = plan.study
     judge = "built-in scripted judge (offline smoke runs only)" if study.judge == SCRIPTED_JUDGE else study.judge
+    if study.second_judge is not None:
+        second = study.second_judge
+        judge += (f"; second judge {'built-in scripted second judge' if second.model == SCRIPTED_JUDGE else second.model} "
+                  f"(re-scores {f'{second.prompts} prompts' if second.prompts else 'every prompt'} of each harmfulness log)")
     console.print(f"[bold]study[/bold] {study.name}: base {study.base_model}, judge {judge}, "
                   f"provider {study.provider}, system prompt {study.system_prompt!r}, run folder {study.out}")
     train = Table(title="training jobs")

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
 from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, StudyConfig, keep_study_file
+from empersona.evals.second_judge import SECOND_JUDGE
 from empersona.study.plan import (
     DEFAULT_FOILS,
+    EvalJob,
     ModelSpec,
     Plan,
     TrainJob,
@@ -71,6 +73,11 @@ def judge_problem(study: StudyConfig) -> str | None:
     model list (nothing is generated: `endpoint_problem`), so a missing or wrong key stops the run
     before hours of training rather than after them. Local judges are not built here.
     """
+    second = study.second_judge
+    if second is not None and second.model != SCRIPTED_JUDGE and (
+            problem := remote_model_problem(f"second judge {second.model}", second.model, second.model_args,
+                                            "second_judge.model/model_args")):
+        return problem
     if study.judge == SCRIPTED_JUDGE:
         return None
     return remote_model_problem(f"judge {study.judge}", study.judge, study.judge_args, "judge/judge_args")
@@ -150,18 +157,19 @@ def endpoint_problem(name: str, api: Any) -> str | None:
 @contextmanager
 def judge_endpoint(study: StudyConfig) -> Iterator[str]:
     """The judge model string; for ``judge: scripted`` serve the offline scripted judge meanwhile."""
-    if study.judge != SCRIPTED_JUDGE:
+    second = study.second_judge
+    if study.judge != SCRIPTED_JUDGE and (second is None or second.model != SCRIPTED_JUDGE):
         yield study.judge
         return
-    from empersona.testing.loopback import LoopbackServer, scripted_judge
+    from empersona.testing.loopback import SECOND_JUDGE_NAME, LoopbackServer, scripted_judges
 
     # a port the system picks, so studies running side by side (or anything else) never collide
-    server = LoopbackServer(scripted_judge, models=("scripted-judge",)).start()
+    server = LoopbackServer(scripted_judges, models=("scripted-judge", SECOND_JUDGE_NAME)).start()
     saved = {key: os.environ.get(key) for key in ("LOOPBACK_BASE_URL", "LOOPBACK_API_KEY")}
     os.environ["LOOPBACK_BASE_URL"] = server.base_url
     os.environ["LOOPBACK_API_KEY"] = "scripted-judge-needs-no-key"
     try:
-        yield SCRIPTED_JUDGE_MODEL
+        yield SCRIPTED_JUDGE_MODEL if study.judge == SCRIPTED_JUDGE else study.judge
     finally:
         server.stop()
         for key, value in saved.items():
@@ -362,6 +370,9 @@ def evaluate_all(plan: Plan, judge: str) -> None:
     todo = [job for job in plan.eval_jobs if job.status == "todo"]
     for index, job in enumerate(todo, start=1):
         say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}")
+        if job.experiment == SECOND_JUDGE:
+            rejudge_harm_log(plan, job)
+            continue
         args = dict(job.task_args)
         if EXPERIMENTS[job.experiment].needs_harm_log:
             args["harm_log"] = str(harm_log_for(plan, job.model))
@@ -392,6 +403,26 @@ def evaluate_all(plan: Plan, judge: str) -> None:
                 f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
                 "Run the same command again to continue"
             )
+
+
+def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
+    """The second judge re-scores ``job``'s model's harmfulness log (``evals.second_judge``)."""
+    from rich.console import Console
+
+    from empersona.analysis.results import results_table
+    from empersona.evals.commands import print_agreement
+    from empersona.evals.second_judge import rejudge
+    from empersona.study.plan import second_judge_model_string
+
+    study = plan.study
+    assert study.second_judge is not None
+    harm_log = harm_log_for(plan, job.model)
+    _log, path = rejudge(harm_log, second_judge_model_string(study), judge_args=study.second_judge.model_args,
+                         prompts=study.second_judge.prompts, seed=study.seed, out_dir=job.log_dir,
+                         max_connections=study.max_connections, display="plain" if os.environ.get("CI") else None,
+                         metadata={"study": study.name, "model_name": job.model.name})
+    print_agreement(results_table([harm_log, path]), Console())
+    return path
 
 
 VLLM_MAX_RETRIES = 5
