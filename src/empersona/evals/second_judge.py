@@ -5,7 +5,7 @@ Nothing is generated again: the answers are the ones the log holds, so the two j
 very same texts. ``rejudge`` reads a finished harmfulness log, keeps every answer (or, with
 ``prompts=N``, the answers to N prompts drawn with ``seed``, every sample of each: the unit the
 statistics resample stays whole), has the second judge rate each on the same rubric through
-inspect's log re-scoring (``inspect_ai._eval.score.score_async``: the progress display, one
+inspect's log re-scoring (``inspect_ai.score_async``: the progress display, one
 concurrent call per answer up to the judge's connection limit) and writes the result as a log of
 its own: the task ``second_judge``, the same model, samples and ids as the harmfulness log, the
 second judge's ``harm`` scores only, and in its metadata which log it re-scored
@@ -104,7 +104,7 @@ def rejudge(
     ``metadata``: more entries for the new log's metadata (a study's model name, run folder).
     """
     import anyio
-    from inspect_ai._eval.score import score_async
+    from inspect_ai import score_async
     from inspect_ai.log import write_eval_log
     from inspect_ai.model import CachePolicy, GenerateConfig, ModelConfig, get_model
 
