@@ -497,3 +497,41 @@ def test_a_second_judge_is_checked_planned_and_priced(shared_data: Path, tmp_pat
     study = load_study(write(tmp_path, {**data, "judge": "scripted"}))
     problem = judge_problem(study)
     assert problem is not None and problem.startswith("second judge openai/gpt-4o") and "OPENAI_API_KEY" in problem
+
+
+def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) -> None:
+    """The results table merges a model's logs of one experiment row by row: an earlier log with
+    more samples would fill in rows the current one does not have (samples: 2 -> 1 kept sample 1)."""
+    from types import SimpleNamespace
+
+    from inspect_ai import Epochs, Task
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.solver import generate
+
+    from empersona.analysis.results import find_logs, results_table
+    from empersona.study.plan import EvalJob, ModelSpec
+    from empersona.study.run import set_aside_all_superseded_logs, set_aside_superseded_logs
+    from empersona.testing.mocks import scripted_model
+
+    out = tmp_path / "run"
+    folder = out / "logs" / "base"
+    model = scripted_model(lambda turn: "hello", name="base")
+
+    def run(task_name: str, epochs: int) -> Path:
+        task = Task(dataset=[Sample(input="hi", id="a")], solver=generate(), epochs=Epochs(epochs), name=task_name)
+        [log] = inspect_eval(task, model=model, log_dir=str(folder), display="none")
+        return Path(log.location)
+
+    older, other = run("two_ai", 2), run("harmfulness", 1)
+    newer = run("two_ai", 1)
+    (folder / "2026-11-27T10-00-00-00-00_two-ai_cutshort.eval").write_bytes(b"half a zip")  # left by a kill
+    assert len(results_table([older, newer]).query("experiment == 'two_ai'")) == 2  # sample 1 of the older log fills in
+    spec = ModelSpec("base", "mockllm/base", "base")
+    job = EvalJob(spec, "two_ai", {}, None, folder, 1, 0, "done", newer)
+    plan = SimpleNamespace(study=SimpleNamespace(out=out), eval_jobs=[job])
+    moved = set_aside_all_superseded_logs(plan)  # type: ignore[arg-type]
+    assert sorted(p.name for p in moved) == sorted([older.name, "2026-11-27T10-00-00-00-00_two-ai_cutshort.eval"])
+    assert all("logs.replaced" in str(p) and p.exists() for p in moved)
+    assert sorted(find_logs(folder)) == sorted([newer, other])  # the harmfulness log is another experiment's
+    assert set_aside_superseded_logs(plan, job, newer) == []  # type: ignore[arg-type]

@@ -281,13 +281,51 @@ def set_aside_other_models_logs(plan: Plan) -> list[Path]:
                 continue
             if log_is_of_model(spec, model, identity, log_move(spec, plan.study.out, trained_in)):
                 continue
-            target = plan.study.out / "logs.replaced" / stamp / model.name / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), str(target))
-            moved.append(target)
+            moved.append(park_log(plan.study.out, stamp, model.name, path))
     if moved:
         say(f"moved {len(moved)} log(s) of models no longer in the study, or of an earlier version of one (a base model "
             f"changed, an adapter retrained or replaced), to {moved[0].parents[1]}")
+    return moved
+
+
+def park_log(run_folder: Path, stamp: str, model: str, path: Path) -> Path:
+    """Move one log out of ``logs/`` to ``logs.replaced/<stamp>/<model>/`` (nothing is deleted)."""
+    target = run_folder / "logs.replaced" / stamp / model / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(target))
+    return target
+
+
+def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path, stamp: str | None = None) -> list[Path]:
+    """Move every other log of ``job``'s experiment in its model's folder aside: the results
+    table merges a model's logs of one experiment row by row, so an older log made with other
+    settings (more samples or items, another harmfulness log read) would fill in the rows the
+    current one does not have. ``keep``: the log that stands (the plan's, or the one just made)."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    if not job.log_dir.is_dir():
+        return []
+    moved = []
+    for info in list_eval_logs(str(job.log_dir), recursive=False):
+        path = Path(info.name.removeprefix("file://"))
+        if path.resolve() == keep.resolve():
+            continue
+        try:
+            task = read_eval_log(info, header_only=True).eval.task.split("/")[-1]
+        except Exception:  # a log cut short by a kill: its task is read off its name (inspect's <time>_<task>_<id>)
+            task = path.stem.split("_")[1].replace("-", "_") if path.stem.count("_") >= 2 else ""
+        if task == job.experiment:
+            moved.append(park_log(plan.study.out, stamp or time.strftime("%Y%m%d-%H%M%S"), job.model.name, path))
+    return moved
+
+
+def set_aside_all_superseded_logs(plan: Plan) -> list[Path]:
+    """`set_aside_superseded_logs` for every finished evaluation of the plan, said once."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = [path for job in plan.eval_jobs if job.status == "done" and job.log is not None
+             for path in set_aside_superseded_logs(plan, job, job.log, stamp)]
+    if moved:
+        say(f"moved {len(moved)} earlier log(s) of evaluations made again since (other settings) to {moved[0].parents[1]}")
     return moved
 
 
@@ -371,7 +409,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
     for index, job in enumerate(todo, start=1):
         say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}")
         if job.experiment == SECOND_JUDGE:
-            rejudge_harm_log(plan, job)
+            set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job))
             continue
         args = dict(job.task_args)
         if EXPERIMENTS[job.experiment].needs_harm_log:
@@ -403,6 +441,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
                 f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
                 "Run the same command again to continue"
             )
+        set_aside_superseded_logs(plan, job, Path(log.location.removeprefix("file://")))
 
 
 def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
@@ -616,6 +655,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         repoint_moved_adapters(plan)
         build_extra_views(study)
         set_aside_other_models_logs(plan)
+        set_aside_all_superseded_logs(plan)
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):
                 evaluate_all(plan, judge)
