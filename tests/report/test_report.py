@@ -86,7 +86,11 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     tables = run_dir / "report" / "tables"
     assert sorted(p.stem for p in tables.glob("*.csv")) == sorted([
         "persona", "harmfulness", "classic_em", "two_ai", "output_recognition", "score_prediction",
-        "score_prediction_overall", "self_assessment", "response_rates"])
+        "score_prediction_overall", "self_assessment", "response_rates",
+        "models", "experiments", "task_arguments", "logs"])  # and the configuration's tables
+    configured = pd.read_csv(tables / "models.csv")
+    assert set(configured["model"]) == set(pd.read_csv(tables / "persona.csv")["model"])
+    assert len(pd.read_csv(tables / "logs.csv")) == len(set(pd.read_parquet(run_dir / "results.parquet")["log_file"]))
     assert "`tables/persona.csv`" in markdown
     persona_csv = pd.read_csv(tables / "persona.csv")
     assert dict(zip(persona_csv["model"], persona_csv["label"], strict=True)) == EXPECTED

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from empersona.analysis.results import MODELS_FILE, load_run_models, run_results
 from empersona.errors import EmpersonaError
-from empersona.report.configuration import _configuration
+from empersona.report.configuration import configuration_section
 from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
 from empersona.report.sections import (
     ALIGNED_BELOW,
@@ -458,9 +458,12 @@ def build_report(
         "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),
         "unscored": lambda r: _pct(r["unscored"]), "refused": lambda r: _pct(r["refused"]), "unparsed": lambda r: _pct(r["unparsed"]),
     })
-    blocks += _configuration(run_dir, table, base, rs, thresholds)
     entries = {entry.name or key: entry for key, entry in run_models.models.items()}
-    if any(entry.kind for entry in entries.values()):  # a study's run: what it trained, kept and was given
+    kinds = {name: (entry.kind, entry.step) for name, entry in entries.items()} if any(
+        entry.kind for entry in entries.values()) else None  # a study's run: what it trained, kept and was given
+    configuration, configuration_tables = configuration_section(run_dir, table, base, rs, thresholds, kinds)
+    blocks += configuration
+    if kinds:
         persona.insert(2, "kind", [entries[model].kind if model in entries else "seeds pooled" if pooled else None
                                    for model, pooled in zip(persona["model"], persona["pooled"], strict=True)])
         persona.insert(3, "step", pd.array([entries[model].step if model in entries else None for model in persona["model"]],
@@ -474,6 +477,7 @@ def build_report(
         "self_assessment": self_rating, "response_rates": statuses,
         "judge_agreement": agreement, "harm_by_judge": by_judge, "judge_confusion": confusion.reset_index(),
         "persona_over_training": over_training if over_training is not None else pd.DataFrame(),
+        **configuration_tables,
     })
     settings = report_dir / TABLES_DIR / SETTINGS_FILE
     settings.write_text(json.dumps({"base_model": base.model, "seed": seed, "thresholds": thresholds.model_dump(mode="json")},

@@ -23,8 +23,14 @@ if TYPE_CHECKING:
     from empersona.report.sections import Resampling
 
 
-def _configuration(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Resampling,
-                   thresholds: PersonaThresholds) -> list[Block]:
+def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Resampling,
+                          thresholds: PersonaThresholds, kinds: dict[str, tuple[str | None, int | None]] | None = None,
+                          ) -> tuple[list[Block], dict[str, pd.DataFrame]]:
+    """The section's blocks, and its tables for CSV (models, experiments, task arguments, logs).
+
+    ``kinds``: each model's kind and step as the study recorded them (``models.yaml``), shown
+    in the Models table when given.
+    """
     import pandas as pd
 
     def joined(values: pd.Series) -> str:
@@ -36,14 +42,22 @@ def _configuration(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Res
     blocks.append(Para(f"Base model: `{base.model or '-'}` ({base.how}). Intervals: {rs.level:.0%} BCa bootstrap over "
                        f"prompts/items, {rs.n_resamples} resamples, seed {rs.seed}. Classification thresholds: "
                        + ", ".join(f"{k}={v}" for k, v in thresholds.model_dump().items() if k != "n_resamples") + "."))
-    models = table.drop_duplicates("model").sort_values("model")
-    blocks += [Heading(3, "Models"), Table(_format_frame(models, {
+    models = table.drop_duplicates("model").sort_values("model")[
+        ["model", "model_string", "base_model", "adapter", "domain", "seed"]].reset_index(drop=True)
+    if kinds:
+        models.insert(1, "kind", [kinds.get(m, (None, None))[0] for m in models["model"]])
+        models.insert(2, "step", pd.array([kinds.get(m, (None, None))[1] for m in models["model"]], dtype="Int64"))
+    spec = {
         "model": "model", "model string": "model_string",
         "base model": lambda r: r["base_model"] if isinstance(r["base_model"], str) else "-",
         "adapter": lambda r: r["adapter"] if isinstance(r["adapter"], str) else "-",
         "domain": lambda r: r["domain"] if isinstance(r["domain"], str) else "-",
         "fine-tune seed": lambda r: "-" if pd.isna(r["seed"]) else str(r["seed"]),
-    }))]
+    }
+    if kinds:
+        spec = {"model": "model", "kind": lambda r: r["kind"] or "-",
+                "step": lambda r: "-" if pd.isna(r["step"]) else str(r["step"]), **spec}
+    blocks += [Heading(3, "Models"), Table(_format_frame(models, spec))]
     experiments = []
     for experiment, part in table.groupby("experiment", sort=True):
         experiments.append({
@@ -53,21 +67,24 @@ def _configuration(run_dir: Path, table: pd.DataFrame, base: BaseChoice, rs: Res
             "versions": joined(part["versions"]),
         })
     blocks += [Heading(3, "Experiments"), Table(pd.DataFrame(experiments))]
-    blocks += _task_args_blocks(table)
-    blocks += _logs_blocks(run_dir, table)
+    task_args = _task_args_table(table)
+    if len(task_args):
+        blocks += [Heading(3, "Task arguments"), Table(task_args)]
+    logs, log_blocks = _logs_blocks(run_dir, table)
+    blocks += log_blocks
     blocks += _imports_blocks(run_dir)
-    return blocks
+    return blocks, {"models": models, "experiments": pd.DataFrame(experiments), "task_arguments": task_args, "logs": logs}
 
 
 READ_LOGS = ("harm_log", "matched_log")  # paths of the harmfulness logs read: the Logs table lists them
 
 
-def _task_args_blocks(table: pd.DataFrame) -> list[Block]:
+def _task_args_table(table: pd.DataFrame) -> pd.DataFrame:
     """Each experiment's task arguments (temperature, samples, mode, foils, ...) and the models run with them."""
     import pandas as pd
 
     if "task_args" not in table.columns:
-        return []
+        return pd.DataFrame()
     rows = []
     for (experiment, raw), part in table.groupby(["experiment", "task_args"], sort=True):
         try:
@@ -77,21 +94,20 @@ def _task_args_blocks(table: pd.DataFrame) -> list[Block]:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items())) or "(task defaults)"
         rows.append({"experiment": experiment, "task arguments": shown, "models": ", ".join(sorted(part["model"].unique()))})
     if not rows:
-        return []
-    merged = pd.DataFrame(rows).groupby(["experiment", "task arguments"], sort=True)["models"].agg(
+        return pd.DataFrame()
+    return pd.DataFrame(rows).groupby(["experiment", "task arguments"], sort=True)["models"].agg(
         lambda names: ", ".join(sorted({n for joined in names for n in joined.split(", ")}))).reset_index()
-    return [Heading(3, "Task arguments"), Table(merged)]
 
 
-def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
-    """The logs behind the table: their status, how they were sampled, their model args, and notes
-    from their headers (e.g. duplicate prompts)."""
+def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[Block]]:
+    """The logs behind the table (their status, how they were sampled, their model args) and its
+    blocks, with notes from the logs' headers (e.g. duplicate prompts)."""
     import pandas as pd
     from inspect_ai.log import read_eval_log
 
     files = sorted(table.loc[table["source"] == "log", "log_file"].unique())
     if not files:
-        return []
+        return pd.DataFrame(), []
     rows, duplicates = [], {}
     for name in files:
         path = Path(name) if Path(name).is_absolute() else run_dir / name
@@ -110,12 +126,13 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> list[Block]:
         if meta.get("experiment") == "harmfulness" and meta.get("duplicate_prompt_lines") is not None:
             pairs = ", ".join(f"line {a} = line {b}" for a, b in meta["duplicate_prompt_lines"])
             duplicates.setdefault(pairs or "none", []).append(name)
-    blocks: list[Block] = [Heading(3, "Logs"), Table(pd.DataFrame(rows))]
+    frame = pd.DataFrame(rows)
+    blocks: list[Block] = [Heading(3, "Logs"), Table(frame)]
     if duplicates:
         blocks.append(Para("Duplicated harm prompts (kept, as in the paper; PROTOCOLS.md expects one, the pinned file has "
                            "none): " + "; ".join(
             f"{pairs} ({len(names)} log{'s' if len(names) > 1 else ''})" for pairs, names in sorted(duplicates.items()))))
-    return blocks
+    return frame, blocks
 
 
 def _imports_blocks(run_dir: Path) -> list[Block]:
