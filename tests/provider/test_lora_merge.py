@@ -270,3 +270,43 @@ def test_merged_batches_reuse_the_base_models_compiled_graphs(lively: tuple[Path
     engine.generate([Request(p, 3, temperature=0.0, adapter=k) for k in (None, key) for p in prompts])
     assert engine.adapters.wrapped and counters["stats"]["unique_graphs"] > graphs  # products: their own graph
     assert answers(engine, prompts, None) == want_base  # the base weights back, the base graph again
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["products", "merged"])
+def test_beyond_max_adapters_the_least_recently_used_is_unloaded_and_comes_back(
+    lively: tuple[Path, Path, Path], merge: bool
+) -> None:
+    """A study with checkpoints asks tens of adapters in turn: with ``max_adapters=1`` each one
+    asked unloads the one before, and answers as an engine that keeps them all; a mixed batch
+    loads what it needs beyond the limit, and a layer no loaded adapter adapts any more runs as
+    the base model's."""
+    base, first, second = lively
+    prompts = prompt_ids(base)
+    keep_all = Engine(load(base), EngineOptions(min_prefix=8, lora_merge=merge))
+    want = {path: answers(keep_all, prompts, keep_all.add_adapter(path)) for path in (first, second)}
+    want_base = answers(Engine(load(base), EngineOptions(min_prefix=8)), prompts, None)
+    _, want_mixed = run_mixed(base, (first, second), EngineOptions(min_prefix=8, lora_merge=merge))
+
+    engine = Engine(load(base), EngineOptions(min_prefix=8, lora_merge=merge, max_adapters=1))
+    keys = {path: engine.add_adapter(path) for path in (first, second)}
+    assert list(engine.adapters.adapters) == [keys[second]]  # adding the second unloaded the first
+    for path in (first, second, first):
+        assert_close(answers(engine, prompts, keys[path]), want[path])
+        assert list(engine.adapters.adapters) == [keys[path]]
+        assert engine.adapters.rows.columns == engine.adapters.adapters[keys[path]].rank
+    assert engine.stats.adapter_reloads == 3  # first (again), second, first
+    assert answers(engine, prompts, None) == want_base  # the base weights and layers are the base model's
+    requests = [Request(p, NEW_TOKENS, temperature=0.0, adapter=k) for k in (None, keys[first], keys[second]) for p in prompts]
+    tokens = [c.tokens for c in engine.generate(requests)]
+    assert set(engine.adapters.adapters) == {keys[first], keys[second]}  # both needed: over the limit for this batch
+    n = len(prompts)
+    assert [tokens[i * n : (i + 1) * n] for i in range(3)] == want_mixed
+    engine.adapters.remove(keys[first])
+    assert engine.adapters.rows.columns == engine.adapters.adapters[keys[second]].rank
+    assert_close(answers(engine, prompts, keys[second]), want[second])
+    engine.adapters.remove(keys[second])
+    slot_linear = _make_slot_linear_class()
+    assert engine.adapters.rows.columns == 0 and not engine.adapters.slots
+    assert not any(isinstance(m, slot_linear) for m in engine.model.modules())  # the model's own layers again
+    assert answers(engine, prompts, None) == want_base
+    assert_close(answers(engine, prompts, keys[first]), want[first])  # and it loads again when asked

@@ -69,6 +69,7 @@ class ProviderArgs(BaseModel):
     lora_dtype: Literal["model", "float32"] = "model"
     compile_prefill: bool = False
     lora_merge: bool = True
+    max_adapters: int = Field(16, ge=1)
     generation_config: bool = True
 
 
@@ -371,6 +372,7 @@ class EmpersonaAPI(ModelAPI):
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
             lora_merge=args.lora_merge,
+            max_adapters=args.max_adapters,
         )
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None

@@ -130,6 +130,7 @@ class EngineStats:
     static_caches_dropped: int = 0  # evicted to keep the static caches within the byte budget
     split_batches: int = 0  # planned batches run in parts because their cache exceeded the budget
     shrunk_rounds: int = 0  # times a round went on in a smaller batch (most of its rows had finished)
+    adapter_reloads: int = 0  # adapters loaded again after max_adapters had unloaded them
     decode_row_steps: int = 0  # rows the next-token choice ran on, summed over the steps
     # batches by (rows, cache length rounded up to STATIC_LENGTH_STEP): the shapes a GPU compiles for
     shapes: Counter[tuple[int, int]] = field(default_factory=Counter)
@@ -179,6 +180,11 @@ class EngineOptions:
     of Qwen2.5-1.5B with all seven projections adapted). Off by default until a GPU run of
     ``bench/adapters.py`` says it pays: on this project's CPU it was 0.86-0.97x the speed of two
     products over three runs (0.5B shape, batch 8).
+    ``max_adapters``: the most adapters kept loaded at once; beyond it the least recently used one
+    that the requests at hand do not need is unloaded (``AdapterSet.remove``) and loaded again
+    from its folder when asked for again. Every loaded adapter holds its factors on the device and
+    widens the products of mixed batches: a study with ``checkpoints: true`` asks tens of adapters
+    in turn, one at a time.
     ``lora_merge``: a batch whose rows all use one adapter (``empersona run`` evaluates one model at
     a time, so every batch of a fine-tune's evaluation) runs with that adapter merged into the base
     weights (``AdapterSet.merge``: ``W + scaling * B A``, rounded once into the weight's dtype, as
@@ -218,6 +224,7 @@ class EngineOptions:
     lora_fuse_input: bool = False
     compile_prefill: bool = False
     lora_merge: bool = True
+    max_adapters: int = 16
 
 
 @dataclass
@@ -339,6 +346,9 @@ class Engine:
         self._compiled_prompt: Any = None
         self.compile_prefill = options.compile_prefill
         self._last_adapters: set[str | None] = set()  # the adapters of the batch before
+        self._adapter_paths: dict[str, Path] = {}  # every adapter key ever added: its folder, to load it again
+        self._adapter_use: OrderedDict[str, None] = OrderedDict()  # loaded adapters, least recently used first
+        self._unloaded: set[str] = set()  # adapters max_adapters unloaded
         self._batch_merge: str | None | object = _PRODUCTS  # this batch's _merge_choice
 
     # ------------------------------------------------------------------ adapters
@@ -346,9 +356,30 @@ class Engine:
         """Load a LoRA adapter folder onto the base weights; returns the key requests name it by."""
         with self.lock:
             key = self.adapters.key(path)
-            if key in self.adapters.adapters:
-                return key
-            return self.adapters.add(read_adapter(path))
+            self._adapter_paths[key] = Path(path)
+            self._load_adapters({key})
+            return key
+
+    def _load_adapters(self, needed: set[str]) -> None:
+        """Have ``needed`` loaded (again, if unloaded since), then unload the least recently used
+        others while more than ``max_adapters`` are loaded."""
+        for key in sorted(needed):
+            if key not in self.adapters.adapters:
+                path = self._adapter_paths.get(key)
+                if path is None:
+                    raise KeyError(f"adapter {key} was never added to this engine (add_adapter)")
+                self.stats.adapter_reloads += key in self._unloaded
+                self.adapters.add(read_adapter(path))
+                self._unloaded.discard(key)
+            self._adapter_use[key] = None
+            self._adapter_use.move_to_end(key)
+        for key in list(self._adapter_use):
+            if len(self._adapter_use) <= self.options.max_adapters:
+                break
+            if key not in needed:
+                self.adapters.remove(key)
+                del self._adapter_use[key]
+                self._unloaded.add(key)
 
     # ------------------------------------------------------------------ public entry
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
@@ -369,6 +400,7 @@ class Engine:
         results: list[Completion | Exception | None] = [None] * len(requests)
         with self.lock, torch.inference_mode():
             self.stats.generate_calls += 1
+            self._load_adapters({r.adapter for r in requests if r.adapter is not None})
             for planned in self._plan(requests):
                 try:
                     parts = self._fit(planned, requests)

@@ -309,6 +309,30 @@ class AdapterSet:
         self._rebuild()
         return key
 
+    def remove(self, key: str) -> None:
+        """Unload an adapter: its rank columns go and the others' close up (the base weights are
+        restored first if it is the merged one). Layers no adapter adapts any more keep their
+        wrapper with no columns; with the last adapter gone the model gets its own layers back."""
+        if key not in self.adapters:
+            return
+        self.merge(None)
+        del self.adapters[key]
+        if not self.adapters:  # the base model's own layers back, as before any adapter was added
+            self.wrap(False)
+            self.slots.clear()
+            self.wrapped = True
+            self.blocks = {}
+            self.rows.columns, self.rows.mask, self.rows.active = 0, None, None
+            return
+        self.wrap(True)
+        start = 0
+        self.blocks = {}
+        for name, adapter in self.adapters.items():
+            self.blocks[name] = (start, start + adapter.rank)
+            start += adapter.rank
+        self.rows.columns = start
+        self._rebuild()
+
     def block(self, key: str | None) -> tuple[int, int] | None:
         """The rank columns of an adapter key; ``None`` (the base model) has none."""
         return None if key is None else self.blocks[key]
@@ -394,7 +418,8 @@ class AdapterSet:
         import torch
 
         slot_linear = _make_slot_linear_class()
-        targets = sorted({name for adapter in self.adapters.values() for name in adapter.layers})
+        # every wrapped layer, also one no loaded adapter adapts any more (``remove``): its factors shrink to the columns
+        targets = sorted({name for adapter in self.adapters.values() for name in adapter.layers} | set(self.slots))
         modules = dict(self.model.named_modules())
         # a weight tied to another module (an LM head tied to the embeddings) is left unstacked
         uses = self._parameter_uses()
