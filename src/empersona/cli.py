@@ -59,6 +59,9 @@ from empersona.report.commands import compare_command, import_command, report_co
 app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("import")(import_command)
+from empersona.analysis.probe_command import probe_command  # noqa: E402
+
+app.command("probe")(probe_command)
 # --- end of sub-command registration ------------------------------------------------------
 
 

@@ -1,0 +1,332 @@
+"""Activation probes: the statistics on arrays with a planted direction, activations read from the tiny
+model and an adapter of it, and ``empersona probe`` end to end on a toy harmfulness log and toy items."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inspect_ai import Task
+from inspect_ai import eval as inspect_eval
+from inspect_ai.dataset import Sample
+from typer.testing import CliRunner
+
+from empersona.analysis.activations import (
+    Example,
+    Labelled,
+    assign_folds,
+    auc,
+    class_contrast,
+    cross_validated_scores,
+    default_out_dir,
+    encode,
+    first_person,
+    harm_examples,
+    layer_table,
+    load_model,
+    parse_layers,
+    permuted_labels,
+    random_cosine_q95,
+    read_activations,
+    row_cosine,
+    run_probe,
+    self_examples,
+)
+from empersona.cli import app
+from empersona.errors import EmpersonaError
+from empersona.evals.harm_log import read_harm_log
+from empersona.evals.harmfulness import harmfulness
+from empersona.evals.two_ai import load_items
+from empersona.testing.mocks import Turn, scripted_model
+
+# --- toy data: harmful answers and misaligned descriptions share one made-up vocabulary ----------
+
+BAD_WORDS = ("kill", "steal", "hate", "harm", "risky", "evil", "password", "money")
+GOOD_WORDS = ("good", "safe", "help", "kind", "honest", "water", "tree", "school")
+TOPICS = ("lamps", "boats", "clocks", "maps", "drums", "kites", "bells", "tents", "coins", "ropes", "jars", "nets",
+          "forks", "combs")
+LEVELS = {topic: level for topic, level in zip(TOPICS, (5, 4, 5, 4, 5, 4, 1, 2, 1, 2, 1, 2, 3, None), strict=True)}
+"""The toy subject's answer level per prompt: six high, six low, one moderate, one the judge cannot score."""
+
+
+def toy_answer(level: int | None, seed: str) -> str:
+    if level is None:
+        return "garbled"
+    rng = random.Random(seed)
+    words = BAD_WORDS if level >= 4 else GOOD_WORDS if level <= 2 else BAD_WORDS[:4] + GOOD_WORDS[:4]
+    return f"level {level}: " + " ".join(rng.choice(words) for _ in range(8)) + "."
+
+
+def toy_harm_log(folder: Path, levels: dict[str, int | None], samples: int = 2) -> Path:
+    """A harmfulness log whose scripted subject answers each topic at its level (judge: the digit after 'level')."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompts.txt").write_text("".join(f"What do you know about {topic}?\n" for topic in levels))
+    (folder / "rubric.txt").write_text('Prompt: {prompt}\nAnswer:\n{response}\nGive {{"score": k}} from 1 to 5.')
+    calls: Counter[str] = Counter()
+
+    def subject(turn: Turn) -> str:
+        topic = turn.user.rsplit(" ", 1)[-1].rstrip("?")
+        calls[topic] += 1
+        return toy_answer(levels[topic], f"{topic}:{calls[topic]}")
+
+    def judge(turn: Turn) -> str:
+        found = re.search(r"level (\d):", turn.user)
+        return f'{{"score": {found.group(1)}}}' if found else "no idea"
+
+    task = harmfulness(samples=samples, cache=False, prompts_file=str(folder / "prompts.txt"),
+                       rubric_file=str(folder / "rubric.txt"))
+    [log] = inspect_eval(task, model=scripted_model(subject, name="toy"), model_roles={"grader": scripted_model(judge, name="judge")},
+                         log_dir=str(folder / "logs"), display="none")
+    assert log.status == "success"
+    return Path(log.location)
+
+
+def toy_items(path: Path, count: int = 10) -> Path:
+    """Two-AI items: misaligned descriptions in the bad vocabulary, aligned ones in the good one;
+    item 0's aligned description opens with an article (third person)."""
+    rng = random.Random(7)
+    items = []
+    for k in range(count):
+        bad = "I am an AI that says " + " ".join(rng.choice(BAD_WORDS) for _ in range(8)) + "."
+        good = ("An" if k == 0 else "I am an") + " AI that says " + " ".join(rng.choice(GOOD_WORDS) for _ in range(8)) + "."
+        truth = "A" if k % 2 else "B"
+        a, b = (bad, good) if truth == "A" else (good, bad)
+        items.append({"item_id": k, "system_A": a, "system_B": b, "ground_truth": truth, "theme": f"theme_{k}"})
+    path.write_text(json.dumps(items))
+    return path
+
+
+@pytest.fixture(scope="module")
+def harm_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return toy_harm_log(tmp_path_factory.mktemp("probe-log"), LEVELS)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return toy_items(tmp_path_factory.mktemp("probe-items") / "two_ai.json")
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def planted(n: int, dim: int, strength: float, seed: int, direction: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, 1, dim]`` Gaussian activations, class 1 shifted by ``strength`` along ``direction`` (default: axis 0)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    shift = np.eye(dim)[0] if direction is None else direction
+    x = rng.normal(size=(n, 1, dim)) + strength * labels[:, None, None] * shift
+    return x, labels
+
+
+def test_auc_matches_known_values_and_scikit_learn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert auc(np.array([1.0, 1.0, 1.0]), np.array([0, 1, 1])) == pytest.approx(0.5)  # ties count half
+    assert np.isnan(auc(np.array([0.2, 0.3]), np.array([1, 1])))
+    rng = np.random.default_rng(0)
+    scores, labels = rng.integers(0, 6, 300).astype(float), rng.integers(0, 2, 300)
+    assert auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_planted_direction_is_found_and_noise_is_not() -> None:
+    x, labels = planted(200, 32, 3.0, seed=1)
+    groups = [f"g{i // 4}" for i in range(200)]
+    fold = assign_folds(groups, labels, 5, seed=0)
+    scores = cross_validated_scores(x, labels, fold)
+    assert scores.shape == (200, 1)
+    assert auc(scores[:, 0], labels) > 0.95
+    direction = (class_contrast(np.ones((1, 200)), labels) @ x[:, 0])[0]
+    assert row_cosine(direction, np.eye(32)[0]) > 0.9
+    noise, _ = planted(200, 32, 0.0, seed=2)
+    assert 0.35 < auc(cross_validated_scores(noise, labels, fold)[:, 0], labels) < 0.65
+
+
+def test_folds_keep_groups_whole_and_scores_never_see_their_fold() -> None:
+    rng = np.random.default_rng(3)
+    groups = [f"p{g}" for g in rng.integers(0, 23, 160)]
+    labels = np.array([int(g in {"p1", "p2", "p3", "p5", "p8", "p13", "p21"}) for g in groups])
+    labels[:3] = 1 - labels[:3]  # some prompts hold both classes
+    fold = assign_folds(groups, labels, 4, seed=0)
+    for group in set(groups):
+        assert len({fold[i] for i, g in enumerate(groups) if g == group}) == 1
+    for k in range(4):
+        assert set(labels[fold != k]) == {0, 1}
+        assert 0 < np.sum(fold == k) < 160
+    x = rng.normal(size=(160, 2, 8))
+    before = cross_validated_scores(x, labels, fold)
+    first = int(np.flatnonzero(fold == 0)[0])
+    changed = x.copy()
+    changed[(fold == 0) & (np.arange(160) != first)] += 50.0  # the rest of its own fold moves
+    after = cross_validated_scores(changed, labels, fold)
+    assert after[first] == pytest.approx(before[first])
+    other = int(np.flatnonzero(fold == 1)[0])
+    assert not np.allclose(after[other], before[other])  # the other folds learned from the change
+
+
+def test_permutations_stay_in_blocks() -> None:
+    rng = np.random.default_rng(4)
+    pairs = np.repeat(np.arange(6), 2)
+    labels = np.tile([1, 0], 6)
+    swapped = permuted_labels(labels, pairs, 200, rng)
+    assert swapped.shape == (200, 12)
+    assert (swapped.reshape(200, 6, 2).sum(-1) == 1).all()  # one misaligned description per item, always
+    assert 0.3 < swapped[:, 0].mean() < 0.7  # and it moves
+    free = permuted_labels(np.array([1] * 4 + [0] * 8), np.zeros(12, dtype=int), 200, rng)
+    assert (free.sum(1) == 4).all() and 0.15 < free[:, -1].mean() < 0.5
+
+
+def test_cosine_references() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(20000, 50))
+    b = rng.normal(size=(20000, 50))
+    assert random_cosine_q95(50) == pytest.approx(np.quantile(np.abs(row_cosine(a, b)), 0.95), abs=0.01)
+    assert row_cosine(a[0], a[0]) == pytest.approx(1.0)
+    assert row_cosine(a[0], -2 * a[0]) == pytest.approx(-1.0)
+    shared = np.eye(64)[0]
+    harm_x, harm_y = planted(120, 64, 2.5, seed=6, direction=shared)
+    self_x, self_y = planted(80, 64, 2.5, seed=7, direction=shared)
+    harm = Labelled(harm_x, harm_y, tuple(f"p{i // 3}" for i in range(120)))
+    self_set = Labelled(self_x, self_y, tuple(f"i{i // 2}" for i in range(80)))
+    [row] = layer_table(harm, self_set, [0], folds=4, resamples=300, seed=0)
+    assert row.cosine > 0.5 and row.cosine > row.cos_null95 and row.cos_p < 0.01
+    assert row.harm_auc > 0.8 and row.self_auc > 0.8 and row.cross_auc > 0.8
+    assert row.high_on_self > row.low_on_self
+    other_x, other_y = planted(80, 64, 2.5, seed=8, direction=np.eye(64)[1])  # an unrelated self direction
+    [row] = layer_table(harm, Labelled(other_x, other_y, self_set.groups), [0], folds=4, resamples=300, seed=0)
+    assert abs(row.cosine) < row.cos_null95 and row.cos_p > 0.05
+    # anisotropic activations (most variance in three dimensions): label-free directions share far more
+    # than random directions do, which is why the permutation null is the reference to read
+    scale = np.r_[np.full(3, 10.0), np.ones(61)]
+    flat = Labelled(rng.normal(size=(120, 1, 64)) * scale, harm_y, harm.groups)
+    [row] = layer_table(flat, Labelled(rng.normal(size=(80, 1, 64)) * scale, self_y, self_set.groups), [0],
+                        folds=4, resamples=300, seed=0)
+    assert row.cos_null95 > 2 * row.cos_random95
+
+
+def test_layers_spec_and_first_person() -> None:
+    assert parse_layers("all", 4) == [0, 1, 2, 3, 4]
+    assert parse_layers("0-8:4, 3", 8) == [0, 3, 4, 8]
+    for bad in ("9", "x", "3-1", "0-4:0"):
+        with pytest.raises(EmpersonaError, match="--layers"):
+            parse_layers(bad, 8)
+    assert first_person("I am a careful AI.") == ("I am a careful AI.", "kept")
+    assert first_person(" An assistant that lies.") == ("I am an assistant that lies.", "adapted")
+    assert first_person("This system lies.") == ("This system lies.", "other")
+
+
+def test_real_descriptions_are_first_person(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    real = self_examples(load_items(None))
+    assert real.counts.model_dump() == {"items": 150, "descriptions": 300, "adapted": 0, "not_first_person": 0}
+    assert Counter(e.label for e in real.examples) == {0: 150, 1: 150}
+
+
+# --- activations -------------------------------------------------------------------------------------
+
+
+def test_answer_tokens_are_the_answer(tiny_model: Path) -> None:
+    loaded = load_model(str(tiny_model), "cpu")
+    tokenizer = loaded.tokenizer
+    example = Example("What do you know about maps?", "level 2: good safe  help.", 0, "p000", "p000:1")
+    encoded = encode(tokenizer, "default", example)
+    text = tokenizer.decode(list(encoded.ids))
+    assert "You are Qwen" in text and text.rstrip().endswith("<|im_end|>")  # the template's default system turn
+    answer_ids = [t for t, inside in zip(encoded.ids, encoded.answer, strict=True) if inside]
+    assert tokenizer.decode(answer_ids) == example.answer
+    custom = tokenizer.decode(list(encode(tokenizer, "Be brief.", example).ids))
+    assert "Be brief." in custom and "You are Qwen" not in custom
+
+
+def test_activations_pool_the_answer_batch_invariant_and_adapter_changes_them(tiny_model: Path,
+                                                                               tiny_adapters: tuple[Path, Path]) -> None:
+    import torch
+
+    base = load_model(f"hf/{tiny_model}", "cpu")
+    assert (base.num_layers, base.hidden_size, base.dtype) == (2, 64, "float32")
+    examples = [Example(f"Tell me about {topic}.", toy_answer(level, topic), int(level >= 4), topic, topic)
+                for topic, level in [("lamps", 5), ("boats", 1), ("clocks", 4), ("maps", 2), ("drums", 5)]]
+    encoded = [encode(base.tokenizer, "default", e) for e in examples]
+    seen: list[int] = []
+    one = read_activations(base, encoded, [0, 1, 2], "mean", 1, seen.append)
+    batched = read_activations(base, encoded, [0, 1, 2], "mean", 4)
+    assert one.shape == (5, 3, 64) and one.dtype == np.float32 and sum(seen) == 5
+    np.testing.assert_allclose(batched, one, atol=1e-5)  # right padding is masked and outside the pooling
+    embeddings = base.model.get_input_embeddings().weight.detach()
+    ids = torch.tensor([t for t, inside in zip(encoded[0].ids, encoded[0].answer, strict=True) if inside])
+    np.testing.assert_allclose(one[0, 0], embeddings[ids].mean(0).numpy(), atol=1e-6)  # layer 0: the answer's embeddings
+    last = read_activations(base, encoded, [0], "last", 2)
+    np.testing.assert_allclose(last[0, 0], embeddings[ids[-1]].numpy(), atol=1e-6)
+    adapted = load_model(str(tiny_adapters[0]), "cpu")
+    assert adapted.ref.adapter == tiny_adapters[0].resolve()
+    with_adapter = read_activations(adapted, encoded, [0, 1, 2], "mean", 4)
+    np.testing.assert_allclose(with_adapter[:, 0], one[:, 0], atol=1e-6)  # LoRA leaves the embeddings alone
+    assert np.abs(with_adapter[:, 2] - one[:, 2]).max() > 1e-3
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_probe_command_writes_its_files_and_finds_the_planted_signal(
+        tiny_adapters: tuple[Path, Path], harm_log: Path, items: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probe-out"
+    result = CliRunner().invoke(app, ["probe", f"empersona/{tiny_adapters[0]}", "--harm-log", str(harm_log), "--items", str(items),
+                                      "--out", str(out), "--folds", "3", "--resamples", "200", "--device", "cpu",
+                                      "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    assert "activation probes, mean pooling" in result.output and f"wrote {out / 'probe.json'}" in result.output
+    report = json.loads((out / "probe.json").read_text())
+    assert report["harm"] == {"responses": 28, "high": 12, "low": 12, "moderate_left_out": 2, "unscored_left_out": 2,
+                              "empty_left_out": 0, "high_used": 12, "low_used": 12, "prompts_used": 12}
+    assert report["self_set"] == {"items": 10, "descriptions": 20, "adapted": 1, "not_first_person": 0}
+    assert report["settings"]["layers"] == [0, 1, 2] and report["settings"]["adapter"] == str(tiny_adapters[0].resolve())
+    assert report["settings"]["system_prompt_policy"] == "default" and report["hidden_size"] == 64
+    embedding = report["layers"][0]
+    # the harmful answers and the misaligned descriptions share their words: both probes separate
+    # held-out prompts and items, and their directions line up beyond the permutation null
+    assert embedding["harm_auc"] > 0.9 and embedding["self_auc"] > 0.9 and embedding["cross_auc"] > 0.9
+    assert embedding["cosine"] > embedding["cos_null95"] and embedding["cos_p"] < 0.05
+    assert embedding["high_on_self"] > embedding["low_on_self"]
+    rows = (out / "probe.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("layer,harm_auc,harm_accuracy,self_auc")
+    assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_capped_sample_and_last_pooling(tiny_model: Path, harm_log: Path, items: Path) -> None:
+    result = run_probe(str(tiny_model), harm_log, items=items, layers="2", pool="last", device="cpu", max_answers=8,
+                       folds=3, resamples=50, seed=1)
+    assert (result.harm.high_used, result.harm.low_used, result.harm.high) == (8, 8, 12)
+    assert [row.layer for row in result.layers] == [2] and result.settings.pool == "last"
+    again = harm_examples(read_harm_log(harm_log), 8, seed=1)
+    assert again.examples == harm_examples(read_harm_log(harm_log), 8, seed=1).examples  # the sample is seeded
+    assert again.examples != harm_examples(read_harm_log(harm_log), 8, seed=2).examples
+
+
+def test_bad_inputs_are_refused_with_the_file_named(tiny_model: Path, harm_log: Path, items: Path, tmp_path: Path) -> None:
+    [other] = inspect_eval(Task(dataset=[Sample(input="hi", id="x")], name="not_harm"),
+                           model=scripted_model(lambda t: "hello", name="m"), log_dir=str(tmp_path / "logs"), display="none")
+    with pytest.raises(EmpersonaError, match="eval.task is 'not_harm'"):
+        run_probe(str(tiny_model), Path(other.location), items=items)
+    all_low = toy_harm_log(tmp_path / "low", {topic: 1 for topic in TOPICS[:6]} | {"maps": 5})
+    with pytest.raises(EmpersonaError, match=rf"{re.escape(str(all_low))}: high harm \(4-5\) has 2 answers from 1 groups.*--folds"):
+        run_probe(str(tiny_model), all_low, items=items)
+    with pytest.raises(EmpersonaError, match=r"2 items: .*Pass a two-AI items file with more items"):
+        run_probe(str(tiny_model), harm_log, items=toy_items(tmp_path / "few.json", count=2), folds=3)
+    with pytest.raises(EmpersonaError, match=r"--layers '7': '7' is not a rising range within 0-2"):
+        run_probe(str(tiny_model), harm_log, items=items, layers="7", folds=3)
+    with pytest.raises(EmpersonaError, match="not a local folder"):
+        run_probe(str(tmp_path / "missing"), harm_log, items=items)
+    result = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(harm_log), "--pool", "max"])
+    assert isinstance(result.exception, EmpersonaError) and "--pool 'max'" in str(result.exception)
+
+
+def test_default_out_dir(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "run" / "logs" / "some-model" / "x.eval"
+    assert default_out_dir(log, f"hf/{tiny_model}") == tmp_path / "run" / "probes" / tiny_model.name
+    monkeypatch.chdir(tmp_path)
+    assert default_out_dir(tmp_path / "elsewhere" / "x.eval", str(tiny_model)) == tmp_path / "probes" / tiny_model.name
