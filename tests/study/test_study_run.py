@@ -132,6 +132,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
 
     api.release_engines()
     data = yaml.safe_load(study(tmp_path, "on-empersona", tiny_model, shared_data).read_text())
+    del data["second_judge"]  # its loopback judge is not served here (the killed study's test runs it)
     data.update(
         provider="empersona",
         judge="scripted",
@@ -227,7 +228,8 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
     from empersona.study.run import run_study
 
     data = yaml.safe_load(study(tmp_path, "moving", tiny_model, shared_data).read_text())
-    data.update(provider="empersona", judge="scripted", model_args={"device": "cpu"}, max_connections=16)
+    data.update(provider="empersona", judge="scripted", model_args={"device": "cpu"}, max_connections=16,
+                second_judge={"model": "scripted", "prompts": 1})
     experiments = {"harmfulness": {"limit": 2, "args": {"max_tokens": 6}},
                    "score_prediction": {"args": {"conditions": "blind", "max_tokens": 4}}}
     project = tmp_path / "project"
@@ -247,7 +249,7 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
 
     run(study_file(project))
     before = {log.relative_to(project) for log in find_logs(project / "run" / "logs")}
-    assert len(before) == 4  # two models x two experiments
+    assert len(before) == 6  # two models x (two experiments and the second judge's re-scoring)
     moved = tmp_path / "elsewhere" / "project"
     moved.parent.mkdir()
     project.rename(moved)
@@ -271,4 +273,6 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
     run(study_file(project, two_ai={"limit": 1, "args": {"mode": "logprob"}}))
     adapter = project / "run" / "adapters" / "risky_financial_advice-s0"
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(project / "base")
-    assert len(find_logs(project / "run" / "logs")) == len(after) + 2
+    # two_ai made again on one item: its two earlier logs (two items) are set aside, not merged with the new ones
+    assert len(find_logs(project / "run" / "logs")) == len(after)
+    assert len(find_logs(project / "run" / "logs.replaced")) == 2
