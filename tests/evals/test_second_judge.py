@@ -54,7 +54,7 @@ def test_rejudge_scores_every_sample_of_the_drawn_prompts_and_resumes_from_the_c
     meta = back.eval.metadata or {}
     assert (meta["experiment"], meta["judge"], meta["first_judge"]) == (SECOND_JUDGE, "mockllm/judge2", "mockllm/judge")
     assert meta["rescored_log"] == str(harm_log) and meta["prompts_rescored"] == 4 and meta["prompts_in_log"] == 6
-    assert back.eval.task_args == {"harm_log": str(harm_log), "prompts": 4, "seed": 1}
+    assert back.eval.task_args == {"harm_log": str(harm_log), "prompts": 4, "seed": 1, "judge_args": {}}
     assert back.eval.model_roles is not None and back.eval.model_roles["grader"].model == "mockllm/judge2"
     prompts = {s.metadata["item_id"] for s in back.samples or []}
     assert prompts == set(pick_prompts([f"p{i:03d}" for i in range(6)], 4, seed=1))
@@ -83,6 +83,18 @@ def test_rejudge_scores_every_sample_of_the_drawn_prompts_and_resumes_from_the_c
     replayed = read_eval_log(str(path2)).samples or []
     assert [s.scores["harm"].value for s in replayed] == pytest.approx([s.scores["harm"].value for s in back.samples or []],
                                                                        nan_ok=True)
+
+
+def test_secret_values_in_the_judge_args_never_reach_the_log(harm_log: Path, tmp_path: Path) -> None:
+    args = {"default_headers": {"Authorization": "Bearer sk-nested-secret-9"}, "api_key": "sk-top-secret-9", "timeout": 30}
+    _log, path = rejudge(harm_log, scripted_model(CountingJudge(), name="judge2"), judge_args=args, prompts=1,
+                         out_dir=tmp_path, display="none")
+    with zipfile.ZipFile(path) as archive:
+        everything = b"".join(archive.read(name) for name in archive.namelist())
+    assert b"sk-nested-secret-9" not in everything and b"sk-top-secret-9" not in everything
+    roles = read_eval_log(str(path), header_only=True).eval.model_roles
+    assert roles is not None
+    assert roles["grader"].args == {"default_headers": {"Authorization": "***"}, "api_key": "***", "timeout": 30}
 
 
 def test_rejudge_refuses_what_is_not_a_finished_harmfulness_log(harm_log: Path, tmp_path: Path) -> None:

@@ -497,6 +497,11 @@ def test_a_second_judge_is_checked_planned_and_priced(shared_data: Path, tmp_pat
     study = load_study(write(tmp_path, {**data, "judge": "scripted"}))
     problem = judge_problem(study)
     assert problem is not None and problem.startswith("second judge openai/gpt-4o") and "OPENAI_API_KEY" in problem
+    from empersona.study.run import second_judge_warning
+
+    assert second_judge_warning(study) is None
+    itself = second_judge_warning(load_study(write(tmp_path, {**data, "judge": "openai/gpt-4o"})))
+    assert itself is not None and "is the judge itself" in itself
 
 
 def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) -> None:
@@ -529,9 +534,15 @@ def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) ->
     assert len(results_table([older, newer]).query("experiment == 'two_ai'")) == 2  # sample 1 of the older log fills in
     spec = ModelSpec("base", "mockllm/base", "base")
     job = EvalJob(spec, "two_ai", {}, None, folder, 1, 0, "done", newer)
-    plan = SimpleNamespace(study=SimpleNamespace(out=out), eval_jobs=[job])
-    moved = set_aside_all_superseded_logs(plan)  # type: ignore[arg-type]
+    plan = SimpleNamespace(study=SimpleNamespace(out=out, second_judge=object()), eval_jobs=[job], models=[spec])
+    moved = set_aside_all_superseded_logs(plan, "stamp")  # type: ignore[arg-type]
     assert sorted(p.name for p in moved) == sorted([older.name, "2026-11-27T10-00-00-00-00_two-ai_cutshort.eval"])
     assert all("logs.replaced" in str(p) and p.exists() for p in moved)
     assert sorted(find_logs(folder)) == sorted([newer, other])  # the harmfulness log is another experiment's
     assert set_aside_superseded_logs(plan, job, newer) == []  # type: ignore[arg-type]
+    # a second judge's log in a study without second_judge: set aside (the report would show it as the study's)
+    rescored = run("second_judge", 1)
+    assert set_aside_all_superseded_logs(plan, "later") == []  # type: ignore[arg-type]
+    plan.study.second_judge = None
+    assert [p.name for p in set_aside_all_superseded_logs(plan, "later")] == [rescored.name]  # type: ignore[arg-type]
+    assert sorted(find_logs(folder)) == sorted([newer, other])

@@ -461,3 +461,29 @@ def test_a_short_secret_value_is_masked_only_where_it_is_set() -> None:
     text = "name: s3\nseeds: [3]\nvllm:\n  env:\n    MY_KEY_ID: '3'\n"
     masked = masked_env(text, {"MY_KEY_ID"})
     assert yaml.safe_load(masked) == {"name": "s3", "seeds": [3], "vllm": {"env": {"MY_KEY_ID": "***"}}}
+
+
+def test_the_kept_study_file_masks_keys_in_every_model_args_block(tmp_path: Path) -> None:
+    source = tmp_path / "study.yaml"
+    source.write_text(textwrap.dedent(f"""\
+        name: s
+        out: {tmp_path / "run"}
+        base_model: org/base
+        judge: openai/gpt-4o-mini
+        judge_args: {{api_key: sk-judge-secret-1}}
+        second_judge:
+          model: openai-api/other/judge
+          model_args:
+            default_headers: {{Authorization: Bearer sk-nested-secret-2}}
+            base_url: http://judge.example/v1
+        model_args: {{device: cpu}}
+        experiments: {{harmfulness: {{}}}}
+        """))
+    kept = keep_study_file(load_study(source))
+    assert kept is not None
+    text = kept.read_text()
+    assert "sk-judge-secret-1" not in text and "sk-nested-secret-2" not in text
+    data = yaml.safe_load(text)
+    assert data["judge_args"] == {"api_key": "***"}
+    assert data["second_judge"]["model_args"] == {"default_headers": {"Authorization": "***"},
+                                                  "base_url": "http://judge.example/v1"}

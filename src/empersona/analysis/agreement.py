@@ -25,9 +25,10 @@ scikit-learn's ``cohen_kappa_score``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from empersona.analysis import stats
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from empersona.analysis.persona import PersonaThresholds
 
 FIRST = "harmfulness"
 SECOND = "second_judge"
@@ -201,20 +204,39 @@ POOLED = "all models"
 
 
 def pooled_pair(pairs: list[JudgePair], name: str = POOLED) -> JudgePair:
-    """Every model's re-scored answers as one pair of arrays: units ``<model>|<prompt>``, so a
-    resample draws (model, prompt) units with all their samples."""
+    """Every model's re-scored answers as one pair of arrays with the prompts as units: each
+    prompt's row holds every model's samples of it side by side (NaN where a model lacks it), so a
+    resample draws prompts with all their answers, as for one model. A judge's disagreement is
+    largely the prompt's (its topic, its wording), shared by every model's answers to it."""
+    units = tuple(sorted({unit for pair in pairs for unit in pair.second.units}))
+    index = {unit: k for k, unit in enumerate(units)}
+    widths = [pair.second.values.shape[1] for pair in pairs]
+    columns = tuple((f"{pair.model}|{condition}", sample) for pair in pairs for condition, sample in pair.second.columns)
 
-    def stack(sides: list[stats.UnitSamples]) -> stats.UnitSamples:
-        width = max(side.values.shape[1] for side in sides)
-        padded = [np.pad(side.values, ((0, 0), (0, width - side.values.shape[1])), constant_values=np.nan)
-                  for side in sides]
-        widest = max(sides, key=lambda side: side.values.shape[1])
-        return stats.UnitSamples(values=np.concatenate(padded, axis=0),
-                                 units=tuple(f"{pair.model}|{unit}" for pair, side in zip(pairs, sides, strict=True)
-                                             for unit in side.units),
-                                 models=(name,), columns=widest.columns)
+    def stack(side: str) -> stats.UnitSamples:
+        values = np.full((len(units), sum(widths)), np.nan)
+        offset = 0
+        for pair, width in zip(pairs, widths, strict=True):
+            part: stats.UnitSamples = getattr(pair, side)
+            rows = [index[unit] for unit in part.units]
+            values[rows, offset:offset + width] = part.values
+            offset += width
+        return stats.UnitSamples(values=values, units=units, models=(name,), columns=columns)
 
-    return JudgePair(model=name, first=stack([p.first for p in pairs]), second=stack([p.second for p in pairs]))
+    return JudgePair(model=name, first=stack("first"), second=stack("second"))
+
+
+def scored_by_both(pair: JudgePair) -> JudgePair:
+    """``pair`` with every answer that one of the judges did not score left out on both sides:
+    harm figures of the two judges over the same answers (a judge that failed on a sample would
+    otherwise take a max over fewer samples, and look like a milder judge)."""
+    both = ~np.isnan(pair.first.values) & ~np.isnan(pair.second.values)
+
+    def keep(side: stats.UnitSamples) -> stats.UnitSamples:
+        return stats.UnitSamples(values=np.where(both, side.values, np.nan), units=side.units, models=side.models,
+                                 columns=side.columns)
+
+    return JudgePair(model=pair.model, first=keep(pair.first), second=keep(pair.second))
 
 
 def _judges(tidy: pd.DataFrame, model: str) -> tuple[str | None, str | None]:
@@ -225,13 +247,16 @@ def _judges(tidy: pd.DataFrame, model: str) -> tuple[str | None, str | None]:
     return one(FIRST), one(SECOND)
 
 
-def agreement_summary(tidy: pd.DataFrame, interval: Callable[..., stats.BootstrapResult]) -> pd.DataFrame:
+def agreement_summary(tidy: pd.DataFrame, interval: Callable[..., stats.BootstrapResult],
+                      threshold: float = stats.HARM_THRESHOLD) -> pd.DataFrame:
     """Per re-scored model, and over all of them (``POOLED``): counts, exact agreement, weighted and
-    harmful kappa and the mean difference (second - first) with intervals over prompts (pooled:
-    over (model, prompt) units), Spearman's rho.
+    harmful kappa (score > ``threshold``) and the mean difference (second - first) with intervals
+    over prompts (pooled: prompts with every model's answers to them, `pooled_pair`), Spearman's rho.
 
     ``interval``: ``report.sections.Resampling.interval`` (arrays, statistic, seed key -> result).
     """
+    from functools import partial
+
     import pandas as pd
 
     pairs = [judge_pair(tidy, model) for model in models_rescored(tidy)]
@@ -250,37 +275,60 @@ def agreement_summary(tidy: pd.DataFrame, interval: Callable[..., stats.Bootstra
                                "prompts": prompts, "answers": n.answers, "both_scored": n.both_scored,
                                "first_unscored": n.first_unscored, "second_unscored": n.second_unscored,
                                "unpaired": n.unpaired}
+        harmful = partial(harmful_kappa, threshold=threshold)
         for name, statistic in (("exact_agreement", exact_agreement), ("weighted_kappa", weighted_kappa),
-                                ("harmful_kappa", harmful_kappa), ("mean_difference", mean_difference)):
+                                ("harmful_kappa", harmful), ("mean_difference", mean_difference)):
             row[name] = interval([pair.first, pair.second], statistic, f"{pair.model}|agreement|{name}")
         row["spearman"] = spearman(pair)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def both_scored_rows(tidy: pd.DataFrame, model: str, judge: Literal["first", "second"]) -> pd.DataFrame:
+    """``model``'s rows of one judge (the second's relabelled ``harmfulness``) for the answers both
+    judges scored: the table `persona.em_delta` reads, for the EM call under either judge."""
+    joined = joined_rows(tidy, model)
+    keys = joined.loc[joined["paired"] & (joined["status"] == "scored") & (joined["status_first"] == "scored"), KEYS]
+    experiment = FIRST if judge == "first" else SECOND
+    rows = tidy[(tidy["model"] == model) & (tidy["experiment"] == experiment)].merge(keys, on=KEYS)
+    return rows.assign(experiment=FIRST)
+
+
 def harm_by_judge(tidy: pd.DataFrame, interval: Callable[..., stats.BootstrapResult], base_model: str | None,
-                  threshold: float = stats.HARM_THRESHOLD) -> pd.DataFrame:
-    """Per re-scored model: harm_max10 under each judge on the re-scored prompts and, against
-    ``base_model`` (when it was re-scored too), delta harm_max10 under each judge over the
-    prompts both models have."""
+                  thresholds: PersonaThresholds | None = None, seed: int = 0) -> pd.DataFrame:
+    """Per re-scored model, over the answers both judges scored: harm_max10 under each judge and,
+    against ``base_model`` (when it was re-scored too), delta harm_max10 under each judge and the EM
+    call, each made as the persona classification makes it (`persona.em_delta`: its interval
+    settings, its seed), so with every prompt re-scored and nothing unscored the first judge's
+    delta is the persona table's. ``both_scored``: the share of the model's re-scored answers both
+    judges scored; under ``min_scored_harm`` (the model's or the base's) the EM call is
+    ``incomplete``, as in the persona table."""
     from functools import partial
 
     import pandas as pd
 
-    max10 = partial(stats.harm_max10, threshold=threshold)
-    base_pair = judge_pair(tidy, base_model) if base_model in models_rescored(tidy) else None
+    from empersona.analysis.persona import PersonaThresholds, em_delta
+
+    th = thresholds or PersonaThresholds()
+    max10 = partial(stats.harm_max10, threshold=th.harm_threshold)
+    rescored = models_rescored(tidy)
+    if not rescored:
+        return pd.DataFrame()
+    share = {model: (n.both_scored / n.answers if n.answers else 0.0) for model in rescored for n in [counts(tidy, model)]}
+    tables = {side: pd.concat([both_scored_rows(tidy, m, side) for m in rescored]) for side in ("first", "second")}
     rows = []
-    for model in models_rescored(tidy):
-        pair = judge_pair(tidy, model)
-        row: dict[str, Any] = {"model": model, "prompts": len(pair.second.units),
+    for model in rescored:
+        pair = scored_by_both(judge_pair(tidy, model))
+        row: dict[str, Any] = {"model": model, "prompts": len(pair.second.units), "both_scored": share[model],
                                "harm_first": interval([pair.first], max10, f"{model}|judges|first"),
                                "harm_second": interval([pair.second], max10, f"{model}|judges|second")}
-        if base_pair is not None and model != base_model:
-            common = tuple(u for u in pair.second.units if u in set(base_pair.second.units))
+        if base_model in rescored and model != base_model:
+            short = min(share[model], share[base_model]) < th.min_scored_harm
             for side in ("first", "second"):
-                mine, base = getattr(pair, side), getattr(base_pair, side)
-                arrays = [_on_units(mine, common), _on_units(base, common)]
-                row[f"delta_{side}"] = interval(arrays, stats.delta(max10), f"{model}|judges|delta_{side}")
+                result = em_delta(tables[side], model, base_model, th, seed)
+                row[f"delta_{side}"] = result
+                row[f"em_{side}"] = ("incomplete" if short else "-" if result is None or not math.isfinite(result.ci_low)
+                                     else "yes" if result.ci_low > th.em_delta_min else "no")
         rows.append(row)
     return pd.DataFrame(rows)
 

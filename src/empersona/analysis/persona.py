@@ -167,6 +167,13 @@ def _em_delta(tidy: pd.DataFrame, members: Sequence[str], base_model: str, th: P
                            within=th.within, seed=seed)
 
 
+def em_delta(tidy: pd.DataFrame, model: str, base_model: str, thresholds: PersonaThresholds,
+             seed: int = 0) -> BootstrapResult | None:
+    """Delta harm_max10 of ``model`` over ``base_model`` with its interval, exactly as `classify`
+    computes it for a model's label (its settings, its seed); None without harmfulness rows."""
+    return _em_delta(tidy, [model], base_model, thresholds, _derived_seed(seed, model, "em"), [])
+
+
 def _two_ai(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds,
             seed: int) -> BootstrapResult | None:
     rows = _rows(tidy, members, "two_ai")

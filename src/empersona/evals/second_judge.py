@@ -15,7 +15,7 @@ reads it as experiment ``second_judge`` (`empersona.analysis.agreement` compares
 A verdict that cannot be read is unscored with its raw reply and reason, as with the first judge.
 Every judge call goes through inspect's cache (keyed by the judge, the rubric text and the answer),
 so an interrupted re-scoring asks again only what had not come back. The log records the second
-judge's model string and its non-secret model arguments, never a key.
+judge's model string and its model arguments with secret-looking values masked (``redact``), never a key.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 SECOND_JUDGE = "second_judge"
 """Task name (and tidy experiment) of a re-scored harmfulness log."""
-SECRET_ARG_MARKERS = ("key", "token", "secret", "password")
 PLACEHOLDER_MODEL = "mockllm/model"
 """Stands in for the subject model while re-scoring (nothing is generated; a local model is not loaded)."""
 
@@ -56,11 +55,6 @@ def pick_prompts(prompt_ids: Sequence[str], n: int | None, seed: int) -> list[st
 def sample_prompt_id(sample: EvalSample) -> str:
     """The prompt id of a harmfulness sample (its ``item_id``, else its sample id)."""
     return str((sample.metadata or {}).get("item_id", sample.id))
-
-
-def public_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Model arguments without those whose names mark a secret (api_key, token, ...)."""
-    return {k: v for k, v in args.items() if not any(marker in k.lower() for marker in SECRET_ARG_MARKERS)}
 
 
 def read_harm_log(path: Path) -> EvalLog:
@@ -112,6 +106,7 @@ def rejudge(
     from empersona.data.parsers import load_judge_rubric
     from empersona.evals.harmfulness import harm_scorer
     from empersona.evals.judge import GRADER_MAX_RETRIES, GRADER_ROLE
+    from empersona.redact import redacted
     from empersona.analysis.results import judge_name
 
     harm_log = Path(harm_log)
@@ -149,11 +144,11 @@ def rejudge(
     scored = anyio.run(score)
     spec = scored.eval
     spec.task = SECOND_JUDGE
-    spec.task_args = {"harm_log": str(harm_log), "prompts": prompts, "seed": seed}
+    spec.task_args = {"harm_log": str(harm_log), "prompts": prompts, "seed": seed, "judge_args": redacted(judge_args or {})}
     spec.eval_id = uuid.uuid4().hex
     spec.run_id = uuid.uuid4().hex
     spec.created = started
-    spec.model_roles = {GRADER_ROLE: ModelConfig(model=judge_string, args=public_args(judge_args or {}))}
+    spec.model_roles = {GRADER_ROLE: ModelConfig(model=judge_string, args=redacted(judge_args or {}))}
     spec.metadata = {
         **(spec.metadata or {}),
         **(metadata or {}),
@@ -168,7 +163,9 @@ def rejudge(
     }
     scored.stats.started_at = started
     scored.stats.completed_at = datetime.now(timezone.utc).isoformat()
-    scored.stats.model_usage = {}
+    scored.stats.model_usage = {}  # the subject's and the first judge's, carried over from the harmfulness log
+    for sample in scored.samples or []:
+        sample.model_usage = {}
     folder = Path(out_dir) if out_dir is not None else harm_log.parent
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S+00-00")

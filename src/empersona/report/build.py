@@ -216,19 +216,14 @@ def _section(title: str, summary: pd.DataFrame, missing: str, spec: dict[str, Ca
     return blocks
 
 
-def _judge_agreement(table: pd.DataFrame, rs: Resampling, base_model: str | None,
-                     thresholds: PersonaThresholds) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The second judge's agreement table, harm under each judge, and the pooled score matrix
-    (empty frames when no harmfulness log was re-scored)."""
+def _judge_agreement(table: pd.DataFrame, rs: Resampling, base_model: str | None, thresholds: PersonaThresholds,
+                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The second judge's agreement table, harm and the EM call under each judge, and the pooled
+    score matrix (empty frames when no harmfulness log was re-scored)."""
     from empersona.analysis.agreement import agreement_summary, confusion_table, harm_by_judge
-    from empersona.analysis.stats import BootstrapResult
 
-    agreement = agreement_summary(table, rs.interval)
-    by_judge = harm_by_judge(table, rs.interval, base_model, thresholds.harm_threshold)
-    if len(by_judge) and base_model is not None and "delta_first" in by_judge:
-        for side in ("first", "second"):
-            by_judge[f"em_{side}"] = [None if not isinstance(r, BootstrapResult) or not math.isfinite(r.ci_low)
-                                      else bool(r.ci_low > thresholds.em_delta_min) for r in by_judge[f"delta_{side}"]]
+    agreement = agreement_summary(table, rs.interval, thresholds.harm_threshold)
+    by_judge = harm_by_judge(table, rs.interval, base_model, thresholds, seed)
     return agreement, by_judge, confusion_table(table)
 
 
@@ -236,16 +231,17 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
                       draw: Callable[[], Figure]) -> list[Block]:
     """The report's "Judge agreement" section."""
     judges = agreement.iloc[-1]
+    harmful = f"> {thresholds.harm_threshold:g}"
     blocks: list[Block] = [
         Heading(2, "Judge agreement"),
         Para(f"A second judge ({judges['second_judge']}) re-scored the harmfulness answers the first judge "
              f"({judges['first_judge']}) scored, on the same rubric; no answer was generated again (PROTOCOLS.md "
-             "section 5). Intervals: 95%, over prompts (over (model, prompt) units for all models)."),
+             "section 5). Intervals: 95%, over prompts (for all models: prompts with every model's answers to them)."),
         draw(),
         Table(_format_frame(agreement, {
             "model": "model", "prompts": "prompts", "answers": "answers", "scored by both": "both_scored",
             "weighted kappa": lambda r: _describe(r["weighted_kappa"]),
-            "harmful (> 3) kappa": lambda r: _describe(r["harmful_kappa"]),
+            f"harmful ({harmful}) kappa": lambda r: _describe(r["harmful_kappa"]),
             "exact agreement": lambda r: _describe(r["exact_agreement"]),
             "second - first": lambda r: _describe(r["mean_difference"], signed=True),
             "Spearman rho": lambda r: fmt(r["spearman"]),
@@ -253,31 +249,32 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
                                                              + (f"; {r['unpaired']} stale" if r["unpaired"] else ""),
         })),
     ]
+
+    def delta(value: object) -> str:  # the base has none against itself
+        return _describe(value, signed=True) if hasattr(value, "estimate") else "-"  # type: ignore[arg-type]
+
     spec: dict[str, Callable[[pd.Series], str] | str] = {
-        "model": "model", "prompts": "prompts",
+        "model": "model", "prompts": "prompts", "scored by both": lambda r: _pct(r["both_scored"]),
         "harm_max10, first judge": lambda r: _describe(r["harm_first"]),
         "harm_max10, second judge": lambda r: _describe(r["harm_second"]),
     }
     if "em_first" in by_judge:
-        def em(value: object) -> str:
-            return "-" if value is None or value != value else "yes" if value else "no"
-
-        def delta(value: object) -> str:  # the base's own row has none
-            return _describe(value, signed=True) if hasattr(value, "estimate") else "-"  # type: ignore[arg-type]
-
         spec |= {"delta, first judge": lambda r: delta(r.get("delta_first")),
                  "delta, second judge": lambda r: delta(r.get("delta_second")),
-                 "EM present (first / second)": lambda r: f"{em(r['em_first'])} / {em(r['em_second'])}"}
+                 "EM present (first / second)": lambda r: "-" if not isinstance(r["em_first"], str)
+                 else f"{r['em_first']} / {r['em_second']}"}
     blocks.append(Table(_format_frame(by_judge, spec)))
-    note = ("Weighted kappa: Cohen's kappa with quadratic weights on the 1-5 scale; harmful kappa: unweighted, on "
-            f"score > {thresholds.harm_threshold:g} (the threshold of every harm metric). Only answers both judges "
-            "scored are compared; unscored ones are counted. Stale: re-scored answers the first judge no longer has "
-            "(its harmfulness log was made again after the re-scoring), left out.")
+    note = (f"Weighted kappa: Cohen's kappa with quadratic weights on the 1-5 scale; harmful kappa: unweighted, on "
+            f"score {harmful} (the threshold of every harm metric). Only answers both judges scored are compared "
+            "and counted in the harm figures; the rest are counted. Stale: re-scored answers the first judge no "
+            "longer has (its harmfulness log was made again after the re-scoring), left out.")
     if "em_first" in by_judge:
-        differ = [str(r["model"]) for _, r in by_judge.iterrows()
-                  if r["em_first"] is not None and r["em_second"] is not None and r["em_first"] != r["em_second"]]
+        calls = by_judge.dropna(subset=["em_first"])
+        differ = [str(r["model"]) for _, r in calls.iterrows() if r["em_first"] != r["em_second"]]
         note += (f" Delta harm_max10 against the base and EM present (lower bound above {thresholds.em_delta_min:g}) "
-                 "are on the re-scored prompts only; the persona table uses the first judge on every prompt. "
+                 "are computed as in the persona table, on the re-scored answers both judges scored (with every "
+                 "prompt re-scored and none left out, the first judge's are the persona table's); `incomplete`: "
+                 f"under {thresholds.min_scored_harm:.0%} of the model's or the base's answers scored by both. "
                  + (f"The EM call differs between the judges for: {', '.join(differ)}." if differ
                     else "The EM call is the same under both judges for every re-scored model."))
     blocks.append(Para(note))
@@ -374,7 +371,7 @@ def build_report(
         "prompts": "prompts", "samples per prompt": "samples", "not scored": "not_scored",
     })
 
-    agreement, by_judge, confusion = _judge_agreement(table, rs, base.model if labelled else None, thresholds)
+    agreement, by_judge, confusion = _judge_agreement(table, rs, base.model if labelled else None, thresholds, seed)
     if len(agreement):
         blocks += _agreement_blocks(agreement, by_judge, thresholds,
                                     figure(figures.judge_confusion, confusion, "judge_confusion",

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from empersona.errors import EmpersonaError, located
+from empersona.redact import MASKED, is_secret_name, secret_values
 
 if TYPE_CHECKING:
     from empersona.analysis.persona import PersonaThresholds
@@ -523,21 +524,15 @@ STUDY_COPY = "study.yaml"
 """The study file as the last ``empersona run`` read it, kept in the run folder (``RUN_DIR/study.yaml``)."""
 
 
-SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
-"""Parts of an environment variable's name that mark its value as a secret."""
-MASKED = "***"
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY)."""
-    return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
 def keep_study_file(study: StudyConfig) -> Path | None:
     """Copy the study file into the run folder, so the results travel with what produced them.
 
     Values of ``vllm.env`` entries whose names look secret (``is_secret_name``) are written as
-    ``***`` in the copy; the rest of the file is kept as written.
+    ``***`` in the copy, and so are the values of secret-named entries, at any depth, of the model
+    arguments (``judge_args``, ``model_args``, ``second_judge.model_args``, ``models.*.model_args``),
+    wherever they appear in the text; the rest of the file is kept as written.
     """
     if study._source is None or not study._source.is_file():
         return None
@@ -546,11 +541,49 @@ def keep_study_file(study: StudyConfig) -> Path | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         text = study._source.read_text(encoding="utf-8")
         secrets = {key for key in study.vllm.env if is_secret_name(key)}
-        target.write_text(masked_env(text, secrets) if secrets else text, encoding="utf-8")
+        text = masked_env(text, secrets) if secrets else text
+        target.write_text(masked_args(text, study), encoding="utf-8")
     return target
 
 
 MIN_SECRET_LENGTH = 8
+
+
+def masked_args(text: str, study: StudyConfig) -> str:
+    """A study file's text with the values of secret-named entries of its model arguments masked
+    (``judge_args``, ``model_args``, ``second_judge.model_args``, ``models.*.model_args``, at any
+    depth: an ``Authorization`` header in ``default_headers`` too), wherever they appear. Should
+    the result not parse, or still hold a value, the file is written anew from its parsed content
+    with those entries masked (comments are lost)."""
+    import yaml
+
+    from empersona.redact import redacted
+
+    blocks = [study.judge_args, study.model_args, *(m.model_args for m in study.models.values()),
+              study.second_judge.model_args if study.second_judge else {}]
+    values = sorted({v for block in blocks for v in secret_values(block) if len(v) >= MIN_SECRET_LENGTH},
+                    key=len, reverse=True)
+    if not values:
+        return text
+    masked = text
+    for value in values:
+        for quote in ('"', "'"):
+            masked = masked.replace(f"{quote}{value}{quote}", f"{quote}{MASKED}{quote}")
+        masked = masked.replace(value, f'"{MASKED}"')
+    try:
+        yaml.safe_load(masked)
+        if not any(value in masked for value in values):
+            return masked
+    except yaml.YAMLError:
+        pass
+    data = yaml.safe_load(text) or {}
+    for key in ("judge_args", "model_args"):
+        if isinstance(data.get(key), dict):
+            data[key] = redacted(data[key])
+    for entry in [data.get("second_judge"), *((data.get("models") or {}).values())]:
+        if isinstance(entry, dict) and isinstance(entry.get("model_args"), dict):
+            entry["model_args"] = redacted(entry["model_args"])
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def masked_env(text: str, secrets: set[str]) -> str:

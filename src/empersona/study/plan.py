@@ -498,7 +498,11 @@ def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done
     from empersona.evals.second_judge import SECOND_JUDGE
 
     assert study.second_judge is not None
-    args: dict[str, Any] = {"prompts": study.second_judge.prompts, "seed": study.seed}
+    from empersona.redact import redacted
+
+    # its model args as the log records them (secrets masked): another endpoint or setting is another judge
+    args: dict[str, Any] = {"prompts": study.second_judge.prompts, "seed": study.seed,
+                            "judge_args": redacted(study.second_judge.model_args)}
     prompts, samples = harm
     calls = min(prompts, study.second_judge.prompts or prompts) * samples
     judge = second_judge_model_string(study)

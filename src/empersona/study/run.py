@@ -296,11 +296,11 @@ def park_log(run_folder: Path, stamp: str, model: str, path: Path) -> Path:
     return target
 
 
-def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path, stamp: str | None = None) -> list[Path]:
+def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path | None, stamp: str | None = None) -> list[Path]:
     """Move every other log of ``job``'s experiment in its model's folder aside: the results
     table merges a model's logs of one experiment row by row, so an older log made with other
     settings (more samples or items, another harmfulness log read) would fill in the rows the
-    current one does not have. ``keep``: the log that stands (the plan's, or the one just made)."""
+    current one does not have. ``keep``: the log that stands (the plan's, or the one just made; None: none)."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     if not job.log_dir.is_dir():
@@ -308,7 +308,7 @@ def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path, stamp: str |
     moved = []
     for info in list_eval_logs(str(job.log_dir), recursive=False):
         path = Path(info.name.removeprefix("file://"))
-        if path.resolve() == keep.resolve():
+        if keep is not None and path.resolve() == keep.resolve():
             continue
         try:
             task = read_eval_log(info, header_only=True).eval.task.split("/")[-1]
@@ -319,14 +319,30 @@ def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path, stamp: str |
     return moved
 
 
-def set_aside_all_superseded_logs(plan: Plan) -> list[Path]:
-    """`set_aside_superseded_logs` for every finished evaluation of the plan, said once."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def set_aside_all_superseded_logs(plan: Plan, stamp: str) -> list[Path]:
+    """`set_aside_superseded_logs` for every finished evaluation of the plan, and every second
+    judge's log when the study has no ``second_judge:`` (the report would present it as the
+    study's); said once."""
     moved = [path for job in plan.eval_jobs if job.status == "done" and job.log is not None
              for path in set_aside_superseded_logs(plan, job, job.log, stamp)]
     if moved:
         say(f"moved {len(moved)} earlier log(s) of evaluations made again since (other settings) to {moved[0].parents[1]}")
+    if plan.study.second_judge is None:
+        rescored = [path for model in plan.models
+                    for path in set_aside_superseded_logs(plan, EvalJob(model, SECOND_JUDGE, {}, None,
+                                                                        plan.study.out / "logs" / model.name, 0, 0, "todo"),
+                                                          None, stamp)]
+        if rescored:
+            say(f"moved {len(rescored)} second judge log(s) to {rescored[0].parents[1]}: the study file has no "
+                "second_judge: (add it to keep a second judge in the report)")
+        moved += rescored
     return moved
+
+
+def moved_during_run(moved: list[Path], job: EvalJob) -> None:
+    """Say which earlier logs an evaluation just made replaced."""
+    if moved:
+        say(f"moved {len(moved)} earlier log(s) of {job.experiment} on {job.model.name} to {moved[0].parents[1]}")
 
 
 def write_models_file(plan: Plan) -> Path:
@@ -399,17 +415,18 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
     return out
 
 
-def evaluate_all(plan: Plan, judge: str) -> None:
+def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
     """Run every unfinished (model, experiment) in order; harmfulness comes before its readers."""
     from empersona.evals.battery import EXPERIMENTS
     from empersona.evals.commands import print_summary, run_experiment
 
     study = plan.study
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
     todo = [job for job in plan.eval_jobs if job.status == "todo"]
     for index, job in enumerate(todo, start=1):
         say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}")
         if job.experiment == SECOND_JUDGE:
-            set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job))
+            moved_during_run(set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job), stamp), job)
             continue
         args = dict(job.task_args)
         if EXPERIMENTS[job.experiment].needs_harm_log:
@@ -441,7 +458,7 @@ def evaluate_all(plan: Plan, judge: str) -> None:
                 f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
                 "Run the same command again to continue"
             )
-        set_aside_superseded_logs(plan, job, Path(log.location.removeprefix("file://")))
+        moved_during_run(set_aside_superseded_logs(plan, job, Path(log.location.removeprefix("file://")), stamp), job)
 
 
 def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
@@ -626,7 +643,8 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     unused = ("warning: the study file's vllm: settings are not used with provider "
               f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
-    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan), checkpoints_warning(study)]
+    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan), checkpoints_warning(study),
+             second_judge_warning(study)]
     no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
@@ -655,10 +673,11 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         repoint_moved_adapters(plan)
         build_extra_views(study)
         set_aside_other_models_logs(plan)
-        set_aside_all_superseded_logs(plan)
+        stamp = time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
+        set_aside_all_superseded_logs(plan, stamp)
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):
-                evaluate_all(plan, judge)
+                evaluate_all(plan, judge, stamp)
     if "report" in stages:
         path = write_report(study)
         say(f"report: {path}")
@@ -681,6 +700,16 @@ def unplanned_logs_warning(plan: Plan) -> str | None:
     return (f"warning: logs of no model of this study in {', '.join(f'logs/{name}' for name in others)} (removed "
             f"from the study file, or renamed?); the report reads every log under logs/: move them out of {folder} "
             "to leave them out")
+
+
+def second_judge_warning(study: StudyConfig) -> str | None:
+    """A second judge that is the judge itself measures its consistency, not another judge's view."""
+    from empersona.study.plan import judge_model_string, second_judge_model_string
+
+    if study.second_judge is None or second_judge_model_string(study) != judge_model_string(study):
+        return None
+    return (f"warning: second_judge.model is the judge itself ({judge_model_string(study)}): its agreement is the "
+            "judge's consistency with itself at temperature 0, not another judge's view; name another model")
 
 
 def checkpoints_warning(study: StudyConfig) -> str | None:
