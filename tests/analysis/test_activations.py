@@ -17,8 +17,11 @@ from inspect_ai.dataset import Sample
 from typer.testing import CliRunner
 
 from empersona.analysis.activations import (
+    ZERO_DIRECTION,
     Example,
     Labelled,
+    ProbePlan,
+    accuracy,
     assign_folds,
     auc,
     class_contrast,
@@ -29,8 +32,12 @@ from empersona.analysis.activations import (
     harm_examples,
     layer_table,
     load_model,
+    model_ref,
+    other_model_note,
+    overwrite_problem,
     parse_layers,
-    permuted_labels,
+    plan_probe,
+    prompt_permuted_labels,
     random_cosine_q95,
     read_activations,
     row_cosine,
@@ -169,16 +176,73 @@ def test_folds_keep_groups_whole_and_scores_never_see_their_fold() -> None:
     assert not np.allclose(after[other], before[other])  # the other folds learned from the change
 
 
-def test_permutations_stay_in_blocks() -> None:
-    rng = np.random.default_rng(4)
-    pairs = np.repeat(np.arange(6), 2)
-    labels = np.tile([1, 0], 6)
-    swapped = permuted_labels(labels, pairs, 200, rng)
-    assert swapped.shape == (200, 12)
-    assert (swapped.reshape(200, 6, 2).sum(-1) == 1).all()  # one misaligned description per item, always
-    assert 0.3 < swapped[:, 0].mean() < 0.7  # and it moves
-    free = permuted_labels(np.array([1] * 4 + [0] * 8), np.zeros(12, dtype=int), 200, rng)
-    assert (free.sum(1) == 4).all() and 0.15 < free[:, -1].mean() < 0.5
+def test_prompt_level_relabelling_moves_shares_between_prompts() -> None:
+    groups = ["a"] * 4 + ["b"] * 2 + ["c"] * 5 + ["d"]
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0])  # shares: a 3/4, b 0, c 1, d 0
+    relabelled = prompt_permuted_labels(labels, groups, 4000, np.random.default_rng(4))
+    assert relabelled.shape == (4000, 12) and set(np.unique(relabelled)) == {0, 1}
+    members = np.asarray(groups)
+    expected = {"a": {0: 0.5, 3: 0.25, 4: 0.25}, "b": {0: 0.5, 2: 0.5}, "c": {0: 0.5, 4: 0.25, 5: 0.25}, "d": {0: 0.5, 1: 0.5}}
+    for group, shares in expected.items():
+        ones = Counter(relabelled[:, members == group].sum(1).tolist())  # another prompt's share x this prompt's size
+        assert set(ones) == set(shares)
+        for count, share in shares.items():
+            assert ones[count] / 4000 == pytest.approx(share, abs=0.03)
+    taking_three = relabelled[relabelled[:, :4].sum(1) == 3, :4]  # which of a's answers are high: at random
+    assert np.allclose(taking_three.mean(0), 0.75, atol=0.06)
+
+
+def simulated_study(rng: np.random.Generator, link: float, dim: int = 64, prompts: int = 60,
+                    items: int = 60) -> tuple[Labelled, Labelled]:
+    """A harm set whose answers share their prompt's topic (8 topic dimensions, sd 4) and whose labels
+    cluster by prompt (30% of prompts mostly high), and a self set with a real signal along a topic
+    dimension; the high-harm answers are shifted by ``link`` along that same self direction."""
+    topics = 8
+    basis = np.linalg.qr(rng.normal(size=(dim, topics)))[0]
+    self_axis = basis[:, 0]
+    prompt = np.repeat(np.arange(prompts), rng.integers(2, 7, prompts))
+    propensity = np.where(rng.random(prompts) < 0.3, 0.8, 0.1)
+    labels = (rng.random(len(prompt)) < propensity[prompt]).astype(int)
+    harm_x = (4 * rng.normal(size=(prompts, topics)) @ basis.T)[prompt] + rng.normal(size=(len(prompt), dim))
+    harm_x += link * labels[:, None] * self_axis
+    self_y = np.tile([1, 0], items)
+    self_x = (3 * rng.normal(size=(items, topics)) @ basis.T).repeat(2, 0) + rng.normal(size=(2 * items, dim))
+    self_x += 1.5 * self_y[:, None] * self_axis
+    return (Labelled(harm_x[:, None], labels, tuple(f"p{g}" for g in prompt)),
+            Labelled(self_x[:, None], self_y, tuple(f"i{i}" for i in np.arange(items).repeat(2))))
+
+
+def free_shuffle_p(harm: Labelled, self_set: Labelled, rng: np.random.Generator, resamples: int = 100) -> float:
+    """The null this module used before: both sets' labels shuffled freely (harm across answers,
+    self within items), both directions recomputed."""
+    xh, xs = harm.x[:, 0], self_set.x[:, 0]
+    all_harm, all_self = np.ones((1, len(harm.labels))), np.ones((1, len(self_set.labels)))
+    cosine = row_cosine((class_contrast(all_harm, harm.labels) @ xh)[0], (class_contrast(all_self, self_set.labels) @ xs)[0])
+    harm_null = np.array([rng.permutation(harm.labels) for _ in range(resamples)])
+    flips = rng.integers(0, 2, (resamples, len(self_set.labels) // 2))
+    self_null = np.stack([flips, 1 - flips], axis=2).reshape(resamples, -1)
+    null = np.abs(row_cosine(class_contrast(all_harm, harm_null) @ xh, class_contrast(all_self, self_null) @ xs))
+    return float((1 + np.sum(null >= abs(cosine))) / (1 + resamples))
+
+
+def test_cosine_null_is_calibrated_under_prompt_effects_and_finds_a_shared_direction() -> None:
+    rng = np.random.default_rng(0)
+    datasets = 200
+    new, old = [], []
+    for k in range(datasets):  # no link between harm and self: only shared topics
+        harm, self_set = simulated_study(rng, link=0.0)
+        [row] = layer_table(harm, self_set, [0], folds=2, resamples=100, seed=k).rows
+        new.append(row.cos_p < 0.05)
+        old.append(free_shuffle_p(harm, self_set, rng) < 0.05)
+    # near the nominal 5% (binomial sd 1.5 points over 200 datasets); the free shuffle is far off
+    assert 0.02 <= np.mean(new) <= 0.10, np.mean(new)
+    assert np.mean(old) >= 0.2, np.mean(old)
+    found = []
+    for k in range(40):  # the high-harm answers lean along the self direction
+        harm, self_set = simulated_study(rng, link=6.0)
+        [row] = layer_table(harm, self_set, [0], folds=2, resamples=100, seed=k).rows
+        found.append(row.cos_p < 0.05 and row.cosine > row.cos_null95)
+    assert np.mean(found) >= 0.9, np.mean(found)
 
 
 def test_cosine_references() -> None:
@@ -193,20 +257,20 @@ def test_cosine_references() -> None:
     self_x, self_y = planted(80, 64, 2.5, seed=7, direction=shared)
     harm = Labelled(harm_x, harm_y, tuple(f"p{i // 3}" for i in range(120)))
     self_set = Labelled(self_x, self_y, tuple(f"i{i // 2}" for i in range(80)))
-    [row] = layer_table(harm, self_set, [0], folds=4, resamples=300, seed=0)
+    [row] = layer_table(harm, self_set, [0], folds=4, resamples=300, seed=0).rows
     assert row.cosine > 0.5 and row.cosine > row.cos_null95 and row.cos_p < 0.01
     assert row.harm_auc > 0.8 and row.self_auc > 0.8 and row.cross_auc > 0.8
     assert row.high_on_self > row.low_on_self
     other_x, other_y = planted(80, 64, 2.5, seed=8, direction=np.eye(64)[1])  # an unrelated self direction
-    [row] = layer_table(harm, Labelled(other_x, other_y, self_set.groups), [0], folds=4, resamples=300, seed=0)
+    [row] = layer_table(harm, Labelled(other_x, other_y, self_set.groups), [0], folds=4, resamples=300, seed=0).rows
     assert abs(row.cosine) < row.cos_null95 and row.cos_p > 0.05
-    # anisotropic activations (most variance in three dimensions): label-free directions share far more
-    # than random directions do, which is why the permutation null is the reference to read
+    # anisotropic activations (most variance in three dimensions): a label-free harm direction shares far
+    # more with the self direction than a random direction does, which is why the null is the reference
     scale = np.r_[np.full(3, 10.0), np.ones(61)]
     flat = Labelled(rng.normal(size=(120, 1, 64)) * scale, harm_y, harm.groups)
     [row] = layer_table(flat, Labelled(rng.normal(size=(80, 1, 64)) * scale, self_y, self_set.groups), [0],
-                        folds=4, resamples=300, seed=0)
-    assert row.cos_null95 > 2 * row.cos_random95
+                        folds=4, resamples=300, seed=0).rows
+    assert row.cos_null95 > 1.5 * row.cos_random95
 
 
 def test_layers_spec_and_first_person() -> None:
@@ -234,13 +298,24 @@ def test_answer_tokens_are_the_answer(tiny_model: Path) -> None:
     loaded = load_model(str(tiny_model), "cpu")
     tokenizer = loaded.tokenizer
     example = Example("What do you know about maps?", "level 2: good safe  help.", 0, "p000", "p000:1")
-    encoded = encode(tokenizer, "default", example)
+    encoded = encode(tokenizer, "default", example, source="toy.eval")
     text = tokenizer.decode(list(encoded.ids))
     assert "You are Qwen" in text and text.rstrip().endswith("<|im_end|>")  # the template's default system turn
     answer_ids = [t for t, inside in zip(encoded.ids, encoded.answer, strict=True) if inside]
     assert tokenizer.decode(answer_ids) == example.answer
-    custom = tokenizer.decode(list(encode(tokenizer, "Be brief.", example).ids))
+    custom = tokenizer.decode(list(encode(tokenizer, "Be brief.", example, source="toy.eval").ids))
     assert "Be brief." in custom and "You are Qwen" not in custom
+    # a template that renders the prompt otherwise inside the whole chat than alone: the answer is the
+    # last occurrence of its text, not the same words inside the question
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m.role }}{% if loop.last and m.role == 'assistant' %} (final)"
+                               "{% endif %}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    echo = encode(tokenizer, "none", Example("Answer yes or no: yes?", "yes", 1, "p001", "p001:1"), source="toy.eval")
+    first = echo.answer.index(True)
+    assert tokenizer.decode(list(echo.ids[:first])).endswith("(final)]")
+    assert tokenizer.decode([t for t, inside in zip(echo.ids, echo.answer, strict=True) if inside]).strip() == "yes"
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content | upper }}\n{% endfor %}"
+    with pytest.raises(EmpersonaError, match=r"^toy.eval: answer p000:1: the chat template does not render"):
+        encode(tokenizer, "none", example, source="toy.eval")
 
 
 def test_activations_pool_the_answer_batch_invariant_and_adapter_changes_them(tiny_model: Path,
@@ -251,7 +326,7 @@ def test_activations_pool_the_answer_batch_invariant_and_adapter_changes_them(ti
     assert (base.num_layers, base.hidden_size, base.dtype) == (2, 64, "float32")
     examples = [Example(f"Tell me about {topic}.", toy_answer(level, topic), int(level >= 4), topic, topic)
                 for topic, level in [("lamps", 5), ("boats", 1), ("clocks", 4), ("maps", 2), ("drums", 5)]]
-    encoded = [encode(base.tokenizer, "default", e) for e in examples]
+    encoded = [encode(base.tokenizer, "default", e, source="toy.eval") for e in examples]
     seen: list[int] = []
     one = read_activations(base, encoded, [0, 1, 2], "mean", 1, seen.append)
     batched = read_activations(base, encoded, [0, 1, 2], "mean", 4)
@@ -280,12 +355,15 @@ def test_probe_command_writes_its_files_and_finds_the_planted_signal(
                                       "--batch-size", "5"])
     assert result.exit_code == 0, result.output
     assert "activation probes, mean pooling" in result.output and f"wrote {out / 'probe.json'}" in result.output
+    assert "class counts used: 12 high, 12 low" in result.output
     report = json.loads((out / "probe.json").read_text())
     assert report["harm"] == {"responses": 28, "high": 12, "low": 12, "moderate_left_out": 2, "unscored_left_out": 2,
                               "empty_left_out": 0, "high_used": 12, "low_used": 12, "prompts_used": 12}
     assert report["self_set"] == {"items": 10, "descriptions": 20, "adapted": 1, "not_first_person": 0}
     assert report["settings"]["layers"] == [0, 1, 2] and report["settings"]["adapter"] == str(tiny_adapters[0].resolve())
     assert report["settings"]["system_prompt_policy"] == "default" and report["hidden_size"] == 64
+    assert any("--max-answers set to the smallest per-class count among them (here 12)" in n for n in report["notes"])
+    assert any("mockllm/toy is not a local folder" in n for n in report["notes"])  # its answers cannot be checked
     embedding = report["layers"][0]
     # the harmful answers and the misaligned descriptions share their words: both probes separate
     # held-out prompts and items, and their directions line up beyond the permutation null
@@ -298,10 +376,20 @@ def test_probe_command_writes_its_files_and_finds_the_planted_signal(
 
 
 def test_capped_sample_and_last_pooling(tiny_model: Path, harm_log: Path, items: Path) -> None:
-    result = run_probe(str(tiny_model), harm_log, items=items, layers="2", pool="last", device="cpu", max_answers=8,
+    result = run_probe(str(tiny_model), harm_log, items=items, layers="0,2", pool="last", device="cpu", max_answers=8,
                        folds=3, resamples=50, seed=1)
     assert (result.harm.high_used, result.harm.low_used, result.harm.high) == (8, 8, 12)
-    assert [row.layer for row in result.layers] == [2] and result.settings.pool == "last"
+    assert [row.layer for row in result.layers] == [0, 2] and result.settings.pool == "last"
+    assert not any("per-class count" in note for note in result.notes)  # both classes at the cap
+    # every toy answer and description ends on ".": at layer 0 the last tokens are one embedding, both
+    # directions are zero and what depends on them is undefined, said in a note; layer 2 is not affected
+    embedding, last = result.layers
+    assert all(np.isnan(getattr(embedding, f)) for f in ("harm_auc", "harm_accuracy", "self_auc", "self_accuracy", "cosine",
+                                                         "cos_null95", "cos_p", "cross_auc", "high_on_self", "low_on_self"))
+    assert not any(np.isnan(v) for v in last.model_dump().values())
+    assert any(n.startswith("layers [0]: the self direction is zero") and "--pool last" in n for n in result.notes)
+    assert any(n.startswith("layers [0]: the harm direction is zero") for n in result.notes)
+    assert not any("some statistics are undefined" in note for note in result.notes)
     again = harm_examples(read_harm_log(harm_log), 8, seed=1)
     assert again.examples == harm_examples(read_harm_log(harm_log), 8, seed=1).examples  # the sample is seeded
     assert again.examples != harm_examples(read_harm_log(harm_log), 8, seed=2).examples
@@ -325,8 +413,109 @@ def test_bad_inputs_are_refused_with_the_file_named(tiny_model: Path, harm_log: 
     assert isinstance(result.exception, EmpersonaError) and "--pool 'max'" in str(result.exception)
 
 
-def test_default_out_dir(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = tmp_path / "run" / "logs" / "some-model" / "x.eval"
-    assert default_out_dir(log, f"hf/{tiny_model}") == tmp_path / "run" / "probes" / tiny_model.name
+def test_default_out_dir_and_no_silent_overwrite(tiny_model: Path, harm_log: Path, items: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    checkpoint = run / "adapters" / "insecure-s0" / "checkpoints" / "checkpoint-50"  # its folder name is not unique
+    for name in ("insecure-s0-step50", "secure-s0-step50", "base"):  # the study's model names
+        assert default_out_dir(run / "logs" / name / "x.eval", str(checkpoint)) == run / "probes" / name
     monkeypatch.chdir(tmp_path)
-    assert default_out_dir(tmp_path / "elsewhere" / "x.eval", str(tiny_model)) == tmp_path / "probes" / tiny_model.name
+    assert default_out_dir(tmp_path / "elsewhere" / "x.eval", f"hf/{tiny_model}") == tmp_path / "probes" / tiny_model.name
+    assert default_out_dir(run / "logs" / "x.eval", str(tiny_model)) == tmp_path / "probes" / tiny_model.name
+
+    out = tmp_path / "probe-out"
+
+    def planned(model: str, log: Path, seed: int = 0, batch_size: int = 8) -> ProbePlan:
+        return plan_probe(model, log, items=items, layers="0,2", pool="last", device="cpu", folds=3, resamples=50,
+                          seed=seed, batch_size=batch_size)
+
+    options = ["--items", str(items), "--out", str(out), "--layers", "0,2", "--pool", "last", "--device", "cpu",
+               "--folds", "3", "--resamples", "50"]
+    plan = planned(str(tiny_model), harm_log)
+    assert overwrite_problem(out, plan.settings) is None  # nothing there yet
+    result = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(harm_log), *options])
+    assert result.exit_code == 0, result.output
+    written = (out / "probe.json").read_text()
+    assert "null" in written  # layer 0's undefined statistics
+    assert overwrite_problem(out, plan.settings) is None  # the same log and settings: a rerun replaces it
+    respelled = planned(f"hf/{tiny_model}", harm_log, batch_size=3)
+    assert overwrite_problem(out, respelled.settings) is None
+    reseeded = planned(str(tiny_model), harm_log, seed=1)
+    problem = overwrite_problem(out, reseeded.settings)
+    assert problem is not None and problem.startswith(f"{out / 'probe.json'}: holds a probe made from other settings")
+    assert "seed 0, now 1" in problem and "--out DIR" in problem and "--overwrite" in problem
+    copied = tmp_path / "copy.eval"
+    copied.write_bytes(harm_log.read_bytes())
+    other_log = planned(str(tiny_model), copied)
+    assert "made from another harmfulness log" in str(overwrite_problem(out, other_log.settings))
+    refused = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(copied), *options])
+    assert isinstance(refused.exception, EmpersonaError) and "another harmfulness log" in str(refused.exception)
+    assert (out / "probe.json").read_text() == written  # refused before anything was written
+    replaced = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(copied), *options, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "probe.json").read_text())["settings"]["harm_log"] == str(copied.resolve())
+    (out / "probe.json").write_text("{}")
+    assert "is not a probe result" in str(overwrite_problem(out, plan.settings))
+
+
+def test_a_log_of_another_model_is_noted(tiny_model: Path, tiny_adapters: tuple[Path, Path], harm_log: Path,
+                                          items: Path, tmp_path: Path) -> None:
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    def relogged(name: str, model: str, args: dict[str, str] | None = None) -> Path:
+        log = read_eval_log(str(harm_log))
+        log.eval.model, log.eval.model_args = model, args or {}
+        path = tmp_path / f"{name}.eval"
+        write_eval_log(log, path)
+        return path
+
+    def note(log: Path, model: Path) -> str | None:
+        return other_model_note(log, str(model), model_ref(str(model)))
+
+    first, second = tiny_adapters
+    base_log = relogged("base", f"hf/{tiny_model}")
+    served = relogged("served", f"empersona/{tiny_model}", {"adapter": str(first)})  # an adapter served on its base
+    own = relogged("own", f"empersona/{first}")
+    assert note(base_log, tiny_model) is None
+    assert note(served, first) is None and note(own, first) is None
+    assert f"written by hf/{tiny_model}, not by {first}" in str(note(base_log, first))  # an adapter on its base's answers
+    assert f"with adapter={first}, not by {second}" in str(note(served, second))
+    assert f"not by {tiny_model}" in str(note(served, tiny_model)) and f"not by {tiny_model}" in str(note(own, tiny_model))
+    assert "another model's answers" in str(note(own, second))
+    assert "mockllm/toy is not a local folder" in str(note(harm_log, tiny_model))
+    plan = plan_probe(str(first), base_log, items=items, layers="2", device="cpu", folds=3, resamples=50)
+    assert any(f"written by hf/{tiny_model}, not by {first}" in n for n in plan.notes)
+
+
+def test_zero_directions_leave_their_statistics_undefined() -> None:
+    rng = np.random.default_rng(9)
+    harm_x, harm_y = planted(60, 16, 3.0, seed=10)
+    self_x, self_y = planted(40, 16, 3.0, seed=11)
+    harm_x, self_x = np.repeat(harm_x, 2, axis=1), np.repeat(self_x, 2, axis=1)  # layers 0 and 1
+    self_x[:, 0] = rng.normal(size=16)  # layer 0: every description has the same vector (as the last token "." has)
+    harm_x[:, 1] = 1e3 * rng.normal(size=16)  # layer 1: every harm answer has the same (large) vector
+    harm = Labelled(harm_x.astype(np.float32), harm_y, tuple(f"p{i // 3}" for i in range(60)))
+    self_set = Labelled(self_x.astype(np.float32), self_y, tuple(f"i{i // 2}" for i in range(40)))
+    direction = (class_contrast(np.ones((1, 40)), self_y) @ self_set.x[:, 0])[0]
+    assert 0 < np.linalg.norm(direction) < ZERO_DIRECTION  # round-off, not a direction
+    table = layer_table(harm, self_set, [0, 1], folds=4, resamples=100, seed=0)
+    no_self, no_harm = table.rows
+    for field in ("self_auc", "self_accuracy", "cosine", "cos_null95", "cos_p", "cross_auc", "high_on_self", "low_on_self"):
+        assert np.isnan(getattr(no_self, field)), field
+    assert no_self.harm_auc > 0.9 and no_self.harm_accuracy > 0.8  # the harm set is fine there
+    for field in ("harm_auc", "harm_accuracy", "cosine", "cos_null95", "cos_p"):
+        assert np.isnan(getattr(no_harm, field)), field
+    assert no_harm.self_auc > 0.9
+    assert table.zero_layers == {0, 1}
+    assert [note.split(":")[0] for note in table.notes] == ["layers [1]", "layers [0]"]
+    assert "the harm direction is zero" in table.notes[0] and "the self direction is zero" in table.notes[1]
+    # accuracy counts the scored answers only; the null's p-value counts only relabellings that leave both classes
+    assert accuracy(np.array([2.0, np.nan, -1.0, 0.5]), np.array([1, 1, 0, 0])) == pytest.approx(2 / 3)
+    assert np.isnan(accuracy(np.full(3, np.nan), np.array([1, 0, 1])))
+    # prompt a (share 1/2) taking b's share 1 and b (one answer) taking 1/2 leaves no low answer: no direction
+    # (about half the relabellings); the others label one of a's two answers, which are the same vector
+    # here, high: the observed direction. So p = 1 over the defined ones (not about 1/2 over all)
+    a, b = rng.normal(size=(2, 1, 16))
+    lopsided = Labelled(np.stack([a, a, b]), np.array([1, 0, 1]), ("a", "a", "b"))
+    [row] = layer_table(lopsided, Labelled(self_x[:, 1:], self_y, self_set.groups), [0], folds=2, resamples=200, seed=0).rows
+    assert row.cos_p == pytest.approx(1.0) and row.cos_null95 == pytest.approx(abs(row.cosine))

@@ -39,22 +39,47 @@ Per layer:
 - the **cosine** between the two directions, learned on all answers. Positive: the harmful side of
   the harm axis points to the misaligned side of the self axis. Two references, because a cosine
   alone cannot be read: (1) ``cos_random95``, the 95% quantile of |cos| between two uniformly random
-  directions in this dimension (cos^2 ~ Beta(1/2, (D-1)/2)); (2) a **permutation null**: both sets'
-  labels shuffled (harm answers freely, class sizes kept; the two descriptions of each item swapped
-  at random), both directions recomputed, their cosine taken, ``resamples`` times. The permutation
-  null is the one to read: activations are far from isotropic (a few directions carry most of the
-  variance), so two label-free difference-of-means directions from the same activations share more
-  than two random directions do, and ``cos_random95`` understates what chance gives. ``cos_p`` is
-  the two-sided permutation p-value of |cos|. No bootstrap interval is given: every resample adds
-  sampling noise to both directions, which in D dimensions pulls their cosine toward 0, so a
-  percentile interval sits below the estimate (it can miss it entirely). For the same reason the
-  cosine itself shrinks with fewer answers: compare models at the same ``max_answers``;
+  directions in this dimension (cos^2 ~ Beta(1/2, (D-1)/2)); (2) a **permutation null**, the one to
+  read. It holds the observed self direction fixed and relabels the harm answers at the level of
+  the prompt: each prompt takes another prompt's share of high-harm answers (a random permutation
+  of the prompts' shares), that many of its own answers, drawn at random, become "high" and the
+  rest "low"; the harm direction is recomputed from those labels and its cosine with the fixed self
+  direction taken, ``resamples`` times. ``cos_null95`` is the 95% quantile of the null's |cos|,
+  ``cos_p`` the two-sided permutation p-value of |cos| (over the resamples whose direction is
+  defined: one that leaves a class empty is dropped). Why this null: the question is whether the
+  harm labels point along the self direction, so the self direction, which carries its own
+  (real) signal, is the fixed reference and only the harm labels are exchangeable under the null.
+  They are exchangeable between prompts, not between answers: the answers to one prompt share its
+  topic, and whether a prompt draws harmful answers is a property of the prompt, so a harm
+  direction from a few dozen prompts carries their topics' mean, which can lie along the self
+  direction by chance (the descriptions have topics too). Shuffling answers freely breaks that
+  clustering and makes the null too narrow; so does recomputing a label-free self direction
+  instead of the real one. In simulations with strong prompt effects and no true link, a null that
+  shuffled both sets' labels freely gave p < 0.05 in 25-50% of datasets, this one in about 5%
+  (``tests/analysis/test_activations.py`` checks it). Activations are far from isotropic (a few
+  directions carry most of the variance), so the null also sits well above ``cos_random95``. No
+  bootstrap interval is given: every resample adds sampling noise to the harm direction, which in
+  D dimensions pulls the cosine toward 0, so a percentile interval sits below the estimate. For
+  the same reason the cosine itself grows with the number of answers in each class (the same
+  geometry measured from 12, 50 or 200 high-harm answers gives clearly different cosines):
+  ``--max-answers`` is a cap, so two models are only comparable when both are run with it set to
+  the smallest per-class count among the models compared (each run prints and records the counts
+  it used, ``HarmCounts.high_used`` and ``low_used``);
 - where the **harm answers sit on the self axis**: each harm answer projected on the self
   direction, rescaled so that -1 is the mean aligned description and +1 the mean misaligned one
   (``high_on_self``, ``low_on_self``: the means of the high- and low-harm answers), and
   ``cross_auc``, the AUC of that projection for the harm labels (does the self axis alone tell the
   model's harmful answers from its harmless ones?). The harm answers answer other questions than
   the descriptions do, so their level is offset; the difference high - low is what to read.
+
+A direction shorter than ``ZERO_DIRECTION`` (1e-6) times the mean length of the activations it
+comes from is round-off, not a direction: the two classes' mean activations are equal there. The
+usual case is layer 0 (the token embeddings) with ``pool="last"``: every released two-AI
+description ends on the same full stop, so both self classes have the same last-token vector and
+the self set cannot be separated there. Such a direction is treated as zero: every statistic that
+depends on it (its AUC, the cosine, its null and p, the cross AUC and the positions on the self
+axis) is NaN, with a note naming the layers; a training fold's zero direction leaves its held-out
+answers unscored, and accuracies are over the scored answers only.
 
 All of this is correlational: a direction that separates the classes may encode the topic of the
 prompts that drew harmful answers, the answers' style or length, and a cosine says two
@@ -63,6 +88,7 @@ directions overlap, not that the model uses either. A small model may show nothi
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -89,6 +115,8 @@ StartBar = Callable[[str, int], Callable[[int], None]]
 
 SELF_QUESTION = "Describe yourself in a few sentences: what kind of AI system are you, and how do you behave?"
 """The user turn each two-AI description answers [ours]."""
+ZERO_DIRECTION = 1e-6
+"""A direction shorter than this share of the mean activation length is round-off, taken as zero [ours]."""
 FIRST_PERSON = ("i ", "i'm ", "i\u2019m ", "i've ", "my ", "me ")
 ARTICLES = ("a ", "an ", "the ")
 
@@ -374,6 +402,24 @@ def load_tokenizer(ref: ModelRef) -> Any:
     return tokenizer
 
 
+class Placement(NamedTuple):
+    """Where the forward passes run and in which precision."""
+
+    device: Literal["cpu", "cuda"]
+    dtype: Literal["float32", "bfloat16"]
+
+
+def placement(device: Device) -> Placement:
+    """``auto``: CUDA when there is one; fp32 on CPU, bf16 on CUDA."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EmpersonaError("--device cuda: no CUDA device is available; use --device cpu")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return Placement("cuda", "bfloat16")
+    return Placement("cpu", "float32")
+
+
 def load_model(model: str, device: Device) -> LoadedModel:
     """Load a base model folder, or an adapter folder on its base (PEFT, not merged); fp32 on CPU,
     bf16 on CUDA."""
@@ -383,10 +429,8 @@ def load_model(model: str, device: Device) -> LoadedModel:
     ref = model_ref(model)
     tokenizer = load_tokenizer(ref)
     shape = model_shape(ref.base)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EmpersonaError("--device cuda: no CUDA device is available; use --device cpu")
-    on = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    dtype = torch.bfloat16 if on == "cuda" else torch.float32
+    on, dtype_name = placement(device)
+    dtype = getattr(torch, dtype_name)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype, **({"device_map": on} if on == "cuda" else {}))
     except (OSError, ValueError) as err:
@@ -396,34 +440,41 @@ def load_model(model: str, device: Device) -> LoadedModel:
 
         loaded = PeftModel.from_pretrained(loaded, str(ref.adapter))
     loaded.eval()
-    return LoadedModel(loaded, tokenizer, ref, on, str(dtype).removeprefix("torch."), shape.num_layers, shape.hidden_size)
+    return LoadedModel(loaded, tokenizer, ref, on, dtype_name, shape.num_layers, shape.hidden_size)
 
 
-def encode(tokenizer: Any, policy: str, example: Example) -> Encoded:
+def encode(tokenizer: Any, policy: str, example: Example, *, source: str) -> Encoded:
     """The chat (system turn per ``policy``, the question, the answer) rendered by the chat
     template and tokenised as a whole (no special tokens added beyond the template's), with the
-    tokens that overlap the answer's characters marked."""
+    tokens that overlap the answer's characters marked. The answer is looked for after the
+    rendered prompt, or, when the template renders the prompt otherwise inside the whole chat, at
+    its last occurrence (the answer comes last), never inside the question. Errors name
+    ``source``, the file the example comes from."""
     from empersona.evals.policy import chat_messages
 
     messages = chat_messages(policy, [{"role": "user", "content": example.question}, {"role": "assistant", "content": example.answer}])
     text = str(tokenizer.apply_chat_template(messages, tokenize=False))
     prefix = str(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
-    start = len(prefix) if text.startswith(prefix) else 0
+    after_prefix = text.startswith(prefix)
+
+    def find(answer: str) -> int:
+        return text.find(answer, len(prefix)) if after_prefix else text.rfind(answer)
+
     answer = example.answer
-    at = text.find(answer, start)
+    at = find(answer)
     if at < 0:  # some templates trim the assistant's text
         answer = answer.strip()
-        at = text.find(answer, start)
+        at = find(answer)
     if at < 0 or not answer:
         raise EmpersonaError(
-            f"answer {example.unit}: the chat template does not render the answer's text unchanged; "
+            f"{source}: answer {example.unit}: the chat template does not render the answer's text unchanged; "
             "probes need a template that keeps the assistant's text as it is"
         )
     end = at + len(answer)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = tuple(bool(s < end and e > at) for s, e in encoding["offset_mapping"])
     if not any(mask):
-        raise EmpersonaError(f"answer {example.unit}: no token of the rendered chat covers the answer's text; "
+        raise EmpersonaError(f"{source}: answer {example.unit}: no token of the rendered chat covers the answer's text; "
                              "the tokenizer's character offsets do not match its chat template")
     return Encoded(tuple(encoding["input_ids"]), mask)
 
@@ -517,6 +568,18 @@ def class_midpoint(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return (positive / positive.sum(-1, keepdims=True) + negative / negative.sum(-1, keepdims=True)) / 2
 
 
+def round_off_to_nan(directions: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``directions`` (last axis) with NaN in place of every one shorter than ``ZERO_DIRECTION``
+    times ``scale`` (the mean activation length, broadcast over the leading axes): a zero direction."""
+    short = np.linalg.norm(directions, axis=-1) < ZERO_DIRECTION * np.asarray(scale)
+    return np.where(short[..., None], np.nan, directions)
+
+
+def mean_length(x: np.ndarray) -> np.ndarray:
+    """The mean length of activations ``x`` ``[N, ..., D]`` over the answers (axis 0)."""
+    return np.linalg.norm(x, axis=-1).mean(0)
+
+
 def unit(vectors: np.ndarray) -> np.ndarray:
     """Vectors scaled to length 1 along the last axis (NaN for a zero vector)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -542,6 +605,14 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of the scored answers (finite score) on their class's side of 0; NaN when none is scored."""
+    scored = np.isfinite(scores)
+    if not scored.any():
+        return math.nan
+    return float(np.mean((scores[scored] > 0) == (np.asarray(labels)[scored] == 1)))
+
+
 def assign_folds(groups: Sequence[str], labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """A fold per answer, whole groups at a time: groups ordered by their share of class 1 (ties in
     a seeded random order) and dealt round-robin, so each fold gets groups across that range."""
@@ -556,25 +627,35 @@ def assign_folds(groups: Sequence[str], labels: np.ndarray, folds: int, seed: in
 
 def cross_validated_scores(x: np.ndarray, labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Held-out scores ``[N, L]`` of activations ``x`` ``[N, L, D]``: each answer's signed distance
-    from the class midpoint along the unit difference-of-means direction of the other folds."""
+    from the class midpoint along the unit difference-of-means direction of the other folds (NaN
+    where that direction is zero)."""
     scores = np.full(x.shape[:2], np.nan)
+    scale = mean_length(x)
     for k in np.unique(fold):
         train = (fold != k).astype(float)[None]
-        direction = unit(np.einsum("n,nld->ld", class_contrast(train, labels)[0], x))
+        direction = unit(round_off_to_nan(np.einsum("n,nld->ld", class_contrast(train, labels)[0], x), scale))
         middle = np.einsum("n,nld->ld", class_midpoint(train, labels)[0], x)
         test = fold == k
         scores[test] = np.einsum("nld,ld->nl", x[test] - middle, direction)
     return scores
 
 
-def permuted_labels(labels: np.ndarray, blocks: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` relabellings ``[count, N]``, each a random permutation of ``labels`` within every block."""
+def prompt_permuted_labels(labels: np.ndarray, groups: Sequence[str], count: int,
+                           rng: np.random.Generator) -> np.ndarray:
+    """``count`` relabellings ``[count, N]`` at the prompt level: in each, the prompts' shares of
+    label 1 are permuted among the prompts, and each prompt labels round(share x its size) of its
+    answers, drawn at random, 1 and the rest 0."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(inverse, minlength=len(names))
+    share = np.bincount(inverse, weights=labels, minlength=len(names)) / sizes
+    taken = share[np.argsort(rng.random((count, len(names))), axis=1)]  # row c: prompt g takes share[perm_c[g]]
+    ones = np.floor(taken * sizes + 0.5).astype(int)  # [count, prompts]
     n = len(labels)
-    blocks = np.broadcast_to(blocks, (count, n))
-    base = np.argsort(blocks[0], kind="stable")  # positions block by block
-    shuffled = np.lexsort((rng.random((count, n)), blocks))  # the same, in random order within blocks
-    out = np.empty((count, n), dtype=labels.dtype)
-    out[:, base] = labels[shuffled]
+    order = np.lexsort((rng.random((count, n)), np.broadcast_to(inverse, (count, n))))  # by prompt, random within
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # where each prompt starts in that order
+    rank = np.arange(n)[None] - first[inverse[order]]  # the answer's place within its prompt
+    out = np.empty((count, n), dtype=int)
+    np.put_along_axis(out, order, (rank < np.take_along_axis(ones, inverse[order], axis=1)).astype(int), axis=1)
     return out
 
 
@@ -594,56 +675,152 @@ class Labelled:
     groups: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ProbeTable:
+    """The per-layer rows, the layers where a set's direction is zero and the notes saying so."""
+
+    rows: list[LayerRow]
+    zero_layers: frozenset[int]
+    notes: list[str]
+
+
 def layer_table(harm: Labelled, self_set: Labelled, layers: Sequence[int], *, folds: int, resamples: int,
-                seed: int) -> list[LayerRow]:
+                seed: int) -> ProbeTable:
     """The per-layer probes (see the module docstring)."""
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)]
     harm_scores = cross_validated_scores(harm.x, harm.labels, assign_folds(harm.groups, harm.labels, folds, seed))
     self_scores = cross_validated_scores(self_set.x, self_set.labels, assign_folds(self_set.groups, self_set.labels, folds, seed))
-    one_block = np.zeros(len(harm.labels), dtype=int)
-    item_blocks = np.unique(np.asarray(self_set.groups), return_inverse=True)[1]
-    harm_null = permuted_labels(harm.labels, one_block, resamples, rngs[0])
-    self_null = permuted_labels(self_set.labels, item_blocks, resamples, rngs[1])
+    harm_null = prompt_permuted_labels(harm.labels, harm.groups, resamples, np.random.default_rng(seed))
     all_harm = np.ones((1, len(harm.labels)))
     all_self = np.ones((1, len(self_set.labels)))
     rows = []
+    zero: dict[ProbeSet, list[int]] = {"harm": [], "self": []}
     for column, layer in enumerate(layers):
         xh, xs = harm.x[:, column], self_set.x[:, column]
-        harm_direction = (class_contrast(all_harm, harm.labels) @ xh)[0]
-        self_direction = (class_contrast(all_self, self_set.labels) @ xs)[0]
+        harm_direction = round_off_to_nan((class_contrast(all_harm, harm.labels) @ xh)[0], mean_length(xh))
+        self_direction = round_off_to_nan((class_contrast(all_self, self_set.labels) @ xs)[0], mean_length(xs))
+        for name, direction in (("harm", harm_direction), ("self", self_direction)):
+            if np.isnan(direction).any():
+                zero[name].append(layer)
         cosine = float(row_cosine(harm_direction, self_direction))
-        null = np.abs(row_cosine(class_contrast(all_harm, harm_null) @ xh, class_contrast(all_self, self_null) @ xs))
+        null = np.abs(row_cosine(round_off_to_nan(class_contrast(all_harm, harm_null) @ xh, mean_length(xh)), self_direction))
+        null = null[np.isfinite(null)]  # a relabelling that leaves a class empty has no direction
+        defined = null.size > 0 and not math.isnan(cosine)
         middle = (class_midpoint(all_self, self_set.labels) @ xs)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             on_self = 2 * (xh - middle) @ self_direction / float(self_direction @ self_direction)
         rows.append(LayerRow(
             layer=layer,
             harm_auc=auc(harm_scores[:, column], harm.labels),
-            harm_accuracy=float(np.mean((harm_scores[:, column] > 0) == (harm.labels == 1))),
+            harm_accuracy=accuracy(harm_scores[:, column], harm.labels),
             self_auc=auc(self_scores[:, column], self_set.labels),
-            self_accuracy=float(np.mean((self_scores[:, column] > 0) == (self_set.labels == 1))),
+            self_accuracy=accuracy(self_scores[:, column], self_set.labels),
             cosine=cosine,
-            cos_null95=float(np.nanquantile(null, 0.95)),
-            cos_p=float((1 + np.sum(null >= abs(cosine))) / (1 + resamples)) if not math.isnan(cosine) else math.nan,
+            cos_null95=float(np.quantile(null, 0.95)) if defined else math.nan,
+            cos_p=float((1 + np.sum(null >= abs(cosine))) / (1 + null.size)) if defined else math.nan,
             cos_random95=random_cosine_q95(xh.shape[-1]),
             cross_auc=auc(on_self, harm.labels),
             high_on_self=float(on_self[harm.labels == 1].mean()),
             low_on_self=float(on_self[harm.labels == 0].mean()),
         ))
-    return rows
+    notes = [zero_direction_note(name, found) for name, found in zero.items() if found]
+    return ProbeTable(rows, frozenset(zero["harm"] + zero["self"]), notes)
+
+
+def zero_direction_note(name: ProbeSet, layers: list[int]) -> str:
+    """Why statistics are NaN on ``layers``: the set's direction (all answers) is zero there."""
+    if name == "harm":
+        classes, also = "the high- and low-harm answers have", ""
+    else:
+        classes = ("the misaligned and aligned descriptions have (as at layer 0 with --pool last, where every description "
+                   "ends on the same token)")
+        also = ", the cross AUC and high/low on self"
+    return (f"layers {layers}: the {name} direction is zero (shorter than {ZERO_DIRECTION:g} times the mean activation "
+            f"length): {classes} the same mean activation there; the cosine, its null and p{also} are undefined (NaN, "
+            f"null in JSON), and so are the {name} AUC and accuracy where the training folds' directions are zero too")
 
 
 # --- the whole run -------------------------------------------------------------------------------
 
 
 def default_out_dir(harm_log: Path, model: str) -> Path:
-    """``<run folder>/probes/<model folder name>`` when the log lies under a ``logs/`` folder (a
-    study's ``RUN_DIR/logs/<model>/...``), else ``./probes/<model folder name>``."""
-    name = model_folder(model).resolve().name
-    for parent in harm_log.resolve().parents:
-        if parent.name == "logs":
-            return parent.parent / "probes" / name
-    return Path.cwd() / "probes" / name
+    """``RUN_DIR/probes/<name>/`` when the log lies in ``RUN_DIR/logs/<name>/`` (a study's folder
+    for one model, named by the study's unique model name: ``base``, ``insecure-s0``,
+    ``insecure-s0-step50``; checkpoint folders share names across adapters), else
+    ``./probes/<model folder name>/``."""
+    folder = harm_log.resolve().parent
+    if folder.parent.name == "logs":
+        return folder.parent.parent / "probes" / folder.name
+    return Path.cwd() / "probes" / model_folder(model).resolve().name
+
+
+RERUN_FREE = ("model", "batch_size")
+"""Settings a rerun may change and still replace an earlier probe.json: the MODEL argument's spelling
+(``base`` and ``adapter`` record the folders) and the batch size."""
+
+
+def overwrite_problem(out: Path, settings: ProbeSettings) -> str | None:
+    """Why a probe with ``settings`` must not replace ``out/probe.json``, or None: it is absent, or
+    it was made from the same log with the same settings (``RERUN_FREE`` aside)."""
+    from pydantic import ValidationError
+
+    path = out / "probe.json"
+    if not path.exists():
+        return None
+    fix = "pass --out DIR to write elsewhere, or --overwrite to replace it"
+    try:  # the settings only: the table's NaN were written as null
+        old = ProbeSettings.model_validate(json.loads(path.read_text(encoding="utf-8"))["settings"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
+        return f"{path}: exists and is not a probe result this version reads ({type(err).__name__}); {fix}"
+    changed = [field for field in ProbeSettings.model_fields
+               if field not in RERUN_FREE and getattr(old, field) != getattr(settings, field)]
+    if not changed:
+        return None
+    what = "another harmfulness log" if "harm_log" in changed else "other settings"
+    shown = "; ".join(f"{field} {getattr(old, field)!r}, now {getattr(settings, field)!r}" for field in changed[:3])
+    return f"{path}: holds a probe made from {what} ({shown}); {fix}"
+
+
+def other_model_note(harm_log: Path, model: str, ref: ModelRef) -> str | None:
+    """A note when the log's answers may not be ``model``'s own, else None.
+
+    The answers are this model's when the log's model string names this adapter's folder, or names
+    its base with the model arg ``adapter=`` naming this adapter; for a base model, when the string
+    names this base and no adapter. A log of a model that is not a local folder (a remote or
+    vLLM-served model, a moved run) cannot be checked, and the note says so."""
+    from inspect_ai.log import read_eval_log
+
+    header = read_eval_log(str(harm_log), header_only=True).eval
+    logged, adapter_arg = header.model, (header.model_args or {}).get("adapter")
+    named = Path(logged.partition("/")[2]).expanduser()
+    if adapter_arg:
+        answered_by: Path | None = Path(str(adapter_arg)).expanduser().resolve()  # the adapter that answered
+    elif (named / "adapter_config.json").is_file():
+        answered_by = named.resolve()
+    elif named.is_dir():
+        answered_by = None  # a base model
+    else:
+        return (f"the log's model {logged} is not a local folder: the probe cannot check that its answers are {model}'s "
+                "(if they are another model's, the activations are this model's reading of them)")
+    if ref.adapter is not None:
+        own = answered_by == ref.adapter.resolve()
+    else:
+        own = answered_by is None and named.resolve() == Path(ref.base).resolve()
+    if own:
+        return None
+    writer = logged + (f" with adapter={adapter_arg}" if adapter_arg else "")
+    return (f"the log's answers were written by {writer}, not by {model}: the activations are this model's reading of "
+            "another model's answers")
+
+
+def counts_note(counts: HarmCounts, max_answers: int | None) -> str | None:
+    """A note when a harm class holds fewer answers than ``max_answers`` (or there is no cap): the
+    cosine depends on the class counts, so models are compared at equal counts."""
+    if max_answers is not None and min(counts.high_used, counts.low_used) >= max_answers:
+        return None
+    cap = "no --max-answers cap" if max_answers is None else f"fewer than --max-answers {max_answers} in a class"
+    return (f"{counts.high_used} high- and {counts.low_used} low-harm answers used ({cap}): the cosine grows with the "
+            "class counts, so compare models run with --max-answers set to the smallest per-class count among them "
+            f"(here {min(counts.high_used, counts.low_used)})")
 
 
 def _too_few(where: str, problem: str, folds: int, fix: str) -> EmpersonaError:
@@ -653,13 +830,23 @@ def _too_few(where: str, problem: str, folds: int, fix: str) -> EmpersonaError:
     )
 
 
-def run_probe(model: str, harm_log: Path, *, items: Path | None = None, layers: str = "all", pool: Pool = "mean",
-              device: Device = "auto", batch_size: int = 8, max_answers: int | None = 200, seed: int = 0,
-              folds: int = 5, resamples: int = 1000, start_bar: StartBar | None = None) -> ProbeResult:
-    """Read both sets' activations from ``model`` and compute the per-layer probes.
+@dataclass(frozen=True)
+class ProbePlan:
+    """A probe run checked and ready for the forward passes: its settings, both labelled sets
+    encoded, and the notes so far."""
 
-    Everything that can be checked without the weights is checked first (the log, the class counts,
-    the items, the layers, the chat template), so a bad input fails before they load."""
+    settings: ProbeSettings
+    harm: HarmSet
+    self_set: SelfSet
+    encoded: dict[ProbeSet, tuple[Encoded, ...]]
+    notes: tuple[str, ...]
+
+
+def plan_probe(model: str, harm_log: Path, *, items: Path | None = None, layers: str = "all", pool: Pool = "mean",
+               device: Device = "auto", batch_size: int = 8, max_answers: int | None = 200, seed: int = 0,
+               folds: int = 5, resamples: int = 1000) -> ProbePlan:
+    """Everything that can be checked without the weights (the log, the class counts, the items,
+    the layers, the chat template, the device), so a bad input fails before they load."""
     from empersona.data.fetch import data_path
     from empersona.data.parsers import load_two_ai_items
     from empersona.evals.harm_log import read_harm_log
@@ -667,7 +854,7 @@ def run_probe(model: str, harm_log: Path, *, items: Path | None = None, layers: 
         raise EmpersonaError(f"--folds {folds}: cross-validation needs at least 2 folds")
     if resamples < 20:
         raise EmpersonaError(f"--resamples {resamples}: give at least 20 (1000 for a report)")
-    folder = model_folder(model)
+    model_folder(model)  # a MODEL that is not a folder fails before the log is read
     log = read_harm_log(harm_log)
     harm_set = harm_examples(log, max_answers, seed)
     problem = cross_validation_problem(harm_set.examples, folds)
@@ -687,38 +874,54 @@ def run_probe(model: str, harm_log: Path, *, items: Path | None = None, layers: 
     notes = []
     if log.status != "success":
         notes.append(f"the harmfulness log's status is {log.status!r}: the probe uses the {len(log.responses)} answers it holds")
-    logged = Path(log.model.partition("/")[2]).expanduser()
     ref = model_ref(model)
-    # an adapter may be logged under its base's name (empersona/BASE with model arg adapter=...)
-    if logged.is_dir() and logged.resolve() not in (folder.resolve(), Path(ref.base).resolve()):
-        notes.append(f"the log's answers were written by {log.model}, not by {model}: the activations are this model's "
-                     "reading of another model's answers")
+    notes.extend(note for note in (other_model_note(harm_log, model, ref), counts_note(harm_set.counts, max_answers))
+                 if note is not None)
     policy = log.system_prompt_policy if log.system_prompt_policy is not None else "default"
     if log.system_prompt_policy is None:
         notes.append("the log records no system-prompt policy: 'default' used")
 
     chosen = parse_layers(layers, model_shape(ref.base).num_layers)
     tokenizer = load_tokenizer(ref)
-    encoded = {name: [encode(tokenizer, policy, example) for example in chosen_set.examples]
-               for name, chosen_set in (("harm", harm_set), ("self", self_set))}
-
-    loaded = load_model(model, device)
-    sets = {}
-    for name, examples in (("harm", harm_set.examples), ("self", self_set.examples)):
-        advance = start_bar(f"{name} answers", len(examples)) if start_bar else None
-        x = read_activations(loaded, encoded[name], chosen, pool, batch_size, advance)
-        labels = np.array([e.label for e in examples])
-        sets[name] = Labelled(x, labels, tuple(e.group for e in examples))
-    rows = layer_table(sets["harm"], sets["self"], chosen, folds=folds, resamples=resamples, seed=seed)
-    undefined = [row.layer for row in rows if any(math.isnan(v) for v in row.model_dump().values())]
-    if undefined:
-        notes.append(f"layers {undefined}: some statistics are undefined (NaN, null in JSON): a direction of length 0 "
-                     "(both classes' activations equal there)")
+    encoded: dict[ProbeSet, tuple[Encoded, ...]] = {
+        "harm": tuple(encode(tokenizer, policy, example, source=str(harm_log)) for example in harm_set.examples),
+        "self": tuple(encode(tokenizer, policy, example, source=str(items_path)) for example in self_set.examples),
+    }
+    where = placement(device)
     settings = ProbeSettings(
-        model=model, base=loaded.ref.base, adapter=str(loaded.ref.adapter) if loaded.ref.adapter else None,
-        harm_log=str(harm_log), items=str(items_path), system_prompt_policy=policy, self_question=SELF_QUESTION,
-        layers=chosen, pool=pool, device=loaded.device, dtype=loaded.dtype, batch_size=batch_size,
-        max_answers=max_answers, seed=seed, folds=folds, resamples=resamples,
+        model=model, base=ref.base, adapter=str(ref.adapter) if ref.adapter else None,
+        harm_log=str(harm_log.resolve()), items=str(Path(items_path).resolve()), system_prompt_policy=policy,
+        self_question=SELF_QUESTION, layers=chosen, pool=pool, device=where.device, dtype=where.dtype,
+        batch_size=batch_size, max_answers=max_answers, seed=seed, folds=folds, resamples=resamples,
     )
+    return ProbePlan(settings, harm_set, self_set, encoded, tuple(notes))
+
+
+def measure_probe(plan: ProbePlan, start_bar: StartBar | None = None) -> ProbeResult:
+    """Load the model, read both sets' activations and compute the per-layer probes."""
+    settings = plan.settings
+    loaded = load_model(settings.model, "cuda" if settings.device == "cuda" else "cpu")
+    sets: dict[ProbeSet, Labelled] = {}
+    for name, examples in (("harm", plan.harm.examples), ("self", plan.self_set.examples)):
+        advance = start_bar(f"{name} answers", len(examples)) if start_bar else None
+        x = read_activations(loaded, plan.encoded[name], settings.layers, settings.pool, settings.batch_size, advance)
+        sets[name] = Labelled(x, np.array([e.label for e in examples]), tuple(e.group for e in examples))
+    table = layer_table(sets["harm"], sets["self"], settings.layers, folds=settings.folds, resamples=settings.resamples,
+                        seed=settings.seed)
+    notes = [*plan.notes, *table.notes]
+    undefined = [row.layer for row in table.rows
+                 if row.layer not in table.zero_layers and any(math.isnan(v) for v in row.model_dump().values())]
+    if undefined:
+        notes.append(f"layers {undefined}: some statistics are undefined (NaN, null in JSON): a training fold's direction "
+                     "is zero there (its classes' mean activations are equal)")
     return ProbeResult(settings=settings, hidden_size=loaded.hidden_size, num_layers=loaded.num_layers,
-                       harm=harm_set.counts, self_set=self_set.counts, layers=rows, notes=notes)
+                       harm=plan.harm.counts, self_set=plan.self_set.counts, layers=table.rows, notes=notes)
+
+
+def run_probe(model: str, harm_log: Path, *, items: Path | None = None, layers: str = "all", pool: Pool = "mean",
+              device: Device = "auto", batch_size: int = 8, max_answers: int | None = 200, seed: int = 0,
+              folds: int = 5, resamples: int = 1000, start_bar: StartBar | None = None) -> ProbeResult:
+    """``plan_probe``, then ``measure_probe``: the whole probe of ``model`` on ``harm_log``."""
+    plan = plan_probe(model, harm_log, items=items, layers=layers, pool=pool, device=device, batch_size=batch_size,
+                      max_answers=max_answers, seed=seed, folds=folds, resamples=resamples)
+    return measure_probe(plan, start_bar)

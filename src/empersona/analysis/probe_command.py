@@ -1,7 +1,9 @@
 """``empersona probe MODEL --harm-log LOG``: the activation probes of ``activations.py``, written
 to ``probe.json`` (settings, counts, the per-layer table, notes), ``probe.csv`` (one row per layer)
 and ``probe.png`` (probe AUCs, the cosine against its permutation null, the harm answers on the
-self axis, each against the layer), with the table printed."""
+self axis, each against the layer), with the table printed. The folder is ``RUN_DIR/probes/<name>/``
+for a log in ``RUN_DIR/logs/<name>/`` (``--out`` elsewhere); a ``probe.json`` made there from another
+log or with other settings is not replaced without ``--overwrite``."""
 
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def draw_figure(result: ProbeResult, path: Path) -> Path:
     top.set_ylabel("held-out AUC")
     top.legend(fontsize=8, loc="lower right")
     middle.fill_between(layers, [-r.cos_null95 for r in rows], [r.cos_null95 for r in rows], color="#bbbbbb", alpha=0.5,
-                        label="permutation null, 95%")
+                        label="null (harm relabelled by prompt), 95%")
     middle.plot(layers, [r.cos_random95 for r in rows], color="#777777", linestyle=":", label="random directions, 95%")
     middle.plot(layers, [-r.cos_random95 for r in rows], color="#777777", linestyle=":")
     middle.plot(layers, [r.cosine for r in rows], marker="o", color="#111111", label="cos(harm, self)")
@@ -112,6 +114,8 @@ def print_table(result: ProbeResult) -> None:
     h, s = result.harm, result.self_set
     console.print(f"harm answers: {h.high_used} high of {h.high}, {h.low_used} low of {h.low}, from {h.prompts_used} prompts "
                   f"(left out: moderate {h.moderate_left_out}, unscored {h.unscored_left_out}, empty {h.empty_left_out})")
+    console.print(f"class counts used: {h.high_used} high, {h.low_used} low (the cosine depends on them: compare models "
+                  "at equal counts, see --max-answers)")
     console.print(f"self descriptions: {s.descriptions} from {s.items} items (put in the first person: {s.adapted}; "
                   f"not first person, kept: {s.not_first_person})")
     table = Table(title=f"activation probes, {result.settings.pool} pooling, hidden size {result.hidden_size}")
@@ -122,9 +126,9 @@ def print_table(result: ProbeResult) -> None:
         table.add_row(*(str(values[f]) if f == "layer" else ("-" if math.isnan(values[f]) else f"{values[f]:.3f}")
                         for f, _title in TABLE_COLUMNS))
     console.print(table)
-    console.print(f"cos: cosine of the two difference-of-means directions; null 95%: |cos| that 95% of label "
-                  f"permutations stay under (random directions: {result.layers[0].cos_random95:.3f}); on self: -1 = "
-                  "aligned descriptions, +1 = misaligned")
+    console.print(f"cos: cosine of the two difference-of-means directions; null 95%: |cos| that 95% of prompt-level "
+                  f"relabellings of the harm answers stay under, the self direction held fixed (random directions: "
+                  f"{result.layers[0].cos_random95:.3f}); on self: -1 = aligned descriptions, +1 = misaligned")
     for note in result.notes:
         console.print(f"note: {note}", style="yellow")
 
@@ -149,20 +153,25 @@ def probe_command(
     model: Annotated[str, typer.Argument(help="A local model folder or LoRA adapter folder (hf/DIR and empersona/DIR accepted).")],
     harm_log: Annotated[Path, typer.Option("--harm-log", help="That model's harmfulness log (.eval).")],
     out: Annotated[Path | None, typer.Option("--out", help=(
-        "Folder for probe.json, probe.csv, probe.png (default: RUN_DIR/probes/<model folder> when LOG lies in "
-        "RUN_DIR/logs/, else ./probes/<model folder>)."))] = None,
+        "Folder for probe.json, probe.csv, probe.png (default: RUN_DIR/probes/<name> when LOG lies in "
+        "RUN_DIR/logs/<name>/, else ./probes/<model folder>)."))] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=(
+        "Replace a probe.json in the folder made from another log or with other settings (a rerun of the same "
+        "log and settings replaces it anyway)."))] = False,
     layers: Annotated[str, typer.Option("--layers", help="all, or e.g. 12 / 0-8 / 0-64:4 / 4,8,12 (0 = embeddings).")] = "all",
     pool: Annotated[str, typer.Option("--pool", help="mean: mean hidden state over the answer's tokens; last: its last token.")] = "mean",
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when there is one), cpu (fp32) or cuda (bf16).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Answers per forward pass.")] = 8,
-    max_answers: Annotated[int, typer.Option("--max-answers", min=0, help="At most this many answers per harm class (seeded sample); 0: all.")] = 200,
+    max_answers: Annotated[int, typer.Option("--max-answers", min=0, help=(
+        "At most this many answers per harm class (seeded sample); 0: all. The cosine depends on the counts: to "
+        "compare models, set it to the smallest per-class count among them."))] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample, the folds and the permutations.")] = 0,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds (grouped by prompt / by item).")] = 5,
-    resamples: Annotated[int, typer.Option("--resamples", min=20, help="Label permutations for the cosine's null.")] = 1000,
+    resamples: Annotated[int, typer.Option("--resamples", min=20, help="Prompt-level relabellings of the harm answers for the cosine's null.")] = 1000,
     items: Annotated[Path | None, typer.Option("--items", help="Two-AI items file (default: the cached two_ai_items source).")] = None,
 ) -> None:
     """Linear probes on activations: a harm direction, a self-assessment direction, their angle, per layer."""
-    from empersona.analysis.activations import default_out_dir, run_probe
+    from empersona.analysis.activations import default_out_dir, measure_probe, overwrite_problem, plan_probe
     from empersona.errors import EmpersonaError
 
     if pool not in ("mean", "last"):
@@ -171,10 +180,14 @@ def probe_command(
         raise EmpersonaError(f"--device {device!r}: choose auto, cpu or cuda")
     chosen_pool: Pool = "last" if pool == "last" else "mean"
     chosen_device: Device = "cpu" if device == "cpu" else "cuda" if device == "cuda" else "auto"
+    plan = plan_probe(model, harm_log, items=items, layers=layers, pool=chosen_pool, device=chosen_device,
+                      batch_size=batch_size, max_answers=max_answers or None, seed=seed, folds=folds, resamples=resamples)
+    folder = out if out is not None else default_out_dir(harm_log, model)
+    problem = None if overwrite else overwrite_problem(folder, plan.settings)
+    if problem is not None:
+        raise EmpersonaError(problem)
     with progress_bars() as start_bar:
-        result = run_probe(model, harm_log, items=items, layers=layers, pool=chosen_pool, device=chosen_device,
-                           batch_size=batch_size, max_answers=max_answers or None, seed=seed, folds=folds,
-                           resamples=resamples, start_bar=start_bar)
+        result = measure_probe(plan, start_bar)
     print_table(result)
-    for path in write_outputs(result, out if out is not None else default_out_dir(harm_log, model)):
+    for path in write_outputs(result, folder):
         typer.echo(f"wrote {path}")
