@@ -276,3 +276,42 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
     # two_ai made again on one item: its two earlier logs (two items) are set aside, not merged with the new ones
     assert len(find_logs(project / "run" / "logs")) == len(after)
     assert len(find_logs(project / "run" / "logs.replaced")) == 2
+
+
+def test_judge_calls_that_failed_are_asked_again_by_the_next_run(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API outage leaves unscored samples in a finished log ("judge call failed"): the next run
+    makes the evaluation again and the judge is asked for those samples only."""
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.plan import make_plan
+    from empersona.study.run import run_study
+
+    path = tmp_path / "outage.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "outage", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
+        "domains": [], "judge": "openai-api/loopback/judge", "provider": "empersona", "model_args": {"device": "cpu"},
+        "max_connections": 1, "samples": 2, "experiments": {"harmfulness": {"limit": 3, "args": {"max_tokens": 4}}},
+    }))
+    # three unreadable bodies in a row: the first judge call fails (asked 1 + 2 times), the rest are answered
+    with LoopbackServer(scripted_judges, schedule=["malformed"] * 3, models=("judge",)) as server:
+        monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
+        monkeypatch.setenv("LOOPBACK_API_KEY", "test-key")
+        try:
+            run_study(load_study(path))
+            first = results(tmp_path / "run")
+            assert (first["status"] == "unscored").sum() == 1
+            plan = make_plan(load_study(path))
+            [job] = plan.eval_jobs
+            assert job.status == "todo" and job.note.startswith("1 sample(s) of ")
+            calls = len(server.calls)
+            run_study(load_study(path))
+        finally:
+            api.release_engines()
+        assert len(server.calls) - calls == 1  # the failed call only; the other five judgements came from the cache
+    again = results(tmp_path / "run")
+    assert (again["status"] == "scored").all() and len(again) == 6
+    scored = first["status"] == "scored"
+    pd.testing.assert_frame_equal(first[scored].reset_index(drop=True), again[scored.to_numpy()].reset_index(drop=True))
+    assert [job.status for job in make_plan(load_study(path)).eval_jobs] == ["done"]
+    assert len(list((tmp_path / "run" / "logs.replaced").rglob("*.eval"))) == 1  # the log with the gap, set aside

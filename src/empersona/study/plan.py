@@ -16,6 +16,7 @@ an experiment asks twice), judge calls per experiment as documented in ``estimat
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class EvalJob:
     judge_calls: int
     status: EvalStatus
     log: Path | None = None
+    note: str = ""
+    """Why a job with a log is to do (judge calls that failed in it), said by the dry run and the run."""
 
 
 @dataclass(frozen=True)
@@ -481,10 +484,12 @@ def make_plan(study: StudyConfig) -> Plan:
             expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
             done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
                                                    judge if experiment in JUDGED_EXPERIMENTS else None, study.out)
+            done, note = with_failed_judge_calls(done) if experiment in JUDGED_EXPERIMENTS else (done, "")
             status: EvalStatus = "done" if done else "todo"
             if experiment == "harmfulness":
                 harm_done[model.name] = done
-            evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done))
+            evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done,
+                                 note))
         if experiment == "harmfulness" and study.second_judge is not None:
             evals += second_judge_jobs(study, models, harm_done, settings.limit, harm)
     return Plan(study, jobs, models, evals)
@@ -512,8 +517,50 @@ def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done
         harm_log = harm_done.get(model.name)
         done = None if harm_log is None else finished_log(log_dir, SECOND_JUDGE, {**args, "harm_log": str(harm_log)}, limit,
                                                           model, judge, study.out)
-        jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done))
+        done, note = with_failed_judge_calls(done)
+        jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done, note))
     return jobs
+
+
+JUDGE_CALL_FAILURES = ("judge call failed:", "judge error:")
+"""How `evals.judge.ask_judge` records a judge call that failed (the client gave up, or the judge
+answered with an error), as against a reply that came back and could not be read."""
+
+
+def failed_judge_calls(log: Path) -> int:
+    """Samples of a finished log with a judge call that failed: not cached, so a run of the
+    evaluation again asks only these (everything else comes back from the cache). Only logs
+    whose header counts unscored samples are read whole; the count is kept per file and
+    modification time (a plan is made more than once per run)."""
+    stat = log.stat()
+    return _failed_judge_calls(str(log), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=512)
+def _failed_judge_calls(path: str, _mtime_ns: int, _size: int) -> int:
+    from inspect_ai.log import read_eval_log
+
+    header = read_eval_log(path, header_only=True)
+    if header.results is None or not any(score.unscored_samples for score in header.results.scores):
+        return 0
+
+    def failed(sample: Any) -> bool:
+        reasons = (str((score.metadata or {}).get("reason") or "") for score in (sample.scores or {}).values())
+        return any(marker in reason for reason in reasons for marker in JUDGE_CALL_FAILURES)
+
+    return sum(1 for sample in read_eval_log(path).samples or [] if failed(sample))
+
+
+def with_failed_judge_calls(done: Path | None) -> tuple[Path | None, str]:
+    """A finished log stands unless judge calls failed in it (an API outage, a judge refusing
+    with an error): then the evaluation is made again, asking only those calls (the note says so)."""
+    if done is None:
+        return None, ""
+    failed = failed_judge_calls(done)
+    if not failed:
+        return done, ""
+    return None, (f"{failed} sample(s) of {done.name} have a judge call that failed: made again, asking only those "
+                  "(the rest comes from the cache)")
 
 
 JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition", "score_prediction"})
@@ -623,6 +670,9 @@ def print_plan(plan: Plan) -> None:
     for job in plan.eval_jobs:
         evals.add_row(job.model.name, job.experiment, str(job.limit or "all"), f"{job.generations:,}", f"{job.judge_calls:,}", job.status)
     console.print(evals)
+    for job in plan.eval_jobs:
+        if job.note:
+            console.print(f"{job.experiment} on {job.model.name}: {job.note}")
     if study.checkpoints:
         pending = [job.out.name for job in plan.train_jobs if job.status != "done"]
         if pending:

@@ -424,7 +424,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
     todo = [job for job in plan.eval_jobs if job.status == "todo"]
     for index, job in enumerate(todo, start=1):
-        say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}")
+        say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}" + (f" ({job.note})" if job.note else ""))
         if job.experiment == SECOND_JUDGE:
             moved_during_run(set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job), stamp), job)
             continue
