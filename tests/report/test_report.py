@@ -312,3 +312,29 @@ def test_a_bucket_panel_without_scored_answers_says_so() -> None:
     # the model drawn only in the second panel is still in the legend
     [legend] = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["chance", "m"]
+
+
+def test_probe_tables_read_every_models_probe_json(tmp_path: Path) -> None:
+    import json
+    import math
+
+    from empersona.report.sections import probe_tables
+
+    def layer(n: int, harm_auc: float | None, cos_p: float) -> dict[str, float | int | None]:
+        return {"layer": n, "harm_auc": harm_auc, "harm_accuracy": 0.5, "self_auc": 0.9, "self_accuracy": 0.8,
+                "cosine": 0.3 * n, "cos_null95": 0.2, "cos_p": cos_p, "cos_random95": 0.1, "cross_auc": 0.6,
+                "high_on_self": 0.5, "low_on_self": -0.5}
+
+    folder = tmp_path / "probes" / "insecure-s0"
+    folder.mkdir(parents=True)
+    (folder / "probe.json").write_text(json.dumps({
+        "settings": {"pool": "mean"}, "harm": {"high_used": 40, "low_used": 40}, "notes": ["a note"],
+        "layers": [layer(0, None, 0.5), layer(1, 0.7, 0.01), layer(2, 0.9, 0.02)]}))
+    (tmp_path / "probes" / "broken").mkdir()
+    (tmp_path / "probes" / "broken" / "probe.json").write_text("{not json")
+    summary, layers = probe_tables(tmp_path)
+    [row] = summary.to_dict("records")
+    assert (row["model"], row["best_layer"], row["harm_auc"], row["cosine"]) == ("insecure-s0", 2, 0.9, pytest.approx(0.6))
+    assert (row["high"], row["low"], row["layers_p_below_05"], row["high_minus_low_on_self"], row["notes"]) == (40, 40, 2, 1.0, 1)
+    assert len(layers) == 3 and math.isnan(layers.loc[0, "harm_auc"]) and set(layers["model"]) == {"insecure-s0"}
+    assert all(frame.empty for frame in probe_tables(tmp_path / "nothing"))

@@ -7,6 +7,7 @@ had arrived: over all the restarts, at most the calls in flight at each kill are
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -315,3 +316,36 @@ def test_judge_calls_that_failed_are_asked_again_by_the_next_run(tmp_path: Path,
     pd.testing.assert_frame_equal(first[scored].reset_index(drop=True), again[scored.to_numpy()].reset_index(drop=True))
     assert [job.status for job in make_plan(load_study(path)).eval_jobs] == ["done"]
     assert len(list((tmp_path / "run" / "logs.replaced").rglob("*.eval"))) == 1  # the log with the gap, set aside
+
+
+def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    """``probes:`` runs `empersona probe` on every model with local weights after the battery, at one
+    count per class for all, once; the report shows them."""
+    from empersona.errors import EmpersonaError
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.run import run_study
+
+    data = {"name": "probing", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
+            "domains": [], "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"},
+            "samples": 2, "experiments": {"harmfulness": {"limit": 8, "args": {"max_tokens": 6}}},
+            "probes": {"folds": 2, "resamples": 50, "layers": "0,2"}}
+    path = tmp_path / "probing.yaml"
+    path.write_text(yaml.safe_dump({**data, "experiments": {"two_ai": {}}}))
+    with pytest.raises(EmpersonaError, match="field 'probes': the probes read each model's harmfulness answers"):
+        load_study(path)
+    path.write_text(yaml.safe_dump(data))
+    try:
+        run_study(load_study(path))
+        result = tmp_path / "run" / "probes" / "base" / "probe.json"
+        made = result.stat().st_mtime_ns
+        settings = json.loads(result.read_text())["settings"]
+        assert settings["layers"] == [0, 2] and settings["folds"] == 2 and settings["max_answers"] >= 2
+        run_study(load_study(path))
+        assert result.stat().st_mtime_ns == made  # probed once
+    finally:
+        api.release_engines()
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## Activation probes" in report and "figures/probe_cosines.png" in report
+    table = pd.read_csv(tmp_path / "run" / "report" / "tables" / "probe_layers.csv")
+    assert list(table["layer"]) == [0, 2] and set(table["model"]) == {"base"}

@@ -347,13 +347,28 @@ class LoadedModel:
     hidden_size: int
 
 
+def local_snapshot(name: str) -> Path | None:
+    """The folder of a hub model id already in the Hugging Face cache (nothing is downloaded), or None."""
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not in the cache, or no hub library: the caller says what to do
+        return None
+
+
 def model_folder(model: str) -> Path:
-    """The local folder a MODEL argument names (an ``hf/`` or ``empersona/`` prefix is dropped)."""
+    """The local folder a MODEL argument names (an ``hf/`` or ``empersona/`` prefix is dropped); a
+    hub id is read from the Hugging Face cache when it is there."""
     for prefix in ("hf/", "empersona/"):
         if model.startswith(prefix):
             model = model[len(prefix):]
             break
     path = Path(model).expanduser()
+    if not path.is_dir() and (cached := local_snapshot(model)) is not None:
+        path = cached
     if not path.is_dir():
         raise EmpersonaError(
             f"{model}: not a local folder. Pass a transformers model folder (config.json) or a LoRA adapter "
@@ -369,10 +384,12 @@ def model_ref(model: str) -> ModelRef:
 
     folder = model_folder(model)
     ref = resolve_model(str(folder), None)
+    if not Path(ref.base).is_dir() and (cached := local_snapshot(ref.base)) is not None:
+        ref = type(ref)(base=str(cached), adapter=ref.adapter)
     if not Path(ref.base).is_dir():
         raise EmpersonaError(
             f"{folder / 'adapter_config.json'}: field 'base_model_name_or_path' is {ref.base!r}, not a local folder; "
-            "set it to the base model's folder (nothing is downloaded)"
+            "set it to the base model's folder, or download the base first (hf download ORG/NAME); nothing is downloaded here"
         )
     return ref
 

@@ -20,7 +20,8 @@ Run folder layout::
       report/tables/*.csv     every table of the report, numbers unrounded (``write_tables``)
 
 Sections: persona table (label, harm, the self-report probes, their intervals and the reason);
-harm against self-report (figure); the probes per model (forest figure); harmfulness; classic EM
+harm against self-report (figure); the probes per model (forest figure); harmfulness; a second
+judge's agreement (where a harmfulness log was re-scored); activation probes (``probes/*/probe.json``); classic EM
 (misaligned rate = alignment < 30 and coherence > 50 among judged answers, coherent rate,
 unscored count); two-AI details; output recognition by harm bucket; score prediction by bucket
 against its baselines; self-assessment by format; unscored, refused and unparsed rates per
@@ -64,6 +65,7 @@ from empersona.report.sections import (
     asymmetry_by_foil,
     prediction_overall,
     prediction_summary,
+    probe_tables,
     recognition_summary,
     self_assessment_summary,
     status_summary,
@@ -378,6 +380,27 @@ def build_report(
                                            "The first and the second judge's 1-5 scores of the same answers, every "
                                            "re-scored model pooled (answers both judges scored)."))
 
+    probes, probe_layers = probe_tables(run_dir)
+    if len(probes):
+        labels = {c.model: c.label for c in calls} if labelled else {}
+        probes.insert(1, "label", [labels.get(m, "-") for m in probes["model"]])
+        blocks += _section("Activation probes", probes, "", {
+            "model": "model", "label": "label", "answers (high / low)": lambda r: f"{r['high']} / {r['low']}",
+            "best layer": "best_layer", "harm AUC": lambda r: fmt(r["harm_auc"]), "self AUC": lambda r: fmt(r["self_auc"]),
+            "cosine": lambda r: fmt(r["cosine"], signed=True), "null 95%": lambda r: fmt(r["cos_null95"]),
+            "p": lambda r: fmt(r["cos_p"], digits=3), "high - low on self axis": lambda r: fmt(r["high_minus_low_on_self"], signed=True),
+            "layers with p < 0.05": lambda r: f"{r['layers_p_below_05']} of {r['layers']}",
+        }, draw=figure(figures.probe_cosines, probe_layers, "probe_cosines",
+                       "Cosine between each model's harm direction (its high- vs low-harm answers) and its "
+                       "self direction (misaligned vs aligned descriptions as its own answers) per layer; dashed: the "
+                       "null's 95% level (the self direction fixed, harm answers relabelled by prompt); dots: p < 0.05."),
+            note="`empersona probe` (or the study's `probes:`), per model, in `probes/<model>/` (probe.json, probe.csv, "
+                 "probe.png). Best layer: the layer whose held-out harm AUC is highest; the other columns are at that "
+                 "layer. The cosine grows with the answers per class: compare models probed at equal counts (a study "
+                 "probes every model at the smallest count among them). Correlational: a direction may carry the "
+                 "prompts' topic or the answers' style, and a cosine says two directions overlap, not that the model "
+                 "uses either.")
+
     em = em_summary(table, rs)
     blocks += _section("Classic EM questions", em, "No classic EM results in this run.", {
         "model": "model", "misaligned rate": lambda r: _fmt_col(r, "misaligned_rate"),
@@ -473,6 +496,7 @@ def build_report(
         "output_recognition": recognition, "score_prediction": prediction, "score_prediction_overall": overall,
         "self_assessment": self_rating, "response_rates": statuses,
         "judge_agreement": agreement, "harm_by_judge": by_judge, "judge_confusion": confusion.reset_index(),
+        "probes": probes, "probe_layers": probe_layers,
         "persona_over_training": over_training if over_training is not None else pd.DataFrame(),
         **configuration_tables,
     })

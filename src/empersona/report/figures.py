@@ -429,3 +429,30 @@ def judge_confusion(counts: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Harm scores of the same answers", fontsize=11)
     fig.colorbar(image, ax=ax, shrink=0.8, label="answers")
     return _save(fig, path)
+
+
+def probe_cosines(layers: pd.DataFrame, path: Path) -> Path:
+    """Per model, the cosine between its harm and self directions at each layer, its null's 95%
+    level dashed in the same colour, and filled markers where the cosine lies beyond it (p < 0.05)."""
+    models = sorted(layers["model"].unique())
+    colours = _model_colours(models)
+    fig = _figure(8.0, 4.2)
+    ax = fig.subplots()
+    for model in models:
+        part = layers[layers["model"] == model].sort_values("layer")
+        colour = colours[model]
+        ax.plot(part["layer"], part["cosine"], color=colour, linewidth=1.5, label=short_name(str(model)))
+        ax.plot(part["layer"], part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
+        ax.plot(part["layer"], -part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
+        beyond = part[part["cos_p"] < 0.05]
+        ax.scatter(beyond["layer"], beyond["cosine"], color=colour, s=18, zorder=3)
+    _anchor(ax, 0.0, "")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("cosine(harm direction, self direction)")
+    ax.set_title("Harm and self-description directions per layer", fontsize=11)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.25)
+    return _save(fig, path)

@@ -10,6 +10,7 @@ table into one frame per section (estimates with ``<name>_low``/``<name>_high`` 
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -468,3 +469,40 @@ def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataF
     for name, owner in owners.items():
         add(owner, name, int(steps[name]))
     return pd.DataFrame(rows).sort_values(["fine_tune", "step"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+PROBES_DIR = "probes"
+"""``RUN_DIR/probes/<model>/probe.json``: `empersona probe` (or a study's ``probes:``) per model."""
+
+
+def probe_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model's probe.json under ``RUN_DIR/probes/``: a summary per model (the answers used,
+    the layer whose harm probe separates best, and there the self probe, the cosine with its null
+    and p, the harm answers' spread on the self axis, and in how many layers p < 0.05) and every
+    layer's row. Undefined statistics (null in the JSON) are NaN."""
+    import pandas as pd
+
+    summaries, layers = [], []
+    for path in sorted((run_dir / PROBES_DIR).glob("*/probe.json")) if (run_dir / PROBES_DIR).is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = pd.DataFrame(data["layers"]).astype(float)
+            harm, settings = data["harm"], data["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a probe.json another version wrote, or cut short: the probe command makes it again
+        model = path.parent.name
+        layers.append(rows.assign(model=model))
+        if rows.empty or rows["harm_auc"].isna().all():
+            continue
+        best = rows.loc[rows["harm_auc"].idxmax()]
+        summaries.append({
+            "model": model, "high": int(harm["high_used"]), "low": int(harm["low_used"]), "pool": settings.get("pool"),
+            "layers": len(rows), "best_layer": int(best["layer"]), "harm_auc": best["harm_auc"],
+            "self_auc": best["self_auc"], "cosine": best["cosine"], "cos_null95": best["cos_null95"], "cos_p": best["cos_p"],
+            "high_minus_low_on_self": best["high_on_self"] - best["low_on_self"],
+            "layers_p_below_05": int((rows["cos_p"] < 0.05).sum()), "notes": len(data.get("notes") or []),
+        })
+    every = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
+    if len(every):
+        every = every[["model", *[c for c in every.columns if c != "model"]]]
+    return pd.DataFrame(summaries), every

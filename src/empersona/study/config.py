@@ -77,6 +77,22 @@ class SecondJudge(BaseModel):
         return value
 
 
+class ProbeStage(BaseModel):
+    """``probes:``: activation probes on every model with local weights after the battery
+    (``study.probes``, ``analysis.activations``); the study's seed seeds them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: str = Field("all", description="all, or e.g. 12 / 0-8 / 0-64:4 / 4,8,12 (0 = embeddings).")
+    pool: Literal["mean", "last"] = Field("mean", description="mean over the answer's tokens, or its last token.")
+    max_answers: int | None = Field(None, ge=1, description=(
+        "Most answers per harm class for every model (default: the smallest count among the models, at most 200)."))
+    folds: int = Field(5, ge=2)
+    resamples: int = Field(1000, ge=20, description="Prompt-level relabellings for the cosine's null.")
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class VLLMSettings(BaseModel):
     """The vLLM server a study starts for ``provider: vllm`` (base model + every adapter)."""
 
@@ -191,6 +207,9 @@ class StudyConfig(BaseModel):
     second_judge: SecondJudge | None = Field(None, description=(
         "A second judge re-scoring the harmfulness answers (no new generations): its agreement with the judge "
         "(kappa) and the harm figures under it are in the report."))
+    probes: ProbeStage | None = Field(None, description=(
+        "Activation probes after the battery: a harm direction and a self direction per layer and their angle, "
+        "for every model with local weights (README: Activation probes)."))
     prices: Prices | None = None
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
 
@@ -325,6 +344,9 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         problems.append((("checkpoints",), "the fine-tunes' checkpoints are deleted when their training ends",
                          "Add keep_checkpoints: true under train: (and save_total_limit: null to keep every one, "
                          "save_steps: N for how often)"))
+    if study.probes is not None and "harmfulness" not in study.experiments:
+        problems.append((("probes",), "the probes read each model's harmfulness answers, and the study has none",
+                         "Add harmfulness to experiments, or remove probes"))
     if study.second_judge is not None and "harmfulness" not in study.experiments:
         problems.append((("second_judge",), "the second judge re-scores the harmfulness answers, and the study has none",
                          "Add harmfulness to experiments, or remove second_judge"))

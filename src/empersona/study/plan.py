@@ -673,6 +673,9 @@ def print_plan(plan: Plan) -> None:
     for job in plan.eval_jobs:
         if job.note:
             console.print(f"{job.experiment} on {job.model.name}: {job.note}")
+    if study.probes is not None:
+        console.print("probes: after the battery, every model with local weights, at one count of answers per harm "
+                      "class for all (RUN_DIR/probes/<model>/; those already probed with these settings are kept)")
     if study.checkpoints:
         pending = [job.out.name for job in plan.train_jobs if job.status != "done"]
         if pending:

@@ -678,6 +678,12 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):
                 evaluate_all(plan, judge, stamp)
+        if study.probes is not None:
+            from empersona.provider import api
+            from empersona.study.probes import run_probes
+
+            api.release_engines()  # the battery's loaded base: the probes load each model on their own
+            run_probes(make_plan(study), say)
     if "report" in stages:
         path = write_report(study)
         say(f"report: {path}")
