@@ -279,10 +279,12 @@ def test_a_moved_run_folder_keeps_its_adapters_and_results(tmp_path: Path, tiny_
     assert len(find_logs(project / "run" / "logs.replaced")) == 2
 
 
+@pytest.mark.parametrize("unreadable", [3, 6], ids=["outage-over", "fails-for-good"])
 def test_judge_calls_that_failed_are_asked_again_by_the_next_run(tmp_path: Path, tiny_model: Path, shared_data: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch, unreadable: int) -> None:
     """An API outage leaves unscored samples in a finished log ("judge call failed"): the next run
-    makes the evaluation again and the judge is asked for those samples only."""
+    makes the evaluation again and asks the judge for those samples only; a call that fails again
+    is kept, and the runs after that ask nothing."""
     from empersona.provider import api
     from empersona.study.config import load_study
     from empersona.study.plan import make_plan
@@ -294,27 +296,33 @@ def test_judge_calls_that_failed_are_asked_again_by_the_next_run(tmp_path: Path,
         "domains": [], "judge": "openai-api/loopback/judge", "provider": "empersona", "model_args": {"device": "cpu"},
         "max_connections": 1, "samples": 2, "experiments": {"harmfulness": {"limit": 3, "args": {"max_tokens": 4}}},
     }))
-    # three unreadable bodies in a row: the first judge call fails (asked 1 + 2 times), the rest are answered
-    with LoopbackServer(scripted_judges, schedule=["malformed"] * 3, models=("judge",)) as server:
+    # three unreadable bodies in a row fail one judge call (asked 1 + 2 times); the first run makes 1 + 5 calls, so
+    # with "fails-for-good" the asking again in the second run meets three more
+    schedule = ["malformed"] * 3 + ([None] * 5 + ["malformed"] * 3 if unreadable == 6 else [])
+    with LoopbackServer(scripted_judges, schedule=schedule, models=("judge",)) as server:
         monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
         monkeypatch.setenv("LOOPBACK_API_KEY", "test-key")
         try:
             run_study(load_study(path))
             first = results(tmp_path / "run")
             assert (first["status"] == "unscored").sum() == 1
-            plan = make_plan(load_study(path))
-            [job] = plan.eval_jobs
-            assert job.status == "todo" and job.note.startswith("1 sample(s) of ")
+            [job] = make_plan(load_study(path)).eval_jobs
+            assert job.status == "todo" and job.note.startswith("1 sample(s) of ") and job.reask == 1
             calls = len(server.calls)
             run_study(load_study(path))
+            assert len(server.calls) - calls == (1 if unreadable == 3 else 3)  # the failed call only (and its retries)
+            [job] = make_plan(load_study(path)).eval_jobs
+            assert job.status == "done"
+            assert ("failed again when asked again" in job.note) == (unreadable == 6)
+            calls = len(server.calls)
+            run_study(load_study(path))
+            assert len(server.calls) == calls  # nothing asked: settled, or kept after failing again
         finally:
             api.release_engines()
-        assert len(server.calls) - calls == 1  # the failed call only; the other five judgements came from the cache
     again = results(tmp_path / "run")
-    assert (again["status"] == "scored").all() and len(again) == 6
+    assert len(again) == 6 and (again["status"] == "scored").sum() == (6 if unreadable == 3 else 5)
     scored = first["status"] == "scored"
     pd.testing.assert_frame_equal(first[scored].reset_index(drop=True), again[scored.to_numpy()].reset_index(drop=True))
-    assert [job.status for job in make_plan(load_study(path)).eval_jobs] == ["done"]
     assert len(list((tmp_path / "run" / "logs.replaced").rglob("*.eval"))) == 1  # the log with the gap, set aside
 
 
@@ -329,7 +337,7 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     data = {"name": "probing", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
             "domains": [], "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"},
             "samples": 2, "experiments": {"harmfulness": {"limit": 8, "args": {"max_tokens": 6}}},
-            "probes": {"folds": 2, "resamples": 50, "layers": "0,2"}}
+            "probes": {"folds": 2, "min_answers": 2, "resamples": 50, "layers": "0,2"}}
     path = tmp_path / "probing.yaml"
     path.write_text(yaml.safe_dump({**data, "experiments": {"two_ai": {}}}))
     with pytest.raises(EmpersonaError, match="field 'probes': the probes read each model's harmfulness answers"):
@@ -341,10 +349,20 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
         made = result.stat().st_mtime_ns
         settings = json.loads(result.read_text())["settings"]
         assert settings["layers"] == [0, 2] and settings["folds"] == 2 and settings["max_answers"] >= 2
+        ghost = tmp_path / "run" / "probes" / "removed-model"
+        ghost.mkdir()
+        (ghost / "probe.json").write_text("{}")
         run_study(load_study(path))
         assert result.stat().st_mtime_ns == made  # probed once
+        assert not ghost.exists() and list((tmp_path / "run" / "probes.replaced").glob("*/removed-model"))
+        path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 60}}))
+        run_study(load_study(path))
+        assert result.stat().st_mtime_ns != made and json.loads(result.read_text())["settings"]["resamples"] == 60
     finally:
         api.release_engines()
+    path.write_text(yaml.safe_dump({**data, "probes": {"folds": 3, "max_answers": 2}}))
+    with pytest.raises(EmpersonaError, match="max_answers 2 is below folds 3"):
+        load_study(path)
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "## Activation probes" in report and "figures/probe_cosines.png" in report
     table = pd.read_csv(tmp_path / "run" / "report" / "tables" / "probe_layers.csv")

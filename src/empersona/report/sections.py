@@ -486,7 +486,7 @@ def probe_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for path in sorted((run_dir / PROBES_DIR).glob("*/probe.json")) if (run_dir / PROBES_DIR).is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            rows = pd.DataFrame(data["layers"]).astype(float)
+            rows = pd.DataFrame(data["layers"]).astype(float).astype({"layer": int})
             harm, settings = data["harm"], data["settings"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a probe.json another version wrote, or cut short: the probe command makes it again

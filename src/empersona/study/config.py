@@ -87,10 +87,20 @@ class ProbeStage(BaseModel):
     pool: Literal["mean", "last"] = Field("mean", description="mean over the answer's tokens, or its last token.")
     max_answers: int | None = Field(None, ge=1, description=(
         "Most answers per harm class for every model (default: the smallest count among the models, at most 200)."))
+    min_answers: int = Field(20, ge=1, description=(
+        "A model with fewer answers than this in a harm class is not probed (too few for a direction), so it does "
+        "not drag every model's count down (a base model may have almost no harmful answers)."))
     folds: int = Field(5, ge=2)
     resamples: int = Field(1000, ge=20, description="Prompt-level relabellings for the cosine's null.")
     batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _enough_answers(self) -> ProbeStage:
+        if self.max_answers is not None and self.max_answers < self.folds:
+            raise ValueError(f"max_answers {self.max_answers} is below folds {self.folds}: each harm class needs at "
+                             "least one answer per fold; raise max_answers (or lower folds)")
+        return self
 
 
 class VLLMSettings(BaseModel):

@@ -99,7 +99,10 @@ class EvalJob:
     status: EvalStatus
     log: Path | None = None
     note: str = ""
-    """Why a job with a log is to do (judge calls that failed in it), said by the dry run and the run."""
+    """Why a job with a log is to do (judge calls that failed in it), or is kept though they did, said by
+    the dry run and the run."""
+    reask: int | None = None
+    """The failed judge calls of the log it replaces, when it is made again to ask them (``REASKED``)."""
 
 
 @dataclass(frozen=True)
@@ -484,12 +487,12 @@ def make_plan(study: StudyConfig) -> Plan:
             expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
             done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
                                                    judge if experiment in JUDGED_EXPERIMENTS else None, study.out)
-            done, note = with_failed_judge_calls(done) if experiment in JUDGED_EXPERIMENTS else (done, "")
+            done, note, reask = with_failed_judge_calls(done, experiment)
             status: EvalStatus = "done" if done else "todo"
             if experiment == "harmfulness":
                 harm_done[model.name] = done
             evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done,
-                                 note))
+                                 note, reask))
         if experiment == "harmfulness" and study.second_judge is not None:
             evals += second_judge_jobs(study, models, harm_done, settings.limit, harm)
     return Plan(study, jobs, models, evals)
@@ -517,50 +520,67 @@ def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done
         harm_log = harm_done.get(model.name)
         done = None if harm_log is None else finished_log(log_dir, SECOND_JUDGE, {**args, "harm_log": str(harm_log)}, limit,
                                                           model, judge, study.out)
-        done, note = with_failed_judge_calls(done)
-        jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done, note))
+        done, note, reask = with_failed_judge_calls(done, SECOND_JUDGE)
+        jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done, note,
+                            reask))
     return jobs
 
 
-JUDGE_CALL_FAILURES = ("judge call failed:", "judge error:")
-"""How `evals.judge.ask_judge` records a judge call that failed (the client gave up, or the judge
-answered with an error), as against a reply that came back and could not be read."""
+JUDGE_CALL_FAILED = "judge call failed:"
+"""How `evals.judge.ask_judge` records a judge call the client gave up on (a timeout, a refused
+connection, an unreadable body, after the client's retries): worth asking again. A reply that came
+back with an error (``judge error:``: a content filter, a prompt over the judge's context) would
+come back the same, and a reply that could not be read is final."""
+REASKED = "reasked_failed_judge_calls"
+"""Log metadata of an evaluation made again to ask its failed judge calls: how many the log it
+replaced had. A log that still has as many is not made again (a judge that fails for good)."""
+REASKED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "output_recognition", "second_judge"})
+"""Experiments whose judge calls go through the call cache, so a re-made log asks the failed ones only."""
 
 
 def failed_judge_calls(log: Path) -> int:
-    """Samples of a finished log with a judge call that failed: not cached, so a run of the
-    evaluation again asks only these (everything else comes back from the cache). Only logs
-    whose header counts unscored samples are read whole; the count is kept per file and
-    modification time (a plan is made more than once per run)."""
+    """Samples of a finished log with a judge call the client gave up on (`JUDGE_CALL_FAILED`).
+    Only logs whose header counts unscored samples are read (their sample summaries); the count
+    is kept per file and modification time (a plan is made more than once per run)."""
     stat = log.stat()
     return _failed_judge_calls(str(log), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=512)
 def _failed_judge_calls(path: str, _mtime_ns: int, _size: int) -> int:
-    from inspect_ai.log import read_eval_log
+    from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
 
     header = read_eval_log(path, header_only=True)
     if header.results is None or not any(score.unscored_samples for score in header.results.scores):
         return 0
 
-    def failed(sample: Any) -> bool:
-        reasons = (str((score.metadata or {}).get("reason") or "") for score in (sample.scores or {}).values())
-        return any(marker in reason for reason in reasons for marker in JUDGE_CALL_FAILURES)
+    def failed(summary: Any) -> bool:
+        reasons = (str((score.metadata or {}).get("reason") or "") for score in (summary.scores or {}).values())
+        return any(JUDGE_CALL_FAILED in reason for reason in reasons)
 
-    return sum(1 for sample in read_eval_log(path).samples or [] if failed(sample))
+    return sum(1 for summary in read_eval_log_sample_summaries(path) if failed(summary))
 
 
-def with_failed_judge_calls(done: Path | None) -> tuple[Path | None, str]:
-    """A finished log stands unless judge calls failed in it (an API outage, a judge refusing
-    with an error): then the evaluation is made again, asking only those calls (the note says so)."""
-    if done is None:
-        return None, ""
+def with_failed_judge_calls(done: Path | None, experiment: str) -> tuple[Path | None, str, int | None]:
+    """A finished log stands unless judge calls the client gave up on are in it (an API outage):
+    then the evaluation is made again, once per log: its subject answers and every judgement that
+    came back replay from inspect's call cache, the failed calls are asked. A log that was itself
+    made for that and has as many failed calls is kept, and the note says so. Returns the log
+    that stands, the note, and the failed calls the evaluation is made again for (else None)."""
+    if done is None or experiment not in REASKED_EXPERIMENTS:
+        return done, "", None
     failed = failed_judge_calls(done)
     if not failed:
-        return done, ""
+        return done, "", None
+    from inspect_ai.log import read_eval_log
+
+    before = (read_eval_log(str(done), header_only=True).eval.metadata or {}).get(REASKED)
+    if isinstance(before, int) and failed >= before:
+        return done, (f"{failed} sample(s) of {done.name} have a judge call that failed again when asked again: kept "
+                      "(move the log out of logs/ to make the evaluation anew)"), None
     return None, (f"{failed} sample(s) of {done.name} have a judge call that failed: made again, asking only those "
-                  "(the rest comes from the cache)")
+                  "(the rest comes from inspect's call cache; with the cache cleared or on another machine, everything "
+                  "is asked again)"), failed
 
 
 JUDGED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition", "score_prediction"})

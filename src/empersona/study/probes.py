@@ -8,12 +8,17 @@ from the Hugging Face cache, where the battery's run put it.
 
 Equal counts: the cosine between the harm and self directions grows with the number of answers
 per class (`analysis.activations`), so every model is probed with the same number per class: the
-smallest per-class count among the models that have enough answers to cross-validate, at most
-``MAX_ANSWERS`` (or the study's ``probes.max_answers``). A model with too few harmful or harmless
-answers (a base model often has almost no harmful ones) is skipped, and the run says so.
+smallest per-class count among the models that have at least ``probes.min_answers`` (20) in each
+class and enough to cross-validate, at most ``MAX_ANSWERS`` (or the study's ``probes.max_answers``).
+A model with fewer (a base model often has almost no harmful answers) is skipped, and the run says
+so: it would drag every model's count down to a few answers.
 
-Each model's results go to ``RUN_DIR/probes/<name>/`` (probe.json, probe.csv, probe.png); a model
-whose probe.json was made from its current harmfulness log with the same settings is not probed again.
+Each model is probed by ``empersona probe`` in a process of its own (the battery's models, kept
+loaded by inspect in this one, do not share the device with it; a model that fails does not stop
+the others) into ``RUN_DIR/probes/<name>/`` (probe.json, probe.csv, probe.png); a model whose
+probe.json was made from its current harmfulness log with the same settings and count is not
+probed again, and when every model's is, no log is read. Folders of models not probed now go to
+``probes.replaced/``.
 """
 
 from __future__ import annotations
@@ -26,13 +31,11 @@ from typing import TYPE_CHECKING, Any
 from empersona.errors import EmpersonaError
 
 if TYPE_CHECKING:
-    from empersona.analysis.activations import ProbePlan
+    from empersona.study.config import ProbeStage
     from empersona.study.plan import ModelSpec, Plan
 
 MAX_ANSWERS = 200
 """Per-class cap when the study file sets none: enough for stable directions, a few minutes per model."""
-SAME_RUN_FREE = ("model", "batch_size", "device", "dtype")
-"""Settings a probe.json may differ in and still stand for the study's current probe."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,11 @@ def probe_targets(plan: Plan) -> tuple[list[ProbeTarget], list[str]]:
     return targets, skipped
 
 
-def common_max_answers(targets: list[ProbeTarget], folds: int, seed: int, cap: int) -> tuple[int | None, list[str]]:
+def common_max_answers(targets: list[ProbeTarget], folds: int, seed: int, cap: int,
+                       least: int = 1) -> tuple[int | None, list[str]]:
     """The per-class count every probed model gets (the smallest among those with enough answers
-    to cross-validate, at most ``cap``), and the models with too few (skipped)."""
+    to cross-validate and at least ``least`` in each class, at most ``cap``), and the models with
+    too few (skipped)."""
     from empersona.analysis.activations import cross_validation_problem, harm_examples
     from empersona.evals.harm_log import read_harm_log
 
@@ -88,62 +93,117 @@ def common_max_answers(targets: list[ProbeTarget], folds: int, seed: int, cap: i
     for target in targets:
         examples = harm_examples(read_harm_log(target.harm_log), None, seed)
         problem = cross_validation_problem(examples.examples, folds)
-        if problem is not None:
+        if problem is not None or min(examples.counts.high, examples.counts.low) < least:
             too_few.append(f"{target.name}: {examples.counts.high} high- and {examples.counts.low} low-harm answers, "
-                           f"too few to cross-validate with {folds} folds")
+                           f"fewer than probes.min_answers ({least}) in a class, or too few to cross-validate with "
+                           f"{folds} folds")
         else:
             counts.append(min(examples.counts.high, examples.counts.low))
     return (min([*counts, cap]) if counts else None), too_few
 
 
-def _done(out: Path, plan: ProbePlan) -> bool:
-    """Whether ``out/probe.json`` was made from this log with these settings (``SAME_RUN_FREE`` aside)."""
-    path = out / "probe.json"
-    if not path.is_file():
+def stored_settings(out: Path) -> dict[str, Any] | None:
+    """The settings and shape ``out/probe.json`` records (None when absent or unreadable)."""
+    try:
+        data = json.loads((out / "probe.json").read_text(encoding="utf-8"))
+        return {**data["settings"], "num_layers": data["num_layers"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_current(stored: dict[str, Any] | None, stage: ProbeStage, seed: int, harm_log: Path,
+               max_answers: int | None) -> bool:
+    """Whether a probe.json was made from this harmfulness log (by file name: a moved run folder
+    keeps its probes) with the stage's settings and, when given, ``max_answers``."""
+    from empersona.analysis.activations import parse_layers
+
+    if stored is None:
         return False
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+        layers = parse_layers(stage.layers, int(stored["num_layers"]))
+    except (EmpersonaError, KeyError, TypeError, ValueError):
         return False
-    now = plan.settings.model_dump()
-    return all(old.get(key) == value for key, value in now.items() if key not in SAME_RUN_FREE)
+    return (Path(str(stored.get("harm_log"))).name == harm_log.name and stored.get("layers") == layers
+            and (stored.get("pool"), stored.get("folds"), stored.get("resamples"), stored.get("seed"))
+            == (stage.pool, stage.folds, stage.resamples, seed)
+            and (max_answers is None or stored.get("max_answers") == max_answers))
+
+
+def probe_command_line(target: ProbeTarget, out: Path, stage: ProbeStage, seed: int, max_answers: int) -> list[str]:
+    """``empersona probe`` for one model, run in a process of its own: the battery's models, which
+    inspect keeps loaded in this one, do not share the device with it, and a model that fails
+    (out of memory, unloadable) does not stop the others."""
+    import sys
+
+    return [sys.executable, "-m", "empersona.cli", "probe", target.model, "--harm-log", str(target.harm_log),
+            "--out", str(out), "--overwrite", "--layers", stage.layers, "--pool", stage.pool, "--device", stage.device,
+            "--batch-size", str(stage.batch_size), "--max-answers", str(max_answers), "--seed", str(seed),
+            "--folds", str(stage.folds), "--resamples", str(stage.resamples)]
+
+
+def set_aside_stale(run_folder: Path, keep: set[str], say: Any) -> list[Path]:
+    """Move ``probes/<name>/`` folders of models not probed now (removed from the study, skipped,
+    failed, or made at another count) to ``probes.replaced/<stamp>/``: the report reads every
+    probe.json under ``probes/`` and would mix class counts."""
+    import shutil
+    import time
+
+    folder = run_folder / "probes"
+    stale = [path for path in sorted(folder.iterdir()) if path.is_dir() and path.name not in keep] if folder.is_dir() else []
+    if not stale:
+        return []
+    target = run_folder / "probes.replaced" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    moved = [Path(shutil.move(str(path), str(target / path.name))) for path in stale]
+    say(f"probes: moved {len(moved)} probe folder(s) of models not probed now ({', '.join(p.name for p in moved)}) to "
+        f"{target}")
+    return moved
 
 
 def run_probes(plan: Plan, say: Any) -> list[Path]:
-    """Probe every model of the study that has local weights (see the module docstring); returns
-    the probe.json files written now."""
-    from empersona.analysis.activations import default_out_dir, measure_probe, plan_probe
-    from empersona.analysis.probe_command import print_table, progress_bars, write_outputs
+    """Probe every model of the study that has local weights (see the module docstring), each in a
+    process of its own; returns the probe folders written now."""
+    import subprocess
 
-    settings = plan.study.probes
-    assert settings is not None
-    targets, skipped = probe_targets(plan)
+    from empersona.analysis.activations import default_out_dir
+
+    stage = plan.study.probes
+    assert stage is not None
     seed = plan.study.seed
-    max_answers, too_few = common_max_answers(targets, settings.folds, seed, settings.max_answers or MAX_ANSWERS)
+    targets, skipped = probe_targets(plan)
+    outs = {t.name: default_out_dir(t.harm_log, t.model) for t in targets}
+    stored = {t.name: stored_settings(outs[t.name]) for t in targets}
+    counts = {s.get("max_answers") for s in stored.values() if s is not None}
+    shared = next(iter(counts)) if len(counts) == 1 else None
+    if (targets and shared is not None and (stage.max_answers is None or shared <= stage.max_answers)
+            and all(is_current(stored[t.name], stage, seed, t.harm_log, shared) for t in targets)):
+        set_aside_stale(plan.study.out, set(outs), say)
+        return []  # every model probed with these settings, at one count: nothing to do (no log read)
+    max_answers, too_few = common_max_answers(targets, stage.folds, seed, stage.max_answers or MAX_ANSWERS,
+                                              stage.min_answers)
     for reason in skipped + too_few:
         say(f"probes: {reason}: not probed")
     left_out = {reason.split(":", 1)[0] for reason in too_few}
     targets = [t for t in targets if t.name not in left_out]
     if not targets or max_answers is None:
         say("probes: no model to probe")
+        set_aside_stale(plan.study.out, set(), say)
         return []
-    say(f"probes: {len(targets)} model(s) at {max_answers} answers per harm class each (the smallest count among them"
-        f"{'' if settings.max_answers is None else ', at most probes.max_answers'}: the cosine depends on it)")
-    written = []
-    for index, target in enumerate(targets, start=1):
-        try:
-            probe = plan_probe(target.model, target.harm_log, layers=settings.layers, pool=settings.pool,
-                               device=settings.device, batch_size=settings.batch_size, max_answers=max_answers,
-                               seed=seed, folds=settings.folds, resamples=settings.resamples)
-        except EmpersonaError as err:
-            say(f"probes: {target.name}: not probed: {err}")
-            continue
-        out = default_out_dir(target.harm_log, target.model)
-        if _done(out, probe):
-            continue
-        say(f"probe {index}/{len(targets)}: {target.name}")
-        with progress_bars() as start_bar:
-            result = measure_probe(probe, start_bar)
-        print_table(result)
-        written.append(write_outputs(result, out)[0])
+    todo = [t for t in targets if not is_current(stored[t.name], stage, seed, t.harm_log, max_answers)]
+    if todo:
+        say(f"probes: {len(todo)} of {len(targets)} model(s) to probe, every model at {max_answers} answers per harm "
+            f"class (the smallest count among them{'' if stage.max_answers is None else ', at most probes.max_answers'}: "
+            "the cosine depends on it)")
+    written, failed = [], []
+    for index, target in enumerate(todo, start=1):
+        say(f"probe {index}/{len(todo)}: {target.name}")
+        done = subprocess.run(probe_command_line(target, outs[target.name], stage, seed, max_answers), check=False)
+        if done.returncode == 0:
+            written.append(outs[target.name])
+        else:
+            failed.append(target.name)
+            say(f"probes: {target.name} failed (exit code {done.returncode}; its output above); the others go on")
+    set_aside_stale(plan.study.out, {t.name for t in targets if t.name not in failed}, say)
+    if failed:
+        say(f"probes: {len(failed)} model(s) not probed: {', '.join(failed)}; run the study again to retry them")
     return written

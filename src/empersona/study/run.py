@@ -25,6 +25,7 @@ from empersona.study.config import SCRIPTED_JUDGE, SCRIPTED_JUDGE_MODEL, Stage, 
 from empersona.evals.second_judge import SECOND_JUDGE
 from empersona.study.plan import (
     DEFAULT_FOILS,
+    REASKED,
     EvalJob,
     ModelSpec,
     Plan,
@@ -448,7 +449,8 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
             tags=[study.name, job.model.name],
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
                       "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
-                      "sampling": sampling_mark(study, job.model)},
+                      "sampling": sampling_mark(study, job.model),
+                      **({REASKED: job.reask} if job.reask is not None else {})},
             model_identity=model_identity(job.model),
             sampling=vllm_sampling_scope(study) if job.model.served else None,
         )
@@ -476,7 +478,8 @@ def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
     _log, path = rejudge(harm_log, second_judge_model_string(study), judge_args=study.second_judge.model_args,
                          prompts=study.second_judge.prompts, seed=study.seed, out_dir=job.log_dir,
                          max_connections=study.max_connections, display="plain" if os.environ.get("CI") else None,
-                         metadata={"study": study.name, "model_name": job.model.name})
+                         metadata={"study": study.name, "model_name": job.model.name,
+                                   **({REASKED: job.reask} if job.reask is not None else {})})
     print_agreement(results_table([harm_log, path]), Console())
     return path
 
@@ -657,6 +660,9 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     for warning in (*extra, sampling, earlier, unused):
         if warning:
             say(warning)
+    for job in plan.eval_jobs:
+        if job.status == "done" and job.note:  # failed judge calls kept (they failed again when asked again)
+            say(f"warning: {job.experiment} on {job.model.name}: {job.note}")
     if problem or no_vllm:
         raise EmpersonaError(problem or str(no_vllm))
     keep_study_file(study)
