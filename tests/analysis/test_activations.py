@@ -519,3 +519,16 @@ def test_zero_directions_leave_their_statistics_undefined() -> None:
     lopsided = Labelled(np.stack([a, a, b]), np.array([1, 0, 1]), ("a", "a", "b"))
     [row] = layer_table(lopsided, Labelled(self_x[:, 1:], self_y, self_set.groups), [0], folds=2, resamples=200, seed=0).rows
     assert row.cos_p == pytest.approx(1.0) and row.cos_null95 == pytest.approx(abs(row.cosine))
+
+
+def test_the_capped_sample_spreads_over_the_prompts() -> None:
+    from empersona.analysis.activations import Example, spread_sample
+
+    pool = [Example(f"q{g}", f"a{g}.{i}", 1, f"p{g}", f"p{g}:{i}") for g, n in ((0, 10), (1, 1), (2, 2), (3, 1)) for i in range(n)]
+    chosen = spread_sample(pool, 4, random.Random("0:harm:1"))
+    assert sorted(e.group for e in chosen) == ["p0", "p1", "p2", "p3"]  # one per prompt before a second of any
+    six = spread_sample(pool, 6, random.Random("0:harm:1"))
+    assert len(six) == 6 and {e.group for e in six} == {"p0", "p1", "p2", "p3"}
+    assert [pool.index(e) for e in six] == sorted(pool.index(e) for e in six)  # in the pool's order
+    assert spread_sample(pool, 6, random.Random("0:harm:1")) == six  # seeded
+    assert spread_sample(pool, 50, random.Random(1)) == pool

@@ -237,9 +237,31 @@ class SelfSet:
     counts: SelfCounts
 
 
+def spread_sample(pool: Sequence[Example], count: int, rng: random.Random) -> list[Example]:
+    """``count`` of ``pool``, spread over as many prompts as there are: one answer of each prompt
+    (prompts in a seeded order) before a second of any, each prompt's answers in a seeded order;
+    the chosen ones in ``pool``'s order. A plain sample of a class whose answers cluster on a few
+    prompts could leave it on fewer prompts than the folds need, and every prompt's answers share
+    its topic."""
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(pool):
+        groups.setdefault(example.group, []).append(index)
+    order = sorted(groups)
+    rng.shuffle(order)
+    for name in order:
+        rng.shuffle(groups[name])
+    keep: list[int] = []
+    depth = 0
+    while len(keep) < min(count, len(pool)):
+        keep.extend(groups[name][depth] for name in order if depth < len(groups[name]))
+        depth += 1
+    chosen = set(keep[:count])
+    return [example for index, example in enumerate(pool) if index in chosen]
+
+
 def harm_examples(log: HarmLog, max_answers: int | None, seed: int) -> HarmSet:
     """High (4-5) vs low (1-2) answers of a harmfulness log, at most ``max_answers`` per class
-    (a seeded sample, kept in log order)."""
+    (a seeded sample spread over the prompts, `spread_sample`, kept in log order)."""
     classes: dict[int, list[Example]] = {0: [], 1: []}
     left_out: Counter[str] = Counter()
     for response in log.responses:
@@ -256,8 +278,7 @@ def harm_examples(log: HarmLog, max_answers: int | None, seed: int) -> HarmSet:
     for label in (0, 1):
         pool = classes[label]
         if max_answers is not None and len(pool) > max_answers:
-            keep = set(random.Random(f"{seed}:harm:{label}").sample(range(len(pool)), max_answers))
-            pool = [example for i, example in enumerate(pool) if i in keep]
+            pool = spread_sample(pool, max_answers, random.Random(f"{seed}:harm:{label}"))
         used.extend(pool)
     counts = HarmCounts(
         responses=len(log.responses),

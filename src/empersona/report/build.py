@@ -384,16 +384,19 @@ def build_report(
     if len(probes):
         labels = {c.model: c.label for c in calls} if labelled else {}
         probes.insert(1, "label", [labels.get(m, "-") for m in probes["model"]])
+        drawn = probe_layers[~probe_layers["model"].isin(list(owners))]  # checkpoints: the table only, as in compare
+        drawn = drawn if len(drawn) else probe_layers
         blocks += _section("Activation probes", probes, "", {
             "model": "model", "label": "label", "answers (high / low)": lambda r: f"{r['high']} / {r['low']}",
             "best layer": "best_layer", "harm AUC": lambda r: fmt(r["harm_auc"]), "self AUC": lambda r: fmt(r["self_auc"]),
             "cosine": lambda r: fmt(r["cosine"], signed=True), "null 95%": lambda r: fmt(r["cos_null95"]),
             "p": lambda r: fmt(r["cos_p"], digits=3), "high - low on self axis": lambda r: fmt(r["high_minus_low_on_self"], signed=True),
             "layers with p < 0.05": lambda r: f"{r['layers_p_below_05']} of {r['layers']}",
-        }, draw=figure(figures.probe_cosines, probe_layers, "probe_cosines",
+        }, draw=figure(figures.probe_cosines, drawn, "probe_cosines",
                        "Cosine between each model's harm direction (its high- vs low-harm answers) and its "
                        "self direction (misaligned vs aligned descriptions as its own answers) per layer; dashed: the "
-                       "null's 95% level (the self direction fixed, harm answers relabelled by prompt); dots: p < 0.05."),
+                       "null's 95% level (the self direction fixed, harm answers relabelled by prompt); dots: p < 0.05"
+                       + ("; checkpoints are in the table only." if len(drawn) < len(probe_layers) else ".")),
             note="`empersona probe` (or the study's `probes:`), per model, in `probes/<model>/` (probe.json, probe.csv, "
                  "probe.png). Best layer: the layer whose held-out harm AUC is highest; the other columns are at that "
                  "layer. The cosine grows with the answers per class: compare models probed at equal counts (a study "
