@@ -345,6 +345,10 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     path.write_text(yaml.safe_dump(data))
     try:
         run_study(load_study(path))
+        from inspect_ai.model import _model as inspect_model
+
+        # the battery's models are let go before the probe processes load theirs
+        assert not any(type(m.api).__name__ == "EmpersonaAPI" for m in inspect_model._models.values())
         result = tmp_path / "run" / "probes" / "base" / "probe.json"
         made = result.stat().st_mtime_ns
         settings = json.loads(result.read_text())["settings"]

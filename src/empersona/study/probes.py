@@ -129,6 +129,26 @@ def is_current(stored: dict[str, Any] | None, stage: ProbeStage, seed: int, harm
             and (max_answers is None or stored.get("max_answers") == max_answers))
 
 
+def release_loaded_models() -> None:
+    """Let go of the models the battery loaded in this process before the probe processes load
+    theirs: inspect keeps every model it built for the battery (``get_model`` memoizes them, and an
+    ``empersona/`` model holds its engine, an ``hf/`` one its weights), so dropping the provider's
+    engines alone would leave the base on the GPU beside the probe's copy."""
+    import gc
+    import sys
+
+    from inspect_ai.model import _model as inspect_model  # where get_model keeps memoized models
+
+    from empersona.provider import api
+
+    inspect_model._models.clear()
+    api.release_engines()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def probe_command_line(target: ProbeTarget, out: Path, stage: ProbeStage, seed: int, max_answers: int) -> list[str]:
     """``empersona probe`` for one model, run in a process of its own: the battery's models, which
     inspect keeps loaded in this one, do not share the device with it, and a model that fails

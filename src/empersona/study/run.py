@@ -302,12 +302,18 @@ def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path | None, stamp
     table merges a model's logs of one experiment row by row, so an older log made with other
     settings (more samples or items, another harmfulness log read) would fill in the rows the
     current one does not have. ``keep``: the log that stands (the plan's, or the one just made; None: none)."""
+    return _set_aside_experiment(plan.study.out, job.log_dir, job.model.name, job.experiment, keep,
+                                 stamp or time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _set_aside_experiment(run_folder: Path, log_dir: Path, model: str, experiment: str, keep: Path | None,
+                          stamp: str) -> list[Path]:
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    if not job.log_dir.is_dir():
+    if not log_dir.is_dir():
         return []
     moved = []
-    for info in list_eval_logs(str(job.log_dir), recursive=False):
+    for info in list_eval_logs(str(log_dir), recursive=False):
         path = Path(info.name.removeprefix("file://"))
         if keep is not None and path.resolve() == keep.resolve():
             continue
@@ -315,8 +321,8 @@ def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path | None, stamp
             task = read_eval_log(info, header_only=True).eval.task.split("/")[-1]
         except Exception:  # a log cut short by a kill: its task is read off its name (inspect's <time>_<task>_<id>)
             task = path.stem.split("_")[1].replace("-", "_") if path.stem.count("_") >= 2 else ""
-        if task == job.experiment:
-            moved.append(park_log(plan.study.out, stamp or time.strftime("%Y%m%d-%H%M%S"), job.model.name, path))
+        if task == experiment:
+            moved.append(park_log(run_folder, stamp, model, path))
     return moved
 
 
@@ -329,10 +335,9 @@ def set_aside_all_superseded_logs(plan: Plan, stamp: str) -> list[Path]:
     if moved:
         say(f"moved {len(moved)} earlier log(s) of evaluations made again since (other settings) to {moved[0].parents[1]}")
     if plan.study.second_judge is None:
+        out = plan.study.out
         rescored = [path for model in plan.models
-                    for path in set_aside_superseded_logs(plan, EvalJob(model, SECOND_JUDGE, {}, None,
-                                                                        plan.study.out / "logs" / model.name, 0, 0, "todo"),
-                                                          None, stamp)]
+                    for path in _set_aside_experiment(out, out / "logs" / model.name, model.name, SECOND_JUDGE, None, stamp)]
         if rescored:
             say(f"moved {len(rescored)} second judge log(s) to {rescored[0].parents[1]}: the study file has no "
                 "second_judge: (add it to keep a second judge in the report)")
@@ -685,10 +690,9 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
             with judge_endpoint(study) as judge, model_server(study, plan):
                 evaluate_all(plan, judge, stamp)
         if study.probes is not None:
-            from empersona.provider import api
-            from empersona.study.probes import run_probes
+            from empersona.study.probes import release_loaded_models, run_probes
 
-            api.release_engines()  # the battery's loaded base: the probes load each model on their own
+            release_loaded_models()  # the probe processes load each model on their own: the GPU is theirs
             run_probes(make_plan(study), say)
     if "report" in stages:
         path = write_report(study)
