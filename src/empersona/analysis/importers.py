@@ -330,6 +330,7 @@ class TidyRecord(BaseModel):
     item_id: str
     sample: int
     condition: str
+    variant: str = ""
     status: Status
     value: float | None
     bucket: str | None = None
@@ -396,10 +397,10 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
         if record.status != "scored" and value is not None and not math.isnan(value):
             raise EmpersonaError(located(path, line_number, "value", f"status {record.status!r} with value {value}",
                                          "not-scored records carry null (or NaN) as their value"))
-        key = (record.model, record.experiment, record.item_id, record.sample, record.condition)
+        key = (record.model, record.experiment, record.item_id, record.sample, record.condition, record.variant)
         if key in seen:
             raise EmpersonaError(located(path, line_number, "item_id", f"the same key {key} as line {seen[key]}",
-                                         "keep one record per (model, experiment, item_id, sample, condition)"))
+                                         "keep one record per (model, experiment, item_id, sample, condition, variant)"))
         seen[key] = line_number
         rows.append({**record.model_dump(), "source": record.source or "import:jsonl",
                      "model_string": record.model_string or record.model, "log_file": record.log_file or str(path)})

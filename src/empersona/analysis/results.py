@@ -1,6 +1,6 @@
 """Inspect logs -> one tidy results table (CONTRACT.md), saved as Parquet beside the logs.
 
-One row per (model, experiment, item_id, sample, condition): the sample's primary score (its
+One row per (model, experiment, item_id, sample, condition, variant): the sample's primary score (its
 ``value`` and ``status``), the experiment's own fields, and the run's metadata. Every experiment
 maps onto the table here, in `experiment_fields` and `PRIMARY_SCORERS`; an experiment that is not
 present in a run simply contributes no rows.
@@ -9,7 +9,9 @@ Run metadata per log: the model string (``log.eval.model``), the experiment (our
 ``experiment`` in their metadata; else the task name), the judge (``metadata["judge"]``, which
 ``empersona eval`` passes to inspect's eval and inspect merges into ``log.eval.metadata``; else
 the ``grader`` model role), the system-prompt policy and the sampling seed (task metadata), the
-package versions (``log.eval.packages``, as JSON). What a model *is* comes from, in order:
+package versions (``log.eval.packages``, as JSON), the study variant (``metadata["variant"]``: a
+self-report experiment asked again under a study's ``variants:``; "" for the battery itself,
+the rows every analysis but the variants' own reads, `main_rows`). What a model *is* comes from, in order:
 
 1. ``RUN_DIR/models.yaml`` (optional; see `RunModels`): model string -> name, base model,
    adapter, domain, fine-tuning seed; it can also name the ``base`` (reference) model;
@@ -23,7 +25,7 @@ names its model by the old path (``recorded_run_folder``); its model string is r
 place, so its rows and those of logs written since are of one model.
 
 Two model strings that would share a display name keep their model strings instead. When the
-same (model, experiment, item, sample, condition) appears in several logs (a resumed or repeated
+same (model, experiment, item, sample, condition, variant) appears in several logs (a resumed or repeated
 run), the row of the most recently created log is kept.
 """
 
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 Status = Literal["scored", "unscored", "refused", "unparsed"]
 STATUSES: tuple[Status, ...] = ("scored", "unscored", "refused", "unparsed")
 
-KEY_COLUMNS: tuple[str, ...] = ("model", "experiment", "item_id", "sample", "condition")
+KEY_COLUMNS: tuple[str, ...] = ("model", "experiment", "item_id", "sample", "condition", "variant")
 MODEL_COLUMNS: tuple[str, ...] = ("model_string", "base_model", "adapter", "domain", "seed", "judge", "system_prompt_policy")
 EXPERIMENT_COLUMNS: tuple[str, ...] = (
     "bucket", "picked_position", "p_a", "theme", "format", "dimension", "predicted", "actual",
@@ -60,13 +62,14 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "method", "reason", "answer", "raw", "source", "log_file", "eval_id", "created", "eval_seed", "task_args", "versions",
 )
 TIDY_COLUMNS: tuple[str, ...] = (
-    "model", *MODEL_COLUMNS, "experiment", "item_id", "sample", "condition", "status", "value",
+    "model", *MODEL_COLUMNS, "experiment", "item_id", "sample", "condition", "variant", "status", "value",
     *EXPERIMENT_COLUMNS, *PROVENANCE_COLUMNS,
 )
 FLOAT_COLUMNS: frozenset[str] = frozenset({"value", "p_a", "predicted", "actual", "aligned", "coherent", "stored_aligned", "stored_coherent"})
 INT_COLUMNS: frozenset[str] = frozenset({"sample"})
 NULLABLE_INT_COLUMNS: frozenset[str] = frozenset({"seed", "eval_seed"})
-REQUIRED_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "status", "value")
+REQUIRED_COLUMNS: tuple[str, ...] = ("model", "experiment", "item_id", "sample", "condition", "status", "value")
+"""A stored or imported table without ``variant`` is of the battery alone ("" throughout)."""
 
 PRIMARY_SCORERS: dict[str, str] = {
     "harmfulness": "harm",
@@ -406,6 +409,7 @@ def log_rows(
         "seed": info.seed,
         "judge": judge_name(log),
         "system_prompt_policy": meta.get("system_prompt_policy"),
+        "variant": str(meta.get("variant") or ""),
         "source": "log",
         "log_file": str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path),
         "eval_id": log.eval.eval_id,
@@ -442,8 +446,19 @@ def tidy_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame
         else:
             out[column] = series.astype("object").where(series.notna(), None).map(lambda v: v if v is None else str(v)).astype("str")
     table = pd.DataFrame(out, index=range(len(frame)))
-    table["condition"] = table["condition"].fillna("")
+    for column in ("condition", "variant"):  # keys: "" where a table or log has none
+        table[column] = table[column].fillna("")
     return table
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The battery's own rows: those of no study variant (``variant`` ""). Every analysis of the
+    battery reads these; a variant's rows are the same experiments asked again under other
+    framings (`empersona.analysis.variants`), and would count twice."""
+    if "variant" not in table.columns:
+        return table
+    kept = table.loc[table["variant"] == ""]
+    return kept.reset_index(drop=True) if len(kept) < len(table) else table
 
 
 def deduplicate(table: pd.DataFrame) -> pd.DataFrame:
