@@ -1,0 +1,158 @@
+"""Tests for empersona.analysis.variants on a made-up table with variants of known effect (variant_table.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from variant_table import HONEST_LABELS, LABELS, NEUTRAL_ITEMS, toy_table
+
+from empersona.analysis import stats
+from empersona.analysis.persona import PersonaThresholds, classify
+from empersona.analysis.results import main_rows
+from empersona.analysis.variants import (
+    variant_calls,
+    variant_changes,
+    variant_names,
+    variant_shifts,
+    variant_view,
+)
+
+FAST = PersonaThresholds(n_resamples=1000)
+SELF_REPORT = ("two_ai", "output_recognition", "self_assessment")
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return toy_table()
+
+
+@pytest.fixture(scope="module")
+def shifts(table: pd.DataFrame) -> pd.DataFrame:
+    return variant_shifts(table, thresholds=FAST, seed=0)
+
+
+def _keyed(rows: pd.DataFrame) -> pd.DataFrame:
+    columns = ["model", "experiment", "item_id", "sample", "condition", "status", "value"]
+    return rows[columns].sort_values(columns[:5]).reset_index(drop=True)
+
+
+def test_the_view_replaces_what_the_variant_asked_and_keeps_the_rest(table: pd.DataFrame) -> None:
+    assert variant_names(table) == ["honest", "neutral"]
+    main = main_rows(table)
+    assert len(main) < len(table) and set(main["variant"]) == {""}
+
+    honest = variant_view(table, "honest")
+    assert set(honest["variant"]) == {""}
+    asked = table[table["variant"] == "honest"]
+    pd.testing.assert_frame_equal(_keyed(honest[honest["experiment"].isin(SELF_REPORT)]), _keyed(asked))
+    pd.testing.assert_frame_equal(_keyed(honest[honest["experiment"] == "harmfulness"]),
+                                  _keyed(main[main["experiment"] == "harmfulness"]))
+    assert len(honest) == len(main)  # every model was asked every self-report experiment again
+
+    neutral = variant_view(table, "neutral")
+    two_ai = neutral[neutral["experiment"] == "two_ai"]
+    # coh was not asked under "neutral": it has no two-AI rows there, the battery's do not stand in
+    assert set(two_ai["model"]) == {"base", "inv"}
+    assert set(two_ai["item_id"]) == set(NEUTRAL_ITEMS)
+    rest = ~neutral["experiment"].isin(["two_ai"])
+    pd.testing.assert_frame_equal(_keyed(neutral[rest]), _keyed(main[main["experiment"] != "two_ai"]))
+    # a table of the battery alone is its own view
+    pd.testing.assert_frame_equal(_keyed(variant_view(toy_table(with_variants=False), "honest")), _keyed(main))
+
+
+def test_classify_on_the_view_flips_the_label_built_to_flip(table: pd.DataFrame) -> None:
+    battery = {c.model: c.label for c in classify(main_rows(table), base_model="base", thresholds=FAST)}
+    assert battery == LABELS
+    calls = variant_calls(table, base_model="base", thresholds=FAST, seed=0)
+    assert list(calls.columns[:3]) == ["model", "variant", "label"]
+    labels = {(m, v): lab for m, v, lab in zip(calls["model"], calls["variant"], calls["label"], strict=True)}
+    assert {m: labels[(m, "honest")] for m in LABELS} == HONEST_LABELS
+    assert labels[("inv", "neutral")] == "inverted" and labels[("base", "neutral")] == "base"
+    coh = calls.set_index(["model", "variant"]).loc[("coh", "neutral")]
+    assert coh["label"] == "incomplete" and "two_ai without data" in coh["reason"] and np.isnan(coh["two_ai"])
+    inv = calls.set_index(["model", "variant"]).loc[("inv", "honest")]
+    assert inv["two_ai_low"] > 0.5 and inv["asymmetry_low"] > 0 and inv["two_ai_p_holm"] < 0.05
+    assert inv["two_ai_refused"] == pytest.approx(2 / 240)
+    # the battery's numbers are what a variant-free table gives
+    alone = classify(toy_table(with_variants=False), base_model="base", thresholds=FAST)
+    assert [c.two_ai.result for c in alone] == [c.two_ai.result for c in classify(main_rows(table), base_model="base",
+                                                                                  thresholds=FAST)]
+
+
+def _direct(rows: pd.DataFrame, probe: str) -> float:
+    """The probe's estimate computed straight from scored rows (no stats machinery)."""
+    scored = rows[rows["status"] == "scored"]
+    if probe == "two_ai":
+        per_order = scored.groupby(["condition", "item_id"])["value"].mean().groupby("condition").mean()
+        return float(per_order.mean())
+    if probe == "output_recognition":
+        per_response = scored.groupby(["bucket", "item_id"])["value"].mean().groupby("bucket").mean()
+        return float(per_response["high"] - per_response["low"])
+    return float(scored.groupby(["format", "item_id"])["value"].mean().groupby("format").mean().mean())
+
+
+def test_each_shift_is_the_difference_built(table: pd.DataFrame, shifts: pd.DataFrame) -> None:
+    main = main_rows(table)
+    for _, row in shifts.iterrows():
+        sides = [rows[(rows["model"] == row["model"]) & (rows["experiment"] == row["probe"])]
+                 for rows in (main, table[table["variant"] == row["variant"]])]
+        shared = set(sides[0]["item_id"]) & set(sides[1]["item_id"])  # the units the shift compares
+        battery, own = (rows[rows["item_id"].isin(shared)] for rows in sides)
+        assert row["battery"] == pytest.approx(_direct(battery, row["probe"]))
+        assert row["under_variant"] == pytest.approx(_direct(own, row["probe"]))
+        assert row["shift"] == pytest.approx(row["under_variant"] - row["battery"])
+    indexed = shifts.set_index(["model", "variant", "probe"])
+    built = {"two_ai": 0.9, "output_recognition": 1.6, "self_assessment": 0.6}  # inv under "honest": coh's rates
+    for probe, size in built.items():
+        inv = indexed.loc[("inv", "honest", probe)]
+        assert inv["shift"] == pytest.approx(size, abs=0.25)
+        assert 0 < inv["shift_low"] <= inv["shift"] <= inv["shift_high"] and inv["p_holm"] < 0.05
+    unchanged = shifts[~((shifts["model"] == "inv") & (shifts["variant"] == "honest"))]
+    assert len(unchanged) == 8
+    assert ((unchanged["shift_low"] < 0) & (unchanged["shift_high"] > 0)).all()
+    assert (unchanged["p_holm"] > 0.05).all()
+
+
+def test_holm_runs_over_every_shift(shifts: pd.DataFrame) -> None:
+    assert shifts["p"].notna().all()
+    np.testing.assert_allclose(shifts["p_holm"], stats.holm(shifts["p"].to_numpy()))
+    assert (shifts["p_holm"] >= shifts["p"]).all()
+
+
+def test_units_one_side_lacks_are_left_out_and_counted(shifts: pd.DataFrame) -> None:
+    neutral = shifts[shifts["variant"] == "neutral"].set_index("model")
+    assert sorted(neutral.index) == ["base", "inv"] and set(neutral["probe"]) == {"two_ai"}  # coh was not asked
+    assert (neutral["units"] == 25).all() and (neutral["only_battery"] == 5).all() and (neutral["only_variant"] == 3).all()
+    assert (neutral["battery_rows"] == 240).all() and (neutral["variant_rows"] == 28 * 8).all()
+    honest = shifts[shifts["variant"] == "honest"].set_index(["model", "probe"])
+    assert (honest[["only_battery", "only_variant"]] == 0).all(axis=None)
+    assert honest.loc[("inv", "two_ai"), "variant_refused"] == 2 and honest.loc[("inv", "two_ai"), "battery_refused"] == 0
+    assert honest.loc[("inv", "output_recognition"), "units"] == 30  # harm prompts, each with its two own responses
+    assert honest[["variant_unscored", "variant_unparsed"]].sum().sum() == 0
+
+
+def test_a_models_shift_does_not_depend_on_the_other_models(table: pd.DataFrame, shifts: pd.DataFrame) -> None:
+    without = variant_shifts(table[table["model"] != "coh"].reset_index(drop=True), thresholds=FAST, seed=0)
+    mine = shifts[shifts["model"] == "inv"].drop(columns="p_holm").reset_index(drop=True)
+    pd.testing.assert_frame_equal(without[without["model"] == "inv"].drop(columns="p_holm").reset_index(drop=True), mine)
+
+
+def test_what_each_variant_changed_comes_from_the_rows(table: pd.DataFrame) -> None:
+    changes = variant_changes(table).set_index(["variant", "experiment"])
+    assert list(changes.index) == [("honest", "output_recognition"), ("honest", "self_assessment"),
+                                   ("honest", "two_ai"), ("neutral", "two_ai")]
+    honest = changes.loc[("honest", "two_ai")]
+    assert "system_prompt: unset -> custom: Answer every question about yourself truthfully" in honest["changes"]
+    assert "system_prompt_policy: default -> custom: " in honest["changes"] and "..." in honest["changes"]
+    assert "samples" not in honest["changes"]  # unchanged keys are not listed
+    assert honest["models"] == "base, coh, inv" and honest["rows"] == 720 and honest["logs"] == 3
+    neutral = changes.loc[("neutral", "two_ai")]
+    assert neutral["changes"] == "neutral_descriptions: unset -> true" and neutral["models"] == "base, inv"
+
+
+def test_a_table_without_variants_has_none() -> None:
+    battery = toy_table(with_variants=False)
+    assert variant_names(battery) == [] and variant_names(battery.drop(columns="variant")) == []
+    assert variant_shifts(battery, thresholds=FAST).empty and variant_changes(battery).empty
+    assert variant_calls(battery, base_model="base", thresholds=FAST).empty
