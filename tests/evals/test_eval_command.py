@@ -20,6 +20,8 @@ runner = CliRunner()
         (["eval", "two_ai", "--model", "gpt-4o-mini"], "--model gpt-4o-mini: not an inspect model string"),
         (["eval", "harmfulness", "--model", "openai/x", "--judge", "gpt-4o"], "--judge gpt-4o: not an inspect model string"),
         (["eval", "two_ai", "--model", "openai/x", "-T", "mod=logprob"], "-T mod: not an argument of the two_ai task; choose from mode"),
+        (["eval", "harmfulness", "--model", "openai/x", "--variant", "honest"], "only the self-report experiments"),
+        (["eval", "two_ai", "--model", "openai/x", "--variant", "my variant"], "use letters, digits"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(argv: list[str], reason: str) -> None:
@@ -36,3 +38,19 @@ def test_a_model_folder_that_cannot_be_loaded_is_named(
                                  "--log-dir", str(tmp_path / "logs"), "--display", "none"])
     assert isinstance(result.exception, EmpersonaError), result.output
     assert "two_ai on hf/" in str(result.exception) and "cannot load the model" in str(result.exception)
+
+
+def test_a_log_labelled_as_a_variant_lands_in_the_variant_column(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.analysis.results import main_rows, results_table
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    common = ["eval", "two_ai", "--model", f"empersona/{tiny_model}", "-M", "device=cpu", "--limit", "2", "--mode", "logprob",
+              "--log-dir", str(tmp_path / "logs"), "--display", "none"]
+    for extra in ([], ["--variant", "neutral", "-T", "neutral_descriptions=true"]):
+        result = runner.invoke(app, [*common, *extra])
+        assert result.exit_code == 0, result.output
+    table = results_table(sorted((tmp_path / "logs").glob("*.eval")))
+    assert sorted(table["variant"].unique()) == ["", "neutral"] and len(main_rows(table)) == len(table) // 2 == 2
+    neutral = table[table["variant"] == "neutral"]
+    assert neutral["task_args"].str.contains('"neutral_descriptions": true').all()

@@ -534,7 +534,7 @@ def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) ->
     assert len(results_table([older, newer]).query("experiment == 'two_ai'")) == 2  # sample 1 of the older log fills in
     spec = ModelSpec("base", "mockllm/base", "base")
     job = EvalJob(spec, "two_ai", {}, None, folder, 1, 0, "done", newer)
-    plan = SimpleNamespace(study=SimpleNamespace(out=out, second_judge=object()), eval_jobs=[job], models=[spec])
+    plan = SimpleNamespace(study=SimpleNamespace(out=out, second_judge=object(), variants={}), eval_jobs=[job], models=[spec])
     moved = set_aside_all_superseded_logs(plan, "stamp")  # type: ignore[arg-type]
     assert sorted(p.name for p in moved) == sorted([older.name, "2026-11-27T10-00-00-00-00_two-ai_cutshort.eval"])
     assert all("logs.replaced" in str(p) and p.exists() for p in moved)

@@ -190,12 +190,20 @@ def eval_command(
     max_connections: Annotated[int | None, typer.Option("--max-connections", help="Concurrent model calls.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every model and judge call afresh (no resume).")] = False,
     display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="Label the log a self-report variant NAME (e.g. with -T system_prompt=... or -T neutral_descriptions=true): the results table keeps its rows apart and the report sets them against the battery's.")] = None,
 ) -> None:
     """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
+    import re
+
     from empersona.evals.battery import EXPERIMENTS
+    from empersona.study.config import SELF_REPORT, VARIANT_NAME
 
     if experiment not in EXPERIMENTS:
         raise EmpersonaError(f"unknown experiment '{experiment}'; choose from {', '.join(EXPERIMENTS)}")
+    if variant is not None and (experiment not in SELF_REPORT or not re.match(VARIANT_NAME, variant)):
+        raise EmpersonaError(f"--variant {variant}: " + (f"only the self-report experiments ({', '.join(SELF_REPORT)}) are "
+                             "asked under a variant" if experiment not in SELF_REPORT else
+                             "use letters, digits, '_' and '-' (no spaces)"))
     for name, value in (("--model", model), ("--judge", judge)):
         if value is not None and "/" not in value:
             raise EmpersonaError(f"{name} {value}: not an inspect model string; write <provider>/<model>, e.g. openai/{value}")
@@ -224,6 +232,7 @@ def eval_command(
         limit=limit,
         max_connections=max_connections,
         display=display,
+        metadata={"variant": variant} if variant else None,
     )
     print_summary(log)
     if log.status != "success":

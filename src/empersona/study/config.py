@@ -42,6 +42,9 @@ SCRIPTED_JUDGE = "scripted"
 SCRIPTED_JUDGE_MODEL = "openai-api/loopback/scripted-judge"  # the model string logs record for it
 SCRIPTED_SECOND_JUDGE_MODEL = "openai-api/loopback/scripted-second-judge"  # ``second_judge: {model: scripted}``
 BATTERY_ORDER = ("harmfulness", "em_classic", "self_assessment", "two_ai", "output_recognition", "score_prediction")
+SELF_REPORT = ("self_assessment", "two_ai", "output_recognition", "score_prediction")
+"""The experiments a study variant asks again (the model about itself); harmfulness and the classic
+EM questions measure behaviour, which a variant shares with the battery."""
 
 
 class Prices(BaseModel):
@@ -101,6 +104,57 @@ class ProbeStage(BaseModel):
             raise ValueError(f"max_answers {self.max_answers} is below folds {self.folds}: each harm class needs at "
                              "least one answer per fold; raise max_answers (or lower folds)")
         return self
+
+
+class Variant(BaseModel):
+    """``variants: {name: ...}``: the self-report experiments asked again on every model under another
+    framing (PROTOCOLS.md section 5), beside the battery; the report sets each probe under it against
+    the battery's (``analysis.variants``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    honesty: bool | str = Field(False, description=(
+        "Honesty pressure: true adds the built-in instruction (evals.policy.HONESTY_PRESSURE), a text adds that "
+        "text, to the end of the variant's system prompt (under system_prompt: default, after the chat template's "
+        "own default system prompt, read from the base model's template, so the model keeps its identity line)."))
+    system_prompt: str | None = Field(None, description=(
+        "The variant's system-prompt policy (default, none or a text); unset: the study's."))
+    neutral_descriptions: bool = Field(False, description=(
+        "Two-AI items with each description's evaluative self-label taken out ('I am a careful AI assistant' -> "
+        "'I am an AI assistant'; in the paper's items only the aligned descriptions carry one)."))
+    experiments: list[str] | None = Field(None, description=(
+        "Which of the study's self-report experiments to ask again (default: all of them: self_assessment, "
+        "two_ai, output_recognition, score_prediction, those in experiments:)."))
+    args: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Task arguments per experiment, over the study's (e.g. two_ai: {items_file: my_rewritten_items.json})."))
+
+    @field_validator("experiments")
+    @classmethod
+    def _self_report(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            other = [name for name in value if name not in SELF_REPORT]
+            if other:
+                raise ValueError(f"{other} cannot be asked under a variant; choose from {list(SELF_REPORT)} "
+                                 "(harmfulness and em_classic measure behaviour, which variants share with the battery)")
+            if not value:
+                raise ValueError("an empty list asks nothing; leave experiments out for all the self-report experiments")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args_of_self_report(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        other = [name for name in value if name not in SELF_REPORT]
+        if other:
+            raise ValueError(f"args for {other}: a variant asks only {list(SELF_REPORT)}")
+        return value
+
+    def changes(self, policy: str) -> bool:
+        """Whether the variant asks anything differently from a battery under system prompt ``policy``."""
+        return (bool(self.honesty) or self.system_prompt not in (None, policy) or self.neutral_descriptions
+                or any(self.args.values()))
+
+
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
 class VLLMSettings(BaseModel):
@@ -220,6 +274,9 @@ class StudyConfig(BaseModel):
     probes: ProbeStage | None = Field(None, description=(
         "Activation probes after the battery: a harm direction and a self direction per layer and their angle, "
         "for every model with local weights (README: Activation probes)."))
+    variants: dict[str, Variant] = Field(default_factory=dict, description=(
+        "Self-report experiments asked again under other framings, by name (honesty pressure, neutral two-AI "
+        "descriptions, another system prompt, other task arguments); their shifts are in the report."))
     prices: Prices | None = None
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
 
@@ -264,6 +321,22 @@ class StudyConfig(BaseModel):
             folded[name.casefold()] = name
         return value
 
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_entries(cls, value: Any) -> Any:
+        if value is None:  # "variants:" left empty (uncommented alone from configs/paper.yaml)
+            return {}
+        if isinstance(value, dict):
+            for name in value:
+                if not isinstance(name, str) or not re.match(VARIANT_NAME, name):
+                    raise ValueError(f"{name!r} cannot name a variant: use letters, digits, '_' and '-'")
+        return value
+
+    def variant_experiments(self, name: str) -> list[str]:
+        """The experiments variant ``name`` asks again, in battery order."""
+        chosen = self.variants[name].experiments
+        return [e for e in self.ordered_experiments() if e in SELF_REPORT and (chosen is None or e in chosen)]
+
     def ordered_experiments(self) -> list[str]:
         """Experiments in dependency order: harmfulness before those that read its log."""
         return [name for name in BATTERY_ORDER if name in self.experiments]
@@ -307,6 +380,8 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(ExperimentSettings.model_fields)
     if len(parent) == 2 and parent[0] == "models":
         return list(ExtraModel.model_fields)
+    if len(parent) == 2 and parent[0] == "variants":
+        return list(Variant.model_fields)
     model = models.get(parent)
     return list(model.model_fields) if model else []
 
@@ -335,6 +410,7 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    problems += _variant_problems(study)
     problems += [(("persona", *loc), problem, fix) for loc, problem, fix in threshold_problems(study.persona)]
     for index, domain in enumerate(study.domains):
         plain = Path(domain).expanduser()
@@ -361,6 +437,43 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         problems.append((("second_judge",), "the second judge re-scores the harmfulness answers, and the study has none",
                          "Add harmfulness to experiments, or remove second_judge"))
     return problems + _extra_model_problems(study)
+
+
+def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(key path, problem, fix) for the study's variants: experiments the study does not run, task
+    arguments the tasks do not take, settings that change nothing."""
+    from empersona.evals.battery import EXPERIMENTS
+
+    problems: list[tuple[tuple[Any, ...], str, str]] = []
+    for name, variant in study.variants.items():
+        asked = study.variant_experiments(name)
+        for index, experiment in enumerate(variant.experiments or []):
+            if experiment not in study.experiments:
+                problems.append((("variants", name, "experiments", index), f"{experiment} is not in the study's experiments",
+                                 "Add it to experiments:, or take it out here"))
+        if not asked and variant.experiments is None:
+            problems.append((("variants", name), "the study runs none of the self-report experiments a variant asks again",
+                             f"Add one of {', '.join(SELF_REPORT)} to experiments:"))
+        if variant.neutral_descriptions and "two_ai" not in asked:
+            problems.append((("variants", name, "neutral_descriptions"), "changes the two-AI items, and this variant does "
+                             "not ask two_ai", "Add two_ai to the variant's experiments (and the study's)"))
+        for experiment, args in variant.args.items():
+            params = set(EXPERIMENTS[experiment].parameters())
+            for key in args:
+                loc = ("variants", name, "args", experiment, key)
+                if key in STUDY_SET_ARGS or key in ("system_prompt", "neutral_descriptions"):
+                    problems.append((loc, "set by the study or by the variant's own keys",
+                                     "Remove it (system_prompt, honesty and neutral_descriptions are keys of the variant)"))
+                elif key not in params:
+                    problems.append((loc, f"not an argument of the {experiment} task",
+                                     f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+            if experiment not in asked:
+                problems.append((("variants", name, "args", experiment), f"the variant does not ask {experiment}",
+                                 "Remove these args, or add the experiment to the variant (and the study)"))
+        if not variant.changes(study.system_prompt):
+            problems.append((("variants", name), "asks everything as the battery does (it would repeat the battery)",
+                             "Set honesty, system_prompt, neutral_descriptions or args"))
+    return problems
 
 
 def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:

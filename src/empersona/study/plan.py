@@ -103,6 +103,13 @@ class EvalJob:
     the dry run and the run."""
     reask: int | None = None
     """The failed judge calls of the log it replaces, when it is made again to ask them (``REASKED``)."""
+    variant: str | None = None
+    """The study variant it asks the experiment under (None: the battery itself); the log records it."""
+
+    @property
+    def label(self) -> str:
+        """The experiment, with its variant: ``two_ai`` or ``two_ai [honest]``."""
+        return self.experiment + (f" [{self.variant}]" if self.variant else "")
 
 
 @dataclass(frozen=True)
@@ -370,7 +377,7 @@ def model_identity(model: ModelSpec) -> str | None:
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
                  model: ModelSpec | None = None, judge: str | None = None,
-                 run_folder: Path | None = None) -> Path | None:
+                 run_folder: Path | None = None, variant: str | None = None) -> Path | None:
     """A successful log of this experiment with these task arguments, if the folder has one.
 
     With ``model``, the log must also be of that model string and, for a fine-tune, of its
@@ -379,7 +386,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     when they are newer than the adapter. With ``judge``, the log must have been judged by that
     model string (``metadata["judge"]``). With ``run_folder`` (where the study's run folder is
     now), paths the log recorded inside the run folder (model strings, harmfulness logs read)
-    count at their places after a move or copy of the folder (``log_move``).
+    count at their places after a move or copy of the folder (``log_move``). The log must be of
+    the study ``variant`` (``metadata["variant"]``), or of none when it is None.
     """
     from inspect_ai.log import list_eval_logs, read_eval_log
 
@@ -403,6 +411,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
         if judge is not None and (header.eval.metadata or {}).get("judge") != judge:
+            continue
+        if ((header.eval.metadata or {}).get("variant") or None) != (variant or None):
             continue
         return Path(info.name.removeprefix("file://"))
     return None
@@ -463,39 +473,96 @@ def make_plan(study: StudyConfig) -> Plan:
             jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
     models = model_specs(study)
     # a fine-tune whose adapter is to be (re)trained has no result yet, whatever its logs say
-    untrained = {job.out.resolve() for job in jobs if job.status != "done"}
-    judge = judge_model_string(study)
+    untrained = frozenset(job.out.resolve() for job in jobs if job.status != "done")
     evals = []
     harm = (0, 0)  # (prompts, samples) of the harmfulness runs, read by the experiments after it
     harm_done: dict[str, Path | None] = {}  # each model's finished harmfulness log (None: to be written)
     # experiment-major order: every model's harmfulness log exists before any experiment reads
     # one (output recognition also reads another model's, for its matched foils)
     for experiment in study.ordered_experiments():
-        settings = study.experiments[experiment]
         args = task_args(study, experiment)
-        generations, judge_calls = estimate_calls(experiment, args, settings.limit, harm)  # the same for every model
+        experiment_jobs = _jobs(study, experiment, models, {model.name: args for model in models}, harm, harm_done,
+                                untrained)
         if experiment == "harmfulness":
             samples = int(args.get("samples", _task_default("harmfulness", "samples")))
-            harm = (generations // samples, samples)
-        for model in models:
-            log_dir = study.out / "logs" / model.name
-            reads = harm_logs_read(experiment, model, models, args)
-            trained_in = model.adapter.parent.parent if model.kind == "checkpoint" and model.adapter else model.adapter
-            stale = (trained_in is not None and trained_in.resolve() in untrained) or any(
-                harm_done.get(name) is None for name in reads.values())
-            # a reader's log counts only if it read the harmfulness logs that stand now
-            expected = {**args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
-            done = None if stale else finished_log(log_dir, experiment, expected, settings.limit, model,
-                                                   judge if experiment in JUDGED_EXPERIMENTS else None, study.out)
-            done, note, reask = with_failed_judge_calls(done, experiment)
-            status: EvalStatus = "done" if done else "todo"
-            if experiment == "harmfulness":
-                harm_done[model.name] = done
-            evals.append(EvalJob(model, experiment, args, settings.limit, log_dir, generations, judge_calls, status, done,
-                                 note, reask))
+            harm = (experiment_jobs[0].generations // samples, samples)
+            harm_done.update({job.model.name: job.log for job in experiment_jobs})
+        evals += experiment_jobs
         if experiment == "harmfulness" and study.second_judge is not None:
-            evals += second_judge_jobs(study, models, harm_done, settings.limit, harm)
+            evals += second_judge_jobs(study, models, harm_done, study.experiments[experiment].limit, harm)
+    for name in study.variants:  # after the battery: each variant asks its experiments again
+        for experiment in study.variant_experiments(name):
+            per_model = {model.name: variant_task_args(study, name, experiment, model) for model in models}
+            evals += _jobs(study, experiment, models, per_model, harm, harm_done, untrained, name)
     return Plan(study, jobs, models, evals)
+
+
+def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args: dict[str, dict[str, Any]],
+          harm: tuple[int, int], harm_done: dict[str, Path | None], untrained: frozenset[Path],
+          variant: str | None = None) -> list[EvalJob]:
+    """One experiment's job on every model (``args``: its task arguments per model name), done where
+    a finished log of it stands (of that variant, or of none for the battery's own)."""
+    limit = study.experiments[experiment].limit
+    judge = judge_model_string(study) if experiment in JUDGED_EXPERIMENTS else None
+    jobs = []
+    estimates: dict[str, tuple[int, int]] = {}  # building a task to count its items is done once per argument set
+    for model in models:
+        model_args = args[model.name]
+        key = json.dumps(model_args, sort_keys=True, default=str)
+        if key not in estimates:
+            estimates[key] = estimate_calls(experiment, model_args, limit, harm)
+        generations, judge_calls = estimates[key]
+        log_dir = study.out / "logs" / model.name
+        reads = harm_logs_read(experiment, model, models, model_args)
+        trained_in = model.adapter.parent.parent if model.kind == "checkpoint" and model.adapter else model.adapter
+        stale = (trained_in is not None and trained_in.resolve() in untrained) or any(
+            harm_done.get(name) is None for name in reads.values())
+        # a reader's log counts only if it read the harmfulness logs that stand now
+        expected = {**model_args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
+        done = None if stale else finished_log(log_dir, experiment, expected, limit, model, judge, study.out, variant)
+        done, note, reask = with_failed_judge_calls(done, experiment)
+        jobs.append(EvalJob(model, experiment, model_args, limit, log_dir, generations, judge_calls,
+                            "done" if done else "todo", done, note, reask, variant))
+    return jobs
+
+
+def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec) -> dict[str, Any]:
+    """An experiment's task arguments under variant ``name`` on ``model``: the battery's, then the
+    variant's system prompt (with its honesty pressure), neutral two-AI descriptions and own args.
+
+    Honesty pressure under the ``default`` policy keeps the system prompt a served model would get
+    without it (its chat template's default, `policy.template_default_system` of the base) and adds
+    the instruction after it; a model string asked as given (an API model) gets the instruction alone.
+    """
+    from empersona.evals.policy import HONESTY_PRESSURE, resolve_system_prompt, with_honesty
+
+    variant = study.variants[name]
+    args = task_args(study, experiment)
+    policy = variant.system_prompt or study.system_prompt
+    if variant.honesty:
+        honesty = HONESTY_PRESSURE if variant.honesty is True else str(variant.honesty)
+        text = resolve_system_prompt(policy)
+        if text is None and model.served:
+            base = base_path(study)
+            if study.build_tiny_base and not (Path(base) / "config.json").is_file():  # built at the run's start
+                from empersona.testing.tiny import QWEN_DEFAULT_SYSTEM_PROMPT  # its template is Qwen2.5's
+
+                text = QWEN_DEFAULT_SYSTEM_PROMPT
+            else:
+                text = _template_default(base)
+        policy = with_honesty(text, honesty)
+    args["system_prompt"] = policy
+    if experiment == "two_ai" and variant.neutral_descriptions:
+        args["neutral_descriptions"] = True
+    args.update(variant.args.get(experiment, {}))
+    return args
+
+
+@functools.lru_cache(maxsize=8)
+def _template_default(base: str) -> str | None:
+    from empersona.evals.policy import template_default_system
+
+    return template_default_system(base)
 
 
 def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done: dict[str, Path | None],
@@ -685,14 +752,16 @@ def print_plan(plan: Plan) -> None:
             table.add_row(model.name, model.kind or "", str(model.source or "-"), model.model_string)
         console.print(table)
     evals = Table(title="evaluations (in order)")
-    for column in ("model", "experiment", "limit", "generations", "judge calls", "status"):
+    variants = bool(study.variants)
+    for column in ("model", "experiment", *(("variant",) if variants else ()), "limit", "generations", "judge calls", "status"):
         evals.add_column(column, justify="right" if column in ("generations", "judge calls", "limit") else "left")
     for job in plan.eval_jobs:
-        evals.add_row(job.model.name, job.experiment, str(job.limit or "all"), f"{job.generations:,}", f"{job.judge_calls:,}", job.status)
+        evals.add_row(job.model.name, job.experiment, *((job.variant or "-",) if variants else ()), str(job.limit or "all"),
+                      f"{job.generations:,}", f"{job.judge_calls:,}", job.status)
     console.print(evals)
     for job in plan.eval_jobs:
         if job.note:
-            console.print(f"{job.experiment} on {job.model.name}: {job.note}")
+            console.print(f"{job.label} on {job.model.name}: {job.note}")
     if study.probes is not None:
         console.print("probes: after the battery, every model with local weights, at one count of answers per harm "
                       "class for all (RUN_DIR/probes/<model>/; those already probed with these settings are kept)")

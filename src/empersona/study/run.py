@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,16 +298,18 @@ def park_log(run_folder: Path, stamp: str, model: str, path: Path) -> Path:
 
 
 def set_aside_superseded_logs(plan: Plan, job: EvalJob, keep: Path | None, stamp: str | None = None) -> list[Path]:
-    """Move every other log of ``job``'s experiment in its model's folder aside: the results
-    table merges a model's logs of one experiment row by row, so an older log made with other
-    settings (more samples or items, another harmfulness log read) would fill in the rows the
+    """Move every other log of ``job``'s experiment (and variant) in its model's folder aside: the
+    results table merges a model's logs of one experiment row by row, so an older log made with
+    other settings (more samples or items, another harmfulness log read) would fill in the rows the
     current one does not have. ``keep``: the log that stands (the plan's, or the one just made; None: none)."""
-    return _set_aside_experiment(plan.study.out, job.log_dir, job.model.name, job.experiment, keep,
-                                 stamp or time.strftime("%Y%m%d-%H%M%S"))
+    return _set_aside_logs(plan.study.out, job.log_dir, job.model.name, keep, stamp or time.strftime("%Y%m%d-%H%M%S"),
+                           lambda task, variant: task == job.experiment and variant == job.variant)
 
 
-def _set_aside_experiment(run_folder: Path, log_dir: Path, model: str, experiment: str, keep: Path | None,
-                          stamp: str) -> list[Path]:
+def _set_aside_logs(run_folder: Path, log_dir: Path, model: str, keep: Path | None, stamp: str,
+                    chosen: Callable[[str, str | None], bool]) -> list[Path]:
+    """Park the logs of ``log_dir`` (but ``keep``) that ``chosen(task, variant)`` picks; a log cut
+    short by a kill is read off its name (inspect's <time>_<task>_<id>) and taken for the battery's."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     if not log_dir.is_dir():
@@ -318,37 +320,52 @@ def _set_aside_experiment(run_folder: Path, log_dir: Path, model: str, experimen
         if keep is not None and path.resolve() == keep.resolve():
             continue
         try:
-            task = read_eval_log(info, header_only=True).eval.task.split("/")[-1]
-        except Exception:  # a log cut short by a kill: its task is read off its name (inspect's <time>_<task>_<id>)
-            task = path.stem.split("_")[1].replace("-", "_") if path.stem.count("_") >= 2 else ""
-        if task == experiment:
+            spec = read_eval_log(info, header_only=True).eval
+            task, variant = spec.task.split("/")[-1], (spec.metadata or {}).get("variant") or None
+        except Exception:
+            task, variant = (path.stem.split("_")[1].replace("-", "_") if path.stem.count("_") >= 2 else ""), None
+        if chosen(task, variant):
             moved.append(park_log(run_folder, stamp, model, path))
     return moved
 
 
 def set_aside_all_superseded_logs(plan: Plan, stamp: str) -> list[Path]:
-    """`set_aside_superseded_logs` for every finished evaluation of the plan, and every second
-    judge's log when the study has no ``second_judge:`` (the report would present it as the
-    study's); said once."""
+    """`set_aside_superseded_logs` for every finished evaluation of the plan, every second judge's
+    log when the study has no ``second_judge:`` and every log of a variant it no longer has (the
+    report would present them as the study's); said once."""
     moved = [path for job in plan.eval_jobs if job.status == "done" and job.log is not None
              for path in set_aside_superseded_logs(plan, job, job.log, stamp)]
     if moved:
         say(f"moved {len(moved)} earlier log(s) of evaluations made again since (other settings) to {moved[0].parents[1]}")
+    out = plan.study.out
+
+    def each_model(chosen: Callable[[str, str | None], bool]) -> list[Path]:
+        return [path for model in plan.models
+                for path in _set_aside_logs(out, out / "logs" / model.name, model.name, None, stamp, chosen)]
+
     if plan.study.second_judge is None:
-        out = plan.study.out
-        rescored = [path for model in plan.models
-                    for path in _set_aside_experiment(out, out / "logs" / model.name, model.name, SECOND_JUDGE, None, stamp)]
+        rescored = each_model(lambda task, _variant: task == SECOND_JUDGE)
         if rescored:
             say(f"moved {len(rescored)} second judge log(s) to {rescored[0].parents[1]}: the study file has no "
                 "second_judge: (add it to keep a second judge in the report)")
         moved += rescored
-    return moved
+    variants = set(plan.study.variants)
+    dropped = each_model(lambda _task, variant: variant is not None and variant not in variants)
+    if dropped:
+        say(f"moved {len(dropped)} log(s) of variants the study file no longer has to {dropped[0].parents[1]}")
+    # a variant that no longer asks an experiment
+    asked = {(name, experiment) for name in variants for experiment in plan.study.variant_experiments(name)}
+    dropped_experiments = each_model(lambda task, variant: variant in variants and (variant, task) not in asked)
+    if dropped_experiments:
+        say(f"moved {len(dropped_experiments)} log(s) of experiments a variant no longer asks to "
+            f"{dropped_experiments[0].parents[1]}")
+    return moved + dropped + dropped_experiments
 
 
 def moved_during_run(moved: list[Path], job: EvalJob) -> None:
     """Say which earlier logs an evaluation just made replaced."""
     if moved:
-        say(f"moved {len(moved)} earlier log(s) of {job.experiment} on {job.model.name} to {moved[0].parents[1]}")
+        say(f"moved {len(moved)} earlier log(s) of {job.label} on {job.model.name} to {moved[0].parents[1]}")
 
 
 def write_models_file(plan: Plan) -> Path:
@@ -430,7 +447,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
     todo = [job for job in plan.eval_jobs if job.status == "todo"]
     for index, job in enumerate(todo, start=1):
-        say(f"evaluation {index}/{len(todo)}: {job.experiment} on {job.model.name}" + (f" ({job.note})" if job.note else ""))
+        say(f"evaluation {index}/{len(todo)}: {job.label} on {job.model.name}" + (f" ({job.note})" if job.note else ""))
         if job.experiment == SECOND_JUDGE:
             moved_during_run(set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job), stamp), job)
             continue
@@ -455,6 +472,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
             metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
                       "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
                       "sampling": sampling_mark(study, job.model),
+                      **({"variant": job.variant} if job.variant else {}),
                       **({REASKED: job.reask} if job.reask is not None else {})},
             model_identity=model_identity(job.model),
             sampling=vllm_sampling_scope(study) if job.model.served else None,
@@ -462,7 +480,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
         if log.status != "success":
             raise EmpersonaError(
-                f"{job.experiment} on {job.model.name} did not finish ({log.status}); see {log.location}. "
+                f"{job.label} on {job.model.name} did not finish ({log.status}); see {log.location}. "
                 "Run the same command again to continue"
             )
         moved_during_run(set_aside_superseded_logs(plan, job, Path(log.location.removeprefix("file://")), stamp), job)
@@ -617,7 +635,7 @@ def earlier_sampling_warning(plan: Plan) -> str | None:
         if recorded.get("provider", now["provider"]) != now["provider"]:
             why.append(f"provider sampling {recorded['provider']!r}, now {now['provider']!r}")
         if why:
-            found.append(f"{job.model.name}/{job.experiment} ({'; '.join(why)})")
+            found.append(f"{job.model.name}/{job.label} ({'; '.join(why)})")
     if not found:
         return None
     return (f"warning: {len(found)} finished evaluation(s) were sampled otherwise than this run samples: "
@@ -667,7 +685,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
             say(warning)
     for job in plan.eval_jobs:
         if job.status == "done" and job.note:  # failed judge calls kept (they failed again when asked again)
-            say(f"warning: {job.experiment} on {job.model.name}: {job.note}")
+            say(f"warning: {job.label} on {job.model.name}: {job.note}")
     if problem or no_vllm:
         raise EmpersonaError(problem or str(no_vllm))
     keep_study_file(study)
