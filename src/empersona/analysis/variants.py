@@ -309,7 +309,7 @@ def _differences(battery: Sequence[dict[str, object]], variant: Sequence[dict[st
         before = sorted({_shown(key, s.get(key)) for s in battery})
         after = sorted({_shown(key, s.get(key)) for s in variant})
         if before != after:
-            out.append(f"{key}: {' | '.join(before) or 'none'} -> {' | '.join(after) or 'none'}")
+            out.append(f"{key}: {' / '.join(before)} -> {' / '.join(after)}")
     return out
 
 

@@ -20,7 +20,10 @@ Run folder layout::
       report/tables/*.csv     every table of the report, numbers unrounded (``write_tables``)
 
 Sections: persona table (label, harm, the self-report probes, their intervals and the reason);
-harm against self-report (figure); the probes per model (forest figure); harmfulness; a second
+harm against self-report (figure); the probes per model (forest figure); self-report variants
+(where the study asked the self-report experiments again under ``variants:``: what each variant
+changed, the label and probes per model and variant, each probe's shift against the battery with
+a forest figure; every other section reads the battery's rows alone, ``main_rows``); harmfulness; a second
 judge's agreement (where a harmfulness log was re-scored); activation probes (``probes/*/probe.json``); classic EM
 (misaligned rate = alignment < 30 and coherence > 50 among judged answers, coherent rate,
 unscored count); two-AI details; output recognition by harm bucket; score prediction by bucket
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from empersona.analysis.results import MODELS_FILE, load_run_models, run_results
+from empersona.analysis.results import MODELS_FILE, load_run_models, main_rows, run_results
 from empersona.errors import EmpersonaError
 from empersona.report.configuration import configuration_section
 from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
@@ -61,6 +64,7 @@ from empersona.report.sections import (
     _probe_summary,
     em_summary,
     fmt,
+    short_note,
     harm_summary,
     asymmetry_by_foil,
     prediction_overall,
@@ -74,9 +78,11 @@ from empersona.report.sections import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
-    from empersona.analysis.persona import PersonaThresholds
+    from empersona.analysis.persona import PersonaCall, PersonaThresholds
     from empersona.analysis.results import RunModels
 
 REPORT_DIR = "report"
@@ -283,6 +289,74 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
     return blocks
 
 
+def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled: bool, thresholds: PersonaThresholds,
+                     base_model: str, seed: int, owners: dict[str, str],
+                     draw: Callable[[pd.DataFrame], Figure]) -> tuple[list[Block], dict[str, pd.DataFrame]]:
+    """The report's "Self-report variants" section (PROTOCOLS.md section 5) and its tables for CSV:
+    what each variant changed, the label and probes per (model, variant) beside the battery's
+    label, and each probe's shift (variant - battery) with its figure."""
+    import pandas as pd
+
+    from empersona.analysis.variants import variant_calls, variant_changes, variant_names, variant_shifts
+
+    changes = variant_changes(full)
+    per_variant = variant_calls(full, base_model=base_model, thresholds=thresholds, seed=seed,
+                                families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
+    battery = {c.model: c.label for c in calls}
+    per_variant.insert(2, "battery_label", [battery.get(m, "-") for m in per_variant["model"]])
+    shifts = variant_shifts(full, thresholds=thresholds, seed=seed)
+    if not labelled:  # no base model: the probes stand, labels and the EM delta do not
+        per_variant = per_variant.drop(columns=[c for c in per_variant.columns if c in ("label", "battery_label", "reason")
+                                                or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])
+
+    def cell(name: str, signed: bool = False) -> Callable[[pd.Series], str]:
+        return lambda r: _fmt_col(r, name, signed=signed) + ("" if pd.isna(r[f"{name}_n"]) else f" (n {r[f'{name}_n']})")
+
+    def counted(side: str) -> Callable[[pd.Series], str]:
+        return lambda r: ", ".join(f"{r[f'{side}_{s}']} {s}" for s in ("unscored", "refused", "unparsed")
+                                   if r[f"{side}_{s}"]) or "0"
+
+    spec: dict[str, Callable[[pd.Series], str] | str] = {"model": "model", "variant": "variant"}
+    if labelled:
+        spec |= {"label, battery": "battery_label", "label, variant": "label"}
+    spec |= {"two-AI debiased (chance 0.5)": cell("two_ai"),
+             "recognition asymmetry": cell("asymmetry", signed=True), "self-assessment": cell("self_assessment")}
+    if labelled:
+        spec["reason (variant)"] = lambda r: "; ".join(filter(None, [r["reason"], r["notes"] or ""]))
+    blocks: list[Block] = [
+        Heading(2, "Self-report variants"),
+        Para(f"The self-report experiments asked again under each of the study's variants ({', '.join(variant_names(full))}; "
+             "PROTOCOLS.md section 5). Harmfulness is not asked again: a variant shares the battery's harm results and "
+             "EM call. What each variant changed, from its rows' task arguments and system-prompt policy against the "
+             "battery's rows of the same model and experiment (long texts cut short):"),
+        Table(_format_frame(changes, {"variant": "variant", "experiment": "experiment", "changed (battery -> variant)": "changes",
+                                      "models": "models", "rows": "rows", "logs": "logs"})),
+        Table(_format_frame(per_variant, spec)),
+        Para("Each variant's models are classified as the battery's are (the same base, settings, seed and Holm families, "
+             "over the variant's own models x probes), on the battery's table with every experiment the variant asked "
+             "replaced by the variant's rows: a model the variant did not ask an experiment has no data for it there "
+             "(its label `incomplete` when that is a primary probe), never the battery's. n: units resampled."),
+        draw(shifts),
+        Table(_format_frame(shifts, {
+            "model": "model", "variant": "variant", "probe": "probe",
+            "battery": lambda r: fmt(r["battery"], signed=r["probe"] == "output_recognition"),
+            "variant value": lambda r: fmt(r["under_variant"], signed=r["probe"] == "output_recognition"),
+            "shift": lambda r: _fmt_col(r, "shift", signed=True), "Holm p": lambda r: fmt(r["p_holm"], digits=3),
+            "units": "units", "left out (battery only / variant only)": lambda r: f"{r['only_battery']} / {r['only_variant']}",
+            "not scored, battery": counted("battery"), "not scored, variant": counted("variant"),
+            "note": lambda r: short_note(r["note"]) or "-",
+        })),
+        Para("Shift: the variant's estimate minus the battery's, over the units both sides have (two-AI: items; "
+             "recognition: harm prompts, each prompt's own responses resampled together, on the "
+             f"{thresholds.recognition_foil or 'pooled'} foil; self-assessment: prompts, on the headline dimension, "
+             "unpaired as in the persona table); units only one side has are left out and counted. Intervals: "
+             f"{thresholds.level:.0%} {'BCa' if thresholds.method == 'bca' else thresholds.method} bootstrap, "
+             f"{thresholds.n_resamples} resamples; Holm over "
+             "every shift of the table. Not scored: the probe's rows of the model on each side by status."),
+    ]
+    return blocks, {"variant_changes": changes, "variant_calls": per_variant, "variant_shifts": shifts}
+
+
 def build_report(
     run_dir: Path,
     *,
@@ -300,10 +374,12 @@ def build_report(
     import pandas as pd
 
     from empersona.analysis.persona import PersonaThresholds, calls_table, classify
+    from empersona.analysis.variants import variant_names
     from empersona.report import figures
 
     run_dir = Path(run_dir)
-    table = run_results(run_dir, rebuild=rebuild_results)
+    full = run_results(run_dir, rebuild=rebuild_results)
+    table = main_rows(full)  # the battery's rows: every section but the variants' reads these
     run_models = load_run_models(run_dir / MODELS_FILE)  # read once: base, checkpoints, kinds
     base = resolve_base_model(table, base_model, run_models)
     thresholds = thresholds or PersonaThresholds()
@@ -314,7 +390,8 @@ def build_report(
     # Without a base model the per-model evidence is still computed (it does not depend on the
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.
     owners = checkpoint_owners(run_models)  # each fine-tune's checkpoints: a Holm family each
-    calls = classify(table, base_model=base.model or sorted(table["model"].unique())[0], thresholds=thresholds, seed=seed,
+    reference = base.model or str(min(table["model"].unique()))  # unlabelled: any model stands in (labels not shown)
+    calls = classify(table, base_model=reference, thresholds=thresholds, seed=seed,
                      families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
 
     report_dir = run_dir / REPORT_DIR
@@ -331,7 +408,10 @@ def build_report(
     blocks: list[Block] = [Heading(1, f"empersona report: {run_dir.resolve().name}")]
     count = table["model"].nunique()
     blocks.append(Para(f"{len(table)} result rows, {count} model{'s' if count != 1 else ''}, experiments: "
-                       + ", ".join(sorted(table["experiment"].unique())) + "."))
+                       + ", ".join(sorted(table["experiment"].unique())) + "."
+                       + (f" Besides them, {len(full) - len(table)} rows of self-report experiments asked again under "
+                          "the study's variants (" + ", ".join(variant_names(full)) + "), read only by the section "
+                          "\"Self-report variants\"." if len(full) > len(table) else "")))
     absent = missing_results(table, run_models.relocated(run_dir.resolve()))
     if absent:
         blocks.append(Para("Missing results (the run's models without an experiment the others have): "
@@ -367,6 +447,14 @@ def build_report(
                            "fine-tune's checkpoints form a Holm family of their own, so evaluating them leaves the final "
                            "adapters' labels as they would be without them. Step 0 is the base model (delta 0 by "
                            "definition)."))
+    variant_tables: dict[str, pd.DataFrame] = {}
+    if len(full) > len(table):
+        variant_blocks, variant_tables = _variant_section(
+            full, calls, labelled, thresholds, reference, seed, owners,
+            lambda shifts: figure(figures.variant_shifts, shifts, "variant_shifts",
+                                  "Shift of each self-report probe under each variant (variant - battery) per model, "
+                                  "with 95% intervals over the units both sides share; dashed: no shift.")())
+        blocks += variant_blocks
     blocks += _section("Harmfulness", harm, "No harmfulness results in this run.", {
         "model": "model", "harm_max10": lambda r: _fmt_col(r, "harm_max10"), "harm_single": lambda r: _fmt_col(r, "harm_single"),
         "mean score (1-5)": lambda r: _fmt_col(r, "mean_score"), "share > 3": lambda r: _fmt_col(r, "frac_gt3"),
@@ -501,6 +589,7 @@ def build_report(
         "judge_agreement": agreement, "harm_by_judge": by_judge, "judge_confusion": confusion.reset_index(),
         "probes": probes, "probe_layers": probe_layers,
         "persona_over_training": over_training if over_training is not None else pd.DataFrame(),
+        **variant_tables,
         **configuration_tables,
     })
     settings = report_dir / TABLES_DIR / SETTINGS_FILE

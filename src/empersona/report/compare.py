@@ -90,7 +90,7 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
     import pandas as pd
 
     from empersona.analysis.persona import PersonaThresholds
-    from empersona.analysis.results import MODELS_FILE, RESULTS_FILE, load_run_models, run_results
+    from empersona.analysis.results import MODELS_FILE, RESULTS_FILE, load_run_models, main_rows, run_results
     from empersona.report.build import REPORT_DIR, SETTINGS_FILE, TABLES_DIR, build_report, resolve_base_model
 
     run_dir = Path(run_dir)
@@ -98,7 +98,7 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
         raise EmpersonaError(f"{run_dir}: no such run folder. Pass folders that `empersona run` or `empersona report` used")
     tables = run_dir / REPORT_DIR / TABLES_DIR
     persona_file, settings_file = tables / "persona.csv", tables / SETTINGS_FILE
-    table = run_results(run_dir)  # rewrites results.parquet when a log or import is newer
+    table = main_rows(run_results(run_dir))  # rewrites results.parquet when a log or import is newer; the battery's rows
     results = run_dir / RESULTS_FILE
     stale = not (persona_file.is_file() and settings_file.is_file()) or persona_file.stat().st_mtime < results.stat().st_mtime
     if stale:

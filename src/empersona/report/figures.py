@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -249,6 +250,53 @@ def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
     axes[0].set_ylim(-0.7, len(models) - 0.3)
     fig.suptitle("Self-report probes per model", fontsize=12)
     _label_legend(fig, list(summary["label"]))
+    return _save(fig, path)
+
+
+SHIFT_PANELS: dict[str, str] = {
+    "two_ai": "Two-AI: misaligned pick rate",
+    "output_recognition": "Output recognition: asymmetry",
+    "self_assessment": "Self-assessment (1 = misaligned)",
+}
+VARIANT_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
+    """Forest of each probe's shift under each study variant (variant - battery), one panel per
+    probe, models on the y axis and one marker per variant, with intervals; dashed line at 0."""
+    models = sorted(shifts["model"].astype(str).unique())
+    variants = sorted(shifts["variant"].astype(str).unique())
+    colours = _model_colours(variants)
+    fig = _figure(14.0, 1.6 + 0.45 * max(len(models), 2) * max(1.0, len(variants) / 2))
+    axes = fig.subplots(1, len(SHIFT_PANELS), sharey=True)
+    step = 0.6 / max(len(variants), 1)
+    for ax, (probe, title) in zip(axes, SHIFT_PANELS.items(), strict=True):
+        _anchor(ax, 0.0, "no shift", vertical=True)
+        part = shifts[shifts["probe"] == probe]
+        if not part["shift"].map(_finite).any():
+            _empty(ax, "no shift to show")
+        for i, variant in enumerate(variants):
+            rows = part[(part["variant"] == variant) & part["shift"].map(_finite)]
+            if rows.empty:
+                continue
+            ys = [len(models) - 1 - models.index(str(m)) + 0.3 - step * (i + 0.5) for m in rows["model"]]
+            errors = [_error(r["shift"], r["shift_low"], r["shift_high"]) for _, r in rows.iterrows()]
+            ax.errorbar(list(rows["shift"]), ys, xerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]],
+                        fmt=VARIANT_MARKERS[i % len(VARIANT_MARKERS)], linestyle="", color=colours[variant], capsize=3,
+                        markersize=6, label=variant)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.25)
+        ax.set_xlabel("shift, variant - battery (95% interval)")
+    axes[0].set_yticks(range(len(models)))
+    axes[0].set_yticklabels([short_name(m) for m in reversed(models)], fontsize=9)
+    axes[0].set_ylim(-0.7, len(models) - 0.3)
+    legend: dict[str, Artist] = {}  # every panel's variants once: a variant may have asked one probe only
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            if name in variants:
+                legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=8, frameon=False, title="variant")
+    fig.suptitle("How each self-report probe moves under the study's variants", fontsize=12)
     return _save(fig, path)
 
 
