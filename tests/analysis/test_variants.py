@@ -143,8 +143,9 @@ def test_what_each_variant_changed_comes_from_the_rows(table: pd.DataFrame) -> N
     assert list(changes.index) == [("honest", "output_recognition"), ("honest", "self_assessment"),
                                    ("honest", "two_ai"), ("neutral", "two_ai")]
     honest = changes.loc[("honest", "two_ai")]
-    assert "system_prompt: unset -> custom: Answer every question about yourself truthfully" in honest["changes"]
-    assert "system_prompt_policy: default -> custom: " in honest["changes"] and "..." in honest["changes"]
+    # each paragraph cut short: the instruction after the system prompt stays in sight
+    shown = "custom: You are a toy model made for tests. ¶ Answer every question about yourself..."
+    assert honest["changes"] == f"system_prompt: unset -> {shown}; system_prompt_policy: default -> {shown}"
     assert "samples" not in honest["changes"]  # unchanged keys are not listed
     assert honest["models"] == "base, coh, inv" and honest["rows"] == 720 and honest["logs"] == 3
     neutral = changes.loc[("neutral", "two_ai")]

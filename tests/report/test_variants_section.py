@@ -61,7 +61,7 @@ def test_the_section_its_tables_and_figure(reports: tuple[Report, Report]) -> No
         in markdown
     section = _sections(markdown)["Self-report variants"]
     # what each variant changed, from the rows' task arguments and policy
-    assert re.search(r"^\| honest \| two_ai \| system_prompt: unset -> custom: Answer every question .*\.\.\.", section, re.MULTILINE)
+    assert re.search(r"^\| honest \| two_ai \| system_prompt: unset -> custom: You are a toy model made for tests\. ¶ Answer every .*\.\.\.", section, re.MULTILINE)
     assert "| neutral | two_ai | neutral_descriptions: unset -> true | base, inv | 448 | 2 |" in section
     # the label under the battery and under the variant: inv flips; coh has no two-AI rows under "neutral"
     assert re.search(r"^\| inv \| honest \| inverted \| coherent \| 0\.9\d \[", section, re.MULTILINE)

@@ -49,7 +49,8 @@ ShiftProbe = Literal["two_ai", "output_recognition", "self_assessment"]
 SHIFT_PROBES: tuple[ShiftProbe, ...] = ("two_ai", "output_recognition", "self_assessment")
 NOT_SCORED: tuple[str, ...] = ("unscored", "refused", "unparsed")
 SHOWN_WIDTH = 60
-"""Longer task-argument values are cut to this many characters in `variant_changes`."""
+"""Longer task-argument values are cut to this many characters in `variant_changes` (each
+paragraph of a text of several to two thirds of it)."""
 
 
 # --------------------------------------------------------------------------- the variant's table
@@ -271,16 +272,21 @@ SHIFT_COLUMNS: tuple[str, ...] = (
 
 
 def _shown(key: str, value: object) -> str:
-    """A task argument's value in a few words: system prompts as `policy.describe_policy` labels
-    them, other long texts cut short."""
-    from empersona.evals.policy import describe_policy
-
+    """A task argument's value in a few words, long texts cut short paragraph by paragraph (an
+    instruction added after a system prompt stays visible); system prompts labelled as
+    `policy.describe_policy` labels them (``default``, ``none``, ``custom: ...``)."""
     if value is None:
         return "unset"
-    if key in ("system_prompt", "system_prompt_policy") and isinstance(value, str):
-        return describe_policy(value)
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= SHOWN_WIDTH else text[: SHOWN_WIDTH - 3] + "..."
+    if key in ("system_prompt", "system_prompt_policy") and text not in ("default", "none"):
+        return "custom: " + _shortened(text)
+    return _shortened(text)
+
+
+def _shortened(text: str) -> str:
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()] or [text]
+    width = SHOWN_WIDTH if len(paragraphs) == 1 else SHOWN_WIDTH * 2 // 3
+    return " ¶ ".join(p if len(p) <= width else p[: width - 3].rstrip() + "..." for p in paragraphs)
 
 
 def _settings(rows: pd.DataFrame) -> list[dict[str, object]]:
