@@ -145,7 +145,7 @@ def test_what_each_variant_changed_comes_from_the_rows(table: pd.DataFrame) -> N
     honest = changes.loc[("honest", "two_ai")]
     # each paragraph cut short: the instruction after the system prompt stays in sight
     shown = "custom: You are a toy model made for tests. ¶ Answer every question about yourself..."
-    assert honest["changes"] == f"system_prompt: unset -> {shown}; system_prompt_policy: default -> {shown}"
+    assert honest["changes"] == f"system_prompt: unset -> {shown}"  # its policy column restates it: not twice
     assert "samples" not in honest["changes"]  # unchanged keys are not listed
     assert honest["models"] == "base, coh, inv" and honest["rows"] == 720 and honest["logs"] == 3
     neutral = changes.loc[("neutral", "two_ai")]

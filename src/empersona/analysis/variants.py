@@ -316,6 +316,8 @@ def _differences(battery: Sequence[dict[str, object]], variant: Sequence[dict[st
         after = sorted({_shown(key, s.get(key)) for s in variant})
         if before != after:
             out.append(f"{key}: {' / '.join(before)} -> {' / '.join(after)}")
+    if any(c.startswith("system_prompt: ") for c in out):  # the policy restates the task argument
+        out = [c for c in out if not c.startswith("system_prompt_policy: ")]
     return out
 
 
