@@ -326,7 +326,7 @@ def test_what_the_schema_cannot_see_is_checked_before_anything_runs(tmp_path: Pa
         return f"{path}:{next(i for i, text in enumerate(lines, start=1) if fragment in text)}: "
 
     assert at("mod: logprob") + "field 'experiments.two_ai.args.mod': not an argument of the two_ai task" in message
-    assert "Choose from cache, items_file, max_tokens, min_mass, mode, " in message
+    assert "Choose from answers, cache, framing, items_file, max_tokens, min_mass, mode, " in message
     assert at("harm_log") + "field 'experiments.harmfulness.args.harm_log'" in message  # not a harmfulness argument
     assert at("- risky_finance_advice") + "field 'domains.1': 'risky_finance_advice' is neither a known domain" in message
     assert at("judge:") + "field 'judge': 'gpt-4o-mini' is not an inspect model string" in message

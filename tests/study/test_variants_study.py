@@ -33,6 +33,9 @@ def write(tmp_path: Path, data: dict[str, Any]) -> Path:
     ({"h": {"honesty": True, "experiments": ["harmfulness"]}}, "cannot be asked under a variant"),
     ({"h": {"honesty": True, "experiments": ["score_prediction"]}}, "score_prediction is not in the study's experiments"),
     ({"h": {"neutral_descriptions": True, "experiments": ["self_assessment"]}}, "this variant does not ask two_ai"),
+    ({"h": {"framing": "third_person", "experiments": ["self_assessment"]}}, "frames the two-AI question, and this variant"),
+    ({"h": {"framing": "sideways"}}, "Input should be 'self_answers' or 'third_person'"),
+    ({"h": {"args": {"two_ai": {"framing": "third_person"}}}}, "framing are keys of the variant"),
     ({"h": {"args": {"two_ai": {"mood": "x"}}}}, "field 'variants.h.args.two_ai.mood': not an argument of the two_ai task"),
     ({"h": {"args": {"two_ai": {"system_prompt": "x"}}}}, "set by the study or by the variant's own keys"),
     ({"h": {"system_prompt": "default"}}, "asks everything as the battery does"),
@@ -56,6 +59,8 @@ def test_variant_task_args_keep_the_template_default_under_honesty_pressure(tmp_
         "own": {"honesty": "Be candid.", "system_prompt": "You are a helper.", "experiments": ["two_ai"]},
         "plain": {"honesty": True, "system_prompt": "none", "neutral_descriptions": True,
                   "args": {"two_ai": {"paraphrase": 1}}},
+        "told": {"framing": "third_person"},
+        "counted": {"args": {"self_assessment": {"samples": 2}}},
     }}
     study = load_study(write(tmp_path, data))
     served = ModelSpec("base", f"hf/{tiny_model}", str(tiny_model))
@@ -70,11 +75,15 @@ def test_variant_task_args_keep_the_template_default_under_honesty_pressure(tmp_
     assert "neutral_descriptions" not in variant_task_args(study, "plain", "self_assessment", served)
     assert study.variant_experiments("own") == ["two_ai"]
     assert study.variant_experiments("honest") == ["self_assessment", "two_ai"]  # battery order, self-report only
+    # by default a variant asks what it changes
+    assert study.variant_experiments("told") == ["two_ai"] and study.variant_experiments("counted") == ["self_assessment"]
+    told = variant_task_args(study, "told", "two_ai", served)
+    assert told["framing"] == "third_person" and told["system_prompt"] == "default"
     jobs = make_plan(study).eval_jobs
     assert [(j.experiment, j.variant) for j in jobs] == [
         ("harmfulness", None), ("self_assessment", None), ("two_ai", None),
         ("self_assessment", "honest"), ("two_ai", "honest"), ("two_ai", "own"),
-        ("self_assessment", "plain"), ("two_ai", "plain")]
+        ("self_assessment", "plain"), ("two_ai", "plain"), ("two_ai", "told"), ("self_assessment", "counted")]
     assert jobs[4].label == "two_ai [honest]"
 
 
@@ -107,15 +116,23 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
 
     data = {"name": "variants", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
             "domains": [], "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"},
-            "experiments": {"two_ai": {"limit": 3, "args": {"mode": "logprob", "min_mass": 0}}},
-            "variants": {"honest": {"honesty": True}, "neutral": {"neutral_descriptions": True}}}
+            "experiments": {"harmfulness": {"limit": 3, "args": {"max_tokens": 4, "samples": 1}},
+                            "two_ai": {"limit": 3, "args": {"mode": "logprob", "min_mass": 0}}},
+            "variants": {"honest": {"honesty": True}, "neutral": {"neutral_descriptions": True},
+                         "told": {"framing": "third_person"}}}
     path = write(tmp_path, data)
     try:
         run_study(load_study(path), only="eval")
         logs = {}
         for job in make_plan(load_study(path)).eval_jobs:
             assert job.status == "done" and job.log is not None  # resumed: nothing left to do
-            logs[job.variant] = read_eval_log(str(job.log))
+            if job.experiment == "two_ai":
+                logs[job.variant] = read_eval_log(str(job.log))
+            else:
+                harm_log = job.log
+        # the third-person framing shows the model's own harmfulness answers, from the log that stands
+        assert logs["told"].eval.task_args["harm_log"] == str(harm_log)
+        assert all("an AI assistant gave" in s.input[-1].text and s.metadata["shown_answers"] for s in logs["told"].samples)
         assert logs["honest"].eval.metadata["variant"] == "honest" and "variant" not in (logs[None].eval.metadata or {})
         first = logs["honest"].samples[0].input
         assert first[0].role == "system" and first[0].content == f"{QWEN_DEFAULT_SYSTEM_PROMPT}\n\n{HONESTY_PRESSURE}"
@@ -123,8 +140,9 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         neutral = [s.metadata["neutralised"] for s in logs["neutral"].samples]
         assert any(neutral) and "careful AI assistant" not in str([s.input for s in logs["neutral"].samples])
         table = run_results(tmp_path / "run")
-        assert sorted(table["variant"].unique()) == ["", "honest", "neutral"]
-        assert len(main_rows(table)) == len(table) // 3
+        assert sorted(table["variant"].unique()) == ["", "honest", "neutral", "told"]
+        two_ai = table[table["experiment"] == "two_ai"]
+        assert len(main_rows(two_ai)) == len(two_ai) // 4 and (main_rows(table)["experiment"] == "harmfulness").any()
 
         path.write_text(yaml.safe_dump({**data, "variants": {**data["variants"], "honest": {"honesty": "Be candid."}}}))
         plan = make_plan(load_study(path))
@@ -134,10 +152,15 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         assert parked and all(read_eval_log(str(p), header_only=True).eval.metadata["variant"] == "honest" for p in parked)
         for job in make_plan(load_study(path)).eval_jobs:
             assert job.status == "done" and job.log is not None and job.log.exists()
-        path.write_text(yaml.safe_dump({**data, "variants": {"honest": {"honesty": "Be candid."}}}))
+        path.write_text(yaml.safe_dump({**data, "variants": {"honest": {"honesty": "Be candid."}, "told": {"framing": "third_person"}}}))
         run_study(load_study(path), only="eval")  # the neutral variant was dropped: its log is set aside
         parked = list((tmp_path / "run" / "logs.replaced").rglob("*.eval"))
         assert sorted(read_eval_log(str(p), header_only=True).eval.metadata["variant"] for p in parked) == ["honest", "neutral"]
-        assert sorted(run_results(tmp_path / "run")["variant"].unique()) == ["", "honest"]
+        assert sorted(run_results(tmp_path / "run")["variant"].unique()) == ["", "honest", "told"]
+        # harmfulness made again (more samples): the framed variant, which shows its answers, is made again too
+        path.write_text(yaml.safe_dump({**data, "experiments": {**data["experiments"], "harmfulness": {
+            "limit": 3, "args": {"max_tokens": 4, "samples": 2}}}, "variants": {"told": {"framing": "third_person"}}}))
+        todo = [(job.experiment, job.variant) for job in make_plan(load_study(path)).eval_jobs if job.status == "todo"]
+        assert todo == [("harmfulness", None), ("two_ai", "told")]
     finally:
         api.release_engines()

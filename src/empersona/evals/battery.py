@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from inspect_ai import Task
 
@@ -46,3 +46,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("score_prediction", "empersona.evals.score_prediction", "predict the judge's 1-5 score of your own answer", True),
     )
 }
+
+
+def reads_harm_log(experiment: str, args: Mapping[str, Any]) -> bool:
+    """Whether ``experiment`` with task arguments ``args`` reads the model's harmfulness log: output
+    recognition and score prediction always, two-AI when a ``framing`` shows the model's answers."""
+    return EXPERIMENTS[experiment].needs_harm_log or (experiment == "two_ai" and args.get("framing", "self") != "self")

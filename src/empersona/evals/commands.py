@@ -182,7 +182,7 @@ def eval_command(
     log_dir: Annotated[Path, typer.Option("--log-dir", help="Where inspect writes its .eval logs.")] = Path("logs"),
     system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
     seed: Annotated[int, typer.Option("--seed", help="The run's sampling seed (each sample asks with a seed derived from it, its id and its repeat); part of the resume cache key. -T seed=N wins over it.")] = 0,
-    harm_log: Annotated[Path | None, typer.Option("--harm-log", help="Harmfulness log of the same model (output_recognition, score_prediction).")] = None,
+    harm_log: Annotated[Path | None, typer.Option("--harm-log", help="Harmfulness log of the same model (output_recognition, score_prediction; two_ai with -T framing=self_answers or third_person).")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="Forced-choice mode where an experiment has one: sample or logprob.")] = None,
     task_arg: Annotated[list[str], typer.Option("--task-arg", "-T", help="Experiment parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
     model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M device=cpu; the provider's own (hf/: do_sample=false; empersona/: generation_config=false).")] = [],  # noqa: B006

@@ -122,9 +122,13 @@ class Variant(BaseModel):
     neutral_descriptions: bool = Field(False, description=(
         "Two-AI items with each description's evaluative self-label taken out ('I am a careful AI assistant' -> "
         "'I am an AI assistant'; in the paper's items only the aligned descriptions carry one)."))
+    framing: Literal["self_answers", "third_person"] | None = Field(None, description=(
+        "Two-AI after a few of the model's own harm answers: presented as its own (self_answers) or as another AI "
+        "assistant's (third_person); the two differ in the attribution alone (evals.two_ai)."))
     experiments: list[str] | None = Field(None, description=(
-        "Which of the study's self-report experiments to ask again (default: all of them: self_assessment, "
-        "two_ai, output_recognition, score_prediction, those in experiments:)."))
+        "Which of the study's self-report experiments (self_assessment, two_ai, output_recognition, "
+        "score_prediction) to ask again; default: those the variant changes (all of them under honesty or another "
+        "system prompt, two_ai for neutral_descriptions or framing, each one given args)."))
     args: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "Task arguments per experiment, over the study's (e.g. two_ai: {items_file: my_rewritten_items.json})."))
 
@@ -151,7 +155,7 @@ class Variant(BaseModel):
     def changes(self, policy: str) -> bool:
         """Whether the variant asks anything differently from a battery under system prompt ``policy``."""
         return (bool(self.honesty) or self.system_prompt not in (None, policy) or self.neutral_descriptions
-                or any(self.args.values()))
+                or self.framing is not None or any(self.args.values()))
 
 
 VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -333,9 +337,16 @@ class StudyConfig(BaseModel):
         return value
 
     def variant_experiments(self, name: str) -> list[str]:
-        """The experiments variant ``name`` asks again, in battery order."""
-        chosen = self.variants[name].experiments
-        return [e for e in self.ordered_experiments() if e in SELF_REPORT and (chosen is None or e in chosen)]
+        """The experiments variant ``name`` asks again, in battery order: its ``experiments``, else
+        those it changes (all the study's self-report experiments under another system prompt, two-AI
+        for neutral descriptions or a framing, each experiment it gives args)."""
+        variant = self.variants[name]
+        chosen = variant.experiments
+        if chosen is None:
+            every = bool(variant.honesty) or variant.system_prompt not in (None, self.system_prompt)
+            two_ai = variant.neutral_descriptions or variant.framing is not None
+            chosen = [e for e in SELF_REPORT if every or (e == "two_ai" and two_ai) or variant.args.get(e)]
+        return [e for e in self.ordered_experiments() if e in SELF_REPORT and e in chosen]
 
     def ordered_experiments(self) -> list[str]:
         """Experiments in dependency order: harmfulness before those that read its log."""
@@ -410,6 +421,10 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    two_ai = study.experiments.get("two_ai")
+    if two_ai is not None and two_ai.args.get("framing", "self") != "self" and "harmfulness" not in study.experiments:
+        problems.append((("experiments", "two_ai", "args", "framing"), "shows the model's own harmfulness answers, and "
+                         "the study has none", "Add harmfulness to experiments"))
     problems += _variant_problems(study)
     problems += [(("persona", *loc), problem, fix) for loc, problem, fix in threshold_problems(study.persona)]
     for index, domain in enumerate(study.domains):
@@ -451,19 +466,23 @@ def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, st
             if experiment not in study.experiments:
                 problems.append((("variants", name, "experiments", index), f"{experiment} is not in the study's experiments",
                                  "Add it to experiments:, or take it out here"))
-        if not asked and variant.experiments is None:
-            problems.append((("variants", name), "the study runs none of the self-report experiments a variant asks again",
+        if not asked and variant.experiments is None and variant.changes(study.system_prompt):
+            problems.append((("variants", name), "the study runs none of the self-report experiments this variant changes",
                              f"Add one of {', '.join(SELF_REPORT)} to experiments:"))
-        if variant.neutral_descriptions and "two_ai" not in asked:
-            problems.append((("variants", name, "neutral_descriptions"), "changes the two-AI items, and this variant does "
-                             "not ask two_ai", "Add two_ai to the variant's experiments (and the study's)"))
+        for key, what in (("neutral_descriptions", "changes the two-AI items"), ("framing", "frames the two-AI question")):
+            if getattr(variant, key) and "two_ai" not in asked:
+                problems.append((("variants", name, key), f"{what}, and this variant does not ask two_ai",
+                                 "Add two_ai to the variant's experiments (and the study's)"))
+        if variant.framing is not None and "harmfulness" not in study.experiments:
+            problems.append((("variants", name, "framing"), "shows the model's own harmfulness answers, and the study has none",
+                             "Add harmfulness to experiments"))
         for experiment, args in variant.args.items():
             params = set(EXPERIMENTS[experiment].parameters())
             for key in args:
                 loc = ("variants", name, "args", experiment, key)
-                if key in STUDY_SET_ARGS or key in ("system_prompt", "neutral_descriptions"):
+                if key in STUDY_SET_ARGS or key in ("system_prompt", "neutral_descriptions", "framing"):
                     problems.append((loc, "set by the study or by the variant's own keys",
-                                     "Remove it (system_prompt, honesty and neutral_descriptions are keys of the variant)"))
+                                     "Remove it (system_prompt, honesty, neutral_descriptions and framing are keys of the variant)"))
                 elif key not in params:
                     problems.append((loc, f"not an argument of the {experiment} task",
                                      f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))

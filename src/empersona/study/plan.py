@@ -325,6 +325,8 @@ def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, har
 
     if EXPERIMENTS[experiment].needs_harm_log:
         return _harm_log_estimate(experiment, args, *harm)
+    if experiment == "two_ai":  # a framing shows answers of a log not written yet: the items are the same
+        args = {key: value for key, value in args.items() if key not in ("framing", "harm_log", "answers")}
     task = EXPERIMENTS[experiment].task_function()(**args)
     epochs = task.epochs if isinstance(task.epochs, int) else (task.epochs.epochs if task.epochs else 1)
     items = min(len(task.dataset), limit) if limit else len(task.dataset)
@@ -554,6 +556,8 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     args["system_prompt"] = policy
     if experiment == "two_ai" and variant.neutral_descriptions:
         args["neutral_descriptions"] = True
+    if experiment == "two_ai" and variant.framing is not None:
+        args["framing"] = variant.framing
     args.update(variant.args.get(experiment, {}))
     return args
 
@@ -695,9 +699,9 @@ def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec
     """The harmfulness logs ``experiment`` on ``model`` reads, as {task argument: model name}:
     its own (``harm_log``) and, for output recognition with matched foils from the study, the
     partner's (``matched_log``)."""
-    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.battery import reads_harm_log
 
-    if not EXPERIMENTS[experiment].needs_harm_log:
+    if not reads_harm_log(experiment, args or {}):
         return {}
     read = {"harm_log": model.name}
     partner = matched_partner(model, models)

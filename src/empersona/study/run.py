@@ -440,7 +440,7 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
 
 def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
     """Run every unfinished (model, experiment) in order; harmfulness comes before its readers."""
-    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.battery import reads_harm_log
     from empersona.evals.commands import print_summary, run_experiment
 
     study = plan.study
@@ -452,7 +452,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
             moved_during_run(set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job), stamp), job)
             continue
         args = dict(job.task_args)
-        if EXPERIMENTS[job.experiment].needs_harm_log:
+        if reads_harm_log(job.experiment, job.task_args):
             args["harm_log"] = str(harm_log_for(plan, job.model))
         if job.experiment == "output_recognition":
             args = recognition_foils(plan, job.model, args)
