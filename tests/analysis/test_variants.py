@@ -157,3 +157,31 @@ def test_a_table_without_variants_has_none() -> None:
     assert variant_names(battery) == [] and variant_names(battery.drop(columns="variant")) == []
     assert variant_shifts(battery, thresholds=FAST).empty and variant_changes(battery).empty
     assert variant_calls(battery, base_model="base", thresholds=FAST).empty
+
+
+def test_a_third_person_variant_is_also_set_against_its_own_answers_twin() -> None:
+    """Two-AI asked after the model's own answers, as its own (``own``) and as another assistant's
+    (``told``; the same task arguments but the framing): their contrast is added, ``against`` the
+    twin. ``inv`` calls the other assistant misaligned but not itself: a large shift there only."""
+    import numpy as np
+    from variant_table import BATTERY, battery_rows, self_report_rows
+
+    from empersona.analysis.results import tidy_frame
+    from empersona.analysis.variants import framing_pairs
+
+    rng = np.random.default_rng(5)
+    rows = battery_rows()
+    for variant, framing, answers in (("own", "self_answers", 3), ("told", "third_person", 3), ("told5", "third_person", 5)):
+        args = {"samples": 4, "framing": framing, "answers": answers}
+        for model in ("base", "inv"):
+            rates = BATTERY["coh"] if (model, framing) == ("inv", "third_person") else BATTERY[model]
+            rows += self_report_rows(model, rates, rng, variant=variant, experiments=("two_ai",), task_args=args)
+    table = tidy_frame(rows)
+    assert framing_pairs(table) == [("told", "own")]  # told5 shows five answers: not a twin of own
+    shifts = variant_shifts(table, thresholds=FAST, seed=0).set_index(["model", "variant", "against"])
+    assert set(shifts.index) == {(m, v, "battery") for m in ("base", "inv") for v in ("own", "told", "told5")} | {
+        ("base", "told", "own"), ("inv", "told", "own")}
+    inv, base = shifts.loc[("inv", "told", "own")], shifts.loc[("base", "told", "own")]
+    assert inv["probe"] == "two_ai" and inv["shift"] == pytest.approx(0.9, abs=0.1) and inv["shift_low"] > 0
+    assert inv["battery"] == pytest.approx(shifts.loc[("inv", "own", "battery"), "under_variant"])  # the twin's rate
+    assert base["shift_low"] < 0 < base["shift_high"]

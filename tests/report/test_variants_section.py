@@ -66,8 +66,8 @@ def test_the_section_its_tables_and_figure(reports: tuple[Report, Report]) -> No
     # the label under the battery and under the variant: inv flips; coh has no two-AI rows under "neutral"
     assert re.search(r"^\| inv \| honest \| inverted \| coherent \| 0\.9\d \[", section, re.MULTILINE)
     assert re.search(r"^\| coh \| neutral \| coherent \| incomplete \| - \|", section, re.MULTILINE)
-    assert re.search(r"^\| inv \| neutral \| two_ai \| .* \| 25 \| 5 / 3 \| 0 \| 0 \|", section, re.MULTILINE)
-    assert re.search(r"^\| inv \| honest \| two_ai \| .* \| 0 \| 2 refused \|", section, re.MULTILINE)
+    assert re.search(r"^\| inv \| neutral \| battery \| two_ai \| .* \| 25 \| 5 / 3 \| 0 \| 0 \|", section, re.MULTILINE)
+    assert re.search(r"^\| inv \| honest \| battery \| two_ai \| .* \| 0 \| 2 refused \|", section, re.MULTILINE)
     assert "![Shift of each self-report probe" in section
     assert "variant_shifts.png" in {p.name for p in with_variants.figures}
 

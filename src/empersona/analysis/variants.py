@@ -17,6 +17,9 @@ its name in ``variant``; the battery's carry "".
   units both sides share (two-AI: items; recognition: harm prompts, their own responses resampled
   together), unpaired for self-assessment (its format cells hold different prompts); units only
   one side has are left out and counted; Holm over every shift of the table.
+- `framing_pairs`: a two-AI variant with ``framing: third_person`` and one with ``self_answers``
+  that differ in nothing else; `variant_shifts` adds their contrast (third person - own answers:
+  the effect of the attribution alone), ``against`` naming the reference variant.
 - `variant_changes`: what each variant changed, read off the rows' task arguments and
   system-prompt policy against the battery's rows of the same model and experiment.
 """
@@ -218,7 +221,32 @@ def _statuses(rows: pd.DataFrame, side: str) -> dict[str, int]:
     return {f"{side}_rows": len(rows), **{f"{side}_{status}": int(counts.get(status, 0)) for status in NOT_SCORED}}
 
 
-def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None = None, seed: int = 0) -> pd.DataFrame:
+def framing_pairs(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(third_person variant, self_answers variant) pairs whose two-AI rows differ in their
+    ``framing`` task argument alone, model by model: their contrast is the effect of attributing
+    the same answers to another assistant instead of the model itself."""
+    framed: dict[str, dict[str, set[str]]] = {"third_person": {}, "self_answers": {}}
+    for variant in variant_names(table):
+        rows = _variant_rows(table, variant)
+        rows = rows.loc[rows["experiment"] == "two_ai"]
+        settings: set[str] = set()
+        framings = set()
+        for model, args in zip(rows["model"].astype(str), rows["task_args"].astype(str), strict=True):
+            try:
+                parsed = json.loads(args)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict):
+                framings.add(parsed.pop("framing", "self"))
+                settings.add(f"{model}\n{json.dumps(parsed, sort_keys=True)}")
+        if len(framings) == 1 and (framing := framings.pop()) in framed:
+            framed[framing][variant] = settings
+    return [(third, own) for third, mine in framed["third_person"].items()
+            for own, theirs in framed["self_answers"].items() if mine == theirs]
+
+
+def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None = None, seed: int = 0,
+                   pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Per (model, variant, probe): the battery's and the variant's estimate, the shift (variant -
     battery) with its interval and two-sided bootstrap p against 0, and Holm's p over every shift.
 
@@ -230,21 +258,30 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
     out. ``<side>_rows`` and ``<side>_unscored`` / ``_refused`` / ``_unparsed``: the probe's rows
     of the model on that side by status. Seeds are derived per (model, variant, probe), so one
     model's numbers do not depend on the others'.
+
+    ``pairs``: (variant, reference variant) contrasts beside those against the battery (default
+    `framing_pairs`); their rows name the reference in ``against`` ("battery" for the others) and
+    take its rows as the "battery" side.
     """
     import pandas as pd
 
     th = thresholds or PersonaThresholds()
-    battery = main_rows(table)
+    contrasts = [(variant, None) for variant in variant_names(table)]
+    contrasts += list(framing_pairs(table) if pairs is None else pairs)
     rows = []
-    for variant in variant_names(table):
+    for variant, against in contrasts:
+        battery = main_rows(table) if against is None else variant_view(table, against)
         view = variant_view(table, variant)
         asked = _variant_rows(table, variant)
+        if against is not None:  # the probes both variants asked
+            asked = asked.loc[asked["experiment"].isin(set(_variant_rows(table, against)["experiment"]))]
         for probe in SHIFT_PROBES:
             for model in sorted(asked.loc[asked["experiment"] == probe, "model"].astype(str).unique()):
                 sides = SIDES[probe](battery, view, model, th)
-                result = _shift(sides, th, _derived_seed(seed, model, variant, probe))
+                parts = (model, variant, probe) if against is None else (model, variant, probe, against)
+                result = _shift(sides, th, _derived_seed(seed, *parts))
                 rows.append({
-                    "model": model, "variant": variant, "probe": probe,
+                    "model": model, "variant": variant, "against": against or "battery", "probe": probe,
                     "battery": _estimate(sides.battery, sides.battery_statistic),
                     "under_variant": _estimate(sides.variant, sides.variant_statistic),
                     "shift": result.estimate if result else np.nan,
@@ -262,7 +299,7 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
 
 
 SHIFT_COLUMNS: tuple[str, ...] = (
-    "model", "variant", "probe", "battery", "under_variant", "shift", "shift_low", "shift_high", "p", "units",
+    "model", "variant", "against", "probe", "battery", "under_variant", "shift", "shift_low", "shift_high", "p", "units",
     "only_battery", "only_variant", *(f"{side}_{what}" for side in ("battery", "variant") for what in ("rows", *NOT_SCORED)),
     "note",
 )

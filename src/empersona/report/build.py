@@ -336,9 +336,10 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              "over the variant's own models x probes), on the battery's table with every experiment the variant asked "
              "replaced by the variant's rows: a model the variant did not ask an experiment has no data for it there "
              "(its label `incomplete` when that is a primary probe), never the battery's. n: units resampled."),
-        draw(shifts),
+        draw(shifts.assign(variant=[v if a == "battery" else f"{v} vs {a}" for v, a in zip(shifts["variant"], shifts["against"],
+                                                                                          strict=True)])),
         Table(_format_frame(shifts, {
-            "model": "model", "variant": "variant", "probe": "probe",
+            "model": "model", "variant": "variant", "against": "against", "probe": "probe",
             "battery": lambda r: fmt(r["battery"], signed=r["probe"] == "output_recognition"),
             "variant value": lambda r: fmt(r["under_variant"], signed=r["probe"] == "output_recognition"),
             "shift": lambda r: _fmt_col(r, "shift", signed=True), "Holm p": lambda r: fmt(r["p_holm"], digits=3),
@@ -346,7 +347,10 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
             "not scored, battery": counted("battery"), "not scored, variant": counted("variant"),
             "note": lambda r: short_note(r["note"]) or "-",
         })),
-        Para("Shift: the variant's estimate minus the battery's, over the units both sides have (two-AI: items; "
+        Para("Shift: the variant's estimate minus the battery's (against: battery) or, for a two-AI variant with "
+             "`framing: third_person` and one with `framing: self_answers` that differ in nothing else, minus the "
+             "self_answers variant's (against: its name): the same answers shown as another assistant's instead of "
+             "the model's own, the effect of the attribution alone. Over the units both sides have (two-AI: items; "
              "recognition: harm prompts, each prompt's own responses resampled together, on the "
              f"{thresholds.recognition_foil or 'pooled'} foil; self-assessment: prompts, on the headline dimension, "
              "unpaired as in the persona table); units only one side has are left out and counted. Intervals: "

@@ -262,8 +262,9 @@ VARIANT_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
-    """Forest of each probe's shift under each study variant (variant - battery), one panel per
-    probe, models on the y axis and one marker per variant, with intervals; dashed line at 0."""
+    """Forest of each probe's shift under each study variant (variant - battery; a contrast of two
+    variants is labelled "<variant> vs <reference>" in ``variant``), one panel per probe, models on
+    the y axis and one marker per variant, with intervals; dashed line at 0."""
     models = sorted(shifts["model"].astype(str).unique())
     variants = sorted(shifts["variant"].astype(str).unique())
     colours = _model_colours(variants)
@@ -286,7 +287,7 @@ def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
                         markersize=6, label=variant)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.25)
-        ax.set_xlabel("shift, variant - battery (95% interval)")
+        ax.set_xlabel("shift, variant - battery or reference (95% interval)")
     axes[0].set_yticks(range(len(models)))
     axes[0].set_yticklabels([short_name(m) for m in reversed(models)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
