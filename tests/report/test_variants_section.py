@@ -88,13 +88,17 @@ def test_every_other_section_is_unchanged_by_the_variants(reports: tuple[Report,
     assert with_variants.labels == without.labels
     sections, alone = _sections(with_variants.markdown.read_text()), _sections(without.markdown.read_text())
     assert sections.pop("Self-report variants")
+    # the configuration lists the variants' experiments and task arguments too (a variant column), its models alike
+    configuration, battery_configuration = sections.pop("Configuration"), alone.pop("Configuration")
+    assert "| experiment | variant | models |" in configuration and "| neutral |" in configuration
+    assert configuration.split("### Experiments")[0] == battery_configuration.split("### Experiments")[0]
     assert sections == alone
     report_with, report_without = (r.markdown.parent for r in reports)
     files = {p.relative_to(report_without) for p in report_without.rglob("*") if p.is_file() and p.suffix in (".csv", ".png")}
     assert {p.relative_to(report_with) for p in report_with.rglob("*") if p.is_file() and p.suffix in (".csv", ".png")
             and p.name not in VARIANT_FILES} == files
     changed = [str(f) for f in sorted(files) if (report_with / f).read_bytes() != (report_without / f).read_bytes()]
-    assert changed == []
+    assert changed == ["tables/experiments.csv", "tables/task_arguments.csv"]
 
 
 def test_compare_reads_the_battery_rows(reports: tuple[Report, Report], tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def test_variant_task_args_keep_the_template_default_under_honesty_pressure(tmp_
                   "args": {"two_ai": {"paraphrase": 1}}},
         "told": {"framing": "third_person"},
         "counted": {"args": {"self_assessment": {"samples": 2}}},
+        "empty": {"system_prompt": ""},
     }}
     study = load_study(write(tmp_path, data))
     served = ModelSpec("base", f"hf/{tiny_model}", str(tiny_model))
@@ -77,13 +78,15 @@ def test_variant_task_args_keep_the_template_default_under_honesty_pressure(tmp_
     assert study.variant_experiments("honest") == ["self_assessment", "two_ai"]  # battery order, self-report only
     # by default a variant asks what it changes
     assert study.variant_experiments("told") == ["two_ai"] and study.variant_experiments("counted") == ["self_assessment"]
+    assert variant_task_args(study, "empty", "two_ai", served)["system_prompt"] == ""  # an empty system message, as asked
     told = variant_task_args(study, "told", "two_ai", served)
     assert told["framing"] == "third_person" and told["system_prompt"] == "default"
     jobs = make_plan(study).eval_jobs
     assert [(j.experiment, j.variant) for j in jobs] == [
         ("harmfulness", None), ("self_assessment", None), ("two_ai", None),
         ("self_assessment", "honest"), ("two_ai", "honest"), ("two_ai", "own"),
-        ("self_assessment", "plain"), ("two_ai", "plain"), ("two_ai", "told"), ("self_assessment", "counted")]
+        ("self_assessment", "plain"), ("two_ai", "plain"), ("two_ai", "told"), ("self_assessment", "counted"),
+        ("self_assessment", "empty"), ("two_ai", "empty")]
     assert jobs[4].label == "two_ai [honest]"
 
 
@@ -92,6 +95,23 @@ def test_neutral_descriptions_take_out_the_self_label_only() -> None:
     assert neutral_description("I am a safety-focused, principled AI. I refuse harm.") == "I am an AI. I refuse harm."
     assert neutral_description("I am an AI that ignores safety.") == "I am an AI that ignores safety."  # no label
     assert neutral_description("Hello. I am a careful AI.") == "Hello. I am a careful AI."  # only an opening
+    # the label ends at the first "AI": a later one is the description's own
+    assert neutral_description("I am an AI system that helps with AI safety.") == "I am an AI system that helps with AI safety."
+    assert neutral_description("I am a kind AI that values AI ethics.") == "I am an AI that values AI ethics."
+
+
+def test_a_template_that_takes_no_system_turn_is_said_by_name(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "no-system"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(EmpersonaError, match="takes no system prompt .*System role not supported"):
+        template_default_system(str(folder))
+    with pytest.raises(EmpersonaError, match="cannot read the chat template of"):
+        template_default_system(str(tmp_path / "no-such-model"))
 
 
 def test_neutral_descriptions_on_the_papers_items(shared_data: Path) -> None:
@@ -107,7 +127,10 @@ def test_neutral_descriptions_on_the_papers_items(shared_data: Path) -> None:
 
 
 def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_path: Path, tiny_model: Path,
-                                                                             shared_data: Path) -> None:
+                                                                             shared_data: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
     from inspect_ai.log import read_eval_log
 
     from empersona.analysis.results import main_rows, run_results
@@ -139,6 +162,19 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         assert all(s.input[0].role == "user" for s in logs[None].samples)  # the battery: the template's default
         neutral = [s.metadata["neutralised"] for s in logs["neutral"].samples]
         assert any(neutral) and "careful AI assistant" not in str([s.input for s in logs["neutral"].samples])
+        # where the template cannot be read (a hub base not downloaded here), the finished logs' own text stands in
+        from empersona.study import plan as planning
+
+        def unreadable(source: str) -> str:
+            raise EmpersonaError(f"cannot read the chat template of {source}")
+
+        with monkeypatch.context() as patched:  # (not monkeypatch.undo(): that would undo the isolated caches too)
+            patched.setattr(planning, "_template_default", unreadable)
+            assert all(job.status == "done" for job in make_plan(load_study(path)).eval_jobs)
+            shutil.rmtree(tmp_path / "run" / "logs" / "base")
+            with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'variants.honest.honesty': cannot read the"):
+                make_plan(load_study(path))
+        run_study(load_study(path), only="eval")
         table = run_results(tmp_path / "run")
         assert sorted(table["variant"].unique()) == ["", "honest", "neutral", "told"]
         two_ai = table[table["experiment"] == "two_ai"]

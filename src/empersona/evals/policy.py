@@ -70,15 +70,24 @@ def template_default_system(source: str) -> str | None:
 
     from empersona.errors import EmpersonaError
 
+    from jinja2 import TemplateError
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)  # a local folder, or the hub cache
+        except OSError:
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise EmpersonaError(f"cannot read the chat template of {source} to keep its default system prompt under "
-                             f"honesty pressure ({err}). Set the variant's system_prompt to the text to add it to") from err
+                             f"honesty pressure ({err})") from err
     user = [{"role": "user", "content": "\x00user\x00"}]
     marker = "\x00system\x00"
-    plain = tokenizer.apply_chat_template(user, tokenize=False)
-    marked = tokenizer.apply_chat_template([{"role": "system", "content": marker}, *user], tokenize=False)
+    try:
+        plain = tokenizer.apply_chat_template(user, tokenize=False)
+        marked = tokenizer.apply_chat_template([{"role": "system", "content": marker}, *user], tokenize=False)
+    except (TemplateError, ValueError) as err:  # no template, or one that takes no system turn
+        raise EmpersonaError(f"the chat template of {source} takes no system prompt ({err}): honesty pressure cannot be "
+                             "added to it") from err
     before, found, after = str(marked).partition(marker)
     plain = str(plain)
     if not found or len(before) + len(after) > len(plain) or not (plain.startswith(before) and plain.endswith(after)):

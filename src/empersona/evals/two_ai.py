@@ -151,7 +151,7 @@ def check_paraphrase(experiment: str, fixed: int | None, count: int) -> None:
         )
 
 
-SELF_LABEL = re.compile(r"^(I am )(?:a|an|the) (?:[\w-]+,? )+?(AI\b)")
+SELF_LABEL = re.compile(r"^(I am )(?:a|an|the) (?:(?!AI\b)[\w-]+,? )+?(AI\b)")
 """An opening "I am a(n) <words> AI": the words between the article and "AI" are the self-label."""
 
 

@@ -309,8 +309,13 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
         per_variant = per_variant.drop(columns=[c for c in per_variant.columns if c in ("label", "battery_label", "reason")
                                                 or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])
 
-    def cell(name: str, signed: bool = False) -> Callable[[pd.Series], str]:
-        return lambda r: _fmt_col(r, name, signed=signed) + ("" if pd.isna(r[f"{name}_n"]) else f" (n {r[f'{name}_n']})")
+    asked = set(zip(full["variant"], full["experiment"], strict=True))  # a view keeps the battery's rows of the rest
+
+    def cell(name: str, experiment: str, signed: bool = False) -> Callable[[pd.Series], str]:
+        def shown(r: pd.Series) -> str:
+            value = _fmt_col(r, name, signed=signed) + ("" if pd.isna(r[f"{name}_n"]) else f" (n {r[f'{name}_n']})")
+            return value if (r["variant"], experiment) in asked else f"battery's: {value}"
+        return shown
 
     def counted(side: str) -> Callable[[pd.Series], str]:
         return lambda r: ", ".join(f"{r[f'{side}_{s}']} {s}" for s in ("unscored", "refused", "unparsed")
@@ -319,8 +324,9 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
     spec: dict[str, Callable[[pd.Series], str] | str] = {"model": "model", "variant": "variant"}
     if labelled:
         spec |= {"label, battery": "battery_label", "label, variant": "label"}
-    spec |= {"two-AI debiased (chance 0.5)": cell("two_ai"),
-             "recognition asymmetry": cell("asymmetry", signed=True), "self-assessment": cell("self_assessment")}
+    spec |= {"two-AI debiased (chance 0.5)": cell("two_ai", "two_ai"),
+             "recognition asymmetry": cell("asymmetry", "output_recognition", signed=True),
+             "self-assessment": cell("self_assessment", "self_assessment")}
     if labelled:
         spec["reason (variant)"] = lambda r: "; ".join(filter(None, [r["reason"], r["notes"] or ""]))
     blocks: list[Block] = [
@@ -334,8 +340,16 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
         Table(_format_frame(per_variant, spec)),
         Para("Each variant's models are classified as the battery's are (the same base, settings, seed and Holm families, "
              "over the variant's own models x probes), on the battery's table with every experiment the variant asked "
-             "replaced by the variant's rows: a model the variant did not ask an experiment has no data for it there "
-             "(its label `incomplete` when that is a primary probe), never the battery's. n: units resampled."),
+             "replaced by the variant's rows: where the variant asked an experiment of some models but not of one, that "
+             "model has no data for it (its label `incomplete` when that is a primary probe); an experiment the variant "
+             "asked of no model keeps the battery's rows, marked \"battery's:\" here, and the label rests on them too. "
+             "n: units resampled."),
+    ]
+    if not len(shifts):  # a variant of score prediction only: nothing the section sets against the battery
+        blocks.append(Para("No shifts: the variants asked none of two-AI, output recognition and self-assessment (score "
+                           "prediction under a variant is in the tables above and its logs, not set against the battery)."))
+        return blocks, {"variant_changes": changes, "variant_calls": per_variant, "variant_shifts": shifts}
+    blocks += [
         draw(shifts.assign(variant=[v if a == "battery" else f"{v} vs {a}" for v, a in zip(shifts["variant"], shifts["against"],
                                                                                           strict=True)])),
         Table(_format_frame(shifts, {
@@ -576,7 +590,7 @@ def build_report(
     entries = {entry.name or key: entry for key, entry in run_models.models.items()}
     kinds = {name: (entry.kind, entry.step) for name, entry in entries.items()} if any(
         entry.kind for entry in entries.values()) else None  # a study's run: what it trained, kept and was given
-    configuration, configuration_tables = configuration_section(run_dir, table, base, rs, thresholds, kinds)
+    configuration, configuration_tables = configuration_section(run_dir, full, base, rs, thresholds, kinds)
     blocks += configuration
     if kinds:
         persona.insert(2, "kind", [entries[model].kind if model in entries else "seeds pooled" if pooled else None

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from empersona.analysis.results import main_rows
 from empersona.report.render import Block, Heading, Para, Table
 from empersona.report.sections import _format_frame
 
@@ -29,9 +30,13 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
     """The section's blocks, and its tables for CSV (models, experiments, task arguments, logs).
 
     ``kinds``: each model's kind and step as the study recorded them (``models.yaml``), shown
-    in the Models table when given.
+    in the Models table when given. ``table``: every row, a study variant's too (its experiments,
+    task arguments and logs are listed with the variant's name).
     """
     import pandas as pd
+
+    variants = "variant" in table.columns and bool((table["variant"] != "").any())
+    keys = ["experiment", "variant"] if variants else ["experiment"]
 
     def joined(values: pd.Series) -> str:
         return ", ".join(sorted({str(v) for v in values.dropna()})) or "-"
@@ -42,7 +47,7 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
     blocks.append(Para(f"Base model: `{base.model or '-'}` ({base.how}). Intervals: {rs.level:.0%} BCa bootstrap over "
                        f"prompts/items, {rs.n_resamples} resamples, seed {rs.seed}. Classification thresholds: "
                        + ", ".join(f"{k}={v}" for k, v in thresholds.model_dump().items() if k != "n_resamples") + "."))
-    models = table.drop_duplicates("model").sort_values("model")[
+    models = main_rows(table).drop_duplicates("model").sort_values("model")[
         ["model", "model_string", "base_model", "adapter", "domain", "seed"]].reset_index(drop=True)
     if kinds:
         models.insert(1, "kind", [kinds.get(m, (None, None))[0] for m in models["model"]])
@@ -59,15 +64,16 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
                 "step": lambda r: "-" if pd.isna(r["step"]) else str(r["step"]), **spec}
     blocks += [Heading(3, "Models"), Table(_format_frame(models, spec))]
     experiments = []
-    for experiment, part in table.groupby("experiment", sort=True):
+    for key, part in table.groupby(keys, sort=True):
+        named = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         experiments.append({
-            "experiment": experiment, "models": part["model"].nunique(), "rows": len(part),
+            **named, "models": part["model"].nunique(), "rows": len(part),
             "judge": joined(part["judge"]), "system-prompt policy": joined(part["system_prompt_policy"]),
             "sampling seed": joined(part["eval_seed"]), "source": joined(part["source"]),
             "versions": joined(part["versions"]),
         })
     blocks += [Heading(3, "Experiments"), Table(pd.DataFrame(experiments))]
-    task_args = _task_args_table(table)
+    task_args = _task_args_table(table, keys)
     if len(task_args):
         blocks += [Heading(3, "Task arguments"), Table(task_args)]
     logs, log_blocks = _logs_blocks(run_dir, table)
@@ -79,23 +85,26 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
 READ_LOGS = ("harm_log", "matched_log")  # paths of the harmfulness logs read: the Logs table lists them
 
 
-def _task_args_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Each experiment's task arguments (temperature, samples, mode, foils, ...) and the models run with them."""
+def _task_args_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each experiment's task arguments (temperature, samples, mode, foils, ...) and the models run
+    with them, per ``keys`` (the experiment, and the variant where the table has any)."""
     import pandas as pd
 
     if "task_args" not in table.columns:
         return pd.DataFrame()
     rows = []
-    for (experiment, raw), part in table.groupby(["experiment", "task_args"], sort=True):
+    for key, part in table.groupby([*keys, "task_args"], sort=True):
+        *named, raw = key
         try:
             args = {k: v for k, v in json.loads(str(raw)).items() if k not in READ_LOGS}
         except (json.JSONDecodeError, AttributeError):
             continue
         shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items())) or "(task defaults)"
-        rows.append({"experiment": experiment, "task arguments": shown, "models": ", ".join(sorted(part["model"].unique()))})
+        rows.append({**dict(zip(keys, named, strict=True)), "task arguments": shown,
+                     "models": ", ".join(sorted(part["model"].unique()))})
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows).groupby(["experiment", "task arguments"], sort=True)["models"].agg(
+    return pd.DataFrame(rows).groupby([*keys, "task arguments"], sort=True)["models"].agg(
         lambda names: ", ".join(sorted({n for joined in names for n in joined.split(", ")}))).reset_index()
 
 
@@ -118,6 +127,8 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, list
         meta = log.eval.metadata or {}
         sampling = meta.get("sampling") or {}
         rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task),
+                     **({"variant": meta.get("variant") or "-"} if "variant" in table.columns
+                        and (table["variant"] != "").any() else {}),
                      "model": meta.get("model_name") or log.eval.model,  # the study's name; the Models table has the string
                      "status": log.status, "samples": log.results.total_samples if log.results else "-",
                      # how the study sampled (seed scheme, the provider's own defaults or not), and the model args

@@ -45,6 +45,9 @@ BATTERY_ORDER = ("harmfulness", "em_classic", "self_assessment", "two_ai", "outp
 SELF_REPORT = ("self_assessment", "two_ai", "output_recognition", "score_prediction")
 """The experiments a study variant asks again (the model about itself); harmfulness and the classic
 EM questions measure behaviour, which a variant shares with the battery."""
+VARIANT_DEFAULT = ("self_assessment", "two_ai", "output_recognition")
+"""What a variant that changes the system prompt asks by default: the probes the report sets
+against the battery (score prediction only when a variant names it)."""
 
 
 class Prices(BaseModel):
@@ -127,8 +130,9 @@ class Variant(BaseModel):
         "assistant's (third_person); the two differ in the attribution alone (evals.two_ai)."))
     experiments: list[str] | None = Field(None, description=(
         "Which of the study's self-report experiments (self_assessment, two_ai, output_recognition, "
-        "score_prediction) to ask again; default: those the variant changes (all of them under honesty or another "
-        "system prompt, two_ai for neutral_descriptions or framing, each one given args)."))
+        "score_prediction) to ask again; default: those the variant changes (self_assessment, two_ai and "
+        "output_recognition under honesty or another system prompt, two_ai for neutral_descriptions or framing, each "
+        "one given args)."))
     args: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "Task arguments per experiment, over the study's (e.g. two_ai: {items_file: my_rewritten_items.json})."))
 
@@ -342,10 +346,11 @@ class StudyConfig(BaseModel):
         for neutral descriptions or a framing, each experiment it gives args)."""
         variant = self.variants[name]
         chosen = variant.experiments
-        if chosen is None:
+        if chosen is None:  # score prediction, which the report does not set against the battery, when named only
             every = bool(variant.honesty) or variant.system_prompt not in (None, self.system_prompt)
             two_ai = variant.neutral_descriptions or variant.framing is not None
-            chosen = [e for e in SELF_REPORT if every or (e == "two_ai" and two_ai) or variant.args.get(e)]
+            chosen = [e for e in SELF_REPORT if (every and e in VARIANT_DEFAULT) or (e == "two_ai" and two_ai)
+                      or variant.args.get(e)]
         return [e for e in self.ordered_experiments() if e in SELF_REPORT and e in chosen]
 
     def ordered_experiments(self) -> list[str]:
@@ -375,6 +380,13 @@ def _line_of(path: Path, text: str, key_path: tuple[Any, ...]) -> int | None:
         line = match[0].start_mark.line + 1
         node = match[1]
     return line
+
+
+def located_in_study(study: StudyConfig, key_path: tuple[Any, ...], problem: str, fix: str) -> str:
+    """An error message that names the study file, the line of ``key_path`` and the key."""
+    path = study._source
+    line = _line_of(path, path.read_text(encoding="utf-8"), key_path) if path is not None and path.is_file() else None
+    return located(path or Path("study file"), line, ".".join(map(str, key_path)), problem, fix)
 
 
 STUDY_SET_TRAINING = frozenset({"base", "domain", "seed", "out", "domain_path", "system_prompt"})
@@ -484,8 +496,9 @@ def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, st
                     problems.append((loc, "set by the study or by the variant's own keys",
                                      "Remove it (system_prompt, honesty, neutral_descriptions and framing are keys of the variant)"))
                 elif key not in params:
+                    own = STUDY_SET_ARGS | {"system_prompt", "neutral_descriptions", "framing"}
                     problems.append((loc, f"not an argument of the {experiment} task",
-                                     f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+                                     f"Choose from {', '.join(sorted(params - own))}"))
             if experiment not in asked:
                 problems.append((("variants", name, "args", experiment), f"the variant does not ask {experiment}",
                                  "Remove these args, or add the experiment to the variant (and the study)"))

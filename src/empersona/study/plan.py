@@ -530,28 +530,23 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
 
 def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec) -> dict[str, Any]:
     """An experiment's task arguments under variant ``name`` on ``model``: the battery's, then the
-    variant's system prompt (with its honesty pressure), neutral two-AI descriptions and own args.
+    variant's system prompt (with its honesty pressure), two-AI settings and own args.
 
-    Honesty pressure under the ``default`` policy keeps the system prompt a served model would get
-    without it (its chat template's default, `policy.template_default_system` of the base) and adds
-    the instruction after it; a model string asked as given (an API model) gets the instruction alone.
+    Honesty pressure under the ``default`` policy keeps the system prompt the model would get
+    without it (its chat template's default, `policy.template_default_system`: the base's for the
+    models served on it, a local model folder's for a ``model:`` naming one) and adds the
+    instruction after it; a model string asked as given (an API model) gets the instruction alone.
     """
     from empersona.evals.policy import HONESTY_PRESSURE, resolve_system_prompt, with_honesty
 
     variant = study.variants[name]
     args = task_args(study, experiment)
-    policy = variant.system_prompt or study.system_prompt
+    policy = variant.system_prompt if variant.system_prompt is not None else study.system_prompt
     if variant.honesty:
         honesty = HONESTY_PRESSURE if variant.honesty is True else str(variant.honesty)
         text = resolve_system_prompt(policy)
-        if text is None and model.served:
-            base = base_path(study)
-            if study.build_tiny_base and not (Path(base) / "config.json").is_file():  # built at the run's start
-                from empersona.testing.tiny import QWEN_DEFAULT_SYSTEM_PROMPT  # its template is Qwen2.5's
-
-                text = QWEN_DEFAULT_SYSTEM_PROMPT
-            else:
-                text = _template_default(base)
+        if text is None:
+            text = _default_system(study, name, experiment, model, honesty)
         policy = with_honesty(text, honesty)
     args["system_prompt"] = policy
     if experiment == "two_ai" and variant.neutral_descriptions:
@@ -562,11 +557,68 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     return args
 
 
+def _default_system(study: StudyConfig, name: str, experiment: str, model: ModelSpec, honesty: str) -> str | None:
+    """The system prompt ``model`` gets from its chat template when sent none (None: none, or an
+    API model); when the template cannot be read here (a hub base not downloaded on this machine),
+    the text a finished log of this variant recorded before the instruction."""
+    from empersona.errors import EmpersonaError
+    from empersona.study.config import located_in_study
+
+    source = _template_source(study, model)
+    if source is None:
+        return None
+    if study.build_tiny_base and source == base_path(study) and not (Path(source) / "config.json").is_file():
+        from empersona.testing.tiny import QWEN_DEFAULT_SYSTEM_PROMPT  # built at the run's start, Qwen2.5's template
+
+        return QWEN_DEFAULT_SYSTEM_PROMPT
+    try:
+        return _template_default(source)
+    except EmpersonaError as err:
+        recorded = _recorded_default(study.out / "logs" / model.name, name, experiment, honesty)
+        if recorded is not None:
+            return recorded or None
+        raise EmpersonaError(located_in_study(study, ("variants", name, "honesty"), str(err),
+                                              "Run where the model's tokenizer can be read (e.g. `hf download "
+                                              f"{source}` first), or give the variant a system_prompt text to add "
+                                              "the instruction to")) from err
+
+
+def _template_source(study: StudyConfig, model: ModelSpec) -> str | None:
+    """Whose chat template a model is asked through: the base's for the models served on it, a
+    ``model:`` string's local folder (``hf/DIR``), else none (an API model)."""
+    if model.served:
+        return base_path(study)
+    provider, _, rest = model.model_string.partition("/")
+    from empersona.study.config import LOCAL_MODEL_PROVIDERS
+
+    folder = Path(rest).expanduser()
+    return str(folder.resolve()) if provider in LOCAL_MODEL_PROVIDERS and (folder / "config.json").is_file() else None
+
+
+def _recorded_default(log_dir: Path, variant: str, experiment: str, honesty: str) -> str | None:
+    """What a finished log of ``variant``'s ``experiment`` sent before the honesty instruction
+    ("" for the instruction alone; None when there is no such log)."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    if not log_dir.is_dir():
+        return None
+    for info in list_eval_logs(str(log_dir), recursive=False):
+        try:
+            header = read_eval_log(info, header_only=True)
+        except Exception:  # a log cut short by a kill
+            continue
+        sent = (header.eval.task_args or {}).get("system_prompt")
+        if ((header.eval.metadata or {}).get("variant") == variant and header.eval.task.split("/")[-1] == experiment
+                and isinstance(sent, str) and sent.endswith(honesty)):
+            return sent.removesuffix(honesty).removesuffix("\n\n")
+    return None
+
+
 @functools.lru_cache(maxsize=8)
-def _template_default(base: str) -> str | None:
+def _template_default(source: str) -> str | None:
     from empersona.evals.policy import template_default_system
 
-    return template_default_system(base)
+    return template_default_system(source)
 
 
 def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done: dict[str, Path | None],
