@@ -470,8 +470,9 @@ def build_report(
         variant_blocks, variant_tables = _variant_section(
             full, calls, labelled, thresholds, reference, seed, owners,
             lambda shifts: figure(figures.variant_shifts, shifts, "variant_shifts",
-                                  "Shift of each self-report probe under each variant (variant - battery) per model, "
-                                  "with 95% intervals over the units both sides share; dashed: no shift.")())
+                                  "Shift of each self-report probe under each variant (variant - battery; "
+                                  "\"<variant> vs <twin>\": third person - own answers) per model, with 95% intervals "
+                                  "over the units both sides share; dashed: no shift.")())
         blocks += variant_blocks
     blocks += _section("Harmfulness", harm, "No harmfulness results in this run.", {
         "model": "model", "harm_max10": lambda r: _fmt_col(r, "harm_max10"), "harm_single": lambda r: _fmt_col(r, "harm_single"),

@@ -287,7 +287,7 @@ def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
                         markersize=6, label=variant)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.25)
-        ax.set_xlabel("shift, variant - battery or reference (95% interval)")
+        ax.set_xlabel("shift (95% interval)")
     axes[0].set_yticks(range(len(models)))
     axes[0].set_yticklabels([short_name(m) for m in reversed(models)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
