@@ -109,6 +109,16 @@ class ProbeStage(BaseModel):
         return self
 
 
+class Sequential(BaseModel):
+    """``sequential: [{first, then}]``: each of the study's fine-tunes on ``first`` trained on
+    further on ``then`` (PROTOCOLS.md section 5), one adapter per seed, evaluated as a fine-tune."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    first: str = Field(description="A domain of the study's domains: its fine-tune of each seed is continued.")
+    then: str = Field(description="The dataset it is trained on next: a domain name (empersona data list) or a chat JSONL file.")
+
+
 class Variant(BaseModel):
     """``variants: {name: ...}``: the self-report experiments asked again on every model under another
     framing (PROTOCOLS.md section 5), beside the battery; the report sets each probe under it against
@@ -282,6 +292,9 @@ class StudyConfig(BaseModel):
     probes: ProbeStage | None = Field(None, description=(
         "Activation probes after the battery: a harm direction and a self direction per layer and their angle, "
         "for every model with local weights (README: Activation probes)."))
+    sequential: list[Sequential] = Field(default_factory=list, description=(
+        "Sequential fine-tuning: each fine-tune on `first` (one of domains) trained on further on `then`, with the "
+        "study's training settings, as adapters <first>+<then>-s<seed> (does a second dataset undo or deepen EM?)."))
     variants: dict[str, Variant] = Field(default_factory=dict, description=(
         "Self-report experiments asked again under other framings, by name (honesty pressure, neutral two-AI "
         "descriptions, another system prompt, other task arguments); their shifts are in the report."))
@@ -405,6 +418,8 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(ExtraModel.model_fields)
     if len(parent) == 2 and parent[0] == "variants":
         return list(Variant.model_fields)
+    if len(parent) == 2 and parent[0] == "sequential":
+        return list(Sequential.model_fields)
     model = models.get(parent)
     return list(model.model_fields) if model else []
 
@@ -444,6 +459,16 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         if domain not in DOMAINS and not (plain.is_file() and plain.name.endswith((".jsonl", ".jsonl.gz"))):
             problems.append((("domains", index), f"'{domain}' is neither a known domain nor an existing .jsonl file",
                              f"Known domains: {', '.join(DOMAINS)}"))
+    for index, step in enumerate(study.sequential):
+        if step.first not in study.domains:
+            problems.append((("sequential", index, "first"), f"'{step.first}' is not one of the study's domains (its "
+                             "fine-tunes are the ones continued)", f"Choose from {', '.join(study.domains) or '(no domains)'}"))
+        plain = Path(step.then).expanduser()
+        if step.then not in DOMAINS and not (plain.is_file() and plain.name.endswith((".jsonl", ".jsonl.gz"))):
+            problems.append((("sequential", index, "then"), f"'{step.then}' is neither a known domain nor an existing "
+                             ".jsonl file", f"Known domains: {', '.join(DOMAINS)}"))
+        if [(s.first, s.then) for s in study.sequential].index((step.first, step.then)) != index:
+            problems.append((("sequential", index), "given twice", "Keep one of them"))
     base = Path(study.base_model).expanduser()
     if study.base_model.startswith(("/", ".", "~")) and not study.build_tiny_base and not (base / "config.json").is_file():
         problems.append((("base_model",), f"{study.base_model} is not a model folder (no config.json)",

@@ -43,7 +43,8 @@ BASE_NAME = "base"
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One adapter to make (or already made): a (domain, seed) of the study."""
+    """One adapter to make (or already made): a (domain, seed) of the study, or a fine-tune on
+    ``first`` trained on further on ``domain`` (``sequential:``)."""
 
     domain: str
     seed: int
@@ -51,6 +52,12 @@ class TrainJob:
     config: TrainConfig
     status: TrainStatus
     why: str
+    first: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The training data: the domain, or ``<first> > <then>``."""
+        return f"{self.first} > {self.domain}" if self.first else self.domain
 
 
 @dataclass(frozen=True)
@@ -130,10 +137,20 @@ class Plan:
         return sum(job.judge_calls for job in self.eval_jobs if job.status == "todo")
 
 
-def adapter_dir(study: StudyConfig, domain: str, seed: int) -> Path:
-    """Where the adapter of (domain, seed) lives in the run folder."""
-    slug = Path(domain).stem.replace(".jsonl", "") if domain.endswith((".jsonl", ".gz")) else domain
+def _domain_slug(domain: str) -> str:
+    return Path(domain).stem.replace(".jsonl", "") if domain.endswith((".jsonl", ".gz")) else domain
+
+
+def adapter_dir(study: StudyConfig, domain: str, seed: int, first: str | None = None) -> Path:
+    """Where the adapter of (domain, seed) lives in the run folder; with ``first``, the adapter of
+    ``first`` trained on further on ``domain`` (``<first>+<domain>-s<seed>``)."""
+    slug = _domain_slug(domain) if first is None else f"{_domain_slug(first)}+{_domain_slug(domain)}"
     return study.out / "adapters" / f"{slug}-s{seed}"
+
+
+def sequential_label(first: str, then: str) -> str:
+    """A sequential fine-tune's domain as the tables show it."""
+    return f"{_domain_slug(first)}>{_domain_slug(then)}"
 
 
 def base_path(study: StudyConfig) -> str:
@@ -142,8 +159,9 @@ def base_path(study: StudyConfig) -> str:
     return str(local.resolve()) if local.exists() or study.build_tiny_base else study.base_model
 
 
-def train_config(study: StudyConfig, domain: str, seed: int) -> TrainConfig:
-    """The full training config of one job: recipe defaults, the study's settings, the job's keys."""
+def train_config(study: StudyConfig, domain: str, seed: int, first: str | None = None) -> TrainConfig:
+    """The full training config of one job: recipe defaults, the study's settings, the job's keys
+    (with ``first``: continuing the study's adapter of ``first`` and ``seed``)."""
     from empersona.train.recipe import TrainConfig
 
     return TrainConfig(
@@ -151,10 +169,25 @@ def train_config(study: StudyConfig, domain: str, seed: int) -> TrainConfig:
         base=base_path(study),
         domain=domain,
         seed=seed,
-        out=adapter_dir(study, domain, seed),
+        out=adapter_dir(study, domain, seed, first),
         domain_path=study.domain_paths.get(domain),
         system_prompt=study.system_prompt,
+        init_adapter=adapter_dir(study, first, seed) if first is not None else None,
     )
+
+
+def sequential_status(config: TrainConfig, first: TrainJob) -> tuple[TrainStatus, str]:
+    """`training_status` of a sequential job, which also goes stale when the adapter it continues is
+    to be trained (again), or was trained again since it started from it."""
+    status, why = training_status(config)
+    if first.status != "done":  # what it holds, even a checkpoint to resume from, grew from the adapter to be replaced
+        return ("missing" if status == "missing" else "stale"), f"continues {first.out.name}, which is trained first"
+    if status == "done":
+        recorded = json.loads((config.output_dir() / "empersona.json").read_text(encoding="utf-8")).get("init_adapter") or {}
+        now = json.loads((first.out / "empersona.json").read_text(encoding="utf-8"))
+        if recorded.get("empersona") != now:
+            return "stale", f"{first.out.name} was trained again since this adapter started from it"
+    return status, why
 
 
 def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
@@ -224,12 +257,14 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
     identity = base_identity(study)
     served = f"{BASE_NAME}-{identity}"  # the base's name on a vLLM server: another base, another name
     specs = [ModelSpec(BASE_NAME, model_string(study, base, None, served), base, identity=identity)]
-    for domain in study.domains:
-        for seed in study.seeds:
-            out = adapter_dir(study, domain, seed)
-            specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, domain, seed))
-            if study.checkpoints:
-                specs += checkpoint_specs(study, base, out, domain)
+    trained = [(domain, seed, None) for domain in study.domains for seed in study.seeds]
+    trained += [(step.then, seed, step.first) for step in study.sequential for seed in study.seeds]
+    for domain, seed, first in trained:
+        out = adapter_dir(study, domain, seed, first)
+        label = domain if first is None else sequential_label(first, domain)
+        specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, label, seed))
+        if study.checkpoints:
+            specs += checkpoint_specs(study, base, out, label)
     specs += extra_model_specs(study, base, identity)
     return specs
 
@@ -473,6 +508,12 @@ def make_plan(study: StudyConfig) -> Plan:
             config = train_config(study, domain, seed)
             status, why = training_status(config)
             jobs.append(TrainJob(domain, seed, config.output_dir(), config, status, why))
+    for step in study.sequential:  # after the adapters they continue
+        for seed in study.seeds:
+            config = train_config(study, step.then, seed, step.first)
+            first = next(job for job in jobs if job.domain == step.first and job.seed == seed and job.first is None)
+            status, why = sequential_status(config, first)
+            jobs.append(TrainJob(step.then, seed, config.output_dir(), config, status, why, step.first))
     models = model_specs(study)
     # a fine-tune whose adapter is to be (re)trained has no result yet, whatever its logs say
     untrained = frozenset(job.out.resolve() for job in jobs if job.status != "done")
@@ -797,7 +838,7 @@ def print_plan(plan: Plan) -> None:
     for column in ("adapter", "domain", "seed", "status", "why"):
         train.add_column(column)
     for job in plan.train_jobs:
-        train.add_row(job.out.name, job.domain, str(job.seed), job.status, job.why)
+        train.add_row(job.out.name, job.label, str(job.seed), job.status, job.why)
     console.print(train)
     extra = [model for model in plan.models if model.kind in ("adapter", "model")]
     if extra:

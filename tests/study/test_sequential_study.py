@@ -1,0 +1,89 @@
+"""Sequential fine-tuning in a study (PROTOCOLS.md section 5): a fine-tune trained on further on a
+second dataset, planned after the adapter it continues, redone when that adapter is, evaluated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from empersona.errors import EmpersonaError
+from empersona.study.config import load_study
+from empersona.study.plan import make_plan
+
+FIRST, THEN = "risky_financial_advice", "extreme_sports"
+
+
+def study_file(tmp_path: Path, tiny_model: Path, mirror: Path, **extra: Any) -> Path:
+    data = {"name": "seq", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(mirror),
+            "domains": [FIRST], "sequential": [{"first": FIRST, "then": THEN}],
+            "train": {"limit": 8, "max_steps": 2, "batch_size": 2, "per_device_batch": 2, "max_length": 256,
+                      "learning_rate": 1e-3, "warmup_steps": 0, "save_steps": 1, "lora_r": 4, "lora_alpha": 8},
+            "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"}, "samples": 1,
+            "experiments": {"harmfulness": {"limit": 2, "args": {"max_tokens": 4}}}, **extra}
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("sequential", "message"), [
+    ([{"first": "bad_medical_advice", "then": THEN}], "field 'sequential.0.first': 'bad_medical_advice' is not one of the study's domains"),
+    ([{"first": FIRST, "then": "no_such_domain"}], "field 'sequential.0.then': 'no_such_domain' is neither a known domain"),
+    ([{"first": FIRST, "then": THEN}, {"first": FIRST, "then": THEN}], "field 'sequential.1': given twice"),
+    ([{"first": FIRST, "than": THEN}], "field 'sequential.0.than': unknown key"),
+])
+def test_a_sequential_step_that_cannot_be_trained_is_refused(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                                             sequential: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(EmpersonaError, match=message):
+        load_study(study_file(tmp_path, tiny_model, shared_data, sequential=sequential))
+
+
+def test_a_study_continues_its_fine_tune_on_a_second_dataset(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.provider import api
+    from empersona.study.run import run_study
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    path = study_file(tmp_path, tiny_model, shared_data)
+    plan = make_plan(load_study(path))
+    assert [(job.out.name, job.label, job.status) for job in plan.train_jobs] == [
+        (f"{FIRST}-s0", FIRST, "missing"), (f"{FIRST}+{THEN}-s0", f"{FIRST} > {THEN}", "missing")]
+    assert [(m.name, m.domain) for m in plan.models] == [
+        ("base", None), (f"{FIRST}-s0", FIRST), (f"{FIRST}+{THEN}-s0", f"{FIRST}>{THEN}")]
+    try:
+        run_study(load_study(path), only="train")
+    finally:
+        api.release_engines()
+    first, sequential = (tmp_path / "run" / "adapters" / name for name in (f"{FIRST}-s0", f"{FIRST}+{THEN}-s0"))
+    record = json.loads((sequential / "empersona.json").read_text())
+    assert record["init_adapter"]["path"] == str(first.resolve()) and record["domain"] == THEN
+    assert record["init_adapter"]["empersona"] == json.loads((first / "empersona.json").read_text())
+    assert all(job.status == "done" for job in make_plan(load_study(path)).train_jobs)
+
+    # the adapter it continued trained again since: it goes stale too
+    meta = json.loads((first / "empersona.json").read_text())
+    meta["finished_at"] = "2099-01-01T00:00:00+00:00"
+    (first / "empersona.json").write_text(json.dumps(meta))
+    [_first, later] = make_plan(load_study(path)).train_jobs
+    assert later.status == "stale" and "was trained again since" in later.why
+    # the adapter it continues is to be trained (here: deleted): it is trained after it, afresh
+    import shutil
+
+    shutil.rmtree(first)
+    jobs = make_plan(load_study(path)).train_jobs
+    assert [job.status for job in jobs] == ["missing", "stale"] and "which is trained first" in jobs[1].why
+
+    try:
+        run_study(load_study(path))  # trained again in order (first, then the one continuing it), evaluated, reported
+    finally:
+        api.release_engines()
+    plan = make_plan(load_study(path))
+    assert all(job.status == "done" for job in [*plan.train_jobs, *plan.eval_jobs])
+    assert json.loads((sequential / "empersona.json").read_text())["init_adapter"]["empersona"] == json.loads(
+        (first / "empersona.json").read_text())
+    models = yaml.safe_load((tmp_path / "run" / "models.yaml").read_text())["models"]
+    assert {entry["domain"] for entry in models.values()} >= {FIRST, f"{FIRST}>{THEN}"}
+    assert f"| {FIRST}+{THEN}-s0 |" in (tmp_path / "run" / "report" / "report.md").read_text()
