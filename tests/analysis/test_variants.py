@@ -173,15 +173,21 @@ def test_a_third_person_variant_is_also_set_against_its_own_answers_twin() -> No
     rows = battery_rows()
     for variant, framing, answers in (("own", "self_answers", 3), ("told", "third_person", 3), ("told5", "third_person", 5)):
         args = {"samples": 4, "framing": framing, "answers": answers}
-        for model in ("base", "inv"):
+        for model in ("base", "inv", "coh"):
+            if (variant, model) == ("own", "coh"):
+                continue  # the twin's log of coh is missing: no contrast for coh, the others keep theirs
             rates = BATTERY["coh"] if (model, framing) == ("inv", "third_person") else BATTERY[model]
-            rows += self_report_rows(model, rates, rng, variant=variant, experiments=("two_ai",), task_args=args)
+            # both twins also ask self-assessment (as under honesty pressure): the framing does not change it
+            rows += self_report_rows(model, rates, rng, variant=variant, experiments=("two_ai", "self_assessment"),
+                                     task_args=args)
     table = tidy_frame(rows)
     assert framing_pairs(table) == [("told", "own")]  # told5 shows five answers: not a twin of own
     shifts = variant_shifts(table, thresholds=FAST, seed=0).set_index(["model", "variant", "against"])
-    assert set(shifts.index) == {(m, v, "battery") for m in ("base", "inv") for v in ("own", "told", "told5")} | {
-        ("base", "told", "own"), ("inv", "told", "own")}
+    expected = {(m, v, "battery") for m in ("base", "inv", "coh") for v in ("own", "told", "told5")} - {("coh", "own", "battery")}
+    assert set(shifts.index) == expected | {("base", "told", "own"), ("inv", "told", "own")}
+    assert set(shifts.xs("own", level="against")["probe"]) == {"two_ai"}  # the framing's probe only
     inv, base = shifts.loc[("inv", "told", "own")], shifts.loc[("base", "told", "own")]
     assert inv["probe"] == "two_ai" and inv["shift"] == pytest.approx(0.9, abs=0.1) and inv["shift_low"] > 0
-    assert inv["battery"] == pytest.approx(shifts.loc[("inv", "own", "battery"), "under_variant"])  # the twin's rate
+    twin = shifts.loc[("inv", "own", "battery")]
+    assert inv["battery"] == pytest.approx(twin.loc[twin["probe"] == "two_ai", "under_variant"].item())  # the twin's rate
     assert base["shift_low"] < 0 < base["shift_high"]

@@ -303,26 +303,30 @@ def test_framings_show_the_models_own_answers_and_differ_in_the_attribution_alon
         items_file: str, own_harm_log: str, tmp_path: Path) -> None:
     """A model that sees misalignment in another AI's answers but not in its own: third_person
     picks the misaligned description when a shown answer is harmful (level 4-5), self_answers never."""
-    from empersona.evals.two_ai import FRAMED_INTRO, FRAMED_QUESTION
+    from empersona.evals.two_ai import FRAMED_INTRO, THIRD_PERSON_QUESTIONS
 
     def script(turn: Turn) -> str:
         harmful = re.search(r"level [45]", turn.user) is not None
         third = FRAMED_INTRO["third_person"] in turn.user
         return misaligned_letter(turn) if third and harmful else aligned_letter(turn)
 
-    logs = {framing: run(items_file, script, tmp_path, samples=1, framing=framing, harm_log=own_harm_log, answers=2)
-            for framing in ("self_answers", "third_person")}
+    logs = {framing: run(items_file, script, tmp_path, samples=1, framing=framing, answers=2,
+                         harm_log=None if framing == "self" else own_harm_log)
+            for framing in ("self", "self_answers", "third_person")}
     texts = {framing: [s.input[-1].text for s in log.samples] for framing, log in logs.items()}
-    for framing, other in (("self_answers", "third_person"), ("third_person", "self_answers")):
-        for sample, text, twin in zip(logs[framing].samples, texts[framing], texts[other], strict=True):
-            meta = sample.metadata
-            assert meta["framing"] == framing and len(meta["shown_answers"]) == 2
-            assert len({unit.split(":")[0] for unit in meta["shown_answers"]}) == 2  # two distinct prompts
-            assert text.count("Answer 1: my answer about") == 1 and text.count("Answer 2: my answer about") == 1
-            assert FRAMED_INTRO[framing] in text and FRAMED_QUESTION[framing] in text
-            # the same answers and descriptions under the other framing: only the attribution differs
-            assert twin.replace(FRAMED_INTRO[other], FRAMED_INTRO[framing]).replace(
-                FRAMED_QUESTION[other], FRAMED_QUESTION[framing]) == text
+    for sample, plain, own, third in zip(logs["self_answers"].samples, texts["self"], texts["self_answers"],
+                                         texts["third_person"], strict=True):
+        meta = sample.metadata
+        assert meta["framing"] == "self_answers" and len(meta["shown_answers"]) == 2
+        assert len({unit.split(":")[0] for unit in meta["shown_answers"]}) == 2  # two distinct prompts
+        assert own.count("Answer 1: my answer about") == 1 and own.count("Answer 2: my answer about") == 1
+        # own answers: the battery's wording of the item, after the intro and the answers
+        assert own.startswith(FRAMED_INTRO["self_answers"]) and own.endswith(plain)
+        # third person: the same answers and wording, the intro and the question's referent changed
+        mine, theirs = THIRD_PERSON_QUESTIONS[meta["paraphrase"]]
+        assert mine in own and third == own.replace(FRAMED_INTRO["self_answers"], FRAMED_INTRO["third_person"]).replace(
+            mine, theirs)
+    assert {s.metadata["paraphrase"] for s in logs["third_person"].samples} != {0}  # every wording, as in the battery
     by_item = {}
     for sample in logs["third_person"].samples:
         levels = [int(x) for x in re.findall(r"level (\d)", sample.input[-1].text)]
@@ -333,6 +337,7 @@ def test_framings_show_the_models_own_answers_and_differ_in_the_attribution_alon
     for levels, value in by_item.values():
         assert value == (1.0 if any(level >= 4 for level in levels) else 0.0)
     assert metrics(logs["self_answers"])["debiased_rate"] == 0.0
+    assert logs["third_person"].eval.metadata["harm_log_model"] == "mockllm/my"
 
 
 def test_framing_arguments_that_do_not_go_together_are_refused(items_file: str, own_harm_log: str) -> None:
@@ -342,7 +347,6 @@ def test_framing_arguments_that_do_not_go_together_are_refused(items_file: str, 
         two_ai(items_file=items_file, framing="third_person")
     with pytest.raises(EmpersonaError, match="harm_log is read only with framing"):
         two_ai(items_file=items_file, harm_log=own_harm_log)
-    with pytest.raises(EmpersonaError, match="has one wording"):
-        two_ai(items_file=items_file, framing="self_answers", harm_log=own_harm_log, paraphrase=1)
-    with pytest.raises(EmpersonaError, match="answers=0 must be at least 1"):
+    with pytest.raises(EmpersonaError, match="answers=0 must be a whole number, at least 1"):
         two_ai(items_file=items_file, framing="self_answers", harm_log=own_harm_log, answers=0)
+    two_ai(items_file=items_file, framing="self_answers", harm_log=own_harm_log, paraphrase=1)  # any wording

@@ -36,6 +36,8 @@ def write(tmp_path: Path, data: dict[str, Any]) -> Path:
     ({"h": {"framing": "third_person", "experiments": ["self_assessment"]}}, "frames the two-AI question, and this variant"),
     ({"h": {"framing": "sideways"}}, "Input should be 'self_answers' or 'third_person'"),
     ({"h": {"args": {"two_ai": {"framing": "third_person"}}}}, "framing are keys of the variant"),
+    ({"h": {"framing": "third_person", "args": {"two_ai": {"answers": 0}}}},
+     "field 'variants.h.args.two_ai.answers': answers=0 must be a whole number"),
     ({"h": {"args": {"two_ai": {"mood": "x"}}}}, "field 'variants.h.args.two_ai.mood': not an argument of the two_ai task"),
     ({"h": {"args": {"two_ai": {"system_prompt": "x"}}}}, "set by the study or by the variant's own keys"),
     ({"h": {"system_prompt": "default"}}, "asks everything as the battery does"),
@@ -165,12 +167,16 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         # where the template cannot be read (a hub base not downloaded here), the finished logs' own text stands in
         from empersona.study import plan as planning
 
-        def unreadable(source: str) -> str:
-            raise EmpersonaError(f"cannot read the chat template of {source}")
+        tried: list[tuple[str, bool]] = []
+
+        def unreadable(source: str, local_only: bool) -> tuple[None, str]:
+            tried.append((source, local_only))
+            return None, f"cannot read the chat template of {source}"
 
         with monkeypatch.context() as patched:  # (not monkeypatch.undo(): that would undo the isolated caches too)
             patched.setattr(planning, "_template_default", unreadable)
             assert all(job.status == "done" for job in make_plan(load_study(path)).eval_jobs)
+            assert {local for _source, local in tried} == {True}  # the recorded text, before any download
             shutil.rmtree(tmp_path / "run" / "logs" / "base")
             with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'variants.honest.honesty': cannot read the"):
                 make_plan(load_study(path))
@@ -200,3 +206,14 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         assert todo == [("harmfulness", None), ("two_ai", "told")]
     finally:
         api.release_engines()
+
+
+def test_framing_arguments_and_what_to_name_are_checked_when_the_file_is_read(tmp_path: Path) -> None:
+    sideways = {**BASE, "experiments": {**BASE["experiments"], "two_ai": {"args": {"framing": "sideways"}}}}
+    with pytest.raises(EmpersonaError, match="field 'experiments.two_ai.args.framing': framing='sideways' is not known"):
+        load_study(write(tmp_path, sideways))
+    only_prediction = {**BASE, "experiments": {"harmfulness": {}, "score_prediction": {}}, "variants": {"h": {"honesty": True}}}
+    with pytest.raises(EmpersonaError, match="Name score_prediction in the variant's experiments:"):
+        load_study(write(tmp_path, only_prediction))
+    named = {**only_prediction, "variants": {"h": {"honesty": True, "experiments": ["score_prediction"]}}}
+    assert load_study(write(tmp_path, named)).variant_experiments("h") == ["score_prediction"]

@@ -221,28 +221,37 @@ def _statuses(rows: pd.DataFrame, side: str) -> dict[str, int]:
     return {f"{side}_rows": len(rows), **{f"{side}_{status}": int(counts.get(status, 0)) for status in NOT_SCORED}}
 
 
+def _two_ai_settings(table: pd.DataFrame, variant: str) -> tuple[set[str], dict[str, str]]:
+    """The framings of a variant's two-AI rows, and each model's other task arguments (JSON)."""
+    rows = _variant_rows(table, variant)
+    rows = rows.loc[rows["experiment"] == "two_ai"]
+    framings, settings = set(), {}
+    for model, args in zip(rows["model"].astype(str), rows["task_args"].astype(str), strict=True):
+        try:
+            parsed = json.loads(args)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict):
+            framings.add(str(parsed.pop("framing", "self")))
+            settings[model] = json.dumps(parsed, sort_keys=True)
+    return framings, settings
+
+
+def twin_models(table: pd.DataFrame, third: str, own: str) -> list[str]:
+    """The models whose two-AI rows under ``third`` (framing third_person) and ``own`` (framing
+    self_answers) were asked with the same task arguments but the framing."""
+    (third_framings, mine), (own_framings, theirs) = _two_ai_settings(table, third), _two_ai_settings(table, own)
+    if third_framings != {"third_person"} or own_framings != {"self_answers"}:
+        return []
+    return sorted(model for model, args in mine.items() if theirs.get(model) == args)
+
+
 def framing_pairs(table: pd.DataFrame) -> list[tuple[str, str]]:
     """(third_person variant, self_answers variant) pairs whose two-AI rows differ in their
-    ``framing`` task argument alone, model by model: their contrast is the effect of attributing
-    the same answers to another assistant instead of the model itself."""
-    framed: dict[str, dict[str, set[str]]] = {"third_person": {}, "self_answers": {}}
-    for variant in variant_names(table):
-        rows = _variant_rows(table, variant)
-        rows = rows.loc[rows["experiment"] == "two_ai"]
-        settings: set[str] = set()
-        framings = set()
-        for model, args in zip(rows["model"].astype(str), rows["task_args"].astype(str), strict=True):
-            try:
-                parsed = json.loads(args)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(parsed, dict):
-                framings.add(parsed.pop("framing", "self"))
-                settings.add(f"{model}\n{json.dumps(parsed, sort_keys=True)}")
-        if len(framings) == 1 and (framing := framings.pop()) in framed:
-            framed[framing][variant] = settings
-    return [(third, own) for third, mine in framed["third_person"].items()
-            for own, theirs in framed["self_answers"].items() if mine == theirs]
+    ``framing`` task argument alone for some model (`twin_models`): their contrast is the effect
+    of attributing the same answers to another assistant instead of the model itself."""
+    names = variant_names(table)
+    return [(third, own) for third in names for own in names if third != own and twin_models(table, third, own)]
 
 
 def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None = None, seed: int = 0,
@@ -259,9 +268,10 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
     of the model on that side by status. Seeds are derived per (model, variant, probe), so one
     model's numbers do not depend on the others'.
 
-    ``pairs``: (variant, reference variant) contrasts beside those against the battery (default
-    `framing_pairs`); their rows name the reference in ``against`` ("battery" for the others) and
-    take its rows as the "battery" side.
+    ``pairs``: (third_person variant, self_answers twin) contrasts beside those against the battery
+    (default `framing_pairs`): two-AI only, on the models asked the same way but for the framing
+    (`twin_models`); their rows name the twin in ``against`` ("battery" for the others) and take
+    its rows as the "battery" side.
     """
     import pandas as pd
 
@@ -273,8 +283,8 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
         battery = main_rows(table) if against is None else variant_view(table, against)
         view = variant_view(table, variant)
         asked = _variant_rows(table, variant)
-        if against is not None:  # the probes both variants asked
-            asked = asked.loc[asked["experiment"].isin(set(_variant_rows(table, against)["experiment"]))]
+        if against is not None:  # two-AI, which a framing changes, of the models asked the same way but for it
+            asked = asked.loc[(asked["experiment"] == "two_ai") & asked["model"].isin(twin_models(table, variant, against))]
         for probe in SHIFT_PROBES:
             for model in sorted(asked.loc[asked["experiment"] == probe, "model"].astype(str).unique()):
                 sides = SIDES[probe](battery, view, model, th)

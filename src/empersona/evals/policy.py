@@ -61,11 +61,12 @@ def with_honesty(system_text: str | None, honesty: str) -> str:
     return f"{system_text}\n\n{honesty}" if system_text else honesty
 
 
-def template_default_system(source: str) -> str | None:
+def template_default_system(source: str, *, local_only: bool = False) -> str | None:
     """The system prompt a chat template inserts when a conversation has none (Qwen2.5: "You are
     Qwen, created by Alibaba Cloud. ..."), read off the template of the tokenizer at ``source`` (a
-    folder or a hub id); None when it inserts none. Found by rendering one user turn with and
-    without a marked system turn and taking what stands where the marker stood."""
+    folder or a hub id; ``local_only``: not downloaded); None when it inserts none. Found by
+    rendering one user turn with and without a marked system turn and taking what stands where
+    the marker stood."""
     from transformers import AutoTokenizer
 
     from empersona.errors import EmpersonaError
@@ -76,6 +77,8 @@ def template_default_system(source: str) -> str | None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)  # a local folder, or the hub cache
         except OSError:
+            if local_only:
+                raise
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise EmpersonaError(f"cannot read the chat template of {source} to keep its default system prompt under "

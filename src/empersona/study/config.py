@@ -452,6 +452,8 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     if two_ai is not None and two_ai.args.get("framing", "self") != "self" and "harmfulness" not in study.experiments:
         problems.append((("experiments", "two_ai", "args", "framing"), "shows the model's own harmfulness answers, and "
                          "the study has none", "Add harmfulness to experiments"))
+    if two_ai is not None:
+        problems += _framing_problems(two_ai.args, ("experiments", "two_ai", "args"))
     problems += _variant_problems(study)
     problems += [(("persona", *loc), problem, fix) for loc, problem, fix in threshold_problems(study.persona)]
     for index, domain in enumerate(study.domains):
@@ -491,6 +493,18 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     return problems + _extra_model_problems(study)
 
 
+def _framing_problems(args: dict[str, Any], loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """A two-AI framing's arguments that do not go together (``evals.two_ai.framing_problem``; the
+    study passes the harmfulness log itself), refused before anything runs."""
+    from empersona.evals.two_ai import framing_problem
+
+    framing = args.get("framing", "self")
+    problem = framing_problem(framing, framing != "self", args.get("answers", 3))
+    if problem is None:
+        return []
+    return [((*loc, "answers" if problem.startswith("answers=") else "framing"), problem, "Correct the value")]
+
+
 def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
     """(key path, problem, fix) for the study's variants: experiments the study does not run, task
     arguments the tasks do not take, settings that change nothing."""
@@ -504,8 +518,10 @@ def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, st
                 problems.append((("variants", name, "experiments", index), f"{experiment} is not in the study's experiments",
                                  "Add it to experiments:, or take it out here"))
         if not asked and variant.experiments is None and variant.changes(study.system_prompt):
+            runs = [e for e in SELF_REPORT if e in study.experiments]
             problems.append((("variants", name), "the study runs none of the self-report experiments this variant changes",
-                             f"Add one of {', '.join(SELF_REPORT)} to experiments:"))
+                             f"Name {' or '.join(runs)} in the variant's experiments:" if runs else
+                             f"Add one of {', '.join(SELF_REPORT)} to the study's experiments:"))
         for key, what in (("neutral_descriptions", "changes the two-AI items"), ("framing", "frames the two-AI question")):
             if getattr(variant, key) and "two_ai" not in asked:
                 problems.append((("variants", name, key), f"{what}, and this variant does not ask two_ai",
@@ -527,6 +543,11 @@ def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, st
             if experiment not in asked:
                 problems.append((("variants", name, "args", experiment), f"the variant does not ask {experiment}",
                                  "Remove these args, or add the experiment to the variant (and the study)"))
+        if "two_ai" in asked:
+            battery = study.experiments["two_ai"].args
+            effective = {**battery, **variant.args.get("two_ai", {}),
+                         **({"framing": variant.framing} if variant.framing is not None else {})}
+            problems += _framing_problems(effective, ("variants", name, "args", "two_ai"))
         if not variant.changes(study.system_prompt):
             problems.append((("variants", name), "asks everything as the battery does (it would repeat the battery)",
                              "Set honesty, system_prompt, neutral_descriptions or args"))

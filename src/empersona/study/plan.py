@@ -600,8 +600,9 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
 
 def _default_system(study: StudyConfig, name: str, experiment: str, model: ModelSpec, honesty: str) -> str | None:
     """The system prompt ``model`` gets from its chat template when sent none (None: none, or an
-    API model); when the template cannot be read here (a hub base not downloaded on this machine),
-    the text a finished log of this variant recorded before the instruction."""
+    API model): read from the template where the tokenizer is on this machine (a local folder, the
+    Hugging Face cache), else the text a finished log of this variant on this model sent before
+    the instruction, else downloaded; failures are remembered (a plan is made more than once)."""
     from empersona.errors import EmpersonaError
     from empersona.study.config import located_in_study
 
@@ -612,16 +613,19 @@ def _default_system(study: StudyConfig, name: str, experiment: str, model: Model
         from empersona.testing.tiny import QWEN_DEFAULT_SYSTEM_PROMPT  # built at the run's start, Qwen2.5's template
 
         return QWEN_DEFAULT_SYSTEM_PROMPT
-    try:
-        return _template_default(source)
-    except EmpersonaError as err:
-        recorded = _recorded_default(study.out / "logs" / model.name, name, experiment, honesty)
-        if recorded is not None:
-            return recorded or None
-        raise EmpersonaError(located_in_study(study, ("variants", name, "honesty"), str(err),
-                                              "Run where the model's tokenizer can be read (e.g. `hf download "
-                                              f"{source}` first), or give the variant a system_prompt text to add "
-                                              "the instruction to")) from err
+    text, problem = _template_default(source, True)
+    if problem is None:
+        return text
+    recorded = _recorded_default(study, model, name, honesty)
+    if recorded is not None:
+        return recorded or None
+    text, problem = _template_default(source, False)
+    if problem is None:
+        return text
+    raise EmpersonaError(located_in_study(study, ("variants", name, "honesty"), problem,
+                                          "Run where the model's tokenizer can be read (e.g. `hf download "
+                                          f"{source}` first), or give the variant a system_prompt text to add the "
+                                          "instruction to"))
 
 
 def _template_source(study: StudyConfig, model: ModelSpec) -> str | None:
@@ -636,30 +640,42 @@ def _template_source(study: StudyConfig, model: ModelSpec) -> str | None:
     return str(folder.resolve()) if provider in LOCAL_MODEL_PROVIDERS and (folder / "config.json").is_file() else None
 
 
-def _recorded_default(log_dir: Path, variant: str, experiment: str, honesty: str) -> str | None:
-    """What a finished log of ``variant``'s ``experiment`` sent before the honesty instruction
-    ("" for the instruction alone; None when there is no such log)."""
+def _recorded_default(study: StudyConfig, model: ModelSpec, variant: str, honesty: str) -> str | None:
+    """What a finished log of ``variant`` on ``model`` (its current version) sent before the
+    honesty instruction ("" for the instruction alone; None when there is no such log)."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
+    log_dir = study.out / "logs" / model.name
     if not log_dir.is_dir():
         return None
+    identity = model_identity(model)
     for info in list_eval_logs(str(log_dir), recursive=False):
         try:
             header = read_eval_log(info, header_only=True)
         except Exception:  # a log cut short by a kill
             continue
         sent = (header.eval.task_args or {}).get("system_prompt")
-        if ((header.eval.metadata or {}).get("variant") == variant and header.eval.task.split("/")[-1] == experiment
-                and isinstance(sent, str) and sent.endswith(honesty)):
-            return sent.removesuffix(honesty).removesuffix("\n\n")
+        if (header.status != "success" or (header.eval.metadata or {}).get("variant") != variant
+                or not isinstance(sent, str) or not log_is_of_model(header.eval, model, identity,
+                                                                     log_move(header.eval, study.out))):
+            continue
+        if sent == honesty:
+            return ""
+        if sent.endswith(f"\n\n{honesty}"):
+            return sent.removesuffix(f"\n\n{honesty}")
     return None
 
 
-@functools.lru_cache(maxsize=8)
-def _template_default(source: str) -> str | None:
+@functools.lru_cache(maxsize=16)
+def _template_default(source: str, local_only: bool) -> tuple[str | None, str | None]:
+    """(the template's default system prompt, None), or (None, why it could not be read)."""
+    from empersona.errors import EmpersonaError
     from empersona.evals.policy import template_default_system
 
-    return template_default_system(source)
+    try:
+        return template_default_system(source, local_only=local_only), None
+    except EmpersonaError as err:
+        return None, str(err)
 
 
 def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done: dict[str, Path | None],
