@@ -191,3 +191,30 @@ def test_a_third_person_variant_is_also_set_against_its_own_answers_twin() -> No
     twin = shifts.loc[("inv", "own", "battery")]
     assert inv["battery"] == pytest.approx(twin.loc[twin["probe"] == "two_ai", "under_variant"].item())  # the twin's rate
     assert base["shift_low"] < 0 < base["shift_high"]
+
+
+def test_score_prediction_under_a_variant_shifts_its_mean_signed_error() -> None:
+    """Score prediction asked again (named in the variant): the shift of the mean signed error in
+    the shown condition, paired over harm prompts; a model that under-predicts its harm by 1.5
+    under the battery and predicts it right under the variant shifts by +1.5."""
+    import numpy as np
+    from variant_table import _row, battery_rows
+
+    from empersona.analysis.results import tidy_frame
+
+    rng = np.random.default_rng(3)
+    rows = battery_rows()
+    for variant, bias in (("", -1.5), ("honest", 0.0)):
+        for model in ("base", "inv"):
+            for i in range(30):
+                for k in range(2):
+                    error = (bias if model == "inv" else 0.0) + float(rng.choice([-1.0, 0.0, 1.0], p=[0.2, 0.6, 0.2]))
+                    rows.append(_row(model, "score_prediction", f"h{i:02d}:{k}", 0, "shown", error, variant=variant,
+                                     actual=4.0, predicted=4.0 + error))
+                rows.append(_row(model, "score_prediction", f"h{i:02d}", 0, "blind", 0.0, variant=variant, actual=4.0,
+                                 predicted=4.0))
+    shifts = variant_shifts(tidy_frame(rows), thresholds=FAST, seed=0).set_index(["model", "probe"])
+    inv, base = shifts.loc[("inv", "score_prediction")], shifts.loc[("base", "score_prediction")]
+    assert inv["battery"] == pytest.approx(-1.5, abs=0.15) and inv["under_variant"] == pytest.approx(0.0, abs=0.15)
+    assert inv["shift"] == pytest.approx(1.5, abs=0.2) and inv["shift_low"] > 0 and inv["units"] == 30
+    assert "shown condition" in inv["note"] and base["shift_low"] < 0 < base["shift_high"]

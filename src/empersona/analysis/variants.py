@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 
     from empersona.analysis.stats import BootstrapResult, UnitSamples
 
-ShiftProbe = Literal["two_ai", "output_recognition", "self_assessment"]
-SHIFT_PROBES: tuple[ShiftProbe, ...] = ("two_ai", "output_recognition", "self_assessment")
+ShiftProbe = Literal["two_ai", "output_recognition", "self_assessment", "score_prediction"]
+SHIFT_PROBES: tuple[ShiftProbe, ...] = ("two_ai", "output_recognition", "self_assessment", "score_prediction")
+PREDICTION_CONDITIONS = ("shown", "blind", "shown_other")
+"""The score-prediction condition a shift compares: the first both sides asked (``shown``: the model
+rates its own earlier response with the judge's rubric)."""
 NOT_SCORED: tuple[str, ...] = ("unscored", "refused", "unparsed")
 SHOWN_WIDTH = 60
 """Longer task-argument values are cut to this many characters in `variant_changes` (each
@@ -194,8 +197,28 @@ def _self_assessment_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: 
     return Sides(v_arrays, b_arrays, v_statistic, b_statistic, False, compared, only_b, only_v)
 
 
+def _prediction_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str, th: PersonaThresholds) -> Sides:
+    """Score prediction's mean signed error (predicted - the judge's score) on both sides, in the
+    first condition both asked (`PREDICTION_CONDITIONS`), over the responses both have, their harm
+    prompts resampled whole (as the report's score-prediction intervals are)."""
+    b_all, v_all = _rows(battery, model, "score_prediction"), _rows(variant, model, "score_prediction")
+    condition = next((c for c in PREDICTION_CONDITIONS
+                      if (b_all["condition"] == c).any() and (v_all["condition"] == c).any()), None)
+    if condition is None:
+        return Sides([], [], stats.cell_mean, stats.cell_mean, True, 0, 0, 0, "no score-prediction condition on both sides")
+    b_rows, v_rows = (rows.loc[rows["condition"] == condition] for rows in (b_all, v_all))
+    units, only_b, only_v = _shared(b_rows, v_rows)
+    prompts = sorted({stats.response_prompt(u) for u in units})
+    v_arrays, b_arrays = ([stats.cluster_means(stats.unit_samples(side, model=model, experiment="score_prediction",
+                                                                  where={"condition": condition}, units=units),
+                                               stats.response_prompt, prompts)] for side in (variant, battery))
+    return Sides(v_arrays, b_arrays, stats.cell_mean, stats.cell_mean, True, len(prompts), only_b, only_v,
+                 f"signed error, {condition} condition")
+
+
 SIDES: dict[ShiftProbe, Callable[[pd.DataFrame, pd.DataFrame, str, PersonaThresholds], Sides]] = {
     "two_ai": _two_ai_sides, "output_recognition": _recognition_sides, "self_assessment": _self_assessment_sides,
+    "score_prediction": _prediction_sides,
 }
 
 
@@ -260,8 +283,8 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
     battery) with its interval and two-sided bootstrap p against 0, and Holm's p over every shift.
 
     The probes are ``two_ai`` (debiased misaligned-pick rate), ``output_recognition`` (asymmetry,
-    over the foil ``thresholds.recognition_foil``) and ``self_assessment`` (headline dimension),
-    for every model the variant asked. ``battery`` and ``under_variant`` are over what the shift
+    over the foil ``thresholds.recognition_foil``), ``self_assessment`` (headline dimension) and
+    ``score_prediction`` (mean signed error, `_prediction_sides`), for every model the variant asked. ``battery`` and ``under_variant`` are over what the shift
     compares. ``units``: items (two-AI), harm prompts (recognition) or prompts (self-assessment)
     compared; ``only_battery`` / ``only_variant``: item ids one side has and the other lacks, left
     out. ``<side>_rows`` and ``<side>_unscored`` / ``_refused`` / ``_unparsed``: the probe's rows

@@ -346,16 +346,15 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              "n: units resampled."),
     ]
     if not len(shifts):  # a variant of score prediction only: nothing the section sets against the battery
-        blocks.append(Para("No shifts: the variants asked none of two-AI, output recognition and self-assessment (score "
-                           "prediction under a variant is in the tables above and its logs, not set against the battery)."))
+        blocks.append(Para("No shifts: the variants asked none of the self-report experiments of models the battery has."))
         return blocks, {"variant_changes": changes, "variant_calls": per_variant, "variant_shifts": shifts}
     blocks += [
         draw(shifts.assign(variant=[v if a == "battery" else f"{v} vs {a}" for v, a in zip(shifts["variant"], shifts["against"],
                                                                                           strict=True)])),
         Table(_format_frame(shifts, {
             "model": "model", "variant": "variant", "against": "against", "probe": "probe",
-            "battery": lambda r: fmt(r["battery"], signed=r["probe"] == "output_recognition"),
-            "variant value": lambda r: fmt(r["under_variant"], signed=r["probe"] == "output_recognition"),
+            "battery": lambda r: fmt(r["battery"], signed=r["probe"] in ("output_recognition", "score_prediction")),
+            "variant value": lambda r: fmt(r["under_variant"], signed=r["probe"] in ("output_recognition", "score_prediction")),
             "shift": lambda r: _fmt_col(r, "shift", signed=True), "Holm p": lambda r: fmt(r["p_holm"], digits=3),
             "units": "units", "left out (battery only / variant only)": lambda r: f"{r['only_battery']} / {r['only_variant']}",
             "not scored, battery": counted("battery"), "not scored, variant": counted("variant"),
@@ -367,7 +366,9 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              "the model's own, the effect of the attribution alone. Over the units both sides have (two-AI: items; "
              "recognition: harm prompts, each prompt's own responses resampled together, on the "
              f"{thresholds.recognition_foil or 'pooled'} foil; self-assessment: prompts, on the headline dimension, "
-             "unpaired as in the persona table); units only one side has are left out and counted. Intervals: "
+             "unpaired as in the persona table; score prediction: the mean signed error, predicted minus the judge's "
+             "score, in the shown condition (else the first both asked, named in the note), responses resampled by "
+             "harm prompt); units only one side has are left out and counted. Intervals: "
              f"{thresholds.level:.0%} {'BCa' if thresholds.method == 'bca' else thresholds.method} bootstrap, "
              f"{thresholds.n_resamples} resamples; Holm over "
              "every shift of the table. Not scored: the probe's rows of the model on each side by status."),

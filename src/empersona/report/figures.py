@@ -257,6 +257,7 @@ SHIFT_PANELS: dict[str, str] = {
     "two_ai": "Two-AI: misaligned pick rate",
     "output_recognition": "Output recognition: asymmetry",
     "self_assessment": "Self-assessment (1 = misaligned)",
+    "score_prediction": "Score prediction: signed error",
 }
 VARIANT_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -268,10 +269,13 @@ def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
     models = sorted(shifts["model"].astype(str).unique())
     variants = sorted(shifts["variant"].astype(str).unique())
     colours = _model_colours(variants)
-    fig = _figure(14.0, 1.6 + 0.45 * max(len(models), 2) * max(1.0, len(variants) / 2))
-    axes = fig.subplots(1, len(SHIFT_PANELS), sharey=True)
+    # the persona table's three probes always (an empty one says so); score prediction where a variant asked it
+    panels = {probe: title for probe, title in SHIFT_PANELS.items()
+              if probe != "score_prediction" or (shifts["probe"] == probe).any()}
+    fig = _figure(4.0 * len(panels) + 2.0, 1.6 + 0.45 * max(len(models), 2) * max(1.0, len(variants) / 2))
+    axes = fig.subplots(1, len(panels), sharey=True)
     step = 0.6 / max(len(variants), 1)
-    for ax, (probe, title) in zip(axes, SHIFT_PANELS.items(), strict=True):
+    for ax, (probe, title) in zip(axes, panels.items(), strict=True):
         _anchor(ax, 0.0, "no shift", vertical=True)
         part = shifts[shifts["probe"] == probe]
         if not part["shift"].map(_finite).any():

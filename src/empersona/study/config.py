@@ -46,8 +46,8 @@ SELF_REPORT = ("self_assessment", "two_ai", "output_recognition", "score_predict
 """The experiments a study variant asks again (the model about itself); harmfulness and the classic
 EM questions measure behaviour, which a variant shares with the battery."""
 VARIANT_DEFAULT = ("self_assessment", "two_ai", "output_recognition")
-"""What a variant that changes the system prompt asks by default: the probes the report sets
-against the battery (score prediction only when a variant names it)."""
+"""What a variant that changes the system prompt asks by default: the persona probes (score
+prediction, one question per logged response and so the costliest, only when a variant names it)."""
 
 
 class Prices(BaseModel):
@@ -359,7 +359,7 @@ class StudyConfig(BaseModel):
         for neutral descriptions or a framing, each experiment it gives args)."""
         variant = self.variants[name]
         chosen = variant.experiments
-        if chosen is None:  # score prediction, which the report does not set against the battery, when named only
+        if chosen is None:  # score prediction (the costliest) when named only
             every = bool(variant.honesty) or variant.system_prompt not in (None, self.system_prompt)
             two_ai = variant.neutral_descriptions or variant.framing is not None
             chosen = [e for e in SELF_REPORT if (every and e in VARIANT_DEFAULT) or (e == "two_ai" and two_ai)
