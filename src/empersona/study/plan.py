@@ -587,7 +587,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
         honesty = HONESTY_PRESSURE if variant.honesty is True else str(variant.honesty)
         text = resolve_system_prompt(policy)
         if text is None:
-            text = _default_system(study, name, experiment, model, honesty)
+            text = _default_system(study, name, model, honesty)
         policy = with_honesty(text, honesty)
     args["system_prompt"] = policy
     if experiment == "two_ai" and variant.neutral_descriptions:
@@ -598,7 +598,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     return args
 
 
-def _default_system(study: StudyConfig, name: str, experiment: str, model: ModelSpec, honesty: str) -> str | None:
+def _default_system(study: StudyConfig, name: str, model: ModelSpec, honesty: str) -> str | None:
     """The system prompt ``model`` gets from its chat template when sent none (None: none, or an
     API model): read from the template where the tokenizer is on this machine (a local folder, the
     Hugging Face cache), else the text a finished log of this variant on this model sent before
