@@ -90,6 +90,14 @@ def test_variant_task_args_keep_the_template_default_under_honesty_pressure(tmp_
         ("self_assessment", "plain"), ("two_ai", "plain"), ("two_ai", "told"), ("self_assessment", "counted"),
         ("self_assessment", "empty"), ("two_ai", "empty")]
     assert jobs[4].label == "two_ai [honest]"
+    # the dry run's cost counts the answers a framed question shows (3 of up to 512 tokens each, per generation)
+    from empersona.study.plan import estimated_cost
+
+    priced = load_study(write(tmp_path, {**data, "prices": {"subject_input": 1.0}}))
+    plan = make_plan(priced)
+    framed = sum(j.generations for j in plan.eval_jobs if j.variant == "told")
+    assert framed > 0 and estimated_cost(plan) == pytest.approx(
+        (plan.generations * 200 + framed * 3 * 512) * 1e-6)
 
 
 def test_neutral_descriptions_take_out_the_self_label_only() -> None:

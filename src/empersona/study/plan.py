@@ -822,14 +822,20 @@ def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec
 def estimated_cost(plan: Plan, prompt_tokens: int = 200, judge_prompt_tokens: int = 800) -> float | None:
     """A rough dollar figure from the study's prices: every generation at its max length.
 
-    Token counts are coarse (``prompt_tokens`` per subject prompt, ``judge_prompt_tokens`` per judge
-    prompt, 512 output tokens per generation, 5 per judge reply): an upper-bound planning figure.
+    Token counts are coarse (``prompt_tokens`` per subject prompt, plus the answers a framed two-AI
+    question shows at the harmfulness ``max_tokens`` each; ``judge_prompt_tokens`` per judge prompt,
+    512 output tokens per generation, 5 per judge reply): an upper-bound planning figure.
     """
     prices = plan.study.prices
     if prices is None:
         return None
     per_million = 1e-6
+    answer_tokens = int(task_args(plan.study, "harmfulness").get("max_tokens", _task_default("harmfulness", "max_tokens"))
+                        ) if "harmfulness" in plan.study.experiments else 0
+    shown = sum(job.generations * int(job.task_args.get("answers", 3)) * answer_tokens for job in plan.eval_jobs
+                if job.status == "todo" and job.experiment == "two_ai" and job.task_args.get("framing", "self") != "self")
     subject = plan.generations * (prompt_tokens * prices.subject_input + 512 * prices.subject_output)
+    subject += shown * prices.subject_input
     second = sum(job.judge_calls for job in plan.eval_jobs if job.status == "todo" and job.experiment == "second_judge")
     judge = (plan.judge_calls - second) * (judge_prompt_tokens * prices.judge_input + 5 * prices.judge_output)
     judge += second * (judge_prompt_tokens * prices.second_judge_input + 5 * prices.second_judge_output)
