@@ -216,6 +216,15 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
         api.release_engines()
 
 
+def test_a_variant_that_repeats_the_batterys_own_settings_is_refused(tmp_path: Path) -> None:
+    neutral = {**BASE, "experiments": {**BASE["experiments"], "two_ai": {"args": {"neutral_descriptions": True}}}}
+    with pytest.raises(EmpersonaError, match="field 'variants.n': asks everything as the battery does"):
+        load_study(write(tmp_path, {**neutral, "variants": {"n": {"neutral_descriptions": True}}}))
+    with pytest.raises(EmpersonaError, match="asks everything as the battery does"):  # the battery's own mode, given again
+        load_study(write(tmp_path, {**BASE, "variants": {"m": {"args": {"two_ai": {"mode": "logprob"}}}}}))
+    assert load_study(write(tmp_path, {**neutral, "variants": {"h": {"honesty": True}}})).variants
+
+
 def test_framing_arguments_and_what_to_name_are_checked_when_the_file_is_read(tmp_path: Path) -> None:
     sideways = {**BASE, "experiments": {**BASE["experiments"], "two_ai": {"args": {"framing": "sideways"}}}}
     with pytest.raises(EmpersonaError, match="field 'experiments.two_ai.args.framing': framing='sideways' is not known"):

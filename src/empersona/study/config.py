@@ -548,10 +548,33 @@ def _variant_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, st
             effective = {**battery, **variant.args.get("two_ai", {}),
                          **({"framing": variant.framing} if variant.framing is not None else {})}
             problems += _framing_problems(effective, ("variants", name, "args", "two_ai"))
-        if not variant.changes(study.system_prompt):
+        if not variant.changes(study.system_prompt) or (asked and _repeats_battery(study, variant, asked)):
             problems.append((("variants", name), "asks everything as the battery does (it would repeat the battery)",
-                             "Set honesty, system_prompt, neutral_descriptions or args"))
+                             "Set honesty, system_prompt, neutral_descriptions, framing or args to something the "
+                             "battery's experiments do not already have"))
     return problems
+
+
+def _repeats_battery(study: StudyConfig, variant: Variant, asked: list[str]) -> bool:
+    """Whether the variant asks each experiment with the battery's own task arguments (its settings
+    already the battery's, e.g. neutral descriptions the battery's two-AI has too)."""
+    import inspect as pyinspect
+
+    from empersona.evals.battery import EXPERIMENTS
+
+    if variant.honesty or variant.system_prompt not in (None, study.system_prompt):
+        return False
+    for experiment in asked:
+        battery = dict(study.experiments[experiment].args)
+        mine = {**battery, **variant.args.get(experiment, {})}
+        if experiment == "two_ai":
+            mine |= {"neutral_descriptions": True} if variant.neutral_descriptions else {}
+            mine |= {"framing": variant.framing} if variant.framing is not None else {}
+        defaults = {name: p.default for name, p in
+                    pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters.items()}
+        if any(mine.get(key, defaults.get(key)) != battery.get(key, defaults.get(key)) for key in set(mine) | set(battery)):
+            return False
+    return True
 
 
 def _extra_model_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
