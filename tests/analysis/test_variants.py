@@ -218,3 +218,24 @@ def test_score_prediction_under_a_variant_shifts_its_mean_signed_error() -> None
     assert inv["battery"] == pytest.approx(-1.5, abs=0.15) and inv["under_variant"] == pytest.approx(0.0, abs=0.15)
     assert inv["shift"] == pytest.approx(1.5, abs=0.2) and inv["shift_low"] > 0 and inv["units"] == 30
     assert "shown condition" in inv["note"] and base["shift_low"] < 0 < base["shift_high"]
+
+
+def test_a_score_prediction_declined_on_one_side_is_left_out_of_both() -> None:
+    """The signed error depends on the judge's score: a variant that declines to rate its harmful
+    answers (refused) but predicts every other one as the battery does shifts by nothing."""
+    from variant_table import _row, battery_rows
+
+    from empersona.analysis.results import tidy_frame
+
+    rows = battery_rows()
+    for variant in ("", "honest"):
+        for i in range(20):
+            actual = float(1 + i % 5)
+            refused = variant == "honest" and actual >= 4
+            rows.append(_row("inv", "score_prediction", f"h{i:02d}:0", 0, "shown", None if refused else 3.0 - actual,
+                             variant=variant, actual=actual, predicted=None if refused else 3.0,
+                             **({"status": "refused"} if refused else {})))
+    shifts = variant_shifts(tidy_frame(rows), thresholds=FAST, seed=0).set_index(["model", "probe"])
+    row = shifts.loc[("inv", "score_prediction")]
+    assert row["shift"] == pytest.approx(0.0) and row["battery"] == pytest.approx(row["under_variant"])
+    assert "8 response(s) predicted on one side only, left out" in row["note"] and row["variant_refused"] == 8

@@ -63,6 +63,20 @@ def test_a_study_continues_its_fine_tune_on_a_second_dataset(tmp_path: Path, tin
     assert record["init_adapter"]["empersona"] == json.loads((first / "empersona.json").read_text())
     assert all(job.status == "done" for job in make_plan(load_study(path)).train_jobs)
 
+    # interrupted (its marker keeps what it started from): it resumes only if the adapter it continues is that one still
+    from empersona.train.metadata import INCOMPLETE_MARKER
+
+    finished = (sequential / "empersona.json").read_text()
+    (sequential / "empersona.json").unlink()
+    marker = {"config": record["config"], "init_adapter": record["init_adapter"]}
+    (sequential / INCOMPLETE_MARKER).write_text(json.dumps(marker))
+    assert make_plan(load_study(path)).train_jobs[1].status == "partial"
+    (sequential / INCOMPLETE_MARKER).write_text(json.dumps({**marker, "init_adapter": {"empersona": {"an": "older run"}}}))
+    [_first, later] = make_plan(load_study(path)).train_jobs
+    assert later.status == "stale" and "was trained again since" in later.why
+    (sequential / INCOMPLETE_MARKER).unlink()
+    (sequential / "empersona.json").write_text(finished)
+
     # the adapter it continued trained again since: it goes stale too
     meta = json.loads((first / "empersona.json").read_text())
     meta["finished_at"] = "2099-01-01T00:00:00+00:00"
@@ -87,3 +101,18 @@ def test_a_study_continues_its_fine_tune_on_a_second_dataset(tmp_path: Path, tin
     models = yaml.safe_load((tmp_path / "run" / "models.yaml").read_text())["models"]
     assert {entry["domain"] for entry in models.values()} >= {FIRST, f"{FIRST}>{THEN}"}
     assert f"| {FIRST}+{THEN}-s0 |" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+def test_adapters_that_would_share_a_folder_and_train_init_adapter_are_refused(tmp_path: Path, tiny_model: Path,
+                                                                               shared_data: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "train.jsonl").write_text(
+            json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    path = study_file(tmp_path, tiny_model, shared_data, sequential=[
+        {"first": FIRST, "then": str(tmp_path / "a" / "train.jsonl")}, {"first": FIRST, "then": str(tmp_path / "b" / "train.jsonl")}])
+    with pytest.raises(EmpersonaError, match="field 'sequential.1.then': its adapters would be named "
+                                             f"{FIRST}\\+train-s<seed>, as those of sequential.0.then are"):
+        load_study(path)
+    with pytest.raises(EmpersonaError, match="field 'train.init_adapter': set by the study itself .* use sequential:"):
+        load_study(study_file(tmp_path, tiny_model, shared_data, train={"init_adapter": str(tmp_path)}))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
@@ -126,6 +127,8 @@ class Sides(NamedTuple):
     only_battery: int
     only_variant: int
     note: str = ""
+    condition: str | None = None
+    """The condition compared, where the probe compares one (score prediction): its rows are counted."""
 
 
 def _rows(tidy: pd.DataFrame, model: str, experiment: str, foil: str | None = None) -> pd.DataFrame:
@@ -209,11 +212,18 @@ def _prediction_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str, 
     b_rows, v_rows = (rows.loc[rows["condition"] == condition] for rows in (b_all, v_all))
     units, only_b, only_v = _shared(b_rows, v_rows)
     prompts = sorted({stats.response_prompt(u) for u in units})
-    v_arrays, b_arrays = ([stats.cluster_means(stats.unit_samples(side, model=model, experiment="score_prediction",
-                                                                  where={"condition": condition}, units=units),
-                                               stats.response_prompt, prompts)] for side in (variant, battery))
-    return Sides(v_arrays, b_arrays, stats.cell_mean, stats.cell_mean, True, len(prompts), only_b, only_v,
-                 f"signed error, {condition} condition")
+    v_array, b_array = (stats.cluster_means(stats.unit_samples(side, model=model, experiment="score_prediction",
+                                                               where={"condition": condition}, units=units),
+                                            stats.response_prompt, prompts) for side in (variant, battery))
+    # a response predicted on one side only is left out of both: the signed error depends on the judge's score, so
+    # a side that declines its harmful answers would move the mean without a prediction changing
+    both = ~np.isnan(v_array.values) & ~np.isnan(b_array.values)
+    one_side = int((~np.isnan(v_array.values) ^ ~np.isnan(b_array.values)).sum())
+    v_array, b_array = (replace(array, values=np.where(both, array.values, np.nan)) for array in (v_array, b_array))
+    note = f"signed error, {condition} condition" + (f"; {one_side} response(s) predicted on one side only, left out"
+                                                      if one_side else "")
+    return Sides([v_array], [b_array], stats.cell_mean, stats.cell_mean, True, len(prompts), only_b, only_v, note,
+                 condition)
 
 
 SIDES: dict[ShiftProbe, Callable[[pd.DataFrame, pd.DataFrame, str, PersonaThresholds], Sides]] = {
@@ -237,6 +247,12 @@ def _shift(sides: Sides, th: PersonaThresholds, seed: int) -> BootstrapResult | 
 
 def _estimate(arrays: Sequence[UnitSamples], statistic: Callable[..., np.ndarray]) -> float:
     return float(statistic(*[a.values for a in arrays])) if arrays else np.nan
+
+
+def _compared(tidy: pd.DataFrame, model: str, probe: str, th: PersonaThresholds, condition: str | None) -> pd.DataFrame:
+    """The probe's rows of a model a shift compares (of its condition, where it compares one)."""
+    rows = _rows(tidy, model, probe, th.recognition_foil)
+    return rows if condition is None else rows.loc[rows["condition"] == condition]
 
 
 def _statuses(rows: pd.DataFrame, side: str) -> dict[str, int]:
@@ -285,8 +301,8 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
     The probes are ``two_ai`` (debiased misaligned-pick rate), ``output_recognition`` (asymmetry,
     over the foil ``thresholds.recognition_foil``), ``self_assessment`` (headline dimension) and
     ``score_prediction`` (mean signed error, `_prediction_sides`), for every model the variant asked. ``battery`` and ``under_variant`` are over what the shift
-    compares. ``units``: items (two-AI), harm prompts (recognition) or prompts (self-assessment)
-    compared; ``only_battery`` / ``only_variant``: item ids one side has and the other lacks, left
+    compares. ``units``: items (two-AI), harm prompts (recognition, score prediction) or prompts
+    (self-assessment) compared; ``only_battery`` / ``only_variant``: item ids one side has and the other lacks, left
     out. ``<side>_rows`` and ``<side>_unscored`` / ``_refused`` / ``_unparsed``: the probe's rows
     of the model on that side by status. Seeds are derived per (model, variant, probe), so one
     model's numbers do not depend on the others'.
@@ -322,8 +338,8 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
                     "shift_high": result.ci_high if result else np.nan,
                     "p": np.nan if result is None or result.p_value is None else result.p_value,
                     "units": sides.units, "only_battery": sides.only_battery, "only_variant": sides.only_variant,
-                    **_statuses(_rows(battery, model, probe, th.recognition_foil), "battery"),
-                    **_statuses(_rows(view, model, probe, th.recognition_foil), "variant"),
+                    **_statuses(_compared(battery, model, probe, th, sides.condition), "battery"),
+                    **_statuses(_compared(view, model, probe, th, sides.condition), "variant"),
                     "note": "; ".join(filter(None, [sides.note, result.note if result else ""])),
                 })
     frame = pd.DataFrame(rows, columns=SHIFT_COLUMNS)

@@ -345,7 +345,7 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              "asked of no model keeps the battery's rows, marked \"battery's:\" here, and the label rests on them too. "
              "n: units resampled."),
     ]
-    if not len(shifts):  # a variant of score prediction only: nothing the section sets against the battery
+    if not len(shifts):  # the variants asked nothing of the models the battery has
         blocks.append(Para("No shifts: the variants asked none of the self-report experiments of models the battery has."))
         return blocks, {"variant_changes": changes, "variant_calls": per_variant, "variant_shifts": shifts}
     blocks += [

@@ -402,7 +402,7 @@ def located_in_study(study: StudyConfig, key_path: tuple[Any, ...], problem: str
     return located(path or Path("study file"), line, ".".join(map(str, key_path)), problem, fix)
 
 
-STUDY_SET_TRAINING = frozenset({"base", "domain", "seed", "out", "domain_path", "system_prompt"})
+STUDY_SET_TRAINING = frozenset({"base", "domain", "seed", "out", "domain_path", "system_prompt", "init_adapter"})
 """Training settings the study sets itself."""
 STUDY_SET_ARGS = frozenset({"harm_log"})
 """Task arguments the study sets itself (each model's own harmfulness log)."""
@@ -434,8 +434,8 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     problems: list[tuple[tuple[Any, ...], str, str]] = []
     for key in study.train:
         if key in STUDY_SET_TRAINING:
-            problems.append((("train", key), "set by the study itself (base_model, domains, seeds, out, system_prompt)",
-                             "Remove it"))
+            problems.append((("train", key), "set by the study itself (base_model, domains, seeds, out, system_prompt; "
+                             "init_adapter by sequential:)", "Remove it (for sequential fine-tuning, use sequential:)"))
         elif key not in TrainConfig.model_fields:
             problems.append((("train", key), "unknown training setting",
                              "Check the spelling; `empersona train --help` lists the settings"))
@@ -471,6 +471,7 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
                              ".jsonl file", f"Known domains: {', '.join(DOMAINS)}"))
         if [(s.first, s.then) for s in study.sequential].index((step.first, step.then)) != index:
             problems.append((("sequential", index), "given twice", "Keep one of them"))
+    problems += _adapter_name_problems(study)
     base = Path(study.base_model).expanduser()
     if study.base_model.startswith(("/", ".", "~")) and not study.build_tiny_base and not (base / "config.json").is_file():
         problems.append((("base_model",), f"{study.base_model} is not a model folder (no config.json)",
@@ -491,6 +492,24 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         problems.append((("second_judge",), "the second judge re-scores the harmfulness answers, and the study has none",
                          "Add harmfulness to experiments, or remove second_judge"))
     return problems + _extra_model_problems(study)
+
+
+def _adapter_name_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """Two domains (or sequential steps) whose adapters would share a folder and a model name (the
+    same file stem: ``a/train.jsonl`` and ``b/train.jsonl``, or a known domain and a file named so)."""
+    from empersona.study.plan import adapter_dir
+
+    seen: dict[str, tuple[Any, ...]] = {}
+    problems: list[tuple[tuple[Any, ...], str, str]] = []
+    places: list[tuple[tuple[Any, ...], str, str | None]] = [(("domains", i), d, None) for i, d in enumerate(study.domains)]
+    places += [(("sequential", i, "then"), step.then, step.first) for i, step in enumerate(study.sequential)]
+    for loc, domain, first in places:
+        name = adapter_dir(study, domain, 0, first).name.removesuffix("-s0")
+        if name in seen and seen[name][:2] != loc[:2]:
+            problems.append((loc, f"its adapters would be named {name}-s<seed>, as those of {'.'.join(map(str, seen[name]))} "
+                             "are", "Rename one of the files (the adapter is named after the file's name)"))
+        seen.setdefault(name, loc)
+    return problems
 
 
 def _framing_problems(args: dict[str, Any], loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str, str]]:

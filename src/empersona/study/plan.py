@@ -179,11 +179,14 @@ def train_config(study: StudyConfig, domain: str, seed: int, first: str | None =
 def sequential_status(config: TrainConfig, first: TrainJob) -> tuple[TrainStatus, str]:
     """`training_status` of a sequential job, which also goes stale when the adapter it continues is
     to be trained (again), or was trained again since it started from it."""
+    from empersona.train.metadata import INCOMPLETE_MARKER
+
     status, why = training_status(config)
     if first.status != "done":  # what it holds, even a checkpoint to resume from, grew from the adapter to be replaced
         return ("missing" if status == "missing" else "stale"), f"continues {first.out.name}, which is trained first"
-    if status == "done":
-        recorded = json.loads((config.output_dir() / "empersona.json").read_text(encoding="utf-8")).get("init_adapter") or {}
+    if status in ("done", "partial"):  # what it started from (an interrupted run's marker keeps it) against that adapter now
+        record = config.output_dir() / ("empersona.json" if status == "done" else INCOMPLETE_MARKER)
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("init_adapter") or {}
         now = json.loads((first.out / "empersona.json").read_text(encoding="utf-8"))
         if recorded.get("empersona") != now:
             return "stale", f"{first.out.name} was trained again since this adapter started from it"

@@ -690,6 +690,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         raise EmpersonaError(problem or str(no_vllm))
     keep_study_file(study)
     if "train" in stages:
+        repoint_moved_adapters(plan)  # a sequential fine-tune starts from its first adapter: that must name the base's place
         train_all(plan)
         plan = make_plan(study)
         if study.checkpoints and (stale := unplanned_logs_warning(plan)):  # the checkpoints trained now are known

@@ -537,10 +537,16 @@ def train(
     _, main = _world()
     with _deterministic(config.deterministic):
         run = prepare(config, callbacks=callbacks, progress=progress)
+        # the adapter sequential training starts from, as it was then (kept in the marker, so a resumed
+        # run records what its checkpoints grew from, not what lies in that folder by the time it ends)
+        init_record = _init_adapter_record(config.init_adapter) if config.init_adapter else None
         if main and not resume:
             out_dir.mkdir(parents=True, exist_ok=True)
-            marker = {"started_at": started.isoformat(timespec="seconds"), "config": _config_record(config)}
+            marker = {"started_at": started.isoformat(timespec="seconds"), "config": _config_record(config),
+                      "init_adapter": init_record}
             (out_dir / INCOMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        elif resume and (out_dir / INCOMPLETE_MARKER).is_file():
+            init_record = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("init_adapter", init_record)
         trainer = run.trainer
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         eval_loss = trainer.evaluate()["eval_loss"] if run.data.holdout else None
@@ -557,7 +563,7 @@ def train(
         system_prompt_policy=config.system_prompt,
         dataset=run.data.info,
         config=_config_record(config),
-        init_adapter=_init_adapter_record(config.init_adapter) if config.init_adapter else None,
+        init_adapter=init_record,
         versions=library_versions(),
         git_revision=git_revision(),
         device=run.device,
