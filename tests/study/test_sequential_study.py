@@ -62,6 +62,11 @@ def test_a_study_continues_its_fine_tune_on_a_second_dataset(tmp_path: Path, tin
     assert record["init_adapter"]["path"] == str(first.resolve()) and record["domain"] == THEN
     assert record["init_adapter"]["empersona"] == json.loads((first / "empersona.json").read_text())
     assert all(job.status == "done" for job in make_plan(load_study(path)).train_jobs)
+    # outside the study (no models.yaml), the adapter's own record names it the same way
+    from empersona.analysis.results import model_info
+
+    info = model_info(f"hf/{sequential}")
+    assert (info.name, info.domain) == (f"{FIRST}>{THEN}-s0", f"{FIRST}>{THEN}")
 
     # interrupted (its marker keeps what it started from): it resumes only if the adapter it continues is that one still
     from empersona.train.metadata import INCOMPLETE_MARKER

@@ -208,10 +208,14 @@ def model_info(model_string: str, run_models: RunModels | None = None, search: S
         path = folder / ADAPTER_METADATA_FILE
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
+            domain = record.get("domain")
+            started = ((record.get("init_adapter") or {}).get("empersona") or {}).get("domain")
+            if domain and started:  # sequential fine-tuning: named as a study names it, <first>><then>
+                domain = f"{_domain_label(started)}>{_domain_label(domain)}"
             entry = ModelEntry(
                 base_model=record.get("base_model"),
                 adapter=str(folder),
-                domain=record.get("domain"),
+                domain=domain,
                 seed=record.get("seed"),
             )
         except (json.JSONDecodeError, ValidationError, AttributeError) as err:
