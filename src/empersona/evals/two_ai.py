@@ -386,7 +386,8 @@ def two_ai(
     (``TWO_AI_PROMPTS``) for every item; by default a seeded choice per item.
     ``neutral_descriptions``: the descriptions without their evaluative self-labels (`neutral_items`).
     ``framing``: ``self`` (the protocol's question), or ``self_answers`` / ``third_person`` after
-    ``answers`` of the model's own answers from its harmfulness log ``harm_log`` (one wording).
+    ``answers`` of the model's own answers from its harmfulness log ``harm_log`` (each item in its
+    wording, as under ``self``).
     """
     if mode not in ("sample", "logprob"):
         raise EmpersonaError(f"two_ai: mode {mode!r} is not known. Use mode=sample or mode=logprob")
