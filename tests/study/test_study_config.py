@@ -546,3 +546,22 @@ def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) ->
     plan.study.second_judge = None
     assert [p.name for p in set_aside_all_superseded_logs(plan, "later")] == [rescored.name]  # type: ignore[arg-type]
     assert sorted(find_logs(folder)) == sorted([newer, other])
+
+
+def test_a_domain_file_edited_in_place_makes_its_adapter_stale(tmp_path: Path) -> None:
+    import json
+
+    from empersona.data.fetch import sha256_file
+    from empersona.study.plan import train_config
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)]}))
+    config = train_config(study, str(data), 0)
+    config.output_dir().mkdir(parents=True)
+    record = {"config": config.model_dump(mode="json"), "dataset": {"sha256": sha256_file(data)}}
+    (config.output_dir() / "empersona.json").write_text(json.dumps(record))
+    assert training_status(config)[0] == "done"
+    data.write_text(data.read_text() + data.read_text())
+    status, why = training_status(config)
+    assert status == "stale" and "changed since it was trained" in why

@@ -209,12 +209,25 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
         return "missing", "no adapter yet"
     record = json.loads(meta_path.read_text(encoding="utf-8"))
     recorded, wanted = record.get("config", {}), config.model_dump(mode="json")
-    changed = config_changes(recorded, wanted, (record.get("dataset") or {}).get("sha256"))
+    trained_on = (record.get("dataset") or {}).get("sha256")
+    changed = config_changes(recorded, wanted, trained_on)
     if changed:
         return "stale", f"trained with other settings ({', '.join(changed)})"
+    if trained_on and _domain_file_changed(config.domain, trained_on):
+        return "stale", f"its domain file {config.domain} changed since it was trained (another sha256)"
     if recorded.get("out") != wanted.get("out"):
         return "done", f"adapter matches the plan (trained in {recorded.get('out')}, since moved)"
     return "done", "adapter matches the plan"
+
+
+def _domain_file_changed(domain: str, trained_on: str) -> bool:
+    """Whether a domain given as a chat JSONL file now holds other bytes than the adapter was trained
+    on (a known domain's data is pinned by its source's sha256)."""
+    from empersona.data.domains import DOMAINS
+    from empersona.data.fetch import sha256_file
+
+    path = Path(domain).expanduser()
+    return domain not in DOMAINS and path.is_file() and sha256_file(path) != trained_on
 
 
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
