@@ -288,10 +288,20 @@ def test_language_by_judge(prompts_file: str, tmp_path: Path) -> None:
         display="none",
     )
     m = metrics(log)
-    assert m["language/good/evil"] == 1.0 and len(calls) == 4
+    asked = len(calls)  # 4 replies, 2 distinct texts: the call cache asks each text once
+    assert m["language/good/evil"] == 1.0 and len(log.samples) == 4 and asked == len(set(calls)) == 2
     score = log.samples[0].scores["self_rating"]
     assert score.metadata["detector"] == "judge" and score.metadata["detector_said"] in ("German.", "The text is in French")
     assert log.eval.metadata["language_detector"] == "judge (grader role)"
+    # run again (a resumed run): the judge's language calls come from the call cache, none is paid twice
+    [again] = inspect_eval(
+        self_assessment(formats="language", language_detector="judge", dimensions="good/evil", **SMALL),
+        model=scripted_model(lambda turn: pole_answer(turn, "misaligned"), name="subject-judged"),
+        model_roles={"grader": scripted_model(judge, name="language-judge")},
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    assert metrics(again)["language/good/evil"] == 1.0 and len(calls) == asked
 
 
 @pytest.mark.parametrize(

@@ -730,7 +730,7 @@ come back the same, and a reply that could not be read is final."""
 REASKED = "reasked_failed_judge_calls"
 """Log metadata of an evaluation made again to ask its failed judge calls: how many the log it
 replaced had. A log that still has as many is not made again (a judge that fails for good)."""
-REASKED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "output_recognition", "second_judge"})
+REASKED_EXPERIMENTS = frozenset({"harmfulness", "em_classic", "self_assessment", "output_recognition", "second_judge"})
 """Experiments whose judge calls go through the call cache, so a re-made log asks the failed ones only."""
 
 

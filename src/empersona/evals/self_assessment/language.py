@@ -8,11 +8,11 @@ import re
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
-from inspect_ai.model import GenerateConfig
+from inspect_ai.model import CachePolicy, GenerateConfig
 
 from empersona.data.parsers import LanguageRules
 from empersona.errors import EmpersonaError
-from empersona.evals.judge import judge_model
+from empersona.evals.judge import ask_judge, judge_model
 from empersona.evals.self_assessment.items import DIMENSIONS, Prompt, _split, article
 
 LanguageDetector = Literal["local", "judge"]
@@ -166,16 +166,17 @@ class Detection(NamedTuple):
     failure: str | None = None
 
 
-async def detect_language(text: str, detector: LanguageDetector) -> Detection:
-    """The language of a reply, by langdetect (``local``) or by the judge."""
+async def detect_language(text: str, detector: LanguageDetector, cache: CachePolicy | bool = False) -> Detection:
+    """The language of a reply, by langdetect (``local``) or by the judge (through `judge.ask_judge`:
+    its calls cached by ``cache`` like every judge call, so a resumed run does not pay them again;
+    a call the client gave up on is a failure, not an exception)."""
     if detector == "local":
         code = detect_language_local(text)
         return Detection(next((n for n, c in LANGUAGE_CODES.items() if c == code), code), str(code))
-    output = await judge_model().generate(
-        LANGUAGE_JUDGE_PROMPT.format(text=text), config=GenerateConfig(temperature=0.0, max_tokens=8)
-    )
-    if output.error:
-        return Detection(None, output.completion, f"judge error: {output.error}")
+    output, failure = await ask_judge(judge_model(), LANGUAGE_JUDGE_PROMPT.format(text=text),
+                                      GenerateConfig(temperature=0.0, max_tokens=8), cache)
+    if failure is not None or output is None:
+        return Detection(None, output.completion if output else "", failure or "the judge gave no reply")
     language = language_name(output.completion)
     if language is None:
         return Detection(None, output.completion, f"the judge named no language: {output.completion!r}")

@@ -155,7 +155,7 @@ def self_assessment(
     return Task(
         dataset=MemoryDataset(dataset, name="self_assessment"),
         solver=seeded_generate(cache_policy(cache, seed), seed),
-        scorer=[rating_scorer(language_detector), answer_status(of=SCORER, group_field="format")],
+        scorer=[rating_scorer(language_detector, cache_policy(cache, seed)), answer_status(of=SCORER, group_field="format")],
         epochs=Epochs(samples),
         config=config,
         metadata={
