@@ -151,6 +151,20 @@ def test_auto_falls_back_to_sampling_without_logprobs() -> None:
     assert verdict.method == "sample" and verdict.score == 42
 
 
+def test_a_failed_fallback_call_leaves_the_judgement_unscored_with_its_reason() -> None:
+    calls = []
+
+    def judge_script(turn: object) -> str:
+        calls.append(turn)
+        if len(calls) > 2:  # the logprob try and the first sample answer; every later call fails
+            raise ConnectionError("connection reset")
+        return "42"
+
+    verdict = asyncio.run(judge_0_100(scripted_model(judge_script, name="flaky"), "rate it", samples=3))
+    assert verdict.score is None and verdict.method == "sample" and verdict.raw == "42"
+    assert (verdict.reason or "").startswith("judge call failed: ") and "(2 of 3 sampled judge calls failed)" in verdict.reason
+
+
 def test_forced_logprob_method_without_logprobs_is_unscored() -> None:
     judge = scripted_model(lambda turn: "42", name="no-logprobs")
     verdict = asyncio.run(judge_0_100(judge, "rate it", method="logprob"))

@@ -276,7 +276,7 @@ async def judge_0_100(
                 reason = "the judge returned no logprobs" if not logprobs else "the judge's tokens split numbers"
                 return Judgement(None, output.completion, method="logprob", reason=reason)
             return aggregate_0_100(first_token_logprobs(logprobs), raw=output.completion)
-    replies = []
+    replies, failures = [], []
     for index in range(samples):
         output, failure = await ask_judge(
             judge,
@@ -284,7 +284,13 @@ async def judge_0_100(
             GenerateConfig(temperature=1.0, max_tokens=EM_FALLBACK_MAX_TOKENS, seed=index),
             _sample_cache(cache, index),
         )
-        replies.append(output.completion if output and not failure else "")
+        if failure or output is None:
+            failures.append(failure or "judge call failed: no reply")
+        else:
+            replies.append(output.completion)
+    if failures:  # not a mean over fewer samples: unscored, with the first failure's reason (a study asks again)
+        return Judgement(None, "\n---\n".join(replies), method="sample",
+                         reason=f"{failures[0]} ({len(failures)} of {samples} sampled judge calls failed)")
     return aggregate_samples(replies)
 
 
