@@ -265,7 +265,8 @@ def _two_ai_settings(table: pd.DataFrame, variant: str) -> tuple[set[str], dict[
     rows = _variant_rows(table, variant)
     rows = rows.loc[rows["experiment"] == "two_ai"]
     framings, settings = set(), {}
-    for model, args in zip(rows["model"].astype(str), rows["task_args"].astype(str), strict=True):
+    distinct = rows[["model", "task_args"]].drop_duplicates()  # one parse per log, not per row
+    for model, args in zip(distinct["model"].astype(str), distinct["task_args"].astype(str), strict=True):
         try:
             parsed = json.loads(args)
         except json.JSONDecodeError:

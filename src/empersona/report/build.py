@@ -290,7 +290,7 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
 
 
 def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled: bool, thresholds: PersonaThresholds,
-                     base_model: str, seed: int, owners: dict[str, str],
+                     base_model: str, seed: int, families: dict[str, str],
                      draw: Callable[[pd.DataFrame], Figure]) -> tuple[list[Block], dict[str, pd.DataFrame]]:
     """The report's "Self-report variants" section (PROTOCOLS.md section 5) and its tables for CSV:
     what each variant changed, the label and probes per (model, variant) beside the battery's
@@ -300,8 +300,7 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
     from empersona.analysis.variants import variant_calls, variant_changes, variant_names, variant_shifts
 
     changes = variant_changes(full)
-    per_variant = variant_calls(full, base_model=base_model, thresholds=thresholds, seed=seed,
-                                families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
+    per_variant = variant_calls(full, base_model=base_model, thresholds=thresholds, seed=seed, families=families)
     battery = {c.model: c.label for c in calls}
     per_variant.insert(2, "battery_label", [battery.get(m, "-") for m in per_variant["model"]])
     shifts = variant_shifts(full, thresholds=thresholds, seed=seed)
@@ -410,8 +409,8 @@ def build_report(
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.
     owners = checkpoint_owners(run_models)  # each fine-tune's checkpoints: a Holm family each
     reference = base.model or str(min(table["model"].unique()))  # unlabelled: any model stands in (labels not shown)
-    calls = classify(table, base_model=reference, thresholds=thresholds, seed=seed,
-                     families={name: f"checkpoints of {owner}" for name, owner in owners.items()})
+    families = {name: f"checkpoints of {owner}" for name, owner in owners.items()}  # the variants' classification too
+    calls = classify(table, base_model=reference, thresholds=thresholds, seed=seed, families=families)
 
     report_dir = run_dir / REPORT_DIR
     figure_dir = report_dir / FIGURES_DIR
@@ -469,7 +468,7 @@ def build_report(
     variant_tables: dict[str, pd.DataFrame] = {}
     if len(full) > len(table):
         variant_blocks, variant_tables = _variant_section(
-            full, calls, labelled, thresholds, reference, seed, owners,
+            full, calls, labelled, thresholds, reference, seed, families,
             lambda shifts: figure(figures.variant_shifts, shifts, "variant_shifts",
                                   "Shift of each self-report probe under each variant (variant - battery; "
                                   "\"<variant> vs <twin>\": third person - own answers) per model, with 95% intervals "

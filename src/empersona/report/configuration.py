@@ -76,7 +76,7 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
     task_args = _task_args_table(table, keys)
     if len(task_args):
         blocks += [Heading(3, "Task arguments"), Table(task_args)]
-    logs, log_blocks = _logs_blocks(run_dir, table)
+    logs, log_blocks = _logs_blocks(run_dir, table, variants)
     blocks += log_blocks
     blocks += _imports_blocks(run_dir)
     return blocks, {"models": models, "experiments": pd.DataFrame(experiments), "task_arguments": task_args, "logs": logs}
@@ -108,7 +108,7 @@ def _task_args_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         lambda names: ", ".join(sorted({n for joined in names for n in joined.split(", ")}))).reset_index()
 
 
-def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[Block]]:
+def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False) -> tuple[pd.DataFrame, list[Block]]:
     """The logs behind the table (their status, how they were sampled, their model args) and its
     blocks, with notes from the logs' headers (e.g. duplicate prompts)."""
     import pandas as pd
@@ -127,8 +127,7 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, list
         meta = log.eval.metadata or {}
         sampling = meta.get("sampling") or {}
         rows.append({"log": name, "experiment": meta.get("experiment", log.eval.task),
-                     **({"variant": meta.get("variant") or "-"} if "variant" in table.columns
-                        and (table["variant"] != "").any() else {}),
+                     **({"variant": meta.get("variant") or "-"} if variants else {}),
                      "model": meta.get("model_name") or log.eval.model,  # the study's name; the Models table has the string
                      "status": log.status, "samples": log.results.total_samples if log.results else "-",
                      # how the study sampled (seed scheme, the provider's own defaults or not), and the model args
