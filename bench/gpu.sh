@@ -127,6 +127,8 @@ if [ "$DEVICE" = cuda ]; then
     # hf/ runs plain generate again, empersona/ compiles once more: 90 s more where inspect is there
     gen_limits=(200 90)
     [[ $METHODS == *empersona* ]] && gen_limits=(290 150)
+    # engine-cp compiles the prompt passes too (dynamic shapes): one compile more
+    [[ $METHODS == *engine-cp* ]] && gen_limits=($((gen_limits[0] + 100)) $((gen_limits[1] + 100)))
     profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
     adapters_limit=260
 else
