@@ -42,6 +42,7 @@ import platform
 import random
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - {"plain", "hf", "empersona", "engine", "engine-cp"})
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (known: plain, hf, empersona, engine, engine-cp)")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     device = "cuda:0" if args.device == "cuda" else "cpu"
     if args.bandwidth is not None:
@@ -344,59 +348,79 @@ def main(argv: list[str] | None = None) -> int:
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "engine_stats": stats,
+                "failures": failures,
                 "results": [asdict(r) for r in rows],
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
+        def measure(method: str, texts: list[str], warm: list[str], walls: dict[str, float],
+                    compiles: dict[str, float | None]) -> None:
+            """One method at one batch size: an untimed warm-up, then the timed run."""
+            if method == "plain":
+                run_plain(plain_model, tokenizer, warm, args.new_tokens)
+                walls[method] = run_plain(plain_model, tokenizer, texts, args.new_tokens)
+            elif method == "hf":
+                run_inspect(hf_model, warm, args.new_tokens)
+                walls[method] = run_inspect(hf_model, texts, args.new_tokens)
+            elif method in ("engine", "engine-cp"):
+                engine.compile_prefill = method == "engine-cp"  # read at each prompt pass
+                warm_s = run_engine(engine, tokenizer, warm, args.new_tokens)
+                walls[method] = run_engine(engine, tokenizer, texts, args.new_tokens)
+                compiles[method] = warm_s - walls[method] if engine.compile else None
+                engine.compile_prefill = False
+            else:
+                warm_s = run_inspect(ours, warm, args.new_tokens)
+                walls[method] = run_inspect(ours, texts, args.new_tokens)
+                compiles[method] = warm_s - walls[method] if args.device == "cuda" else None
+
+        def batch_rows(batch: int, walls: dict[str, float], compiles: dict[str, float | None]) -> list[Measurement]:
+            bound = batch * bandwidth / step_bytes
+            return [
+                Measurement(
+                    method=method,  # type: ignore[arg-type]
+                    batch=batch,
+                    new_tokens=args.new_tokens,
+                    wall_s=wall,
+                    tokens_per_s=batch * args.new_tokens / wall,
+                    ms_per_step=1000 * wall / args.new_tokens,
+                    speedup_vs_plain=walls["plain"] / wall if "plain" in walls else None,
+                    bound_tokens_per_s=bound,
+                    fraction_of_bound=batch * args.new_tokens / wall / bound,
+                    compile_s=compiles.get(method),
+                )
+                for method, wall in walls.items()
+            ]
+
+        def engine_stats() -> dict[str, Any] | None:
+            served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
+            return served.stats.summary() if served is not None else None
+
         rows: list[Measurement] = []
+        failures: dict[str, str] = {}
         for batch in batch_sizes:
             texts = prompts(model_dir, batch, args.prompt_tokens, seed=batch)
             warm = prompts(model_dir, batch, args.prompt_tokens, seed=1000 + batch)
             walls: dict[str, float] = {}
             compiles: dict[str, float | None] = {}  # per method: warm-up less timed run
             for method in methods:
-                if method == "plain":
-                    run_plain(plain_model, tokenizer, warm, args.new_tokens)
-                    walls[method] = run_plain(plain_model, tokenizer, texts, args.new_tokens)
-                elif method == "hf":
-                    run_inspect(hf_model, warm, args.new_tokens)
-                    walls[method] = run_inspect(hf_model, texts, args.new_tokens)
-                elif method in ("engine", "engine-cp"):
-                    engine.compile_prefill = method == "engine-cp"  # read at each prompt pass
-                    warm_s = run_engine(engine, tokenizer, warm, args.new_tokens)
-                    walls[method] = run_engine(engine, tokenizer, texts, args.new_tokens)
-                    compiles[method] = warm_s - walls[method] if engine.compile else None
-                    engine.compile_prefill = False
-                else:
-                    warm_s = run_inspect(ours, warm, args.new_tokens)
-                    walls[method] = run_inspect(ours, texts, args.new_tokens)
-                    compiles[method] = warm_s - walls[method] if args.device == "cuda" else None
-            bound = batch * bandwidth / step_bytes
-            for method, wall in walls.items():
-                tps = batch * args.new_tokens / wall
-                rows.append(
-                    Measurement(
-                        method=method,  # type: ignore[arg-type]
-                        batch=batch,
-                        new_tokens=args.new_tokens,
-                        wall_s=wall,
-                        tokens_per_s=tps,
-                        ms_per_step=1000 * wall / args.new_tokens,
-                        speedup_vs_plain=walls["plain"] / wall if "plain" in walls else None,
-                        bound_tokens_per_s=bound,
-                        fraction_of_bound=tps / bound,
-                        compile_s=compiles.get(method),
-                    )
-                )
-            served = engine if engine is not None else (ours.api.served.engine if ours is not None else None)
-            stats = served.stats.summary() if served is not None else None
-            # written after every batch size: a run cut short by a time limit keeps what it measured
-            write_report(rows, stats, complete=batch == batch_sizes[-1])
+                try:
+                    measure(method, texts, warm, walls, compiles)
+                except Exception as err:  # one method's failure (a compile on another torch) keeps the others' figures
+                    failures[f"{method} at batch {batch}"] = f"{type(err).__name__}: {err}"[:2000]
+                    print(f"{method} at batch {batch} failed: {type(err).__name__}: {str(err)[:300]}", flush=True)
+                    traceback.print_exc()
+                    if method in ("engine", "engine-cp"):
+                        engine.compile_prefill = False
+                # written after every method: a run cut short by a time limit keeps what it measured
+                rows = [r for r in rows if r.batch != batch] + batch_rows(batch, walls, compiles)
+                write_report(rows, engine_stats(), complete=batch == batch_sizes[-1] and method == methods[-1])
             print_table([r for r in rows if r.batch == batch], header)
 
     print_table(rows, header)
-    return 0
+    for name, failure in failures.items():
+        print(f"failed: {name}: {failure.splitlines()[0] if failure else ''}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

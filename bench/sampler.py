@@ -139,6 +139,12 @@ def device_checks(logits: Any, temperature: Any, top_p: Any, top_k: Any, greedy:
                  == compiled(logits, temperature, top_p, top_k, greedy, seed, p, 0, True, False)[0]).float().mean().item()
                 for p in positions]
         checks["compiled picks the eager tokens (share of rows)"] = round(sum(same) / len(same), 4)
+        # the filtered path too (top-k 50, top-p 0.9): a second scan, and a reduction after it
+        top_p_on, top_k_on = torch.full_like(top_p, 0.9), torch.full_like(top_k, 50)
+        same = [(sample_next(logits, temperature, top_p_on, top_k_on, greedy, seed, p, 0, True, True)[0]
+                 == compiled(logits, temperature, top_p_on, top_k_on, greedy, seed, p, 0, True, True)[0]).float().mean().item()
+                for p in positions]
+        checks["compiled picks the eager tokens with top-k and top-p (share of rows)"] = round(sum(same) / len(same), 4)
     return checks
 
 

@@ -53,6 +53,23 @@ def row_uniform(seed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     return _shift_right(hashed, 64 - UNIFORM_BITS).float() * (2.0 ** -UNIFORM_BITS)
 
 
+def _cumsum(values: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over the vocabulary, in a compiled graph of its own (graph breaks before and after).
+
+    Inductor runs a scan this long on CUDA as a split scan, and torch 2.11's scheduler fused a
+    vocabulary reduction of the same graph (the greedy argmax before it, ``keep.sum`` after it)
+    into that kernel, whose code generator has no reductions: compiling failed with "NYI
+    TritonSplitDimKernel reductions" (H100, 2026-11-27). Later versions refuse that fusion
+    themselves; the breaks keep the sampler compiling on the versions before. Eager: a plain cumsum.
+    """
+    import torch
+
+    torch._dynamo.graph_break()
+    total = values.cumsum(dim=-1)
+    torch._dynamo.graph_break()
+    return total
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -117,12 +134,12 @@ def sample_next(
             ordered = scaled.sort(dim=-1, descending=True).values
             kth = ordered.gather(-1, (top_k - 1).clamp(0, ordered.shape[-1] - 1)[:, None])
             keep = (top_k[:, None] <= 0) | (ordered >= kth)
-            ordered_cum = (ordered - peak).exp_().masked_fill_(~keep, 0.0).cumsum(dim=-1)
+            ordered_cum = _cumsum((ordered - peak).exp_().masked_fill_(~keep, 0.0))
             before = torch.nn.functional.pad(ordered_cum[:, :-1], (1, 0))  # exclusive: exactly monotone
             keep &= ~((top_p[:, None] < 1.0) & (before >= top_p[:, None] * ordered_cum[:, -1:]))
             kept = keep.sum(dim=-1, keepdim=True).clamp_min(1)  # the kept tokens are a prefix
             weight.masked_fill_(scaled < ordered.gather(-1, kept - 1), 0.0)
-        total_cum = weight.cumsum(dim=-1)
+        total_cum = _cumsum(weight)
         index = torch.searchsorted(total_cum, uniform * total_cum[:, -1:], right=True)
         drawn = index.clamp_max(total_cum.shape[-1] - 1).squeeze(-1)
         choice = torch.where(greedy, choice, drawn)
