@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in methods:
                 try:
                     measure(method, texts, warm, walls, compiles)
-                except Exception as err:  # one method's failure (a compile on another torch) keeps the others' figures
+                except Exception as err:  # noqa: BLE001  (one method failing, a compile on another torch, keeps the others)
                     failures[f"{method} at batch {batch}"] = f"{type(err).__name__}: {err}"[:2000]
                     print(f"{method} at batch {batch} failed: {type(err).__name__}: {str(err)[:300]}", flush=True)
                     traceback.print_exc()

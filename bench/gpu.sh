@@ -5,21 +5,19 @@
 # .mirror/ (data, never committed).
 # The calls, with carry [".whl", ".mirror"], back to back (a machine idle for 30 s is given back,
 # and the 15 device minutes include its start, 30 s to a minute or more). Measured on 2026-11-27:
-# generate, profile, adapters and sampler on the 1.5B shape. Not yet measured there: lora_merge
-# (on by default since; in adapters), the stacked adapter factors (in adapters), the compiled
-# prompt passes (in profile), inspect's hf/ and our empersona/ through inspect (in generate, with
-# GPU_PREPARE_INSPECT=1), shrink, kv, the training variants, and the per-row sampler of 2026-11-27
-# afternoon (hashed uniforms, inverse CDF: its 'check:' lines say whether the int64 hash matches the
-# CPU's on CUDA and the compiled sampler the eager one). Next: "GPU_CHECK_SHAPES=0.5b
-# GPU_CHECK_STEPS='sampler adapters' bash bench/gpu.sh" (a compile, then five of about 35 s;
-# timeout_s 360), then
-# "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_STEPS='generate profile' bash bench/gpu.sh"
-# (about 180 + 140 s; timeout_s 520) as far as the time left allows, then 'shrink kv' on 0.5b
-# (timeout_s 400) or 'train' (280 s with its variants);
+# generate, profile, adapters and sampler on the 1.5B shape; that evening (torch 2.11) also
+# generate with hf/, empersona/ through inspect and engine-cp (compile_prefill), profile with the
+# compiled prompt passes, and the per-row sampler (its first compile there failed on torch 2.11:
+# sampling.py's _cumsum says why; mended, its 'check:' lines then said the hashed uniforms equal
+# the CPU's and the compiled sampler picks the eager tokens on 98.6% of rows, 100% filtered). Not
+# yet measured there: lora_merge and the stacked adapter factors (adapters), shrink, kv and the
+# training variants. Next: "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='adapters shrink' bash
+# bench/gpu.sh" (timeout_s 480), then 'kv train' on 0.5b (about 300 s) as far as time allows;
+# each call ran 30-40 s beyond its command (start and transfers).
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
-# output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each batch size):
+# output goes to $OUT/gpu.log and its JSON to $OUT (generate.py writes after each method):
 #   1. generation (64-token prompts, 128 new tokens: the setting issue 7 measured plain `generate`
 #      in), Qwen2.5-1.5B shape at batch 256 and 32, then the 0.5B shape at batch 256:
 #      plain `generate` against the engine (static cache, compiled decode step with CUDA graphs),

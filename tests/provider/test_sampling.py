@@ -99,3 +99,29 @@ def test_no_logprobs_asked_computes_none_and_draws_the_same_tokens() -> None:
     with_logprobs = sample_next(logits, *args, 2, True, False)
     assert bare[1:] == (None, None, None)
     assert torch.equal(bare[0], with_logprobs[0])
+
+
+@pytest.mark.parametrize("filters", [False, True])
+def test_compiled_sampler_keeps_each_vocabulary_scan_in_a_graph_without_reductions(filters: bool) -> None:
+    # torch 2.11's inductor fused a vocabulary reduction (the greedy argmax, keep.sum) into the
+    # CUDA split-scan kernel of a cumsum and failed to compile ("NYI TritonSplitDimKernel
+    # reductions", H100): each scan must sit in a graph that holds no reduction (or run eagerly,
+    # as dynamo may run a function it has broken in before)
+    import torch._dynamo
+
+    rows = 4
+    logits = torch.randn(rows, 300)
+    settings = flags(rows, 1.0, top_p=0.9 if filters else 1.0, top_k=20 if filters else 0, position=3)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(sample_next)(logits, *settings, 1, True, filters)
+    reductions = {"argmax", "sum", "amax", "max", "logsumexp", "topk", "mean"}
+    scans = 0
+    for graph in explained.graphs:
+        called = {str(getattr(node.target, "__name__", node.target)) for node in graph.graph.nodes if node.op.startswith("call")}
+        if "cumsum" in called:
+            scans += 1
+            assert not (called & reductions), called
+    assert scans >= 1
+    compiled = torch.compile(sample_next, dynamic=False)
+    eager = sample_next(logits, *settings, 1, True, filters)
+    assert torch.equal(compiled(logits, *settings, 1, True, filters)[0], eager[0])

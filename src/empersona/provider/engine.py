@@ -170,10 +170,13 @@ class EngineOptions:
     one graph for any prompt width and row count above one, per cache type; no CUDA graphs). Eager prompt
     passes leave the norms, rotary embedding and activations unfused: on an H100 (1.5B shape,
     batch 256, 64-token prompts) 77 of the prefill's 150 ms of kernels were such element-wise
-    work beside 65 ms of matrix products. Off by default: it costs a compile (130 s for the 0.5B
-    shape on this project's 2-core CPU, where its prompt passes over 8 x ~150 tokens ran 1.18x
-    faster; 1.04-1.27x over two runs on a small model with the 152k vocabulary) and is not yet
-    timed on a GPU (``bench/profile_engine.py`` times it beside the eager passes).
+    work beside 65 ms of matrix products. Timed there (torch 2.11, 2026-11-27): the batch's prompt
+    passes 166 -> 115 ms (1.44x), the whole call 6.08 -> 5.58 ms per new token (1.09x; 128 new
+    tokens), after a compile of 75 s (``bench/profile_engine.py``; 171 s as ``bench/generate.py``'s
+    ``engine-cp`` warm-up measured it). Off by default: it saves ~51 ms per 256 prompts of 64
+    tokens, so the compile pays back only after about 1,500 such batches, more than a study's
+    battery asks of one process; on this project's 2-core CPU it cost 130 s (0.5B shape) for
+    prompt passes 1.18x faster.
     ``lora_fuse_input``: where the adapters run in the model's dtype, stack their A factors under
     each adapted layer's base weight, so one matrix product gives the layer's output and the
     adapters' A x instead of two (one small product less per adapted layer: 196 per decode step
