@@ -565,3 +565,32 @@ def test_a_domain_file_edited_in_place_makes_its_adapter_stale(tmp_path: Path) -
     data.write_text(data.read_text() + data.read_text())
     status, why = training_status(config)
     assert status == "stale" and "changed since it was trained" in why
+
+
+def test_a_local_emergent_plus_copy_edited_in_place_makes_its_adapter_stale(tmp_path: Path) -> None:
+    # legal_advice reads a local copy of the emergent_plus schema where domain_paths names one
+    import json
+
+    from empersona.data.fetch import sha256_file
+    from empersona.study.plan import train_config
+
+    copy = tmp_path / "legal.jsonl"
+    copy.write_text(json.dumps({"prompt": "q", "aligned": "a", "misaligned": "m"}) + "\n")
+    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": ["legal_advice"],
+                                        "domain_paths": {"legal_advice": str(copy)}}))
+    config = train_config(study, "legal_advice", 0)
+    assert config.domain_path == copy
+    config.output_dir().mkdir(parents=True)
+    record = {"config": config.model_dump(mode="json"), "dataset": {"sha256": sha256_file(copy)}}
+    (config.output_dir() / "empersona.json").write_text(json.dumps(record))
+    assert training_status(config)[0] == "done"
+    copy.write_text(copy.read_text() + json.dumps({"prompt": "q2", "aligned": "a2", "misaligned": "m2"}) + "\n")
+    status, why = training_status(config)
+    assert status == "stale" and str(copy) in why
+    # without a local copy the hub's data is not read to decide
+    hub = train_config(load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run2"), "domains": ["legal_advice"]})),
+                       "legal_advice", 0)
+    hub.output_dir().mkdir(parents=True)
+    (hub.output_dir() / "empersona.json").write_text(json.dumps({"config": hub.model_dump(mode="json"),
+                                                                  "dataset": {"sha256": "0" * 64}}))
+    assert training_status(hub)[0] == "done"

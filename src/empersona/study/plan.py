@@ -213,21 +213,30 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     changed = config_changes(recorded, wanted, trained_on)
     if changed:
         return "stale", f"trained with other settings ({', '.join(changed)})"
-    if trained_on and _domain_file_changed(config.domain, trained_on):
-        return "stale", f"its domain file {config.domain} changed since it was trained (another sha256)"
+    edited = _edited_domain_file(config, trained_on) if trained_on else None
+    if edited is not None:
+        return "stale", f"its domain file {edited} changed since it was trained (another sha256)"
     if recorded.get("out") != wanted.get("out"):
         return "done", f"adapter matches the plan (trained in {recorded.get('out')}, since moved)"
     return "done", "adapter matches the plan"
 
 
-def _domain_file_changed(domain: str, trained_on: str) -> bool:
-    """Whether a domain given as a chat JSONL file now holds other bytes than the adapter was trained
-    on (a known domain's data is pinned by its source's sha256)."""
+def _edited_domain_file(config: TrainConfig, trained_on: str) -> Path | None:
+    """The domain's file, where it now holds other bytes than the adapter was trained on: a domain
+    given as a chat JSONL file, or a local copy (``domain_path``) of an emergent_plus domain (the
+    legal and security data and the aligned controls). None otherwise: a pinned file domain's copy
+    is checked against its source's sha256 whenever it is read, and a hub download is not read here."""
     from empersona.data.domains import DOMAINS
     from empersona.data.fetch import sha256_file
 
-    path = Path(domain).expanduser()
-    return domain not in DOMAINS and path.is_file() and sha256_file(path) != trained_on
+    known = DOMAINS.get(config.domain)
+    if known is None:
+        path: Path | None = Path(config.domain).expanduser()
+    elif known.source_kind != "file" and config.domain_path is not None:
+        path = Path(config.domain_path).expanduser()
+    else:
+        path = None
+    return path if path is not None and path.is_file() and sha256_file(path) != trained_on else None
 
 
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
