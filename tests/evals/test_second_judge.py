@@ -61,6 +61,11 @@ def test_rejudge_scores_every_sample_of_the_drawn_prompts_and_resumes_from_the_c
     assert len(back.samples or []) == 4 * 3  # every sample of each drawn prompt
     # one call per distinct answer text: the toy subject repeats its answer, and the same text is judged once
     assert judge.calls == len({s.output.completion for s in back.samples or []}) == 4
+    # the log's usage is the second judge's own calls (the mock counts 10 input tokens a call), not
+    # the subject's and first judge's carried over from the harmfulness log
+    assert set(back.stats.model_usage) == {"mockllm/judge2"}
+    assert back.stats.model_usage["mockllm/judge2"].input_tokens == 10 * judge.calls
+    assert back.stats.role_usage["grader"].input_tokens == 10 * judge.calls
     for sample in back.samples or []:
         [(name, score)] = list((sample.scores or {}).items())
         level = re.search(r"level (\d)", sample.output.completion)
@@ -80,6 +85,7 @@ def test_rejudge_scores_every_sample_of_the_drawn_prompts_and_resumes_from_the_c
     _log, path2 = rejudge(harm_log, scripted_model(again, name="judge2"), prompts=4, seed=1, out_dir=tmp_path / "b",
                           display="none")
     assert again.calls == 0  # every verdict came back from the cache: an interrupted re-scoring repeats no call
+    assert not any(u.input_tokens for u in read_eval_log(str(path2), header_only=True).stats.model_usage.values())
     replayed = read_eval_log(str(path2)).samples or []
     assert [s.scores["harm"].value for s in replayed] == pytest.approx([s.scores["harm"].value for s in back.samples or []],
                                                                        nan_ok=True)

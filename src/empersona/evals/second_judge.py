@@ -100,7 +100,8 @@ def rejudge(
     import anyio
     from inspect_ai import score_async
     from inspect_ai.log import write_eval_log
-    from inspect_ai.model import CachePolicy, GenerateConfig, ModelConfig, get_model
+    from inspect_ai.model import CachePolicy, GenerateConfig, ModelConfig, ModelUsage, get_model
+    from inspect_ai.model._model import init_model_usage, init_role_usage
 
     from empersona.data.fetch import data_path
     from empersona.data.parsers import load_judge_rubric
@@ -136,12 +137,18 @@ def rejudge(
     policy: CachePolicy | bool = CachePolicy(expiry=None, per_epoch=False, scopes={"empersona": SECOND_JUDGE}) if cache else False
     started = datetime.now(timezone.utc).isoformat()
 
-    async def score() -> EvalLog:
-        return await score_async(log, [harm_scorer(rubric, policy)], model=get_model(PLACEHOLDER_MODEL),
-                                 model_roles={GRADER_ROLE: grader}, action="overwrite", copy=False,
-                                 display=display)  # type: ignore[arg-type]
+    async def score() -> tuple[EvalLog, dict[str, ModelUsage], dict[str, ModelUsage]]:
+        # fresh accumulators for the judge's calls here (cache hits count nothing); seeded, since
+        # score_async's task context replaces an empty one with a new dict of its own
+        usage, by_role = {str(grader): ModelUsage()}, {GRADER_ROLE: ModelUsage()}
+        init_model_usage(usage)
+        init_role_usage(by_role)
+        scored = await score_async(log, [harm_scorer(rubric, policy)], model=get_model(PLACEHOLDER_MODEL),
+                                   model_roles={GRADER_ROLE: grader}, action="overwrite", copy=False,
+                                   display=display)  # type: ignore[arg-type]
+        return scored, usage, by_role
 
-    scored = anyio.run(score)
+    scored, judge_usage, judge_role_usage = anyio.run(score)
     spec = scored.eval
     spec.task = SECOND_JUDGE
     spec.task_args = {"harm_log": str(harm_log), "prompts": prompts, "seed": seed, "judge_args": redacted(judge_args or {})}
@@ -163,7 +170,10 @@ def rejudge(
     }
     scored.stats.started_at = started
     scored.stats.completed_at = datetime.now(timezone.utc).isoformat()
-    scored.stats.model_usage = {}  # the subject's and the first judge's, carried over from the harmfulness log
+    # the second judge's own calls; the subject's and the first judge's usage (carried over from the
+    # harmfulness log) is that log's, not this one's
+    scored.stats.model_usage = judge_usage
+    scored.stats.role_usage = judge_role_usage
     for sample in scored.samples or []:
         sample.model_usage = {}
     folder = Path(out_dir) if out_dir is not None else harm_log.parent
