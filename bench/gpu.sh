@@ -11,8 +11,9 @@
 # sampling.py's _cumsum says why; mended, its 'check:' lines then said the hashed uniforms equal
 # the CPU's and the compiled sampler picks the eager tokens on 98.6% of rows, 100% filtered). Not
 # yet measured there: lora_merge and the stacked adapter factors (adapters), shrink, kv and the
-# training variants. Next: "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='adapters shrink' bash
-# bench/gpu.sh" (timeout_s 480), then 'kv train' on 0.5b (about 300 s) as far as time allows;
+# training variants, and the CUDA tests (tests/provider/test_cuda.py). Next: "GPU_CHECK_SHAPES=0.5b
+# GPU_CHECK_STEPS='tests adapters shrink' bash bench/gpu.sh" (timeout_s 560), then 'kv train' on
+# 0.5b (about 300 s) as far as time allows;
 # each call ran 30-40 s beyond its command (start and transfers).
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
@@ -42,7 +43,10 @@
 #      model's dtype, with their A factors stacked under the base weights, and against no adapters;
 #      then all rows of one adapter with all six loaded, as products and merged into the base
 #      weights (lora_merge) (bench/adapters.py, last shape, batch 256: five compiles; 196 s for
-#      three on the 1.5B shape, 2026-11-27; float32 adapters, measured then, are left out).
+#      three on the 1.5B shape, 2026-11-27; float32 adapters, measured then, are left out);
+#   7. tests (on request): the opt-in tests of the CUDA paths (pytest -m gpu tests/provider/test_cuda.py:
+#      the compiled engine's greedy tokens against plain generate, base and two adapters, with eager
+#      and compiled prompt passes; the compiled sampler over the real vocabulary; probe activations).
 # GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
 # GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less);
 # GPU_CHECK_ADAPTER_VARIANTS the adapters step's variants (e.g. base,one-all,one-merged: three
@@ -128,7 +132,7 @@ if [ "$DEVICE" = cuda ]; then
     # engine-cp compiles the prompt passes too (dynamic shapes): one compile more
     [[ $METHODS == *engine-cp* ]] && gen_limits=($((gen_limits[0] + 100)) $((gen_limits[1] + 100)))
     profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
-    adapters_limit=260
+    adapters_limit=260 tests_limit=240
 else
     gen_args=(--device cpu --new-tokens 16 --prompt-tokens 64 --compile "${GPU_CHECK_COMPILE:-on}")
     all_batches=${GPU_CHECK_BATCHES:-8,1} largest_batch=8
@@ -139,7 +143,7 @@ else
     shrink_args=(--device cpu --batch 8 --max-new 32 --short-share 0.6 --waves 1 --repeats 1)
     adapters_args=(--device cpu --batch 8 --new-tokens 8 --repeats 1 --one-model)
     gen_limits=(300 120) profile_limit=300 sampler_limit=60 train_limits=(120 120) variant_extra=60 kv_limit=120 shrink_limit=120
-    adapters_limit=120
+    adapters_limit=120 tests_limit=300
 fi
 
 generate_all() {
@@ -181,6 +185,12 @@ shrink_last() {
     for shape in $SHAPES; do :; done
     step "shrink-$shape" "$shrink_limit" "$PYTHON" bench/shrink.py --shape "$shape" "${shrink_args[@]}" --out "$OUT/shrink-$shape.json"
 }
+cuda_tests() {
+    # the opt-in tests of the CUDA paths (tests/provider/test_cuda.py: compiled engine against plain
+    # generate, compiled sampler, probe activations); pytest is in the H100 image
+    step tests "$tests_limit" env EMPERSONA_TEST_DEVICE="$DEVICE" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider \
+        tests/provider/test_cuda.py
+}
 adapters_last() {
     local shape
     for shape in $SHAPES; do :; done
@@ -196,7 +206,8 @@ for name in $STEPS; do
         kv) kv_last ;;
         shrink) shrink_last ;;
         adapters) adapters_last ;;
-        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile sampler train kv shrink adapters)" ;;
+        tests) cuda_tests ;;
+        *) say "unknown step '$name' in GPU_CHECK_STEPS (known: generate profile sampler train kv shrink adapters tests)" ;;
     esac
 done
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"
