@@ -87,10 +87,27 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     assert sorted(p.stem for p in tables.glob("*.csv")) == sorted([
         "persona", "harmfulness", "classic_em", "two_ai", "output_recognition", "score_prediction",
         "score_prediction_overall", "self_assessment", "response_rates",
-        "models", "experiments", "task_arguments", "logs"])  # and the configuration's tables
+        "models", "experiments", "task_arguments", "logs", "usage"])  # and the configuration's tables
     configured = pd.read_csv(tables / "models.csv")
     assert set(configured["model"]) == set(pd.read_csv(tables / "persona.csv")["model"])
     assert len(pd.read_csv(tables / "logs.csv")) == len(set(pd.read_parquet(run_dir / "results.parquet")["log_file"]))
+    # token usage: what the logs recorded, summed by model string and by role
+    from inspect_ai.log import read_eval_log
+
+    expected: dict[tuple[str, str], list[int]] = {}
+    for name in set(pd.read_parquet(run_dir / "results.parquet")["log_file"]):
+        stats = read_eval_log(str(run_dir / name), header_only=True).stats
+        for by, usage in (("model", stats.model_usage), ("role", stats.role_usage)):
+            for key, used in usage.items():
+                counts = expected.setdefault((by, key), [0, 0, 0])
+                counts[0] += 1
+                counts[1] += used.input_tokens
+                counts[2] += used.output_tokens
+    usage_csv = pd.read_csv(tables / "usage.csv")
+    got = {(r["by"], r["name"]): [r["logs"], r["input tokens"], r["output tokens"]] for _, r in usage_csv.iterrows()}
+    assert got == expected and ("role", "grader") in got and ("model", "mockllm/coherent") in got
+    assert got[("model", "mockllm/coherent")][1] > 0 and usage_csv["cost"].isna().all()  # mock models have no prices
+    assert "### Token usage" in markdown
     assert "`tables/persona.csv`" in markdown
     persona_csv = pd.read_csv(tables / "persona.csv")
     assert dict(zip(persona_csv["model"], persona_csv["label"], strict=True)) == EXPECTED

@@ -17,6 +17,8 @@ from empersona.report.render import Block, Heading, Para, Table
 from empersona.report.sections import _format_frame
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
     from empersona.analysis.persona import PersonaThresholds
@@ -76,10 +78,53 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
     task_args = _task_args_table(table, keys)
     if len(task_args):
         blocks += [Heading(3, "Task arguments"), Table(task_args)]
-    logs, log_blocks = _logs_blocks(run_dir, table, variants)
+    logs, log_blocks, usage = _logs_blocks(run_dir, table, variants)
     blocks += log_blocks
+    if len(usage):
+        blocks += [Heading(3, "Token usage"), Para(
+            "Tokens by model and by role (the judges' `grader`), summed over the logs above as inspect recorded them: "
+            "the calls each log's run made: a call answered from the cache (a resumed run, a re-made log) counts "
+            "nothing, and logs set aside (`logs.replaced/`) are not counted. Cost where inspect knows the model's "
+            "prices (`-` otherwise); the dry run's estimate prices the whole battery."),
+            Table(_format_frame(usage, _usage_spec(list(usage.columns))))]
     blocks += _imports_blocks(run_dir)
-    return blocks, {"models": models, "experiments": pd.DataFrame(experiments), "task_arguments": task_args, "logs": logs}
+    return blocks, {"models": models, "experiments": pd.DataFrame(experiments), "task_arguments": task_args, "logs": logs,
+                    "usage": usage}
+
+
+USAGE_FIELDS = {"input_tokens": "input tokens", "output_tokens": "output tokens", "reasoning_tokens": "reasoning tokens",
+                "input_tokens_cache_read": "cache-read tokens", "input_tokens_cache_write": "cache-write tokens"}
+"""inspect's ``ModelUsage`` counts summed in the usage table, and their columns there."""
+
+
+def _usage_spec(columns: list[str]) -> dict[str, Callable[[pd.Series], str] | str]:
+    """How the usage table shows: counts with thousands separators, the cost in dollars or ``-``."""
+
+    def count(column: str) -> Callable[[pd.Series], str]:
+        return lambda row: f"{row[column]:,}"
+
+    def cost(row: pd.Series) -> str:
+        value = row["cost"]
+        return "-" if value is None or value != value else f"${value:.2f}"
+
+    return {column: column if column in ("by", "name") else cost if column == "cost" else count(column)
+            for column in columns}
+
+
+def _usage_frame(totals: dict[tuple[str, str], dict[str, float]]) -> pd.DataFrame:
+    """One row per (by, name): by ``model`` (a model string) or ``role``; token counts, and the cost
+    where every log that used it recorded one."""
+    import pandas as pd
+
+    rows = []
+    for (by, name), summed in sorted(totals.items()):
+        rows.append({"by": by, "name": name, "logs": int(summed["logs"]),
+                     **{column: int(summed[field]) for field, column in USAGE_FIELDS.items()},
+                     "cost": summed["cost"] if summed["priced"] == summed["logs"] else None})
+    frame = pd.DataFrame(rows)
+    if len(frame):  # columns no log filled (no reasoning or cache tokens) say nothing
+        frame = frame.drop(columns=[c for c in list(USAGE_FIELDS.values())[2:] if not frame[c].any()])
+    return frame
 
 
 READ_LOGS = ("harm_log", "matched_log")  # paths of the harmfulness logs read: the Logs table lists them
@@ -108,16 +153,19 @@ def _task_args_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         lambda names: ", ".join(sorted({n for joined in names for n in joined.split(", ")}))).reset_index()
 
 
-def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False) -> tuple[pd.DataFrame, list[Block]]:
+def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False,
+                 ) -> tuple[pd.DataFrame, list[Block], pd.DataFrame]:
     """The logs behind the table (their status, how they were sampled, their model args) and its
-    blocks, with notes from the logs' headers (e.g. duplicate prompts)."""
+    blocks, with notes from the logs' headers (e.g. duplicate prompts); and the token usage the
+    logs recorded (``_usage_frame``)."""
     import pandas as pd
     from inspect_ai.log import read_eval_log
 
     files = sorted(table.loc[table["source"] == "log", "log_file"].unique())
     if not files:
-        return pd.DataFrame(), []
+        return pd.DataFrame(), [], pd.DataFrame()
     rows, duplicates = [], {}
+    totals: dict[tuple[str, str], dict[str, float]] = {}
     for name in files:
         path = Path(name) if Path(name).is_absolute() else run_dir / name
         if not path.is_file():
@@ -133,6 +181,15 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False) -> 
                      # how the study sampled (seed scheme, the provider's own defaults or not), and the model args
                      "sampling": "; ".join(f"{k} {v}" for k, v in sorted(sampling.items())) or "-",
                      "model args": ", ".join(f"{k}={v}" for k, v in sorted((log.eval.model_args or {}).items())) or "-"})
+        for by, usage in (("model", log.stats.model_usage or {}), ("role", log.stats.role_usage or {})):
+            for name, used in usage.items():
+                summed = totals.setdefault((by, name), dict.fromkeys(("logs", "priced", "cost", *USAGE_FIELDS), 0.0))
+                summed["logs"] += 1
+                for field in USAGE_FIELDS:
+                    summed[field] += getattr(used, field) or 0
+                if used.total_cost is not None:
+                    summed["priced"] += 1
+                    summed["cost"] += used.total_cost
         if meta.get("experiment") == "harmfulness" and meta.get("duplicate_prompt_lines") is not None:
             pairs = ", ".join(f"line {a} = line {b}" for a, b in meta["duplicate_prompt_lines"])
             duplicates.setdefault(pairs or "none", []).append(name)
@@ -142,7 +199,7 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False) -> 
         blocks.append(Para("Duplicated harm prompts (kept, as in the paper; PROTOCOLS.md expects one, the pinned file has "
                            "none): " + "; ".join(
             f"{pairs} ({len(names)} log{'s' if len(names) > 1 else ''})" for pairs, names in sorted(duplicates.items()))))
-    return frame, blocks
+    return frame, blocks, _usage_frame(totals)
 
 
 def _imports_blocks(run_dir: Path) -> list[Block]:
