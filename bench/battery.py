@@ -24,7 +24,10 @@ scored 1-2 or 4-5, matched foils only where another model's response has the sam
 (decision, numerical, Likert) and score prediction (on that run's own harmfulness log). Wall
 seconds per experiment and the end-to-end speed-up are reported; the first experiment of each
 provider includes loading the model. Each provider runs with its own default concurrency (hf: 32
-requests, which is also its batch size; empersona: 256) unless ``--max-connections`` sets both.
+requests, which is also its batch size; empersona: 256) unless ``--max-connections`` sets both, and
+both without inspect's live sample buffer (``log_realtime``), as a study runs unless its
+``live_view`` is on (``--live-view`` measures with it: more inspect work per call, the same for
+both providers).
 The batches ``empersona/`` ran, by rows and cache length, give the number of decode graphs a GPU
 would compile for them (one per padded shape; about 50 s each for a 1.5B model on an H100) with
 batches padded to powers of two from 1 row and from 32 rows (the CUDA default). Needs the data files.
@@ -175,9 +178,11 @@ def judge_reply(turn: Any) -> str:
 
 
 def measure(
-    provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int, connections: int | None
+    provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int, connections: int | None,
+    live_view: bool = False,
 ) -> dict[str, float]:
-    """Run the small battery through ``provider``; wall seconds per experiment."""
+    """Run the small battery through ``provider``; wall seconds per experiment. ``live_view``: inspect's
+    ``log_realtime`` (off, as a study runs by default)."""
     from inspect_ai import eval as inspect_eval
 
     from empersona.evals.harmfulness import harmfulness
@@ -195,6 +200,7 @@ def measure(
         log_dir=str(log_dir / provider),
         display="none",
         fail_on_error=False,
+        log_realtime=live_view,
     )
     if connections is not None:
         common["max_connections"] = connections
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "--max-connections", type=int, default=None,
         help="--measure: inspect max_connections for both providers (default: each provider's own, hf 32, empersona 256)",
     )
+    parser.add_argument("--live-view", action="store_true",
+                        help="--measure: with inspect's live sample buffer (log_realtime), as a study with live_view: true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/battery.json"), help="JSON report path")
     args = parser.parse_args(argv)
 
@@ -268,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             model_dir = build_tiny_model(Path(scratch) / "tiny", seed=0)
             runs = {
-                provider: measure(provider, model_dir, Path(scratch) / "logs", args.limit, args.harm_samples, args.max_tokens, args.max_connections)
+                provider: measure(provider, model_dir, Path(scratch) / "logs", args.limit, args.harm_samples, args.max_tokens, args.max_connections,
+                                  args.live_view)
                 for provider in ("hf", "empersona")
             }
             from empersona.provider.api import _SERVED
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nEnd to end on the tiny model (CPU, limit {args.limit} items, harm samples {args.harm_samples}, "
             f"max_tokens {args.max_tokens}, max_connections {args.max_connections or 'provider default'}, "
-            "scripted judge); wall seconds"
+            f"live view {'on' if args.live_view else 'off'}, scripted judge); wall seconds"
         )
         print(f"{'experiment':<20} {'hf/':>8} {'empersona/':>11} {'speed-up':>9}")
         for name in runs["hf"]:
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{graphs['min rows 32']} with at least 32 rows (the default)"
         )
         report["measure"] = {
-            "settings": {k: getattr(args, k) for k in ("limit", "harm_samples", "max_tokens", "max_connections")},
+            "settings": {k: getattr(args, k) for k in ("limit", "harm_samples", "max_tokens", "max_connections", "live_view")},
             "seconds": runs,
             "speedup": hf_total / ours_total,
             "batch_shapes": sorted([rows, length, n] for (rows, length), n in shapes.items()),

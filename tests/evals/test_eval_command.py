@@ -54,3 +54,20 @@ def test_a_log_labelled_as_a_variant_lands_in_the_variant_column(tmp_path: Path,
     assert sorted(table["variant"].unique()) == ["", "neutral"] and len(main_rows(table)) == len(table) // 2 == 2
     neutral = table[table["variant"] == "neutral"]
     assert neutral["task_args"].str.contains('"neutral_descriptions": true').all()
+
+
+def test_live_view_is_off_unless_asked(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # inspect's live sample buffer (log_realtime) costs work per model call: off unless --live-view
+    from inspect_ai.log import read_eval_log
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    common = ["eval", "two_ai", "--model", f"empersona/{tiny_model}", "-M", "device=cpu", "--limit", "1", "--mode", "logprob",
+              "--display", "none"]
+    for extra, live in (([], False), (["--live-view"], True)):
+        folder = tmp_path / str(live)
+        result = runner.invoke(app, [*common, "--log-dir", str(folder), *extra])
+        assert result.exit_code == 0, result.output
+        [log] = sorted(folder.glob("*.eval"))
+        header = read_eval_log(str(log), header_only=True)
+        assert header.eval.config.log_realtime is live and header.status == "success"

@@ -139,6 +139,7 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
         judge="scripted",
         model_args={"device": "cpu"},
         max_connections=16,
+        live_view=True,  # inspect's live sample buffer (off by default)
         persona={"em_delta_min": 0.2, "n_resamples": 2000},  # the report's classification settings
         experiments={
             "harmfulness": {"limit": 3, "args": {"max_tokens": 8}},
@@ -167,6 +168,10 @@ def test_a_study_on_the_empersona_provider_serves_base_and_adapter_from_one_load
     assert (tmp_path / "on-empersona" / "study.yaml").read_text() == path.read_text()  # kept with the results
     assert "Study file: `study.yaml` in the run folder" in configuration
     assert "provider battery; seeds per-sample" in configuration and "generation_config=False" in configuration
+    from inspect_ai.log import read_eval_log
+
+    logs = sorted((tmp_path / "on-empersona" / "logs").rglob("*.eval"))
+    assert logs and all(read_eval_log(str(log), header_only=True).eval.config.log_realtime is True for log in logs)
     # what the finished study counts as done: another judge re-judges; a stale adapter re-evaluates
     from empersona.study.plan import make_plan
 

@@ -66,6 +66,7 @@ def run_experiment(
     model_identity: str | None = None,
     model_config: GenerateConfig | None = None,
     sampling: str | None = None,
+    live_view: bool = False,
 ) -> EvalLog:
     """Run experiment ``name`` on ``model`` with ``judge`` as the grader role; return its log.
 
@@ -75,7 +76,10 @@ def run_experiment(
     ``model_config``: generate settings of the subject model only (the judge keeps its own), e.g.
     a finite retry budget for a local server. ``sampling``: how the provider samples beyond the
     battery's settings, when that is not read off ``model`` and ``model_args`` (a study's vLLM
-    server); it scopes the call cache (``scoring.SAMPLING``).
+    server); it scopes the call cache (``scoring.SAMPLING``). ``live_view``: inspect writes each
+    sample's events as they happen, so ``inspect view`` shows the run live (``log_realtime``); off,
+    the finished log is the same and the event loop that feeds the model does less per call
+    (``bench/live_view.py``: 1.53x through empersona/, 1.20x through hf/, tiny model on CPU).
     """
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, get_model
@@ -112,6 +116,7 @@ def run_experiment(
             tags=tags,
             metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
             retry_on_error=SAMPLE_RETRIES,
+            log_realtime=live_view,
         )
     except OSError as err:  # a model folder or hub id that cannot be loaded
         raise EmpersonaError(f"{name} on {model}: cannot load the model ({err}); check the model string and folder") from err
@@ -191,6 +196,7 @@ def eval_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every model and judge call afresh (no resume).")] = False,
     display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
     variant: Annotated[str | None, typer.Option("--variant", help="Label the log a self-report variant NAME (e.g. with -T system_prompt=... or -T neutral_descriptions=true): the results table keeps its rows apart and the report sets them against the battery's.")] = None,
+    live_view: Annotated[bool, typer.Option("--live-view", help="Write each sample's events as they happen, so `inspect view` shows the run live (inspect's log_realtime; slower: more work per model call).")] = False,
 ) -> None:
     """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
     import re
@@ -233,6 +239,7 @@ def eval_command(
         max_connections=max_connections,
         display=display,
         metadata={"variant": variant} if variant else None,
+        live_view=live_view,
     )
     print_summary(log)
     if log.status != "success":

@@ -476,6 +476,7 @@ def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
                       **({REASKED: job.reask} if job.reask is not None else {})},
             model_identity=model_identity(job.model),
             sampling=vllm_sampling_scope(study) if job.model.served else None,
+            live_view=study.live_view,
         )
         print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
         if log.status != "success":
