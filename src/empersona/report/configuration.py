@@ -182,8 +182,8 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False,
                      "sampling": "; ".join(f"{k} {v}" for k, v in sorted(sampling.items())) or "-",
                      "model args": ", ".join(f"{k}={v}" for k, v in sorted((log.eval.model_args or {}).items())) or "-"})
         for by, usage in (("model", log.stats.model_usage or {}), ("role", log.stats.role_usage or {})):
-            for name, used in usage.items():
-                summed = totals.setdefault((by, name), dict.fromkeys(("logs", "priced", "cost", *USAGE_FIELDS), 0.0))
+            for key, used in usage.items():
+                summed = totals.setdefault((by, key), dict.fromkeys(("logs", "priced", "cost", *USAGE_FIELDS), 0.0))
                 summed["logs"] += 1
                 for field in USAGE_FIELDS:
                     summed[field] += getattr(used, field) or 0
