@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    methods = [m for m in args.methods.split(",") if m]
+    batch_sizes = list(dict.fromkeys(int(b) for b in args.batch_sizes.split(",") if b))
+    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     unknown = sorted(set(methods) - {"plain", "hf", "empersona", "engine", "engine-cp"})
     if unknown:
         raise SystemExit(f"--methods: unknown {', '.join(unknown)} (known: plain, hf, empersona, engine, engine-cp)")

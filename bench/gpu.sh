@@ -11,9 +11,10 @@
 # sampling.py's _cumsum says why; mended, its 'check:' lines then said the hashed uniforms equal
 # the CPU's and the compiled sampler picks the eager tokens on 98.6% of rows, 100% filtered). Not
 # yet measured there: lora_merge and the stacked adapter factors (adapters), shrink, kv and the
-# training variants, and the CUDA tests (tests/provider/test_cuda.py). Next: "GPU_CHECK_SHAPES=0.5b
-# GPU_CHECK_STEPS='tests adapters shrink' bash bench/gpu.sh" (timeout_s 560), then 'kv train' on
-# 0.5b (about 300 s) as far as time allows;
+# training variants, and the CUDA tests (tests/provider/test_cuda.py). Next, after
+# GPU_PREPARE_INSPECT=1 bash bench/gpu_prepare.sh (the probe test needs inspect-ai):
+# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='tests adapters' bash bench/gpu.sh" (step limits 240 + 260 s;
+# timeout_s 560), then 'shrink kv' on 0.5b (200 + 150 s) as far as time allows;
 # each call ran 30-40 s beyond its command (start and transfers).
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
@@ -47,7 +48,7 @@
 #   7. tests (on request): the opt-in tests of the CUDA paths (pytest -m gpu tests/provider/test_cuda.py:
 #      the compiled engine's greedy tokens against plain generate, base and two adapters, with eager
 #      and compiled prompt passes; the compiled sampler over the real vocabulary; probe activations).
-# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, all seven on CPU);
+# GPU_CHECK_STEPS picks and orders the steps (default "generate" on CUDA, steps 1-6 on CPU);
 # GPU_CHECK_BATCHES replaces the first shape's batch sizes (e.g. 256 alone: one compile less);
 # GPU_CHECK_ADAPTER_VARIANTS the adapters step's variants (e.g. base,one-all,one-merged: three
 # compiles, lora_merge against the products alone).

@@ -4,8 +4,8 @@ With it on, inspect writes every event of every sample to a local database as it
 ``inspect view`` can show samples while the evaluation runs; the finished log is the same either
 way. A study runs with it off unless ``live_view: true`` (``empersona eval --live-view``). This
 runs the harmfulness experiment on the tiny test model (scripted judge, CPU) through one provider,
-alternating off and on after an untimed warm-up, and reports the wall seconds of each and the
-ratio of their means.
+off and on in turn (off-on, on-off, ...: a drift of the machine favours neither) after an untimed
+warm-up, and reports the wall seconds of each and the ratio of their means.
 
 Run: ``EMPERSONA_MIRROR=../shared/data .venv/bin/python bench/live_view.py`` (about a minute and a
 half; ``--provider hf`` for inspect's ``hf/``). Writes ``bench/results/live_view.json``.
@@ -25,7 +25,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--provider", choices=["empersona", "hf"], default="empersona")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each setting")
+    parser.add_argument("--repeats", type=int, default=4, help="timed runs of each setting")
     parser.add_argument("--limit", type=int, default=96, help="harm prompts")
     parser.add_argument("--samples", type=int, default=4, help="answers per prompt")
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - start
 
         run(False)  # warm-up: loads the model
-        for _ in range(args.repeats):
-            for live in (False, True):
+        for repeat in range(args.repeats):
+            for live in (False, True) if repeat % 2 == 0 else (True, False):  # ABBA: a drift favours neither
                 walls[live].append(run(live))
                 print(f"live view {'on ' if live else 'off'}: {walls[live][-1]:.2f} s", flush=True)
     off, on = statistics.mean(walls[False]), statistics.mean(walls[True])

@@ -5,7 +5,9 @@ CUDA kernels (greedy tokens equal plain ``generate``'s for the base and two adap
 batch, as on CPU), the compiled sampler's CUDA kernels (torch 2.11 failed to compile it once:
 ``sampling._cumsum``), and the activation probes' bf16 CUDA path (the same pooled activations as
 on CPU, to bf16's precision). ``EMPERSONA_TEST_DEVICE=cpu`` runs them on the CPU instead (a dry
-run of the tests themselves).
+run of the tests themselves). The probe test loads models through ``empersona.provider.api``,
+which needs inspect-ai: on the H100 image, carry it (``GPU_PREPARE_INSPECT=1 bash
+bench/gpu_prepare.sh``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def test_compiled_sampler_runs_and_draws_as_eager_over_the_real_vocabulary() -> 
         settings = (torch.ones(rows, device=DEVICE), torch.full((rows,), top_p, device=DEVICE),
                     torch.full((rows,), top_k, device=DEVICE), torch.zeros(rows, dtype=torch.bool, device=DEVICE),
                     seed, position)
-        for k in (0, 1, 5):
+        for k in (0, 1):  # no logprobs (the generate loop), one (the argmax's value): one compile each
             eager = sample_next(logits, *settings, k, True, filters)
             fast = compiled(logits, *settings, k, True, filters)
             # float sums in another order may move a draw that lands on a boundary: almost all rows agree
@@ -67,6 +69,7 @@ def test_compiled_sampler_runs_and_draws_as_eager_over_the_real_vocabulary() -> 
 
 
 def test_probe_activations_on_the_device_match_the_cpu(tiny_model: Path) -> None:
+    pytest.importorskip("inspect_ai", reason="the probes load models through empersona.provider.api (inspect-ai)")
     from empersona.analysis.activations import Example, encode, load_model, read_activations
 
     examples = [Example(f"Tell me about {topic}.", f"{topic} are useful, level {level}.", int(level >= 4), topic, topic)

@@ -50,9 +50,10 @@ def load(model_dir: Path, adapter: Path | None = None) -> torch.nn.Module:
 def reference(model: torch.nn.Module, prompts: list[tuple[int, ...]], n: int, eos: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Plain ``model.generate``, one prompt at a time, greedy; cut at the first EOS like the engine."""
     out = []
+    device = next(model.parameters()).device  # the CUDA tests run it on the device
     with torch.no_grad():
         for prompt in prompts:
-            ids = torch.tensor([prompt])
+            ids = torch.tensor([prompt], device=device)
             generated = model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n
             )[0, len(prompt) :].tolist()

@@ -172,10 +172,12 @@ def rejudge(
     scored.stats.completed_at = datetime.now(timezone.utc).isoformat()
     # the second judge's own calls; the subject's and the first judge's usage (carried over from the
     # harmfulness log) is that log's, not this one's
-    scored.stats.model_usage = judge_usage
-    scored.stats.role_usage = judge_role_usage
-    for sample in scored.samples or []:
+    # (the seeds left at zero when every call came from the cache say nothing, and would read as unpriced)
+    scored.stats.model_usage = {k: u for k, u in judge_usage.items() if u.total_tokens or u.input_tokens}
+    scored.stats.role_usage = {k: u for k, u in judge_role_usage.items() if u.total_tokens or u.input_tokens}
+    for sample in scored.samples or []:  # per sample: the harmfulness log's, not this re-scoring's
         sample.model_usage = {}
+        sample.role_usage = {}
     folder = Path(out_dir) if out_dir is not None else harm_log.parent
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S+00-00")

@@ -84,7 +84,7 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
         blocks += [Heading(3, "Token usage"), Para(
             "Tokens by model and by role (the judges' `grader`), summed over the logs above as inspect recorded them: "
             "the calls each log's run made: a call answered from the cache (a resumed run, a re-made log) counts "
-            "nothing, and logs set aside (`logs.replaced/`) are not counted. Cost where inspect knows the model's "
+            "nothing, and logs set aside (`logs.replaced/`) or missing (above) are not counted. Cost where inspect knows the model's "
             "prices (`-` otherwise); the dry run's estimate prices the whole battery."),
             Table(_format_frame(usage, _usage_spec(list(usage.columns))))]
     blocks += _imports_blocks(run_dir)
