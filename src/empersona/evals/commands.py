@@ -79,7 +79,7 @@ def run_experiment(
     server); it scopes the call cache (``scoring.SAMPLING``). ``live_view``: inspect writes each
     sample's events as they happen, so ``inspect view`` shows the run live (``log_realtime``); off,
     the finished log is the same and the event loop that feeds the model does less per call
-    (``bench/live_view.py``: 1.53x through empersona/, 1.20x through hf/, tiny model on CPU).
+    (``bench/live_view.py``: 1.46-1.53x through empersona/, 1.20-1.23x through hf/, tiny model on CPU).
     """
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, get_model

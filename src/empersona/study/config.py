@@ -277,8 +277,8 @@ class StudyConfig(BaseModel):
     live_view: bool = Field(False, description=(
         "Write each sample's events as they happen, so `inspect view` shows an evaluation live (inspect's "
         "log_realtime). Off by default: the finished logs are the same, and the event loop that feeds the models "
-        "does less per call (bench/live_view.py: the harmfulness run on the tiny model took 1.53x as long with it "
-        "through empersona/, 1.20x through hf/)."))
+        "does less per call (bench/live_view.py: the harmfulness run on the tiny model took 1.46-1.53x as long with it "
+        "through empersona/, 1.20-1.23x through hf/)."))
     experiments: dict[str, ExperimentSettings] = Field(description="Experiments to run, by name.")
     checkpoints: bool = Field(False, description=(
         "Also evaluate every checkpoint each fine-tune kept (train: keep_checkpoints: true), as a model of its "
