@@ -177,6 +177,16 @@ def judge_reply(turn: Any) -> str:
     return json.dumps({"score": digest[0] % 5 + 1})
 
 
+def eval_settings(provider: str, model_dir: Path, log_dir: Path, limit: int) -> dict[str, Any]:
+    """inspect ``eval`` arguments the CPU measurements share: the tiny model through ``provider``
+    on the CPU, the scripted judge as the grader, ``limit`` items, no display."""
+    from empersona.testing.mocks import scripted_model
+
+    return {"model": f"{provider}/{model_dir}", "model_args": {"device": "cpu"},
+            "model_roles": {"grader": scripted_model(judge_reply, name="judge")}, "limit": limit,
+            "log_dir": str(log_dir), "display": "none", "fail_on_error": False}
+
+
 def measure(
     provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int, connections: int | None,
     live_view: bool = False,
@@ -189,19 +199,8 @@ def measure(
     from empersona.evals.score_prediction import score_prediction
     from empersona.evals.self_assessment import self_assessment
     from empersona.evals.two_ai import two_ai
-    from empersona.testing.mocks import scripted_model
 
-    model_args: dict[str, Any] = {"device": "cpu"}
-    common: dict[str, Any] = dict(
-        model=f"{provider}/{model_dir}",
-        model_args=model_args,
-        model_roles={"grader": scripted_model(judge_reply, name="judge")},
-        limit=limit,
-        log_dir=str(log_dir / provider),
-        display="none",
-        fail_on_error=False,
-        log_realtime=live_view,
-    )
+    common = {**eval_settings(provider, model_dir, log_dir / provider, limit), "log_realtime": live_view}
     if connections is not None:
         common["max_connections"] = connections
     times: dict[str, float] = {}

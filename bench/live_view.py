@@ -33,20 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from battery import judge_reply
+    from battery import eval_settings
     from inspect_ai import eval as inspect_eval
 
     import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
     from empersona.evals.harmfulness import harmfulness
-    from empersona.testing.mocks import scripted_model
     from empersona.testing.tiny import build_tiny_model
 
     walls: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = build_tiny_model(Path(scratch) / "tiny", seed=0)
-        common = {"model": f"{args.provider}/{model_dir}", "model_args": {"device": "cpu"},
-                  "model_roles": {"grader": scripted_model(judge_reply, name="judge")}, "limit": args.limit,
-                  "log_dir": str(Path(scratch) / "logs"), "display": "none", "fail_on_error": False}
+        common = eval_settings(args.provider, model_dir, Path(scratch) / "logs", args.limit)
 
         def run(live: bool) -> float:
             task = harmfulness(samples=args.samples, max_tokens=args.max_tokens, cache=False)

@@ -173,8 +173,9 @@ def rejudge(
     # the second judge's own calls; the subject's and the first judge's usage (carried over from the
     # harmfulness log) is that log's, not this one's
     # (the seeds left at zero when every call came from the cache say nothing, and would read as unpriced)
-    scored.stats.model_usage = {k: u for k, u in judge_usage.items() if u.total_tokens or u.input_tokens}
-    scored.stats.role_usage = {k: u for k, u in judge_role_usage.items() if u.total_tokens or u.input_tokens}
+    scored.stats.model_usage, scored.stats.role_usage = (
+        {key: used for key, used in usage.items() if used.total_tokens or used.input_tokens}
+        for usage in (judge_usage, judge_role_usage))
     for sample in scored.samples or []:  # per sample: the harmfulness log's, not this re-scoring's
         sample.model_usage = {}
         sample.role_usage = {}

@@ -15,10 +15,10 @@ from inspect_ai.solver import TaskState
 from empersona.evals.forced_choice import Reading, parse_pole, unread, word_probs
 from empersona.evals.scoring import make_score, safe_mean, score_float
 from empersona.evals.self_assessment.items import FORMATS, HEADLINE_DIMENSION, Format
+from empersona.evals.self_assessment.language import Detection, LanguageDetector, detect_language
 
 if TYPE_CHECKING:
     from inspect_ai.model import CachePolicy
-from empersona.evals.self_assessment.language import Detection, LanguageDetector, detect_language
 
 SCORER = "self_rating"
 
