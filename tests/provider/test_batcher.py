@@ -118,3 +118,37 @@ def test_a_leader_cancelled_before_its_thread_starts_hands_the_round_back() -> N
     outcomes = asyncio.run(main())
     assert all(ok for ok, _calls in outcomes), outcomes
     assert all(sum(calls) <= 3 for _ok, calls in outcomes)  # nobody's request ran twice
+
+
+def test_a_round_takes_the_oldest_requests_up_to_max_round_and_leaves_the_rest_for_the_next() -> None:
+    """More calls pending than a batch holds: each round is one batch of the oldest, so the next
+    round's requests are waiting when one ends, and every request is answered once."""
+
+    async def main() -> tuple[list[int], list[tuple[int, ...]], list[list[int]]]:
+        engine = SlowEngine(0.05)
+        seen: list[list[int]] = []
+        run = engine.generate_each
+
+        def recording(requests: Sequence[Request]) -> list[Completion | Exception]:
+            seen.append([r.prompt[0] for r in requests])
+            return run(requests)
+
+        engine.generate_each = recording  # type: ignore[method-assign]
+        batcher = Batcher(engine, max_round=2)  # type: ignore[arg-type]
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(request(i)) for i in range(5))), timeout=5)
+        return engine.calls, [a.tokens for a in answers], seen
+
+    calls, tokens, seen = asyncio.run(main())
+    assert calls == [2, 2, 1]
+    assert seen == [[0, 1], [2, 3], [4]]  # oldest first
+    assert tokens == [(i,) for i in range(5)]
+
+
+def test_the_provider_keeps_two_batches_of_calls_in_flight_and_runs_one_batch_a_round(tiny_model: Path) -> None:
+    from inspect_ai.model import get_model
+
+    model = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", max_batch_size=8)
+    assert model.api.max_connections() == 16 and model.config.max_connections == 16
+    assert model.api.served.batcher.max_round == 8  # type: ignore[attr-defined]
+    own = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", max_batch_size=8, max_connections=5)
+    assert own.api.max_connections() == 5

@@ -46,6 +46,7 @@ from inspect_ai.model import ModelAPI, modelapi
 
 DEFAULT_MAX_TOKENS = 2048
 PROMPT_CACHE_SIZE = 8192  # distinct prompts kept tokenised per model (the paper battery has ~1,000)
+CALLS_PER_BATCH_ROW = 2  # default max_connections per row of max_batch_size: one batch decoding, the next waiting
 
 
 class ProviderArgs(BaseModel):
@@ -276,7 +277,8 @@ def served(key: EngineKey, freeze_gc: bool = True) -> Served:
         entry = _SERVED.get(key)
         if entry is None:
             engine = Engine(_load_base(key), key.options)
-            entry = Served(engine=engine, batcher=Batcher(engine), defaults=sampling_defaults(key.base))
+            batcher = Batcher(engine, max_round=key.options.max_batch_size)
+            entry = Served(engine=engine, batcher=batcher, defaults=sampling_defaults(key.base))
             _SERVED[key] = entry
             if freeze_gc:
                 gc.collect()
@@ -355,7 +357,7 @@ class EmpersonaAPI(ModelAPI):
         self.args = args
         if config.max_connections is None and config.adaptive_connections is None:
             # inspect's default adaptive concurrency starts at 20 concurrent calls, which would cap
-            # every batch at 20: ask for static concurrency at the batch size instead (this is the
+            # every batch at 20: ask for static concurrency of two batches instead (this is the
             # model's own config object, so inspect's connection pool sees it)
             config.max_connections = self.max_connections()
         self.ref = resolve_model(model_name, args.adapter)
@@ -387,7 +389,14 @@ class EmpersonaAPI(ModelAPI):
         return DEFAULT_MAX_TOKENS
 
     def max_connections(self) -> int:
-        return self.args.max_connections or self.args.max_batch_size
+        """Concurrent calls, and inspect's samples in flight unless an eval sets ``max_samples``:
+        ``max_connections``, else ``CALLS_PER_BATCH_ROW`` x ``max_batch_size``. A round takes every
+        pending request up to the batch size and runs until its longest answer ends. With only one
+        batch's worth of calls allowed, the next samples' calls arrive one by one after a round
+        returns (inspect sets each sample up in turn on its event loop), and the round that starts
+        first holds the few that came first, for as many steps as a full one; with two batches'
+        worth, the next round's requests are already waiting when a round ends."""
+        return self.args.max_connections or CALLS_PER_BATCH_ROW * self.args.max_batch_size
 
     def collapse_user_messages(self) -> bool:
         return True

@@ -1,10 +1,16 @@
 """Collects concurrent generate calls into rounds for the engine, without a fixed wait.
 
 A request waits only while the engine is busy. The first request to find the engine idle leads a
-round: it yields to the event loop until no more requests arrive at once, takes everything that
-is pending (any adapter, any settings: the engine groups them) and runs it in a worker thread,
-so the event loop keeps accepting requests, which form the next round. Built on anyio (inspect's
-async layer), so it runs under asyncio and trio alike.
+round: it yields to the event loop until no more requests arrive at once, takes what is pending
+(any adapter, any settings: the engine groups them), oldest first and at most ``max_round``
+requests, and runs it in a worker thread, so the event loop keeps accepting requests, which form
+the next round. Built on anyio (inspect's async layer), so it runs under asyncio and trio alike.
+
+``max_round`` (the provider sets the engine's batch size) keeps what is pending beyond one batch
+for the next round: with more calls in flight than a batch holds, a round that ends finds the
+next one's requests already waiting, and its own results come back to inspect (scored, logged,
+the next samples started) while that round runs. A round that took everything would hold the
+whole backlog until its last batch ended, and then start with the few calls that came first.
 
 A round belongs to no one request: the worker thread hands each request its completion (or the
 error of the batch it was in) and ends the round itself. So a leader that is cancelled while
@@ -62,6 +68,7 @@ class Batcher:
     """Collects concurrent requests into rounds; one engine call per round, run off the event loop."""
 
     engine: Engine
+    max_round: int | None = None  # most requests per round (None: all that are pending)
     pending: list[_Slot] = field(default_factory=list)
     busy: bool = False
     round_done: Any = None
@@ -101,7 +108,8 @@ class Batcher:
                     break
                 seen = len(self.pending)
                 await anyio.sleep(0)
-            batch, self.pending = self.pending, []
+            cut = len(self.pending) if self.max_round is None else self.max_round
+            batch, self.pending = self.pending[:cut], self.pending[cut:]
             self.rounds += 1
             # once the thread has claimed the round it answers every slot and ends the round, even
             # when this await is cancelled
