@@ -8,7 +8,10 @@ Ways to get B sampled continuations of N tokens from the same local model:
 - ``engine``: the provider's engine called directly with the B tokenised prompts (no inspect; for
   machines without inspect, such as the H100 image);
 - ``engine-cp``: the same engine with ``compile_prefill`` on (prompt passes compiled too), so its
-  figure sits beside the eager prompt passes' in one run.
+  figure sits beside the eager prompt passes' in one run;
+- ``engine-ma``: an engine of its own (a second copy of the model) whose decode step compiles with
+  ``compile_mode="max-autotune"`` (kernel choices timed for every matrix product while compiling;
+  its warm-up, reported as ``compile_s``, includes that tuning).
 
 Models: ``tiny`` is the test model builder's (hidden 64, 2 layers); ``0.5b`` and ``1.5b`` are
 random-init Qwen2.5-0.5B / 1.5B configurations (full 151,936-token vocabulary) with the tiny
@@ -45,9 +48,10 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Method = Literal["plain", "hf", "empersona", "engine", "engine-cp"]
+Method = Literal["plain", "hf", "empersona", "engine", "engine-cp", "engine-ma"]
+KNOWN_METHODS: tuple[Method, ...] = get_args(Method)
 METHODS: tuple[Method, ...] = ("plain", "hf", "empersona")
 
 # Qwen2.5 configurations (hidden, intermediate, layers, heads, kv heads); vocabulary 151936, tied embeddings
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--new-tokens", type=int, default=32, help="fixed output length per row")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="about this many prompt tokens per row")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of plain,hf,empersona,engine,engine-cp")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(KNOWN_METHODS)}")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument(
         "--compile", choices=["auto", "on", "off"], default="auto",
@@ -286,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
 
     batch_sizes = list(dict.fromkeys(int(b) for b in args.batch_sizes.split(",") if b))
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
-    unknown = sorted(set(methods) - {"plain", "hf", "empersona", "engine", "engine-cp"})
+    unknown = sorted(set(methods) - set(KNOWN_METHODS))
     if unknown:
-        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (known: plain, hf, empersona, engine, engine-cp)")
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(KNOWN_METHODS)})")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     device = "cuda:0" if args.device == "cuda" else "cpu"
     if args.bandwidth is not None:
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in {p.data_ptr(): p for p in plain_model.parameters()}.values())
         if "plain" not in methods:
             del plain_model
-        hf_model = ours = engine = None
+        hf_model = ours = engine = tuned = None
         if "hf" in methods or "empersona" in methods:
             from inspect_ai.model import get_model
 
@@ -323,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
             engine_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
             compile_engine = None if args.compile == "auto" else args.compile == "on"
             engine = Engine(engine_model, EngineOptions(max_batch_size=max(batch_sizes), compile=compile_engine))
+        if "engine-ma" in methods:
+            from empersona.provider.engine import Engine, EngineOptions
+
+            tuned_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+            compile_tuned = None if args.compile == "auto" else args.compile == "on"
+            tuned = Engine(tuned_model, EngineOptions(max_batch_size=max(batch_sizes), compile=compile_tuned,
+                                                      compile_mode="max-autotune"))
 
         card = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
         header = (
@@ -369,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                 walls[method] = run_engine(engine, tokenizer, texts, args.new_tokens)
                 compiles[method] = warm_s - walls[method] if engine.compile else None
                 engine.compile_prefill = False
+            elif method == "engine-ma":
+                warm_s = run_engine(tuned, tokenizer, warm, args.new_tokens)
+                walls[method] = run_engine(tuned, tokenizer, texts, args.new_tokens)
+                compiles[method] = warm_s - walls[method] if tuned.compile else None
             else:
                 warm_s = run_inspect(ours, warm, args.new_tokens)
                 walls[method] = run_inspect(ours, texts, args.new_tokens)

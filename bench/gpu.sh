@@ -11,11 +11,14 @@
 # sampling.py's _cumsum says why; mended, its 'check:' lines then said the hashed uniforms equal
 # the CPU's and the compiled sampler picks the eager tokens on 98.6% of rows, 100% filtered). Not
 # yet measured there: lora_merge and the stacked adapter factors (adapters), shrink, kv and the
-# training variants, and the CUDA tests (tests/provider/test_cuda.py). Next, after
+# training variants, the CUDA tests (tests/provider/test_cuda.py), and the decode step compiled
+# with compile_mode="max-autotune" (the engine-ma method). Next, after
 # GPU_PREPARE_INSPECT=1 bash bench/gpu_prepare.sh (the probe test needs inspect-ai):
-# "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='tests adapters' bash bench/gpu.sh" (step limits 240 + 260 s;
-# timeout_s 560), then 'shrink kv' on 0.5b (200 + 150 s) as far as time allows;
-# each call ran 30-40 s beyond its command (start and transfers).
+# "GPU_CHECK_SHAPES=1.5b GPU_CHECK_BATCHES=256 GPU_CHECK_METHODS=plain,engine,engine-ma
+# GPU_CHECK_STEPS=generate bash bench/gpu.sh" (step limit 440 s, the autotuning's time being
+# unknown; timeout_s 470), then at once "GPU_CHECK_SHAPES=0.5b GPU_CHECK_STEPS='tests adapters'
+# bash bench/gpu.sh" (240 + 260 s) with what is left; each call ran 30-40 s beyond its command
+# (start and transfers).
 # plain "bash bench/gpu.sh" runs the generation of both shapes.
 #
 # Steps, each under its own time limit so a slow one cannot eat the others' time; every step's
@@ -132,6 +135,8 @@ if [ "$DEVICE" = cuda ]; then
     [[ $METHODS == *empersona* ]] && gen_limits=(290 150)
     # engine-cp compiles the prompt passes too (dynamic shapes): one compile more
     [[ $METHODS == *engine-cp* ]] && gen_limits=($((gen_limits[0] + 100)) $((gen_limits[1] + 100)))
+    # engine-ma: a second engine whose decode step compiles with max-autotune (kernel choices timed)
+    [[ $METHODS == *engine-ma* ]] && gen_limits=($((gen_limits[0] + 240)) $((gen_limits[1] + 240)))
     profile_limit=200 sampler_limit=90 train_limits=(100 70) variant_extra=110 kv_limit=150 shrink_limit=200
     adapters_limit=260 tests_limit=240
 else

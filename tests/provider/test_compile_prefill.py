@@ -82,3 +82,15 @@ def test_the_provider_takes_compile_prefill_as_a_model_arg(tiny_model: Path) -> 
     assert get_model(f"empersona/{tiny_model}", memoize=False).api.served.engine.compile_prefill is False  # type: ignore[attr-defined]
     with pytest.raises(EmpersonaError, match="compile_prefill"):
         get_model(f"empersona/{tiny_model}", memoize=False, compile_prefill="sometimes")
+
+
+def test_the_provider_takes_compile_mode_as_a_model_arg(tiny_model: Path) -> None:
+    from inspect_ai.model import get_model
+
+    from empersona.errors import EmpersonaError
+
+    model = get_model(f"empersona/{tiny_model}", memoize=False, compile_mode="max-autotune")
+    assert model.api.served.engine.options.compile_mode == "max-autotune"  # type: ignore[attr-defined]
+    assert get_model(f"empersona/{tiny_model}", memoize=False).api.served.engine.options.compile_mode is None  # type: ignore[attr-defined]
+    with pytest.raises(EmpersonaError, match="compile_mode"):
+        get_model(f"empersona/{tiny_model}", memoize=False, compile_mode="fastest")

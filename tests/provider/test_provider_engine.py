@@ -168,24 +168,45 @@ def test_compiled_decode_step_is_one_graph_and_decodes_the_same(
     assert counters["stats"]["unique_graphs"] >= 1
 
 
+@pytest.mark.parametrize("compile_mode", [None, "max-autotune-no-cudagraphs"], ids=["default-mode", "max-autotune"])
 def test_inductor_compiled_decoding_equals_generate(
-    lively: tuple[Path, Path, Path], expected: dict[tuple[Path, Path | None], list[tuple[int, ...]]]
+    lively: tuple[Path, Path, Path], expected: dict[tuple[Path, Path | None], list[tuple[int, ...]]],
+    compile_mode: str | None,
 ) -> None:
     """The GPU configuration's compiler (inductor), generating real kernels, on CPU: same tokens.
 
     CUDA graphs are the one part of the GPU path this cannot run; the code inductor writes for
-    the static-cache step and the compiled sampler does run here (about 20 s of compiling).
+    the static-cache step and the compiled sampler does run here (about 20 s of compiling). With
+    ``max-autotune`` the decode step's matrix products are the kernels inductor's tuning chose.
     """
     base, a1, a2 = lively
     torch._dynamo.reset()
     engine, (got_base, got_a1, got_a2) = run_mixed(
-        base, (a1, a2), EngineOptions(min_prefix=8, compile=True, compile_backend="inductor")
+        base, (a1, a2), EngineOptions(min_prefix=8, compile=True, compile_backend="inductor", compile_mode=compile_mode)  # type: ignore[arg-type]
     )
-    assert engine.compile and engine.static
+    assert engine.compile and engine.static and engine.compile_mode == compile_mode
     eos = engine.eos_ids
     assert got_base == reference_for(expected, base, None, eos)
     assert got_a1 == reference_for(expected, base, a1, eos)
     assert got_a2 == reference_for(expected, base, a2, eos)
+
+
+def test_compile_mode_is_checked_and_means_cuda_graphs_on_cuda_by_default() -> None:
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="compile_mode 'fast': one of default, reduce-overhead"):
+        EngineOptions(compile_mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs the inductor backend"):
+        EngineOptions(compile_mode="max-autotune", compile_backend="eager")
+
+    def mode(options: EngineOptions, device: str) -> str | None:
+        return Engine.compile_mode.fget(SimpleNamespace(options=options, device=torch.device(device)))  # type: ignore[attr-defined]
+
+    assert mode(EngineOptions(), "cuda") == "reduce-overhead"  # CUDA graphs
+    assert mode(EngineOptions(), "cpu") is None
+    assert mode(EngineOptions(compile_backend="eager"), "cuda") is None
+    assert mode(EngineOptions(compile_mode="max-autotune"), "cuda") == "max-autotune"
+    assert mode(EngineOptions(compile_mode="max-autotune-no-cudagraphs"), "cpu") == "max-autotune-no-cudagraphs"
 
 
 def test_eos_stops_a_row_like_generate(lively: tuple[Path, Path, Path]) -> None:

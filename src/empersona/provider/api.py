@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from empersona.errors import EmpersonaError
 from empersona.provider.batcher import Batcher
-from empersona.provider.engine import Completion, Engine, EngineOptions, Request
+from empersona.provider.engine import CompileMode, Completion, Engine, EngineOptions, Request
 
 if TYPE_CHECKING:
     from inspect_ai.model import ChatMessage, GenerateConfig, Logprobs, ModelOutput
@@ -69,6 +69,7 @@ class ProviderArgs(BaseModel):
     shrink_at: float | None = Field(None, ge=0, le=1)
     lora_dtype: Literal["model", "float32"] = "model"
     compile_prefill: bool = False
+    compile_mode: CompileMode | None = None
     lora_merge: bool = True
     max_adapters: int = Field(16, ge=1)
     generation_config: bool = True
@@ -373,6 +374,7 @@ class EmpersonaAPI(ModelAPI):
             shrink_at=args.shrink_at,
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
+            compile_mode=args.compile_mode,
             lora_merge=args.lora_merge,
             max_adapters=args.max_adapters,
         )

@@ -48,7 +48,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from empersona.provider.attention import use_grouped_decode_attention
 from empersona.provider.lora import AdapterSet, read_adapter
@@ -62,6 +62,8 @@ StopReason = Literal["stop", "max_tokens"]
 STATIC_LENGTH_STEP = 256
 KV_CACHE_SHARE = 0.5  # of the GPU memory free after loading, for static KV caches (the rest: activations)
 GPU_MIN_ROWS = 32  # compiled CUDA batches are padded to at least this many rows (one graph for small batches)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 # a round goes on with its live rows once they are at most this share of its batch (EngineOptions.shrink_at);
 # compiled: off, since each smaller bucket is one more compiled graph (about 50 s for a 1.5B model
 # on an H100), more than the tails of a battery's rounds are estimated to save until a GPU run says
@@ -177,6 +179,13 @@ class EngineOptions:
     tokens, so the compile pays back only after about 1,500 such batches, more than a study's
     battery asks of one process; on this project's 2-core CPU it cost 130 s (0.5B shape) for
     prompt passes 1.18x faster.
+    ``compile_mode``: the ``torch.compile`` mode of the decode step (one of ``COMPILE_MODES``; with
+    the inductor backend only). None: ``reduce-overhead`` (CUDA graphs) on CUDA, inductor's default
+    elsewhere. ``max-autotune`` also times several kernel choices for every matrix product of the
+    step (and tunes the fused element-wise kernels) while compiling, and keeps the fastest: a longer
+    first compile for possibly faster products at large batches, where the compiled decode step of
+    the 1.5B shape spends 2.24 of its 3.76 ms in matrix products (H100, batch 256); not yet timed
+    on a GPU (``bench/generate.py``'s ``engine-ma`` method measures it), hence not the default.
     ``lora_fuse_input``: where the adapters run in the model's dtype, stack their A factors under
     each adapted layer's base weight, so one matrix product gives the layer's output and the
     adapters' A x instead of two (one small product less per adapted layer: 196 per decode step
@@ -228,6 +237,13 @@ class EngineOptions:
     compile_prefill: bool = False
     lora_merge: bool = True
     max_adapters: int = 16
+    compile_mode: CompileMode | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {self.compile_mode!r}: one of {', '.join(COMPILE_MODES)}, or None")
+        if self.compile_mode is not None and self.compile_backend != "inductor":
+            raise ValueError(f"compile_mode {self.compile_mode!r} needs the inductor backend, not {self.compile_backend!r}")
 
 
 @dataclass
@@ -905,6 +921,15 @@ class Engine:
             self._compiled_sample = torch.compile(sample_next, backend=self.options.compile_backend, dynamic=False)
         return self._compiled_sample
 
+    @property
+    def compile_mode(self) -> str | None:
+        """The ``torch.compile`` mode of the decode step: ``compile_mode``, else ``reduce-overhead``
+        (CUDA graphs) with inductor on CUDA, else inductor's default (None)."""
+        if self.options.compile_mode is not None:
+            return self.options.compile_mode
+        cuda_graphs = self.device.type == "cuda" and self.options.compile_backend == "inductor"
+        return "reduce-overhead" if cuda_graphs else None
+
     def _decode(self, batch: _Batch, cache: Any, token: torch.Tensor, position: torch.Tensor, step: int) -> torch.Tensor:
         """One decode step for all rows; returns the next logits ``[rows, vocab]``."""
         import torch
@@ -918,11 +943,10 @@ class Engine:
         if self.compile:
             if self._compiled_step is None:
                 raise_recompile_limit()  # one graph per (batch bucket, cache length bucket)
-                cuda_graphs = self.device.type == "cuda" and self.options.compile_backend == "inductor"
                 self._compiled_step = torch.compile(
                     _static_decode_step,
                     backend=self.options.compile_backend,
-                    mode="reduce-overhead" if cuda_graphs else None,
+                    mode=self.compile_mode,
                     dynamic=False,
                 )
             step_fn = self._compiled_step
