@@ -11,6 +11,9 @@ Reported per fault rate:
 - achieved: successful logical requests/s in the steady state (between the 10th and 90th
   percentile of completion times, which leaves out the start and the retry tail) and overall
   (successes / wall time); ratio = steady achieved / bound;
+- backoff: connection-seconds the client slept between a failed attempt and its retry (the
+  OpenAI SDK's retries of 429, 500 and timeouts sleep inside inspect's connection slot; from the
+  server's call log, see ``retry_backoff_s``), and the fault floor with them held too;
 - faults injected and server calls (from the server's call log);
 - lost: logical requests with no successful result; duplicated: request ids delivered more than
   once or to the wrong caller (the scripted reply echoes the id). Both must be 0.
@@ -83,6 +86,8 @@ class RunResult:
     latency_s: float
     bound_rps: float
     fault_floor_rps: float  # the bound after the time failed attempts hold a connection
+    backoff_slot_s: float  # connection-seconds spent asleep between a failed attempt and the client's retry
+    backoff_floor_rps: float  # the fault floor with those seconds held too
     achieved_rps: float
     overall_rps: float
     ratio: float
@@ -171,6 +176,27 @@ def _steady_rate(done: list[float]) -> float:
     return (hi - lo) / span if span > 0 else float("inf")
 
 
+def retry_backoff_s(calls: list[dict[str, Any]], config: BenchConfig) -> float:
+    """Seconds the client's retries of 429, 500 and timeout faults slept while holding their
+    connection: for each such failed call, the gap from its end (a 429 at once, a 500 after the
+    latency, a timeout after the client timeout) to the same request's next call. These retries
+    are the OpenAI SDK's own, inside inspect's connection slot (inspect's retries, after the
+    SDK's, also wait inside it). A malformed body is asked again by ``ask_judge``, which waits
+    for a free connection first: that gap is not counted. Ends use the mean latency (the jitter
+    is not logged), so this is an estimate."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        by_key.setdefault(call["key"], []).append(call)
+    ends = {"429": 0.0, "500": config.latency_s, "timeout": config.client_timeout_s}
+    total = 0.0
+    for attempts in by_key.values():
+        attempts.sort(key=lambda c: c["started_s"])
+        for failed, retry in zip(attempts, attempts[1:]):
+            if failed["outcome"] in ends:
+                total += max(0.0, retry["started_s"] - failed["started_s"] - ends[failed["outcome"]])
+    return total
+
+
 def run_once(config: BenchConfig) -> RunResult:
     """Start the server process, drive the requests, and account for every one of them."""
     from collections import Counter
@@ -217,6 +243,8 @@ def run_once(config: BenchConfig) -> RunResult:
         for c in calls
     )
     fault_floor = config.connections * len(successes) / held if held else 0.0
+    backoff = retry_backoff_s(calls, config)
+    backoff_floor = config.connections * len(successes) / (held + backoff) if held else 0.0
     return RunResult(
         fault_rate=config.fault_rate,
         requests=config.requests,
@@ -224,6 +252,8 @@ def run_once(config: BenchConfig) -> RunResult:
         latency_s=config.latency_s,
         bound_rps=round(bound, 2),
         fault_floor_rps=round(fault_floor, 2),
+        backoff_slot_s=round(backoff, 1),
+        backoff_floor_rps=round(backoff_floor, 2),
         achieved_rps=round(achieved, 2),
         overall_rps=round(len(successes) / wall, 2),
         ratio=round(achieved / bound, 3),
@@ -251,6 +281,8 @@ def _print_table(results: list[RunResult]) -> None:
         ("latency s", lambda r: f"{r.latency_s:g}"),
         ("bound rps", lambda r: f"{r.bound_rps:.1f}"),
         ("fault floor rps", lambda r: f"{r.fault_floor_rps:.1f}"),
+        ("backoff s", lambda r: f"{r.backoff_slot_s:.0f}"),
+        ("floor w/ backoff", lambda r: f"{r.backoff_floor_rps:.1f}"),
         ("achieved rps", lambda r: f"{r.achieved_rps:.1f}"),
         ("ratio", lambda r: f"{r.ratio:.0%}"),
         ("overall rps", lambda r: f"{r.overall_rps:.1f}"),
