@@ -24,7 +24,7 @@ scored 1-2 or 4-5, matched foils only where another model's response has the sam
 (decision, numerical, Likert) and score prediction (on that run's own harmfulness log). Wall
 seconds per experiment and the end-to-end speed-up are reported; the first experiment of each
 provider includes loading the model. Each provider runs with its own default concurrency (hf: 32
-requests, which is also its batch size; empersona: 256) unless ``--max-connections`` sets both, and
+requests, which is also its batch size; empersona: 512, two batches of 256) unless ``--max-connections`` sets both, and
 both without inspect's live sample buffer (``log_realtime``), as a study runs unless its
 ``live_view`` is on (``--live-view`` measures with it: more inspect work per call, the same for
 both providers).
@@ -32,8 +32,16 @@ The batches ``empersona/`` ran, by rows and cache length, give the number of dec
 would compile for them (one per padded shape; about 50 s each for a 1.5B model on an H100) with
 batches padded to powers of two from 1 row and from 32 rows (the CUDA default). Needs the data files.
 
+Free answers are cut at ``--max-tokens`` (16; 8 for the short ones), which leaves inspect's own work
+per sample most of the time; ``--max-tokens task`` runs each task's own defaults, as a study does
+(harmfulness 512, self-assessment 128, score prediction 64, two-AI 32). The tiny random model
+rarely ends an answer early, so there every answer runs to its cap (a real model's are shorter;
+self-assessment then logs 20 top logprobs for each of 128 tokens, where a real model's one-word
+answer has a few).
+
 Run: ``.venv/bin/python bench/battery.py`` (counts, seconds) and
-``.venv/bin/python bench/battery.py --measure`` (about two minutes on CPU).
+``.venv/bin/python bench/battery.py --measure`` (about two minutes on CPU; ``--max-tokens task``
+about five).
 Writes ``bench/results/battery.json``.
 """
 
@@ -188,7 +196,7 @@ def eval_settings(provider: str, model_dir: Path, log_dir: Path, limit: int) -> 
 
 
 def measure(
-    provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int, connections: int | None,
+    provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int | None, connections: int | None,
     live_view: bool = False,
 ) -> dict[str, float]:
     """Run the small battery through ``provider``; wall seconds per experiment. ``live_view``: inspect's
@@ -213,11 +221,14 @@ def measure(
             raise RuntimeError(f"{provider}: {name} ended {log.status}: {log.error}")
         return log
 
-    harm = timed("harmfulness", harmfulness(samples=harm_samples, max_tokens=max_tokens, cache=False))
-    timed("two_ai (sample)", two_ai(mode="sample", samples=2, max_tokens=8, cache=False))
+    # max_tokens None: each task's own default, as a study runs it (free answers 512 and 128 tokens)
+    free = {} if max_tokens is None else {"max_tokens": max_tokens}
+    short = {} if max_tokens is None else {"max_tokens": 8}
+    harm = timed("harmfulness", harmfulness(samples=harm_samples, cache=False, **free))
+    timed("two_ai (sample)", two_ai(mode="sample", samples=2, cache=False, **short))
     timed("two_ai (logprob)", two_ai(mode="logprob", cache=False))
-    timed("self_assessment", self_assessment(formats="decision,numerical,likert", max_tokens=max_tokens, cache=False))
-    timed("score_prediction", score_prediction(harm_log=harm.location, conditions="blind,shown", max_tokens=8, cache=False))
+    timed("self_assessment", self_assessment(formats="decision,numerical,likert", cache=False, **free))
+    timed("score_prediction", score_prediction(harm_log=harm.location, conditions="blind,shown", cache=False, **short))
     return times
 
 
@@ -232,15 +243,28 @@ def compiled_shapes(shapes: Counter[tuple[int, int]], max_batch_size: int) -> di
     }
 
 
+def _max_tokens(text: str) -> int | None:
+    if text == "task":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--max-tokens {text}: a whole number, at least 1, or 'task'")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--measure", action="store_true", help="also run a small battery through hf/ and empersona/")
     parser.add_argument("--limit", type=int, default=96, help="--measure: items per experiment")
     parser.add_argument("--harm-samples", type=int, default=4, help="--measure: harmfulness samples per prompt")
-    parser.add_argument("--max-tokens", type=int, default=16, help="--measure: max new tokens of free answers")
+    parser.add_argument(
+        "--max-tokens", type=_max_tokens, default=16,
+        help="--measure: max new tokens of free answers (8 for the short ones); 'task': each task's own default, "
+             "as a study runs it (harmfulness 512, self-assessment 128, score prediction 64, two-AI 32)",
+    )
     parser.add_argument(
         "--max-connections", type=int, default=None,
-        help="--measure: inspect max_connections for both providers (default: each provider's own, hf 32, empersona 256)",
+        help="--measure: inspect max_connections for both providers (default: each provider's own, hf 32, empersona 512)",
     )
     parser.add_argument("--live-view", action="store_true",
                         help="--measure: with inspect's live sample buffer (log_realtime), as a study with live_view: true")
@@ -286,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             graphs = compiled_shapes(shapes, served.engine.options.max_batch_size)
         print(
             f"\nEnd to end on the tiny model (CPU, limit {args.limit} items, harm samples {args.harm_samples}, "
-            f"max_tokens {args.max_tokens}, max_connections {args.max_connections or 'provider default'}, "
+            f"max_tokens {args.max_tokens or 'of each task'}, max_connections {args.max_connections or 'provider default'}, "
             f"live view {'on' if args.live_view else 'off'}, scripted judge); wall seconds"
         )
         print(f"{'experiment':<20} {'hf/':>8} {'empersona/':>11} {'speed-up':>9}")
