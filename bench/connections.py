@@ -7,8 +7,8 @@ scoring and logging of the samples just answered): the next round starts with th
 first and runs as many decode steps as a full one. With twice the batch size (the default), the
 next round's calls are already waiting.
 
-This runs the harmfulness experiment on the tiny test model (scripted judge, CPU) through
-``empersona/`` with ``max_connections`` at the batch size and at twice it, in turn (A B B A ...: a
+This runs the harmfulness experiment on the tiny test model (scripted judge, CPU, inspect's live
+sample buffer off as a study runs, unless ``--live-view``) through ``empersona/`` with ``max_connections`` at the batch size and at twice it, in turn (A B B A ...: a
 drift of the machine favours neither), after an untimed warm-up, and reports the wall seconds of
 each, the ratio of their means, and the batches the engine ran (how many, and their mean rows).
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10, help="answers per prompt (the paper's 10)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256, help="the provider's max_batch_size")
+    parser.add_argument("--live-view", action="store_true",
+                        help="with inspect's live sample buffer (log_realtime): more inspect work per sample")
     parser.add_argument("--out", type=Path, default=Path("bench/results/connections.json"))
     args = parser.parse_args(argv)
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_tiny_model(Path(scratch) / "tiny", seed=0)
         common: dict[str, Any] = eval_settings("empersona", model_dir, Path(scratch) / "logs", args.limit)
         common["model_args"] = {**common["model_args"], "max_batch_size": args.batch}
+        common["log_realtime"] = args.live_view  # off unless asked, as a study runs
 
         def shapes() -> Counter[tuple[int, int]]:
             return Counter({k: v for served in _SERVED.values() for k, v in served.engine.stats.shapes.items()})
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     means = {name: statistics.mean(values) for name, values in walls.items()}
     ratio = means["one batch"] / means["two batches"]
-    print(f"\nharmfulness, {args.limit} prompts x {args.samples} answers, max_tokens {args.max_tokens}, batch {args.batch}; "
-          f"mean of {args.repeats}")
+    print(f"\nharmfulness, {args.limit} prompts x {args.samples} answers, max_tokens {args.max_tokens}, batch {args.batch}, "
+          f"live view {'on' if args.live_view else 'off'}; mean of {args.repeats}")
     print(f"{'max_connections':<26} {'mean s':>8} {'batches':>8} {'mean rows':>10}")
     for name, connections in settings.items():
         runs = batches[name]
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "empersona/ max_connections: one batch against two (harmfulness, tiny model, CPU)",
         "settings": {"limit": args.limit, "samples": args.samples, "max_tokens": args.max_tokens, "batch": args.batch,
-                     "repeats": args.repeats, "connections": settings},
+                     "repeats": args.repeats, "live_view": args.live_view, "connections": settings},
         "walls_s": walls,
         "batch_rows": batches,
         "mean_s": means,

@@ -182,8 +182,9 @@ def retry_backoff_s(calls: list[dict[str, Any]], config: BenchConfig) -> float:
     latency, a timeout after the client timeout) to the same request's next call. These retries
     are the OpenAI SDK's own, inside inspect's connection slot (inspect's retries, after the
     SDK's, also wait inside it). A malformed body is asked again by ``ask_judge``, which waits
-    for a free connection first: that gap is not counted. Ends use the mean latency (the jitter
-    is not logged), so this is an estimate."""
+    for a free connection first: that gap is not counted (nor told apart is the rare call
+    ``ask_judge`` makes again after the client's own retries ran out, whose wait is counted). Ends
+    use the mean latency (the jitter is not logged), so this is an estimate."""
     by_key: dict[str, list[dict[str, Any]]] = {}
     for call in calls:
         by_key.setdefault(call["key"], []).append(call)

@@ -49,10 +49,11 @@ def test_backoff_counts_the_sleep_after_each_retried_fault_from_its_end() -> Non
 
 def test_a_short_run_accounts_for_every_request(tmp_path: Path) -> None:
     bench = load_bench()
+    # a client timeout well above the latency: on a loaded machine a slow reply is not a fault
     result = bench.run_once(config(bench, latency_s=0.2, latency_jitter_s=0.0, requests=40, fault_rate=0.3,
-                                   client_timeout_s=0.5, timeout_fault_s=1.0, seed=3))
-    assert result.lost == 0 and result.duplicated == 0
-    assert result.faults_injected > 0 and result.server_calls == 40 + result.faults_injected
+                                   client_timeout_s=2.0, timeout_fault_s=3.0, seed=3))
+    assert result.lost == 0 and result.duplicated == 0 and result.server_repeats == 0
+    assert result.faults_injected > 0 and result.server_calls >= 40 + result.faults_injected
     # the SDK's retries sleep (0.5 s doubling, jittered) inside the connection: some backoff is seen,
     # and the floor with it held is below the one without
     assert result.backoff_slot_s > 0

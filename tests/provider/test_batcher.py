@@ -152,3 +152,35 @@ def test_the_provider_keeps_two_batches_of_calls_in_flight_and_runs_one_batch_a_
     assert model.api.served.batcher.max_round == 8  # type: ignore[attr-defined]
     own = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", max_batch_size=8, max_connections=5)
     assert own.api.max_connections() == 5
+
+
+def test_a_cancelled_request_takes_out_its_own_place_not_an_equal_ones() -> None:
+    """Two callers may send equal requests (an unseeded prompt asked twice): the one cancelled
+    while it waits leaves, the other is answered."""
+
+    async def main() -> tuple[tuple[int, ...], list[int]]:
+        engine = SlowEngine(0.2)
+        batcher = Batcher(engine)  # type: ignore[arg-type]
+        first = asyncio.create_task(batcher.submit(request(0)))
+        await asyncio.sleep(0.05)  # the engine is busy with the first round
+        twins = [asyncio.create_task(batcher.submit(request(7))) for _ in range(2)]
+        await asyncio.sleep(0.02)
+        twins[1].cancel()
+        await first
+        answered = await asyncio.wait_for(twins[0], timeout=5)
+        return answered.tokens, engine.calls
+
+    tokens, calls = asyncio.run(main())
+    assert tokens == (7,) and calls == [1, 1]
+
+
+def test_a_round_size_below_one_is_refused(tiny_model: Path) -> None:
+    from inspect_ai.model import get_model
+
+    from empersona.errors import EmpersonaError
+
+    with pytest.raises(ValueError, match="max_round 0"):
+        Batcher(SlowEngine(0.0), max_round=0)  # type: ignore[arg-type]
+    for arg in ("max_batch_size", "max_connections"):
+        with pytest.raises(EmpersonaError, match=arg):
+            get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", **{arg: 0})

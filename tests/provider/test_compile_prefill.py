@@ -89,8 +89,12 @@ def test_the_provider_takes_compile_mode_as_a_model_arg(tiny_model: Path) -> Non
 
     from empersona.errors import EmpersonaError
 
-    model = get_model(f"empersona/{tiny_model}", memoize=False, compile_mode="max-autotune")
+    model = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", compile=True, compile_mode="max-autotune")
     assert model.api.served.engine.options.compile_mode == "max-autotune"  # type: ignore[attr-defined]
     assert get_model(f"empersona/{tiny_model}", memoize=False).api.served.engine.options.compile_mode is None  # type: ignore[attr-defined]
+    # not compiled (the CPU default): the mode is not read, and the model shares the plain engine
+    eager = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", compile_mode="max-autotune")
+    plain = get_model(f"empersona/{tiny_model}", memoize=False, device="cpu")
+    assert eager.api.served is plain.api.served  # type: ignore[attr-defined]
     with pytest.raises(EmpersonaError, match="compile_mode"):
         get_model(f"empersona/{tiny_model}", memoize=False, compile_mode="fastest")

@@ -177,7 +177,8 @@ def test_inductor_compiled_decoding_equals_generate(
 
     CUDA graphs are the one part of the GPU path this cannot run; the code inductor writes for
     the static-cache step and the compiled sampler does run here (about 20 s of compiling). With
-    ``max-autotune`` the decode step's matrix products are the kernels inductor's tuning chose.
+    ``max-autotune`` inductor compiles the step under that mode's settings (on a CPU it may find
+    little to tune: the weights are graph inputs); the tokens must not change.
     """
     base, a1, a2 = lively
     torch._dynamo.reset()
@@ -207,6 +208,26 @@ def test_compile_mode_is_checked_and_means_cuda_graphs_on_cuda_by_default() -> N
     assert mode(EngineOptions(compile_backend="eager"), "cuda") is None
     assert mode(EngineOptions(compile_mode="max-autotune"), "cuda") == "max-autotune"
     assert mode(EngineOptions(compile_mode="max-autotune-no-cudagraphs"), "cpu") == "max-autotune-no-cudagraphs"
+
+
+def test_the_decode_step_is_compiled_in_the_compile_mode(lively: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``torch.compile`` is asked for: the decode step in ``compile_mode`` (inductor's default
+    mode without one on CPU); the sampler in the default mode either way."""
+    asked: list[tuple[str, object]] = []
+
+    def spy(fn: object, **kwargs: object) -> object:
+        asked.append((getattr(fn, "__name__", "?"), kwargs.get("mode")))
+        return fn  # run eagerly: only what was asked is checked here
+
+    monkeypatch.setattr(torch, "compile", spy)
+    base = lively[0]
+    prompts = prompt_ids(base)[:2]
+    for mode in ("max-autotune", None):
+        asked.clear()
+        engine = Engine(load(base), EngineOptions(compile=True, compile_backend="inductor", compile_mode=mode))  # type: ignore[arg-type]
+        engine.generate([Request(p, 3, temperature=0.0) for p in prompts])
+        assert ("_static_decode_step", mode) in asked
+        assert all(m is None for name, m in asked if name != "_static_decode_step")
 
 
 def test_eos_stops_a_row_like_generate(lively: tuple[Path, Path, Path]) -> None:

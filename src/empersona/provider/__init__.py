@@ -15,14 +15,17 @@ them that are pending at the same moment run as one mixed batch.
 Model args (``-M key=value`` on inspect's command line, ``model_args`` in Python):
 ``adapter`` (folder), ``device`` ("cuda", "cpu", ...; default cuda when available),
 ``dtype`` ("auto" = bfloat16 on CUDA, float32 on CPU; or "float32", "bfloat16", "float16"),
-``max_batch_size`` (256), ``max_connections`` (concurrent requests inspect sends; default
-``max_batch_size``), ``prefix_reuse`` (true), ``min_prefix`` (16 tokens), ``compile``
+``max_batch_size`` (256), ``max_connections`` (concurrent requests inspect sends; default twice
+``max_batch_size``: a round runs the oldest pending requests, up to one batch's worth, and the
+next round's are already waiting when it ends), ``prefix_reuse`` (true), ``min_prefix`` (16 tokens), ``compile``
 (default: on for CUDA), ``sync_every`` (8; decode steps between EOS checks when compiled),
 ``freeze_gc`` (true: after loading, ``gc.freeze()`` keeps full garbage collections off the
 long-lived objects; see ``api.served``), ``kv_cache_gib`` (most GiB the compiled path's static
 KV caches may hold together; default on CUDA half the memory free after loading, see
 ``engine``), ``min_batch_bucket`` (fewest rows a compiled batch is padded to; default 32 on CUDA,
-so the small batches at the end of each task share one compiled graph).
+so the small batches at the end of each task share one compiled graph), ``compile_mode`` (the
+decode step's ``torch.compile`` mode; default ``reduce-overhead``, CUDA graphs, on CUDA; read only
+where the step is compiled).
 
 ``temperature=0`` is greedy decoding (inspect's ``hf`` provider needs ``do_sample=False``
 instead); ``logprobs``/``top_logprobs`` return the model's logprob of each generated token and

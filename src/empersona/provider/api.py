@@ -57,8 +57,8 @@ class ProviderArgs(BaseModel):
     adapter: str | None = None
     device: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_size: int = 256
-    max_connections: int | None = None
+    max_batch_size: int = Field(256, ge=1)
+    max_connections: int | None = Field(None, ge=1)
     prefix_reuse: bool = True
     min_prefix: int = 16
     compile: bool | None = None
@@ -374,7 +374,8 @@ class EmpersonaAPI(ModelAPI):
             shrink_at=args.shrink_at,
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
-            compile_mode=args.compile_mode,
+            # read only where the step is compiled: elsewhere it would only make a second engine key
+            compile_mode=args.compile_mode if (device.startswith("cuda") if args.compile is None else args.compile) else None,
             lora_merge=args.lora_merge,
             max_adapters=args.max_adapters,
         )
@@ -392,8 +393,8 @@ class EmpersonaAPI(ModelAPI):
 
     def max_connections(self) -> int:
         """Concurrent calls, and inspect's samples in flight unless an eval sets ``max_samples``:
-        ``max_connections``, else ``CALLS_PER_BATCH_ROW`` x ``max_batch_size``. A round takes every
-        pending request up to the batch size and runs until its longest answer ends. With only one
+        ``max_connections``, else ``CALLS_PER_BATCH_ROW`` x ``max_batch_size``. A round takes the
+        oldest pending requests, up to one batch's worth, and runs until its longest answer ends. With only one
         batch's worth of calls allowed, the next samples' calls arrive one by one after a round
         returns (inspect sets each sample up in turn on its event loop), and the round that starts
         first holds the few that came first, for as many steps as a full one; with two batches'

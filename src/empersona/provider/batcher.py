@@ -1,7 +1,8 @@
 """Collects concurrent generate calls into rounds for the engine, without a fixed wait.
 
 A request waits only while the engine is busy. The first request to find the engine idle leads a
-round: it yields to the event loop until no more requests arrive at once, takes what is pending
+round: it yields to the event loop until no more requests arrive at once (or a full round is
+waiting), takes what is pending
 (any adapter, any settings: the engine groups them), oldest first and at most ``max_round``
 requests, and runs it in a worker thread, so the event loop keeps accepting requests, which form
 the next round. Built on anyio (inspect's async layer), so it runs under asyncio and trio alike.
@@ -31,7 +32,7 @@ from empersona.provider.engine import Completion, Engine, Request
 MAX_GATHER_YIELDS = 64
 
 
-@dataclass
+@dataclass(eq=False)  # one caller's place: compared by identity (two callers may send equal requests)
 class _Slot:
     request: Request
     result: Completion | None = None
@@ -74,6 +75,10 @@ class Batcher:
     round_done: Any = None
     rounds: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_round is not None and self.max_round < 1:
+            raise ValueError(f"max_round {self.max_round}: at least 1, or None for every pending request")
+
     async def submit(self, request: Request) -> Completion:
         """Queue a request and return its completion once a round has run it."""
         slot = _Slot(request)
@@ -104,7 +109,7 @@ class Batcher:
             # gather: let every coroutine that is ready now add its request (no timed wait)
             seen = -1
             for _ in range(MAX_GATHER_YIELDS):
-                if len(self.pending) == seen:
+                if len(self.pending) == seen or (self.max_round is not None and len(self.pending) >= self.max_round):
                     break
                 seen = len(self.pending)
                 await anyio.sleep(0)
