@@ -363,6 +363,7 @@ class EmpersonaAPI(ModelAPI):
             config.max_connections = self.max_connections()
         self.ref = resolve_model(model_name, args.adapter)
         device, dtype = _device_and_dtype(args)
+        compiled = device.startswith("cuda") if args.compile is None else args.compile  # as the engine decides
         options = EngineOptions(
             max_batch_size=args.max_batch_size,
             prefix_reuse=args.prefix_reuse,
@@ -375,7 +376,7 @@ class EmpersonaAPI(ModelAPI):
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
             # read only where the step is compiled: elsewhere it would only make a second engine key
-            compile_mode=args.compile_mode if (device.startswith("cuda") if args.compile is None else args.compile) else None,
+            compile_mode=args.compile_mode if compiled else None,
             lora_merge=args.lora_merge,
             max_adapters=args.max_adapters,
         )
@@ -394,11 +395,11 @@ class EmpersonaAPI(ModelAPI):
     def max_connections(self) -> int:
         """Concurrent calls, and inspect's samples in flight unless an eval sets ``max_samples``:
         ``max_connections``, else ``CALLS_PER_BATCH_ROW`` x ``max_batch_size``. A round takes the
-        oldest pending requests, up to one batch's worth, and runs until its longest answer ends. With only one
-        batch's worth of calls allowed, the next samples' calls arrive one by one after a round
-        returns (inspect sets each sample up in turn on its event loop), and the round that starts
-        first holds the few that came first, for as many steps as a full one; with two batches'
-        worth, the next round's requests are already waiting when a round ends."""
+        oldest pending requests, up to one batch's worth, and runs until its longest answer ends.
+        With only one batch's worth of calls allowed, the next samples' calls arrive one by one
+        after a round returns (inspect sets each sample up in turn on its event loop), and the
+        round that starts first holds the few that came first, for as many steps as a full one;
+        with two batches' worth, the next round's requests are already waiting when a round ends."""
         return self.args.max_connections or CALLS_PER_BATCH_ROW * self.args.max_batch_size
 
     def collapse_user_messages(self) -> bool:

@@ -2,10 +2,9 @@
 
 A request waits only while the engine is busy. The first request to find the engine idle leads a
 round: it yields to the event loop until no more requests arrive at once (or a full round is
-waiting), takes what is pending
-(any adapter, any settings: the engine groups them), oldest first and at most ``max_round``
-requests, and runs it in a worker thread, so the event loop keeps accepting requests, which form
-the next round. Built on anyio (inspect's async layer), so it runs under asyncio and trio alike.
+waiting), takes what is pending (any adapter, any settings: the engine groups them), oldest first
+and at most ``max_round`` requests, and runs it in a worker thread, so the event loop keeps
+accepting requests, which form the next round. Built on anyio (inspect's async layer), so it runs under asyncio and trio alike.
 
 ``max_round`` (the provider sets the engine's batch size) keeps what is pending beyond one batch
 for the next round: with more calls in flight than a batch holds, a round that ends finds the
