@@ -55,9 +55,12 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 Mode = Literal["sample", "logprob"]
 REPO = Path(__file__).resolve().parents[1]
@@ -195,14 +198,32 @@ def eval_settings(provider: str, model_dir: Path, log_dir: Path, limit: int) -> 
             "log_dir": str(log_dir), "display": "none", "fail_on_error": False}
 
 
+def timed_eval(task: Any, what: str, **settings: Any) -> tuple[float, Any]:
+    """Wall seconds of one inspect ``eval`` of ``task`` with ``settings``, and its log; a run that
+    does not succeed raises, naming ``what``."""
+    from inspect_ai import eval as inspect_eval
+
+    start = time.perf_counter()
+    (log,) = inspect_eval(task, **settings)
+    seconds = time.perf_counter() - start
+    if log.status != "success":
+        raise RuntimeError(f"{what} ended {log.status}: {log.error}")
+    return seconds, log
+
+
+def abba(settings: list[T], repeats: int) -> Iterator[T]:
+    """``settings`` in turn ``repeats`` times, every other pass reversed (A B B A ...): a drift of
+    the machine during the runs favours none of them."""
+    for repeat in range(repeats):
+        yield from settings if repeat % 2 == 0 else settings[::-1]
+
+
 def measure(
     provider: str, model_dir: Path, log_dir: Path, limit: int, harm_samples: int, max_tokens: int | None, connections: int | None,
     live_view: bool = False,
 ) -> dict[str, float]:
     """Run the small battery through ``provider``; wall seconds per experiment. ``live_view``: inspect's
     ``log_realtime`` (off, as a study runs by default)."""
-    from inspect_ai import eval as inspect_eval
-
     from empersona.evals.harmfulness import harmfulness
     from empersona.evals.score_prediction import score_prediction
     from empersona.evals.self_assessment import self_assessment
@@ -214,11 +235,7 @@ def measure(
     times: dict[str, float] = {}
 
     def timed(name: str, task: Any) -> Any:
-        start = time.perf_counter()
-        (log,) = inspect_eval(task, **common)
-        times[name] = time.perf_counter() - start
-        if log.status != "success":
-            raise RuntimeError(f"{provider}: {name} ended {log.status}: {log.error}")
+        times[name], log = timed_eval(task, f"{provider}: {name}", **common)
         return log
 
     # max_tokens None: each task's own default, as a study runs it (free answers 512 and 128 tokens)

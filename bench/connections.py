@@ -27,7 +27,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from battery import eval_settings
-    from inspect_ai import eval as inspect_eval
+    from battery import abba, eval_settings, timed_eval
 
     import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
     from empersona.evals.harmfulness import harmfulness
@@ -69,22 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         def run(connections: int) -> tuple[float, list[int]]:
             task = harmfulness(samples=args.samples, max_tokens=args.max_tokens, cache=False)
             before = shapes()
-            start = time.perf_counter()
-            (log,) = inspect_eval(task, max_connections=connections, **common)
-            wall = time.perf_counter() - start
-            if log.status != "success":
-                raise RuntimeError(f"harmfulness ended {log.status}: {log.error}")
+            wall, _ = timed_eval(task, "harmfulness", max_connections=connections, **common)
             ran = shapes() - before
             return wall, sorted((rows for (rows, _length), n in ran.items() for _ in range(n)), reverse=True)
 
         run(2 * args.batch)  # warm-up: loads the model
-        order = list(settings)
-        for repeat in range(args.repeats):
-            for name in order if repeat % 2 == 0 else order[::-1]:
-                wall, rows = run(settings[name])
-                walls[name].append(wall)
-                batches[name].append(rows)
-                print(f"{name} ({settings[name]} connections): {wall:.2f} s, batches of {rows} rows", flush=True)
+        for name in abba(list(settings), args.repeats):
+            wall, rows = run(settings[name])
+            walls[name].append(wall)
+            batches[name].append(rows)
+            print(f"{name} ({settings[name]} connections): {wall:.2f} s, batches of {rows} rows", flush=True)
 
     means = {name: statistics.mean(values) for name, values in walls.items()}
     ratio = means["one batch"] / means["two batches"]

@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -33,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from battery import eval_settings
-    from inspect_ai import eval as inspect_eval
+    from battery import abba, eval_settings, timed_eval
 
     import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
     from empersona.evals.harmfulness import harmfulness
@@ -47,17 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def run(live: bool) -> float:
             task = harmfulness(samples=args.samples, max_tokens=args.max_tokens, cache=False)
-            start = time.perf_counter()
-            (log,) = inspect_eval(task, log_realtime=live, **common)
-            if log.status != "success":
-                raise RuntimeError(f"harmfulness ended {log.status}: {log.error}")
-            return time.perf_counter() - start
+            return timed_eval(task, "harmfulness", log_realtime=live, **common)[0]
 
         run(False)  # warm-up: loads the model
-        for repeat in range(args.repeats):
-            for live in (False, True) if repeat % 2 == 0 else (True, False):  # ABBA: a drift favours neither
-                walls[live].append(run(live))
-                print(f"live view {'on ' if live else 'off'}: {walls[live][-1]:.2f} s", flush=True)
+        for live in abba([False, True], args.repeats):
+            walls[live].append(run(live))
+            print(f"live view {'on ' if live else 'off'}: {walls[live][-1]:.2f} s", flush=True)
     off, on = statistics.mean(walls[False]), statistics.mean(walls[True])
     print(f"\nharmfulness through {args.provider}/ ({args.limit} prompts x {args.samples} answers, "
           f"{args.max_tokens} tokens, scripted judge, CPU), mean of {args.repeats}: live view off {off:.2f} s, "

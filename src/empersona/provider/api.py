@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from empersona.errors import EmpersonaError
 from empersona.provider.batcher import Batcher
-from empersona.provider.engine import CompileMode, Completion, Engine, EngineOptions, Request
+from empersona.provider.engine import CompileMode, Completion, Engine, EngineOptions, Request, compiles
 
 if TYPE_CHECKING:
     from inspect_ai.model import ChatMessage, GenerateConfig, Logprobs, ModelOutput
@@ -363,7 +363,6 @@ class EmpersonaAPI(ModelAPI):
             config.max_connections = self.max_connections()
         self.ref = resolve_model(model_name, args.adapter)
         device, dtype = _device_and_dtype(args)
-        compiled = device.startswith("cuda") if args.compile is None else args.compile  # as the engine decides
         options = EngineOptions(
             max_batch_size=args.max_batch_size,
             prefix_reuse=args.prefix_reuse,
@@ -375,11 +374,13 @@ class EmpersonaAPI(ModelAPI):
             shrink_at=args.shrink_at,
             lora_dtype=args.lora_dtype,
             compile_prefill=args.compile_prefill,
-            # read only where the step is compiled: elsewhere it would only make a second engine key
-            compile_mode=args.compile_mode if compiled else None,
+            compile_mode=args.compile_mode,
             lora_merge=args.lora_merge,
             max_adapters=args.max_adapters,
         )
+        if not compiles(options, device.split(":")[0]):
+            # read only where the step is compiled: elsewhere it would only make a second engine key
+            options = replace(options, compile_mode=None)
         self.served = served(EngineKey(base=self.ref.base, device=device, dtype=dtype, options=options), args.freeze_gc)
         self.adapter_key = self.served.engine.add_adapter(self.ref.adapter) if self.ref.adapter else None
         self.defaults = self.served.defaults if args.generation_config else SamplingDefaults()

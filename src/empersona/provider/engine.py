@@ -333,7 +333,7 @@ class Engine:
         self.grouped_attention = options.grouped_attention and use_grouped_decode_attention(model)
         self.device: torch.device = next(model.parameters()).device
         self.options = options
-        self.compile = options.compile if options.compile is not None else self.device.type == "cuda"
+        self.compile = compiles(options, self.device.type)
         self.static = options.static_cache if options.static_cache is not None else self.compile
         if self.compile and not self.static:
             raise ValueError("compile=True decodes on a static cache; do not set static_cache=False with it")
@@ -958,6 +958,12 @@ class Engine:
         logits = step_fn(self.model, self._cache_arg, cache, token[:, None], position[:, None], batch.mask, kwargs)
         self.stats.forward_passes += 1
         return logits.clone()
+
+
+def compiles(options: EngineOptions, device_type: str) -> bool:
+    """Whether an engine with ``options`` on a ``device_type`` device compiles its decode step
+    (``compile``; None: on CUDA only)."""
+    return options.compile if options.compile is not None else device_type == "cuda"
 
 
 def row_seeds(requests: Sequence[Request], rows: int) -> torch.Tensor:
