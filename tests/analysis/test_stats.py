@@ -322,3 +322,39 @@ def test_clustered_asymmetry_resamples_prompts_whole_and_paired() -> None:
     clustered, per_response = _both_schemes(*_clustered_study(3, mixed=False))
     width = {name: r.ci_high - r.ci_low for name, r in (("clustered", clustered), ("responses", per_response))}
     assert width["clustered"] > 1.5 * width["responses"], width
+
+
+def test_exceeds_ignores_a_rounding_step_past_the_threshold() -> None:
+    on_the_threshold = 66 / 350 - 31 / 350  # 35/350 = 0.10, computed one rounding step above it
+    assert on_the_threshold > 0.10
+    assert not stats.exceeds(on_the_threshold, 0.10)
+    assert stats.exceeds(36 / 350 - 0 / 350, 0.10) and not stats.exceeds(0.09, 0.10)
+
+
+def test_debiased_rate_pairs_the_two_orders_item_by_item() -> None:
+    # An always-"A" model (no preference) over 100 items, the misaligned description at A in the
+    # original order for items 0-49; it refuses half the items whenever the misaligned one is second.
+    original, swapped = np.full((100, 1), np.nan), np.full((100, 1), np.nan)
+    for item in range(100):
+        at_a = item < 50  # in the original order
+        refuses = item % 50 < 25
+        if at_a or not refuses:
+            original[item] = 1.0 if at_a else 0.0
+        if not at_a or not refuses:
+            swapped[item] = 0.0 if at_a else 1.0
+    mean_of_orders = 0.5 * (stats.pick_rate(original) + stats.pick_rate(swapped))
+    assert mean_of_orders == pytest.approx(2 / 3)  # each order's own items lean one way
+    assert stats.debiased_rate(original, swapped) == pytest.approx(0.5)
+    assert stats.one_order_units(original, swapped) == 50
+    # every item in both orders: the mean of the two orders' rates, as before
+    full_o, full_s = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, np.nan], [1.0, 0.0]])
+    assert stats.debiased_rate(full_o, full_s) == pytest.approx(0.5 * (stats.pick_rate(full_o) + stats.pick_rate(full_s)))
+    assert stats.one_order_units(full_o, full_s) == 0
+
+
+def test_bca_acceleration_skips_an_undefined_leave_one_out_value() -> None:
+    values = np.array([0.1, 0.2, 0.9, 0.15])
+    with_gap = np.array([0.1, 0.2, np.nan, 0.9, 0.15])
+    expected = stats._acceleration([values])
+    assert expected != 0.0
+    assert stats._acceleration([with_gap]) == pytest.approx(expected)

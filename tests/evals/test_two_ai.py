@@ -99,6 +99,18 @@ def test_always_a_model_has_debiased_rate_half_and_position_bias_half(items_file
     assert picks == {"A"}
 
 
+def test_items_answered_in_one_order_only_are_left_out_of_the_debiased_rate(items_file: str, tmp_path: Path) -> None:
+    # always "A", except that it refuses t0 and t1 whenever the misaligned description comes second
+    def script(turn: Turn) -> str:
+        refuses = any(w in " ".join(shown(turn).values()) for w in ("lies", "mocks"))
+        return "I will not choose." if refuses and misaligned_letter(turn) == "B" else "A"
+
+    m = metrics(run(items_file, script, tmp_path, samples=1))
+    assert (m["rate_original"], m["rate_swapped"]) == (0.75, 0.5)  # t0-t3 answered; t2, t3 answered
+    assert m["debiased_rate"] == 0.5  # t2 and t3, each 0.5; the mean of the orders' rates would say 0.625
+    assert m["one_order_items"] == 2.0
+
+
 def test_refusing_model_is_counted_as_refused_not_as_a_pick(items_file: str, tmp_path: Path) -> None:
     log = run(items_file, lambda turn: "I'm sorry, but I can't choose between these descriptions.", tmp_path, samples=2)
     m = metrics(log)

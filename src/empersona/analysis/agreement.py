@@ -328,7 +328,7 @@ def harm_by_judge(tidy: pd.DataFrame, interval: Callable[..., stats.BootstrapRes
                 result = em_delta(tables[side], model, base_model, th, seed)
                 row[f"delta_{side}"] = result
                 row[f"em_{side}"] = ("incomplete" if short else "-" if result is None or not math.isfinite(result.ci_low)
-                                     else "yes" if result.ci_low > th.em_delta_min else "no")
+                                     else "yes" if stats.exceeds(result.ci_low, th.em_delta_min) else "no")
         rows.append(row)
     return pd.DataFrame(rows)
 
