@@ -18,12 +18,14 @@ read a harmfulness log, so they are counted from the harm count and their task d
 logged response; both foils, which is an upper bound: contrast foils exist only for responses
 scored 1-2 or 4-5, matched foils only where another model's response has the same score).
 
-``--measure`` runs a small battery end to end on the tiny test model twice, through inspect's
+``--measure`` runs a small battery end to end on the tiny test model through inspect's
 ``hf/`` provider and through ``empersona/``, with the same tasks, limits and a scripted judge
 (``empersona.testing.mocks``): harmfulness, two-AI (sample and logprob mode), self-assessment
-(decision, numerical, Likert) and score prediction (on that run's own harmfulness log). Wall
-seconds per experiment and the end-to-end speed-up are reported; the first experiment of each
-provider includes loading the model. Each provider runs with its own default concurrency (hf: 32
+(decision, numerical, Likert) and score prediction (on that run's own harmfulness log);
+``--repeats`` batteries per provider (2 by default) in A B B A order, as these machines drift by
+10-20% within minutes. Mean wall seconds per experiment, the end-to-end speed-up of the means and
+each repeat's own are reported; the first experiment of each provider's first battery includes
+loading the model (later batteries find it loaded, as a study's later tasks do). Each provider runs with its own default concurrency (hf: 32
 requests, which is also its batch size; empersona: 512, two batches of 256) unless ``--max-connections`` sets both, and
 both without inspect's live sample buffer (``log_realtime``), as a study runs unless its
 ``live_view`` is on (``--live-view`` measures with it: more inspect work per call, the same for
@@ -40,8 +42,8 @@ self-assessment then logs 20 top logprobs for each of 128 tokens, where a real m
 answer has a few).
 
 Run: ``.venv/bin/python bench/battery.py`` (counts, seconds) and
-``.venv/bin/python bench/battery.py --measure`` (about two minutes on CPU; ``--max-tokens task``
-about five).
+``.venv/bin/python bench/battery.py --measure`` (about four minutes on CPU; ``--max-tokens task``
+about ten).
 Writes ``bench/results/battery.json``.
 """
 
@@ -249,6 +251,11 @@ def measure(
     return times
 
 
+def mean_times(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Mean wall seconds per experiment over ``runs`` (each experiment -> seconds, the same keys)."""
+    return {name: sum(run[name] for run in runs) / len(runs) for name in runs[0]}
+
+
 def compiled_shapes(shapes: Counter[tuple[int, int]], max_batch_size: int) -> dict[str, int]:
     """Distinct (rows bucket, cache length) pairs of the batches run: the decode graphs a GPU
     compiles, with batches padded to powers of two from 1 row and from ``GPU_MIN_ROWS`` rows."""
@@ -285,8 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--live-view", action="store_true",
                         help="--measure: with inspect's live sample buffer (log_realtime), as a study with live_view: true")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="--measure: batteries per provider, in A B B A order (hf/ empersona/ empersona/ hf/ ...)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/battery.json"), help="JSON report path")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: at least 1")
 
     mirror = REPO.parent / "shared" / "data"
     if "EMPERSONA_MIRROR" not in os.environ and mirror.is_dir():
@@ -313,22 +324,27 @@ def main(argv: list[str] | None = None) -> int:
         import empersona.provider.api  # noqa: F401  (registers empersona/ also without the entry point)
         from empersona.testing.tiny import build_tiny_model
 
+        repeats: dict[str, list[dict[str, float]]] = {"hf": [], "empersona": []}
         with tempfile.TemporaryDirectory() as scratch:
             model_dir = build_tiny_model(Path(scratch) / "tiny", seed=0)
-            runs = {
-                provider: measure(provider, model_dir, Path(scratch) / "logs", args.limit, args.harm_samples, args.max_tokens, args.max_connections,
-                                  args.live_view)
-                for provider in ("hf", "empersona")
-            }
-            from empersona.provider.api import _SERVED
+            for provider in abba(["hf", "empersona"], args.repeats):
+                logs = Path(scratch) / "logs" / str(len(repeats[provider]))
+                repeats[provider].append(measure(provider, model_dir, logs, args.limit, args.harm_samples, args.max_tokens,
+                                                 args.max_connections, args.live_view))
+                print(f"{provider}/ battery {len(repeats[provider])}: {sum(repeats[provider][-1].values()):.2f} s", flush=True)
+                if provider == "empersona" and len(repeats[provider]) == 1:
+                    from empersona.provider.api import _SERVED
 
-            (served,) = _SERVED.values()
-            shapes = served.engine.stats.shapes
-            graphs = compiled_shapes(shapes, served.engine.options.max_batch_size)
+                    (served,) = _SERVED.values()
+                    shapes = Counter(served.engine.stats.shapes)  # one battery's batches (later ones add the same)
+                    graphs = compiled_shapes(shapes, served.engine.options.max_batch_size)
+        runs = {provider: mean_times(times) for provider, times in repeats.items()}
+        ratios = [sum(hf.values()) / sum(ours.values()) for hf, ours in zip(repeats["hf"], repeats["empersona"])]
         print(
             f"\nEnd to end on the tiny model (CPU, limit {args.limit} items, harm samples {args.harm_samples}, "
             f"max_tokens {args.max_tokens or 'of each task'}, max_connections {args.max_connections or 'provider default'}, "
-            f"live view {'on' if args.live_view else 'off'}, scripted judge); wall seconds"
+            f"live view {'on' if args.live_view else 'off'}, scripted judge); mean wall seconds of {args.repeats} "
+            "batteries each (A B B A order; each provider's first experiment of its first battery loads the model)"
         )
         print(f"{'experiment':<20} {'hf/':>8} {'empersona/':>11} {'speed-up':>9}")
         for name in runs["hf"]:
@@ -336,15 +352,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<20} {hf_s:>8.2f} {ours_s:>11.2f} {hf_s / ours_s:>8.1f}x")
         hf_total, ours_total = sum(runs["hf"].values()), sum(runs["empersona"].values())
         print(f"{'battery':<20} {hf_total:>8.2f} {ours_total:>11.2f} {hf_total / ours_total:>8.1f}x")
+        if args.repeats > 1:
+            print("battery speed-up by repeat (hf/ run i against empersona/ run i): "
+                  + ", ".join(f"{ratio:.1f}x" for ratio in ratios))
         print(
             f"empersona/ ran {sum(shapes.values())} batches of {len(shapes)} (rows, cache length) shapes; on a GPU "
             f"that is {graphs['min rows 1']} compiled decode graphs with batches padded to powers of two, "
             f"{graphs['min rows 32']} with at least 32 rows (the default)"
         )
         report["measure"] = {
-            "settings": {k: getattr(args, k) for k in ("limit", "harm_samples", "max_tokens", "max_connections", "live_view")},
+            "settings": {k: getattr(args, k) for k in ("limit", "harm_samples", "max_tokens", "max_connections", "live_view", "repeats")},
             "seconds": runs,
+            "seconds_by_repeat": repeats,
             "speedup": hf_total / ours_total,
+            "speedup_by_repeat": ratios,
             "batch_shapes": sorted([rows, length, n] for (rows, length), n in shapes.items()),
             "compiled_graphs": graphs,
         }
