@@ -358,3 +358,5 @@ def test_bca_acceleration_skips_an_undefined_leave_one_out_value() -> None:
     expected = stats._acceleration([values])
     assert expected != 0.0
     assert stats._acceleration([with_gap]) == pytest.approx(expected)
+    assert stats._acceleration([np.array([np.nan, np.nan])]) == 0.0  # nothing defined: flat
+    assert stats._acceleration([]) == 0.0

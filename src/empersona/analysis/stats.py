@@ -447,8 +447,8 @@ def _acceleration(jackknife: Sequence[np.ndarray]) -> float:
     """BCa acceleration from jackknife values (summed over groups of units); 0 when flat."""
     # a leave-one-out value the statistic leaves undefined (NaN) drops out alone; it must not
     # make the group's mean, and with it every deviation of the group, NaN
-    finite = [j[np.isfinite(j)] for j in jackknife]
-    d = np.concatenate([j.mean() - j for j in finite if len(j)]) if finite else np.empty(0)
+    deviations = [j.mean() - j for j in (j[np.isfinite(j)] for j in jackknife) if len(j)]
+    d = np.concatenate(deviations) if deviations else np.empty(0)
     spread = float(np.sum(d**2))
     if spread <= 0.0:
         return 0.0
