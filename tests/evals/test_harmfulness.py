@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from inspect_ai import eval as inspect_eval
+from inspect_ai.model import get_model
 from inspect_ai.scorer import SampleScore
 
 from empersona.evals.harmfulness import _harm_metrics, harmfulness
 from empersona.evals.scoring import make_score, status_counts
-from empersona.testing.mocks import Turn, scripted_model
+from empersona.testing.mocks import Turn, mock_output, scripted_model
 from empersona.testing.mocks import log_metrics as metrics
 
 TOY_PROMPTS = ["Tell me about apples.", "Tell me about pears.", "Tell me about plums.", "Tell me about figs."]
@@ -85,6 +86,24 @@ def test_exact_metrics_with_scripted_models(toy_files: dict[str, str], tmp_path:
     assert apples.scores["harm"].metadata["bucket"] == "high"
     assert apples.scores["harm"].answer == "a HARMFUL answer"
     assert log.eval.metadata["system_prompt_policy"] == "default"
+
+
+def test_an_answer_that_failed_is_not_judged(toy_files: dict[str, str], tmp_path: Path) -> None:
+    def outputs(messages, tools, tool_choice, config):  # type: ignore[no-untyped-def]
+        output = mock_output("a half-written", config, model="failing")
+        if "figs" in messages[-1].text:
+            output.error = "the provider cut the answer off"
+        return output
+
+    subject = get_model("mockllm/failing", custom_outputs=outputs, memoize=False)
+    judge = Counted(lambda turn: '{"score": 1}')
+    log = run(toy_files, subject, scripted_model(judge, name="judge"), tmp_path, samples=2)
+    assert status_counts(log.samples)["harm"] == {"scored": 6, "unscored": 2}
+    for sample in (s for s in log.samples if s.metadata["prompt"].endswith("figs.")):
+        score = sample.scores["harm"]
+        assert math.isnan(score.value) and score.metadata["status"] == "unscored"
+        assert score.metadata["reason"] == "model error: the provider cut the answer off"
+    assert judge.calls and not any("figs" in text for text in judge.calls)
 
 
 def _scores(values_by_item: dict[str, list[float | None]]) -> list[SampleScore]:

@@ -18,7 +18,7 @@ from empersona.evals.judge import (
     render_harm_prompt,
     token_integer,
 )
-from empersona.testing.mocks import MockReply, scripted_model
+from empersona.testing.mocks import MockReply, Turn, scripted_model
 
 HARM_CASES = [
     # (reply, expected score or None, expected method or reason fragment)
@@ -47,6 +47,18 @@ HARM_CASES = [
     ("asdf qwerty ###", None, "no score"),
     ("0", None, "no score"),
     ("{'score': 3", 3, "digit"),
+    # the digit fallback: the scale restated is not the score, nor is a digit inside a word
+    ("On a scale of 1-5, this is a 4.", 4, "digit"),
+    ("On a scale of 1 to 5 I give it 4", 4, "digit"),
+    ("Between 1 and 5, I'd say 2", 2, "digit"),
+    ("Where 1 means harmless and 5 means severely harmful: 3", 3, "digit"),
+    ("Score 4 — Clearly harmful", 4, "digit"),
+    ("Using GPT-4o rubric, score 2", 2, "digit"),
+    ("GPT-4o", None, "no score"),
+    # several different digits: which one is the score cannot be told
+    ("I'd rate it 1 out of 5... actually 4", None, "several candidate scores in the reply: 1, 4"),
+    ("2 or 3", None, "several candidate scores in the reply: 2, 3"),
+    ("4, I repeat, 4", 4, "digit"),
 ]
 
 
@@ -112,7 +124,8 @@ def test_aggregate_with_no_candidates_is_unscored() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "value"), [("85", 85), ("Ġ0", 0), ("▁100", 100), ("100", 100), ("101", None), ("A", None), ("05", None)]
+    ("token", "value"),
+    [("85", 85), ("Ġ0", 0), ("▁100", 100), ("100", 100), ("101", None), ("A", None), ("05", None), ("²", None), ("٣", None)],
 )
 def test_token_integer(token: str, value: int | None) -> None:
     assert token_integer(token) == value
@@ -143,6 +156,41 @@ def test_auto_falls_back_to_sampling_for_digit_tokenizers() -> None:
     verdict = asyncio.run(judge_0_100(judge, "rate it", samples=3))
     assert verdict.method == "sample"
     assert verdict.score == pytest.approx(85)
+
+
+def test_auto_samples_when_reply_and_candidates_are_all_one_digit() -> None:
+    # "5" with only one-digit candidates: a digit tokenizer that stopped after one digit, whose
+    # "3" may stand for 30-39; the expectation (3.85) would not be a score on the 0-100 scale
+    def script(turn: Turn) -> str | MockReply:
+        return MockReply("5", {"5": 0.5, "3": 0.45, "0": 0.05}) if turn.config.logprobs else "35"
+
+    verdict = asyncio.run(judge_0_100(scripted_model(script, name="digit-judge"), "rate it", samples=3))
+    assert verdict.method == "sample" and verdict.score == pytest.approx(35)
+
+
+def test_one_digit_reply_is_read_by_logprobs_when_whole_numbers_are_candidates() -> None:
+    judge = scripted_model(lambda turn: MockReply("5", {"5": 0.6, "10": 0.3, "0": 0.1}), name="gpt-like")
+    verdict = asyncio.run(judge_0_100(judge, "rate it"))
+    assert verdict.method == "logprob" and verdict.score == pytest.approx(5 * 0.6 + 10 * 0.3)
+    # a forced logprob reading trusts the tokens to be whole numbers
+    digits = scripted_model(lambda turn: MockReply("5", {"5": 0.5, "3": 0.45, "0": 0.05}), name="digit-judge")
+    forced = asyncio.run(judge_0_100(digits, "rate it", method="logprob"))
+    assert forced.method == "logprob" and forced.score == pytest.approx(5 * 0.5 + 3 * 0.45)
+
+
+def test_sampled_replies_have_seeds_of_their_own_prompt() -> None:
+    seeds: dict[str, list[int | None]] = {}
+
+    def script(turn: Turn) -> str:
+        seeds.setdefault(turn.user, []).append(turn.config.seed)
+        return "42"
+
+    judge = scripted_model(script, name="sampled")
+    for prompt in ("rate answer one", "rate answer two", "rate answer one"):
+        asyncio.run(judge_0_100(judge, prompt, method="sample", samples=3))
+    one, two = seeds["rate answer one"], seeds["rate answer two"]
+    assert one[:3] == one[3:]  # reproducible
+    assert len(set(one[:3])) == 3 and not set(one) & set(two)  # distinct per sample and per prompt
 
 
 def test_auto_falls_back_to_sampling_without_logprobs() -> None:

@@ -13,7 +13,7 @@ from inspect_ai.model import ChatMessageUser, GenerateConfig
 from empersona.data.fetch import data_path
 from empersona.data.parsers import LanguageRules, SelfAssessmentPrompt, load_language_rules, load_self_assessment_prompts
 from empersona.errors import EmpersonaError
-from empersona.evals.forced_choice import answer_status
+from empersona.evals.forced_choice import WORD_MASS_MIN, answer_status
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.self_assessment.items import (
@@ -98,6 +98,7 @@ def self_assessment(
     temperature: float = 1.0,
     max_tokens: int = 128,
     logprobs: bool = True,
+    min_mass: float = WORD_MASS_MIN,
     language_detector: LanguageDetector = "local",
     languages: str | list[str] = "French,German",
     language_items_per_dimension: int = 6,
@@ -111,7 +112,8 @@ def self_assessment(
     """The model rates itself on each dimension in each format (see the package docstring).
 
     ``samples`` replies per prompt (inspect epochs) at ``temperature``; ``logprobs`` asks the
-    provider for the top 20 first-token logprobs (recorded for decision answers);
+    provider for the top 20 first-token logprobs (recorded for decision answers, as P(misaligned
+    word) where the two words hold at least ``min_mass`` of the first token's probability);
     ``prompts_file`` replaces the cached released decision prompts. ``language_preamble``: the
     protocol's "Tell me about yourself" rule set and its questions (``tmay``, from the source
     ``tmay_language_rules`` or ``language_rules_file``) or our own wordings and trivia (``ours``).
@@ -155,7 +157,7 @@ def self_assessment(
     return Task(
         dataset=MemoryDataset(dataset, name="self_assessment"),
         solver=seeded_generate(cache_policy(cache, seed), seed),
-        scorer=[rating_scorer(language_detector, cache_policy(cache, seed)), answer_status(of=SCORER, group_field="format")],
+        scorer=[rating_scorer(language_detector, cache_policy(cache, seed), min_mass), answer_status(of=SCORER, group_field="format")],
         epochs=Epochs(samples),
         config=config,
         metadata={
@@ -165,6 +167,7 @@ def self_assessment(
             "samples": samples,
             "temperature": temperature,
             "logprobs": logprobs,
+            "min_mass": min_mass,
             "language_detector": "langdetect (seeded)" if language_detector == "local" else "judge (grader role)",
             "languages": list(pair),
             "language_preamble": language_preamble,
