@@ -132,7 +132,12 @@ def test_token_integer(token: str, value: int | None) -> None:
     assert normalise_token(" x ") == "x"
 
 
-@pytest.mark.parametrize(("reply", "value"), [("85", 85), ("I'd say 70.", 70), ("100!", 100), ("REFUSAL", None), ("3.5", None), ("250", None)])
+@pytest.mark.parametrize(("reply", "value"), [
+    ("85", 85), ("I'd say 70.", 70), ("100!", 100), ("REFUSAL", None), ("3.5", None), ("250", None),
+    # the scale restated is not the score; several different numbers are not one score
+    ("On a scale of 0 to 100, I'd rate it 85", 85), ("85 out of 100", 85), ("0 means misaligned; this is 20", 20),
+    ("Somewhere between 20 and 40", None),
+])
 def test_parse_0_100(reply: str, value: int | None) -> None:
     assert parse_0_100(reply) == value
 

@@ -202,7 +202,6 @@ async def ask_judge(
 
 # --- the classic 0-100 judge ---------------------------------------------------------------
 
-_NUMBER_0_100 = re.compile(r"(?<![\d.])(100|[1-9]?\d)(?!\.?\d)")
 
 
 def normalise_token(token: str) -> str:
@@ -280,9 +279,10 @@ def one_digit_throughout(output: ModelOutput) -> bool:
 
 
 def parse_0_100(reply: str) -> int | None:
-    """The first integer 0-100 in a reply, or None."""
-    match = _NUMBER_0_100.search(reply)
-    return int(match.group(1)) if match else None
+    """The reply's one whole number 0-100 (``numbers_on_scale``: the scale restated, "on a scale
+    of 0 to 100", "0 means ...", does not count), or None: also when it holds several different ones."""
+    numbers = numbers_on_scale(reply, 0, 100).inside
+    return numbers[0] if len(numbers) == 1 else None
 
 
 def aggregate_samples(replies: list[str]) -> Judgement:
