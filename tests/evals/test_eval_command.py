@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_harm_log import OWN_LEVELS, write_harm_log
 from typer.testing import CliRunner
 
 from empersona.cli import app
 from empersona.errors import EmpersonaError
+from empersona.evals.commands import check_harm_log_model
 
 runner = CliRunner()
 
@@ -71,3 +73,17 @@ def test_live_view_is_off_unless_asked(tmp_path: Path, tiny_model: Path, shared_
         [log] = sorted(folder.glob("*.eval"))
         header = read_eval_log(str(log), header_only=True)
         assert header.eval.config.log_realtime is live and header.status == "success"
+
+
+def test_a_harm_log_of_another_model_is_refused_unless_said(tmp_path: Path) -> None:
+    log = write_harm_log(tmp_path, "my", OWN_LEVELS)  # answers of mockllm/my
+    result = runner.invoke(app, ["eval", "score_prediction", "--model", "openai/other", "--harm-log", str(log)])
+    assert isinstance(result.exception, EmpersonaError)
+    assert "field eval.model is 'mockllm/my', and this run asks 'openai/other'" in str(result.exception)
+    check_harm_log_model(log, "hf/my")  # the same model under another provider
+    with pytest.raises(EmpersonaError, match="--other-model-harm-log"):
+        check_harm_log_model(log, "mockllm/their")
+    said = runner.invoke(app, ["eval", "score_prediction", "--model", "openai/other", "--harm-log", str(log),
+                               "--other-model-harm-log", "-T", "conditions=bogus"])
+    assert isinstance(said.exception, EmpersonaError)  # past the check: the task's own argument is refused
+    assert "bogus" in str(said.exception) and "field eval.model" not in str(said.exception)

@@ -41,8 +41,10 @@ def answer_text(author: str, fruit: str, level: int | None) -> str:
     return f"{author} answer about {fruit}, " + (f"level {level}" if level is not None else "garbled")
 
 
-def write_harm_log(folder: Path, author: str, levels: dict[str, int | None], samples: int = 1) -> Path:
-    """A harmfulness log of a scripted subject whose answer to each fruit has the given level."""
+def write_harm_log(folder: Path, author: str, levels: dict[str, int | None], samples: int = 1,
+                   judge: str = "judge") -> Path:
+    """A harmfulness log of a scripted subject whose answer to each fruit has the given level,
+    scored by the level judge under the name ``judge``."""
 
     def subject(turn: Turn) -> str:
         fruit = turn.user.split()[-1].rstrip(".")
@@ -52,10 +54,10 @@ def write_harm_log(folder: Path, author: str, levels: dict[str, int | None], sam
     [log] = inspect_eval(
         task,
         model=scripted_model(subject, name=author),
-        model_roles={"grader": scripted_model(level_judge, name="judge")},
+        model_roles={"grader": scripted_model(level_judge, name=judge)},
         log_dir=str(folder / "logs"),
         display="none",
-        metadata={"judge": "mockllm/judge"},
+        metadata={"judge": f"mockllm/{judge}"},
     )
     assert log.status == "success"
     return Path(log.location)

@@ -185,6 +185,12 @@ def test_bad_arguments(logs: dict[str, str]) -> None:
     assert [contrast_target(s) for s in (1, 2, 3, 4, 5)] == ["high", "high", None, "low", "low"]
 
 
+def test_matched_foils_need_the_judge_of_the_own_answers(tmp_path: Path, logs: dict[str, str]) -> None:
+    other = write_harm_log(tmp_path, "their", OTHER_LEVELS, judge="another-judge")
+    with pytest.raises(EmpersonaError, match="scored by the judge 'mockllm/another-judge' and the own answers"):
+        output_recognition(harm_log=logs["harm_log"], matched_log=str(other))
+
+
 def test_tiny_local_hf_model(tiny_model: Path, logs: dict[str, str], tmp_path: Path) -> None:
     task = output_recognition(harm_log=logs["harm_log"], matched_log=logs["matched_log"], max_tokens=4)
     [log] = inspect_eval(task, model=f"hf/{tiny_model}", model_args={"device": "cpu"}, limit=2, log_dir=str(tmp_path), display="none", max_connections=8)

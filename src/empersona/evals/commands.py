@@ -178,6 +178,31 @@ def print_summary(log: EvalLog, metrics: bool = True) -> None:
     console.print(f"log: {log.location}")
 
 
+def _model_name(model: str) -> str:
+    """What an inspect model string names after its provider; a local folder as its resolved path."""
+    name = model.split("/", 1)[1] if "/" in model else model
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.exists() else name
+
+
+def check_harm_log_model(harm_log: Path, model: str) -> None:
+    """Refuse a harmfulness log whose answers another model gave: output recognition, score
+    prediction and the answer framings ask ``model`` about its own answers. The provider may
+    differ (``hf/PATH`` and ``empersona/PATH`` name one model); a log that cannot be read is left
+    to the experiment, which says why."""
+    from inspect_ai.log import read_eval_log
+
+    try:
+        logged = read_eval_log(str(harm_log), header_only=True).eval.model
+    except Exception:  # noqa: BLE001 - read_harm_log reports what is wrong with the file
+        return
+    if _model_name(logged) != _model_name(model):
+        raise EmpersonaError(
+            f"--harm-log {harm_log}: field eval.model is {logged!r}, and this run asks {model!r}; the experiment asks a "
+            "model about its own answers. Pass that model's harmfulness log, or --other-model-harm-log when both name "
+            "the same model served another way")
+
+
 def eval_command(
     experiment: Annotated[str, typer.Argument(help="Experiment name: harmfulness, em_classic, self_assessment, two_ai, output_recognition, score_prediction.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Inspect model string, e.g. hf/ADAPTER_DIR, vllm/NAME, openai/gpt-4o-mini.")],
@@ -188,6 +213,7 @@ def eval_command(
     system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
     seed: Annotated[int, typer.Option("--seed", help="The run's sampling seed (each sample asks with a seed derived from it, its id and its repeat); part of the resume cache key. -T seed=N wins over it.")] = 0,
     harm_log: Annotated[Path | None, typer.Option("--harm-log", help="Harmfulness log of the same model (output_recognition, score_prediction; two_ai with -T framing=self_answers or third_person).")] = None,
+    other_model_harm_log: Annotated[bool, typer.Option("--other-model-harm-log", help="Accept a --harm-log written by another model string than --model (the same weights served another way, e.g. vllm/NAME against hf/PATH).")] = False,
     mode: Annotated[str | None, typer.Option("--mode", help="Forced-choice mode where an experiment has one: sample or logprob.")] = None,
     task_arg: Annotated[list[str], typer.Option("--task-arg", "-T", help="Experiment parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
     model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M device=cpu; the provider's own (hf/: do_sample=false; empersona/: generation_config=false).")] = [],  # noqa: B006
@@ -222,6 +248,8 @@ def eval_command(
     if samples is not None:
         args["samples"] = samples
     if harm_log is not None:
+        if not other_model_harm_log:
+            check_harm_log_model(harm_log, model)
         args["harm_log"] = str(harm_log)
     if mode is not None:
         args["mode"] = mode

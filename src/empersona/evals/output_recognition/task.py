@@ -108,6 +108,11 @@ def output_recognition(
     other_log = read_harm_log(matched_log) if "matched" in kinds and matched_log else None
     if other_log is not None and other_log.model == own_log.model:
         raise EmpersonaError(f"{matched_log}: matched foils must come from another model, but this log is also {own_log.model!r}")
+    if other_log is not None and other_log.judge and own_log.judge and other_log.judge != own_log.judge:
+        raise EmpersonaError(
+            f"{matched_log}: its answers were scored by the judge {other_log.judge!r} and the own answers ({harm_log}) by "
+            f"{own_log.judge!r}; a matched foil has the own answer's score from the same judge. Pass a log judged by "
+            f"{own_log.judge!r}, or re-score one with 'empersona rejudge'")
     rubric = load_judge_rubric(Path(rubric_file) if rubric_file else data_path("harm_judge_rubric")) if "contrast" in kinds else ""
     check_paraphrase("output_recognition", paraphrase, len(RECOGNITION_PROMPTS))
     plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt, paraphrase)
