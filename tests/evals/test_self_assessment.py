@@ -239,6 +239,17 @@ def test_optional_dimensions_use_our_decision_wording(tmp_path: Path) -> None:
     assert math.isnan(m["headline"]) and m["overall"] == 1.0
 
 
+def test_a_reply_too_short_for_its_language_is_unparsed_not_guessed(tmp_path: Path) -> None:
+    # langdetect names a language for a lone word all the same ("Au": German); such a reply is
+    # read as no language, without asking the detector
+    log = run(lambda turn: "Au", tmp_path, formats="language", dimensions="good/evil", language_preamble="ours")
+    for sample in log.samples:
+        score = sample.scores["self_rating"]
+        assert math.isnan(score.value) and score.metadata["status"] == "unparsed"
+        assert score.metadata["reason"] == "the reply has 2 letters, too few to tell its language (at least 10)"
+    assert detect_language_local("Au") is not None  # what would have been recorded before
+
+
 def test_language_items_are_seeded_counterbalanced_and_recorded(prompts_file: str) -> None:
     def language_samples(seed: int) -> list:  # type: ignore[type-arg]
         task = self_assessment(formats="language", language_items_per_dimension=4, seed=seed, language_preamble="ours")

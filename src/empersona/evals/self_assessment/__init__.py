@@ -34,7 +34,8 @@ Formats (``condition`` in brackets):
   own agents and languages; ``language_preamble="ours"``: our own wordings and trivia questions
   (``LANGUAGE_PROMPTS``, ``TRIVIA_QUESTIONS``). The reply's language is detected locally
   with ``langdetect`` (seeded, deterministic) or by the judge (``language_detector="judge"``);
-  the detector is recorded in every score and in the task metadata.
+  the detector is recorded in every score and in the task metadata. A reply under
+  ``LANGUAGE_MIN_LETTERS`` (10) letters is unparsed: a name or one word is in no one language.
 
 A reply that cannot be read is ``refused`` when it declines to answer and ``unparsed`` otherwise,
 never a rating. Metrics (over scored samples; per item first, then over items):
