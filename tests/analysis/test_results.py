@@ -178,6 +178,21 @@ def test_resumed_runs_keep_one_row_per_key(toy: dict[str, str], battery: Path, t
     assert set(table["log_file"]) == second  # the newer log of each experiment
 
 
+def test_a_newer_run_with_other_settings_replaces_the_older_samples_of_its_items(
+        toy: dict[str, str], battery: Path, tmp_path: Path) -> None:
+    from empersona.analysis.results import SUPERSEDED_LOGS
+
+    older = copy_logs(battery, tmp_path / "first")  # harmfulness with 2 samples a prompt
+    run_battery(toy, tmp_path / "second", samples=1, only_harm=True)  # then 1 sample a prompt
+    table = results_table(find_logs(tmp_path))
+    harm = table[table["experiment"] == "harmfulness"]
+    assert set(harm["sample"]) == {0}  # not sample 1 of the 2-sample run beside sample 0 of the newer one
+    assert set(harm["log_file"]) == {str(p) for p in find_logs(tmp_path / "second")}
+    (harm_log,) = [str(p) for p in find_logs(older) if "harmfulness" in p.name]
+    assert table.attrs[SUPERSEDED_LOGS] == [harm_log]
+    assert len(table[table["experiment"] != "harmfulness"]) == 4 + 8  # the other experiments, run once, stay
+
+
 def test_models_yaml_names_models_and_adapter_records_are_read(battery: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     copy_logs(battery, run_dir / "logs")

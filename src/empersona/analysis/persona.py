@@ -229,7 +229,7 @@ def _nanmean(values: Sequence[np.ndarray]) -> np.ndarray:
 ALL_DIMENSIONS = "all dimensions"
 
 
-def _on_dimension(rows: pd.DataFrame, dimension: str | None) -> tuple[pd.DataFrame, str]:
+def on_dimension(rows: pd.DataFrame, dimension: str | None) -> tuple[pd.DataFrame, str]:
     """Self-assessment rows on ``dimension`` and that name, or all of them and ``ALL_DIMENSIONS``
     when ``dimension`` is None or has no rows."""
     if dimension is not None and "dimension" in rows.columns and (rows["dimension"] == dimension).any():
@@ -246,7 +246,7 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
     apart); over dimensions the mean of the dimension means. ``dimension``: only that one (the
     headline); None, or a table without it: all dimensions.
     """
-    rows, _scope = _on_dimension(_rows(tidy, [model] if isinstance(model, str) else model, "self_assessment"), dimension)
+    rows, _scope = on_dimension(_rows(tidy, [model] if isinstance(model, str) else model, "self_assessment"), dimension)
     if rows.empty:
         return None
 
@@ -275,7 +275,7 @@ def self_assessment_cells(tidy: pd.DataFrame, model: str | Sequence[str],
 def self_assessment_scope(tidy: pd.DataFrame, members: Sequence[str], dimension: str | None) -> str | None:
     """What `self_assessment_cells` averages for these models: ``dimension`` when they answered on
     it, else ``ALL_DIMENSIONS`` (None without self-assessment rows)."""
-    rows, scope = _on_dimension(_rows(tidy, members, "self_assessment"), dimension)
+    rows, scope = on_dimension(_rows(tidy, members, "self_assessment"), dimension)
     return None if rows.empty else scope
 
 

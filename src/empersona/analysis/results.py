@@ -26,7 +26,9 @@ place, so its rows and those of logs written since are of one model.
 
 Two model strings that would share a display name keep their model strings instead. When the
 same (model, experiment, item, sample, condition, variant) appears in several logs (a resumed or repeated
-run), the row of the most recently created log is kept.
+run), the row of the most recently created log is kept; where the newest log of a unit was run
+with other settings (judge, system prompt, task arguments), older logs' rows of that unit are
+left out and the logs listed (`deduplicate`).
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ class RunModels(BaseModel):
     models: dict[str, ModelEntry] = {}
     run_folder: str | None = None  # where the study's run folder was when it wrote the file
 
+    def by_name(self) -> dict[str, ModelEntry]:
+        """Each entry under the name its model has in the results table (`display_name`)."""
+        return {display_name(key, entry): entry for key, entry in self.models.items()}
+
     def relocated(self, run_folder: Path) -> RunModels:
         """The statements with model strings and paths read where the run folder is now, if it
         was moved or copied since the file was written (``run_folder`` recorded)."""
@@ -198,6 +204,15 @@ def _adapter_folder(model_string: str, search: Sequence[Path]) -> Path | None:
     return None
 
 
+def display_name(model_string: str, entry: ModelEntry) -> str:
+    """The name a model goes by in the results table: its ``name``, else ``<domain>-s<seed>``
+    from its domain and seed, else its model string."""
+    name = entry.name
+    if name is None and entry.domain is not None:
+        name = _domain_label(entry.domain) + (f"-s{entry.seed}" if entry.seed is not None else "")
+    return name or model_string
+
+
 def model_info(model_string: str, run_models: RunModels | None = None, search: Sequence[Path] = ()) -> ModelInfo:
     """What ``model_string`` is: ``models.yaml`` first, then an adapter's ``empersona.json``.
 
@@ -222,11 +237,8 @@ def model_info(model_string: str, run_models: RunModels | None = None, search: S
             raise EmpersonaError(located(path, None, None, f"unreadable adapter record ({err})", "re-run training or fix the file")) from err
     if entry is None:
         return ModelInfo(name=model_string, model_string=model_string)
-    name = entry.name
-    if name is None and entry.domain is not None:
-        name = _domain_label(entry.domain) + (f"-s{entry.seed}" if entry.seed is not None else "")
     return ModelInfo(
-        name=name or model_string,
+        name=display_name(model_string, entry),
         model_string=model_string,
         base_model=entry.base_model,
         adapter=entry.adapter,
@@ -465,14 +477,45 @@ def main_rows(table: pd.DataFrame) -> pd.DataFrame:
     return kept.reset_index(drop=True) if len(kept) < len(table) else table
 
 
+def _settings(frame: pd.DataFrame) -> pd.Series:
+    """What a log's rows were run with, as one string per row: the judge, the system-prompt
+    policy and the task arguments, leaving out file paths (``*_log``, ``*_file``: a moved run
+    folder changes them, not the run)."""
+
+    def arguments(text: object) -> str:
+        args = json.loads(text) if isinstance(text, str) and text else {}
+        return json.dumps({k: v for k, v in args.items() if not k.endswith(("_log", "_file"))}, sort_keys=True)
+
+    return (frame["task_args"].map(arguments) + "|" + frame["judge"].astype(str) + "|"
+            + frame["system_prompt_policy"].astype(str))
+
+
 def deduplicate(table: pd.DataFrame) -> pd.DataFrame:
     """One row per key: where logs overlap (a resumed run), the most recently created log wins.
 
-    Rows are expected in reading order (older files first), which breaks ties in ``created``.
+    The samples of one unit (model, experiment, variant, item and condition) all come from logs
+    run with the settings of the newest log that has the unit (`_settings`): a unit's rows from a
+    log run otherwise (another judge, number of samples, system prompt) are left out, not mixed
+    with the newer ones (a max over samples from two configurations is neither's), and that log
+    is listed in ``attrs[SUPERSEDED_LOGS]``. Units only an older log has stay (e.g. the blind
+    condition run on its own before the shown one). Rows are expected in reading order (older
+    files first), which breaks ties in ``created``.
     """
     ordered = table.sort_values("created", kind="stable", na_position="first")
+    superseded: list[str] = []
+    logged = ordered["source"] == "log"
+    if logged.any():
+        settings = _settings(ordered.loc[logged])
+        units = ["model", "experiment", "variant", "item_id", "condition"]
+        groups = ordered.loc[logged, units].astype(str).agg("\x1f".join, axis=1)
+        newest = settings.groupby(groups).transform("last")  # ordered: the last row is the newest log's
+        stale = settings.index[settings != newest]
+        superseded = sorted(ordered.loc[stale, "log_file"].astype(str).unique())
+        ordered = ordered.drop(index=stale)
     kept = ordered.drop_duplicates(list(KEY_COLUMNS), keep="last")
-    return kept.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+    out = kept.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+    out.attrs[SUPERSEDED_LOGS] = superseded
+    return out
 
 
 def disambiguate_names(table: pd.DataFrame) -> pd.DataFrame:
@@ -490,6 +533,15 @@ def disambiguate_names(table: pd.DataFrame) -> pd.DataFrame:
 def find_logs(log_dir: Path) -> list[Path]:
     """Every ``.eval`` log under ``log_dir`` (any depth), sorted by path."""
     return sorted(p for p in log_dir.rglob("*.eval") if p.is_file())
+
+
+SUPERSEDED_LOGS = "superseded_logs"
+"""The table's ``attrs`` key for logs whose rows were left out where a newer log of the same units
+was run with other settings (`deduplicate`)."""
+
+SKIPPED_LOGS = "skipped_logs"
+"""The table's ``attrs`` key (kept in its Parquet file) for the logs `results_table` could not read: a
+list of ``{"log": path, "reason": ...}``."""
 
 
 def results_table(
@@ -512,18 +564,23 @@ def results_table(
     from empersona.train.metadata import trained_run_folder
 
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     trained_in = trained_run_folder(run_folder) if run_folder is not None else None  # read once, not per log
     for path in sorted(logs, key=lambda p: p.stat().st_mtime):  # ties in `created` go to the later file
         try:
             rows.extend(log_rows(path, run_models, search, root, run_folder, trained_in))
         except (ValueError, OSError, zipfile.BadZipFile) as err:  # cut short by a killed run
             warnings.warn(f"skipping unreadable log {path}: {err}", stacklevel=2)
+            shown = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
+            skipped.append({"log": shown, "reason": str(err) or type(err).__name__})
     parts = [tidy_frame(rows)] + [tidy_frame(frame) for frame in extra]
     parts = [part for part in parts if len(part)]
-    if not parts:
-        return tidy_frame([])
-    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return tidy_frame(deduplicate(disambiguate_names(table)))
+    merged = deduplicate(disambiguate_names(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0])) \
+        if parts else None
+    table = tidy_frame([]) if merged is None else tidy_frame(merged)
+    table.attrs[SUPERSEDED_LOGS] = [] if merged is None else merged.attrs[SUPERSEDED_LOGS]
+    table.attrs[SKIPPED_LOGS] = skipped  # every report lists them: their samples are in no count
+    return table
 
 
 def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | None = None,
@@ -536,6 +593,8 @@ def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | No
     from empersona.atomic import replacing
 
     frame = tidy_frame(table)
+    for key in (SKIPPED_LOGS, SUPERSEDED_LOGS):
+        frame.attrs[key] = list(table.attrs.get(key, []))
     if inputs is not None:
         frame.attrs["inputs"] = list(inputs)
     if run_folder is not None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from empersona.analysis.results import MODELS_FILE, load_run_models, main_rows, run_results
+from empersona.analysis.results import MODELS_FILE, SKIPPED_LOGS, SUPERSEDED_LOGS, load_run_models, main_rows, run_results
 from empersona.errors import EmpersonaError
 from empersona.report.configuration import configuration_section
 from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
@@ -150,7 +150,7 @@ def missing_results(table: pd.DataFrame, run_models: RunModels) -> dict[str, str
     all), or the experiments some other model of the run has. Empty when nothing is missing."""
     present = table.groupby("model")["experiment"].agg(set).to_dict()
     experiments = set(table["experiment"])
-    listed = {entry.name or key for key, entry in run_models.models.items()}
+    listed = set(run_models.by_name())
     out = {model: "no results at all" for model in sorted(listed - set(present))}
     for model, has in sorted(present.items()):
         if experiments - has:
@@ -244,7 +244,7 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
         Heading(2, "Judge agreement"),
         Para(f"A second judge ({judges['second_judge']}) re-scored the harmfulness answers the first judge "
              f"({judges['first_judge']}) scored, on the same rubric; no answer was generated again (PROTOCOLS.md "
-             "section 5). Intervals: 95%, over prompts (for all models: prompts with every model's answers to them)."),
+             f"section 5). Intervals: {thresholds.level:.0%}, over prompts (for all models: prompts with every model's answers to them)."),
         draw(),
         Table(_format_frame(agreement, {
             "model": "model", "prompts": "prompts", "answers": "answers", "scored by both": "both_scored",
@@ -403,7 +403,7 @@ def build_report(
     thresholds = thresholds or PersonaThresholds()
     if n_resamples is not None:
         thresholds = thresholds.model_copy(update={"n_resamples": n_resamples})
-    rs = Resampling(n_resamples=thresholds.n_resamples, seed=seed)
+    rs = Resampling.of(thresholds, seed)
     labelled = base.model is not None
     # Without a base model the per-model evidence is still computed (it does not depend on the
     # base, apart from the EM delta and the Holm family); labels and deltas are then not shown.
@@ -430,6 +430,16 @@ def build_report(
                        + (f" Besides them, {len(full) - len(table)} rows of self-report experiments asked again under "
                           "the study's variants (" + ", ".join(variant_names(full)) + "), read only by the section "
                           "\"Self-report variants\"." if len(full) > len(table) else "")))
+    unreadable = full.attrs.get(SKIPPED_LOGS) or []
+    if unreadable:
+        blocks.append(Para(f"Unreadable logs, left out of every table and count ({len(unreadable)}; a run killed while "
+                           "writing leaves one: run that experiment again to replace it): "
+                           + "; ".join(f"`{s['log']}` ({s['reason']})" for s in unreadable) + "."))
+    superseded = full.attrs.get(SUPERSEDED_LOGS) or []
+    if superseded:
+        blocks.append(Para(f"Logs whose answers were replaced by a newer run of the same items with other settings "
+                           f"(judge, system prompt or task arguments), not mixed with it ({len(superseded)}): "
+                           + "; ".join(f"`{name}`" for name in superseded) + "."))
     absent = missing_results(table, run_models.relocated(run_dir.resolve()))
     if absent:
         blocks.append(Para("Missing results (the run's models without an experiment the others have): "
@@ -449,10 +459,10 @@ def build_report(
                        "interval); 'k of N resamples empty': resamples without scored data, left out."))
     if len(probes) and probes[["two_ai", "asymmetry", "self_assessment"]].notna().any(axis=None):
         blocks.append(figure(figures.harm_vs_self_report, probes, "harm_vs_self_report",
-                             "Harm (harm_max10) against each self-report probe; bars are 95% intervals; long model "
+                             f"Harm (harm_max10) against each self-report probe; bars are {rs.level:.0%} intervals; long model "
                              "names are shortened in the middle ('...').")())
         blocks.append(figure(figures.probe_forest, probes, "probes_forest",
-                             "The self-report probes per model with 95% intervals; dashed lines mark chance / no effect.")())
+                             f"The self-report probes per model with {rs.level:.0%} intervals; dashed lines mark chance / no effect.")())
 
     persona = calls_table(calls)
     over_training = trajectory_summary(persona, run_models) if labelled else None
@@ -460,7 +470,7 @@ def build_report(
         blocks.append(Heading(2, "Persona over training"))
         blocks.append(figure(figures.trajectory, over_training, "trajectory",
                              "Each fine-tune at its kept checkpoints and at its end: delta harm_max10 against the base and "
-                             "the two primary probes, with 95% intervals; marker shapes give each step's label.")())
+                             f"the two primary probes, with {rs.level:.0%} intervals; marker shapes give each step's label.")())
         blocks.append(Para("The checkpoints are models of their own in the persona table (`<adapter>-step<N>`); each "
                            "fine-tune's checkpoints form a Holm family of their own, so evaluating them leaves the final "
                            "adapters' labels as they would be without them. Step 0 is the base model (delta 0 by "
@@ -471,12 +481,12 @@ def build_report(
             full, calls, labelled, thresholds, reference, seed, families,
             lambda shifts: figure(figures.variant_shifts, shifts, "variant_shifts",
                                   "Shift of each self-report probe under each variant (variant - battery; "
-                                  "\"<variant> vs <twin>\": third person - own answers) per model, with 95% intervals "
+                                  f"\"<variant> vs <twin>\": third person - own answers) per model, with {rs.level:.0%} intervals "
                                   "over the units both sides share; dashed: no shift.")())
         blocks += variant_blocks
     blocks += _section("Harmfulness", harm, "No harmfulness results in this run.", {
         "model": "model", "harm_max10": lambda r: _fmt_col(r, "harm_max10"), "harm_single": lambda r: _fmt_col(r, "harm_single"),
-        "mean score (1-5)": lambda r: _fmt_col(r, "mean_score"), "share > 3": lambda r: _fmt_col(r, "frac_gt3"),
+        "mean score (1-5)": lambda r: _fmt_col(r, "mean_score"), f"share > {rs.harm_threshold:g}": lambda r: _fmt_col(r, "frac_gt3"),
         "prompts": "prompts", "samples per prompt": "samples", "not scored": "not_scored",
     })
 
@@ -517,7 +527,7 @@ def build_report(
         "coherent rate": lambda r: _fmt_col(r, "coherent_rate"), "mean alignment": lambda r: fmt(r["mean_aligned"], digits=1),
         "mean coherence": lambda r: fmt(r["mean_coherent"], digits=1),
         "judged": "judged", "unscored": "unscored", "refused": "refused", "answers": "answers",
-    }, draw=figure(figures.em_rates, em, "em_classic", "Classic EM: misaligned and coherent rates with 95% intervals."),
+    }, draw=figure(figures.em_rates, em, "em_classic", f"Classic EM: misaligned and coherent rates with {rs.level:.0%} intervals."),
         note=f"Misaligned: alignment < {ALIGNED_BELOW:g} and coherence > {COHERENT_ABOVE:g}, among judged answers (both scores "
              "present); unscored answers (the judge said CODE or gave no number) and refusals are counted, not included. "
              "Intervals over questions.")
@@ -590,7 +600,7 @@ def build_report(
         "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),
         "unscored": lambda r: _pct(r["unscored"]), "refused": lambda r: _pct(r["refused"]), "unparsed": lambda r: _pct(r["unparsed"]),
     })
-    entries = {entry.name or key: entry for key, entry in run_models.models.items()}
+    entries = run_models.by_name()
     kinds = {name: (entry.kind, entry.step) for name, entry in entries.items()} if any(
         entry.kind for entry in entries.values()) else None  # a study's run: what it trained, kept and was given
     configuration, configuration_tables = configuration_section(run_dir, full, base, rs, thresholds, kinds)

@@ -46,7 +46,7 @@ def configuration_section(run_dir: Path, table: pd.DataFrame, base: BaseChoice, 
     blocks: list[Block] = [Heading(2, "Configuration")]
     if (run_dir / "study.yaml").is_file():  # study.config.STUDY_COPY, kept by `empersona run`
         blocks.append(Para("Study file: `study.yaml` in the run folder (the file the last `empersona run` read)."))
-    blocks.append(Para(f"Base model: `{base.model or '-'}` ({base.how}). Intervals: {rs.level:.0%} BCa bootstrap over "
+    blocks.append(Para(f"Base model: `{base.model or '-'}` ({base.how}). Intervals: {rs.describe()} over "
                        f"prompts/items, {rs.n_resamples} resamples, seed {rs.seed}. Classification thresholds: "
                        + ", ".join(f"{k}={v}" for k, v in thresholds.model_dump().items() if k != "n_resamples") + "."))
     models = main_rows(table).drop_duplicates("model").sort_values("model")[

@@ -207,7 +207,7 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.25)
         labels.append([PointLabel(float(r["harm_max10"]), float(r[probe.column]), short_name(str(r["model"]), 18),
                                   LABEL_COLOURS.get(r["label"], "#555555")) for _, r in rows.iterrows()])
-    axes[0].set_ylabel("self-report probe (95% interval)")
+    axes[0].set_ylabel("self-report probe (interval)")
     # one x label under the middle panel: three side by side ran into each other
     axes[len(axes) // 2].set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
     fig.suptitle("What the models do (harm) against what they say about themselves", fontsize=12)
@@ -244,7 +244,7 @@ def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_title(probe.title, fontsize=10)
         ax.set_xlim(*probe.limits)
         ax.grid(axis="x", alpha=0.25)
-        ax.set_xlabel("estimate (95% interval)")
+        ax.set_xlabel("estimate (interval)")
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels([f"{short_name(str(m))}  [{lab}]" for m, lab in zip(models, summary["label"], strict=True)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
@@ -291,7 +291,7 @@ def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
                         markersize=6, label=variant)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.25)
-        ax.set_xlabel("shift (95% interval)")
+        ax.set_xlabel("shift (interval)")
     axes[0].set_yticks(range(len(models)))
     axes[0].set_yticklabels([short_name(m) for m in reversed(models)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
@@ -358,7 +358,7 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
 def recognition_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
     """P(own response chosen) by the harm bucket of the own response, per model, one panel per foil."""
     fig = _bucket_panels(summary, "foil", "p_own", title="Output recognition by harm bucket",
-                         xlabel="harm bucket of the model's own response", ylabel="P(own response chosen), 95% interval",
+                         xlabel="harm bucket of the model's own response", ylabel="P(own response chosen), interval",
                          panel_title="foil", anchor=(0.5, "chance 0.5"), connect=True)
     for ax in fig.axes:
         ax.set_ylim(-0.02, 1.02)
@@ -382,7 +382,7 @@ def prediction_by_bucket(summary: pd.DataFrame, path: Path) -> Path:
     """Mean signed error (predicted - actual) by actual bucket, per model, against the two baselines."""
     fig = _bucket_panels(summary, "condition", "mean_error",
                          title="Score prediction by bucket, against baselines without self-knowledge",
-                         xlabel="bucket of the actual judge score", ylabel="mean signed error, predicted - actual (95% interval)",
+                         xlabel="bucket of the actual judge score", ylabel="mean signed error, predicted - actual (interval)",
                          panel_title="condition", anchor=(0.0, "no error"), connect=False, decorate=_baselines)
     return _save(fig, path)
 
@@ -404,7 +404,7 @@ def em_rates(summary: pd.DataFrame, path: Path) -> Path:
                 ax.text(0.02, y, "no judged answers", va="center", fontsize=8, color="#999999")
         ax.set_xlim(-0.02, 1.02)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("share of judged answers (95% interval)")
+        ax.set_xlabel("share of judged answers (interval)")
         ax.grid(axis="x", alpha=0.25)
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels([short_name(str(m)) for m in models], fontsize=9)
@@ -447,7 +447,7 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_title(panel.title, fontsize=10)
         ax.set_ylim(*panel.limits)
         ax.grid(alpha=0.25)
-    axes[0].set_ylabel("estimate (95% interval)")
+    axes[0].set_ylabel("estimate (interval)")
     axes[len(axes) // 2].set_xlabel("training step (optimizer steps)")
     anchors = {panel.anchor_label for panel in TRAJECTORY_PANELS}
     handles, names = [], []
