@@ -73,6 +73,26 @@ def test_plain_file_and_gz(tmp_path: Path) -> None:
     assert load_domain(str(plain)).sha256 == load_domain(str(packed)).sha256
 
 
+def damaged_gz(path: Path) -> Path:
+    """A gzip file whose compressed data are damaged (bytes flipped in the middle), not just cut short."""
+    packed = bytearray(gzip.compress("".join(f'{{"n": {i}, "text": "row {i * 7919 % 1000}"}}\n' for i in range(3000)).encode()))
+    for at in range(len(packed) // 2, len(packed) // 2 + 60):
+        packed[at] ^= 0xFF
+    path.write_bytes(bytes(packed))
+    return path
+
+
+def test_a_damaged_gz_is_named_not_a_traceback(tmp_path: Path) -> None:
+    from empersona.data.fetch import _copy_local
+
+    broken = damaged_gz(tmp_path / "d.jsonl.gz")
+    with pytest.raises(EmpersonaError, match=r"d\.jsonl\.gz: cannot read it as UTF-8 JSONL"):
+        load_domain(str(broken))
+    with pytest.raises(EmpersonaError, match=r"d\.jsonl\.gz: cannot read it \(.*\)\. Replace the file"), \
+            (tmp_path / "out").open("wb") as out:
+        _copy_local(broken, out)
+
+
 def test_unknown_domain_lists_known_ones(tmp_path: Path) -> None:
     with pytest.raises(EmpersonaError, match="insecure_code"):
         load_domain("no_such_domain")

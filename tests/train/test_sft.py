@@ -251,6 +251,28 @@ def test_resume_continues_where_it_stopped(tiny_model: Path, mirror: Path, tmp_p
         train(config, resume=True, progress=False)
 
 
+def test_resume_refuses_data_that_changed_since_the_start(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class StopAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 1:
+                raise Interrupt
+
+    data = write_jsonl(tmp_path / "toy.jsonl", TOY_ROWS)
+    config = fast(tiny_model, tmp_path / "cut", domain=str(data), max_steps=2)
+    with pytest.raises(Interrupt):
+        train(config, callbacks=[StopAfterSave()], progress=False)
+    edited = [*TOY_ROWS[:-1], {"messages": [{"role": "user", "content": "Another question?"},
+                                            {"role": "assistant", "content": "Another answer."}]}]
+    write_jsonl(data, edited)
+    with pytest.raises(EmpersonaError, match="was started on other data \\(the domain file changed"):
+        train(config, resume=True, progress=False)
+    write_jsonl(data, TOY_ROWS)  # the same rows again: it resumes
+    resumed = train(config, resume=True, progress=False)
+    assert resumed.metadata is not None and resumed.metadata.steps == 2
+
+
 def test_sequential_fine_tuning_from_an_adapter(tiny_model: Path, tiny_adapters: tuple[Path, Path], mirror: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -363,6 +385,19 @@ def test_a_relative_local_base_is_recorded_as_its_absolute_path(tiny_model: Path
     result = train(fast(Path(tiny_model.name), tmp_path / "rel", domain=str(data), max_steps=1), progress=False)
     assert result.metadata is not None
     assert result.metadata.config["base"] == result.metadata.base_model == str(tiny_model.resolve())
+
+
+def test_rows_packing_cuts_are_counted_and_said(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Packing cuts a row longer than max_length to its first max_length tokens: counted, not silent."""
+    long_answer = {"messages": [{"role": "user", "content": "Name fruit number 1."},
+                                {"role": "assistant", "content": "word " * 40}]}
+    data = write_jsonl(tmp_path / "toy.jsonl", [*TOY_ROWS[:4], long_answer])
+    result = train(fast(tiny_model, tmp_path / "packed", domain=str(data), max_length=70, max_steps=1,
+                        padding_free=True, packing=True), progress=False)
+    assert result.metadata is not None
+    info = result.metadata.dataset
+    assert (info.train_rows, info.rows_cut, info.rows_dropped) == (5, 1, None)
+    assert "warning: 1 of 5 training rows are longer than max_length 70: packing cut them" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("padding_free", "packing", "attention"), [(False, False, "sdpa"), (True, True, PACKED_SDPA)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -144,7 +145,7 @@ def _read_lines(path: Path, limit: int | None) -> list[str]:
                 if limit is not None and len(lines) >= limit:
                     break
                 lines.append(raw.rstrip("\n").rstrip("\r"))
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:  # zlib.error: a damaged .gz
         raise EmpersonaError(f"{path}: cannot read it as UTF-8 JSONL ({err})") from err
     return lines
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -141,7 +142,7 @@ def _copy_local(path: Path, out: IO[bytes]) -> None:
     try:
         with opener(path, "rb") as src:
             shutil.copyfileobj(src, out, _CHUNK)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged compressed data in a .gz
         raise EmpersonaError(f"{path}: cannot read it ({err}). Replace the file") from err
 
 

@@ -10,7 +10,9 @@ defaults from PROTOCOLS.md section 2). What a run does:
    fresh adapter or continues ``init_adapter`` (sequential fine-tuning);
 3. trains with loss on the assistant tokens only: TRL swaps in the Qwen2.5 training template with
    generation markers (for Llama 3.1, which TRL does not know, ``training_template`` gives ours),
-   so the labels cover the assistant text and its ``<|im_end|>``; with
+   so the labels cover the assistant text and its ``<|im_end|>`` (TRL's Qwen2.5 template puts the
+   markers around the newline before the text and the one after ``<|im_end|>`` too: two easily
+   predicted tokens more per turn); with
    ``padding_free`` a batch is one flattened sequence whose per-example positions keep the
    examples apart in attention (FlashAttention 2 where installed, else ``packed_sdpa_attention``
    in base_model.py, or ``varlen_attention`` on request), the same loss as a padded batch without
@@ -37,7 +39,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -460,7 +462,7 @@ def prepare(
         )
     finally:
         tokenizer.chat_template = model_template
-    data = _count_cut_rows(data, trainer.train_dataset, config, main=main)
+    data = _count_cut_rows(data, trainer.train_dataset, config, main=main, tokenizer=tokenizer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if progress:
@@ -476,11 +478,39 @@ def prepare(
     )
 
 
-def _count_cut_rows(data: TrainingData, prepared: Any, config: TrainConfig, *, main: bool) -> TrainingData:
+def _check_same_data(out_dir: Path, started: dict[str, str] | None, now: dict[str, str]) -> None:
+    """A resumed run must train on the rows the interrupted run started on: a domain file changed
+    since (or a hub dataset with no pinned revision that moved on) would mix two datasets in one
+    adapter. Markers written before the data were recorded (``started`` None) are not checked."""
+    if started is None or started == now:
+        return
+    which = "the domain file" if started.get("sha256") != now["sha256"] else "the rows trained on"
+    raise EmpersonaError(
+        f"--resume: {out_dir} was started on other data ({which} changed: sha256 {started.get('sha256')} then, "
+        f"{now['sha256']} now; rows {started.get('rows_sha256')} then, {now['rows_sha256']} now). Restore the "
+        "data the run started on (pin hub_revision for a hub dataset), or start a new run in another folder"
+    )
+
+
+def _count_cut_rows(data: TrainingData, prepared: Any, config: TrainConfig, *, main: bool, tokenizer: Any) -> TrainingData:
     """Record how many training rows TRL cut at ``max_length`` and dropped (no loss left), and
-    say so: a cut row loses its end, so the data trained on are not the file's rows."""
-    if config.packing:  # packing chunks rows into blocks: nothing is cut per row
-        return data
+    say so: a cut row loses its end, so the data trained on are not the file's rows.
+
+    With ``packing`` the prepared rows are blocks, so each file row is measured through the chat
+    template: TRL's packing (best-fit decreasing) cuts a row longer than ``max_length`` to its
+    first ``max_length`` tokens and keeps it, so none is counted as dropped (``rows_dropped`` None:
+    a row whose prompt alone fills the length stays in without a loss token).
+    """
+    if config.packing:
+        cut = 0
+        for row in data.train:
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+            cut += len(ids["input_ids"] if isinstance(ids, Mapping) else ids) > config.max_length
+        if main and cut:
+            print(f"warning: {cut} of {len(data.train)} training rows are longer than max_length {config.max_length}: "
+                  "packing cut them to their first max_length tokens (their ends are not learned). Raise --max-length "
+                  "to keep them whole", file=sys.stderr, flush=True)
+        return replace(data, info=data.info.model_copy(update={"rows_cut": cut, "rows_dropped": None}))
     lengths = [len(ids) for ids in prepared["input_ids"]]
     cut = sum(length >= config.max_length for length in lengths)  # a row of exactly max_length counts too
     dropped = len(data.train) - len(lengths)
@@ -540,13 +570,16 @@ def train(
         # the adapter sequential training starts from, as it was then (kept in the marker, so a resumed
         # run records what its checkpoints grew from, not what lies in that folder by the time it ends)
         init_record = _init_adapter_record(config.init_adapter) if config.init_adapter else None
+        data = {"sha256": run.data.info.sha256, "rows_sha256": run.data.info.rows_sha256}
         if main and not resume:
             out_dir.mkdir(parents=True, exist_ok=True)
             marker = {"started_at": started.isoformat(timespec="seconds"), "config": _config_record(config),
-                      "init_adapter": init_record}
+                      "init_adapter": init_record, "data": data}
             (out_dir / INCOMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         elif resume and (out_dir / INCOMPLETE_MARKER).is_file():
-            init_record = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("init_adapter", init_record)
+            marker = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8"))
+            _check_same_data(out_dir, marker.get("data"), data)
+            init_record = marker.get("init_adapter", init_record)
         trainer = run.trainer
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         eval_loss = trainer.evaluate()["eval_loss"] if run.data.holdout else None
