@@ -192,6 +192,16 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         return fmt(float(value), float(row.get(f"{name}_low", math.nan)), float(row.get(f"{name}_high", math.nan)),
                    signed=signed) if pd.notna(value) else "-"
 
+    def not_scored(row: pd.Series) -> str:
+        """Each primary experiment's share of answers not scored (refused, unparsed or unscored):
+        results, not noise (PROTOCOLS.md section 4), shown beside the numbers they leave out."""
+        parts = []
+        for experiment, short in (("harmfulness", "harm"), ("two_ai", "two-AI"), ("output_recognition", "recognition")):
+            shares = [row.get(f"{experiment}_{status}", math.nan) for status in ("refused", "unparsed", "unscored")]
+            known = [float(v) for v in shares if pd.notna(v)]
+            parts.append(f"{short} {sum(known):.0%}" if known else f"{short} -")
+        return " · ".join(parts)
+
     shown = pd.DataFrame([{
         "study": row["study"], "model": row["model"],
         **({"kind": row["kind"] if pd.notna(row["kind"]) else "-"} if "kind" in table.columns else {}),
@@ -199,7 +209,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         "domain": row["domain"] if pd.notna(row.get("domain")) else "-",
         "harm_max10": cell(row, "harm_max10"), "delta harm_max10 vs its base": cell(row, "em_delta", signed=True),
         "two-AI debiased": cell(row, "two_ai"), "recognition asymmetry": cell(row, "asymmetry", signed=True),
-        "self-assessment": cell(row, "self_assessment"), "reason": row["reason"],
+        "self-assessment": cell(row, "self_assessment"), "not scored": not_scored(row), "reason": row["reason"],
     } for _, row in table.iterrows()])
     points = table[~table["pooled"].astype(bool) & (table["kind"] != "checkpoint" if "kind" in table.columns else True)].copy()
     points["model"] = points["study"] + ": " + points["model"].astype(str)
