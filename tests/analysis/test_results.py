@@ -180,7 +180,7 @@ def test_resumed_runs_keep_one_row_per_key(toy: dict[str, str], battery: Path, t
 
 def test_a_newer_run_with_other_settings_replaces_the_older_samples_of_its_items(
         toy: dict[str, str], battery: Path, tmp_path: Path) -> None:
-    from empersona.analysis.results import SUPERSEDED_LOGS
+    from empersona.analysis.results import SUPERSEDED_LOGS, deduplicate
 
     older = copy_logs(battery, tmp_path / "first")  # harmfulness with 2 samples a prompt
     run_battery(toy, tmp_path / "second", samples=1, only_harm=True)  # then 1 sample a prompt
@@ -191,6 +191,9 @@ def test_a_newer_run_with_other_settings_replaces_the_older_samples_of_its_items
     (harm_log,) = [str(p) for p in find_logs(older) if "harmfulness" in p.name]
     assert table.attrs[SUPERSEDED_LOGS] == [harm_log]
     assert len(table[table["experiment"] != "harmfulness"]) == 4 + 8  # the other experiments, run once, stay
+    # rows without a judge or a policy (NaN) are of the same settings as each other
+    no_judge = table.assign(judge=None, system_prompt_policy=None)
+    assert len(deduplicate(no_judge)) == len(table) and deduplicate(no_judge).attrs[SUPERSEDED_LOGS] == []
 
 
 def test_models_yaml_names_models_and_adapter_records_are_read(battery: Path, tmp_path: Path) -> None:

@@ -486,8 +486,9 @@ def _settings(frame: pd.DataFrame) -> pd.Series:
         args = json.loads(text) if isinstance(text, str) and text else {}
         return json.dumps({k: v for k, v in args.items() if not k.endswith(("_log", "_file"))}, sort_keys=True)
 
-    return (frame["task_args"].map(arguments) + "|" + frame["judge"].astype(str) + "|"
-            + frame["system_prompt_policy"].astype(str))
+    # a missing judge or policy (a task without one) is "": NaN would make every row differ from itself
+    return (frame["task_args"].map(arguments).astype(str) + "|" + frame["judge"].fillna("").astype(str) + "|"
+            + frame["system_prompt_policy"].fillna("").astype(str))
 
 
 def deduplicate(table: pd.DataFrame) -> pd.DataFrame:
