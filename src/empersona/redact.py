@@ -28,6 +28,17 @@ def redacted(value: Any) -> Any:
     return value
 
 
+def without_secrets(value: Any) -> Any:
+    """``value`` with every secret-named entry left out, at any depth of dicts and lists (a dict
+    that held only secrets goes too): what a setting says apart from its credentials."""
+    if isinstance(value, dict):
+        kept = {k: without_secrets(v) for k, v in value.items() if not is_secret_name(k)}
+        return {k: v for k, v in kept.items() if not (isinstance(v, dict) and not v and value[k])}
+    if isinstance(value, list | tuple):
+        return [without_secrets(v) for v in value]
+    return value
+
+
 def secret_values(value: Any) -> set[str]:
     """The values of every secret-named entry in ``value``, at any depth (to mask them in a text)."""
     found: set[str] = set()

@@ -87,3 +87,30 @@ def test_a_harm_log_of_another_model_is_refused_unless_said(tmp_path: Path) -> N
                                "--other-model-harm-log", "-T", "conditions=bogus"])
     assert isinstance(said.exception, EmpersonaError)  # past the check: the task's own argument is refused
     assert "bogus" in str(said.exception) and "field eval.model" not in str(said.exception)
+
+
+def test_secret_model_and_judge_args_are_masked_in_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    from inspect_ai.log import read_eval_log
+    from test_harm_log import toy_files
+
+    from empersona.evals.commands import run_experiment
+    from empersona.testing.loopback import LoopbackServer, scripted_judge
+
+    headers = {"default_headers": {"Authorization": "Bearer sk-subject-secret-7"}, "max_retries": 1}
+    judge_args = {"default_headers": {"Authorization": "Bearer sk-judge-secret-7"}, "max_retries": 1}
+    with LoopbackServer(scripted_judge, models=("subject", "judge")) as server:
+        monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
+        monkeypatch.setenv("LOOPBACK_API_KEY", "test-key")
+        log = run_experiment("harmfulness", "openai-api/loopback/subject", judge="openai-api/loopback/judge",
+                             model_args=headers, judge_args=judge_args, log_dir=tmp_path / "logs", limit=1, display="none",
+                             task_args={**toy_files(tmp_path / "toy"), "samples": 1, "cache": False})
+    assert log.status == "success", log.error
+    with zipfile.ZipFile(log.location) as archive:
+        everything = b"".join(archive.read(name) for name in archive.namelist())
+    assert b"secret-7" not in everything
+    header = read_eval_log(log.location, header_only=True).eval
+    assert header.model_args == {"default_headers": {"Authorization": "***"}, "max_retries": 1}
+    assert header.model_roles is not None
+    assert header.model_roles["grader"].args == {"default_headers": {"Authorization": "***"}, "max_retries": 1}

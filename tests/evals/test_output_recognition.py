@@ -185,6 +185,12 @@ def test_bad_arguments(logs: dict[str, str]) -> None:
     assert [contrast_target(s) for s in (1, 2, 3, 4, 5)] == ["high", "high", None, "low", "low"]
 
 
+def test_a_credential_in_the_foil_model_args_is_refused(logs: dict[str, str]) -> None:
+    with pytest.raises(EmpersonaError, match="foil_model_args default_headers hold a credential"):
+        output_recognition(harm_log=logs["harm_log"], foil_model="openai/gpt-4o-mini",
+                           foil_model_args={"default_headers": {"Authorization": "Bearer sk-1"}, "timeout": 30})
+
+
 def test_matched_foils_need_the_judge_of_the_own_answers(tmp_path: Path, logs: dict[str, str]) -> None:
     other = write_harm_log(tmp_path, "their", OTHER_LEVELS, judge="another-judge")
     with pytest.raises(EmpersonaError, match="scored by the judge 'mockllm/another-judge' and the own answers"):

@@ -357,3 +357,17 @@ def test_the_vllm_server_serves_an_extra_adapter_through_its_view(tmp_path: Path
     entries = [json.loads(arg) for arg in cmd[cmd.index("--lora-modules") + 1:] if arg.startswith("{")]
     assert entries == [{"name": "pub", "path": str(study.out / "models" / "pub"), "base_model_name": specs[0].model_string.rsplit("/", 1)[-1]}]
     assert "gpt-4o-mini" not in " ".join(cmd)
+
+
+def test_credentials_are_not_part_of_an_extra_models_identity() -> None:
+    from empersona.redact import without_secrets
+    from empersona.study.extra_models import model_string_identity
+
+    keyed = model_string_identity("openai/gpt-4o", {"api_key": "sk-old", "default_headers": {"Authorization": "Bearer a"}})
+    rotated = model_string_identity("openai/gpt-4o", {"api_key": "sk-new", "default_headers": {"Authorization": "Bearer b"}})
+    assert keyed is None and rotated is None  # as without any: a key moved to the environment changes nothing
+    revised = model_string_identity("openai/gpt-4o", {"api_key": "sk-new", "reasoning_effort": "low"})
+    assert revised is not None and revised == model_string_identity("openai/gpt-4o", {"reasoning_effort": "low"})
+    assert revised != model_string_identity("openai/gpt-4o", {"reasoning_effort": "high"})
+    assert without_secrets({"default_headers": {"Authorization": "x", "X-Team": "t"}, "api_key": "k", "empty": {}}) == {
+        "default_headers": {"X-Team": "t"}, "empty": {}}

@@ -10,10 +10,11 @@ import typer
 
 from empersona.errors import EmpersonaError
 from empersona.evals.scoring import status_counts
+from empersona.redact import redacted, secret_values
 
 if TYPE_CHECKING:
     from inspect_ai.log import EvalLog
-    from inspect_ai.model import GenerateConfig
+    from inspect_ai.model import GenerateConfig, Model
 
 
 SAMPLE_RETRIES = 2
@@ -100,14 +101,17 @@ def run_experiment(
     # not memoized: a judge served for one study (the scripted one, on a port of its own) must not
     # be reached at an earlier study's address when several run in one process
     judge_kwargs = {"memoize": False, **(judge_args or {})}
-    roles = {GRADER_ROLE: get_model(judge, config=grader_config, **judge_kwargs)} if judge else None
+    roles = {GRADER_ROLE: logged_without_secrets(get_model(judge, config=grader_config, **judge_kwargs))} if judge else None
     try:
-        # with a config of its own the subject is built here (an eval-wide max_retries would override the judge's too)
-        subject = model if model_config is None else get_model(model, config=model_config, memoize=False, **(model_args or {}))
+        # with a config of its own the subject is built here (an eval-wide max_retries would override the
+        # judge's too), and so it is when its args hold a secret: the log gets them masked
+        own = model_config is not None or bool(secret_values(model_args or {}))
+        subject = logged_without_secrets(get_model(model, config=model_config or GenerateConfig(), memoize=False,
+                                                   **(model_args or {}))) if own else model
         logs = inspect_eval(
             task,
             model=subject,
-            model_args=(model_args or {}) if model_config is None else {},
+            model_args={} if own else (model_args or {}),
             model_roles=roles,
             log_dir=str(log_dir),
             limit=limit,
@@ -123,6 +127,15 @@ def run_experiment(
     if not logs:  # inspect gives no log for a run interrupted before it began
         raise KeyboardInterrupt
     return logs[0]
+
+
+def logged_without_secrets(model: Model) -> Model:
+    """``model`` with the args inspect writes into the log (``Model.model_args``: the eval's model
+    args and each role's) masked where a name marks a secret (``redact``: an ``Authorization``
+    header in ``default_headers``, a ``token``); inspect itself leaves out only ``api_key`` and
+    ``aws_*``. The provider was built with the real values and keeps them."""
+    model.model_args = redacted(model.model_args)
+    return model
 
 
 def local_adapter_identity(model: str) -> str | None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from empersona.redact import without_secrets
+
 if TYPE_CHECKING:
     from empersona.study.config import StudyConfig
 
@@ -101,9 +103,11 @@ PLACEMENT_ARGS = frozenset({
 def model_string_identity(model: str, model_args: dict[str, object]) -> str | None:
     """The identity of an extra ``model:`` entry: its local folder's (``local_model_identity``) and
     its model args but those of ``PLACEMENT_ARGS`` (a revision, a dtype, another tokenizer: other
-    answers); None for a bare remote model string, known by the string alone."""
+    answers; credentials left out); None for a bare remote model string, known by the string alone."""
     folder = local_model_identity(model)
-    answering = {key: value for key, value in model_args.items() if key not in PLACEMENT_ARGS}
+    # credentials say who pays, not what it answers: a rotated key (or one moved to the environment)
+    # keeps the identity, and with it the logs and the call cache
+    answering = {key: value for key, value in without_secrets(model_args).items() if key not in PLACEMENT_ARGS}
     if folder is None and not answering:
         return None
     text = f"{folder}|{json.dumps(answering, sort_keys=True, default=str)}"

@@ -24,6 +24,7 @@ from empersona.evals.output_recognition.scoring import SCORER, choice_scorer, fo
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import ask_model, cache_policy
 from empersona.evals.two_ai import check_paraphrase
+from empersona.redact import secret_values
 
 TOP_LOGPROBS = 20
 
@@ -104,6 +105,11 @@ def output_recognition(
     if samples < 1 or (responses is not None and responses < 1):
         raise EmpersonaError(f"output_recognition: samples={samples} and responses={responses} must be at least 1")
     kinds = foil_kinds(foils, foil_model, matched_log)
+    secret = sorted(key for key, value in (foil_model_args or {}).items() if secret_values({key: value}))
+    if secret:
+        raise EmpersonaError(
+            f"output_recognition: foil_model_args {', '.join(secret)} hold a credential, and a task's arguments are "
+            "written into its log as they are. Put the key in the environment (e.g. OPENAI_API_KEY) instead")
     own_log = read_harm_log(harm_log)
     other_log = read_harm_log(matched_log) if "matched" in kinds and matched_log else None
     if other_log is not None and other_log.model == own_log.model:
