@@ -594,3 +594,27 @@ def test_a_local_emergent_plus_copy_edited_in_place_makes_its_adapter_stale(tmp_
     (hub.output_dir() / "empersona.json").write_text(json.dumps({"config": hub.model_dump(mode="json"),
                                                                   "dataset": {"sha256": "0" * 64}}))
     assert training_status(hub)[0] == "done"
+
+
+def test_a_log_made_with_a_setting_since_taken_out_of_the_study_is_not_done(tmp_path: Path) -> None:
+    import sys
+
+    from inspect_ai import eval as inspect_eval
+
+    from empersona.evals.harmfulness import harmfulness
+    from empersona.study.plan import finished_log
+    from empersona.testing.mocks import scripted_model
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "evals"))
+    from test_harm_log import level_judge, toy_files
+
+    files = toy_files(tmp_path / "toy")
+    args = {**files, "samples": 1, "cache": False}
+    [log] = inspect_eval(harmfulness(**args, max_tokens=24), model=scripted_model(lambda turn: "An answer.", name="m"),
+                         model_roles={"grader": scripted_model(level_judge, name="judge")}, log_dir=str(tmp_path / "logs"),
+                         display="none")
+    assert log.status == "success"
+    assert finished_log(tmp_path / "logs", "harmfulness", {**args, "max_tokens": 24}, None) is not None
+    # max_tokens: 24 taken out of the study file: the task's default (512) stands now, and the log was not made with it
+    assert finished_log(tmp_path / "logs", "harmfulness", args, None) is None
+    assert finished_log(tmp_path / "logs", "harmfulness", {**args, "max_tokens": 512}, None) is None

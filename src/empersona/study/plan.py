@@ -470,6 +470,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         recorded = header.eval.task_args or {}
         if not (all(_same(move, recorded.get(k), v) for k, v in args.items()) and (header.eval.config.limit == limit)):
             continue
+        if not _rest_at_defaults(experiment, recorded, args):
+            continue
         if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
         if judge is not None and (header.eval.metadata or {}).get("judge") != judge:
@@ -489,6 +491,36 @@ def log_move(spec: Any, run_folder: Path, trained_in: str | None = None) -> Fold
 
     recorded = recorded_run_folder(spec, trained_in)
     return FolderMove.between(recorded, run_folder) if recorded is not None else None
+
+
+SET_AT_RUN_TIME = frozenset({"harm_log", "matched_log", "foil_model", "foil_model_args"})
+"""Task arguments the runner fills in when it runs an experiment (the harmfulness log read, the
+foils' sources), not the study file: `finished_log` compares them through its ``args`` only."""
+RUNNER_DEFAULTS: dict[tuple[str, str], Any] = {("output_recognition", "foils"): ",".join(DEFAULT_FOILS)}
+"""Where the runner, not the task, gives an argument the study leaves unset (`run.recognition_foils`)."""
+
+
+def _rest_at_defaults(experiment: str, recorded: dict[str, Any], args: dict[str, Any]) -> bool:
+    """Whether every argument a log recorded that the study no longer sets is at the task's
+    default: a setting taken out of the study file (``max_tokens: 24`` removed, so 512 again)
+    must not leave a log made with it counted as done. Arguments the task no longer has, and those
+    set at run time (``SET_AT_RUN_TIME``), are not compared."""
+    import inspect as pyinspect
+
+    from empersona.evals.battery import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        return True
+    parameters = pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters
+    for key, value in recorded.items():
+        if key in args or key in SET_AT_RUN_TIME or key not in parameters:
+            continue
+        default = RUNNER_DEFAULTS.get((experiment, key), parameters[key].default)
+        if default is pyinspect.Parameter.empty:
+            continue
+        if json.loads(json.dumps(default, default=str)) != json.loads(json.dumps(value, default=str)):
+            return False
+    return True
 
 
 def _same(move: FolderMove | None, recorded: Any, now: Any) -> bool:
