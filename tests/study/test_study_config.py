@@ -618,3 +618,20 @@ def test_a_log_made_with_a_setting_since_taken_out_of_the_study_is_not_done(tmp_
     # max_tokens: 24 taken out of the study file: the task's default (512) stands now, and the log was not made with it
     assert finished_log(tmp_path / "logs", "harmfulness", args, None) is None
     assert finished_log(tmp_path / "logs", "harmfulness", {**args, "max_tokens": 512}, None) is None
+
+
+def test_repeated_seeds_and_values_a_task_refuses_are_located(tmp_path: Path, shared_data: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    path = write(tmp_path, {**MINIMAL, "seeds": [0, 1, 0]})
+    with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'seeds': seed 0 is listed more than once"):
+        load_study(path)
+    for value in ("ten", 0):
+        path = write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {"limit": 3, "args": {"samples": value}}}})
+        with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'experiments.harmfulness.args': the harmfulness "
+                                                 r"task refuses these arguments \("):
+            load_study(path)
+    # without its data the task is not built here: the run fetches them first
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("EMPERSONA_CACHE", str(tmp_path / "no-cache"))
+    load_study(write(tmp_path, MINIMAL))

@@ -429,6 +429,29 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
+def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], str, str]]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """The task arguments' values each experiment refuses (``samples: "ten"``, ``samples: 0``),
+    found by building its task now, before anything is trained or asked; experiments that read a
+    harmfulness log are built when it exists, those with an argument problem already ``found`` are
+    left to it, and one whose data are not there yet is built when the run has fetched them."""
+    from empersona.evals.battery import EXPERIMENTS
+
+    problems = []
+    for name, settings in study.experiments.items():
+        if EXPERIMENTS[name].needs_harm_log or any(loc[:2] == ("experiments", name) for loc, _, _ in found):
+            continue
+        # as the plan counts its items: a framing's answers come from a log not written yet
+        args = {k: v for k, v in settings.args.items() if k not in ("framing", "harm_log", "answers")}
+        try:
+            EXPERIMENTS[name].task_function()(**args)
+        except EmpersonaError:  # its data not fetched yet (the run fetches them), or a problem the run will say
+            continue
+        except (TypeError, ValueError) as err:
+            problems.append((("experiments", name, "args"), f"the {name} task refuses these arguments ({err})",
+                             "Fix the value: `empersona eval --help` and the README's experiment table give each argument"))
+    return problems
+
+
 def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
     """(key path, problem, fix) for what the schema cannot see: task arguments against each
     task's signature, domain names, the judge's model string, the data mirror."""
@@ -453,6 +476,11 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    problems += _task_value_problems(study, problems)
+    repeated = sorted({seed for seed in study.seeds if study.seeds.count(seed) > 1})
+    if repeated:
+        problems.append((("seeds",), f"seed {', '.join(map(str, repeated))} is listed more than once (one adapter per "
+                         "domain and seed: the second would find the first's folder)", "List each seed once"))
     two_ai = study.experiments.get("two_ai")
     if two_ai is not None and two_ai.args.get("framing", "self") != "self" and "harmfulness" not in study.experiments:
         problems.append((("experiments", "two_ai", "args", "framing"), "shows the model's own harmfulness answers, and "
