@@ -487,3 +487,20 @@ def test_the_kept_study_file_masks_keys_in_every_model_args_block(tmp_path: Path
     assert data["judge_args"] == {"api_key": "***"}
     assert data["second_judge"]["model_args"] == {"default_headers": {"Authorization": "***"},
                                                   "base_url": "http://judge.example/v1"}
+
+
+def test_the_wait_for_the_server_says_how_long_it_has_been(tmp_path: Path) -> None:
+    from empersona.study.vllm_server import wait_until_serving
+
+    log = tmp_path / "vllm-server.log"
+    log.write_text("INFO loading weights\nINFO Loading safetensors checkpoint shards: 40% Completed\n")
+    heard: list[str] = []
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(EmpersonaError, match="did not serve"):
+            wait_until_serving("http://127.0.0.1:9/v1", ["m"], process, 2.5, log, "key", progress=heard.append, every_s=0.5)
+    finally:
+        process.kill()
+    assert len(heard) >= 2
+    assert heard[0].startswith("waiting for the vLLM server: ") and "of at most 2 s" in heard[0]
+    assert heard[0].endswith("its log: INFO Loading safetensors checkpoint shards: 40% Completed")

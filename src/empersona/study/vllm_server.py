@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -161,15 +161,29 @@ def port_answers(port: int) -> bool:
         return False
 
 
+PROGRESS_EVERY_S = 30.0
+"""How often the wait for the server says how long it has been."""
+
+
 def wait_until_serving(base_url: str, names: Sequence[str], process: subprocess.Popen[bytes], timeout_s: float,
-                       log: Path, api_key: str) -> None:
+                       log: Path, api_key: str, progress: Callable[[str], None] | None = None,
+                       every_s: float = PROGRESS_EVERY_S) -> None:
     """Poll ``/v1/models`` with the server's key until every model name is listed; fail early
-    if the server dies or refuses the key."""
+    if the server dies or refuses the key. ``progress`` hears, every ``every_s`` seconds, how
+    long the wait has been and the server log's last line (loading a large model takes minutes)."""
     import httpx
 
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
+    said = start
     headers = {"Authorization": f"Bearer {api_key}"}
     while time.monotonic() < deadline:
+        if progress is not None and time.monotonic() - said >= every_s:
+            said = time.monotonic()
+            last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "") \
+                if log.exists() else ""
+            progress(f"waiting for the vLLM server: {said - start:.0f} s of at most {timeout_s:.0f} s"
+                     + (f"; its log: {last[:160]}" if last else ""))
         if process.poll() is not None:
             raise EmpersonaError(f"the vLLM server exited with code {process.returncode} before serving; its log ({log}) ends:\n"
                                  f"{log_tail(log)}")
@@ -327,13 +341,17 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
     base_url = f"http://127.0.0.1:{port}/v1"
     api_key = secrets.token_urlsafe(24)  # this run's only: never written anywhere
     env = {**os.environ, **study.vllm.env, "VLLM_API_KEY": api_key}
+    from empersona.study.run import say
+
+    say(f"starting the vLLM server (its log: {log})")
     with stop_signals_interrupt():
         with log.open("ab") as sink:
             process = subprocess.Popen(server_command(study, models), stdout=sink, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
         watchdog: Watchdog | None = None
         try:
-            wait_until_serving(base_url, [served_name(m) for m in models if m.served], process, study.vllm.startup_timeout_s, log, api_key)
+            wait_until_serving(base_url, [served_name(m) for m in models if m.served], process, study.vllm.startup_timeout_s, log,
+                               api_key, progress=say)
             if process.poll() is not None:  # listed by a server that is not ours, and ours is gone
                 raise EmpersonaError(f"the vLLM server exited with code {process.returncode} right after it came up; its log "
                                      f"({log}) ends:\n{log_tail(log)}")
