@@ -635,3 +635,14 @@ def test_repeated_seeds_and_values_a_task_refuses_are_located(tmp_path: Path, sh
     monkeypatch.setenv("EMPERSONA_MIRROR", str(tmp_path / "no-data"))
     monkeypatch.setenv("EMPERSONA_CACHE", str(tmp_path / "no-cache"))
     load_study(write(tmp_path, MINIMAL))
+
+
+def test_a_policy_word_in_another_case_is_not_sent_as_a_system_prompt(tmp_path: Path) -> None:
+    from empersona.evals.policy import resolve_system_prompt
+
+    with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'system_prompt': system prompt 'None' would be sent"):
+        load_study(write(tmp_path, {**MINIMAL, "system_prompt": "None"}))
+    with pytest.raises(EmpersonaError, match="write 'default' or 'none'"):
+        resolve_system_prompt("Default")
+    assert resolve_system_prompt("none") == "" and resolve_system_prompt("default") is None
+    assert resolve_system_prompt("You are a helpful assistant.") == "You are a helpful assistant."

@@ -19,8 +19,21 @@ if TYPE_CHECKING:
 SystemPromptPolicy = Literal["default", "none"] | str
 
 
+def policy_problem(policy: str) -> str | None:
+    """Why ``policy`` cannot be meant as written, or None: "None", "Default" or " none " read as a
+    one-word system message would be sent to every model and trained on, where a policy was meant."""
+    if policy not in ("default", "none") and policy.strip().lower() in ("default", "none"):
+        return (f"system prompt {policy!r} would be sent as the system message itself; write 'default' or 'none' "
+                "(lower case) for those policies")
+    return None
+
+
 def resolve_system_prompt(policy: SystemPromptPolicy) -> str | None:
     """The system message text a policy asks for; ``None`` means send no system message."""
+    from empersona.errors import EmpersonaError
+
+    if (problem := policy_problem(policy)) is not None:
+        raise EmpersonaError(problem)
     if policy == "default":
         return None
     if policy == "none":

@@ -306,6 +306,15 @@ class StudyConfig(BaseModel):
     prices: Prices | None = None
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="The vLLM server for provider: vllm.")
 
+    @field_validator("system_prompt")
+    @classmethod
+    def _policy_as_meant(cls, value: str) -> str:
+        from empersona.evals.policy import policy_problem
+
+        if (problem := policy_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("experiments")
     @classmethod
     def _known_experiments(cls, value: dict[str, ExperimentSettings]) -> dict[str, ExperimentSettings]:
