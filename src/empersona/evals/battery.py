@@ -34,6 +34,13 @@ class Experiment:
 
         return list(inspect.signature(self.task_function()).parameters)
 
+    def defaults(self) -> dict[str, Any]:
+        """The task's parameters that have a default, with it."""
+        import inspect
+
+        return {name: parameter.default for name, parameter in inspect.signature(self.task_function()).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e

@@ -368,7 +368,7 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              "unpaired as in the persona table; score prediction: the mean signed error, predicted minus the judge's "
              "score, in the shown condition (else the first both asked, named in the note), responses resampled by "
              "harm prompt); units only one side has are left out and counted. Intervals: "
-             f"{thresholds.level:.0%} {'BCa' if thresholds.method == 'bca' else thresholds.method} bootstrap, "
+             f"{Resampling.of(thresholds, seed).describe()}, "
              f"{thresholds.n_resamples} resamples; Holm over "
              "every shift of the table. Not scored: the probe's rows of the model on each side by status."),
     ]

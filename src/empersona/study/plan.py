@@ -422,11 +422,9 @@ def _harm_log_estimate(experiment: str, args: dict[str, Any], prompts: int, samp
 
 def _task_default(experiment: str, parameter: str) -> Any:
     """The default of one of an experiment's task parameters."""
-    import inspect as pyinspect
-
     from empersona.evals.battery import EXPERIMENTS
 
-    return pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters[parameter].default
+    return EXPERIMENTS[experiment].defaults()[parameter]
 
 
 def model_identity(model: ModelSpec) -> str | None:
@@ -505,19 +503,15 @@ def _rest_at_defaults(experiment: str, recorded: dict[str, Any], args: dict[str,
     default: a setting taken out of the study file (``max_tokens: 24`` removed, so 512 again)
     must not leave a log made with it counted as done. Arguments the task no longer has, and those
     set at run time (``SET_AT_RUN_TIME``), are not compared."""
-    import inspect as pyinspect
-
     from empersona.evals.battery import EXPERIMENTS
 
     if experiment not in EXPERIMENTS:
         return True
-    parameters = pyinspect.signature(EXPERIMENTS[experiment].task_function()).parameters
+    defaults = EXPERIMENTS[experiment].defaults()
     for key, value in recorded.items():
-        if key in args or key in SET_AT_RUN_TIME or key not in parameters:
+        if key in args or key in SET_AT_RUN_TIME or key not in defaults:
             continue
-        default = RUNNER_DEFAULTS.get((experiment, key), parameters[key].default)
-        if default is pyinspect.Parameter.empty:
-            continue
+        default = RUNNER_DEFAULTS.get((experiment, key), defaults[key])
         if json.loads(json.dumps(default, default=str)) != json.loads(json.dumps(value, default=str)):
             return False
     return True
