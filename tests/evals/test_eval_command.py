@@ -66,13 +66,15 @@ def test_live_view_is_off_unless_asked(tmp_path: Path, tiny_model: Path, shared_
     monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
     common = ["eval", "two_ai", "--model", f"empersona/{tiny_model}", "-M", "device=cpu", "--limit", "1", "--mode", "logprob",
               "--display", "none"]
-    for extra, live in (([], False), (["--live-view"], True)):
+    for extra, live in (([], False), (["--live-view", "-M", "generation_config=false"], True)):
         folder = tmp_path / str(live)
         result = runner.invoke(app, [*common, "--log-dir", str(folder), *extra])
         assert result.exit_code == 0, result.output
         [log] = sorted(folder.glob("*.eval"))
         header = read_eval_log(str(log), header_only=True)
         assert header.eval.config.log_realtime is live and header.status == "success"
+        # how the provider sampled, as a study's logs record it (the report's Logs table shows it)
+        assert header.eval.metadata["sampling"] == {"seeds": "per-sample", "provider": "battery" if live else "model defaults"}
 
 
 def test_a_harm_log_of_another_model_is_refused_unless_said(tmp_path: Path) -> None:

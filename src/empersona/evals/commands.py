@@ -87,7 +87,7 @@ def run_experiment(
 
     from empersona.evals.battery import EXPERIMENTS
     from empersona.evals.judge import GRADER_MAX_RETRIES, GRADER_ROLE
-    from empersona.evals.scoring import MODEL_IDENTITY, SAMPLING, sampling_scope
+    from empersona.evals.scoring import MODEL_IDENTITY, PER_SAMPLE_SEEDS, SAMPLING, provider_sampling, sampling_scope
 
     identity = model_identity if model_identity is not None else local_adapter_identity(model)
     token = MODEL_IDENTITY.set(identity)
@@ -118,7 +118,10 @@ def run_experiment(
             max_connections=max_connections,
             display=display,
             tags=tags,
-            metadata={"judge": judge, "model_identity": identity, **(metadata or {})},
+            # how the provider sampled (a study passes its own mark): the report's Logs table shows it
+            metadata={"judge": judge, "model_identity": identity,
+                      "sampling": {"seeds": PER_SAMPLE_SEEDS, "provider": sampling or provider_sampling(model, model_args or {})},
+                      **(metadata or {})},
             retry_on_error=SAMPLE_RETRIES,
             log_realtime=live_view,
         )

@@ -168,6 +168,19 @@ def safe_mean(values: Iterable[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+PER_SAMPLE_SEEDS = "per-sample"
+"""The seed scheme a log's sampling mark names (`repeat_seed`: each sample and epoch its own)."""
+
+
+def provider_sampling(model: str, model_args: dict[str, Any]) -> str:
+    """How ``model``'s provider samples beyond the battery's settings, for a log's sampling mark:
+    "model defaults (...)" where it fills unset fields (top_k, repetition penalty) from the model's
+    own defaults, "battery" where it adds nothing that a model string or its args can tell (an
+    API's server may still have defaults of its own)."""
+    own = {"hf": "model defaults (transformers)", "vllm": "model defaults (vllm)"}.get(model.split("/", 1)[0])
+    return own or sampling_scope(model, model_args) or "battery"
+
+
 def sampling_scope(model: str, model_args: dict[str, Any]) -> str | None:
     """The cache scope of how ``model`` samples beyond the battery's settings, as far as its model
     string and args tell: ``empersona/`` with ``generation_config`` on (its default) fills unset

@@ -587,22 +587,16 @@ def hf_sampling_warning(study: StudyConfig) -> str | None:
             "the battery's settings (PROTOCOLS.md: temperature 1, top_p 1)")
 
 
-PER_SAMPLE_SEEDS = "per-sample"
-
-
 def sampling_mark(study: StudyConfig, model: ModelSpec | None = None) -> dict[str, str]:
     """How a study's evaluations of ``model`` (default: the models its provider serves) sample,
     recorded in each log (``metadata["sampling"]``): the seed scheme (``evals.scoring.repeat_seed``)
     and whether the provider adds the model's own sampling defaults to the battery's settings
     (the call cache's scope, "battery" where it adds none). An extra model string is read off its
     provider: ``hf/`` and ``vllm/`` (inspect's, started with vLLM's default) add them."""
-    from empersona.evals.scoring import sampling_scope
+    from empersona.evals.scoring import PER_SAMPLE_SEEDS, provider_sampling, sampling_scope
 
     if model is not None and not model.served:
-        provider = model.model_string.split("/", 1)[0]
-        own = {"hf": "model defaults (transformers)", "vllm": "model defaults (vllm)"}.get(provider)
-        return {"seeds": PER_SAMPLE_SEEDS,
-                "provider": own or sampling_scope(model.model_string, model.model_args or {}) or "battery"}
+        return {"seeds": PER_SAMPLE_SEEDS, "provider": provider_sampling(model.model_string, model.model_args or {})}
     if study.provider == "hf":
         return {"seeds": PER_SAMPLE_SEEDS, "provider": "model defaults (transformers)"}
     scope = vllm_sampling_scope(study) if study.provider == "vllm" else sampling_scope("empersona/", subject_model_args(study))
@@ -623,6 +617,8 @@ def earlier_sampling_warning(plan: Plan) -> str | None:
     per-sample seeds, or with the model's sampling defaults where the study now asks for the
     battery's only): they are kept, and said so with how to redo them."""
     from inspect_ai.log import read_eval_log
+
+    from empersona.evals.scoring import PER_SAMPLE_SEEDS
 
     found: list[str] = []
     for job in plan.eval_jobs:
