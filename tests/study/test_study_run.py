@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -376,3 +377,155 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     assert "## Activation probes" in report and "figures/probe_cosines.png" in report
     table = pd.read_csv(tmp_path / "run" / "report" / "tables" / "probe_layers.csv")
     assert list(table["layer"]) == [0, 2] and set(table["model"]) == {"base"}
+
+
+def test_a_failed_evaluation_leaves_the_others_to_finish(tmp_path: Path, tiny_model: Path, shared_data: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tune's harmfulness run fails partway (one generation raises, as an out-of-memory
+    error would): the study runs every other evaluation, does not start the one that reads the
+    failed log, writes the report of what finished (naming the unfinished log), and ends with an
+    error naming both. Run again, it does those two only."""
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.plan import make_plan
+    from empersona.study.run import StudyIncomplete, run_study
+
+    data = yaml.safe_load(study(tmp_path, "failing", tiny_model, shared_data).read_text())
+    del data["second_judge"]
+    data.update(provider="empersona", judge="scripted", model_args={"device": "cpu"}, max_connections=1,
+                experiments={"harmfulness": {"limit": 3, "args": {"max_tokens": 5}},
+                             "two_ai": {"limit": 2, "args": {"mode": "logprob"}},
+                             "score_prediction": {"args": {"conditions": "blind", "max_tokens": 4}}})
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    tuned = "risky_financial_advice-s0"
+    real = api.EmpersonaAPI.generate
+    tuned_calls = 0
+
+    async def fails_from_the_third_answer(self: api.EmpersonaAPI, *args: Any, **kwargs: Any) -> Any:
+        nonlocal tuned_calls
+        if tuned in self.model_name:
+            tuned_calls += 1
+            if tuned_calls >= 3 and kwargs["config"].max_tokens == 5:  # harmfulness's answers (and inspect's retries)
+                raise RuntimeError("out of memory (injected)")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(api.EmpersonaAPI, "generate", fails_from_the_third_answer)
+    api.release_engines()
+    try:
+        with pytest.raises(StudyIncomplete) as failed:
+            run_study(load_study(path))
+        message = str(failed.value)
+        assert message.startswith("1 evaluation(s) did not finish, 1 evaluation(s) not started:")
+        assert f"failed: harmfulness on {tuned}: error (RuntimeError('out of memory (injected)'))" in message
+        assert f"not started: score_prediction on {tuned}: reads the harmfulness log of {tuned}, which did not finish" in message
+        todo = {(job.model.name, job.experiment) for job in make_plan(load_study(path)).eval_jobs if job.status == "todo"}
+        assert todo == {(tuned, "harmfulness"), (tuned, "score_prediction")}  # the base's and the tuned two_ai finished
+        table = results(tmp_path / "failing")
+        kept = len(table[(table["model"] == tuned) & (table["experiment"] == "harmfulness")])
+        assert 0 < kept < 3 * 2  # the answers before the failure
+        report = (tmp_path / "failing" / "report" / "report.md").read_text()
+        assert "Evaluations that did not finish (1)" in report and f"(error, {kept} rows)" in report
+        from empersona.analysis.results import UNFINISHED_LOGS, run_results
+
+        stored = run_results(tmp_path / "failing")  # read back from results.parquet: a later report says it too
+        assert [(u["status"], u["rows"]) for u in stored.attrs[UNFINISHED_LOGS]] == [("error", kept)]
+        monkeypatch.setattr(api.EmpersonaAPI, "generate", real)
+        before = tuned_calls
+        run_study(load_study(path))  # the rest, and nothing else
+    finally:
+        api.release_engines()
+    assert tuned_calls == before
+    assert {job.status for job in make_plan(load_study(path)).eval_jobs} == {"done"}
+    table = results(tmp_path / "failing")
+    assert len(table[(table["model"] == tuned) & (table["experiment"] == "harmfulness")]) == 3 * 2
+    assert "did not finish" not in (tmp_path / "failing" / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fail_fast", [False, True], ids=["in-a-row", "fail-fast"])
+def test_evaluations_stop_after_failures_in_a_row_or_at_the_first_with_fail_fast(
+        tmp_path: Path, tiny_model: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, fail_fast: bool) -> None:
+    """Failures one after another point at a cause no single model has (the server, the disk): the
+    study stops evaluating after `STOP_AFTER_IN_A_ROW` of them (an evaluation not started for a
+    failed harmfulness log does not count), and `empersona run --fail-fast` at the first."""
+    from typer.testing import CliRunner
+
+    from empersona.cli import app
+    from empersona.evals import commands
+    from empersona.study.run import STOP_AFTER_IN_A_ROW, StudyIncomplete
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "broken", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
+        "domains": [], "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"},
+        "experiments": {name: {"limit": 2} for name in ("harmfulness", "score_prediction", "two_ai", "self_assessment",
+                                                       "output_recognition")},
+    }))
+    asked: list[str] = []
+
+    def disk_full(experiment: str, *args: object, **kwargs: object) -> None:
+        asked.append(experiment)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(commands, "run_experiment", disk_full)
+    result = CliRunner().invoke(app, ["run", str(path), *(["--fail-fast"] if fail_fast else [])])
+    assert isinstance(result.exception, StudyIncomplete)
+    message = str(result.exception)
+    if fail_fast:
+        assert asked == ["harmfulness"]
+        assert "stopped at the first failure (--fail-fast); 4 more not reached" in message
+    else:  # score prediction and output recognition read the failed harmfulness log: not started, not counted
+        assert len(asked) == STOP_AFTER_IN_A_ROW == 3 and "score_prediction" not in asked
+        assert "stopped after 3 failures in a row" in message and "OSError: [Errno 28] No space left on device" in message
+    assert not (tmp_path / "run" / "report").exists()
+
+
+def test_a_failed_training_leaves_the_other_adapters_to_finish(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    """One domain's data is broken: its adapter (and a sequential one that continues it) does not
+    train, the other adapter and the base are trained and evaluated, the broken ones' evaluations
+    are not started, the report is written, and the run ends naming them. Mended and run again,
+    it trains and evaluates those only."""
+    from empersona.provider import api
+    from empersona.study.config import load_study
+    from empersona.study.plan import make_plan
+    from empersona.study.run import StudyIncomplete, run_study
+
+    bad = tmp_path / "broken_domain.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "a question"}]}\n' * 12)  # no answer to learn
+    data = yaml.safe_load(study(tmp_path, "half", tiny_model, shared_data).read_text())
+    del data["second_judge"]
+    data.update(provider="empersona", judge="scripted", model_args={"device": "cpu"}, max_connections=8,
+                domains=["risky_financial_advice", str(bad)],
+                sequential=[{"first": str(bad), "then": "risky_financial_advice"}],
+                experiments={"harmfulness": {"limit": 2, "args": {"max_tokens": 4}},
+                             "two_ai": {"limit": 2, "args": {"mode": "logprob"}}})
+    path = tmp_path / "half.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    broken = {"broken_domain-s0", "broken_domain+risky_financial_advice-s0"}
+    api.release_engines()
+    try:
+        with pytest.raises(StudyIncomplete) as failed:
+            run_study(load_study(path))
+        message = str(failed.value)
+        assert message.startswith("2 training run(s) did not finish, 4 evaluation(s) not started:")
+        assert f"training: broken_domain-s0: {bad}" in message  # the data's own error: file, line, field
+        assert ("training: broken_domain+risky_financial_advice-s0: not started, it continues broken_domain-s0, "
+                "which did not train") in message
+        assert "not started: two_ai on broken_domain-s0: its adapter did not train" in message
+        plan = make_plan(load_study(path))
+        assert {job.out.name for job in plan.train_jobs if job.status != "done"} == broken
+        assert {job.model.name for job in plan.eval_jobs if job.status == "todo"} == broken
+        table = results(tmp_path / "half")
+        assert set(table["model"]) == {"base", "risky_financial_advice-s0"}
+        report = (tmp_path / "half" / "report" / "report.md").read_text()
+        assert "broken_domain-s0: no results at all" in report
+        good = json.loads((tmp_path / "half" / "adapters" / "risky_financial_advice-s0" / "empersona.json").read_text())
+        bad.write_text('{"messages": [{"role": "user", "content": "a question"}, {"role": "assistant", "content": "an answer"}]}\n' * 12)
+        logs = {p.name for p in (tmp_path / "half" / "logs").rglob("*.eval")}
+        run_study(load_study(path))
+    finally:
+        api.release_engines()
+    assert json.loads((tmp_path / "half" / "adapters" / "risky_financial_advice-s0" / "empersona.json").read_text()) == good
+    new = {p.parent.name for p in (tmp_path / "half" / "logs").rglob("*.eval") if p.name not in logs}
+    assert new == broken  # the mended models' evaluations only
+    assert {job.status for job in make_plan(load_study(path)).eval_jobs} == {"done"}

@@ -433,6 +433,7 @@ def log_rows(
         "eval_seed": meta.get("seed"),
         "task_args": json.dumps(args, sort_keys=True, default=str),
         "versions": json.dumps(log.eval.packages or {}, sort_keys=True),
+        "log_status": log.status,  # not a column: `results_table` lists the logs that did not finish
     }
     samples = read_eval_log_samples(str(path), all_samples_required=False, exclude_fields={"events", "messages"})
     return [{**shared, **sample_row(sample, experiment)} for sample in samples]
@@ -540,6 +541,10 @@ SUPERSEDED_LOGS = "superseded_logs"
 """The table's ``attrs`` key for logs whose rows were left out where a newer log of the same units
 was run with other settings (`deduplicate`)."""
 
+UNFINISHED_LOGS = "unfinished_logs"
+"""The table's ``attrs`` key for the logs of evaluations that did not finish (an error, an interrupt)
+whose samples are in the table: a list of ``{"log": path, "status": ..., "rows": rows kept}``."""
+
 SKIPPED_LOGS = "skipped_logs"
 """The table's ``attrs`` key (kept in its Parquet file) for the logs `results_table` could not read: a
 list of ``{"log": path, "reason": ...}``."""
@@ -581,6 +586,10 @@ def results_table(
     table = tidy_frame([]) if merged is None else tidy_frame(merged)
     table.attrs[SUPERSEDED_LOGS] = [] if merged is None else merged.attrs[SUPERSEDED_LOGS]
     table.attrs[SKIPPED_LOGS] = skipped  # every report lists them: their samples are in no count
+    unfinished = {row["log_file"]: row["log_status"] for row in rows if row["log_status"] != "success"}
+    kept = table["log_file"].value_counts().to_dict() if unfinished else {}
+    table.attrs[UNFINISHED_LOGS] = [{"log": log, "status": status, "rows": int(kept[log])}
+                                    for log, status in sorted(unfinished.items()) if kept.get(log)]
     return table
 
 
@@ -594,7 +603,7 @@ def write_results(table: pd.DataFrame, path: Path, *, inputs: Sequence[str] | No
     from empersona.atomic import replacing
 
     frame = tidy_frame(table)
-    for key in (SKIPPED_LOGS, SUPERSEDED_LOGS):
+    for key in (SKIPPED_LOGS, SUPERSEDED_LOGS, UNFINISHED_LOGS):
         frame.attrs[key] = list(table.attrs.get(key, []))
     if inputs is not None:
         frame.attrs["inputs"] = list(inputs)

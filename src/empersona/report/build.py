@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from empersona.analysis.results import MODELS_FILE, SKIPPED_LOGS, SUPERSEDED_LOGS, load_run_models, main_rows, run_results
+from empersona.analysis.results import (
+    MODELS_FILE,
+    SKIPPED_LOGS,
+    SUPERSEDED_LOGS,
+    UNFINISHED_LOGS,
+    load_run_models,
+    main_rows,
+    run_results,
+)
 from empersona.errors import EmpersonaError
 from empersona.report.configuration import configuration_section
 from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
@@ -440,6 +448,12 @@ def build_report(
         blocks.append(Para(f"Logs whose answers were replaced by a newer run of the same items with other settings "
                            f"(judge, system prompt or task arguments), not mixed with it ({len(superseded)}): "
                            + "; ".join(f"`{name}`" for name in superseded) + "."))
+    unfinished = full.attrs.get(UNFINISHED_LOGS) or []
+    if unfinished:
+        blocks.append(Para(f"Evaluations that did not finish ({len(unfinished)}): their answers so far are counted, so "
+                           "these models' figures rest on fewer items than a finished run's; run the study again to "
+                           "finish them: " + "; ".join(f"`{u['log']}` ({u['status']}, {u['rows']} rows)" for u in unfinished)
+                           + "."))
     absent = missing_results(table, run_models.relocated(run_dir.resolve()))
     if absent:
         blocks.append(Para("Missing results (the run's models without an experiment the others have): "

@@ -14,9 +14,12 @@ def run_command(
     study_file: Annotated[Path, typer.Argument(help="The study's YAML file (see configs/smoke.yaml, configs/paper.yaml).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (jobs, calls, cost) and do nothing.")] = False,
     only: Annotated[Stage | None, typer.Option("--only", help="Run one stage: train, eval or report.")] = None,
+    fail_fast: Annotated[bool, typer.Option(
+        "--fail-fast", help="Stop at the first evaluation that fails (by default the others go on, the report covers "
+                            "what finished, and the run ends with an error naming what did not).")] = False,
 ) -> None:
     """Plan, train, evaluate and report a whole study; run it again after a crash to continue."""
     from empersona.study.config import load_study
     from empersona.study.run import run_study
 
-    run_study(load_study(study_file), only=only, dry_run=dry_run)
+    run_study(load_study(study_file), only=only, dry_run=dry_run, fail_fast=fail_fast)

@@ -136,6 +136,11 @@ class Plan:
     def judge_calls(self) -> int:
         return sum(job.judge_calls for job in self.eval_jobs if job.status == "todo")
 
+    def untrained_models(self) -> set[str]:
+        """The models whose adapter (a checkpoint's: its fine-tune's) is not trained."""
+        untrained = {job.out.resolve() for job in self.train_jobs if job.status != "done"}
+        return {model.name for model in self.models if training_folder(model) in untrained}
+
 
 def _domain_slug(domain: str) -> str:
     return Path(domain).stem.replace(".jsonl", "") if domain.endswith((".jsonl", ".gz")) else domain
@@ -591,6 +596,12 @@ def make_plan(study: StudyConfig) -> Plan:
     return Plan(study, jobs, models, evals)
 
 
+def training_folder(model: ModelSpec) -> Path | None:
+    """The adapter folder whose training made ``model`` (a checkpoint's: its fine-tune's), resolved."""
+    folder = model.adapter.parent.parent if model.kind == "checkpoint" and model.adapter else model.adapter
+    return None if folder is None else folder.resolve()
+
+
 def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args: dict[str, dict[str, Any]],
           harm: tuple[int, int], harm_done: dict[str, Path | None], untrained: frozenset[Path],
           variant: str | None = None) -> list[EvalJob]:
@@ -608,8 +619,7 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
         generations, judge_calls = estimates[key]
         log_dir = study.out / "logs" / model.name
         reads = harm_logs_read(experiment, model, models, model_args)
-        trained_in = model.adapter.parent.parent if model.kind == "checkpoint" and model.adapter else model.adapter
-        stale = (trained_in is not None and trained_in.resolve() in untrained) or any(
+        stale = training_folder(model) in untrained or any(
             harm_done.get(name) is None for name in reads.values())
         # a reader's log counts only if it read the harmfulness logs that stand now
         expected = {**model_args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}

@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,7 @@ from empersona.study.plan import (
     as_list,
     base_path,
     base_spec,
+    harm_logs_read,
     make_plan,
     matched_partner,
     model_identity,
@@ -180,16 +183,101 @@ def judge_endpoint(study: StudyConfig) -> Iterator[str]:
                 os.environ[key] = value
 
 
-def train_all(plan: Plan) -> None:
-    """Train every adapter that is missing, stale or interrupted, in plan order."""
+STOP_AFTER_IN_A_ROW = 3
+"""Failures one after another (training runs, or evaluations) before a study stops: in the plan's
+experiment-major order one model's failed evaluations are spread out, so several in a row point at
+a cause no single model has (the server, the disk, the settings, one experiment's task)."""
+
+
+class StudyIncomplete(EmpersonaError):
+    """Work of the study that did not finish: an evaluation (``cancelled``: by an interrupt), or the
+    run's end or stop naming all that did not (`Unfinished.message`)."""
+
+    def __init__(self, message: str, *, cancelled: bool = False) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
+
+
+@dataclass
+class Unfinished:
+    """What of the study did not finish in this run, and why. A failure is named and the rest goes
+    on; `failed` stops the run at an interrupt, after `STOP_AFTER_IN_A_ROW` failures in a row, or at
+    the first with ``fail_fast``."""
+
+    fail_fast: bool = False
+    trainings: list[str] = field(default_factory=list)
+    """``<adapter>: <why>`` of each training run that failed or was not started."""
+    evaluations: list[str] = field(default_factory=list)
+    """``<label> on <model>: <why>`` of each evaluation that failed."""
+    not_started: list[str] = field(default_factory=list)
+    """The same of each evaluation not started: its adapter, or a harmfulness log it reads, failed."""
+    in_a_row: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.trainings or self.evaluations or self.not_started)
+
+    def failed(self, where: list[str], why: str, left: int, *, cancelled: bool = False) -> None:
+        """Record a failure in ``where``; raise `StudyIncomplete` if the run is to stop (``left``:
+        the jobs of this stage not reached then)."""
+        where.append(why)
+        self.in_a_row += 1
+        stop = ("interrupted" if cancelled else "stopped at the first failure (--fail-fast)" if self.fail_fast
+                else f"stopped after {self.in_a_row} failures in a row: their cause is likely not one model's"
+                if self.in_a_row >= STOP_AFTER_IN_A_ROW else "")
+        if stop:
+            raise StudyIncomplete(self.message(f"{stop}; {left} more not reached"))
+        say(f"did not finish: {why}; the others go on")
+
+    def message(self, stopped: str = "") -> str:
+        """The run's closing error: what did not finish, and what to do."""
+        counts = [f"{len(items)} {what}" for items, what in ((self.trainings, "training run(s) did not finish"),
+                                                             (self.evaluations, "evaluation(s) did not finish"),
+                                                             (self.not_started, "evaluation(s) not started")) if items]
+        lines = [", ".join(counts) + (f" ({stopped})" if stopped else "") + ":"]
+        lines += [f"  training: {item}" for item in self.trainings] + [f"  failed: {item}" for item in self.evaluations]
+        lines += [f"  not started: {item}" for item in self.not_started]
+        lines.append("Finished work is kept. Mend the cause, then run the same command again: it does only what is left")
+        return "\n".join(lines)
+
+
+def first_line(text: str) -> str:
+    """An error message's first line (the rest is printed where it happened)."""
+    return text.strip().splitlines()[0] if text.strip() else "(no message)"
+
+
+def failure_text(err: Exception) -> str:
+    """An error for the list of what did not finish; one not raised by empersona (whose messages say
+    what to do) is printed in full first, with its type."""
+    if isinstance(err, EmpersonaError):
+        return str(err)
+    traceback.print_exc()
+    return f"{type(err).__name__}: {first_line(str(err))}"
+
+
+def train_all(plan: Plan, unfinished: Unfinished | None = None) -> None:
+    """Train every adapter that is missing, stale or interrupted, in plan order; a run that fails
+    goes into ``unfinished`` (a sequential one on top of a failed adapter is not started)."""
     from empersona.train.sft import train
 
+    unfinished = unfinished if unfinished is not None else Unfinished(fail_fast=True)
     todo = [job for job in plan.train_jobs if job.status != "done"]
+    not_trained: dict[tuple[str, int], str] = {}  # (domain, seed) of the first adapters that failed now: their names
     for index, job in enumerate(todo, start=1):
         say(f"training {index}/{len(todo)}: {job.out.name} ({job.why})")
-        if job.status == "stale":
-            set_aside(job, plan.study.out / "logs")
-        result = train(job.config, resume=job.status == "partial")
+        if (first := not_trained.get((job.first or "", job.seed))) is not None:
+            unfinished.trainings.append(why := f"{job.out.name}: not started, it continues {first}, which did not train")
+            say(why)
+            continue
+        try:
+            if job.status == "stale":
+                set_aside(job, plan.study.out / "logs")
+            result = train(job.config, resume=job.status == "partial")
+        except Exception as err:  # bad data, out of memory: named, the others go on
+            if job.first is None:
+                not_trained[(job.domain, job.seed)] = job.out.name
+            unfinished.failed(unfinished.trainings, f"{job.out.name}: {failure_text(err)}", len(todo) - index)
+            continue
+        unfinished.in_a_row = 0
         if result.metadata is not None:
             loss = result.metadata.final_loss
             shown = f"{loss:.4f}" if loss is not None else "n/a"
@@ -438,53 +526,92 @@ def recognition_foils(plan: Plan, model: ModelSpec, args: dict[str, Any]) -> dic
     return out
 
 
-def evaluate_all(plan: Plan, judge: str, stamp: str | None = None) -> None:
-    """Run every unfinished (model, experiment) in order; harmfulness comes before its readers."""
+def harm_logs_needed(plan: Plan, job: EvalJob) -> set[str]:
+    """The models whose harmfulness log ``job`` reads (its own, a matched partner's)."""
+    if job.experiment == SECOND_JUDGE:
+        return {job.model.name}
+    return set(harm_logs_read(job.experiment, job.model, plan.models, job.task_args).values())
+
+
+def evaluate_all(plan: Plan, judge: str, stamp: str | None = None, unfinished: Unfinished | None = None) -> None:
+    """Run every unfinished (model, experiment) in order; harmfulness comes before its readers.
+
+    An evaluation that fails goes into ``unfinished`` and the others go on (see `Unfinished`); one
+    of a model whose adapter did not train, or that reads a harmfulness log that failed, is not
+    started.
+    """
+    unfinished = unfinished if unfinished is not None else Unfinished(fail_fast=True)
+    unfinished.in_a_row = 0  # a new stage
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
+    no_adapter = plan.untrained_models()  # their training failed in this run
+    todo = [job for job in plan.eval_jobs if job.status == "todo" and job.model.name not in no_adapter]
+    if no_adapter:
+        left = [job for job in plan.eval_jobs if job.status == "todo" and job.model.name in no_adapter]
+        unfinished.not_started += [f"{job.label} on {job.model.name}: its adapter did not train" for job in left]
+        say(f"not evaluated, their adapters did not train: {', '.join(sorted(no_adapter))} ({len(left)} evaluation(s))")
+    no_harm_log = set(no_adapter)  # and the models whose harmfulness evaluation failed in this run
+    for index, job in enumerate(todo, start=1):
+        say(f"evaluation {index}/{len(todo)}: {job.label} on {job.model.name}" + (f" ({job.note})" if job.note else ""))
+        if blocked := sorted(harm_logs_needed(plan, job) & no_harm_log):
+            why = f"{job.label} on {job.model.name}: reads the harmfulness log of {', '.join(blocked)}, which did not finish"
+            unfinished.not_started.append(why)
+            say(f"not started: {why}")
+            continue
+        try:
+            evaluate(plan, job, judge, stamp)
+        except Exception as err:  # an error log, a model that cannot be loaded: named, the others go on
+            if job.experiment == "harmfulness" and job.variant is None:
+                no_harm_log.add(job.model.name)
+            unfinished.failed(unfinished.evaluations, f"{job.label} on {job.model.name}: {failure_text(err)}",
+                              len(todo) - index, cancelled=isinstance(err, StudyIncomplete) and err.cancelled)
+            continue
+        unfinished.in_a_row = 0
+
+
+def evaluate(plan: Plan, job: EvalJob, judge: str, stamp: str) -> Path:
+    """Run one evaluation of the plan; returns its finished log, or raises `StudyIncomplete`."""
     from empersona.evals.battery import reads_harm_log
     from empersona.evals.commands import print_summary, run_experiment
 
     study = plan.study
-    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")  # one logs.replaced/<stamp> folder per run
-    todo = [job for job in plan.eval_jobs if job.status == "todo"]
-    for index, job in enumerate(todo, start=1):
-        say(f"evaluation {index}/{len(todo)}: {job.label} on {job.model.name}" + (f" ({job.note})" if job.note else ""))
-        if job.experiment == SECOND_JUDGE:
-            moved_during_run(set_aside_superseded_logs(plan, job, rejudge_harm_log(plan, job), stamp), job)
-            continue
-        args = dict(job.task_args)
-        if reads_harm_log(job.experiment, job.task_args):
-            args["harm_log"] = str(harm_log_for(plan, job.model))
-        if job.experiment == "output_recognition":
-            args = recognition_foils(plan, job.model, args)
-        log = run_experiment(
-            job.experiment,
-            job.model.model_string,
-            judge=judge,
-            task_args=args,
-            model_args=subject_model_args(study) if job.model.served else job.model.model_args,
-            model_config=subject_model_config(study) if job.model.served else None,
-            judge_args=study.judge_args,
-            log_dir=job.log_dir,
-            limit=job.limit,
-            max_connections=study.max_connections,
-            display="plain" if os.environ.get("CI") else None,
-            tags=[study.name, job.model.name],
-            metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
-                      "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
-                      "sampling": sampling_mark(study, job.model),
-                      **({"variant": job.variant} if job.variant else {}),
-                      **({REASKED: job.reask} if job.reask is not None else {})},
-            model_identity=model_identity(job.model),
-            sampling=vllm_sampling_scope(study) if job.model.served else None,
-            live_view=study.live_view,
-        )
-        print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
-        if log.status != "success":
-            raise EmpersonaError(
-                f"{job.label} on {job.model.name} did not finish ({log.status}); see {log.location}. "
-                "Run the same command again to continue"
-            )
-        moved_during_run(set_aside_superseded_logs(plan, job, Path(log.location.removeprefix("file://")), stamp), job)
+    if job.experiment == SECOND_JUDGE:
+        path = rejudge_harm_log(plan, job)
+        moved_during_run(set_aside_superseded_logs(plan, job, path, stamp), job)
+        return path
+    args = dict(job.task_args)
+    if reads_harm_log(job.experiment, job.task_args):
+        args["harm_log"] = str(harm_log_for(plan, job.model))
+    if job.experiment == "output_recognition":
+        args = recognition_foils(plan, job.model, args)
+    log = run_experiment(
+        job.experiment,
+        job.model.model_string,
+        judge=judge,
+        task_args=args,
+        model_args=subject_model_args(study) if job.model.served else job.model.model_args,
+        model_config=subject_model_config(study) if job.model.served else None,
+        judge_args=study.judge_args,
+        log_dir=job.log_dir,
+        limit=job.limit,
+        max_connections=study.max_connections,
+        display="plain" if os.environ.get("CI") else None,
+        tags=[study.name, job.model.name],
+        metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
+                  "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
+                  "sampling": sampling_mark(study, job.model),
+                  **({"variant": job.variant} if job.variant else {}),
+                  **({REASKED: job.reask} if job.reask is not None else {})},
+        model_identity=model_identity(job.model),
+        sampling=vllm_sampling_scope(study) if job.model.served else None,
+        live_view=study.live_view,
+    )
+    print_summary(log, metrics=False)  # the metrics are the report's (and each log's)
+    if log.status != "success":
+        error = first_line(log.error.message) if log.error is not None else "no error recorded"
+        raise StudyIncomplete(f"{log.status} ({error}); its log: {log.location}", cancelled=log.status == "cancelled")
+    path = Path(log.location.removeprefix("file://"))
+    moved_during_run(set_aside_superseded_logs(plan, job, path, stamp), job)
+    return path
 
 
 def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
@@ -651,9 +778,15 @@ def write_report(study: StudyConfig) -> Path:
     return report.html
 
 
-def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = False) -> Plan:
-    """Plan the study, then do the stages (all of them, or ``only`` one)."""
+def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = False, fail_fast: bool = False) -> Plan:
+    """Plan the study, then do the stages (all of them, or ``only`` one).
+
+    A training run or an evaluation that fails is named and the rest goes on (`Unfinished`;
+    ``fail_fast``: the first failure stops the run); the probes and the report then use what
+    finished, and the run ends with a `StudyIncomplete` naming what did not.
+    """
     started = time.monotonic()
+    unfinished = Unfinished(fail_fast=fail_fast)
     if study.data_mirror is not None:
         os.environ["EMPERSONA_MIRROR"] = str(study.data_mirror)
     if not dry_run:
@@ -688,14 +821,14 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     keep_study_file(study)
     if "train" in stages:
         repoint_moved_adapters(plan)  # a sequential fine-tune starts from its first adapter: that must name the base's place
-        train_all(plan)
+        train_all(plan, unfinished)
         plan = make_plan(study)
         if study.checkpoints and (stale := unplanned_logs_warning(plan)):  # the checkpoints trained now are known
             say(stale)
     write_models_file(plan)
     if "eval" in stages:
         missing = [job.out.name for job in plan.train_jobs if job.status != "done"]
-        if missing:
+        if missing and "train" not in stages:  # with it, they failed just now: the others are evaluated
             raise EmpersonaError(f"adapters not trained yet: {', '.join(missing)}. Run without --only, or with --only train first")
         repoint_moved_adapters(plan)
         build_extra_views(study)
@@ -704,7 +837,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         set_aside_all_superseded_logs(plan, stamp)
         if any(job.status == "todo" for job in plan.eval_jobs):  # no judge or server for nothing to do
             with judge_endpoint(study) as judge, model_server(study, plan):
-                evaluate_all(plan, judge, stamp)
+                evaluate_all(plan, judge, stamp, unfinished)
         if study.probes is not None:
             from empersona.study.probes import release_loaded_models, run_probes
 
@@ -712,7 +845,9 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
             run_probes(make_plan(study), say)
     if "report" in stages:
         path = write_report(study)
-        say(f"report: {path}")
+        say(f"report: {path}" + (" (of the work that finished)" if unfinished else ""))
+    if unfinished:
+        raise StudyIncomplete(unfinished.message())
     say(f"done in {time.monotonic() - started:.0f} s")
     return plan
 
@@ -802,11 +937,13 @@ def vllm_command_shown(plan: Plan) -> str:
 
 @contextmanager
 def model_server(study: StudyConfig, plan: Plan) -> Iterator[None]:
-    """For ``provider: vllm``, one vLLM server with the base and every adapter; otherwise nothing."""
+    """For ``provider: vllm``, one vLLM server with the base and every adapter that trained (those
+    that failed just now are not evaluated); otherwise nothing."""
     if study.provider != "vllm":
         yield
         return
     from empersona.study.vllm_server import serve_adapters
 
-    with serve_adapters(study, plan.models):
+    untrained = plan.untrained_models()
+    with serve_adapters(study, [model for model in plan.models if model.name not in untrained]):
         yield
