@@ -162,6 +162,53 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path, fake_vll
     assert not record.exists()  # the server was never started
 
 
+LEFT_RUNNING = """
+import json, os, sys
+from empersona.study.config import StudyConfig
+from empersona.study.plan import model_specs
+from empersona.study.vllm_server import serve_adapters
+study = StudyConfig.model_validate(json.loads(sys.argv[1]))
+with serve_adapters(study, model_specs(study)):
+    print("serving", flush=True)
+    os.kill(os.getpid(), 9)  # killed as by kill -9 or the OOM killer: nothing stops the server
+"""
+
+
+def test_a_server_left_by_a_killed_run_of_the_study_is_stopped_and_another_programs_port_is_not(
+        tmp_path: Path, fake_vllm: Path) -> None:
+    """A run killed outright leaves its server running (in its own session) on the study's port:
+    the next run stops that server (its pid file names it, its command line is vLLM's server on
+    the port) and starts its own. A pid file naming another live process on a taken port is not
+    trusted: the port is refused as before."""
+    from empersona.study.vllm_server import PID_FILE, port_answers
+
+    base = model_folder(tmp_path / "base")
+    out = tmp_path / "run"
+    study = vllm_study(tmp_path, out, base, fake_vllm, free_port())
+    killed = subprocess.run([sys.executable, "-c", LEFT_RUNNING, study.model_dump_json()], capture_output=True,
+                            text=True, timeout=90, check=False)
+    assert killed.returncode == -9 and "serving" in killed.stdout
+    left = json.loads((out / PID_FILE).read_text())["pid"]
+    try:
+        assert group_alive(left) and port_answers(study.vllm.port)
+        with serve_adapters(study, model_specs(study)):
+            assert not group_alive(left)
+            now = json.loads((out / PID_FILE).read_text())["pid"]
+            assert now != left and group_alive(now)
+        assert not (out / PID_FILE).exists() and not group_alive(now)
+    finally:
+        if group_alive(left):
+            os.killpg(left, signal.SIGKILL)
+    with socket.socket() as taken:  # another program's port; the pid file names a live process that is not vLLM
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (out / PID_FILE).write_text(json.dumps({"pid": os.getpgid(0), "port": port}))
+        study = vllm_study(tmp_path, out, base, fake_vllm, port)
+        with pytest.raises(EmpersonaError, match=rf"127\.0\.0\.1:{port}.*vllm\.port"), serve_adapters(study, model_specs(study)):
+            pass
+
+
 def test_the_server_takes_a_random_key_through_its_environment_only(tmp_path: Path, fake_vllm: Path) -> None:
     import httpx
 

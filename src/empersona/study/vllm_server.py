@@ -8,7 +8,10 @@ reaches each model as ``openai-api/empersonavllm/<name>``, the base as ``base-<i
 The server's life is tied to the study's:
 
 - it is not started when something already answers on its port (vLLM binds with SO_REUSEPORT,
-  so a second server on a taken port would not fail: the kernel would split the connections);
+  so a second server on a taken port would not fail: the kernel would split the connections),
+  unless that is the run folder's own server, left running by an earlier run that was killed
+  (``vllm-server.pid`` names it, and its command line is vLLM's server on that port): that one is
+  stopped first;
 - it takes a random API key, given only through its environment (``VLLM_API_KEY``) and to the
   battery's client, and is health-checked with it (``/v1/models`` lists every name) before any
   evaluation starts;
@@ -39,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
 from empersona.study.config import StudyConfig
 from empersona.study.plan import VLLM_SERVICE, ModelSpec
@@ -48,6 +52,7 @@ STOP_GRACE_S = 30.0
 """How long the server's process group has to exit after SIGTERM before it is killed."""
 WATCH_INTERVAL_S = 1.0
 LOG_TAIL_LINES = 40
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 ERROR_MARKERS = ("Error", "error", "CUDA out of memory")
 SERVICE_ENV = (f"{VLLM_SERVICE.upper()}_BASE_URL", f"{VLLM_SERVICE.upper()}_API_KEY")
 """The environment inspect's ``openai-api/empersonavllm/...`` models read their address and key from."""
@@ -91,7 +96,7 @@ def server_command(study: StudyConfig, models: Sequence[ModelSpec]) -> list[str]
     base = next(m for m in models if m.kind == "base")
     adapters = [m for m in models if m.served and m.adapter is not None]
     cmd = [
-        settings.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        settings.python or sys.executable, "-m", SERVER_MODULE,
         "--model", base.base_model, "--served-model-name", served_name(base),
         "--host", "127.0.0.1", "--port", str(settings.port),
         "--tensor-parallel-size", str(settings.tensor_parallel_size),
@@ -207,7 +212,17 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> Non
     The group is signalled even when its leader has exited already: vLLM's engine and worker
     processes can outlive it (and hold the GPUs and the port).
     """
-    group = process.pid  # started with start_new_session: its pid is its process group's id
+    # started with start_new_session: its pid is its process group's id; polling reaps the
+    # leader, or it would stay a member (a zombie) of its group
+    stop_group(process.pid, grace_s, process.poll)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_group(group: int, grace_s: float = STOP_GRACE_S, poll: Callable[[], object] = lambda: None) -> None:
+    """Signal a process group TERM, then KILL after ``grace_s``; return once it is gone."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(group, sig)
@@ -215,14 +230,29 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> Non
             break
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and group_alive(group):
-            process.poll()  # reap the leader, or it stays a member (a zombie) of its group
+            poll()
             time.sleep(0.1)
         if not group_alive(group):
             break
+
+
+PID_FILE = "vllm-server.pid"
+"""In the run folder while the study's server runs: its process group and port (`leftover_server`)."""
+
+
+def leftover_server(out: Path, port: int) -> int | None:
+    """The process group of the run folder's own vLLM server on ``port``, left running by an earlier
+    run that was killed before it could stop it; None if the pid file is missing or names anything
+    else (a pid since reused, another program, another port)."""
     try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
+        record = json.loads((out / PID_FILE).read_text(encoding="utf-8"))
+        pid = int(record["pid"])
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        ours = (record.get("port") == port and SERVER_MODULE in args and "--port" in args
+                and args[args.index("--port") + 1:][:1] == [str(port)] and os.getpgid(pid) == pid)
+    except (OSError, ValueError, KeyError, TypeError):  # no file, no such process, no /proc
+        return None
+    return pid if ours else None
 
 
 def group_alive(group: int) -> bool:
@@ -332,22 +362,26 @@ def service_environment(base_url: str, api_key: str) -> Iterator[None]:
 @contextmanager
 def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[str]:
     """Start the server, wait until every model is listed, yield its base URL, stop it at the end."""
+    from empersona.study.run import say
+
     port = study.vllm.port
     if port_answers(port):
-        raise EmpersonaError(f"something already answers on 127.0.0.1:{port} (a vLLM server left from an earlier run, or "
-                             "another program): stop it, or give this study another port with the vllm.port setting")
+        if (leftover := leftover_server(study.out, port)) is None:
+            raise EmpersonaError(f"something already answers on 127.0.0.1:{port} (a vLLM server left from an earlier run, "
+                                 "or another program): stop it, or give this study another port with the vllm.port setting")
+        say(f"stopping the vLLM server an earlier run of this study left on port {port} (process group {leftover})")
+        stop_group(leftover)
     log = study.out / "vllm-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     api_key = secrets.token_urlsafe(24)  # this run's only: never written anywhere
     env = {**os.environ, **study.vllm.env, "VLLM_API_KEY": api_key}
-    from empersona.study.run import say
-
     say(f"starting the vLLM server (its log: {log})")
     with stop_signals_interrupt():
         with log.open("ab") as sink:
             process = subprocess.Popen(server_command(study, models), stdout=sink, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
+        replace_text(study.out / PID_FILE, json.dumps({"pid": process.pid, "port": port}))
         watchdog: Watchdog | None = None
         try:
             wait_until_serving(base_url, [served_name(m) for m in models if m.served], process, study.vllm.startup_timeout_s, log,
@@ -370,6 +404,7 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
                     watchdog.stop()
             finally:  # an interrupt from the watchdog landing here must not keep the server alive
                 stop(process)
+                (study.out / PID_FILE).unlink(missing_ok=True)
 
 
 def server_died(code: int, log: Path) -> EmpersonaError:
