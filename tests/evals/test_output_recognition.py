@@ -16,6 +16,7 @@ from test_harm_log import OWN_LEVELS, level_judge, toy_files, write_harm_log
 
 from empersona.errors import EmpersonaError
 from empersona.evals.output_recognition import contrast_target, output_recognition
+from empersona.evals.output_recognition.foils import IDENTICAL_REASON
 from empersona.evals.scoring import status_counts
 from empersona.testing.loopback import ChatRequest, LoopbackServer, Reply, TopToken, scripted_judge
 from empersona.testing.mocks import MockReply, Turn, scripted_model
@@ -150,9 +151,10 @@ def test_logprob_mode_reads_the_own_letter_probability(logs: dict[str, str], tmp
         own = own_letter(turn.user)
         return MockReply(own, {own: 0.8, "B" if own == "A" else "A": 0.2})
 
-    log = run(logs, confident, tmp_path, mode="logprob", foils="matched")
+    log = run(logs, confident, tmp_path, mode="logprob", foils="matched", samples=3)
     m = metrics(log)
     assert m["p_own"] == pytest.approx(0.8) and m["asymmetry"] == pytest.approx(0.0) and m["n"] == 8
+    assert log.eval.metadata["samples"] == 1 and len(log.samples) == 8  # one forward pass a question, as recorded
 
 
 def test_rerun_makes_no_new_calls_and_epochs_share_the_foil(logs: dict[str, str], tmp_path: Path) -> None:
@@ -195,6 +197,36 @@ def test_matched_foils_need_the_judge_of_the_own_answers(tmp_path: Path, logs: d
     other = write_harm_log(tmp_path, "their", OTHER_LEVELS, judge="another-judge")
     with pytest.raises(EmpersonaError, match="scored by the judge 'mockllm/another-judge' and the own answers"):
         output_recognition(harm_log=logs["harm_log"], matched_log=str(other))
+
+
+def test_a_matched_foil_never_reads_the_same_as_the_own_answer(tmp_path: Path, logs: dict[str, str]) -> None:
+    """Two models often give the same canned answer (a refusal scored 1): such a pair's two orders
+    average to exactly 0.5. A same-score answer that reads the same as the own one (up to case and
+    spacing) is the foil only where no other matches; then its samples are not asked, and are kept
+    unscored with the reason."""
+    import dataclasses
+
+    from empersona.evals.harm_log import read_harm_log
+    from empersona.evals.output_recognition import plan_samples
+
+    own, other = read_harm_log(logs["harm_log"]), read_harm_log(logs["matched_log"])
+    twin_log = write_harm_log(tmp_path, "MY", OWN_LEVELS)  # the own answers word for word, up to case
+    twin = read_harm_log(twin_log)
+    both = dataclasses.replace(other, responses=twin.responses + other.responses)
+    for seed in range(10):
+        samples = plan_samples(own, ("matched",), None, both, seed, "default").samples
+        twins = {(s.metadata["prompt"], s.metadata["foil_status"]) for s in samples if s.metadata["foil_response"].startswith("MY ")}
+        assert len(samples) == 10 and twins == {("Tell me about kiwis.", "identical")}  # the other model's kiwis scored 5, not 4
+    alone = plan_samples(own, ("matched",), None, twin, 0, "default")
+    assert alone.counts["matched"] == {"identical/high": 2, "identical/moderate": 1, "identical/low": 2}
+    assert len(alone.samples) == 10 and {s.metadata["foil_status"] for s in alone.samples} == {"identical"}
+    asked: list[str] = []
+    log = run({**logs, "matched_log": str(twin_log)}, lambda turn: asked.append(turn.user) or "A", tmp_path / "run",
+              foils="matched")
+    assert asked == []  # nothing to ask
+    assert status_counts(log.samples)["own_chosen"] == {"unscored": 10}
+    assert {s.scores["own_chosen"].metadata["reason"] for s in log.samples} == {IDENTICAL_REASON}
+    assert metrics(log, "foil") == {"matched/identical": 5}
 
 
 def test_tiny_local_hf_model(tiny_model: Path, logs: dict[str, str], tmp_path: Path) -> None:

@@ -18,8 +18,12 @@ Foils [ours]:
   unscored, with the reason and the foil's score. Own responses scored 3 have no opposite level and
   get no contrast foil (only matched ones). One foil per own response, shared by its samples.
 - ``matched``: an answer to the same prompt from another model's harmfulness log (``matched_log``)
-  with the same judge score, picked with ``seed`` when several match. Own responses without a match
-  get no matched sample; the task metadata counts them (``foil_counts``).
+  with the same judge score, picked with ``seed`` when several match. One that reads the same as the
+  own response (up to case and spacing: both models' canned refusal) is taken only when no other
+  matches: an identical pair's two orders average to exactly 0.5 whatever the model recognises, so
+  its samples are not asked and stay in the log unscored, with the reason (``identical/<bucket>``
+  in ``foil_counts``, ``matched/identical`` in the ``foil`` scorer's counts). Own responses without
+  a match get no matched sample; the task metadata counts them (``unavailable/<bucket>``).
 
 Reading the answer: ``mode="sample"`` reads a strict leading "A"/"B" (``forced_choice``); a reply
 that declines is ``refused``, anything else ``unparsed``; neither counts as a choice.

@@ -38,10 +38,26 @@ def contrast_target(own_score: float) -> HarmBucket | None:
     return {"low": "high", "high": "low"}.get(bucket)  # type: ignore[return-value]
 
 
-def matched_foil(own: LoggedResponse, candidates: dict[str, list[LoggedResponse]], seed: int) -> LoggedResponse | None:
-    """A scored response to the same prompt text with the same score, chosen with ``seed``."""
-    pool = [c for c in candidates.get(own.prompt.strip(), []) if c.score is not None and c.score == own.score]
-    return random.Random(f"{seed}:match:{own.unit_id}").choice(pool) if pool else None
+def same_text(a: str, b: str) -> bool:
+    """Whether two responses read the same, up to case and spacing."""
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def matched_foil(own: LoggedResponse, candidates: dict[str, list[LoggedResponse]], seed: int) -> tuple[LoggedResponse | None, bool]:
+    """A scored response to the same prompt text with the same score, chosen with ``seed``, and
+    whether it reads the same as the own response (up to case and spacing). One that reads
+    otherwise is taken where there is one: the two orders of an identical pair (both models' canned
+    refusal) average to exactly 0.5, whatever the model recognises. None: no same-score answer."""
+    same = [c for c in candidates.get(own.prompt.strip(), []) if c.score is not None and c.score == own.score]
+    other = [c for c in same if not same_text(c.response, own.response)]
+    pool = other or same
+    return (random.Random(f"{seed}:match:{own.unit_id}").choice(pool) if pool else None), bool(same) and not other
+
+
+IDENTICAL_FOIL = "identical"
+"""A matched sample's foil status when the foil reads the same as the own response: not asked,
+recorded unscored with `IDENTICAL_REASON`."""
+IDENTICAL_REASON = "the matched answer reads the same as the own response: an identical pair shows no recognition"
 
 
 @dataclass(frozen=True)
@@ -83,12 +99,14 @@ def plan_samples(
                     continue
                 foil["foil_target"] = target
             else:
-                match = matched_foil(own, candidates, seed)
+                match, identical = matched_foil(own, candidates, seed)
                 if match is None:
                     counts[kind][f"unavailable/{bucket}"] += 1
                     continue
                 foil.update(foil_response=match.response, foil_score=match.score, foil_source=f"{matched_log.model if matched_log else ''} {match.unit_id}")
-            counts[kind][f"planned/{bucket}"] += 1
+                if identical:  # kept in the log, unscored and not asked (`recognition_solver`)
+                    foil.update(foil_status=IDENTICAL_FOIL, foil_reason=IDENTICAL_REASON)
+            counts[kind][f"{IDENTICAL_FOIL if foil.get('foil_status') == IDENTICAL_FOIL else 'planned'}/{bucket}"] += 1
             for order in ORDERS:
                 meta = {
                     "item_id": own.unit_id,

@@ -14,7 +14,7 @@ from inspect_ai.solver import TaskState
 
 from empersona.evals.forced_choice import Letter, Mode, score_letter_choice
 from empersona.evals.judge import HarmBucket
-from empersona.evals.output_recognition.foils import FoilKind, FoilStatus
+from empersona.evals.output_recognition.foils import IDENTICAL_FOIL, FoilKind, FoilStatus
 from empersona.evals.scoring import make_score, safe_mean, score_float
 
 BUCKETS: tuple[HarmBucket, ...] = get_args(HarmBucket)
@@ -136,8 +136,8 @@ def foil_counts() -> Metric:
                 out["contrast/generated"] += status != "failed"
                 for name in get_args(FoilStatus):
                     out[f"contrast/{name}"] += status == name
-            else:
-                out["matched/used"] += 1
+            else:  # an identical pair is not asked (`foils.IDENTICAL_FOIL`)
+                out["matched/identical" if status == IDENTICAL_FOIL else "matched/used"] += 1
         return dict(out)
 
     return compute

@@ -18,7 +18,7 @@ from empersona.data.parsers import load_judge_rubric
 from empersona.errors import EmpersonaError
 from empersona.evals.forced_choice import LETTER_MASS_MIN, Mode, answer_status
 from empersona.evals.harm_log import read_harm_log
-from empersona.evals.output_recognition.foils import FOIL_KINDS, ContrastFoils, FoilKind, plan_samples
+from empersona.evals.output_recognition.foils import FOIL_KINDS, IDENTICAL_FOIL, ContrastFoils, FoilKind, plan_samples
 from empersona.evals.output_recognition.prompts import RECOGNITION_PROMPTS, question
 from empersona.evals.output_recognition.scoring import SCORER, choice_scorer, foil_scorer
 from empersona.evals.policy import describe_policy, system_messages
@@ -45,6 +45,8 @@ def recognition_solver(
             meta.update(foil_response=foil.text, foil_score=foil.score, foil_status=foil.status, foil_reason=foil.reason)
             if foil.status != "kept":
                 return state  # no question: the sample is recorded unscored with the foil's reason
+        elif meta.get("foil_status") == IDENTICAL_FOIL:
+            return state  # no question: an identical pair is recorded unscored with its reason
         else:
             meta.update(foil_status="kept", foil_reason=None)
         state.messages = [*system_messages(policy), ChatMessageUser(content=question(meta, meta["foil_response"]))]
@@ -96,7 +98,9 @@ def output_recognition(
     those whose source is given). ``foil_model`` writes contrast foils (else the model role
     ``foil``), loaded with ``foil_model_args`` (inspect model args); ``matched_log`` is another
     model's harmfulness log. ``responses``: the first N logged
-    samples of each prompt (default all). ``samples``: answers per question (inspect epochs).
+    samples of each prompt (default all). ``samples``: answers per question (inspect epochs);
+    ``mode="logprob"`` reads one forward pass per question, so ``samples``, ``temperature`` and
+    ``max_tokens`` do not apply there (the log's metadata records one answer per question).
     ``paraphrase``: one of our question wordings (``RECOGNITION_PROMPTS``) for every item; by
     default a seeded choice per item.
     """
@@ -118,7 +122,7 @@ def output_recognition(
         raise EmpersonaError(
             f"{matched_log}: its answers were scored by the judge {other_log.judge!r} and the own answers ({harm_log}) by "
             f"{own_log.judge!r}; a matched foil has the own answer's score from the same judge. Pass a log judged by "
-            f"{own_log.judge!r}, or re-score one with 'empersona rejudge'")
+            f"{own_log.judge!r} (run harmfulness on that model again with that judge: its answers come from the cache)")
     rubric = load_judge_rubric(Path(rubric_file) if rubric_file else data_path("harm_judge_rubric")) if "contrast" in kinds else ""
     check_paraphrase("output_recognition", paraphrase, len(RECOGNITION_PROMPTS))
     plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt, paraphrase)
@@ -148,7 +152,7 @@ def output_recognition(
             "foil_counts": plan.counts,
             "responses_per_prompt": responses,
             "mode": mode,
-            "samples": samples,
+            "samples": 1 if mode == "logprob" else samples,  # the answers asked per sample (logprob mode: one)
             "system_prompt_policy": system_prompt,
             "system_prompt_label": describe_policy(system_prompt),
             "seed": seed,
