@@ -102,3 +102,17 @@ def test_bad_paths_and_other_tasks(tmp_path: Path) -> None:
     )
     with pytest.raises(EmpersonaError, match="eval.task is 'not_harm'"):
         read_harm_log(other.location)
+
+
+def test_a_harmfulness_run_that_did_not_finish_is_refused(own_log: Path, tmp_path: Path) -> None:
+    """Its readers (output recognition, score prediction, a framed two-AI) would take the prompts it
+    reached for the whole set: the log is refused, naming its status and what to do."""
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    log = read_eval_log(str(own_log))
+    assert log.samples is not None
+    log.status, log.samples = "error", log.samples[:4]
+    cut = tmp_path / "cut.eval"
+    write_eval_log(log, str(cut))
+    with pytest.raises(EmpersonaError, match=r"cut\.eval: field 'status': the harmfulness run did not finish \(error, 4 samples\)"):
+        read_harm_log(cut)

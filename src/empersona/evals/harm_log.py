@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from empersona.errors import EmpersonaError
+from empersona.errors import EmpersonaError, located
 from empersona.evals.judge import HarmBucket, ScoreStatus, harm_bucket
 
 if TYPE_CHECKING:
@@ -129,6 +129,10 @@ def read_harm_log(path: str | Path) -> HarmLog:
         raise EmpersonaError(
             f"{file}: field eval.task is {log.eval.task!r}, not {HARM_TASK!r}. Pass a log of 'empersona eval harmfulness'"
         )
+    if log.status != "success":  # its readers would count the prompts it reached as the whole set
+        raise EmpersonaError(located(file, None, "status", f"the harmfulness run did not finish ({log.status}, "
+                                     f"{len(log.samples or [])} samples)", "Finish it first (run the same command again: "
+                                     "the answers that came back are reused from the cache), then pass its log"))
     if not log.samples:
         raise EmpersonaError(f"{file}: the log holds no samples (status {log.status}). Run the harmfulness experiment to the end first")
     metadata = dict(log.eval.metadata or {})
