@@ -343,3 +343,42 @@ def test_engine_decodes_with_grouped_attention(lively: tuple[Path, Path, Path]) 
     assert plain.model.config._attn_implementation == "sdpa"
     requests = [Request(p, NEW_TOKENS, temperature=0.0) for p in prompt_ids(lively[0])]
     assert [c.tokens for c in engine.generate(requests)] == [c.tokens for c in plain.generate(requests)]
+
+
+@pytest.fixture(scope="module")
+def sliding(lively: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lively model with every layer's attention limited to a window of 24 tokens (as Mistral
+    v0.1, Gemma 2 and 3 or Phi-3 have one): shorter than the prompts."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("sliding") / "base"
+    shutil.copytree(lively[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=24, max_window_layers=0, layer_types=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "options",
+    [EngineOptions(min_prefix=8), EngineOptions(min_prefix=8, static_cache=True),
+     EngineOptions(prefix_reuse=False, static_cache=True, shrink_at=1.0, sync_every=1),
+     EngineOptions(min_prefix=8, compile=True, compile_backend="eager")],
+    ids=["dynamic+prefix", "static+prefix", "static-shrinking", "compiled+prefix"],
+)
+def test_a_sliding_window_model_decodes_like_generate(sliding: Path, options: EngineOptions) -> None:
+    """transformers masks the window by cache slots: a shared prefix's gap, or rows copied into a
+    smaller cache, would let the wrong tokens into the window (every row differed from ``generate``
+    on the GPU's default layout). Such a model gets neither; its answers equal ``generate``'s."""
+    from empersona.provider.engine import uses_sliding_window
+
+    engine = Engine(load(sliding), options)
+    prompts = prompt_ids(sliding)
+    assert engine.sliding_window and max(len(p) for p in prompts) > 24
+    got = [c.tokens for c in engine.generate([Request(p, NEW_TOKENS, temperature=0.0) for p in prompts])]
+    assert got == reference(load(sliding), prompts, NEW_TOKENS, engine.eos_ids)
+    assert engine.stats.prefix_tokens_saved == 0 and engine.stats.shrunk_rounds == 0
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    assert uses_sliding_window(MistralConfig()) and uses_sliding_window(Gemma2Config())
+    assert not uses_sliding_window(Qwen2Config()) and not uses_sliding_window(MistralConfig(sliding_window=None))

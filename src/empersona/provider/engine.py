@@ -166,6 +166,9 @@ class EngineOptions:
     is compiled, ``SHRINK_AT_STATIC`` on an eager static cache (the live rows then fill the next
     power-of-two bucket down), ``SHRINK_AT_DYNAMIC`` otherwise (the live rows exactly; the cost is
     a copy of their KV cache). 0 turns it off.
+    A model with sliding-window attention (`uses_sliding_window`) gets neither prefix reuse nor
+    shrinking, whatever these say: transformers masks the window by cache slots, so a prefix's gap
+    or rows copied into another cache would let the wrong tokens into the window.
     ``lora_dtype``: the dtype adapters are applied in, ``"model"`` (the base model's: bf16 on a GPU,
     tensor cores, as vLLM) or ``"float32"`` (PEFT's default for a 16-bit base; see ``lora``).
     ``compile_prefill``: run prompt forward passes through ``torch.compile`` too (dynamic shapes:
@@ -324,6 +327,16 @@ class _RoundOutput:
         self.stopped[state.slot] = state.stopped
 
 
+def uses_sliding_window(config: Any) -> bool:
+    """Whether some attention layer sees only a window of the latest tokens (Gemma 2 and 3,
+    Mistral v0.1, Phi-3, gpt-oss, Qwen2 with ``use_sliding_window``)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(config, "layer_types", None)
+    if types:
+        return "sliding_attention" in types
+    return getattr(config, "sliding_window", None) is not None
+
+
 class Engine:
     """One base model in memory serving batched requests for it and its LoRA adapters."""
 
@@ -360,6 +373,12 @@ class Engine:
         self.min_rows = options.min_batch_bucket or default_min_rows(self.compile, self.device)
         shrink_default = SHRINK_AT_COMPILED if self.compile else SHRINK_AT_STATIC if self.static else SHRINK_AT_DYNAMIC
         self.shrink_at = options.shrink_at if options.shrink_at is not None else shrink_default
+        # transformers masks a sliding window by cache slots: the gap between a shared prefix and the
+        # rest, or rows copied into a smaller cache, would put the wrong tokens inside the window
+        self.sliding_window = uses_sliding_window(model.config)
+        self.prefix_reuse = options.prefix_reuse and not self.sliding_window
+        if self.sliding_window:
+            self.shrink_at = 0.0  # never: a round keeps its rows where they are
         self._compiled_step: Any = None
         self._compiled_sample: Any = None
         self._compiled_prompt: Any = None
@@ -712,7 +731,7 @@ class Engine:
 
     def _shared_prefix(self, prompts: Sequence[tuple[int, ...]]) -> int:
         """Length of the token prefix every prompt shares, kept when long enough to be worth reusing."""
-        if not self.options.prefix_reuse:
+        if not self.prefix_reuse:
             return 0
         shortest = min(len(p) for p in prompts)
         n = 0
