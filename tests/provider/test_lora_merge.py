@@ -310,3 +310,39 @@ def test_beyond_max_adapters_the_least_recently_used_is_unloaded_and_comes_back(
     assert not any(isinstance(m, slot_linear) for m in engine.model.modules())  # the model's own layers again
     assert answers(engine, prompts, None) == want_base
     assert_close(answers(engine, prompts, keys[first]), want[first])  # and it loads again when asked
+
+
+@pytest.mark.parametrize("fails", ["merge", "restore"])
+def test_a_merge_or_restore_cut_short_leaves_no_layer_changed(
+    lively: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """An error part-way through merging (out of memory for one layer's float32 update) failed
+    only its batch but left the layers done so far merged, unrecorded: every later batch, the
+    base's and other adapters', ran on those weights without an error. Now the next batch takes
+    them out first, and a restore cut short goes on where it stopped."""
+    from empersona.provider import lora
+
+    base, first, _ = lively
+    prompts = prompt_ids(base)
+    engine = Engine(load(base), EngineOptions(min_prefix=8, lora_merge=True))
+    key = engine.add_adapter(first)
+    original = adapted_weights(engine)
+    want_adapter, want_base = answers(engine, prompts, key), answers(engine, prompts, None)
+    if fails == "restore":
+        answers(engine, prompts, key)  # merged again: the failing batch below is the base's, which takes it out
+    real, calls = lora._update, [0]
+
+    def out_of_memory_at_the_fifth(weights: object, device: object) -> object:
+        calls[0] += 1
+        if calls[0] == 5:
+            raise torch.cuda.OutOfMemoryError("out of memory (injected)")
+        return real(weights, device)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lora, "_update", out_of_memory_at_the_fifth)
+    adapter = key if fails == "merge" else None
+    failed = engine.generate_each([Request(p, NEW_TOKENS, temperature=0.0, adapter=adapter) for p in prompts])
+    assert {type(result).__name__ for result in failed} == {"OutOfMemoryError"}
+    monkeypatch.setattr(lora, "_update", real)
+    assert answers(engine, prompts, None) == want_base
+    assert all(torch.equal(weight, original[n]) for n, weight in adapted_weights(engine).items())
+    assert_close(answers(engine, prompts, key), want_adapter)

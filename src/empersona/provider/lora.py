@@ -263,6 +263,7 @@ class AdapterSet:
     # per layer of the merged adapter: the elements that taking its update out again would not
     # round back to the base weight (flat positions, original values), to restore it bit for bit
     fixups: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    merge_complete: bool = True  # False while (or after) a merge of ``merged_key`` stopped part-way
     slots: dict[str, nn.Module] = field(default_factory=dict)  # the SlotLinear of each adapted layer
     wrapped: bool = True  # the adapted layers are SlotLinear modules (False: their plain base layers)
 
@@ -373,28 +374,40 @@ class AdapterSet:
         """
         import torch
 
-        if key == self.merged_key:
+        if key == self.merged_key and self.merge_complete:
             return
         with torch.no_grad():
-            if self.merged_key is not None:
-                for name, weights in self.adapters[self.merged_key].layers.items():
-                    weight = self.slots[name].base.weight
-                    back = (weight.float() - _update(weights, weight.device)).to(weight.dtype)
-                    where, values = self.fixups.pop(name)
-                    back.view(-1)[where] = values
-                    weight.copy_(back)
-                self.merged_key = None
+            self._unmerge()
             if key is None:
                 return
+            # a merge cut short (out of memory for a layer's float32 update) leaves the layers done so
+            # far in ``fixups`` and ``merge_complete`` False: the next call takes them out first
+            self.merged_key, self.merge_complete = key, False
             for name, weights in self.adapters[key].layers.items():
                 weight = self.slots[name].base.weight
                 update = _update(weights, weight.device)
                 merged = (weight.float() + update).to(weight.dtype)
                 back = (merged.float() - update).to(weight.dtype)
                 where = torch.nonzero(back.view(-1) != weight.view(-1)).squeeze(1).to(torch.int32)
-                self.fixups[name] = (where, weight.view(-1)[where].clone())
+                values = weight.view(-1)[where].clone()
                 weight.copy_(merged)
-            self.merged_key = key
+                self.fixups[name] = (where, values)
+            self.merge_complete = True
+
+    def _unmerge(self) -> None:
+        """Take the merged adapter's update out of every layer that holds it (all of them, or those a
+        merge cut short had reached; a restore cut short goes on from where it stopped)."""
+        if self.merged_key is None:
+            return
+        layers = self.adapters[self.merged_key].layers
+        for name in list(self.fixups):
+            weight = self.slots[name].base.weight
+            back = (weight.float() - _update(layers[name], weight.device)).to(weight.dtype)
+            where, values = self.fixups[name]
+            back.view(-1)[where] = values
+            weight.copy_(back)
+            del self.fixups[name]
+        self.merged_key, self.merge_complete = None, True
 
     def wrap(self, on: bool) -> None:
         """Put the SlotLinear modules in the model (``on``), or their plain base layers back.
