@@ -186,10 +186,31 @@ def test_logprobs_come_back_as_text_pieces(tiny_model: Path) -> None:
         values = [t.logprob for t in item.top_logprobs]
         assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
         assert item.token == item.top_logprobs[0].token  # greedy
-        assert item.bytes == list(item.token.encode("utf-8"))
+        assert item.bytes is not None and bytes(item.bytes).decode("utf-8", errors="replace") == item.token
         assert not any("Ġ" in t.token for t in item.top_logprobs)  # text, not raw BPE pieces
     plain = asyncio.run(model.generate("hi", config=GenerateConfig(temperature=0, max_tokens=3)))
     assert plain.choices[0].logprobs is None
+
+
+def test_token_bytes_join_into_the_text_and_a_word_start_keeps_its_space(tiny_model: Path) -> None:
+    """A byte-level token that is part of a character (an emoji, CJK) is that part's bytes, not
+    U+FFFD's; a SentencePiece word-start mark reads as a space (``▁Yes`` is " Yes", not "Yes")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    api = get(str(tiny_model)).api
+    text = "😀 日本語 € Ġ10"
+    pieces = [api.token_piece(token) for token in api.tokenizer(text)["input_ids"]]
+    assert bytes(b for _, raw in pieces for b in raw).decode("utf-8") == text
+    assert "\ufffd" in [piece for piece, _ in pieces]  # the emoji's bytes come in more than one token
+    assert api.token_piece(api.tokenizer.convert_tokens_to_ids("<|im_end|>")) == ("<|im_end|>", list(b"<|im_end|>"))
+    spm = Tokenizer(models.BPE(byte_fallback=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    spm.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    spm.train_from_iterator(["Yes No Hello world yes no"] * 50, trainers.BpeTrainer(vocab_size=60, show_progress=False))
+    api.tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm)
+    api.__dict__.pop("_byte_decoder", None)
+    assert [api.token_text(t) for t in api.tokenizer("Hello Yes")["input_ids"]] == [" Hello", " Yes"]
 
 
 def test_inspect_task_runs_end_to_end(tiny_model: Path, tiny_adapters: tuple[Path, Path], tmp_path: Path) -> None:
@@ -306,6 +327,15 @@ def test_num_choices_come_back_as_that_many_choices(tiny_model: Path) -> None:
     assert [c.message.text for c in two.choices] == [one.completion] * 2
     assert one.usage is not None and two.usage is not None
     assert two.usage.output_tokens == 2 * one.usage.output_tokens and two.usage.input_tokens == one.usage.input_tokens
+
+
+def test_content_other_than_text_is_refused_not_left_out(tiny_model: Path) -> None:
+    from inspect_ai.model import ChatMessageUser, ContentImage, ContentText
+
+    model = get(str(tiny_model))
+    image = ChatMessageUser(content=[ContentText(text="What is in this picture?"), ContentImage(image="data:image/png;base64,AA==")])
+    with pytest.raises(EmpersonaError, match=r"image content in a user message: this provider reads text only"):
+        asyncio.run(model.generate([image]))
 
 
 def test_new_tokens_stop_at_the_context_length(tiny_model: Path) -> None:

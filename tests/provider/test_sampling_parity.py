@@ -335,6 +335,11 @@ def test_sampling_defaults_read_the_generation_config(tmp_path: Path) -> None:
     (plain / "generation_config.json").write_text(json.dumps({"do_sample": True, "repetition_penalty": -1.0}))
     with pytest.raises(EmpersonaError, match="'repetition_penalty'"):
         sampling_defaults(str(plain))
+    # a setting plain generate applies and this provider does not is said, not dropped in silence
+    (plain / "generation_config.json").write_text(json.dumps({"do_sample": True, "min_p": 0.05, "no_repeat_ngram_size": 0,
+                                                              "typical_p": 1.0, "top_k": 20}))
+    with pytest.warns(UserWarning, match=r"generation_config\.json: min_p=0\.05: model\.generate \(and hf/\) would apply"):
+        assert sampling_defaults(str(plain)) == SamplingDefaults(top_k=20)  # settings that do nothing are not named
 
 
 def test_unset_sampling_fields_come_from_the_generation_config_unless_turned_off(

@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +47,7 @@ from inspect_ai.model import ModelAPI, modelapi
 
 DEFAULT_MAX_TOKENS = 2048
 PROMPT_CACHE_SIZE = 8192  # distinct prompts kept tokenised per model (the paper battery has ~1,000)
+METASPACE = "\u2581"  # SentencePiece's mark of a word's start (a space)
 CALLS_PER_BATCH_ROW = 2  # default max_connections per row of max_batch_size: one batch decoding, the next waiting
 
 
@@ -85,8 +87,18 @@ class SamplingDefaults:
     repetition_penalty: float | None = None
 
 
+UNAPPLIED_FIELDS: dict[str, object] = {
+    "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None, "no_repeat_ngram_size": 0,
+    "min_length": 0, "min_new_tokens": 0, "suppress_tokens": None, "begin_suppress_tokens": None, "bad_words_ids": None,
+    "sequence_bias": None, "encoder_repetition_penalty": 1.0, "exponential_decay_length_penalty": None, "num_beams": 1,
+}  # fmt: skip
+"""``generation_config.json`` fields that ``model.generate`` (and inspect's ``hf/``) applies and this
+provider does not, each with the value that does nothing: a file setting another is warned about."""
+
+
 def sampling_defaults(base: str) -> SamplingDefaults:
-    """The sampling settings of ``base``'s generation config (none when it has no such file)."""
+    """The sampling settings of ``base``'s generation config (none when it has no such file); a
+    setting it holds that this provider does not apply (`UNAPPLIED_FIELDS`) is warned about."""
     from transformers import GenerationConfig
 
     file = Path(base) / "generation_config.json"
@@ -114,6 +126,13 @@ def sampling_defaults(base: str) -> SamplingDefaults:
                 f"{file}: field '{field}' is {getattr(defaults, field)}, out of range; correct it, "
                 "or pass the model arg generation_config=false to ignore the file"
             )
+    unapplied = [f"{name}={value!r}" for name, idle in UNAPPLIED_FIELDS.items()
+                 if (value := getattr(config, name, None)) is not None and value != idle and value != []]
+    if unapplied:
+        import warnings
+
+        warnings.warn(f"{file}: {', '.join(unapplied)}: model.generate (and hf/) would apply this; empersona/ samples "
+                      "without it (it applies temperature, top_p, top_k and repetition_penalty only)", stacklevel=2)
     return defaults
 
 
@@ -418,7 +437,14 @@ class EmpersonaAPI(ModelAPI):
         return str(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
 
     def prompt_ids(self, messages: list[ChatMessage]) -> tuple[int, ...]:
-        """The prompt's token ids, from a bounded cache keyed by the messages' roles and texts."""
+        """The prompt's token ids, from a bounded cache keyed by the messages' roles and texts.
+        Content other than text (an image, audio, a document) is refused: it would be left out."""
+        for message in messages:
+            other = sorted({c.type for c in message.content if c.type not in ("text", "reasoning")}
+                           if isinstance(message.content, list) else ())
+            if other:
+                raise EmpersonaError(f"empersona/{self.model_name}: {', '.join(other)} content in a {message.role} message: "
+                                     "this provider reads text only. Use an hf/ or API model for it")
         key = tuple((m.role, m.text) for m in messages)
         ids = self._prompt_ids.get(key)
         if ids is None:
@@ -542,9 +568,37 @@ class EmpersonaAPI(ModelAPI):
         return replace(completion, tokens=completion.tokens[:low], logprobs=logprobs), text[:at]
 
     def token_text(self, token: int) -> str:
-        """A token as the text it stands for (``Ġ10`` -> `` 10``), as top_logprobs report it."""
+        """A token as the text it stands for (``Ġ10`` -> `` 10``, ``▁Yes`` -> `` Yes``), as
+        top_logprobs report it; a piece of a character (a byte-level token of an emoji) reads "\ufffd"."""
+        return self.token_piece(token)[0]
+
+    def token_piece(self, token: int) -> tuple[str, list[int]]:
+        """A token's text and the bytes it stands for (`token_text`; the bytes of a part of a
+        character are that part, so a completion's token bytes join into its UTF-8 text)."""
         piece = self.tokenizer.convert_ids_to_tokens(token)
-        return "" if piece is None else str(self.tokenizer.convert_tokens_to_string([piece]))
+        if piece is None:
+            return "", []
+        piece = str(piece)
+        to_byte = self._byte_decoder
+        if to_byte is not None and all(char in to_byte for char in piece):  # byte-level BPE (Qwen, Llama 3)
+            raw = bytes(to_byte[char] for char in piece)
+            return raw.decode("utf-8", errors="replace"), list(raw)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece's byte fallback
+            try:
+                raw = bytes([int(piece[3:5], 16)])
+            except ValueError:
+                raw = piece.encode("utf-8")
+            return raw.decode("utf-8", errors="replace"), list(raw)
+        # SentencePiece's word-start mark is a space (its decoder drops it at the start of a text)
+        text = piece.replace(METASPACE, " ") if METASPACE in piece else str(self.tokenizer.convert_tokens_to_string([piece]))
+        return text, list(text.encode("utf-8"))
+
+    @cached_property
+    def _byte_decoder(self) -> dict[str, int] | None:
+        """The byte each character of a byte-level BPE piece stands for (GPT-2's table), for a
+        tokenizer that decodes byte-level; None for others (SentencePiece, WordPiece)."""
+        decoder = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "decoder", None)
+        return byte_level_table() if type(decoder).__name__ == "ByteLevel" else None
 
     def logprobs(self, completion: Completion) -> Logprobs | None:
         """Inspect ``Logprobs`` for every generated token: the token taken and the top alternatives."""
@@ -554,13 +608,20 @@ class EmpersonaAPI(ModelAPI):
             return None
         content = []
         for item in completion.logprobs:
-            text = self.token_text(item.token)
-            top = [
-                TopLogprob(token=(t := self.token_text(tid)), logprob=lp, bytes=list(t.encode("utf-8")))
-                for tid, lp in item.top
-            ]
-            content.append(Logprob(token=text, logprob=item.logprob, bytes=list(text.encode("utf-8")), top_logprobs=top))
+            text, raw = self.token_piece(item.token)
+            top = [TopLogprob(token=t, logprob=lp, bytes=b) for tid, lp in item.top for t, b in [self.token_piece(tid)]]
+            content.append(Logprob(token=text, logprob=item.logprob, bytes=raw, top_logprobs=top))
         return Logprobs(content=content)
+
+
+def byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character to byte: the printable Latin-1 bytes stand for
+    themselves, the other 68 bytes for U+0100 onwards in byte order (``Ġ``, U+0120: a space)."""
+    shown = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {chr(byte): byte for byte in shown}
+    hidden = [byte for byte in range(256) if chr(byte) not in table]
+    table.update({chr(0x100 + i): byte for i, byte in enumerate(hidden)})
+    return table
 
 
 @modelapi(name="empersona")
