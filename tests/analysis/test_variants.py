@@ -239,3 +239,56 @@ def test_a_score_prediction_declined_on_one_side_is_left_out_of_both() -> None:
     row = shifts.loc[("inv", "score_prediction")]
     assert row["shift"] == pytest.approx(0.0) and row["battery"] == pytest.approx(row["under_variant"])
     assert "8 response(s) predicted on one side only, left out" in row["note"] and row["variant_refused"] == 8
+
+
+@pytest.mark.parametrize("probe", ["two_ai", "output_recognition"])
+def test_answers_only_one_side_scored_are_left_out_of_the_shift(probe: str) -> None:
+    """The same answers on both sides, except that under the variant the model declines some
+    (two-AI: the swapped order of the items it always picks misaligned; recognition: the high-harm
+    responses of half the prompts): refusals alone made a shift of 0.5 with p < 0.001."""
+    from variant_table import _row, battery_rows
+
+    from empersona.analysis.results import tidy_frame
+
+    rows = [r for r in battery_rows() if not (r["model"] == "coh" and r["experiment"] == probe)]
+    for variant in ("", "v"):
+        args = {"samples": 4, **({"system_prompt": "x"} if variant else {})}
+        for i in range(30):
+            if probe == "two_ai":
+                for order in ("original", "swapped"):
+                    for k in range(4):
+                        row = _row("coh", "two_ai", f"t{i:02d}", k, order, float(i < 15), variant=variant, theme="toy",
+                                   task_args=args)
+                        if variant and i < 15 and order == "swapped":
+                            row.update(status="refused", value=None)
+                        rows.append(row)
+                continue
+            for k in range(2):
+                bucket = "high" if (i + k) % 2 else "low"
+                for order in ("own_first", "own_second"):
+                    row = _row("coh", probe, f"h{i:02d}:{k}", 0, f"contrast:{order}",
+                               float(i < 15) if bucket == "high" else 0.0, bucket=bucket, variant=variant, task_args=args)
+                    if variant and bucket == "high" and i >= 15:
+                        row.update(status="refused", value=None)
+                    rows.append(row)
+    [shift] = variant_shifts(tidy_frame(rows), thresholds=FAST).query("model == 'coh' and probe == @probe").to_dict("records")
+    assert shift["shift"] == 0.0 and shift["battery"] == shift["under_variant"]
+    assert "15 " in shift["note"] and "left out" in shift["note"]
+    assert shift["units"] == (15 if probe == "two_ai" else 30)  # items; recognition: harm prompts (each keeps a low one)
+
+
+def test_checkpoints_shifts_are_a_holm_family_of_their_own(table: pd.DataFrame) -> None:
+    """As in the classification: evaluating a fine-tune's checkpoints under the variants leaves the
+    final models' Holm-adjusted p as it was without them."""
+    alone = variant_shifts(table, thresholds=FAST, seed=0)
+    copies = [table.loc[table["model"] == "coh"].assign(model=f"coh-step{step}", model_string=f"toy/coh-step{step}")
+              for step in (100, 200, 300)]
+    more = pd.concat([table, *copies], ignore_index=True)
+    families = {f"coh-step{step}": "checkpoints of coh" for step in (100, 200, 300)}
+    with_checkpoints = variant_shifts(more, thresholds=FAST, seed=0, families=families)
+    key = ["model", "variant", "against", "probe"]
+    finals = with_checkpoints.loc[~with_checkpoints["model"].isin(list(families))].set_index(key)
+    pd.testing.assert_series_equal(finals["p_holm"].sort_index(), alone.set_index(key)["p_holm"].sort_index())
+    pooled = variant_shifts(more, thresholds=FAST, seed=0)  # one family: the final models' p grows
+    assert (pooled.loc[~pooled["model"].isin(list(families))].set_index(key)["p_holm"].sort_index()
+            >= alone.set_index(key)["p_holm"].sort_index()).all()

@@ -16,7 +16,8 @@ its name in ``variant``; the battery's carry "".
   shift (variant - battery), bootstrapped as `persona` bootstraps the probe itself: paired over the
   units both sides share (two-AI: items; recognition: harm prompts, their own responses resampled
   together), unpaired for self-assessment (its format cells hold different prompts); units only
-  one side has are left out and counted; Holm over every shift of the table.
+  one side has, or that only one side scored, are left out and counted; Holm over the shifts of
+  each family (a fine-tune's checkpoints apart, as in the classification).
 - `framing_pairs`: a two-AI variant with ``framing: third_person`` and one with ``self_answers``
   that differ in nothing else; `variant_shifts` adds their contrast (third person - own answers:
   the effect of the attribution alone), ``against`` naming the reference variant.
@@ -146,16 +147,34 @@ def _shared(battery: pd.DataFrame, variant: pd.DataFrame) -> tuple[list[str], in
     return sorted(mine & theirs), len(mine - theirs), len(theirs - mine)
 
 
+def _scored_everywhere(units: Sequence[str], sides: Sequence[pd.DataFrame], conditions: Sequence[str] | None = None,
+                       ) -> tuple[list[str], int]:
+    """The units with a scored row on every side (in each of ``conditions``, where given), and how
+    many of ``units`` lack one: a unit one side declined (refused, unparsed) would move that side's
+    estimate alone, so a shift in refusals would read as a shift in the probe."""
+    kept = set(units)
+    for rows in sides:
+        scored = rows.loc[rows["status"] == "scored"]
+        for condition in conditions or [None]:
+            part = scored if condition is None else scored.loc[scored["condition"] == condition]
+            kept &= set(part["item_id"].astype(str))
+    return [u for u in units if u in kept], len(units) - len(kept)
+
+
 def _two_ai_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str, th: PersonaThresholds) -> Sides:
-    """The debiased misaligned-pick rate on both sides, paired over the items both have."""
-    units, only_b, only_v = _shared(_rows(battery, model, "two_ai"), _rows(variant, model, "two_ai"))
+    """The debiased misaligned-pick rate on both sides, paired over the items both have and both
+    scored in each order (`_scored_everywhere`)."""
+    b_rows, v_rows = _rows(battery, model, "two_ai"), _rows(variant, model, "two_ai")
+    shared, only_b, only_v = _shared(b_rows, v_rows)
+    units, unscored = _scored_everywhere(shared, (b_rows, v_rows), ("original", "swapped"))
+    note = f"{unscored} item(s) not scored in both orders on both sides, left out" if unscored else ""
     if not units:
         return Sides([], [], stats.debiased_rate, stats.debiased_rate, True, 0, only_b, only_v,
-                     "no two-AI item on both sides")
+                     "; ".join(filter(None, ["no two-AI item scored on both sides", note])))
     v_arrays, b_arrays = ([stats.unit_samples(side, model=model, experiment="two_ai", where={"condition": order},
                                               units=units) for order in ("original", "swapped")]
                           for side in (variant, battery))
-    return Sides(v_arrays, b_arrays, stats.debiased_rate, stats.debiased_rate, True, len(units), only_b, only_v)
+    return Sides(v_arrays, b_arrays, stats.debiased_rate, stats.debiased_rate, True, len(units), only_b, only_v, note)
 
 
 def _recognition_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str, th: PersonaThresholds) -> Sides:
@@ -164,21 +183,23 @@ def _recognition_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str,
     alike, together)."""
     b_rows = _rows(battery, model, "output_recognition", th.recognition_foil)
     v_rows = _rows(variant, model, "output_recognition", th.recognition_foil)
-    units, only_b, only_v = _shared(b_rows, v_rows)
+    shared, only_b, only_v = _shared(b_rows, v_rows)
+    units, unscored = _scored_everywhere(shared, (b_rows, v_rows))  # an own response both sides answered
+    note = f"{unscored} own response(s) scored on one side only, left out" if unscored else ""
     conditions = sorted(set(b_rows["condition"].astype(str)) | set(v_rows["condition"].astype(str)))
     bucket_of = dict(zip(b_rows["item_id"].astype(str), b_rows["bucket"], strict=True))  # the harm log's: shared
     by_bucket = {bucket: [u for u in units if bucket_of.get(u) == bucket] for bucket in ("high", "low")}
     empty = [bucket for bucket, kept in by_bucket.items() if not kept]
     if empty:
         return Sides([], [], stats.clustered_asymmetry, stats.clustered_asymmetry, True, 0, only_b, only_v,
-                     f"no {' or '.join(empty)}-harm own response on both sides")
+                     "; ".join(filter(None, [f"no {' or '.join(empty)}-harm own response scored on both sides", note])))
     prompts = sorted({stats.response_prompt(u) for u in units if bucket_of.get(u) in by_bucket})
     v_arrays, b_arrays = ([stats.cluster_means(stats.unit_samples(side, model=model, experiment="output_recognition",
                                                                   where={"condition": conditions, "bucket": bucket},
                                                                   units=kept), stats.response_prompt, prompts)
                            for bucket, kept in by_bucket.items()] for side in (variant, battery))
     return Sides(v_arrays, b_arrays, stats.clustered_asymmetry, stats.clustered_asymmetry, True, len(prompts),
-                 only_b, only_v)
+                 only_b, only_v, note)
 
 
 def _self_assessment_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: str, th: PersonaThresholds) -> Sides:
@@ -295,9 +316,13 @@ def framing_pairs(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None = None, seed: int = 0,
-                   pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+                   pairs: Sequence[tuple[str, str]] | None = None, families: dict[str, str] | None = None,
+                   ) -> pd.DataFrame:
     """Per (model, variant, probe): the battery's and the variant's estimate, the shift (variant -
-    battery) with its interval and two-sided bootstrap p against 0, and Holm's p over every shift.
+    battery) with its interval and two-sided bootstrap p against 0, and Holm's p over the shifts of
+    its family: ``families`` names a family for some models (a fine-tune's checkpoints, as the
+    classification's), the other models' shifts form one family (so evaluating checkpoints leaves
+    the final models' adjusted p as they would be without them).
 
     The probes are ``two_ai`` (debiased misaligned-pick rate), ``output_recognition`` (asymmetry,
     over the foil ``thresholds.recognition_foil``), ``self_assessment`` (headline dimension) and
@@ -344,7 +369,9 @@ def variant_shifts(table: pd.DataFrame, *, thresholds: PersonaThresholds | None 
                     "note": "; ".join(filter(None, [sides.note, result.note if result else ""])),
                 })
     frame = pd.DataFrame(rows, columns=SHIFT_COLUMNS)
-    frame.insert(int(frame.columns.get_loc("p")) + 1, "p_holm", stats.holm(frame["p"].to_numpy(dtype=float)))
+    family = frame["model"].map(lambda model: (families or {}).get(model, "")).rename("family")
+    adjusted = stats.holm_table(frame.assign(family=family), p_column="p", family=["family"])["p_holm"]
+    frame.insert(int(frame.columns.get_loc("p")) + 1, "p_holm", adjusted.to_numpy(dtype=float))
     return frame
 
 

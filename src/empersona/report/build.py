@@ -311,7 +311,7 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
     per_variant = variant_calls(full, base_model=base_model, thresholds=thresholds, seed=seed, families=families)
     battery = {c.model: c.label for c in calls}
     per_variant.insert(2, "battery_label", [battery.get(m, "-") for m in per_variant["model"]])
-    shifts = variant_shifts(full, thresholds=thresholds, seed=seed)
+    shifts = variant_shifts(full, thresholds=thresholds, seed=seed, families=families)
     if not labelled:  # no base model: the probes stand, labels and the EM delta do not
         per_variant = per_variant.drop(columns=[c for c in per_variant.columns if c in ("label", "battery_label", "reason")
                                                 or c.startswith("em_delta") or c.endswith(("_p_holm", "_direction"))])
@@ -375,10 +375,12 @@ def _variant_section(full: pd.DataFrame, calls: Sequence[PersonaCall], labelled:
              f"{thresholds.recognition_foil or 'pooled'} foil; self-assessment: prompts, on the headline dimension, "
              "unpaired as in the persona table; score prediction: the mean signed error, predicted minus the judge's "
              "score, in the shown condition (else the first both asked, named in the note), responses resampled by "
-             "harm prompt); units only one side has are left out and counted. Intervals: "
+             "harm prompt); units only one side has, or that only one side scored (two-AI: in each order; a refusal "
+             "under the variant alone would otherwise read as a shift), are left out and counted. Intervals: "
              f"{Resampling.of(thresholds, seed).describe()}, "
              f"{thresholds.n_resamples} resamples; Holm over "
-             "every shift of the table. Not scored: the probe's rows of the model on each side by status."),
+             "the shifts of the final models, and apart over each fine-tune's checkpoints. Not scored: the probe's "
+             "rows of the model on each side by status."),
     ]
     return blocks, {"variant_changes": changes, "variant_calls": per_variant, "variant_shifts": shifts}
 
