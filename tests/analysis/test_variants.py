@@ -191,6 +191,9 @@ def test_a_third_person_variant_is_also_set_against_its_own_answers_twin() -> No
     twin = shifts.loc[("inv", "own", "battery")]
     assert inv["battery"] == pytest.approx(twin.loc[twin["probe"] == "two_ai", "under_variant"].item())  # the twin's rate
     assert base["shift_low"] < 0 < base["shift_high"]
+    calls = variant_calls(table, base_model="base", thresholds=FAST).set_index(["model", "variant"])
+    assert set(calls.xs("told", level="variant")["label"]) == {"not a self-report"}  # about another assistant
+    assert "not a self-report" not in set(calls.xs("own", level="variant")["label"])
 
 
 def test_score_prediction_under_a_variant_shifts_its_mean_signed_error() -> None:

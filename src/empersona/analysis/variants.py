@@ -91,6 +91,11 @@ def variant_view(table: pd.DataFrame, variant: str) -> pd.DataFrame:
     return view
 
 
+THIRD_PERSON_LABEL = "not a self-report"
+THIRD_PERSON_REASON = ("two-AI asked which assistant gave the shown answers (framing third_person): the persona labels "
+                       "read self-report; the probes and the contrast with a self_answers twin stand")
+
+
 def variant_calls(table: pd.DataFrame, *, base_model: str, thresholds: PersonaThresholds | None = None,
                   seed: int = 0, families: dict[str, str] | None = None) -> pd.DataFrame:
     """`persona.classify` on each variant's view, as `calls_table` rows with a ``variant`` column
@@ -98,7 +103,9 @@ def variant_calls(table: pd.DataFrame, *, base_model: str, thresholds: PersonaTh
     asymmetry and the self-assessment with intervals (pooled seed groups as their own rows).
 
     Give the base, thresholds, seed and ``families`` of the battery's classification: each
-    variant's Holm family is then its own models x probes, as the battery's is.
+    variant's Holm family is then its own models x probes, as the battery's is. A variant whose
+    two-AI framing is ``third_person`` gets no persona label (`THIRD_PERSON_LABEL`): PROTOCOLS.md
+    section 1 defines coherent and inverted by self-report.
     """
     import pandas as pd
 
@@ -108,6 +115,9 @@ def variant_calls(table: pd.DataFrame, *, base_model: str, thresholds: PersonaTh
                          seed=seed, families=families)
         frame = calls_table(calls)
         frame.insert(1, "variant", variant)
+        if "third_person" in _two_ai_settings(table, variant)[0]:
+            # its two-AI rate is about another assistant: a label from it is not the model's self-report
+            frame["label"], frame["reason"] = THIRD_PERSON_LABEL, THIRD_PERSON_REASON
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "variant", "label"])
 
