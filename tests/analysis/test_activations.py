@@ -182,14 +182,24 @@ def test_prompt_level_relabelling_moves_shares_between_prompts() -> None:
     relabelled = prompt_permuted_labels(labels, groups, 4000, np.random.default_rng(4))
     assert relabelled.shape == (4000, 12) and set(np.unique(relabelled)) == {0, 1}
     members = np.asarray(groups)
-    expected = {"a": {0: 0.5, 3: 0.25, 4: 0.25}, "b": {0: 0.5, 2: 0.5}, "c": {0: 0.5, 4: 0.25, 5: 0.25}, "d": {0: 0.5, 1: 0.5}}
+    # a share x size with a fraction is rounded up with the fraction's chance (b taking a's 3/4: 1.5 -> 1 or 2)
+    expected = {"a": {0: 0.5, 3: 0.25, 4: 0.25}, "b": {0: 0.5, 1: 0.125, 2: 0.375},
+                "c": {0: 0.5, 3: 0.0625, 4: 0.1875, 5: 0.25}, "d": {0: 0.5625, 1: 0.4375}}
     for group, shares in expected.items():
         ones = Counter(relabelled[:, members == group].sum(1).tolist())  # another prompt's share x this prompt's size
         assert set(ones) == set(shares)
         for count, share in shares.items():
             assert ones[count] / 4000 == pytest.approx(share, abs=0.03)
+    # on average each prompt labels the mean share x its size (rounding halves up made it 0.25 more here)
+    assert relabelled.sum(1).mean() == pytest.approx(12 * labels_share_mean(labels, groups), abs=0.1)
     taking_three = relabelled[relabelled[:, :4].sum(1) == 3, :4]  # which of a's answers are high: at random
     assert np.allclose(taking_three.mean(0), 0.75, atol=0.06)
+
+
+def labels_share_mean(labels: np.ndarray, groups: list[str]) -> float:
+    """The mean over prompts of each prompt's share of label 1."""
+    members = np.asarray(groups)
+    return float(np.mean([labels[members == g].mean() for g in dict.fromkeys(groups)]))
 
 
 def simulated_study(rng: np.random.Generator, link: float, dim: int = 64, prompts: int = 60,
