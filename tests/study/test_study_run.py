@@ -377,6 +377,14 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     assert "## Activation probes" in report and "figures/probe_cosines.png" in report
     table = pd.read_csv(tmp_path / "run" / "report" / "tables" / "probe_layers.csv")
     assert list(table["layer"]) == [0, 2] and set(table["model"]) == {"base"}
+    # min_answers raised above the base's count: it is now skipped, where "nothing to do" kept it
+    count = json.loads(result.read_text())["settings"]["max_answers"]
+    path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 60, "min_answers": count + 1}}))
+    try:
+        run_study(load_study(path))
+    finally:
+        api.release_engines()
+    assert not result.exists() and len(list((tmp_path / "run" / "probes.replaced").glob("*/base/probe.json"))) == 1
 
 
 def test_a_failed_evaluation_leaves_the_others_to_finish(tmp_path: Path, tiny_model: Path, shared_data: Path,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
 
 if TYPE_CHECKING:
@@ -195,8 +196,15 @@ def run_probes(plan: Plan, say: Any) -> list[Path]:
     stored = {t.name: stored_settings(outs[t.name]) for t in targets}
     counts = {s.get("max_answers") for s in stored.values() if s is not None}
     shared = next(iter(counts)) if len(counts) == 1 else None
-    if (targets and shared is not None and (stage.max_answers is None or shared <= stage.max_answers)
-            and all(is_current(stored[t.name], stage, seed, t.harm_log, shared) for t in targets)):
+    # what decides the common count (the candidates, their logs, min_answers, the cap): unchanged since
+    # the last time every model was probed, the count would come out the same, so no log need be read
+    group = {"targets": sorted([t.name, t.harm_log.name] for t in targets), "min_answers": stage.min_answers,
+             "cap": stage.max_answers or MAX_ANSWERS}
+    marker = plan.study.out / "probes" / GROUP_FILE
+    last = read_group(marker) or {}
+    too_few_then = set(last.get("skipped") or ())  # too few answers then, and their logs are the same now
+    if (targets and shared is not None and {k: v for k, v in last.items() if k != "skipped"} == {**group, "max_answers": shared}
+            and all(is_current(stored[t.name], stage, seed, t.harm_log, shared) for t in targets if t.name not in too_few_then)):
         set_aside_stale(plan.study.out, set(outs), say)
         return []  # every model probed with these settings, at one count: nothing to do (no log read)
     max_answers, too_few = common_max_answers(targets, stage.folds, seed, stage.max_answers or MAX_ANSWERS,
@@ -226,4 +234,22 @@ def run_probes(plan: Plan, say: Any) -> list[Path]:
     set_aside_stale(plan.study.out, {t.name for t in targets if t.name not in failed}, say)
     if failed:
         say(f"probes: {len(failed)} model(s) not probed: {', '.join(failed)}; run the study again to retry them")
+    else:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        replace_text(marker, json.dumps({**group, "max_answers": max_answers, "skipped": sorted(left_out)}, indent=1))
     return written
+
+
+GROUP_FILE = "study.json"
+"""In ``probes/``: the candidates, their harmfulness logs, ``min_answers``, the cap, the common
+count and the models skipped for too few answers, of the last study run that probed every model it
+could (`run_probes`' "nothing to do" needs it unchanged: a model removed, ``min_answers`` raised or
+the cap moved changes the count)."""
+
+
+def read_group(marker: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
