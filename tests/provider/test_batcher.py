@@ -184,3 +184,25 @@ def test_a_round_size_below_one_is_refused(tiny_model: Path) -> None:
     for arg in ("max_batch_size", "max_connections"):
         with pytest.raises(EmpersonaError, match=arg):
             get_model(f"empersona/{tiny_model}", memoize=False, device="cpu", **{arg: 0})
+
+
+def test_a_round_left_running_by_an_ended_event_loop_strands_no_request_of_the_next() -> None:
+    """An evaluation that fails cancels its samples and its event loop ends while a round still
+    runs in its thread (a study then goes on to the next evaluation in the same process): the next
+    loop's requests waited on the old loop's round event, which no one would set."""
+    engine = SlowEngine(1.0)
+    batcher = Batcher(engine)  # type: ignore[arg-type]
+
+    async def first() -> None:
+        task = asyncio.create_task(batcher.submit(request(0)))
+        await asyncio.sleep(0.2)  # its round is in the engine now
+        task.cancel()  # the sample is cancelled; the loop then ends with the round still running
+
+    asyncio.run(first())
+    assert batcher.busy
+
+    async def second() -> tuple[int, ...]:
+        return (await asyncio.wait_for(batcher.submit(request(7)), timeout=10)).tokens
+
+    assert asyncio.run(second()) == (7,)
+    assert engine.calls == [1, 1] and not batcher.busy

@@ -17,7 +17,10 @@ error of the batch it was in) and ends the round itself. So a leader that is can
 the engine runs (inspect's ``attempt_timeout``, a sample's time limit, Ctrl-C on one sample)
 leaves the other requests of its round to get their results, and the next round starts only
 when the engine is free; a leader cancelled before the thread has taken the round puts its
-requests back, first in line. A request cancelled while it waits is taken out of the queue.
+requests back, first in line. A request cancelled while it waits is taken out of the queue. A
+round still running when its event loop ends (an evaluation that failed cancels its samples; a
+study then starts the next one in the same process) holds up the next loop's requests only until
+its thread is done: they do not wait on the old loop's event, which nothing could set.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from empersona.provider.engine import Completion, Engine, Request
 
 MAX_GATHER_YIELDS = 64
+LEFT_ROUND_POLL_S = 0.05
+"""How often a request checks whether a round left by an ended event loop is over."""
 
 
 @dataclass(eq=False)  # one caller's place: compared by identity (two callers may send equal requests)
@@ -72,6 +77,7 @@ class Batcher:
     pending: list[_Slot] = field(default_factory=list)
     busy: bool = False
     round_done: Any = None
+    round_loop: Any = None  # the event loop the running round's leader (and ``round_done``) belongs to
     rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -82,10 +88,16 @@ class Batcher:
         """Queue a request and return its completion once a round has run it."""
         slot = _Slot(request)
         self.pending.append(slot)
+        import anyio.lowlevel
+
         try:
             while not slot.answered:
                 if not self.busy:
                     await self._lead()
+                elif self.round_loop != anyio.lowlevel.current_token():
+                    # a round whose event loop has ended (an evaluation cancelled its samples while the
+                    # round ran): its thread cannot set the old loop's event, only clear ``busy``
+                    await anyio.sleep(LEFT_ROUND_POLL_S)
                 else:
                     await self.round_done.wait()
         except BaseException:
@@ -99,9 +111,11 @@ class Batcher:
 
     async def _lead(self) -> None:
         import anyio
+        import anyio.lowlevel
 
         self.busy = True
         self.round_done = done = anyio.Event()
+        self.round_loop = anyio.lowlevel.current_token()
         batch: list[_Slot] = []
         claim = _Claim()
         try:
