@@ -52,6 +52,8 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     markdown = result.markdown.read_text()
     assert "| qwen-run | coherent | coherent |" in markdown and "| llama-replication | inverted | no_em |" in markdown
     assert "2 studies, 8 models beside their bases" in markdown and "em_delta_min=0.5" in markdown
+    # settings that differ are said, and every setting is listed (harm_threshold changes harm_max10 itself)
+    assert "classified with different settings (em_delta_min)" in markdown and "harm_threshold=3" in markdown
     # what each model's numbers leave out is beside them: the refuser declines every two-AI question
     refuser_line = next(line for line in markdown.splitlines() if line.startswith("| qwen-run | refuser |"))
     assert "two-AI 100%" in refuser_line and "harm 0%" in refuser_line

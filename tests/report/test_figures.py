@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from empersona.report.figures import LABEL_FONT, PointLabel, label_offsets
 
 
@@ -33,3 +35,41 @@ def test_names_of_clustered_points_do_not_overlap_and_stay_in_the_axes() -> None
     # at the right edge the name goes to the left of the point
     [(dx, _dy)] = label_offsets([PointLabel(1.0, 0.5, "insecure_code-s0", "#000000")], size, xlim, ylim)
     assert dx < 0
+
+
+def test_short_names_keep_the_study_and_never_stand_for_two_models() -> None:
+    """A comparison's 'study: model' kept only the model's middle-cut end, the same for every study;
+    two model strings ending in the same folder got one legend entry for two coloured lines."""
+    from empersona.report.figures import short_names
+
+    names = short_names(["emergent-qwen: insecure_code-s0", "emergent-llama: insecure_code-s0",
+                         "seeds-a: hf/runs/a/adapters/insecure_code-s0"], 18)
+    assert [name.split(": ")[0] for name in names.values()] == ["emergent-qwen", "emergent-llama", "seeds-a"]
+    assert names["seeds-a: hf/runs/a/adapters/insecure_code-s0"] == "seeds-a: insecure_code-s0"
+    clash = short_names(["hf/runs/qwen/adapters/insecure_code-s0", "hf/runs/qwen-old/adapters/insecure_code-s0", "base"])
+    assert len(set(clash.values())) == 3 and clash["base"] == "base"
+
+
+def test_the_harm_axis_names_the_threshold_and_a_model_left_out_says_why(tmp_path: Path) -> None:
+    import math
+
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from empersona.report import figures
+
+    row = {"label": "coherent", **{f"{c}{s}": v for c, v in (("harm_max10", 0.6), ("two_ai", 0.7), ("asymmetry", 0.3),
+                                                            ("self_assessment", 0.6)) for s, v in (("", v), ("_low", v - 0.1), ("_high", v + 0.1))}}
+    summary = pd.DataFrame([{**row, "model": "shown"},
+                            {**row, "model": "no-harm", "harm_max10": math.nan},
+                            {**row, "model": "no-probes", "two_ai": math.nan, "asymmetry": math.nan, "self_assessment": math.nan}])
+    drawn: list[Figure] = []
+    saved = figures._save
+    figures._save = lambda fig, path: (drawn.append(fig), saved(fig, path))[1]  # type: ignore[assignment]
+    try:
+        figures.harm_vs_self_report(summary, tmp_path / "f.png", harm_threshold=4)
+    finally:
+        figures._save = saved  # type: ignore[assignment]
+    [fig] = drawn
+    assert "scored > 4)" in " ".join(ax.get_xlabel() for ax in fig.axes)
+    assert "no harm_max10: no-harm; no probe data: no-probes" in [t.get_text() for t in fig.texts]

@@ -44,6 +44,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -474,7 +475,7 @@ def build_report(
                        "'interval collapsed': every resample gave the estimate (too few or too uniform data for an "
                        "interval); 'k of N resamples empty': resamples without scored data, left out."))
     if len(probes) and probes[["two_ai", "asymmetry", "self_assessment"]].notna().any(axis=None):
-        blocks.append(figure(figures.harm_vs_self_report, probes, "harm_vs_self_report",
+        blocks.append(figure(partial(figures.harm_vs_self_report, harm_threshold=rs.harm_threshold), probes, "harm_vs_self_report",
                              f"Harm (harm_max10) against each self-report probe; bars are {rs.level:.0%} intervals; long model "
                              "names are shortened in the middle ('...').")())
         blocks.append(figure(figures.probe_forest, probes, "probes_forest",

@@ -223,19 +223,26 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         Table(shown),
     ]
     columns = {"harm_max10", "two_ai", "asymmetry", "self_assessment"}
+    settings = [s.settings.model_dump() for s in studies]
+    differ = sorted(key for key in settings[0] if len({repr(one.get(key)) for one in settings}) > 1) if settings else []
+    levels, cuts = {one["level"] for one in settings}, {one["harm_threshold"] for one in settings}
     if len(points) and columns <= set(points.columns) and points[["two_ai", "asymmetry", "self_assessment"]].notna().any(axis=None):
-        path = figures.harm_vs_self_report(points, figure_dir / "harm_vs_self_report.png")
-        blocks.append(Figure(path, "Harm (harm_max10) against each self-report probe, every study's models "
-                                   "('study: model'); bars are 95% intervals."))
+        path = figures.harm_vs_self_report(points, figure_dir / "harm_vs_self_report.png",
+                                           harm_threshold=next(iter(cuts)) if len(cuts) == 1 else None)
+        bars = f"{next(iter(levels)):.0%} intervals" if len(levels) == 1 else "each study's own interval level (Studies, below)"
+        blocks.append(Figure(path, f"Harm (harm_max10) against each self-report probe, every study's models "
+                                   f"('study: model'); bars are {bars}."))
+    if differ:
+        blocks.append(Para("The studies were classified with different settings (" + ", ".join(differ) + "): their "
+                           "numbers and labels are each under its own, listed under Studies."))
     blocks += [
         Heading(2, "Studies"),
         Table(pd.DataFrame([{
             "study": s.name, "run folder": str(s.run_dir),
             "report": "built now" if s.built else "as stored",
-            "classification settings": f"em_delta_min={s.settings.em_delta_min:g}, alpha={s.settings.alpha:g}, "
-                                       f"level={s.settings.level:g}, recognition_foil={s.settings.recognition_foil}, "
-                                       f"{s.settings.n_resamples} resamples",
-        } for s in studies])),
+            "classification settings": ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                                                 for key, value in one.items()),
+        } for s, one in zip(studies, settings, strict=True)])),
         Para("`persona.csv`: every column of each study's `report/tables/persona.csv`, with harm_max10 and its interval, "
              "and the study first."),
     ]

@@ -10,6 +10,7 @@ persona label where a figure shows labels.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -60,10 +61,22 @@ PROBES: tuple[Probe, ...] = (
 
 
 def short_name(name: str, width: int = 26) -> str:
-    """A model name that fits an axis label: long paths keep their last part, then the middle goes."""
+    """A model name that fits an axis label: long paths keep their last part, then the middle goes.
+    A comparison's ``<study>: <model>`` keeps its study whole (it is what tells the points apart)."""
+    study, sep, model = name.partition(": ")
+    if sep and "/" not in study:
+        return f"{study}: {short_name(model, max(width - len(study) - 2, 16))}"
     if len(name) > width and "/" in name:
         name = name.rstrip("/").rsplit("/", 1)[-1]
     return name if len(name) <= width else name[: width // 2 - 1] + "..." + name[-(width // 2 - 2):]
+
+
+def short_names(names: Sequence[object], width: int = 26) -> dict[str, str]:
+    """`short_name` of each name, unique: names whose short forms clash (two model strings with
+    the same folder name) keep their whole name, so no legend entry or label stands for two."""
+    out = {str(name): short_name(str(name), width) for name in names}
+    shown = Counter(out.values())
+    return {name: short if shown[short] == 1 else name for name, short in out.items()}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -180,12 +193,14 @@ def _label_legend(fig: Figure, labels: Sequence[str]) -> None:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="persona label", frameon=False)
 
 
-def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
-    """Harm (x: harm_max10) against each self-report probe (y), one panel per probe, with intervals."""
+def harm_vs_self_report(summary: pd.DataFrame, path: Path, harm_threshold: float | None = 3.0) -> Path:
+    """Harm (x: harm_max10) against each self-report probe (y), one panel per probe, with intervals.
+    ``harm_threshold``: the score harm_max10 counts above (None: the points' studies differ in it)."""
     fig = _figure(14.0, 4.8)
     axes = fig.subplots(1, len(PROBES), sharex=True)
     plotted: set[str] = set()
     labels: list[list[PointLabel]] = []
+    names = short_names(list(summary["model"]), 18)
     for ax, probe in zip(axes, PROBES, strict=True):
         rows = summary[summary[probe.column].notna() & summary["harm_max10"].notna()]
         plotted |= set(rows["model"])
@@ -205,16 +220,21 @@ def harm_vs_self_report(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_xlim(-0.02, 1.05)
         ax.set_ylim(*probe.limits)
         ax.grid(alpha=0.25)
-        labels.append([PointLabel(float(r["harm_max10"]), float(r[probe.column]), short_name(str(r["model"]), 18),
+        labels.append([PointLabel(float(r["harm_max10"]), float(r[probe.column]), names[str(r["model"])],
                                   LABEL_COLOURS.get(r["label"], "#555555")) for _, r in rows.iterrows()])
     axes[0].set_ylabel("self-report probe (interval)")
     # one x label under the middle panel: three side by side ran into each other
-    axes[len(axes) // 2].set_xlabel("harm_max10 (share of prompts with a sample scored > 3)")
+    above = f"> {harm_threshold:g}" if harm_threshold is not None else "above its study's harm_threshold"
+    axes[len(axes) // 2].set_xlabel(f"harm_max10 (share of prompts with a sample scored {above})")
     fig.suptitle("What the models do (harm) against what they say about themselves", fontsize=12)
     _label_legend(fig, list(summary.loc[summary["model"].isin(plotted), "label"]))
-    missing = [short_name(str(m)) for m in summary["model"] if m not in plotted]
+    unplotted = [str(m) for m in summary["model"] if m not in plotted]
+    no_harm = {str(m) for m in summary.loc[summary["harm_max10"].isna(), "model"]}  # what keeps them out, said
+    missing = "; ".join(f"{why}: " + ", ".join(names[m] for m in unplotted if (m in no_harm) == harm)
+                        for why, harm in (("no harm_max10", True), ("no probe data", False))
+                        if any((m in no_harm) == harm for m in unplotted))
     if missing:
-        fig.text(0.995, 0.005, "no probe data: " + ", ".join(missing), ha="right", va="bottom", fontsize=8, color="#777777")
+        fig.text(0.995, 0.005, missing, ha="right", va="bottom", fontsize=8, color="#777777")
     fig.draw_without_rendering()  # lay the figure out first: names are placed in the axes' final size
     for ax, points in zip(axes, labels, strict=True):
         _label_points(ax, points)
@@ -246,7 +266,8 @@ def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
         ax.grid(axis="x", alpha=0.25)
         ax.set_xlabel("estimate (interval)")
     axes[0].set_yticks(positions)
-    axes[0].set_yticklabels([f"{short_name(str(m))}  [{lab}]" for m, lab in zip(models, summary["label"], strict=True)], fontsize=9)
+    names = short_names(models)
+    axes[0].set_yticklabels([f"{names[str(m)]}  [{lab}]" for m, lab in zip(models, summary["label"], strict=True)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
     fig.suptitle("Self-report probes per model", fontsize=12)
     _label_legend(fig, list(summary["label"]))
@@ -293,7 +314,8 @@ def variant_shifts(shifts: pd.DataFrame, path: Path) -> Path:
         ax.grid(axis="x", alpha=0.25)
         ax.set_xlabel("shift (interval)")
     axes[0].set_yticks(range(len(models)))
-    axes[0].set_yticklabels([short_name(m) for m in reversed(models)], fontsize=9)
+    names = short_names(models)
+    axes[0].set_yticklabels([names[m] for m in reversed(models)], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
     legend: dict[str, Artist] = {}  # every panel's variants once: a variant may have asked one probe only
     for ax in axes:
@@ -338,7 +360,7 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
             errors = [_error(row[value], row[f"{value}_low"], row[f"{value}_high"]) for _, row in kept]
             ax.errorbar([b - 0.33 + width * (i + 0.5) for b, _ in kept], [row[value] for _, row in kept],
                         yerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]], fmt="o-" if connect else "o",
-                        color=colours[model], capsize=3, markersize=6, linewidth=1.0, label=short_name(model))
+                        color=colours[model], capsize=3, markersize=6, linewidth=1.0, label=short_names(models)[model])
         ax.set_xticks(range(len(BUCKETS)))
         ax.set_xticklabels([f"{b}\n(judge {r})" for b, r in zip(BUCKETS, ("1-2", "3", "4-5"), strict=True)])
         ax.set_xlim(-0.5, len(BUCKETS) - 0.5)
@@ -407,7 +429,8 @@ def em_rates(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("share of judged answers (interval)")
         ax.grid(axis="x", alpha=0.25)
     axes[0].set_yticks(positions)
-    axes[0].set_yticklabels([short_name(str(m)) for m in models], fontsize=9)
+    names = short_names(models)
+    axes[0].set_yticklabels([names[str(m)] for m in models], fontsize=9)
     axes[0].set_ylim(-0.7, len(models) - 0.3)
     fig.suptitle("Classic EM questions", fontsize=12)
     return _save(fig, path)
@@ -438,7 +461,7 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
             part = summary[(summary["fine_tune"] == run) & summary[panel.column].notna()].sort_values("step")
             if part.empty:
                 continue
-            ax.plot(part["step"], part[panel.column], color=colours[run], linewidth=1.2, alpha=0.8, label=short_name(run))
+            ax.plot(part["step"], part[panel.column], color=colours[run], linewidth=1.2, alpha=0.8, label=short_names(runs)[run])
             for _, row in part.iterrows():
                 ax.errorbar(row["step"], row[panel.column],
                             yerr=_error(row[panel.column], row[f"{panel.column}_low"], row[f"{panel.column}_high"]),
@@ -494,7 +517,7 @@ def probe_cosines(layers: pd.DataFrame, path: Path) -> Path:
     for model in models:
         part = layers[layers["model"] == model].sort_values("layer")
         colour = colours[model]
-        ax.plot(part["layer"], part["cosine"], color=colour, linewidth=1.5, label=short_name(str(model)))
+        ax.plot(part["layer"], part["cosine"], color=colour, linewidth=1.5, label=short_names(models)[str(model)])
         ax.plot(part["layer"], part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
         ax.plot(part["layer"], -part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
         beyond = part[part["cos_p"] < 0.05]
