@@ -153,3 +153,26 @@ def test_trajectory_rows_belong_to_the_fine_tune_whose_folder_holds_the_checkpoi
         ["a-s0", "base", 0, "base"], ["a-s0", "a-s0-step5", 5, "no_em"], ["a-s0", "a-s0", 10, "coherent"]]
     assert rows["em_delta"].tolist() == [0.0, 0.1, 0.5] and rows["two_ai"].tolist() == [0.5, 0.6, 0.9]
     assert rows["asymmetry"].isna().all()  # absent from the persona table: no data, not an error
+
+
+def test_a_sequential_fine_tunes_trajectory_starts_at_the_adapter_it_continued(tmp_path: Path) -> None:
+    """Its step counter restarts at 0 on top of an adapter that usually has EM already: drawn from
+    the base (delta 0), the trajectory hid whether the second dataset undid it."""
+    from empersona.analysis.results import RunModels
+    from empersona.report.sections import trajectory_summary
+
+    then = tmp_path / "adapters" / "insecure+good-s0"
+    run_models = RunModels.model_validate({"base": "base", "models": {
+        "m/base": {"name": "base", "kind": "base"},
+        "m/i": {"name": "insecure-s0", "kind": "fine-tune", "domain": "insecure", "seed": 0, "step": 440},
+        "m/t": {"name": "insecure+good-s0", "kind": "fine-tune", "domain": "insecure>good", "seed": 0, "adapter": str(then),
+                "step": 440},
+        "m/t1": {"name": "insecure+good-s0-step100", "kind": "checkpoint", "domain": "insecure>good", "seed": 0,
+                 "adapter": str(then / "checkpoints" / "checkpoint-100"), "step": 100},
+    }})
+    persona = pd.DataFrame({"model": ["base", "insecure-s0", "insecure+good-s0-step100", "insecure+good-s0"],
+                            "label": ["base", "coherent", "no_em", "no_em"], "em_delta": [float("nan"), 0.6, 0.05, 0.02]})
+    rows = trajectory_summary(persona, run_models)
+    assert rows[["model", "step"]].values.tolist() == [["insecure-s0", 0], ["insecure+good-s0-step100", 100],
+                                                      ["insecure+good-s0", 440]]
+    assert rows["em_delta"].tolist() == [0.6, 0.05, 0.02]

@@ -491,7 +491,7 @@ def build_report(
         blocks.append(Para("The checkpoints are models of their own in the persona table (`<adapter>-step<N>`); each "
                            "fine-tune's checkpoints form a Holm family of their own, so evaluating them leaves the final "
                            "adapters' labels as they would be without them. Step 0 is the base model (delta 0 by "
-                           "definition)."))
+                           "definition), or for a sequential fine-tune the adapter it continued (its own delta)."))
     variant_tables: dict[str, pd.DataFrame] = {}
     if len(full) > len(table):
         variant_blocks, variant_tables = _variant_section(

@@ -450,12 +450,25 @@ def checkpoint_owners(run_models: RunModels) -> dict[str, str]:
     return owners
 
 
+def continued_adapter(entries: dict[str, Any], name: str) -> str | None:
+    """The adapter a sequential fine-tune (domain ``<first>><then>``, a study's ``sequential:``)
+    continued, by the study's naming (``<first>-s<seed>``), when the run has it; else None."""
+    entry = entries.get(name)
+    first, sep, _ = str(getattr(entry, "domain", None) or "").partition(">")
+    if not sep or entry is None or entry.seed is None:
+        return None
+    start = f"{first}-s{entry.seed}"
+    return start if start in entries and entries[start].kind == "fine-tune" else None
+
+
 def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataFrame:
     """Per fine-tune that kept checkpoints (a study with ``checkpoints: true``): one row per
-    training step, from the base model (step 0: delta 0 by definition, its own probes) through its
-    checkpoints to the fine-tune itself, with the label, delta harm and the two primary probes and
-    their intervals (``persona``: ``analysis.persona.calls_table``). Empty when the run evaluated
-    no checkpoint (``checkpoint_owners``)."""
+    training step, from its start at step 0 through its checkpoints to the fine-tune itself, with
+    the label, delta harm and the two primary probes and their intervals (``persona``:
+    ``analysis.persona.calls_table``). The start is the base model (delta 0 by definition, its own
+    probes), or for a sequential fine-tune the adapter it continued (its own delta and probes: a
+    second dataset may undo the EM the first gave). Empty when the run evaluated no checkpoint
+    (``checkpoint_owners``)."""
     import pandas as pd
 
     entries = run_models.by_name()
@@ -480,7 +493,9 @@ def trajectory_summary(persona: pd.DataFrame, run_models: RunModels) -> pd.DataF
         rows.append(row)
 
     for fine_tune in sorted(set(owners.values())):
-        if base is not None:
+        if (start := continued_adapter(entries, fine_tune)) is not None:
+            add(fine_tune, start, 0)  # a sequential fine-tune starts where the adapter it continued ended
+        elif base is not None:
             add(fine_tune, base, 0, zero_delta=True)
     for name, owner in owners.items():
         add(owner, name, int(steps[name]))
