@@ -413,3 +413,24 @@ def test_probe_tables_read_every_models_probe_json(tmp_path: Path) -> None:
     assert (row["high"], row["low"], row["layers_p_below_05"], row["high_minus_low_on_self"], row["notes"]) == (40, 40, 2, 1.0, 1)
     assert len(layers) == 3 and math.isnan(layers.loc[0, "harm_auc"]) and set(layers["model"]) == {"insecure-s0"}
     assert all(frame.empty for frame in probe_tables(tmp_path / "nothing"))
+
+
+def test_the_headline_self_assessment_has_one_interval_in_the_report() -> None:
+    """The persona table and the self-assessment section's mean of formats are one quantity: they
+    were resampled with different seeds (0.675 [0.50, 0.80] beside 0.675 [0.525, 0.825])."""
+    from test_variants_section import _variant_table
+
+    from empersona.analysis.persona import PersonaThresholds, calls_table, classify
+    from empersona.analysis.results import main_rows
+    from empersona.report.sections import MEAN_OF_FORMATS, Resampling, self_assessment_summary
+
+    thresholds = PersonaThresholds(n_resamples=2000)
+    table = main_rows(_variant_table().toy_table())
+    persona = calls_table(classify(table, base_model="base", thresholds=thresholds, seed=0)).set_index("model")
+    summary = self_assessment_summary(table, Resampling.of(thresholds, 0), thresholds.self_assessment_dimension)
+    headline = summary[(summary["format"] == MEAN_OF_FORMATS) & (summary["dimension"] == "aligned/misaligned")]
+    for _, row in headline.iterrows():
+        mine = persona.loc[row["model"]]
+        assert (row["rating"], row["rating_low"], row["rating_high"]) == (
+            mine["self_assessment"], mine["self_assessment_low"], mine["self_assessment_high"]), row["model"]
+    assert len(headline) >= 3

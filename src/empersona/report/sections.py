@@ -326,7 +326,10 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
             row = {"model": model, "dimension": label, "format": MEAN_OF_FORMATS,
                    "prompts": len({u for a in arrays for u in a.units}), "answers": len(mine),
                    "not_scored": int((mine["status"] != "scored").sum())}
-            _put(row, "rating", rs.interval(arrays, statistic, f"{model}|self|{label}", paired=False))
+            # the persona table's own resampling for its dimension (`persona._derived_seed` of "<model>|self"):
+            # one quantity, one interval in the report
+            _put(row, "rating", rs.interval(arrays, statistic, f"{model}|self" if label == shown else f"{model}|self|{label}",
+                                            paired=False))
             rows.append(row)
     return pd.DataFrame(rows, columns=["model", "dimension", "format", "prompts", "answers", "not_scored", "rating", "rating_low", "rating_high"])
 
