@@ -381,9 +381,9 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
         with log.open("ab") as sink:
             process = subprocess.Popen(server_command(study, models), stdout=sink, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-        replace_text(study.out / PID_FILE, json.dumps({"pid": process.pid, "port": port}))
         watchdog: Watchdog | None = None
         try:
+            replace_text(study.out / PID_FILE, json.dumps({"pid": process.pid, "port": port}))  # inside: stopped on a failure
             wait_until_serving(base_url, [served_name(m) for m in models if m.served], process, study.vllm.startup_timeout_s, log,
                                api_key, progress=say)
             if process.poll() is not None:  # listed by a server that is not ours, and ours is gone
