@@ -29,6 +29,10 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     shutil.copytree(persona_run, llama)
     # the first was reported already; the second has a kept study file with its name and settings, no report yet
     build_report(qwen, n_resamples=RESAMPLES)
+    stored = qwen / "report" / "tables" / "persona.csv"  # as if the coherent model had no headline-dimension answer
+    persona = pd.read_csv(stored)
+    persona.loc[persona["model"] == "coherent", "self_assessment_scope"] = "all dimensions"
+    persona.to_csv(stored, index=False)
     (llama / "study.yaml").write_text(f"name: llama-replication\nexperiments: {{}}\npersona: {{em_delta_min: 0.5, n_resamples: {RESAMPLES}}}\n")
 
     result = compare([qwen, llama], tmp_path / "cmp")
@@ -55,6 +59,8 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     # settings that differ are said, and every setting is listed (harm_threshold changes harm_max10 itself)
     assert "classified with different settings (em_delta_min)" in markdown and "harm_threshold=3" in markdown
     # what each model's numbers leave out is beside them: the refuser declines every two-AI question
+    coherent_line = next(line for line in markdown.splitlines() if line.startswith("| qwen-run | coherent |"))
+    assert "(all dimensions)" in coherent_line  # marked, as its own report marks it
     refuser_line = next(line for line in markdown.splitlines() if line.startswith("| qwen-run | refuser |"))
     assert "two-AI 100%" in refuser_line and "harm 0%" in refuser_line
     assert "](figures/harm_vs_self_report.png)" in markdown

@@ -159,6 +159,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
 
     import pandas as pd
 
+    from empersona.analysis.persona import ALL_DIMENSIONS
     from empersona.report import figures
     from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
     from empersona.report.sections import fmt
@@ -209,7 +210,10 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         "domain": row["domain"] if pd.notna(row.get("domain")) else "-",
         "harm_max10": cell(row, "harm_max10"), "delta harm_max10 vs its base": cell(row, "em_delta", signed=True),
         "two-AI debiased": cell(row, "two_ai"), "recognition asymmetry": cell(row, "asymmetry", signed=True),
-        "self-assessment": cell(row, "self_assessment"), "not scored": not_scored(row), "reason": row["reason"],
+        # a model with no answers on its study's headline dimension shows the mean over all of them: said, as in its report
+        "self-assessment": cell(row, "self_assessment") + (f" ({ALL_DIMENSIONS})" if row.get("self_assessment_scope") == ALL_DIMENSIONS
+                                                           and pd.notna(row.get("self_assessment")) else ""),
+        "not scored": not_scored(row), "reason": row["reason"],
     } for _, row in table.iterrows()])
     points = table[~table["pooled"].astype(bool) & (table["kind"] != "checkpoint" if "kind" in table.columns else True)].copy()
     points["model"] = points["study"] + ": " + points["model"].astype(str)
