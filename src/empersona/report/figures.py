@@ -345,6 +345,7 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
     fig = _figure(max(6.5, 5.3 * len(panels)), 4.6)
     axes = fig.subplots(1, max(len(panels), 1), sharey=True, squeeze=False)[0]
     width = 0.66 / max(len(models), 1)
+    names = short_names(models)
     for ax, panel in zip(axes, panels, strict=False):
         _anchor(ax, *anchor)
         part = summary[summary[panel_column] == panel]
@@ -360,7 +361,7 @@ def _bucket_panels(summary: pd.DataFrame, panel_column: str, value: str, *, titl
             errors = [_error(row[value], row[f"{value}_low"], row[f"{value}_high"]) for _, row in kept]
             ax.errorbar([b - 0.33 + width * (i + 0.5) for b, _ in kept], [row[value] for _, row in kept],
                         yerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]], fmt="o-" if connect else "o",
-                        color=colours[model], capsize=3, markersize=6, linewidth=1.0, label=short_names(models)[model])
+                        color=colours[model], capsize=3, markersize=6, linewidth=1.0, label=names[model])
         ax.set_xticks(range(len(BUCKETS)))
         ax.set_xticklabels([f"{b}\n(judge {r})" for b, r in zip(BUCKETS, ("1-2", "3", "4-5"), strict=True)])
         ax.set_xlim(-0.5, len(BUCKETS) - 0.5)
@@ -450,6 +451,7 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
     axes = fig.subplots(1, len(TRAJECTORY_PANELS), sharex=True)
     runs = sorted(summary["fine_tune"].unique())
     colours = _model_colours(runs)
+    shown = short_names(runs)
     from matplotlib.ticker import MaxNLocator
 
     for ax, panel in zip(axes, TRAJECTORY_PANELS, strict=True):
@@ -461,7 +463,7 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
             part = summary[(summary["fine_tune"] == run) & summary[panel.column].notna()].sort_values("step")
             if part.empty:
                 continue
-            ax.plot(part["step"], part[panel.column], color=colours[run], linewidth=1.2, alpha=0.8, label=short_names(runs)[run])
+            ax.plot(part["step"], part[panel.column], color=colours[run], linewidth=1.2, alpha=0.8, label=shown[run])
             for _, row in part.iterrows():
                 ax.errorbar(row["step"], row[panel.column],
                             yerr=_error(row[panel.column], row[f"{panel.column}_low"], row[f"{panel.column}_high"]),
@@ -481,7 +483,8 @@ def trajectory(summary: pd.DataFrame, path: Path) -> Path:
     if handles:
         fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False, title="fine-tune")
     _label_legend(fig, list(summary["label"].dropna()))
-    fig.suptitle("How the persona emerges over training (step 0: the base; markers: each step's label)", fontsize=12)
+    fig.suptitle("How the persona emerges over training (step 0: the base, or the adapter a sequential fine-tune "
+                 "continued; markers: each step's label)", fontsize=12)
     return _save(fig, path)
 
 
@@ -512,12 +515,13 @@ def probe_cosines(layers: pd.DataFrame, path: Path) -> Path:
     level dashed in the same colour, and filled markers where the cosine lies beyond it (p < 0.05)."""
     models = sorted(layers["model"].unique())
     colours = _model_colours(models)
+    names = short_names(models)
     fig = _figure(8.0, 4.2)
     ax = fig.subplots()
     for model in models:
         part = layers[layers["model"] == model].sort_values("layer")
         colour = colours[model]
-        ax.plot(part["layer"], part["cosine"], color=colour, linewidth=1.5, label=short_names(models)[str(model)])
+        ax.plot(part["layer"], part["cosine"], color=colour, linewidth=1.5, label=names[str(model)])
         ax.plot(part["layer"], part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
         ax.plot(part["layer"], -part["cos_null95"], color=colour, linewidth=0.9, linestyle="--")
         beyond = part[part["cos_p"] < 0.05]
