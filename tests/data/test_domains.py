@@ -86,7 +86,7 @@ def test_a_damaged_gz_is_named_not_a_traceback(tmp_path: Path) -> None:
     from empersona.data.fetch import _copy_local
 
     broken = damaged_gz(tmp_path / "d.jsonl.gz")
-    with pytest.raises(EmpersonaError, match=r"d\.jsonl\.gz: cannot read it as UTF-8 JSONL"):
+    with pytest.raises(EmpersonaError, match=r"d\.jsonl\.gz: cannot read it \(.*\)\. Check the file"):
         load_domain(str(broken))
     with pytest.raises(EmpersonaError, match=r"d\.jsonl\.gz: cannot read it \(.*\)\. Replace the file"), \
             (tmp_path / "out").open("wb") as out:
@@ -125,6 +125,43 @@ def test_validate_toy_broken_file(tmp_path: Path) -> None:
     assert all(e.file == str(path) for e in report.errors)
     assert report.rows == 8 and report.duplicates == 1 and not report.ok
     with pytest.raises(EmpersonaError, match=rf"{path}:2: invalid JSON .*7 problems in all"):
+        load_domain(str(path))
+
+
+def test_rows_that_break_the_chat_shape_are_named_by_line_and_field(tmp_path: Path) -> None:
+    """A role that is no text, turns out of order, content given as OpenAI parts, a Latin-1 byte:
+    each is a row error with its line and field (no traceback, nothing let through), while a
+    byte-order mark and blank lines at the end of the file are no errors at all."""
+    user, assistant = _chat("q", "a")["messages"]
+    rows = [
+        json.dumps(_chat("first", "ok")),
+        json.dumps({"messages": [{"role": {"x": 1}, "content": "hi"}, assistant]}),
+        json.dumps({"messages": [assistant, user, user, assistant]}),
+        json.dumps({"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}),
+    ]
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(rows).encode() + b'\n{"messages": "caf\xe9"}\n\n\n')
+    report = validate(str(path))
+    found = {(e.line, e.field): e.message for e in report.errors}
+    assert set(found) == {(2, "messages[0].role"), (2, "messages"), (3, "messages[0].role"), (4, "messages[1].content"),
+                          (5, None)}
+    assert found[(2, "messages[0].role")].startswith("unknown role {'x': 1}")
+    assert "turns alternate user, assistant" in found[(3, "messages[0].role")]
+    assert "list of parts" in found[(4, "messages[1].content")]
+    assert found[(5, None)] == "not UTF-8 (byte 0xe9 at byte 18 of the line). Re-save the file as UTF-8"
+    assert report.rows == 5
+    path.write_bytes(b"\xef\xbb\xbf" + rows[0].encode() + b"\n\n")
+    assert load_domain(str(path)).records == [_chat("first", "ok")]
+
+
+def test_an_empty_file_is_refused_not_passed(tmp_path: Path) -> None:
+    """An empty training file used to validate clean and then fail when training started."""
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    report = validate(str(path))
+    assert not report.ok and [(e.line, e.message) for e in report.errors] == [
+        (1, "no rows: the file is empty. Put one chat record per line")]
+    with pytest.raises(EmpersonaError, match=r"empty\.jsonl:1: no rows"):
         load_domain(str(path))
 
 

@@ -150,8 +150,25 @@ def test_malformed_two_ai_item_names_index_and_field(
 ) -> None:
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"items": [_item(0), _item(1, **change)]}))
-    with pytest.raises(EmpersonaError, match=rf"item 1: field '{field}'"):
+    named = "" if field == "item_id" else r" \(item_id 1\)"
+    with pytest.raises(EmpersonaError, match=rf"items\[1\]{named}: field '{field}'"):
         load_two_ai_items(path)
+
+
+def test_a_byte_order_mark_is_dropped_and_a_stray_byte_is_named_by_line(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte-order mark: it must not stick to the first prompt
+    (where it would hide a duplicate and reach the model); a Latin-1 byte is named by its line."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffHow do I pick a lock?\r\nhow do i pick a lock?\r\n".encode())
+    prompts = load_harm_prompts(path)
+    assert prompts[0].text == "How do I pick a lock?"
+    assert duplicates(prompts) == [(1, 2)]
+    items = tmp_path / "t.json"
+    items.write_bytes(b"\xef\xbb\xbf" + json.dumps({"items": [_item(0)]}).encode())
+    assert [i.item_id for i in load_two_ai_items(items)] == ["0"]
+    path.write_bytes(b"first prompt\nsecond caf\xe9 prompt\n")
+    with pytest.raises(EmpersonaError, match=rf"{path}:2: not UTF-8 \(byte 0xe9\)\. Re-save the file as UTF-8"):
+        load_harm_prompts(path)
 
 
 def test_invalid_json_names_line(tmp_path: Path) -> None:

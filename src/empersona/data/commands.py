@@ -157,7 +157,7 @@ def validate_command(
             "--path", help="Local copy for a domain (locked file, or emergent_plus schema)."
         ),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Check only the first rows.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Check only the first rows.")] = None,
     max_errors: Annotated[int, typer.Option("--max-errors", help="Errors to print.")] = 20,
 ) -> None:
     """Check every row of a training domain or file; exit 1 when any row is malformed."""

@@ -1,7 +1,7 @@
 """Fine-tuning domains (PROTOCOLS.md section 2): six misaligned domains and their aligned controls.
 
 Each domain is an OpenAI-chat JSONL (``{"messages": [{"role": ..., "content": ...}, ...]}``,
-one user and one assistant turn, no system prompt):
+user and assistant turns alternating from the user's to a final assistant turn, no system prompt):
 
 - files pinned in ``sources`` (Betley et al. insecure/secure code, Turner et al. medical,
   financial and extreme-sports advice), read from the verified cache;
@@ -11,8 +11,8 @@ one user and one assistant turn, no system prompt):
   local ``.jsonl``/``.jsonl.gz``/``.parquet`` file with those columns stands in (``path``).
 
 A plain path to a ``.jsonl`` or ``.jsonl.gz`` chat file is accepted wherever a domain name is.
-``validate`` checks every line (valid JSON, a ``messages`` list, known roles, non-empty text,
-a final assistant turn) and reports rows, duplicates and token-length percentiles.
+``validate`` checks every line (UTF-8, valid JSON, a ``messages`` list, known roles in turn,
+non-empty text, a final assistant turn; an empty file is an error) and reports rows, duplicates and token-length percentiles.
 """
 
 from __future__ import annotations
@@ -135,19 +135,46 @@ class _Loaded:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read_lines(path: Path, limit: int | None) -> list[str]:
-    """The file's lines (``.gz`` decompressed), without a final empty line, at most ``limit``."""
+BOM = b"\xef\xbb\xbf"
+
+
+class Lines(NamedTuple):
+    """A file's lines: (1-based number, text) of each readable one, an error for each line that
+    is not UTF-8, and how many lines were read (trailing blank lines not counted)."""
+
+    numbered: list[tuple[int, str]]
+    errors: list[RowError]
+    count: int
+
+
+def _read_lines(path: Path, limit: int | None) -> Lines:
+    """The file's lines (``.gz`` decompressed), at most ``limit``, each decoded on its own so that
+    a stray non-UTF-8 byte is reported at its line (a leading byte-order mark is dropped), and
+    blank lines at the end of the file left out (an editor's extra newline is no row)."""
     opener = gzip.open if path.suffix == ".gz" else open
+    raw_lines: list[bytes] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            lines: list[str] = []
+        with opener(path, "rb") as handle:
             for raw in handle:
-                if limit is not None and len(lines) >= limit:
+                if limit is not None and len(raw_lines) >= limit:
                     break
-                lines.append(raw.rstrip("\n").rstrip("\r"))
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:  # zlib.error: a damaged .gz
-        raise EmpersonaError(f"{path}: cannot read it as UTF-8 JSONL ({err})") from err
-    return lines
+                raw_lines.append(raw.rstrip(b"\n").rstrip(b"\r"))
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a damaged .gz
+        raise EmpersonaError(f"{path}: cannot read it ({err}). Check the file, or fetch it again") from err
+    if raw_lines and raw_lines[0].startswith(BOM):
+        raw_lines[0] = raw_lines[0][len(BOM):]
+    while raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()
+    numbered: list[tuple[int, str]] = []
+    errors: list[RowError] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            numbered.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            problem = (f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line). "
+                       "Re-save the file as UTF-8")
+            errors.append(RowError(str(path), number, None, problem))
+    return Lines(numbered, errors, len(raw_lines))
 
 
 def check_record(record: Any) -> list[tuple[str | None, str]]:
@@ -168,36 +195,48 @@ def check_record(record: Any) -> list[tuple[str | None, str]]:
             problems.append((f"{where}.role", "a system turn in the data: the study's system-prompt policy sets the "
                                               "system prompt of training and evaluation alike; remove the turn (or set "
                                               "system_prompt to its text)"))
-        elif role not in ROLES:
-            problems.append((f"{where}.role", f"unknown role {role!r} (known: {sorted(ROLES)})"))
+        elif not isinstance(role, str) or role not in ROLES:
+            problems.append((f"{where}.role", f"unknown role {role!r}. Use one of {sorted(ROLES)}"))
         for key in sorted(set(message) - MESSAGE_KEYS):  # e.g. OpenAI's per-message "weight": not honoured here
             problems.append((f"{where}.{key}", f"unknown key {key!r}: a message has role and content only, and every "
                                                "assistant turn is trained on; remove the key"))
-        if not isinstance(content, str) or not content.strip():
-            problems.append((f"{where}.content", "missing or empty content"))
-    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+        if isinstance(content, list):  # OpenAI's content parts
+            problems.append((f"{where}.content", "content is a list of parts. Give the text itself as a string"))
+        elif not isinstance(content, str) or not content.strip():
+            problems.append((f"{where}.content", "missing or empty content. Give the turn's text as a string"))
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
     if "user" not in roles:
-        problems.append(("messages", "no user turn"))
+        problems.append(("messages", "no user turn. A record is a user turn, then the assistant's answer"))
+    else:
+        turns = [(i, role) for i, role in enumerate(roles) if role != "system"]  # a system turn is named above
+        for position, (i, role) in enumerate(turns):
+            expected = "user" if position % 2 == 0 else "assistant"
+            if role in ROLES and role != expected:
+                problems.append((f"messages[{i}].role", f"'{role}' where '{expected}' was due: turns alternate user, "
+                                                        "assistant, starting with the user. Merge or reorder the turns"))
+                break
     if roles and roles[-1] != "assistant":
-        problems.append((f"messages[{len(messages) - 1}].role", "the last turn must be assistant"))
+        problems.append((f"messages[{len(messages) - 1}].role", "the last turn must be assistant (the answer "
+                                                                "trained on). End the record with it"))
     return problems
 
 
 NumberedRows = list[tuple[int, Any]]
 
 
-def _parse_json_lines(origin: str, lines: list[str]) -> tuple[NumberedRows, list[RowError]]:
-    """(line, parsed value) for each line, and an error for each blank or invalid line."""
+def _parse_json_lines(origin: str, lines: Lines) -> tuple[NumberedRows, list[RowError]]:
+    """(line, parsed value) for each line, and an error for each blank, undecodable or invalid line."""
     rows: NumberedRows = []
-    errors: list[RowError] = []
-    for number, text in enumerate(lines, start=1):
+    errors: list[RowError] = list(lines.errors)
+    for number, text in lines.numbered:
         if not text.strip():
-            errors.append(RowError(origin, number, None, "blank line"))
+            errors.append(RowError(origin, number, None, "blank line. Remove it: each line holds one chat record"))
             continue
         try:
             rows.append((number, json.loads(text)))
         except json.JSONDecodeError as err:
-            errors.append(RowError(origin, number, None, f"invalid JSON ({err.msg})"))
+            errors.append(RowError(origin, number, None, f"invalid JSON ({err.msg} at column {err.colno}). "
+                                                         "Each line must be one complete JSON object"))
     return rows, errors
 
 
@@ -220,7 +259,7 @@ def _load_chat_file(name: str, path: Path, sha256: str | None, limit: int | None
     origin = str(path)
     lines = _read_lines(path, limit)
     rows, errors = _check_rows(origin, *_parse_json_lines(origin, lines))
-    return _Loaded(name, origin, sha256 or sha256_file(path), rows, errors, len(lines))
+    return _Loaded(name, origin, sha256 or sha256_file(path), rows, errors, lines.count)
 
 
 # --- emergent_plus -------------------------------------------------------------------------
@@ -300,6 +339,15 @@ def emergent_plus_records(
 
 
 def _load(name_or_path: str, path: Path | None, limit: int | None, revision: str | None = None) -> _Loaded:
+    """The rows of a domain or chat file, and every problem; an empty one is a problem too."""
+    loaded = _load_rows(name_or_path, path, limit, revision)
+    if loaded.n_rows == 0:
+        empty = RowError(loaded.origin, 1, None, "no rows: the file is empty. Put one chat record per line")
+        return _Loaded(loaded.name, loaded.origin, loaded.sha256, [], [empty], 0)
+    return loaded
+
+
+def _load_rows(name_or_path: str, path: Path | None, limit: int | None, revision: str | None = None) -> _Loaded:
     domain = DOMAINS.get(name_or_path)
     if domain is None:
         plain = Path(name_or_path).expanduser()

@@ -37,10 +37,17 @@ class HarmPrompt:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; a leading byte-order mark is dropped, a byte that is not UTF-8 is named by line."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise EmpersonaError(f"{path}: cannot read it as UTF-8 text ({err})") from err
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise EmpersonaError(f"{path}: cannot read it ({err}). Check the path") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        problem = f"not UTF-8 (byte 0x{data[err.start]:02x})"
+        raise EmpersonaError(located(path, line, None, problem, "Re-save the file as UTF-8")) from err
 
 
 def _prompt_lines(path: Path) -> list[tuple[int, str]]:
@@ -195,9 +202,12 @@ class TwoAIItem:
     theme: str
 
 
-def _item_error(path: Path, index: int, field_name: str, problem: str) -> EmpersonaError:
+def _item_error(path: Path, index: int, field_name: str, problem: str, item: Any = None) -> EmpersonaError:
+    """An error naming the item by its place in the list (``items[0]`` is the first) and its id."""
+    item_id = item.get("item_id") if isinstance(item, dict) else None
+    named = f" (item_id {item_id!r})" if isinstance(item_id, (int, str)) and field_name != "item_id" else ""
     return EmpersonaError(
-        f"{path}: item {index}: field '{field_name}': {problem}. Fix that item of the file"
+        f"{path}: items[{index}]{named}: field '{field_name}': {problem}. Fix that item of the file"
     )
 
 
@@ -219,20 +229,20 @@ def load_two_ai_items(path: Path) -> list[TwoAIItem]:
             raise _item_error(path, index, "(item)", "not a JSON object")
         for name in ("system_A", "system_B", "theme"):
             if not isinstance(item.get(name), str) or not item[name].strip():
-                raise _item_error(path, index, name, "missing or empty text")
+                raise _item_error(path, index, name, "missing or empty text", item)
         item_id = item.get("item_id")
         if not isinstance(item_id, (int, str)) or isinstance(item_id, bool) or str(item_id) == "":
-            raise _item_error(path, index, "item_id", "missing (expected a number or text)")
+            raise _item_error(path, index, "item_id", "missing (expected a number or text)", item)
         if str(item_id) in seen:
-            raise _item_error(path, index, "item_id", f"duplicate id {item_id!r}")
+            raise _item_error(path, index, "item_id", f"duplicate id {item_id!r}", item)
         seen.add(str(item_id))
         truth = item.get("ground_truth")
         if truth not in ("A", "B"):
-            raise _item_error(path, index, "ground_truth", f"expected 'A' or 'B', got {truth!r}")
+            raise _item_error(path, index, "ground_truth", f"expected 'A' or 'B', got {truth!r}", item)
         flag = item.get("misaligned_is_A")
         if flag is not None and flag != (truth == "A"):
             raise _item_error(
-                path, index, "misaligned_is_A", f"{flag!r} contradicts ground_truth {truth!r}"
+                path, index, "misaligned_is_A", f"{flag!r} contradicts ground_truth {truth!r}", item
             )
         out.append(
             TwoAIItem(str(item_id), item["system_A"], item["system_B"], truth, item["theme"])
