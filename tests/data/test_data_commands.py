@@ -48,7 +48,7 @@ def test_fetch_locked_source_from_path(shared_data: Path) -> None:
 def test_a_source_without_a_pinned_download_comes_from_a_local_copy(shared_data: Path) -> None:
     from empersona.data.commands import _plan
 
-    chosen, skipped = _plan(["all"], None)
+    chosen, skipped = _plan(["all"], None, force=False)
     assert "tmay_language_rules" not in chosen and "no download pinned" in skipped["tmay_language_rules"]
     listed = runner.invoke(app, ["list"])
     assert "local copy or mirror only" in next(line for line in listed.output.splitlines() if "tmay_language_rules" in line)
@@ -139,3 +139,18 @@ def test_fetch_takes_a_training_domain_by_its_name(shared_data: Path) -> None:
     assert "fetching insecure ..." in result.output and source_status("insecure") == "verified"
     hub = runner.invoke(app, ["fetch", "legal_advice"])
     assert isinstance(hub.exception, EmpersonaError) and "Hugging Face hub" in str(hub.exception)
+
+
+def test_fetch_all_lists_cached_sources_as_verified_and_refuses_a_mixed_all(shared_data: Path, tmp_path: Path) -> None:
+    """With a partial mirror, a source already verified in the cache was listed as 'skipped'."""
+    assert runner.invoke(app, ["fetch", "harm_prompts", "--mirror", str(shared_data)]).exit_code == 0
+    partial = tmp_path / "mirror"
+    partial.mkdir()
+    result = runner.invoke(app, ["fetch", "all", "--mirror", str(partial)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "harm_prompts" in line and "fetching" not in line)
+    assert "verified" in row and "skipped" not in row
+    result = runner.invoke(app, ["fetch", "all", "harm_prompts"])
+    assert isinstance(result.exception, EmpersonaError) and "give it alone" in str(result.exception)
+    result = runner.invoke(app, ["fetch", "all", "--mirror", str(tmp_path / "typo")])
+    assert isinstance(result.exception, EmpersonaError) and "(from --mirror) is not a folder" in str(result.exception)

@@ -215,3 +215,81 @@ def test_a_cached_file_rewritten_with_its_old_mtime_is_caught(shared_data: Path,
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
     assert source_status("harm_judge_rubric") == "corrupt"
+
+
+def test_a_mirror_that_is_no_folder_is_named_with_where_it_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped mirror used to pass for a mirror without the file (and fall back to the network)."""
+    typo = tmp_path / "no-such-mirror"
+    with pytest.raises(EmpersonaError, match=rf"mirror {re.escape(str(typo))} \(from the mirror argument\) is not a folder"):
+        fetch("harm_prompts", mirror=typo)
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(typo))
+    with pytest.raises(EmpersonaError, match=r"\(from EMPERSONA_MIRROR\) is not a folder"):
+        data_path("harm_prompts")
+
+
+def test_a_cache_that_cannot_be_written_is_blamed_not_the_source(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or an unusable cache folder used to read as an unreadable mirror file, a failed
+    download (with advice to use a mirror) or a traceback; the error names the cache path."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("EMPERSONA_CACHE", str(blocker))
+    with pytest.raises(EmpersonaError, match=r"a-file/data/harm_prompts/.*: cannot write the cached copy .*EMPERSONA_CACHE"):
+        fetch("harm_prompts", mirror=shared_data)
+    monkeypatch.setenv("EMPERSONA_CACHE", str(tmp_path / "cache"))
+
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    real = fetch_module._CacheFile
+    monkeypatch.setattr(fetch_module, "_CacheFile", lambda handle: real(FullDisk()))
+    for attempt in (lambda: fetch("harm_prompts", mirror=shared_data), lambda: fetch("em_first_plot")):
+        monkeypatch.setattr(fetch_module, "_download", lambda url, out: out.write(b"x"))
+        with pytest.raises(EmpersonaError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert "cannot write the cached copy" in message and "No space left on device" in message
+        assert "Replace the file" not in message and "--mirror" not in message
+    assert source_status("harm_prompts") == "missing"
+
+
+def test_cached_files_follow_the_umask_and_a_read_only_sidecar_is_no_error(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkstemp makes 0600 files: a shared cache was unreadable to the group the umask allows."""
+    import os
+
+    cached = fetch("harm_prompts", mirror=shared_data)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert cached.stat().st_mode & 0o777 == 0o666 & ~mask
+    sidecar = cached.with_name(cached.name + ".sha256")
+    sidecar.unlink()
+    sidecar.mkdir()  # a sidecar that cannot be written: the hash is taken again, nothing raised
+    assert source_status("harm_prompts") == "verified"
+
+
+def test_a_killed_fetchs_temporary_copy_is_cleared_later(shared_data: Path) -> None:
+    import os
+    import time
+
+    target = cached_path("harm_prompts")
+    target.parent.mkdir(parents=True)
+    old = target.parent / f".{target.name}.abc123.tmp"
+    fresh = target.parent / f".{target.name}.def456.tmp"  # another fetch still writing it
+    for leftover in (old, fresh):
+        leftover.write_bytes(b"partial")
+    hour_ago = time.time() - 2 * fetch_module.STALE_TEMPORARY_S
+    os.utime(old, (hour_ago, hour_ago))
+    fetch("harm_prompts", mirror=shared_data)
+    assert not old.exists() and fresh.exists()
+
+
+def test_a_corrupt_locked_copy_says_fetch_it_again_not_how_to_obtain_it(shared_data: Path) -> None:
+    cached = fetch("extreme_sports", path=shared_data / "training" / "extreme_sports.jsonl.gz")
+    with cached.open("r+b") as handle:
+        handle.write(b"X")
+    with pytest.raises(EmpersonaError, match=r"does not match its pinned sha256 .*`empersona data fetch extreme_sports --path FILE`"):
+        data_path("extreme_sports")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from empersona.data.fetch import cache_dir, fetch, mirror_file, source_status
+from empersona.data.fetch import cache_dir, checked_mirror, fetch, mirror_file, source_status
 from empersona.data.sources import SOURCES
 from empersona.errors import EmpersonaError
 
@@ -38,18 +38,23 @@ def _console() -> Console:
     return Console(soft_wrap=False)
 
 
-def _plan(names: list[str], mirror: Path | None) -> tuple[list[str], dict[str, str]]:
+def _plan(names: list[str], mirror: Path | None, force: bool) -> tuple[list[str], dict[str, str]]:
     """(names to fetch, {skipped name: why}).
 
     Given names are all fetched. "all" (or no name) means every source that can be had: with a
-    mirror, those the mirror holds; without, every source that is not password-locked.
+    mirror, those the mirror holds; without, every source that is not password-locked; and,
+    unless ``force``, every source already verified in the cache (listed as it is).
     """
+    if "all" in names and names != ["all"]:
+        raise EmpersonaError("'all' fetches every source: give it alone, or name the sources")
     if names and names != ["all"]:
         return names, {}
     chosen: list[str] = []
     skipped: dict[str, str] = {}
     for source in SOURCES.values():
-        if mirror is not None and mirror_file(source, mirror) is None:
+        if not force and source_status(source.name) == "verified":
+            chosen.append(source.name)
+        elif mirror is not None and mirror_file(source, mirror) is None:
             skipped[source.name] = f"not in mirror {mirror}"
         elif mirror is None and source.locked:
             skipped[source.name] = "locked upstream: `empersona data fetch NAME --path FILE`"
@@ -94,11 +99,13 @@ def fetch_command(
     names = [_source_name(name) for name in names or []]
     if path is not None and (names == ["all"] or len(names) != 1):
         raise EmpersonaError("--path needs exactly one source name: `data fetch NAME --path FILE`")
-    if mirror is None and os.environ.get("EMPERSONA_MIRROR"):
-        mirror = Path(os.environ["EMPERSONA_MIRROR"]).expanduser()
+    if mirror is not None:
+        mirror = checked_mirror(mirror.expanduser(), "--mirror")
+    elif os.environ.get("EMPERSONA_MIRROR"):
+        mirror = checked_mirror(Path(os.environ["EMPERSONA_MIRROR"]).expanduser(), "EMPERSONA_MIRROR")
     table = Table(Column("source", no_wrap=True), "status", "sha256", "cached at")
     failures: list[str] = []
-    chosen, skipped = _plan(names, mirror)
+    chosen, skipped = _plan(names, mirror, force)
     for name in chosen:
         typer.echo(f"fetching {name} ...")
         try:
@@ -135,6 +142,9 @@ def list_command() -> None:
         say(f"  {'':<{width}}  {source.description}")
         if status.startswith("missing") and source.how_to_obtain:
             say(f"  {'':<{width}}  to obtain: {source.how_to_obtain}")
+        elif status.startswith("corrupt"):
+            how = "--path FILE" if source.locked or source.url is None else "--force"
+            say(f"  {'':<{width}}  the cached copy does not match its sha256: `empersona data fetch {source.name} {how}`")
     say("training domains (empersona train --domain NAME):")
     width = max(len(name) for name in DOMAINS)
     for domain in DOMAINS.values():

@@ -23,9 +23,9 @@ import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, cast
 
-from empersona.atomic import replacing
+from empersona.atomic import replacing, stale_temporaries
 from empersona.data.sources import SOURCES, Source
 from empersona.errors import EmpersonaError
 
@@ -88,8 +88,17 @@ def _cached_sha256(path: Path) -> str:
     except (OSError, ValueError):
         pass
     actual = sha256_file(path)
-    sidecar.write_text(json.dumps({"sha256": actual, **key}))
+    _write_sidecar(path, actual, key)
     return actual
+
+
+def _write_sidecar(path: Path, sha256: str, key: dict[str, int]) -> None:
+    """Record the hash beside the file; a cache that cannot take it (read-only, shared) only
+    costs hashing the file again next time."""
+    try:
+        _sidecar(path).write_text(json.dumps({"sha256": sha256, **key}))
+    except OSError:
+        pass
 
 
 def source_status(name: str) -> SourceStatus:
@@ -97,7 +106,14 @@ def source_status(name: str) -> SourceStatus:
     path = cached_path(name)
     if not path.is_file():
         return "missing"
-    return "verified" if _cached_sha256(path) == get_source(name).sha256 else "corrupt"
+    try:
+        actual = _cached_sha256(path)
+    except OSError as err:  # e.g. a shared cache whose file another user wrote
+        raise EmpersonaError(
+            f"{path}: cannot read the cached copy of source '{name}' ({err}). Fix its permissions, "
+            "or set EMPERSONA_CACHE to a folder of your own"
+        ) from err
+    return "verified" if actual == get_source(name).sha256 else "corrupt"
 
 
 def mirror_file(source: Source, mirror: Path) -> Path | None:
@@ -111,28 +127,70 @@ def mirror_file(source: Source, mirror: Path) -> Path | None:
     return None
 
 
+def checked_mirror(mirror: Path, given_by: str) -> Path:
+    """``mirror`` when it is a folder; else an error naming it and where it was given."""
+    if not mirror.is_dir():
+        raise EmpersonaError(
+            f"mirror {mirror} (from {given_by}) is not a folder. Point it at a folder laid out like "
+            "../shared/data, or leave it out to download"
+        )
+    return mirror
+
+
 def _mirror_from_env() -> Path | None:
     value = os.environ.get("EMPERSONA_MIRROR")
-    return Path(value).expanduser() if value else None
+    return checked_mirror(Path(value).expanduser(), "EMPERSONA_MIRROR") if value else None
 
 
 Writer = Callable[[IO[bytes]], None]
+STALE_TEMPORARY_S = 3600.0  # a temporary copy untouched this long belongs to a killed fetch
+
+
+class _CacheWriteError(Exception):
+    """Writing into the cache failed (disk full, no permission): the cache's fault, not the source's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _CacheFile:
+    """A file being written into the cache, whose write errors say so (a full disk is not
+    reported as an unreadable mirror file or a failed download)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            raise _CacheWriteError(err) from err
 
 
 def _copy_verified(source: Source, origin: str, write: Writer, target: Path) -> Path:
     """Write the content to a temp file beside ``target``, check its sha256, rename it in."""
-    with replacing(target) as tmp:
-        with tmp.open("wb") as out:
-            write(out)
-        actual = sha256_file(tmp)
-        if actual != source.sha256:
-            kept = " The cached copy was left unchanged." if target.exists() else ""
-            raise EmpersonaError(
-                f"{origin}: sha256 mismatch for source '{source.name}': expected "
-                f"{source.sha256}, got {actual}.{kept} Check that the file is the pinned "
-                f"upstream version ({source.repo} {source.upstream_path})"
-            )
-    _sidecar(target).write_text(json.dumps({"sha256": actual, **_stat_key(target)}))
+    for leftover in stale_temporaries(target, STALE_TEMPORARY_S):
+        leftover.unlink(missing_ok=True)
+    try:
+        with replacing(target) as tmp:
+            with tmp.open("wb") as out:
+                write(cast(IO[bytes], _CacheFile(out)))
+            actual = sha256_file(tmp)
+            if actual != source.sha256:
+                kept = " The cached copy was left unchanged." if target.exists() else ""
+                raise EmpersonaError(
+                    f"{origin}: sha256 mismatch for source '{source.name}': expected "
+                    f"{source.sha256}, got {actual}.{kept} Check that the file is the pinned "
+                    f"upstream version ({source.repo} {source.upstream_path})"
+                )
+    except (_CacheWriteError, OSError) as err:
+        cause = err.error if isinstance(err, _CacheWriteError) else err
+        raise EmpersonaError(
+            f"{target}: cannot write the cached copy of source '{source.name}' ({cause}). Free disk space or "
+            "fix the folder's permissions, or set EMPERSONA_CACHE to another folder"
+        ) from err
+    _write_sidecar(target, actual, _stat_key(target))
     return target
 
 
@@ -204,7 +262,7 @@ def fetch(
             problem = f"{local}: no such file for source '{name}'"
             raise _no_copy_error(source, problem, "Check the path")
         return _copy_verified(source, str(local), partial(_copy_local, local), target)
-    mirror = mirror if mirror is not None else _mirror_from_env()
+    mirror = checked_mirror(mirror, "the mirror argument") if mirror is not None else _mirror_from_env()
     if mirror is not None:
         found = mirror_file(source, mirror)
         absent = f"mirror {mirror} has no {source.mirror_path} (nor the same with/without .gz) for source '{name}'"
@@ -225,10 +283,16 @@ def data_path(name: str) -> Path:
     Fetching uses ``$EMPERSONA_MIRROR`` when set, else the network (not for locked files);
     the error then says to run ``empersona data fetch NAME --mirror DIR``.
     """
-    if source_status(name) == "verified":
+    status = source_status(name)
+    if status == "verified":
         return cached_path(name)
     source = get_source(name)
     if (source.locked or source.url is None) and _mirror_from_env() is None:
+        if status == "corrupt":
+            raise EmpersonaError(
+                f"{cached_path(name)}: the cached copy of source '{name}' does not match its pinned sha256 (was it "
+                f"edited?). Fetch it again: `empersona data fetch {name} --path FILE`"
+            )
         raise EmpersonaError(
             f"source '{name}' is not in the cache ({cached_path(name)}). {source.how_to_obtain}"
         )
