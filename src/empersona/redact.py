@@ -7,16 +7,21 @@ environment), its value is replaced by ``***`` wherever empersona writes the set
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
-SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "AUTHORIZATION")
-"""Parts of a setting's name that mark its value as a secret (HF_TOKEN, api_key, Authorization)."""
+SECRET_PARTS = frozenset({"token", "key", "keys", "apikey", "secret", "secrets", "password", "passwd", "authorization",
+                          "auth", "credential", "credentials"})
+"""Words of a setting's name that mark its value as a secret (HF_TOKEN, api_key, apiKey, Authorization): whole
+words, so that ``max_tokens`` or ``tokenizer`` are not taken for secrets."""
 MASKED = "***"
+_NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a setting's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY, api_key)."""
-    return any(marker in str(name).upper() for marker in SECRET_MARKERS)
+    """Whether a setting's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY, api_key, x-api-key)."""
+    return any(word.lower() in SECRET_PARTS for word in _NAME_WORDS.findall(str(name)))
 
 
 def redacted(value: Any) -> Any:
@@ -52,3 +57,85 @@ def secret_values(value: Any) -> set[str]:
         for v in value:
             found |= secret_values(v)
     return found
+
+
+MIN_SECRET_LENGTH = 8
+"""A secret value this long is masked wherever else it appears in a text too (a shorter one could
+be a word or a number of the file, and is masked where it is set only)."""
+
+
+def masked_yaml(text: str) -> str:
+    """A YAML text with the value of every secret-named entry, at any depth, written as ``***``.
+
+    Each value is replaced where its node lies in the text (plain, quoted or block scalars, or every
+    scalar of a list or mapping given as the value), so comments and layout stay; an anchor on it
+    is kept, so aliases and merge keys still read it (masked); and a value of ``MIN_SECRET_LENGTH``
+    characters or more is masked wherever else it appears (in a URL, say). Should the result not
+    parse, or not read ``***`` for every such entry, the file is written anew from its parsed
+    content with those entries masked (its comments are lost, and a first line says so).
+    """
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML: nothing here to mask by name (the loader refuses such a file anyway)
+    spans: set[tuple[int, int]] = set()
+    for node in _secret_scalars(root):
+        spans.add((node.start_mark.index, node.end_mark.index))
+    values = sorted({v for v in secret_values(data) if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+    masked = text
+    for start, end in sorted(spans, reverse=True):
+        raw = masked[start:end]
+        kept = re.match(r"(?:[&!]\S*\s+)*", raw)  # an anchor or a tag stays with the node
+        prefix = kept.group(0) if kept else ""
+        masked = masked[:start] + prefix + f'"{MASKED}"' + raw[len(raw.rstrip()):] + masked[end:]  # a block scalar's span ends past its newline
+    for value in values:
+        masked = masked.replace(value, MASKED)
+    try:
+        complete = _all_masked(yaml.safe_load(masked)) and not any(value in masked for value in values)
+    except yaml.YAMLError:
+        complete = False
+    if complete:
+        return masked
+    return ("# the file as read, with the values of secret-looking settings masked (its comments could not be kept)\n"
+            + yaml.safe_dump(_masked_values(redacted(data), set(values)), sort_keys=False))
+
+
+def _secret_scalars(node: Any, under_secret: bool = False, seen: set[tuple[int, bool]] | None = None) -> Iterator[Any]:
+    """The scalar nodes that hold a secret-named entry's value (aliases reach the node they name)."""
+    import yaml
+
+    seen = set() if seen is None else seen
+    if (id(node), under_secret) in seen:  # an alias to a node already walked (or a recursive one)
+        return
+    seen.add((id(node), under_secret))
+    if isinstance(node, yaml.ScalarNode):
+        if under_secret:
+            yield node
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            secret = under_secret or (isinstance(key, yaml.ScalarNode) and is_secret_name(key.value))
+            yield from _secret_scalars(value, secret, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _secret_scalars(item, under_secret, seen)
+
+
+def _all_masked(value: Any, under_secret: bool = False) -> bool:
+    """Whether every secret-named entry of parsed data reads ``***`` (every scalar under it)."""
+    if isinstance(value, dict):
+        return all(_all_masked(v, under_secret or is_secret_name(k)) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_all_masked(v, under_secret) for v in value)
+    return not under_secret or value == MASKED or value is None
+
+
+def _masked_values(value: Any, values: set[str]) -> Any:
+    """Parsed data with every string equal to one of ``values`` masked (where an alias copied it)."""
+    if isinstance(value, dict):
+        return {k: _masked_values(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked_values(v, values) for v in value]
+    return MASKED if isinstance(value, str) and value in values else value

@@ -434,3 +434,32 @@ def test_the_headline_self_assessment_has_one_interval_in_the_report() -> None:
         assert (row["rating"], row["rating_low"], row["rating_high"]) == (
             mine["self_assessment"], mine["self_assessment_low"], mine["self_assessment_high"]), row["model"]
     assert len(headline) >= 3
+
+
+def test_credentials_in_logs_written_by_plain_inspect_stay_out_of_the_report(persona_run: Path, tmp_path: Path) -> None:
+    """empersona masks what it logs, but a log from plain `inspect eval` (or an older version)
+    keeps its model args and task args as given: the configuration tables printed them as they were.
+    A stray JSON file among the imports (not an import's record) stopped the report."""
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(persona_run, run_dir)
+    (run_dir / "results.parquet").unlink(missing_ok=True)
+    path = sorted((run_dir / "logs").glob("*.eval"))[0]
+    log = read_eval_log(str(path))
+    log.eval.model_args = {"api_key": "sk-model-secret-123", "default_headers": {"Authorization": "Bearer hdr-secret-456"},
+                           "max_tokens": 77}
+    log.eval.task_args = {**(log.eval.task_args or {}), "foil_model_args": {"api_key": "sk-task-secret-789"}}
+    write_eval_log(log, str(path))
+    (run_dir / "imports").mkdir(exist_ok=True)
+    (run_dir / "imports" / "notes.json").write_text('{"written by": "me"}')
+    report = build_report(run_dir, n_resamples=200)
+    written = [p for p in (run_dir / "report").rglob("*") if p.is_file() and p.suffix in {".md", ".html", ".csv", ".json"}]
+    assert written
+    for file in written:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        for secret in ("sk-model-secret-123", "hdr-secret-456", "sk-task-secret-789"):
+            assert secret not in text, (file, secret)
+    markdown = report.markdown.read_text()
+    assert "max_tokens=77" in markdown and "api_key=***" in markdown
+    assert "skipped: not an import's record (KeyError" in markdown

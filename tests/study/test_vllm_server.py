@@ -478,7 +478,7 @@ def test_an_api_key_in_extra_args_is_refused() -> None:
 
 
 def test_secrets_reached_through_a_merge_key_or_an_alias_are_masked_too() -> None:
-    from empersona.study.config import masked_env
+    from empersona.redact import masked_yaml
 
     merged = textwrap.dedent("""\
         common: &c
@@ -495,18 +495,18 @@ def test_secrets_reached_through_a_merge_key_or_an_alias_are_masked_too() -> Non
             HF_TOKEN: *t
         """)
     for text in (merged, aliased):
-        masked = masked_env(text, {"HF_TOKEN"})
+        masked = masked_yaml(text)
         assert "hf_secret_value" not in masked  # nowhere, not even in the anchor it was read from
         data = yaml.safe_load(masked)  # valid YAML
         assert data["vllm"]["env"]["HF_TOKEN"] == "***"
-    assert yaml.safe_load(masked_env(merged, {"HF_TOKEN"}))["vllm"]["env"]["OTHER"] == "1"
+    assert yaml.safe_load(masked_yaml(merged))["vllm"]["env"]["OTHER"] == "1"
 
 
 def test_a_short_secret_value_is_masked_only_where_it_is_set() -> None:
-    from empersona.study.config import masked_env
+    from empersona.redact import masked_yaml
 
     text = "name: s3\nseeds: [3]\nvllm:\n  env:\n    MY_KEY_ID: '3'\n"
-    masked = masked_env(text, {"MY_KEY_ID"})
+    masked = masked_yaml(text)
     assert yaml.safe_load(masked) == {"name": "s3", "seeds": [3], "vllm": {"env": {"MY_KEY_ID": "***"}}}
 
 
@@ -551,3 +551,40 @@ def test_the_wait_for_the_server_says_how_long_it_has_been(tmp_path: Path) -> No
     assert len(heard) >= 2
     assert heard[0].startswith("waiting for the vLLM server: ") and "of at most 2 s" in heard[0]
     assert heard[0].endswith("its log: INFO Loading safetensors checkpoint shards: 40% Completed")
+
+
+def test_every_secret_in_the_study_file_is_masked_and_nothing_else(tmp_path: Path) -> None:
+    """The kept copy masked only the model-argument blocks, by text: a key in an experiment's
+    foil_model_args, a short token, or one spelled with an escape was written as it was; and
+    'tokenizer' passed for a secret, so its value (the base model's name) was masked everywhere."""
+    source = tmp_path / "study.yaml"
+    source.write_text(textwrap.dedent(f"""\
+        name: s
+        out: {tmp_path / "run"}
+        base_model: Qwen/Qwen2.5-0.5B-Instruct   # the base
+        judge: openai/gpt-4o-mini
+        vllm: {{env: {{SHARED: &k sk-anchored-secret-77}}}}
+        judge_args: {{api_key: *k, max_tokens: 64}}
+        model_args: {{token: hf_abc1, tokenizer: Qwen/Qwen2.5-0.5B-Instruct}}
+        second_judge:
+          model: openai-api/other/judge
+          model_args:
+            api_key: "sk-\\x41BCDEF123456789"
+            default_headers: {{Authorization: "Bearer tok\\"en-98765432"}}
+        experiments:
+          harmfulness: {{}}
+          output_recognition:
+            args: {{foils: contrast, foil_model: openai/gpt-4o, foil_model_args: {{api_key: sk-proj-SECRET123456}}}}
+        """))
+    kept = keep_study_file(load_study(source))
+    assert kept is not None
+    text = kept.read_text()
+    for secret in ("sk-anchored-secret-77", "hf_abc1", "ABCDEF123456789", "en-98765432", "SECRET123456"):
+        assert secret not in text
+    assert "# the base" in text  # written in place: comments kept
+    data = yaml.safe_load(text)
+    assert data["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert data["model_args"] == {"token": "***", "tokenizer": "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert data["judge_args"] == {"api_key": "***", "max_tokens": 64} and data["vllm"]["env"]["SHARED"] == "***"
+    assert data["second_judge"]["model_args"] == {"api_key": "***", "default_headers": {"Authorization": "***"}}
+    assert data["experiments"]["output_recognition"]["args"]["foil_model_args"] == {"api_key": "***"}

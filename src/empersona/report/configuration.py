@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from empersona.analysis.results import main_rows
+from empersona.redact import redacted
 from empersona.report.render import Block, Heading, Para, Table
 from empersona.report.sections import _format_frame
 
@@ -141,7 +142,7 @@ def _task_args_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for key, part in table.groupby([*keys, "task_args"], sort=True):
         *named, raw = key
         try:
-            args = {k: v for k, v in json.loads(str(raw)).items() if k not in READ_LOGS}
+            args = {k: v for k, v in redacted(json.loads(str(raw))).items() if k not in READ_LOGS}
         except (json.JSONDecodeError, AttributeError):
             continue
         shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items())) or "(task defaults)"
@@ -180,7 +181,9 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False,
                      "status": log.status, "samples": log.results.total_samples if log.results else "-",
                      # how the study sampled (seed scheme, the provider's own defaults or not), and the model args
                      "sampling": "; ".join(f"{k} {v}" for k, v in sorted(sampling.items())) or "-",
-                     "model args": ", ".join(f"{k}={v}" for k, v in sorted((log.eval.model_args or {}).items())) or "-"})
+                     # a log written by plain inspect may hold a credential among them
+                     "model args": ", ".join(f"{k}={v}" for k, v in sorted(redacted(log.eval.model_args or {}).items()))
+                     or "-"})
         for by, usage in (("model", log.stats.model_usage or {}), ("role", log.stats.role_usage or {})):
             for key, used in usage.items():
                 summed = totals.setdefault((by, key), dict.fromkeys(("logs", "priced", "cost", *USAGE_FIELDS), 0.0))
@@ -210,11 +213,16 @@ def _imports_blocks(run_dir: Path) -> list[Block]:
         return []
     rows = []
     for path in records:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        parts = [f"{d['score']}: {d['disagree']} of {d['compared']} differ (max |diff| {d['max_abs_diff']:.2f}, "
-                 f"mean {d['mean_abs_diff']:.2f}, scored by one side only {d['only_one_scored']})"
-                 for d in record.get("disagreements", [])]
-        rows.append({"import": path.stem, "source": Path(record["source"]).name, "format": record["format"],
-                     "models": ", ".join(record["models"]), "rows": record["rows"],
-                     "stored vs recomputed judge scores": "; ".join(parts) or "no judge distributions"})
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            parts = [f"{d['score']}: {d['disagree']} of {d['compared']} differ (max |diff| {d['max_abs_diff']:.2f}, "
+                     f"mean {d['mean_abs_diff']:.2f}, scored by one side only {d['only_one_scored']})"
+                     for d in record.get("disagreements", [])]
+            rows.append({"import": path.stem, "source": Path(record["source"]).name, "format": record["format"],
+                         "models": ", ".join(record["models"]), "rows": record["rows"],
+                         "stored vs recomputed judge scores": "; ".join(parts) or "no judge distributions"})
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:  # no import's record
+            rows.append({"import": path.stem, "source": "-", "format": "-", "models": "-", "rows": "-",
+                         "stored vs recomputed judge scores": f"skipped: not an import's record ({type(err).__name__}: "
+                                                              f"{err})"})
     return [Heading(3, "Imports"), Table(pd.DataFrame(rows))]

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError, located
-from empersona.redact import MASKED, is_secret_name, secret_values
+from empersona.redact import masked_yaml
 
 if TYPE_CHECKING:
     from empersona.analysis.persona import PersonaThresholds
@@ -836,115 +837,13 @@ STUDY_COPY = "study.yaml"
 def keep_study_file(study: StudyConfig) -> Path | None:
     """Copy the study file into the run folder, so the results travel with what produced them.
 
-    Values of ``vllm.env`` entries whose names look secret (``is_secret_name``) are written as
-    ``***`` in the copy, and so are the values of secret-named entries, at any depth, of the model
-    arguments (``judge_args``, ``model_args``, ``second_judge.model_args``, ``models.*.model_args``),
-    wherever they appear in the text; the rest of the file is kept as written.
+    The values of secret-named entries (``is_secret_name``: an ``api_key``, an ``HF_TOKEN`` in
+    ``vllm.env``, an ``Authorization`` header), wherever they are in the file, are written as ``***``
+    in the copy (``masked_yaml``); the rest of the file is kept as written.
     """
     if study._source is None or not study._source.is_file():
         return None
     target = study.out / STUDY_COPY
     if study._source != target.resolve():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = study._source.read_text(encoding="utf-8")
-        secrets = {key for key in study.vllm.env if is_secret_name(key)}
-        text = masked_env(text, secrets) if secrets else text
-        target.write_text(masked_args(text, study), encoding="utf-8")
+        replace_text(target, masked_yaml(study._source.read_text(encoding="utf-8")))
     return target
-
-
-MIN_SECRET_LENGTH = 8
-
-
-def masked_args(text: str, study: StudyConfig) -> str:
-    """A study file's text with the values of secret-named entries of its model arguments masked
-    (``judge_args``, ``model_args``, ``second_judge.model_args``, ``models.*.model_args``, at any
-    depth: an ``Authorization`` header in ``default_headers`` too), wherever they appear. Should
-    the result not parse, or still hold a value, the file is written anew from its parsed content
-    with those entries masked (comments are lost)."""
-    import yaml
-
-    from empersona.redact import redacted
-
-    blocks = [study.judge_args, study.model_args, *(m.model_args for m in study.models.values()),
-              study.second_judge.model_args if study.second_judge else {}]
-    values = sorted({v for block in blocks for v in secret_values(block) if len(v) >= MIN_SECRET_LENGTH},
-                    key=len, reverse=True)
-    if not values:
-        return text
-    masked = text
-    for value in values:
-        for quote in ('"', "'"):
-            masked = masked.replace(f"{quote}{value}{quote}", f"{quote}{MASKED}{quote}")
-        masked = masked.replace(value, f'"{MASKED}"')
-    try:
-        yaml.safe_load(masked)
-        if not any(value in masked for value in values):
-            return masked
-    except yaml.YAMLError:
-        pass
-    data = yaml.safe_load(text) or {}
-    for key in ("judge_args", "model_args"):
-        if isinstance(data.get(key), dict):
-            data[key] = redacted(data[key])
-    for entry in [data.get("second_judge"), *((data.get("models") or {}).values())]:
-        if isinstance(entry, dict) and isinstance(entry.get("model_args"), dict):
-            entry["model_args"] = redacted(entry["model_args"])
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def masked_env(text: str, secrets: set[str]) -> str:
-    """A study file's text with the values of the ``vllm.env`` entries named ``secrets`` masked.
-
-    The values are replaced where the YAML node of each lies (its start and end marks), so
-    comments and layout stay; a value spelled over several lines becomes one masked scalar; and
-    the secret values themselves are masked wherever else they appear (an anchor a merge key or
-    an alias reads them from). Should the result not parse with every secret masked, the file is
-    written anew from its parsed content, secret values masked (comments are lost).
-    """
-    import yaml
-
-    def env_of(source: str) -> dict[str, Any]:
-        return dict(((yaml.safe_load(source) or {}).get("vllm") or {}).get("env") or {})
-
-    # masked wherever they appear when long enough to be a secret, not a word or number of the file
-    values = sorted({str(v) for k, v in env_of(text).items() if k in secrets and len(str(v)) >= MIN_SECRET_LENGTH},
-                    key=len, reverse=True)
-    masked = _masked_in_place(text, secrets)
-    for value in values:
-        masked = masked.replace(value, MASKED)
-    try:
-        env = env_of(masked)
-        complete = all(env.get(key) == MASKED for key in secrets) and not any(v in masked for v in values)
-    except (yaml.YAMLError, AttributeError):
-        complete = False
-    if complete:
-        return masked
-
-    def mask(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: mask(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [mask(v) for v in node]
-        return MASKED if isinstance(node, str) and node in values else node
-
-    data = mask(yaml.safe_load(text))
-    for key in secrets:
-        data["vllm"]["env"][key] = MASKED
-    return ("# the study file as read, with secret-looking vllm.env values masked (its comments could not be kept)\n"
-            + yaml.safe_dump(data, sort_keys=False))
-
-
-def _masked_in_place(text: str, secrets: set[str]) -> str:
-    """``masked_env`` for values written in place under ``vllm.env`` (plain, quoted or block scalars)."""
-    import yaml
-
-    node = yaml.compose(text)
-    for part in ("vllm", "env"):
-        node = next((v for k, v in node.value if k.value == part), None) if isinstance(node, yaml.MappingNode) else None
-    entries = node.value if isinstance(node, yaml.MappingNode) else []
-    spans = [(value.start_mark.index, value.end_mark.index) for key, value in entries if key.value in secrets]
-    for start, end in sorted(spans, reverse=True):
-        raw = text[start:end]
-        text = text[:start] + f'"{MASKED}"' + raw[len(raw.rstrip()):] + text[end:]  # a block scalar's span ends past its newline
-    return text
