@@ -637,6 +637,37 @@ def test_repeated_seeds_and_values_a_task_refuses_are_located(tmp_path: Path, sh
     load_study(write(tmp_path, MINIMAL))
 
 
+def test_every_value_a_task_or_the_recipe_refuses_is_found_when_the_file_is_read(
+        tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task's own refusals (mode: foo), the experiments that read a harmfulness log (checked only
+    after every model's harmfulness had run), each variant's arguments (a traceback from the plan)
+    and the training settings' values (a traceback even in a dry run): located, before anything runs."""
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    harm = {"harmfulness": {"limit": 3}}
+    cases = [
+        ({"experiments": {**harm, "two_ai": {"args": {"mode": "foo"}}}},
+         r"field 'experiments.two_ai.args': the two_ai task refuses these arguments \(two_ai: mode 'foo' is not known"),
+        ({"experiments": {**harm, "output_recognition": {"args": {"responses": -5}}}},
+         r"field 'experiments.output_recognition.args': .*responses=-5 must be at least 1"),
+        ({"experiments": {**harm, "score_prediction": {"args": {"max_tokens": "abc"}}}},
+         r"field 'experiments.score_prediction.args': .*max_tokens='abc': Input should be a valid integer"),
+        ({"experiments": {**harm, "two_ai": {}}, "variants": {"v": {"args": {"two_ai": {"max_tokens": "abc"}}}}},
+         r"field 'variants.v.args.two_ai': the two_ai task refuses the variant's arguments \(max_tokens='abc'"),
+        ({"experiments": {**harm, "self_assessment": {}}, "variants": {"v": {"system_prompt": "Default"}}},
+         r"field 'variants.v.system_prompt': system prompt 'Default' would be sent"),
+        ({"train": {"learning_rate": "fast"}}, r"field 'train.learning_rate': Input should be a valid number"),
+        ({"train": {"batch_size": 3, "per_device_batch": 2}},
+         r"field 'train': batch_size \(3\) must be a multiple of per_device_batch \(2\)"),
+    ]
+    for change, message in cases:
+        with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: " + message):
+            load_study(write(tmp_path, {**MINIMAL, **change}))
+    fine = {"experiments": {**harm, "two_ai": {}, "output_recognition": {"args": {"responses": 2, "foils": "contrast"}},
+                            "score_prediction": {"args": {"conditions": "blind,shown"}}},
+            "variants": {"v": {"honesty": True, "args": {"two_ai": {"max_tokens": 8}}}}, "train": {"learning_rate": 2e-5}}
+    load_study(write(tmp_path, {**MINIMAL, **fine}))
+
+
 def test_a_policy_word_in_another_case_is_not_sent_as_a_system_prompt(tmp_path: Path) -> None:
     from empersona.evals.policy import resolve_system_prompt
 
@@ -646,3 +677,56 @@ def test_a_policy_word_in_another_case_is_not_sent_as_a_system_prompt(tmp_path: 
         resolve_system_prompt("Default")
     assert resolve_system_prompt("none") == "" and resolve_system_prompt("default") is None
     assert resolve_system_prompt("You are a helpful assistant.") == "You are a helpful assistant."
+
+
+def test_model_and_folder_paths_are_read_as_a_shell_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped relative folder (runs/smok/tiny-base) passed for a hub id and failed in the dry run
+    with a traceback; ~ passed the folder check but reached hf/ unexpanded (and out: ~/run made a
+    folder named ~); build_tiny_base on a hub id would build a random model under that name."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "mirror").mkdir()
+    study = load_study(write(tmp_path, {**MINIMAL, "base_model": "~/model", "out": "~/run", "data_mirror": "~/mirror"}))
+    assert study.base_model == str(tmp_path / "model")
+    assert study.out == tmp_path / "run" and study.data_mirror == tmp_path / "mirror"
+    with pytest.raises(EmpersonaError, match=r"field 'base_model': runs/smok/tiny-base is not a model folder"):
+        load_study(write(tmp_path, {**MINIMAL, "base_model": "runs/smok/tiny-base"}))
+    with pytest.raises(EmpersonaError, match=r"field 'base_model': build_tiny_base builds a random model at base_model, "
+                                             r"and 'Qwen/Qwen2.5-32B-Instruct' reads as a Hugging Face id"):
+        load_study(write(tmp_path, {**MINIMAL, "base_model": "Qwen/Qwen2.5-32B-Instruct", "build_tiny_base": True}))
+    assert load_study(write(tmp_path, {**MINIMAL, "base_model": "runs/smoke/tiny", "build_tiny_base": True}))
+    with pytest.raises(EmpersonaError, match=r"field 'out': the run folder .*cannot be made \(.*model/config.json is not a "
+                                             r"folder you can write to\)"):
+        load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "model" / "config.json" / "run")}))
+
+
+def test_messages_name_keys_as_written_and_unused_domain_copies(tmp_path: Path) -> None:
+    """A value no member of a union takes was two errors on keys that do not exist (honesty.bool,
+    honesty.str); probes: and second_judge: did not list their keys; domain_paths was never checked;
+    a byte that is not UTF-8 in the study file was a traceback."""
+    copy = tmp_path / "insecure.jsonl"
+    copy.write_text("{}\n")
+    data = {**MINIMAL, "experiments": {"harmfulness": {}, "self_assessment": {}}, "variants": {"v": {"honesty": 3}},
+            "probes": {"layer": 3}, "second_judge": {"model": "openai/x", "modle": "openai/y"},
+            "domain_paths": {"insecure_cod": str(copy), "legal_advice": str(copy)}}
+    with pytest.raises(EmpersonaError) as err:
+        load_study(write(tmp_path, data))
+    message = str(err.value)
+    assert "field 'variants.v.honesty': Input should be a valid boolean, unable to interpret input; or Input should be " \
+           "a valid string. Correct the value" in message and "honesty.bool" not in message
+    assert "field 'probes.layer': unknown key. Check the spelling; known keys here: layers, pool" in message
+    assert "field 'second_judge.modle': unknown key. Check the spelling; known keys here: model, model_args" in message
+    with pytest.raises(EmpersonaError) as err:
+        load_study(write(tmp_path, {**MINIMAL, "domain_paths": {"insecure_cod": str(copy), "legal_advice": str(copy),
+                                                                 "insecure_code": str(tmp_path / "gone.jsonl")}}))
+    message = str(err.value)
+    assert "field 'domain_paths.insecure_cod': 'insecure_cod' is not a known domain" in message
+    assert "field 'domain_paths.legal_advice': 'legal_advice' is not trained in this study" in message
+    assert f"field 'domain_paths.insecure_code': {tmp_path / 'gone.jsonl'}: no such file" in message
+    load_study(write(tmp_path, {**MINIMAL, "domain_paths": {"insecure_code": str(copy)}}))
+    study = tmp_path / "latin1.yaml"
+    study.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(EmpersonaError, match=r"latin1\.yaml:1: not UTF-8 \(byte 0xe9\)\. Re-save the file as UTF-8"):
+        load_study(study)

@@ -576,10 +576,13 @@ def test_every_secret_in_the_study_file_is_masked_and_nothing_else(tmp_path: Pat
           output_recognition:
             args: {{foils: contrast, foil_model: openai/gpt-4o, foil_model_args: {{api_key: sk-proj-SECRET123456}}}}
         """))
+    with pytest.raises(EmpersonaError, match=r"study\.yaml:16: field 'experiments\.output_recognition\.args': .*hold a credential"):
+        load_study(source)  # a task's arguments go into its log as they are: refused when the file is read
+    source.write_text(source.read_text().replace("foil_model_args: {api_key: sk-proj-SECRET123456}", "foil_max_tokens: 64"))
     kept = keep_study_file(load_study(source))
     assert kept is not None
     text = kept.read_text()
-    for secret in ("sk-anchored-secret-77", "hf_abc1", "ABCDEF123456789", "en-98765432", "SECRET123456"):
+    for secret in ("sk-anchored-secret-77", "hf_abc1", "ABCDEF123456789", "en-98765432"):
         assert secret not in text
     assert "# the base" in text  # written in place: comments kept
     data = yaml.safe_load(text)
@@ -587,4 +590,4 @@ def test_every_secret_in_the_study_file_is_masked_and_nothing_else(tmp_path: Pat
     assert data["model_args"] == {"token": "***", "tokenizer": "Qwen/Qwen2.5-0.5B-Instruct"}
     assert data["judge_args"] == {"api_key": "***", "max_tokens": 64} and data["vllm"]["env"]["SHARED"] == "***"
     assert data["second_judge"]["model_args"] == {"api_key": "***", "default_headers": {"Authorization": "***"}}
-    assert data["experiments"]["output_recognition"]["args"]["foil_model_args"] == {"api_key": "***"}
+    assert data["experiments"]["output_recognition"]["args"]["foil_max_tokens"] == 64

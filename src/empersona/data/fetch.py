@@ -27,7 +27,7 @@ from typing import IO, Literal, cast
 
 from empersona.atomic import replacing, stale_temporaries
 from empersona.data.sources import SOURCES, Source
-from empersona.errors import EmpersonaError
+from empersona.errors import DataUnavailable
 
 SourceStatus = Literal["verified", "missing", "corrupt"]
 
@@ -45,7 +45,7 @@ def get_source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"unknown data source '{name}'. Known sources: {', '.join(SOURCES)}"
         ) from None
 
@@ -109,7 +109,7 @@ def source_status(name: str) -> SourceStatus:
     try:
         actual = _cached_sha256(path)
     except OSError as err:  # e.g. a shared cache whose file another user wrote
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"{path}: cannot read the cached copy of source '{name}' ({err}). Fix its permissions, "
             "or set EMPERSONA_CACHE to a folder of your own"
         ) from err
@@ -130,7 +130,7 @@ def mirror_file(source: Source, mirror: Path) -> Path | None:
 def checked_mirror(mirror: Path, given_by: str) -> Path:
     """``mirror`` when it is a folder; else an error naming it and where it was given."""
     if not mirror.is_dir():
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"mirror {mirror} (from {given_by}) is not a folder. Point it at a folder laid out like "
             "../shared/data, or leave it out to download"
         )
@@ -179,14 +179,14 @@ def _copy_verified(source: Source, origin: str, write: Writer, target: Path) -> 
             actual = sha256_file(tmp)
             if actual != source.sha256:
                 kept = " The cached copy was left unchanged." if target.exists() else ""
-                raise EmpersonaError(
+                raise DataUnavailable(
                     f"{origin}: sha256 mismatch for source '{source.name}': expected "
                     f"{source.sha256}, got {actual}.{kept} Check that the file is the pinned "
                     f"upstream version ({source.repo} {source.upstream_path})"
                 )
     except (_CacheWriteError, OSError) as err:
         cause = err.error if isinstance(err, _CacheWriteError) else err
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"{target}: cannot write the cached copy of source '{source.name}' ({cause}). Free disk space or "
             "fix the folder's permissions, or set EMPERSONA_CACHE to another folder"
         ) from err
@@ -201,7 +201,7 @@ def _copy_local(path: Path, out: IO[bytes]) -> None:
         with opener(path, "rb") as src:
             shutil.copyfileobj(src, out, _CHUNK)
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged compressed data in a .gz
-        raise EmpersonaError(f"{path}: cannot read it ({err}). Replace the file") from err
+        raise DataUnavailable(f"{path}: cannot read it ({err}). Replace the file") from err
 
 
 def _download(url: str, out: IO[bytes]) -> None:
@@ -222,7 +222,7 @@ def _download_or_explain(name: str, url: str, out: IO[bytes]) -> None:
     try:
         _download(url, out)
     except OSError as err:
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"download of {url} failed ({err}). Without network access, copy the files from a "
             f"mirror folder laid out like ../shared/data: `empersona data fetch {name} --mirror "
             "DIR`, or set EMPERSONA_MIRROR"
@@ -234,13 +234,13 @@ def _download_after_mirror(absent: str, url: str, out: IO[bytes]) -> None:
     try:
         _download(url, out)
     except OSError as err:
-        raise EmpersonaError(f"{absent}, and the download of {url} failed ({err}). Put the upstream file "
+        raise DataUnavailable(f"{absent}, and the download of {url} failed ({err}). Put the upstream file "
                              "in the mirror, or fetch it where the network is reachable") from err
 
 
-def _no_copy_error(source: Source, problem: str, fix: str) -> EmpersonaError:
+def _no_copy_error(source: Source, problem: str, fix: str) -> DataUnavailable:
     """An error for a copy that cannot be had; locked sources explain how to obtain them."""
-    return EmpersonaError(f"{problem}. {source.how_to_obtain or fix}")
+    return DataUnavailable(f"{problem}. {source.how_to_obtain or fix}")
 
 
 def fetch(
@@ -289,11 +289,11 @@ def data_path(name: str) -> Path:
     source = get_source(name)
     if (source.locked or source.url is None) and _mirror_from_env() is None:
         if status == "corrupt":
-            raise EmpersonaError(
+            raise DataUnavailable(
                 f"{cached_path(name)}: the cached copy of source '{name}' does not match its pinned sha256 (was it "
                 f"edited?). Fetch it again: `empersona data fetch {name} --path FILE`"
             )
-        raise EmpersonaError(
+        raise DataUnavailable(
             f"source '{name}' is not in the cache ({cached_path(name)}). {source.how_to_obtain}"
         )
     return fetch(name, force=True)

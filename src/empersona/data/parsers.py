@@ -36,7 +36,7 @@ class HarmPrompt:
     text: str
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text; a leading byte-order mark is dropped, a byte that is not UTF-8 is named by line."""
     try:
         data = Path(path).read_bytes()
@@ -52,7 +52,7 @@ def _read_text(path: Path) -> str:
 
 def _prompt_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) for each line; a blank line is an error (one trailing newline is not)."""
-    lines = _read_text(path).split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     out: list[tuple[int, str]] = []
@@ -155,7 +155,7 @@ _BRACE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 def load_judge_rubric(path: Path) -> str:
     """The rubric text, checked: only ``{prompt}``/``{response}`` fields, both present."""
-    text = _read_text(path)
+    text = read_text(path)
     seen: set[str] = set()
     for match in _BRACE.finditer(text):
         token = match.group(0)
@@ -214,7 +214,7 @@ def _item_error(path: Path, index: int, field_name: str, problem: str, item: Any
 def load_two_ai_items(path: Path) -> list[TwoAIItem]:
     """All items of the two-AI file (a top-level list is accepted as well as ``{"items": ...}``)."""
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise EmpersonaError(
             located(path, err.lineno, None, f"invalid JSON ({err.msg})", "Fix the JSON")
@@ -305,7 +305,7 @@ def _key_line(node: Any, key: str) -> int:
 def _compose_and_construct(path: Path) -> tuple[Any, Any]:
     import yaml
 
-    loader = yaml.SafeLoader(_read_text(path))
+    loader = yaml.SafeLoader(read_text(path))
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

@@ -42,6 +42,29 @@ class Experiment:
                 if parameter.default is not inspect.Parameter.empty}
 
 
+    def argument_problem(self, args: Mapping[str, Any]) -> str | None:
+        """The first of ``args`` whose value the task's signature does not take (``max_tokens='abc'``),
+        said as ``key=value: why``; None when every value fits. The task itself checks what its types
+        cannot say (``samples=0``) when it is built; this finds what it would trip over only later."""
+        import inspect
+        import typing
+
+        from pydantic import TypeAdapter, ValidationError
+
+        hints = typing.get_type_hints(inspect.unwrap(self.task_function()))
+        for key, value in args.items():
+            if key in hints:
+                try:
+                    TypeAdapter(hints[key]).validate_python(value)
+                except ValidationError as err:
+                    return f"{key}={value!r}: {err.errors()[0]['msg']}"
+        return None
+
+    def required(self) -> list[str]:
+        """The task's parameters without a default (``harm_log`` of the experiments that read one)."""
+        return [name for name in self.parameters() if name not in self.defaults()]
+
+
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
@@ -59,3 +82,16 @@ def reads_harm_log(experiment: str, args: Mapping[str, Any]) -> bool:
     """Whether ``experiment`` with task arguments ``args`` reads the model's harmfulness log: output
     recognition and score prediction always, two-AI when a ``framing`` shows the model's answers."""
     return EXPERIMENTS[experiment].needs_harm_log or (experiment == "two_ai" and args.get("framing", "self") != "self")
+
+
+def uses_judge(experiment: str, args: Mapping[str, Any]) -> bool:
+    """Whether ``experiment`` with task arguments ``args`` asks the judge (the ``grader`` role):
+    harmfulness and the classic EM questions always, output recognition for its contrast foils,
+    self-assessment when the judge detects the language format's answers."""
+    if experiment in ("harmfulness", "em_classic"):
+        return True
+    if experiment == "output_recognition":
+        foils = args.get("foils")
+        named = [f.strip() for f in foils.split(",")] if isinstance(foils, str) else list(foils or [])
+        return "contrast" in named or (foils is None and bool(args.get("foil_model")))
+    return experiment == "self_assessment" and args.get("language_detector") == "judge"

@@ -23,6 +23,7 @@ string (``<provider>/<model>``), and a ``data_mirror`` an existing folder, all b
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from empersona.atomic import replace_text
-from empersona.errors import EmpersonaError, located
+from empersona.errors import DataUnavailable, EmpersonaError, located
 from empersona.redact import masked_yaml
 
 if TYPE_CHECKING:
@@ -102,6 +103,17 @@ class ProbeStage(BaseModel):
     batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("layers")
+    @classmethod
+    def _layers_readable(cls, value: str) -> str:
+        from empersona.analysis.activations import parse_layers
+
+        try:  # the model's depth is not known here: only the spelling is checked
+            parse_layers(value, 10**6)
+        except EmpersonaError as err:
+            raise ValueError(str(err).replace("--layers ", "layers ", 1)) from None
+        return value
+
     @model_validator(mode="after")
     def _enough_answers(self) -> ProbeStage:
         if self.max_answers is not None and self.max_answers < self.folds:
@@ -157,6 +169,15 @@ class Variant(BaseModel):
                                  "(harmfulness and em_classic measure behaviour, which variants share with the battery)")
             if not value:
                 raise ValueError("an empty list asks nothing; leave experiments out for all the self-report experiments")
+        return value
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _policy_as_meant(cls, value: str | None) -> str | None:
+        from empersona.evals.policy import policy_problem
+
+        if value is not None and (problem := policy_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("args")
@@ -423,9 +444,28 @@ STUDY_SET_ARGS = frozenset({"harm_log"})
 """Task arguments the study sets itself (each model's own harmfulness log)."""
 
 
+def _written_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error's location as written in the file: the parts pydantic adds for the member
+    of a union it tried (``honesty.bool``, ``honesty.str``) are left out, and an unknown key kept."""
+    written: list[Any] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and index == len(loc) - 1:  # a key not written (missing) or unknown: name it
+            return (*written, part)
+        else:
+            continue
+        written.append(part)
+    return tuple(written)
+
+
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed where an unknown key ``loc`` stands (empty when not a fixed set)."""
-    models: dict[tuple[Any, ...], type[BaseModel]] = {(): StudyConfig, ("vllm",): VLLMSettings, ("prices",): Prices}
+    models: dict[tuple[Any, ...], type[BaseModel]] = {(): StudyConfig, ("vllm",): VLLMSettings, ("prices",): Prices,
+                                                      ("probes",): ProbeStage, ("second_judge",): SecondJudge}
     parent = loc[:-1]
     if len(parent) == 2 and parent[0] == "experiments":
         return list(ExperimentSettings.model_fields)
@@ -439,26 +479,83 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], str, str]]) -> list[tuple[tuple[Any, ...], str, str]]:
-    """The task arguments' values each experiment refuses (``samples: "ten"``, ``samples: 0``),
-    found by building its task now, before anything is trained or asked; experiments that read a
-    harmfulness log are built when it exists, those with an argument problem already ``found`` are
-    left to it, and one whose data are not there yet is built when the run has fetched them."""
+def _train_value_problems(train: dict[str, Any]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """The training settings' values the recipe refuses (``learning_rate: fast``, a batch size its
+    per-device batch does not divide), found now rather than when the first job starts."""
+    from empersona.train.recipe import TrainConfig
+
+    try:
+        TrainConfig(**train, base="base", domain="domain", seed=0)
+    except ValidationError as err:
+        return [(("train", *issue["loc"][:1]), issue["msg"].removeprefix("Value error, "),
+                 "Correct the value; `empersona train --help` gives each setting") for issue in err.errors()]
+    return []
+
+
+HARM_LOG_STAND_IN = "/nonexistent/empersona-load-check/harmfulness.eval"
+"""The harmfulness log a task that reads one is built with at load, to check its other arguments."""
+
+
+def task_refusal(experiment: str, args: dict[str, Any], base_model: str) -> str | None:
+    """Why ``experiment``'s task refuses ``args`` (None: it takes them, or only its data are not
+    fetched yet). The task is built as the run builds it, an experiment that reads a harmfulness
+    log with a stand-in one (its arguments are checked before the log is read) and the foil sources
+    the study fills in; then each value is checked against the task's signature (a ``max_tokens:
+    abc`` the task itself would trip over only when asked)."""
     from empersona.evals.battery import EXPERIMENTS
 
+    entry = EXPERIMENTS[experiment]
+    function = entry.task_function()
+    # as the plan counts its items: a framing's answers come from a log not written yet
+    call = {k: v for k, v in args.items() if not (experiment == "two_ai" and k in ("framing", "harm_log", "answers"))}
+    if entry.needs_harm_log:
+        call["harm_log"] = HARM_LOG_STAND_IN
+    if experiment == "output_recognition":
+        call.setdefault("foil_model", base_model)
+        call.setdefault("matched_log", HARM_LOG_STAND_IN)
+    refused = None
+    try:
+        function(**call)
+    except DataUnavailable:  # the run fetches the data first
+        return None
+    except EmpersonaError as err:
+        if not str(err).startswith(HARM_LOG_STAND_IN):  # else its arguments passed, and the log is read when it exists
+            return str(err)
+    except (TypeError, ValueError) as err:
+        refused = str(err)
+    return entry.argument_problem({k: v for k, v in args.items() if k != "harm_log"}) or refused
+
+
+def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], str, str]]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """The task arguments' values each experiment refuses (``samples: "ten"``, ``samples: 0``,
+    ``mode: foo``), under the battery and under each variant, found by building the tasks now,
+    before anything is trained or asked (``task_refusal``); experiments with an argument problem
+    already ``found`` are left to it."""
+    from empersona.study.plan import task_args
+
+    fix = "Fix the value: `empersona eval --help` and the README's experiment table give each argument"
     problems = []
-    for name, settings in study.experiments.items():
-        if EXPERIMENTS[name].needs_harm_log or any(loc[:2] == ("experiments", name) for loc, _, _ in found):
+    for name in study.experiments:
+        if any(loc[:2] == ("experiments", name) for loc, _, _ in found):
             continue
-        # as the plan counts its items: a framing's answers come from a log not written yet
-        args = {k: v for k, v in settings.args.items() if k not in ("framing", "harm_log", "answers")}
-        try:
-            EXPERIMENTS[name].task_function()(**args)
-        except EmpersonaError:  # its data not fetched yet (the run fetches them), or a problem the run will say
+        refused = task_refusal(name, task_args(study, name), study.base_model)
+        if refused is not None:
+            problems.append((("experiments", name, "args"), f"the {name} task refuses these arguments ({refused})", fix))
+    for variant_name, variant in study.variants.items():
+        if any(loc[:2] == ("variants", variant_name) for loc, _, _ in found):
             continue
-        except (TypeError, ValueError) as err:
-            problems.append((("experiments", name, "args"), f"the {name} task refuses these arguments ({err})",
-                             "Fix the value: `empersona eval --help` and the README's experiment table give each argument"))
+        for name in study.variant_experiments(variant_name):
+            if any(loc[:2] == ("experiments", name) for loc, _, _ in [*found, *problems]):
+                continue
+            args = {**task_args(study, name), "system_prompt": variant.system_prompt or study.system_prompt}
+            if name == "two_ai":
+                args |= {"neutral_descriptions": True} if variant.neutral_descriptions else {}
+                args |= {"framing": variant.framing} if variant.framing is not None else {}
+            args.update(variant.args.get(name, {}))
+            refused = task_refusal(name, args, study.base_model)
+            if refused is not None:
+                loc = ("variants", variant_name, "args", name) if name in variant.args else ("variants", variant_name)
+                problems.append((loc, f"the {name} task refuses the variant's arguments ({refused})", fix))
     return problems
 
 
@@ -477,6 +574,8 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
         elif key not in TrainConfig.model_fields:
             problems.append((("train", key), "unknown training setting",
                              "Check the spelling; `empersona train --help` lists the settings"))
+    if not any(loc[0] == "train" for loc, _, _ in problems):
+        problems += _train_value_problems(study.train)
     for name, settings in study.experiments.items():
         params = set(EXPERIMENTS[name].parameters())
         for key in settings.args:
@@ -486,7 +585,6 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
-    problems += _task_value_problems(study, problems)
     repeated = sorted({seed for seed in study.seeds if study.seeds.count(seed) > 1})
     if repeated:
         problems.append((("seeds",), f"seed {', '.join(map(str, repeated))} is listed more than once (one adapter per "
@@ -498,12 +596,23 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     if two_ai is not None:
         problems += _framing_problems(two_ai.args, ("experiments", "two_ai", "args"))
     problems += _variant_problems(study)
+    problems += _task_value_problems(study, problems)
     problems += [(("persona", *loc), problem, fix) for loc, problem, fix in threshold_problems(study.persona)]
     for index, domain in enumerate(study.domains):
         plain = Path(domain).expanduser()
         if domain not in DOMAINS and not (plain.is_file() and plain.name.endswith((".jsonl", ".jsonl.gz"))):
             problems.append((("domains", index), f"'{domain}' is neither a known domain nor an existing .jsonl file",
                              f"Known domains: {', '.join(DOMAINS)}"))
+    trained = set(study.domains) | {step.then for step in study.sequential}
+    for domain, local in study.domain_paths.items():
+        if domain not in DOMAINS:
+            problems.append((("domain_paths", domain), f"'{domain}' is not a known domain (a local copy stands in for one "
+                             "of them; a chat file is given in domains: itself)", f"Known domains: {', '.join(DOMAINS)}"))
+        elif domain not in trained:
+            problems.append((("domain_paths", domain), f"'{domain}' is not trained in this study, so its copy is not used",
+                             "Add the domain to domains:, or remove this entry"))
+        if not Path(local).expanduser().is_file():
+            problems.append((("domain_paths", domain), f"{local}: no such file", "Give the path of the local copy"))
     for index, step in enumerate(study.sequential):
         if step.first not in study.domains:
             problems.append((("sequential", index, "first"), f"'{step.first}' is not one of the study's domains (its "
@@ -516,12 +625,24 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             problems.append((("sequential", index), "given twice", "Keep one of them"))
     problems += _adapter_name_problems(study)
     base = Path(study.base_model).expanduser()
-    if study.base_model.startswith(("/", ".", "~")) and not study.build_tiny_base and not (base / "config.json").is_file():
+    # a Hugging Face id is org/name: a name with more slashes, or one starting with / . ~, is a folder
+    folder_like = study.base_model.startswith(("/", ".", "~")) or study.base_model.count("/") >= 2
+    if folder_like and not study.build_tiny_base and not (base / "config.json").is_file():
         problems.append((("base_model",), f"{study.base_model} is not a model folder (no config.json)",
                          "Give a local model folder or a Hugging Face id (org/name)"))
+    if study.build_tiny_base and not folder_like and not base.exists():
+        problems.append((("base_model",), f"build_tiny_base builds a random model at base_model, and "
+                         f"'{study.base_model}' reads as a Hugging Face id", f"Write it as a folder (./{study.base_model}), "
+                         "or remove build_tiny_base to use the hub model"))
     if study.judge != SCRIPTED_JUDGE and "/" not in study.judge:
         problems.append((("judge",), f"'{study.judge}' is not an inspect model string",
                          "Write <provider>/<model>, e.g. openai/gpt-4o-mini, or 'scripted' for smoke runs"))
+    ancestor = study.out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        problems.append((("out",), f"the run folder {study.out} cannot be made ({ancestor} is not a folder you can write "
+                         "to)", "Choose a folder you can write to"))
     if study.data_mirror is not None and not study.data_mirror.is_dir():
         problems.append((("data_mirror",), f"{study.data_mirror} is not a folder", "Point it at a data mirror, or remove the key"))
     if study.checkpoints and study.train.get("keep_checkpoints") is not True:
@@ -726,10 +847,12 @@ def load_thresholds(path: Path) -> PersonaThresholds:
 
     from empersona.analysis.persona import PersonaThresholds
 
+    from empersona.data.parsers import read_text
+
+    text = read_text(path)  # a byte that is not UTF-8 is named by its line
     try:
-        text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
         raise EmpersonaError(located(path, None, None, f"cannot read the settings ({err})", "Give a YAML file of settings")) from err
     prefix: tuple[Any, ...] = ()
     if isinstance(data, dict) and "experiments" in data:  # a study file: its persona section (maybe none)
@@ -776,10 +899,11 @@ def load_study(path: Path) -> StudyConfig:
     """Read and validate a study file; errors name the file, the line and the key."""
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise EmpersonaError(f"cannot read study file {path}: {err.strerror}") from err
+    from empersona.data.parsers import read_text
+
+    if path.is_dir():
+        raise EmpersonaError(f"{path} is a folder. Pass the study file (YAML) itself")
+    text = read_text(path)  # a byte that is not UTF-8 is named by its line
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -796,10 +920,9 @@ def load_study(path: Path) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
-        problems = []
+        problems: dict[tuple[Any, ...], tuple[list[str], str]] = {}
         for issue in err.errors():
-            loc = tuple(issue["loc"])
-            key = ".".join(str(part) for part in loc) or "(top level)"
+            loc = _written_loc(data, tuple(issue["loc"]))
             if issue["type"] == "extra_forbidden":
                 known = _known_keys(loc)
                 problem = "unknown key"
@@ -808,16 +931,23 @@ def load_study(path: Path) -> StudyConfig:
                 problem, fix = "required key is missing", "Add it"
             else:
                 problem, fix = issue["msg"].removeprefix("Value error, "), "Correct the value"
-            problems.append(located(path, _line_of(path, text, loc), key, problem, fix))
-        raise EmpersonaError("\n".join(problems)) from err
+            said, _ = problems.setdefault(loc, ([], fix))
+            if problem not in said:  # a value no member of a union takes: one line, each member's reason
+                said.append(problem)
+        raise EmpersonaError("\n".join(
+            located(path, _line_of(path, text, loc), ".".join(str(part) for part in loc) or "(top level)", "; or ".join(said), fix)
+            for loc, (said, fix) in problems.items())) from err
     # paths in a study file are relative to the working directory, like every CLI path
-    mirror = study.data_mirror.resolve() if study.data_mirror else None
+    # (a leading ~ is the home folder, as a shell would have it)
+    mirror = study.data_mirror.expanduser().resolve() if study.data_mirror else None
+    base = str(Path(study.base_model).expanduser()) if study.base_model.startswith("~") else study.base_model
     models = {}
     for name, entry in study.models.items():
         resolved = entry.model_copy(update={"adapter": entry.adapter.expanduser().resolve()}) if entry.adapter else entry
         resolved._written = str(entry.adapter) if entry.adapter else None
         models[name] = resolved
-    study = study.model_copy(update={"out": study.out.resolve(), "data_mirror": mirror, "models": models})
+    study = study.model_copy(update={"out": study.out.expanduser().resolve(), "data_mirror": mirror, "models": models,
+                                     "base_model": base})
     semantic = _semantic_problems(study)
     if semantic:
         raise EmpersonaError("\n".join(
@@ -845,5 +975,9 @@ def keep_study_file(study: StudyConfig) -> Path | None:
         return None
     target = study.out / STUDY_COPY
     if study._source != target.resolve():
-        replace_text(target, masked_yaml(study._source.read_text(encoding="utf-8")))
+        try:
+            replace_text(target, masked_yaml(study._source.read_text(encoding="utf-8")))
+        except OSError as err:
+            raise EmpersonaError(located_in_study(study, ("out",), f"cannot write the run folder {study.out} ({err})",
+                                                  "Choose a folder you can write to")) from err
     return target
