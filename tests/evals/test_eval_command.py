@@ -24,12 +24,27 @@ runner = CliRunner()
         (["eval", "two_ai", "--model", "openai/x", "-T", "mod=logprob"], "-T mod: not an argument of the two_ai task; choose from mode"),
         (["eval", "harmfulness", "--model", "openai/x", "--variant", "honest"], "only the self-report experiments"),
         (["eval", "two_ai", "--model", "openai/x", "--variant", "my variant"], "use letters, digits"),
+        # values the task would trip over with a traceback, a missing log, a judge that is not there
+        (["eval", "two_ai", "--model", "openai/x", "-T", "samples=ten"], "two_ai: samples='ten': Input should be a valid integer"),
+        (["eval", "self_assessment", "--model", "openai/x", "-T", "max_tokens=abc"], "max_tokens='abc': Input should be"),
+        (["eval", "output_recognition", "--model", "openai/x"], "output_recognition needs harm_log: pass the same model's"),
+        (["eval", "harmfulness", "--model", "openai/x"], "harmfulness asks a judge to score its answers: pass --judge"),
+        (["eval", "two_ai", "--model", "openai/x", "-T", "mode=logprob", "--mode", "sample"],
+         "-T mode='logprob' and --mode say different things"),
+        (["eval", "harmfulness", "--model", "openai/x", "--judge", "openai/y", "--mode", "logprob"],
+         "--mode: the harmfulness task has no such setting"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(argv: list[str], reason: str) -> None:
     result = runner.invoke(app, argv)
     assert isinstance(result.exception, EmpersonaError)
     assert reason in str(result.exception)
+
+
+def test_counts_below_one_are_usage_errors() -> None:
+    for flag in ("--samples", "--limit", "--max-connections"):
+        result = runner.invoke(app, ["eval", "two_ai", "--model", "openai/x", flag, "0"])
+        assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output
 
 
 def test_a_model_folder_that_cannot_be_loaded_is_named(
@@ -82,6 +97,8 @@ def test_a_harm_log_of_another_model_is_refused_unless_said(tmp_path: Path) -> N
     result = runner.invoke(app, ["eval", "score_prediction", "--model", "openai/other", "--harm-log", str(log)])
     assert isinstance(result.exception, EmpersonaError)
     assert "field eval.model is 'mockllm/my', and this run asks 'openai/other'" in str(result.exception)
+    given_as_task_arg = runner.invoke(app, ["eval", "score_prediction", "--model", "openai/other", "-T", f"harm_log={log}"])
+    assert "field eval.model is 'mockllm/my'" in str(given_as_task_arg.exception)  # -T is checked as --harm-log is
     check_harm_log_model(log, "hf/my")  # the same model under another provider
     with pytest.raises(EmpersonaError, match="--other-model-harm-log"):
         check_harm_log_model(log, "mockllm/their")

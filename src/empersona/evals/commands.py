@@ -94,6 +94,9 @@ def run_experiment(
     sampling_token = SAMPLING.set(sampling if sampling is not None else sampling_scope(model, model_args or {}))
     try:
         task = EXPERIMENTS[name].task_function()(**task_arguments(name, task_args))
+    except (TypeError, ValueError) as err:  # a value its checks did not foresee: said, not a traceback
+        raise EmpersonaError(f"{name}: the task refuses its arguments ({type(err).__name__}: {err}). Check the "
+                             "task arguments (-T, or the study file's args)") from err
     finally:
         MODEL_IDENTITY.reset(token)
         SAMPLING.reset(sampling_token)
@@ -223,8 +226,8 @@ def eval_command(
     experiment: Annotated[str, typer.Argument(help="Experiment name: harmfulness, em_classic, self_assessment, two_ai, output_recognition, score_prediction.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Inspect model string, e.g. hf/ADAPTER_DIR, vllm/NAME, openai/gpt-4o-mini.")],
     judge: Annotated[str | None, typer.Option("--judge", help="Judge model (inspect model string), the 'grader' role.")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="Samples per item (experiment default when omitted).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first K items.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Samples per item (experiment default when omitted).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first K items.")] = None,
     log_dir: Annotated[Path, typer.Option("--log-dir", help="Where inspect writes its .eval logs.")] = Path("logs"),
     system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
     seed: Annotated[int, typer.Option("--seed", help="The run's sampling seed (each sample asks with a seed derived from it, its id and its repeat); part of the resume cache key. -T seed=N wins over it.")] = 0,
@@ -234,7 +237,7 @@ def eval_command(
     task_arg: Annotated[list[str], typer.Option("--task-arg", "-T", help="Experiment parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
     model_arg: Annotated[list[str], typer.Option("--model-arg", "-M", help="Model argument KEY=VALUE, e.g. -M device=cpu; the provider's own (hf/: do_sample=false; empersona/: generation_config=false).")] = [],  # noqa: B006
     judge_arg: Annotated[list[str], typer.Option("--judge-arg", help="Judge model argument KEY=VALUE.")] = [],  # noqa: B006
-    max_connections: Annotated[int | None, typer.Option("--max-connections", help="Concurrent model calls.")] = None,
+    max_connections: Annotated[int | None, typer.Option("--max-connections", min=1, help="Concurrent model calls.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Make every model and judge call afresh (no resume).")] = False,
     display: Annotated[str | None, typer.Option("--display", help="Inspect display: full, rich, plain, none.")] = None,
     variant: Annotated[str | None, typer.Option("--variant", help="Label the log a self-report variant NAME (e.g. with -T system_prompt=... or -T neutral_descriptions=true): the results table keeps its rows apart and the report sets them against the battery's.")] = None,
@@ -243,7 +246,7 @@ def eval_command(
     """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
     import re
 
-    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.battery import EXPERIMENTS, uses_judge
     from empersona.study.config import SELF_REPORT, VARIANT_NAME
 
     if experiment not in EXPERIMENTS:
@@ -260,17 +263,30 @@ def eval_command(
     unknown = sorted(set(assigned) - set(params))
     if unknown:
         raise EmpersonaError(f"-T {', '.join(unknown)}: not an argument of the {experiment} task; choose from {', '.join(params)}")
+    flags = {"samples": ("--samples", samples), "harm_log": ("--harm-log", None if harm_log is None else str(harm_log)),
+             "mode": ("--mode", mode), "cache": ("--no-cache", False if no_cache else None)}
+    twice = [f"-T {key}={assigned[key]!r} and {flag}" for key, (flag, value) in flags.items()
+             if value is not None and key in assigned and assigned[key] != value]
+    if twice:
+        raise EmpersonaError(f"{'; '.join(twice)} say different things. Give each setting once")
+    unused = [flag for key, (flag, value) in flags.items() if value is not None and key not in params]
+    if unused:
+        raise EmpersonaError(f"{', '.join(unused)}: the {experiment} task has no such setting. Leave it out")
     args: dict[str, Any] = {"system_prompt": system_prompt, "seed": seed, **assigned}
-    if samples is not None:
-        args["samples"] = samples
-    if harm_log is not None:
-        if not other_model_harm_log:
-            check_harm_log_model(harm_log, model)
-        args["harm_log"] = str(harm_log)
-    if mode is not None:
-        args["mode"] = mode
-    if no_cache:
-        args["cache"] = False
+    args |= {key: value for key, (_, value) in flags.items() if value is not None}
+    if "harm_log" in args and not other_model_harm_log:
+        check_harm_log_model(Path(args["harm_log"]), model)
+    missing = [name for name in EXPERIMENTS[experiment].required() if name not in args]
+    if missing:
+        raise EmpersonaError(f"{experiment} needs {', '.join(missing)}: pass the same model's harmfulness log with "
+                             "--harm-log (written by `empersona eval harmfulness`)")
+    problem = EXPERIMENTS[experiment].argument_problem(args)
+    if problem is not None:
+        raise EmpersonaError(f"{experiment}: {problem}. Fix the value (`empersona eval --help`, and the README's "
+                             "experiment table, give each argument)")
+    if judge is None and uses_judge(experiment, args):
+        raise EmpersonaError(f"{experiment} asks a judge to score its answers: pass --judge MODEL "
+                             "(e.g. --judge openai/gpt-4o-mini)")
     log = run_experiment(
         experiment,
         model,
