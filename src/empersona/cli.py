@@ -32,9 +32,14 @@ def tiny_model(
     hidden_size: int = typer.Option(64, help="Hidden size (128 with --num-heads 2 gives head_dim 64, which vLLM-CPU needs)."),
     num_heads: int = typer.Option(4, help="Attention heads."),
     num_kv_heads: int = typer.Option(2, help="Key/value heads."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write over a folder that already holds files."),
 ) -> None:
     """Build a tiny random Qwen2 model with the real Qwen2.5 chat template (offline; for smoke runs)."""
     from empersona.testing.tiny import build_tiny_model
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise EmpersonaError(f"{out} already holds {'files' if out.is_dir() else 'a file'}: a model there would be replaced. "
+                             "Choose a new folder, or pass --overwrite")
 
     path = build_tiny_model(out, seed=seed, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
     typer.echo(f"tiny model written to {path}; use it as hf/{path.resolve()}")
@@ -92,7 +97,9 @@ def main() -> None:
         code = app(standalone_mode=False)
     except EmpersonaError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        if not getattr(err, "cancelled", False):  # an evaluation an interrupt cancelled ends as the interrupt would
+            sys.exit(2)
+        code = interrupt_code(err)
     except SystemExit:
         raise
     except KeyboardInterrupt as err:

@@ -119,10 +119,19 @@ def test_main_exits_with_the_commands_code_and_says_when_interrupted(
 ) -> None:
     import empersona.cli as cli
 
+    from empersona.study.run import StudyIncomplete
+
     def interrupted(**_: object) -> None:
         raise KeyboardInterrupt
 
-    for app_call, code in ((lambda **_: None, None), (lambda **_: 1, 1), (lambda **_: 130, 130), (interrupted, 130)):
+    def cancelled(**_: object) -> None:  # an evaluation of `empersona run` that an interrupt cancelled
+        raise StudyIncomplete("1 evaluation(s) did not finish (interrupted; 3 more not reached):", cancelled=True)
+
+    def failed(**_: object) -> None:
+        raise StudyIncomplete("1 evaluation(s) did not finish:")
+
+    for app_call, code in ((lambda **_: None, None), (lambda **_: 1, 1), (lambda **_: 130, 130), (interrupted, 130),
+                           (cancelled, 130), (failed, 2)):
         monkeypatch.setattr(cli, "app", app_call)
         if code is None:
             cli.main()

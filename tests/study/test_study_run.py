@@ -338,7 +338,7 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     from empersona.errors import EmpersonaError
     from empersona.provider import api
     from empersona.study.config import load_study
-    from empersona.study.run import run_study
+    from empersona.study.run import StudyIncomplete, run_study
 
     data = {"name": "probing", "out": str(tmp_path / "run"), "base_model": str(tiny_model), "data_mirror": str(shared_data),
             "domains": [], "judge": "scripted", "provider": "empersona", "model_args": {"device": "cpu"},
@@ -368,8 +368,15 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
         path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 60}}))
         run_study(load_study(path))
         assert result.stat().st_mtime_ns != made and json.loads(result.read_text())["settings"]["resamples"] == 60
+        # a probe that fails (a layer past the tiny model's depth) is listed with what did not finish: exit code 2
+        path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 70, "layers": "0,99"}}))
+        with pytest.raises(StudyIncomplete, match=r"1 probe run\(s\) failed:\n  probe: base: the probe process exited"):
+            run_study(load_study(path))
     finally:
         api.release_engines()
+    path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "layers": "banana"}}))
+    with pytest.raises(EmpersonaError, match=r"field 'probes.layers': .*layers 'banana': cannot read 'banana'"):
+        load_study(path)
     path.write_text(yaml.safe_dump({**data, "probes": {"folds": 3, "max_answers": 2}}))
     with pytest.raises(EmpersonaError, match="max_answers 2 is below folds 3"):
         load_study(path)
@@ -539,3 +546,15 @@ def test_a_failed_training_leaves_the_other_adapters_to_finish(tmp_path: Path, t
     new = {p.parent.name for p in (tmp_path / "half" / "logs").rglob("*.eval") if p.name not in logs}
     assert new == broken  # the mended models' evaluations only
     assert {job.status for job in make_plan(load_study(path)).eval_jobs} == {"done"}
+
+
+def test_an_evaluation_an_interrupt_cancelled_stops_the_study_as_an_interrupt() -> None:
+    """The stop's error carries ``cancelled``, so `empersona run` exits 130 (or 143), not 2."""
+    from empersona.study.run import StudyIncomplete, Unfinished
+
+    unfinished = Unfinished()
+    with pytest.raises(StudyIncomplete) as stopped:
+        unfinished.failed(unfinished.evaluations, "two-AI on base: cancelled", 3, cancelled=True)
+    assert stopped.value.cancelled and "interrupted; 3 more not reached" in str(stopped.value)
+    unfinished.failed(unfinished.evaluations, "harmfulness on base: out of memory", 2)  # one failure: the run goes on
+    assert unfinished.evaluations[-1] == "harmfulness on base: out of memory"

@@ -162,3 +162,23 @@ def test_main_builds_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert (tmp_path / "m" / "model.safetensors").exists()
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")
     assert main(["--seed"]) == 2
+
+
+def test_the_command_keeps_an_existing_model_and_names_bad_sizes(tmp_path: Path) -> None:
+    """`empersona tiny-model DIR` wrote over whatever DIR held; a shape that does not divide was a traceback."""
+    from typer.testing import CliRunner
+
+    from empersona.cli import app
+    from empersona.errors import EmpersonaError
+
+    runner = CliRunner()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "model.safetensors").write_bytes(b"my trained weights")
+    result = runner.invoke(app, ["tiny-model", str(kept)])
+    assert isinstance(result.exception, EmpersonaError) and "pass --overwrite" in str(result.exception)
+    assert (kept / "model.safetensors").read_bytes() == b"my trained weights"
+    result = runner.invoke(app, ["tiny-model", str(tmp_path / "odd"), "--hidden-size", "100", "--num-heads", "3"])
+    assert isinstance(result.exception, EmpersonaError) and "must divide by num_heads (3)" in str(result.exception)
+    assert runner.invoke(app, ["tiny-model", str(kept), "--overwrite"]).exit_code == 0
+    assert (kept / "config.json").is_file()

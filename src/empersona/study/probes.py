@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
@@ -181,9 +181,16 @@ def set_aside_stale(run_folder: Path, keep: set[str], say: Any) -> list[Path]:
     return moved
 
 
-def run_probes(plan: Plan, say: Any) -> list[Path]:
+class ProbeRun(NamedTuple):
+    """What `run_probes` did: the probe folders written, and ``<model>: <why>`` of each that failed."""
+
+    written: list[Path]
+    failed: list[str]
+
+
+def run_probes(plan: Plan, say: Any) -> ProbeRun:
     """Probe every model of the study that has local weights (see the module docstring), each in a
-    process of its own; returns the probe folders written now."""
+    process of its own; a model whose probe fails is named and the others go on."""
     import subprocess
 
     from empersona.analysis.activations import default_out_dir
@@ -206,7 +213,7 @@ def run_probes(plan: Plan, say: Any) -> list[Path]:
     if (targets and shared is not None and {k: v for k, v in last.items() if k != "skipped"} == {**group, "max_answers": shared}
             and all(is_current(stored[t.name], stage, seed, t.harm_log, shared) for t in targets if t.name not in too_few_then)):
         set_aside_stale(plan.study.out, set(outs), say)
-        return []  # every model probed with these settings, at one count: nothing to do (no log read)
+        return ProbeRun([], [])  # every model probed with these settings, at one count: nothing to do (no log read)
     max_answers, too_few = common_max_answers(targets, stage.folds, seed, stage.max_answers or MAX_ANSWERS,
                                               stage.min_answers)
     for reason in skipped + too_few:
@@ -216,13 +223,15 @@ def run_probes(plan: Plan, say: Any) -> list[Path]:
     if not targets or max_answers is None:
         say("probes: no model to probe")
         set_aside_stale(plan.study.out, set(), say)
-        return []
+        return ProbeRun([], [])
     todo = [t for t in targets if not is_current(stored[t.name], stage, seed, t.harm_log, max_answers)]
     if todo:
         say(f"probes: {len(todo)} of {len(targets)} model(s) to probe, every model at {max_answers} answers per harm "
             f"class (the smallest count among them{'' if stage.max_answers is None else ', at most probes.max_answers'}: "
             "the cosine depends on it)")
-    written, failed = [], []
+    written: list[Path] = []
+    failed: list[str] = []
+    reasons: list[str] = []
     for index, target in enumerate(todo, start=1):
         say(f"probe {index}/{len(todo)}: {target.name}")
         done = subprocess.run(probe_command_line(target, outs[target.name], stage, seed, max_answers), check=False)
@@ -231,13 +240,14 @@ def run_probes(plan: Plan, say: Any) -> list[Path]:
         else:
             failed.append(target.name)
             say(f"probes: {target.name} failed (exit code {done.returncode}; its output above); the others go on")
+            reasons.append(f"{target.name}: the probe process exited with code {done.returncode} (its output is above)")
     set_aside_stale(plan.study.out, {t.name for t in targets if t.name not in failed}, say)
     if failed:
         say(f"probes: {len(failed)} model(s) not probed: {', '.join(failed)}; run the study again to retry them")
     else:
         marker.parent.mkdir(parents=True, exist_ok=True)
         replace_text(marker, json.dumps({**group, "max_answers": max_answers, "skipped": sorted(left_out)}, indent=1))
-    return written
+    return ProbeRun(written, reasons)
 
 
 GROUP_FILE = "study.json"

@@ -211,10 +211,12 @@ class Unfinished:
     """``<label> on <model>: <why>`` of each evaluation that failed."""
     not_started: list[str] = field(default_factory=list)
     """The same of each evaluation not started: its adapter, or a harmfulness log it reads, failed."""
+    probes: list[str] = field(default_factory=list)
+    """``<model>: <why>`` of each model whose probe run failed."""
     in_a_row: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.trainings or self.evaluations or self.not_started)
+        return bool(self.trainings or self.evaluations or self.not_started or self.probes)
 
     def failed(self, where: list[str], why: str, left: int, *, cancelled: bool = False) -> None:
         """Record a failure in ``where``; raise `StudyIncomplete` if the run is to stop (``left``:
@@ -225,17 +227,18 @@ class Unfinished:
                 else f"stopped after {self.in_a_row} failures in a row: their cause is likely not one model's"
                 if self.in_a_row >= STOP_AFTER_IN_A_ROW else "")
         if stop:
-            raise StudyIncomplete(self.message(f"{stop}; {left} more not reached"))
+            raise StudyIncomplete(self.message(f"{stop}; {left} more not reached"), cancelled=cancelled)
         say(f"did not finish: {why}; the others go on")
 
     def message(self, stopped: str = "") -> str:
         """The run's closing error: what did not finish, and what to do."""
         counts = [f"{len(items)} {what}" for items, what in ((self.trainings, "training run(s) did not finish"),
                                                              (self.evaluations, "evaluation(s) did not finish"),
-                                                             (self.not_started, "evaluation(s) not started")) if items]
+                                                             (self.not_started, "evaluation(s) not started"),
+                                                             (self.probes, "probe run(s) failed")) if items]
         lines = [", ".join(counts) + (f" ({stopped})" if stopped else "") + ":"]
         lines += [f"  training: {item}" for item in self.trainings] + [f"  failed: {item}" for item in self.evaluations]
-        lines += [f"  not started: {item}" for item in self.not_started]
+        lines += [f"  not started: {item}" for item in self.not_started] + [f"  probe: {item}" for item in self.probes]
         lines.append("Finished work is kept. Mend the cause, then run the same command again: it does only what is left")
         return "\n".join(lines)
 
@@ -842,7 +845,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
             from empersona.study.probes import release_loaded_models, run_probes
 
             release_loaded_models()  # the probe processes load each model on their own: the GPU is theirs
-            run_probes(make_plan(study), say)
+            unfinished.probes += run_probes(make_plan(study), say).failed
     if "report" in stages:
         path = write_report(study)
         say(f"report: {path}" + (" (of the work that finished)" if unfinished else ""))

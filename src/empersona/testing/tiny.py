@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from empersona.errors import EmpersonaError
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -153,10 +155,10 @@ def build_tiny_model(
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-    if hidden_size % num_heads or num_heads % num_kv_heads:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must divide by num_heads ({num_heads}) "
-            f"and num_heads by num_kv_heads ({num_kv_heads})"
+    if min(hidden_size, num_layers, num_heads, num_kv_heads, vocab_size) < 1 or hidden_size % num_heads or num_heads % num_kv_heads:
+        raise EmpersonaError(
+            f"hidden_size ({hidden_size}) must divide by num_heads ({num_heads}) and num_heads by num_kv_heads "
+            f"({num_kv_heads}), each size at least 1. Choose sizes that do, e.g. --hidden-size 128 --num-heads 2"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
