@@ -368,10 +368,6 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
         path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 60}}))
         run_study(load_study(path))
         assert result.stat().st_mtime_ns != made and json.loads(result.read_text())["settings"]["resamples"] == 60
-        # a probe that fails (a layer past the tiny model's depth) is listed with what did not finish: exit code 2
-        path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 70, "layers": "0,99"}}))
-        with pytest.raises(StudyIncomplete, match=r"1 probe run\(s\) failed:\n  probe: base: the probe process exited"):
-            run_study(load_study(path))
     finally:
         api.release_engines()
     path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "layers": "banana"}}))
@@ -392,6 +388,13 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
     finally:
         api.release_engines()
     assert not result.exists() and len(list((tmp_path / "run" / "probes.replaced").glob("*/base/probe.json"))) == 1
+    # a probe that fails (a layer past the tiny model's depth) is listed with what did not finish: exit code 2
+    path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 70, "layers": "0,99"}}))
+    try:
+        with pytest.raises(StudyIncomplete, match=r"1 probe run\(s\) failed:\n  probe: base: the probe process exited"):
+            run_study(load_study(path))
+    finally:
+        api.release_engines()
 
 
 def test_a_failed_evaluation_leaves_the_others_to_finish(tmp_path: Path, tiny_model: Path, shared_data: Path,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from empersona.errors import EmpersonaError
 from empersona.testing.tiny import (
     IM_END,
     QWEN_DEFAULT_SYSTEM_PROMPT,
@@ -88,7 +89,7 @@ def test_build_is_deterministic_and_head_dim_64_variant(tmp_path: Path) -> None:
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
     config = json.loads((wide / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] == 64
-    with pytest.raises(ValueError, match="num_heads"):
+    with pytest.raises(EmpersonaError, match="num_heads"):
         build_tiny_model(tmp_path / "bad", hidden_size=64, num_heads=3)
 
 
