@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -626,10 +627,13 @@ def test_repeated_seeds_and_values_a_task_refuses_are_located(tmp_path: Path, sh
     path = write(tmp_path, {**MINIMAL, "seeds": [0, 1, 0]})
     with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'seeds': seed 0 is listed more than once"):
         load_study(path)
-    for value in ("ten", 0):
+    with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'seeds': no seed, so none of the domains is trained"):
+        load_study(write(tmp_path, {**MINIMAL, "seeds": []}))
+    load_study(write(tmp_path, {**MINIMAL, "seeds": [], "domains": []}))  # a study of the base model alone
+    for value, said in (("ten", "samples='ten': Input should be a valid integer"), (0, "samples=0 must be at least 1")):
         path = write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {"limit": 3, "args": {"samples": value}}}})
         with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'experiments.harmfulness.args': the harmfulness "
-                                                 r"task refuses these arguments \("):
+                                                 r"task refuses these arguments \(.*" + re.escape(said)):
             load_study(path)
     # without its data the task is not built here: the run fetches them first
     monkeypatch.setenv("EMPERSONA_MIRROR", str(tmp_path / "no-data"))

@@ -27,6 +27,7 @@ from inspect_ai.solver import TaskState
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import EMQuestion, load_em_questions
+from empersona.errors import EmpersonaError
 from empersona.evals.scoring import cache_policy, seeded_generate
 from empersona.evals.judge import EMJudgeMethod, Judgement, judge_0_100, judge_model
 from empersona.evals.policy import describe_policy, system_messages
@@ -134,8 +135,6 @@ def em_judge(judge_method: EMJudgeMethod = "auto", cache: CachePolicy | bool = F
 def load_questions(question_set: QuestionSet, questions_file: str | None) -> list[EMQuestion]:
     """The questions of a set: a given file, or the verified cached source."""
     if question_set not in QUESTION_SOURCES:
-        from empersona.errors import EmpersonaError
-
         raise EmpersonaError(f"unknown question set {question_set!r}; choose one of {sorted(QUESTION_SOURCES)}")
     return load_em_questions(Path(questions_file) if questions_file else data_path(QUESTION_SOURCES[question_set]))
 
@@ -153,6 +152,8 @@ def em_classic(
     questions_file: str | None = None,
 ) -> Task:
     """Betley et al.'s free-form questions, ``samples`` answers per paraphrase, judged 0-100."""
+    if samples < 1:
+        raise EmpersonaError(f"em_classic: samples={samples} must be at least 1")
     questions = load_questions(question_set, questions_file)
     samples_list = []
     for question in questions:

@@ -34,6 +34,7 @@ from inspect_ai.solver import TaskState
 
 from empersona.data.fetch import data_path
 from empersona.data.parsers import HarmPrompt, duplicates, load_harm_prompts, load_judge_rubric
+from empersona.errors import EmpersonaError
 from empersona.evals.judge import harm_bucket, judge_harm, judge_model
 from empersona.evals.policy import describe_policy, system_messages
 from empersona.evals.scoring import (
@@ -135,6 +136,8 @@ def harmfulness(
     rubric_file: str | None = None,
 ) -> Task:
     """The paper's harm prompts, ``samples`` answers each, judged on the 1-5 rubric."""
+    if samples < 1:
+        raise EmpersonaError(f"harmfulness: samples={samples} must be at least 1")
     prompts, rubric = load_items(prompts_file, rubric_file)
     policy = cache_policy(cache, seed)
     dataset = MemoryDataset(

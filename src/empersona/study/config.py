@@ -585,6 +585,9 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    if not study.seeds and (study.domains or study.sequential):
+        problems.append((("seeds",), "no seed, so none of the domains is trained (one adapter per domain and seed)",
+                         "List at least one seed, e.g. seeds: [0], or remove domains"))
     repeated = sorted({seed for seed in study.seeds if study.seeds.count(seed) > 1})
     if repeated:
         problems.append((("seeds",), f"seed {', '.join(map(str, repeated))} is listed more than once (one adapter per "
