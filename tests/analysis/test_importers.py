@@ -143,7 +143,13 @@ def test_jsonl_round_trip_and_errors(tmp_path: Path) -> None:
         ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "great", "value": 1}',
          r"bad\.jsonl:1: field 'status'"),
         ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "scored", "value": null}',
-         r"bad\.jsonl:1: field 'value': a scored record needs a number"),
+         r"bad\.jsonl:1: field 'value': a scored record needs a finite number"),
+        ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "scored", "value": Infinity}',
+         r"bad\.jsonl:1: field 'value': a scored record needs a finite number"),
+        ('{"model": "m", "experiment": "em_classic", "item_id": "1", "sample": 0, "condition": "", "status": "scored", '
+         '"value": 10}', r"bad\.jsonl:1: field 'aligned': a scored em_classic record needs aligned 0-100, not None"),
+        ('{"model": "m", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "refused", "value": null, '
+         '"source": "log", "task_args": "not json"}', r"bad\.jsonl:1: field 'task_args': not a JSON object in a string"),
         ('{"model": "m", "experiment": "e", "item_id": "1", "condition": "", "status": "refused", "value": null}',
          r"bad\.jsonl:1: field 'sample': Field required"),
         ("not json", r"bad\.jsonl:1: not valid JSON"),
@@ -166,3 +172,71 @@ def read_results_after_import(path: Path, run_dir: Path) -> pd.DataFrame:
 
 def test_tidy_record_lists_every_column() -> None:
     assert set(TidyRecord.model_fields) == set(TIDY_COLUMNS)
+
+
+def test_rows_that_would_share_a_key_are_refused_not_dropped(tmp_path: Path) -> None:
+    """Two imports of one model each numbered their samples from 0: the results table kept one row
+    per key, so one file's rows vanished without a word (which one by the files' names)."""
+    first = write_csv(tmp_path / "a.csv", [["q", "a", "x", 10, 80], ["q", "b", "x", 90, 80]])
+    second = write_csv(tmp_path / "b.csv", [["q", "c", "x", 10, 20]])
+    run_dir = tmp_path / "run"
+    import_files([first], fmt="em-csv", out=run_dir, model="m")
+    with pytest.raises(EmpersonaError, match=r"b\.csv: a row has the same key as one of imports/m--a\.parquet .*Import every "
+                                             r"file of one model in one command"):
+        import_files([second], fmt="em-csv", out=run_dir, model="m")
+    import_files([first, second], fmt="em-csv", out=run_dir, model="m")  # together: numbered on
+    assert len(run_results(run_dir)) == 3
+    import_files([first], fmt="em-csv", out=run_dir, model="m")  # the same file again replaces its import
+    with pytest.raises(EmpersonaError, match="the same key"):
+        import_files([second], fmt="em-csv", out=run_dir, model="m")  # alone it would restart at sample 0
+    record = '{"model": "j", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "refused", "value": null}'
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text(record + "\n")
+    two.write_text(record + "\n")
+    with pytest.raises(EmpersonaError, match=r"two\.jsonl: a row has the same key as one of .*one\.jsonl"):
+        import_files([one, two], fmt="jsonl", out=tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()  # nothing written
+
+
+def test_import_edge_files(tmp_path: Path) -> None:
+    """Empty files, --out a file, a byte-order mark, U+2028 inside a JSON string, a 200,000-character
+    answer, a Latin-1 byte; rows from another run's table (source 'log') stay imports; no row per CSV line
+    among the task arguments (the report groups rows by them)."""
+    run_dir = tmp_path / "run"
+    empty = write_csv(tmp_path / "empty.csv", [])
+    with pytest.raises(EmpersonaError, match=r"empty\.csv: no records in the file"):
+        import_files([empty], fmt="em-csv", out=run_dir)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(EmpersonaError, match=r"empty\.jsonl: no records in the file"):
+        import_files([tmp_path / "empty.jsonl"], fmt="jsonl", out=run_dir)
+    with pytest.raises(EmpersonaError, match=r"--out .*empty\.csv is a file"):
+        import_files([empty], fmt="em-csv", out=empty)
+    record = {"model": "j", "experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "refused", "value": None,
+              "answer": "line\u2028separator", "source": "log", "task_args": "{}"}
+    (tmp_path / "r.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(record, ensure_ascii=False).encode() + b"\r\n")
+    table = read_jsonl(tmp_path / "r.jsonl").table
+    assert table["answer"].tolist() == ["line\u2028separator"] and table["source"].tolist() == ["import:jsonl"]
+    long = write_csv(tmp_path / "long.csv", [["q", "x" * 200_000, "x", 10, 80]])
+    table = read_em_csv(long, model="m").table
+    assert len(table["answer"].iloc[0]) == 200_000 and table["task_args"].tolist() == ['{"file": "long.csv"}']
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b",question,answer,question_id,aligned,coherent\n0,q,caf\xe9,x,10,80\n")
+    with pytest.raises(EmpersonaError, match=r"latin\.csv:2: not UTF-8 \(byte 0xe9\)"):
+        read_em_csv(latin, model="m")
+
+
+def test_an_import_replaced_by_an_older_copy_rebuilds_the_table(tmp_path: Path) -> None:
+    """The table was reused when an input came back with an older mtime (cp -p, rsync -a, a backup)."""
+    import os
+
+    run_dir = tmp_path / "run"
+    import_files([write_csv(tmp_path / "m.csv", [["q", "a", "x", 10, 80]])], fmt="em-csv", out=run_dir, model="m")
+    assert run_results(run_dir)["aligned"].tolist() == [10.0]
+    [stored] = (run_dir / "imports").glob("*.parquet")
+    before = stored.stat()
+    other = tmp_path / "other"
+    import_files([write_csv(tmp_path / "m.csv", [["q", "a", "x", 99, 80]])], fmt="em-csv", out=other, model="m")
+    [replacement] = (other / "imports").glob("*.parquet")
+    stored.write_bytes(replacement.read_bytes())
+    os.utime(stored, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert run_results(run_dir)["aligned"].tolist() == [99.0]

@@ -78,6 +78,16 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     by_hand = compare([qwen, llama], tmp_path / "cmp").studies[0]
     assert not by_hand.built and by_hand.settings.em_delta_min == 0.3
     assert "em_delta_min=0.3" in (tmp_path / "cmp" / "compare.md").read_text()
+    # once stale, it is built again with those settings, not the defaults (a re-import made it stale)
+    (qwen / "results.parquet").touch()
+    rebuilt = compare([qwen, llama], tmp_path / "cmp").studies[0]
+    assert rebuilt.built and rebuilt.settings.em_delta_min == 0.3
+    # a figure of the user's own beside the comparison stays; a folder inside a compared run is refused
+    (tmp_path / "cmp" / "figures" / "mine.png").write_bytes(b"png")
+    compare([qwen, llama], tmp_path / "cmp")
+    assert (tmp_path / "cmp" / "figures" / "mine.png").is_file()
+    with pytest.raises(EmpersonaError, match=r"--out .* is inside the run folder .*qwen-run"):
+        compare([qwen, llama], qwen / "report")
 
 
 def test_label_counts_leave_out_pooled_seed_groups(tmp_path: Path) -> None:
@@ -111,10 +121,13 @@ def test_compare_errors_and_the_command(persona_run: Path, tmp_path: Path) -> No
     # reported by hand with --base-model: read as it is; once stale, not overwritten by a report without a base
     build_report(unclassified, base_model="mockllm/aligned", n_resamples=RESAMPLES)
     assert compare([unclassified], tmp_path / "cmp").studies[0].base_model == "mockllm/aligned"
-    (unclassified / "results.parquet").touch()
+    (unclassified / "results.parquet").touch()  # stale: built again with the base its report was given
+    again = compare([unclassified], tmp_path / "cmp").studies[0]
+    assert again.built and again.base_model == "mockllm/aligned"
+    assert "label" in pd.read_csv(unclassified / "report" / "tables" / "persona.csv").columns
+    (unclassified / "report" / "tables" / "settings.json").unlink()  # no record of it: no base known, said
     with pytest.raises(EmpersonaError, match="not classified.*--base-model"):
         compare([unclassified], tmp_path / "cmp")
-    assert "label" in pd.read_csv(unclassified / "report" / "tables" / "persona.csv").columns  # still the labelled one
 
     (one / "study.yaml").write_text(f"name: s\nexperiments: {{}}\npersona: {{n_resamples: {RESAMPLES}}}\n")
     result = CliRunner().invoke(app, ["compare", str(one), str(other), "--names", "x, y", "--out", str(tmp_path / "cmp")])

@@ -179,9 +179,16 @@ def _compare(score: str, pairs: list[tuple[float | None, float | None]], toleran
 def _records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and (start line, cells) of every record of a CSV file."""
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as err:
         raise EmpersonaError(located(path, None, None, f"cannot be read ({err.strerror})", "check the path")) from err
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise EmpersonaError(located(path, line, None, f"not UTF-8 (byte 0x{data[err.start]:02x})", "save it as UTF-8 CSV")) from err
+    csv.field_size_limit(max(csv.field_size_limit(), len(data)))  # an answer may be longer than csv's 128 KiB default
+    handle = path.open(newline="", encoding="utf-8-sig")
     with handle:
         reader = csv.reader(handle)
         try:
@@ -293,7 +300,7 @@ def read_em_csv(
             "source": "import:em-csv",
             "log_file": str(path),
             "eval_id": sha[:16],
-            "task_args": json.dumps({"file": path.name, "line": line}),
+            "task_args": json.dumps({"file": path.name}),  # the report groups rows by their task args: not by line
         })
     table = tidy_frame(rows)
     disagreements = [_compare(s, pairs[s], tolerance) for s in EM_SCORES if pairs[s]]
@@ -369,7 +376,8 @@ class TidyRecord(BaseModel):
 def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
     """Our own tidy records, one JSON object per line; ``model`` renames every record's model."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # only a newline ends a record: U+2028 and the like may stand inside a JSON string (str.splitlines splits on them)
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     except (OSError, UnicodeDecodeError) as err:
         raise EmpersonaError(located(path, None, None, f"cannot be read ({err})", "check the path and that it is UTF-8")) from err
     rows, seen = [], {}
@@ -392,8 +400,23 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
             field = ".".join(str(p) for p in first["loc"]) or None
             raise EmpersonaError(located(path, line_number, field, first["msg"], fix)) from err
         value = record.value
-        if record.status == "scored" and (value is None or math.isnan(value)):
-            raise EmpersonaError(located(path, line_number, "value", "a scored record needs a number", "give the value or change the status"))
+        if record.status == "scored" and (value is None or not math.isfinite(value)):
+            raise EmpersonaError(located(path, line_number, "value", "a scored record needs a finite number", "give the value or change the status"))
+        if record.status == "scored" and record.experiment == "em_classic":
+            for name in ("aligned", "coherent"):
+                score = getattr(record, name)
+                if score is None or not 0.0 <= score <= 100.0:
+                    raise EmpersonaError(located(path, line_number, name, f"a scored em_classic record needs {name} 0-100, "
+                                                 f"not {score}", "give both judge scores, or change the status"))
+        for name in ("task_args", "versions"):
+            text = getattr(record, name)
+            try:
+                parsed = json.loads(text) if text is not None else {}
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise EmpersonaError(located(path, line_number, name, "not a JSON object in a string",
+                                             f"write {name} as a JSON object's text, e.g. \"{{}}\", or leave it out"))
         if record.status != "scored" and value is not None and not math.isnan(value):
             raise EmpersonaError(located(path, line_number, "value", f"status {record.status!r} with value {value}",
                                          "not-scored records carry null (or NaN) as their value"))
@@ -402,7 +425,9 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
             raise EmpersonaError(located(path, line_number, "item_id", f"the same key {key} as line {seen[key]}",
                                          "keep one record per (model, experiment, item_id, sample, condition, variant)"))
         seen[key] = line_number
-        rows.append({**record.model_dump(), "source": record.source or "import:jsonl",
+        # a row of another run's results table says source "log": here it is an import, whatever it was there
+        source = record.source if (record.source or "").startswith("import:") else "import:jsonl"
+        rows.append({**record.model_dump(), "source": source,
                      "model_string": record.model_string or record.model, "log_file": record.log_file or str(path)})
     table = tidy_frame(rows)
     record = ImportRecord(
@@ -417,6 +442,29 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
 
 
 # --------------------------------------------------------------------------- into a run folder
+
+
+def _refuse_shared_keys(results: list[ImportResult], names: list[str], folder: Path) -> None:
+    """Refuse rows whose key (model, experiment, item, sample, condition, variant) another file of
+    this import, or an import already in the run folder (other than those these files replace),
+    has too: the results table keeps one row per key, so one of them would be lost unsaid."""
+    from empersona.analysis.results import KEY_COLUMNS, read_results
+
+    def keys(table: Any) -> set[tuple[Any, ...]]:
+        return set(map(tuple, table[list(KEY_COLUMNS)].astype(str).itertuples(index=False, name=None)))
+
+    owners: dict[tuple[Any, ...], str] = {}
+    stored = sorted(p for p in folder.glob("*.parquet") if p.stem not in names) if folder.is_dir() else []
+    for label, table in [*((f"imports/{p.name}", read_results(p)) for p in stored),
+                         *((r.record.source, r.table) for r in results)]:
+        for key in keys(table):
+            if key in owners:
+                shown = ", ".join(f"{c}={v}" for c, v in zip(KEY_COLUMNS, key, strict=True))
+                raise EmpersonaError(
+                    f"{label}: a row has the same key as one of {owners[key]} ({shown}); the results table keeps one row "
+                    "per key, so one would be lost. Import every file of one model in one command (their samples are "
+                    "numbered on), give them other --model names, or delete the earlier import from imports/")
+            owners[key] = label
 
 
 def _slug(text: str) -> str:
@@ -442,6 +490,12 @@ def import_files(
         raise EmpersonaError(f"unknown import format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if not files:
         raise EmpersonaError("no files to import; name at least one FILE")
+    if fmt == "jsonl" and judge is not None:
+        raise EmpersonaError("--judge is for em-csv files; a jsonl record names its own judge (its judge field)")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise EmpersonaError(f"--tolerance {tolerance:g}: give a number of points, 0 or more")
+    if out.exists() and not out.is_dir():
+        raise EmpersonaError(f"--out {out} is a file. Give a run folder (it is made if missing)")
     counter = new_counter()
     results = []
     for path in files:
@@ -449,11 +503,14 @@ def import_files(
             results.append(read_em_csv(path, model=model or path.stem, judge=judge, tolerance=tolerance, counter=counter))
         else:
             results.append(read_jsonl(path, model=model))
+        if results[-1].record.rows == 0:
+            raise EmpersonaError(located(path, None, None, "no records in the file", "give a file with at least one row"))
     names = [f"{_slug('+'.join(r.record.models))}--{_slug(Path(r.record.source).stem)}" for r in results]
     clashes = [n for n, c in Counter(names).items() if c > 1]
     if clashes:
         raise EmpersonaError(f"two of the files would be stored as imports/{clashes[0]}.parquet; rename one of them")
     folder = out / IMPORTS_DIR
+    _refuse_shared_keys(results, names, folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in zip(names, results, strict=True):
         write_results(result.table, folder / f"{name}.parquet")

@@ -632,18 +632,26 @@ def read_results(path: Path) -> pd.DataFrame:
     return table
 
 
+def _input_stamp(path: Path, run_dir: Path) -> str:
+    """An input of the results table as it is now: its place in the run folder, size, times and inode. A
+    file put back with an older mtime (``cp -p``, ``rsync -a``, a restored backup) still changes its
+    ctime or inode, so the table is built again."""
+    stat = path.stat()
+    return f"{path.relative_to(run_dir).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
 def run_results(run_dir: Path, *, rebuild: bool = False) -> pd.DataFrame:
     """``RUN_DIR/results.parquet``, rebuilt from ``logs/`` and ``imports/`` when missing or stale.
 
     Stale: older than any log, imported table or ``models.yaml``, built from another set of
-    them (one was added or deleted), or built where the run folder was before it was moved or
-    copied. See `empersona.report.build` for the run folder's layout.
+    them (one was added, deleted or replaced, even by a copy that kept the old mtime), or built
+    where the run folder was before it was moved or copied. See `empersona.report.build` for the run folder's layout.
     """
     target = run_dir / RESULTS_FILE
     logs = find_logs(run_dir / "logs") if (run_dir / "logs").is_dir() else []
     imports = sorted((run_dir / "imports").glob("*.parquet")) if (run_dir / "imports").is_dir() else []
     inputs = [*logs, *imports] + ([run_dir / MODELS_FILE] if (run_dir / MODELS_FILE).is_file() else [])
-    names = [p.relative_to(run_dir).as_posix() for p in inputs]
+    names = [_input_stamp(p, run_dir) for p in inputs]
     if not rebuild and target.is_file() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
         stored = read_results(target)
         if stored.attrs.get("inputs") == names and stored.attrs.get("run_folder") == str(run_dir.resolve()):

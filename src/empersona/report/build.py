@@ -409,6 +409,9 @@ def build_report(
     run_dir = Path(run_dir)
     full = run_results(run_dir, rebuild=rebuild_results)
     table = main_rows(full)  # the battery's rows: every section but the variants' reads these
+    if table.empty:
+        raise EmpersonaError(f"{run_dir}: its logs and imports hold no result rows (only variants', or none at all). "
+                             "Run the battery's experiments, or import results, first")
     run_models = load_run_models(run_dir / MODELS_FILE)  # read once: base, checkpoints, kinds
     base = resolve_base_model(table, base_model, run_models)
     thresholds = thresholds or PersonaThresholds()

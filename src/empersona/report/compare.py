@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from empersona.errors import EmpersonaError
 
@@ -43,6 +43,8 @@ class StudyTables:
     settings: PersonaThresholds  # what its tables were made with
     base_model: str
     built: bool  # its report was built here (tables missing or older than the results)
+    seed: int | None = None  # the bootstrap seed of its intervals
+    judges: tuple[str, ...] = ()  # the judges of its scored rows
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,17 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
     results = run_dir / RESULTS_FILE
     stale = not (persona_file.is_file() and settings_file.is_file()) or persona_file.stat().st_mtime < results.stat().st_mtime
     if stale:
-        # a base must be known before the run's report is written anew (one built with --base-model stays)
-        if resolve_base_model(table, None, load_run_models(run_dir / MODELS_FILE)).model is None:
+        # built again as its last report was (base model, bootstrap seed, classification settings: those a
+        # `report --thresholds` was given too), else as its study file says
+        previous = _recorded_settings(settings_file)
+        thresholds = PersonaThresholds(**previous["thresholds"]) if previous else run_settings(run_dir)
+        base = previous.get("base_model") if previous else None
+        base = base if base in set(table["model"]) else None
+        if base is None and resolve_base_model(table, None, load_run_models(run_dir / MODELS_FILE)).model is None:
             raise EmpersonaError(f"{run_dir}: its models are not classified (no base model known); run "
                                  f"`empersona report {run_dir} --base-model NAME` first")
-        settings = run_settings(run_dir)
-        build_report(run_dir, thresholds=settings, n_resamples=settings.n_resamples)
+        build_report(run_dir, base_model=base, thresholds=thresholds, n_resamples=thresholds.n_resamples,
+                     seed=int(previous.get("seed") or 0) if previous else 0)
     recorded = json.loads(settings_file.read_text(encoding="utf-8"))
     persona = pd.read_csv(persona_file)
     if recorded.get("base_model") is None or "label" not in persona.columns:
@@ -115,8 +122,21 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
                              f"`empersona report {run_dir} --base-model NAME` first")
     harm_file = tables / "harmfulness.csv"
     harm = pd.read_csv(harm_file) if harm_file.is_file() else pd.DataFrame(columns=["model"])
+    judges = tuple(sorted({str(j) for j in table.loc[table["status"] == "scored", "judge"].dropna() if str(j)}))
     return StudyTables(name or study_name(run_dir), run_dir, persona, harm,
-                       PersonaThresholds(**recorded["thresholds"]), str(recorded["base_model"]), stale)
+                       PersonaThresholds(**recorded["thresholds"]), str(recorded["base_model"]), stale,
+                       recorded.get("seed"), judges)
+
+
+def _recorded_settings(settings_file: Path) -> dict[str, Any] | None:
+    """What a report recorded it was made with, or None (no report yet, or a file it did not write)."""
+    import json
+
+    try:
+        recorded = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("thresholds"), dict) else None
 
 
 def label_counts(studies: Sequence[StudyTables]) -> pd.DataFrame:
@@ -178,13 +198,17 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
             raise EmpersonaError(f"two runs are both called {name!r} ({seen[name]} and {folder}): "
                                  "name them with --names a,b,...")
         seen[name] = Path(folder)
+    for folder in run_dirs:  # its report, tables and figures would be written over
+        inside = Path(out).resolve()
+        if inside == Path(folder).resolve() or Path(folder).resolve() in inside.parents:
+            raise EmpersonaError(f"--out {out} is inside the run folder {folder}, whose report files it could write over. "
+                                 "Choose a folder outside the runs compared")
     studies = tuple(load_study_tables(Path(d), called[i]) for i, d in enumerate(run_dirs))
     table = combined_persona(studies)
     out.mkdir(parents=True, exist_ok=True)
     figure_dir = out / "figures"
     figure_dir.mkdir(exist_ok=True)
-    for stale in figure_dir.glob("*.png"):  # an earlier comparison's
-        stale.unlink()
+    (figure_dir / "harm_vs_self_report.png").unlink(missing_ok=True)  # an earlier comparison's, left if none is drawn now
     persona_csv = out / "persona.csv"
     table.to_csv(persona_csv, index=False)
 
@@ -239,11 +263,17 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
     if differ:
         blocks.append(Para("The studies were classified with different settings (" + ", ".join(differ) + "): their "
                            "numbers and labels are each under its own, listed under Studies."))
+    if len({s.judges for s in studies}) > 1:
+        blocks.append(Para("The studies' answers were scored by different judges (under Studies): harm and the "
+                           "classic EM rates are each under its own judge, and judges differ in how harshly they score."))
+    if len({s.seed for s in studies}) > 1:
+        blocks.append(Para("The studies' intervals were drawn with different bootstrap seeds (under Studies)."))
     blocks += [
         Heading(2, "Studies"),
         Table(pd.DataFrame([{
             "study": s.name, "run folder": str(s.run_dir),
             "report": "built now" if s.built else "as stored",
+            "judge": ", ".join(s.judges) or "-", "bootstrap seed": "-" if s.seed is None else s.seed,
             "classification settings": ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
                                                  for key, value in one.items()),
         } for s, one in zip(studies, settings, strict=True)])),
