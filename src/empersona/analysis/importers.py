@@ -483,8 +483,9 @@ def import_files(
     """Import ``files`` into run folder ``out``: ``imports/<name>.parquet`` + ``.json`` per file.
 
     Every file is read and checked before anything is written. An em-csv file's model is
-    ``model`` or else the file's stem; several files of one model continue its sample numbering.
-    Re-importing a file replaces its earlier import.
+    ``model`` or else the file's stem; several files of one model in one call continue its sample
+    numbering. Re-importing a file replaces its earlier import; rows that would share a key with
+    another file's (of this call, or an earlier import still in the folder) are refused.
     """
     if fmt not in FORMATS:
         raise EmpersonaError(f"unknown import format {fmt!r}; choose one of: {', '.join(FORMATS)}")
