@@ -375,6 +375,14 @@ def test_rows_cut_or_dropped_at_max_length_are_counted_and_said(tiny_model: Path
     whole = train(fast(tiny_model, tmp_path / "whole", domain=str(data), max_length=256, max_steps=1), progress=False)
     assert whole.metadata is not None and (whole.metadata.dataset.rows_cut, whole.metadata.dataset.rows_dropped) == (0, 0)
     assert "warning" not in capsys.readouterr().err
+    # every row's prompt fills max_length: refused before the run starts (it was a traceback from the trainer,
+    # and the folder was left marked as an interrupted run)
+    prompts_only = write_jsonl(tmp_path / "long.jsonl", [long_prompt, long_prompt])
+    with pytest.raises(EmpersonaError, match=r"no training row is left: all 2 lose every assistant token at max_length 70"):
+        train(fast(tiny_model, tmp_path / "none", domain=str(prompts_only), max_length=70, max_steps=1), progress=False)
+    from empersona.train.metadata import INCOMPLETE_MARKER
+
+    assert not (tmp_path / "none" / INCOMPLETE_MARKER).exists()
 
 
 def test_a_relative_local_base_is_recorded_as_its_absolute_path(tiny_model: Path, tmp_path: Path,

@@ -514,6 +514,10 @@ def _count_cut_rows(data: TrainingData, prepared: Any, config: TrainConfig, *, m
     lengths = [len(ids) for ids in prepared["input_ids"]]
     cut = sum(length >= config.max_length for length in lengths)  # a row of exactly max_length counts too
     dropped = len(data.train) - len(lengths)
+    if not lengths:  # before the run starts (and marks its folder): the trainer would fail on an empty dataset
+        raise EmpersonaError(f"no training row is left: all {len(data.train)} lose every assistant token at max_length "
+                             f"{config.max_length} (their prompts fill it). Raise --max-length (max_length: in a study "
+                             "file); `empersona data validate DOMAIN --tokenizer MODEL` gives the rows' token lengths")
     if main and (cut or dropped):
         print(f"warning: {cut} of {len(data.train)} training rows reach max_length {config.max_length} and were "
               f"cut (their ends are not learned); {dropped} more had no assistant token left and were dropped. "
