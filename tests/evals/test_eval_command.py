@@ -133,3 +133,20 @@ def test_secret_model_and_judge_args_are_masked_in_the_log(tmp_path: Path, monke
     assert header.model_args == {"default_headers": {"Authorization": "***"}, "max_retries": 1}
     assert header.model_roles is not None
     assert header.model_roles["grader"].args == {"default_headers": {"Authorization": "***"}, "max_retries": 1}
+
+
+def test_a_provider_without_its_key_is_one_line_not_a_traceback(tmp_path: Path, shared_data: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judge's missing key was a 50-line traceback with console markup in it; the subject's, with
+    --display none, ended with exit code 1 and nothing printed."""
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    for key in ("OPENAI_API_KEY", "AZUREAI_OPENAI_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    common = ["--limit", "1", "--display", "none", "--log-dir", str(tmp_path / "logs")]
+    subject = runner.invoke(app, ["eval", "two_ai", "--model", "openai/gpt-4o-mini", *common])
+    assert isinstance(subject.exception, EmpersonaError)
+    assert str(subject.exception).startswith("two_ai on openai/gpt-4o-mini: the model cannot be used: ")
+    assert "OPENAI_API_KEY" in str(subject.exception) and "[bold]" not in str(subject.exception)
+    judged = runner.invoke(app, ["eval", "harmfulness", "--model", "mockllm/model", "--judge", "openai/gpt-4o-mini", *common])
+    assert isinstance(judged.exception, EmpersonaError)
+    assert "harmfulness: the judge openai/gpt-4o-mini cannot be used: " in str(judged.exception)

@@ -83,6 +83,7 @@ def run_experiment(
     (``bench/live_view.py``: 1.46-1.53x through empersona/, 1.20-1.23x through hf/, tiny model on CPU).
     """
     from inspect_ai import eval as inspect_eval
+    from inspect_ai._util.error import PrerequisiteError
     from inspect_ai.model import GenerateConfig, get_model
 
     from empersona.evals.battery import EXPERIMENTS
@@ -104,7 +105,10 @@ def run_experiment(
     # not memoized: a judge served for one study (the scripted one, on a port of its own) must not
     # be reached at an earlier study's address when several run in one process
     judge_kwargs = {"memoize": False, **(judge_args or {})}
-    roles = {GRADER_ROLE: logged_without_secrets(get_model(judge, config=grader_config, **judge_kwargs))} if judge else None
+    try:
+        roles = {GRADER_ROLE: logged_without_secrets(get_model(judge, config=grader_config, **judge_kwargs))} if judge else None
+    except PrerequisiteError as err:  # e.g. its API key is not set
+        raise EmpersonaError(f"{name}: the judge {judge} cannot be used: {_plain(err)}") from err
     try:
         # with a config of its own the subject is built here (an eval-wide max_retries would override the
         # judge's too), and so it is when its args hold a secret: the log gets them masked
@@ -130,9 +134,19 @@ def run_experiment(
         )
     except OSError as err:  # a model folder or hub id that cannot be loaded
         raise EmpersonaError(f"{name} on {model}: cannot load the model ({err}); check the model string and folder") from err
+    except PrerequisiteError as err:  # e.g. the provider's API key is not set, or its package not installed
+        raise EmpersonaError(f"{name} on {model}: the model cannot be used: {_plain(err)}") from err
     if not logs:  # inspect gives no log for a run interrupted before it began
         raise KeyboardInterrupt
     return logs[0]
+
+
+def _plain(err: Exception) -> str:
+    """An inspect error's message without its console markup, on one line."""
+    from rich.text import Text
+
+    text = Text.from_markup(str(err)).plain.removeprefix("ERROR: ")
+    return " ".join(text.split())
 
 
 def logged_without_secrets(model: Model) -> Model:
@@ -227,7 +241,7 @@ def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Inspect model string, e.g. hf/ADAPTER_DIR, vllm/NAME, openai/gpt-4o-mini.")],
     judge: Annotated[str | None, typer.Option("--judge", help="Judge model (inspect model string), the 'grader' role.")] = None,
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Samples per item (experiment default when omitted).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first K items.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first K samples of the dataset (two_ai and output_recognition ask each item in both orders: K samples are K/2 items).")] = None,
     log_dir: Annotated[Path, typer.Option("--log-dir", help="Where inspect writes its .eval logs.")] = Path("logs"),
     system_prompt: Annotated[str, typer.Option("--system-prompt", help="'default' (template default), 'none' (empty), or a text.")] = "default",
     seed: Annotated[int, typer.Option("--seed", help="The run's sampling seed (each sample asks with a seed derived from it, its id and its repeat); part of the resume cache key. -T seed=N wins over it.")] = 0,
