@@ -103,6 +103,11 @@ def test_training_status_follows_empersona_json(tmp_path: Path, monkeypatch: pyt
     (out / INCOMPLETE_MARKER).unlink()
     (out / "empersona.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
     assert training_status(config) == ("done", "adapter matches the plan")
+    # trained with a relative --out (`empersona train ... --out run/adapters/...`) from this folder: not "since moved"
+    relative = {**config.model_dump(mode="json"), "out": str(out.relative_to(tmp_path))}
+    (out / "empersona.json").write_text(json.dumps({"config": relative}))
+    assert training_status(config) == ("done", "adapter matches the plan")
+    (out / "empersona.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
     changed = load_study(write(tmp_path, {**MINIMAL, "train": {"learning_rate": 2e-5}}))
     status, why = training_status(train_config(changed, "insecure_code", 0))
     assert status == "stale" and "learning_rate" in why

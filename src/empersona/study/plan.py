@@ -221,8 +221,9 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     edited = _edited_domain_file(config, trained_on) if trained_on else None
     if edited is not None:
         return "stale", f"its domain file {edited} changed since it was trained (another sha256)"
-    if recorded.get("out") != wanted.get("out"):
-        return "done", f"adapter matches the plan (trained in {recorded.get('out')}, since moved)"
+    trained_in = recorded.get("out")  # relative in records older than 2026-11-28: read from the working folder
+    if trained_in is None or Path(trained_in).resolve() != Path(wanted["out"]).resolve():
+        return "done", f"adapter matches the plan (trained in {trained_in}, since moved)"
     return "done", "adapter matches the plan"
 
 

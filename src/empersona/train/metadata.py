@@ -189,8 +189,8 @@ def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
 
 
 def _config_record(config: TrainConfig) -> dict[str, Any]:
-    """The config as recorded: every field, with the output folder and a local base resolved."""
-    return config.model_copy(update={"out": config.output_dir(), "base": config.resolved_base()}).model_dump(mode="json")
+    """The config as recorded: every field, with the output folder (absolute) and a local base resolved."""
+    return config.model_copy(update={"out": config.output_dir().resolve(), "base": config.resolved_base()}).model_dump(mode="json")
 
 
 def _init_adapter_record(path: Path) -> dict[str, Any]:
