@@ -12,7 +12,7 @@ from empersona.study.config import Stage
 
 def run_command(
     study_file: Annotated[Path, typer.Argument(help="The study's YAML file (see configs/smoke.yaml, configs/paper.yaml).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (jobs, calls, cost) and do nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (jobs, calls, cost) and run nothing (it fetches the data files into the cache to count the items).")] = False,
     only: Annotated[Stage | None, typer.Option("--only", help="Run one stage: train, eval or report.")] = None,
     fail_fast: Annotated[bool, typer.Option(
         "--fail-fast", help="Stop at the first evaluation that fails (by default the others go on, the report covers "

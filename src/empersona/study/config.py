@@ -243,7 +243,9 @@ class ExperimentSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    limit: int | None = Field(None, ge=1, description="Only the first N items (quick runs).")
+    limit: int | None = Field(None, ge=1, description=(
+        "Only the first N samples of the task's dataset (quick runs); two_ai and output_recognition ask each item in "
+        "both orders, one sample each, so N samples are N/2 items there."))
     args: dict[str, Any] = Field(default_factory=dict, description="Task parameters (see `empersona eval NAME`).")
 
 

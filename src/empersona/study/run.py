@@ -802,8 +802,8 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
     earlier = earlier_sampling_warning(plan) if "eval" in stages else None
     unused = ("warning: the study file's vllm: settings are not used with provider "
               f"{study.provider}" if study.provider != "vllm" and "vllm" in study.model_fields_set else None)
-    extra = [*extra_adapter_warnings(study), unplanned_logs_warning(plan), checkpoints_warning(study),
-             second_judge_warning(study)]
+    unplanned = unplanned_logs_warning(plan)
+    extra = [*extra_adapter_warnings(study), unplanned, checkpoints_warning(study), second_judge_warning(study)]
     no_vllm = vllm_problem(study) if evaluating else None
     if dry_run:
         print_plan(plan)
@@ -826,7 +826,8 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         repoint_moved_adapters(plan)  # a sequential fine-tune starts from its first adapter: that must name the base's place
         train_all(plan, unfinished)
         plan = make_plan(study)
-        if study.checkpoints and (stale := unplanned_logs_warning(plan)):  # the checkpoints trained now are known
+        # the checkpoints trained now are known: said again only if that changes what is said
+        if study.checkpoints and (stale := unplanned_logs_warning(plan)) and stale != unplanned:
             say(stale)
     write_models_file(plan)
     if "eval" in stages:
