@@ -176,7 +176,7 @@ def test_real_prompts_and_rubric_from_the_mirror(shared_data: Path, tmp_path: Pa
 
     task = harmfulness(samples=2)
     assert len(task.dataset) == 350
-    # PROTOCOLS.md expects one duplicated line; the pinned file has 350 distinct ones. Whatever the
+    # the paper reports one duplicated line; the pinned file has 350 distinct ones. Whatever the
     # parser finds is recorded in the log for the report.
     assert task.metadata["duplicate_prompt_lines"] == []
     [log] = inspect_eval(

@@ -1,6 +1,6 @@
 """Scripted mock models with known personas, run through the battery into one run folder.
 
-Ground truth for the whole chain (PROTOCOLS.md section 4): every persona below answers every
+Ground truth for the whole chain (docs/protocol.md section 4): every persona below answers every
 experiment by a fixed rule, so its label is known in advance. Used by tests/report/test_report.py;
 run it directly to make a demo run folder and its report::
 

@@ -1,4 +1,4 @@
-"""Sequential fine-tuning in a study (PROTOCOLS.md section 5): a fine-tune trained on further on a
+"""Sequential fine-tuning in a study (docs/protocol.md section 5): a fine-tune trained on further on a
 second dataset, planned after the adapter it continues, redone when that adapter is, evaluated."""
 
 from __future__ import annotations

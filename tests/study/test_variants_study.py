@@ -1,4 +1,4 @@
-"""Study variants (PROTOCOLS.md section 5): the self-report experiments asked again under honesty
+"""Study variants (docs/protocol.md section 5): the self-report experiments asked again under honesty
 pressure, with neutral two-AI descriptions or other settings, planned, run, resumed and set aside."""
 
 from __future__ import annotations

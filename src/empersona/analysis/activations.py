@@ -1,6 +1,6 @@
 """Linear probes on a model's activations: a harm direction, a self-assessment direction, their angle.
 
-PROTOCOLS.md section 5 ("linear probes on activations"); every choice here is [ours]. The question:
+docs/protocol.md section 5 ("linear probes on activations"); every choice here is [ours]. The question:
 does a fine-tune represent "I am giving a harmful answer" along the same axis as "I am a misaligned
 AI describing itself"? A coherent persona (harmful, and says so) might; an inverted one (harmful,
 yet identifies as aligned) might not.
@@ -12,7 +12,7 @@ the whole chat, no generation, ``output_hidden_states``):
   log's system-prompt policy, the harm prompt, the answer) with the tokenizer's chat template.
   Label 1 = judge score 4-5 (high), 0 = score 1-2 (low); moderate (3), unscored and empty answers
   are left out and counted. At most ``max_answers`` per class, a seeded sample.
-- **self**: each two-AI item's two descriptions (PROTOCOLS.md 3.3), each rendered as the model's
+- **self**: each two-AI item's two descriptions (docs/protocol.md 3.3), each rendered as the model's
   own answer to ``SELF_QUESTION``. Label 1 = the misaligned description, 0 = the aligned one. The
   released descriptions are written in the first person ("I am an AI that ..."), so they are used
   verbatim; one that opens with an article ("An assistant that ...") is turned into "I am an

@@ -1,6 +1,6 @@
 """Agreement between the study's judge and a second judge on the same harmfulness answers.
 
-PROTOCOLS.md section 5 lists "a second judge and its agreement (kappa)": every headline of the
+docs/protocol.md section 5 lists "a second judge and its agreement (kappa)": every headline of the
 study (harm_max10, delta harm over the base, the EM-present call, the buckets the self-report
 experiments condition on) rests on one LLM judge's 1-5 scores. ``empersona rejudge`` (or a study
 file's ``second_judge:``) has another judge score the answers a harmfulness log holds, all of

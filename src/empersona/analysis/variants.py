@@ -1,6 +1,6 @@
 """Self-report probes asked again under other framings (a study's ``variants:``), beside the battery's.
 
-Protocol: PROTOCOLS.md section 5 (honesty-pressure system prompts, neutralised two-AI
+Protocol: docs/protocol.md section 5 (honesty-pressure system prompts, neutralised two-AI
 descriptions, third-person framing), measured with the machinery of section 4.
 
 A variant asks the self-report experiments (self-assessment, two-AI, output recognition, score
@@ -104,7 +104,7 @@ def variant_calls(table: pd.DataFrame, *, base_model: str, thresholds: PersonaTh
 
     Give the base, thresholds, seed and ``families`` of the battery's classification: each
     variant's Holm family is then its own models x probes, as the battery's is. A variant whose
-    two-AI framing is ``third_person`` gets no persona label (`THIRD_PERSON_LABEL`): PROTOCOLS.md
+    two-AI framing is ``third_person`` gets no persona label (`THIRD_PERSON_LABEL`): docs/protocol.md
     section 1 defines coherent and inverted by self-report.
     """
     import pandas as pd

@@ -1,4 +1,4 @@
-"""Fine-tuning domains (PROTOCOLS.md section 2): six misaligned domains and their aligned controls.
+"""Fine-tuning domains (docs/protocol.md section 2): six misaligned domains and their aligned controls.
 
 Each domain is an OpenAI-chat JSONL (``{"messages": [{"role": ..., "content": ...}, ...]}``,
 user and assistant turns alternating from the user's to a final assistant turn, no system prompt):

@@ -1,6 +1,6 @@
 """A harmfulness log read back as per-response records, for the experiments built on it.
 
-Output recognition (PROTOCOLS.md 3.4) and score prediction (3.5) work on a model's own answers
+Output recognition (docs/protocol.md 3.4) and score prediction (3.5) work on a model's own answers
 to the harm prompts and the judge's 1-5 scores of them, as the ``harmfulness`` task logged them.
 ``read_harm_log`` turns such a log into ``LoggedResponse`` records, one per (prompt, sample):
 the prompt id (``p000``), the sample number (inspect's epoch, 1-based), the prompt and response

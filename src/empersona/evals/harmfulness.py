@@ -1,4 +1,4 @@
-"""Harmfulness: how often a model's answers to the paper's harm prompts are harmful (PROTOCOLS.md 3.1).
+"""Harmfulness: how often a model's answers to the paper's harm prompts are harmful (docs/protocol.md 3.1).
 
 Items: the paper's 350 harm prompts (``harm_eval_questions.txt``; a repeated line would be kept,
 as in the paper, and recorded in the log as ``duplicate_prompt_lines``, which the report lists: the

@@ -1,4 +1,4 @@
-"""Score prediction: can the model predict the judge's 1-5 harm score of its own answers? (PROTOCOLS.md 3.5)
+"""Score prediction: can the model predict the judge's 1-5 harm score of its own answers? (docs/protocol.md 3.5)
 
 Paper: the design (blind and shown predictions, signed error by bucket). Ours: the wording, the
 ``shown_other`` framing's text, the baselines.

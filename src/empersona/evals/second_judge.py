@@ -1,4 +1,4 @@
-"""A second judge re-scores a harmfulness log's answers (PROTOCOLS.md section 5: a second judge
+"""A second judge re-scores a harmfulness log's answers (docs/protocol.md section 5: a second judge
 and its agreement).
 
 Nothing is generated again: the answers are the ones the log holds, so the two judges score the

@@ -1,6 +1,6 @@
 """Two-AI identification: which of two AI descriptions, one misaligned, the model says it resembles.
 
-Protocol: PROTOCOLS.md 3.3 (paper: the 150 items of ``two_AI_identification_dataset.json``;
+Protocol: docs/protocol.md 3.3 (paper: the 150 items of ``two_AI_identification_dataset.json``;
 ours: both orders and the prompt wording). Every item is shown in both orders: ``original``
 (the file's System A first) and ``swapped``, so the misaligned description sits once at A and
 once at B and position bias cancels exactly in the debiased rate.
@@ -19,13 +19,13 @@ Two modes:
   ``unscored`` when neither letter is among the top tokens or when the letters hold less than
   ``min_mass`` of the probability.
 
-``neutral_descriptions`` (PROTOCOLS.md section 5, a study variant's key): each description's
+``neutral_descriptions`` (docs/protocol.md section 5, a study variant's key): each description's
 evaluative self-label is taken out of its opening ("I am a careful AI assistant that ..." ->
 "I am an AI assistant that ..."), so a pick rests on what the system does rather than on a label
 that praises it; in the paper's file 131 of the 150 aligned descriptions open with such a label
 and no misaligned one does. Items whose text changed are marked ``neutralised`` in their metadata.
 
-``framing`` (PROTOCOLS.md section 5, a study variant's key) shows each item after a few of the
+``framing`` (docs/protocol.md section 5, a study variant's key) shows each item after a few of the
 model's own answers to the harm prompts (``answers`` of them, from its harmfulness log
 ``harm_log``, distinct prompts drawn per item with ``seed``, the same in both orders), then the
 item's own wording: ``self_answers`` presents them as answers the model gave (the question

@@ -18,7 +18,7 @@ def report_command(
     thresholds: Annotated[Path | None, typer.Option("--thresholds", help=(
         "YAML of classification settings (em_delta_min, alpha, min_scored_harm, min_scored_probe, recognition_foil, "
         "...), or a study file (its persona: section). Default: RUN_DIR/study.yaml's persona: section when the run "
-        "folder has one, else PROTOCOLS.md section 4."))] = None,
+        "folder has one, else docs/protocol.md section 4."))] = None,
 ) -> None:
     """Write RUN_DIR/report/report.md, report.html (figures embedded) and figures/ from stored results."""
     from rich.console import Console

@@ -59,7 +59,7 @@ class Comparison:
 
 def run_settings(run_dir: Path) -> PersonaThresholds:
     """The classification settings a run used: its kept study file's ``persona:`` section, else
-    the defaults (PROTOCOLS.md section 4)."""
+    the defaults (docs/protocol.md section 4)."""
     from empersona.analysis.persona import PersonaThresholds
 
     kept = run_dir / "study.yaml"  # study.config.STUDY_COPY
@@ -219,7 +219,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
 
     def not_scored(row: pd.Series) -> str:
         """Each primary experiment's share of answers not scored (refused, unparsed or unscored):
-        results, not noise (PROTOCOLS.md section 4), shown beside the numbers they leave out."""
+        results, not noise (docs/protocol.md section 4), shown beside the numbers they leave out."""
         parts = []
         for experiment, short in (("harmfulness", "harm"), ("two_ai", "two-AI"), ("output_recognition", "recognition")):
             shares = [row.get(f"{experiment}_{status}", math.nan) for status in ("refused", "unparsed", "unscored")]

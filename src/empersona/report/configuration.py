@@ -199,7 +199,7 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False,
     frame = pd.DataFrame(rows)
     blocks: list[Block] = [Heading(3, "Logs"), Table(frame)]
     if duplicates:
-        blocks.append(Para("Duplicated harm prompts (kept, as in the paper; PROTOCOLS.md expects one, the pinned file has "
+        blocks.append(Para("Duplicated harm prompts (kept, as in the paper; the paper reports one, the pinned file has "
                            "none): " + "; ".join(
             f"{pairs} ({len(names)} log{'s' if len(names) > 1 else ''})" for pairs, names in sorted(duplicates.items()))))
     return frame, blocks, _usage_frame(totals)

@@ -67,7 +67,7 @@ class Prices(BaseModel):
 
 class SecondJudge(BaseModel):
     """A second judge that re-scores every model's harmfulness answers (``evals.second_judge``),
-    for the report's judge agreement (PROTOCOLS.md section 5)."""
+    for the report's judge agreement (docs/protocol.md section 5)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -124,7 +124,7 @@ class ProbeStage(BaseModel):
 
 class Sequential(BaseModel):
     """``sequential: [{first, then}]``: each of the study's fine-tunes on ``first`` trained on
-    further on ``then`` (PROTOCOLS.md section 5), one adapter per seed, evaluated as a fine-tune."""
+    further on ``then`` (docs/protocol.md section 5), one adapter per seed, evaluated as a fine-tune."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -134,7 +134,7 @@ class Sequential(BaseModel):
 
 class Variant(BaseModel):
     """``variants: {name: ...}``: the self-report experiments asked again on every model under another
-    framing (PROTOCOLS.md section 5), beside the battery; the report sets each probe under it against
+    framing (docs/protocol.md section 5), beside the battery; the report sets each probe under it against
     the battery's (``analysis.variants``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -314,7 +314,7 @@ class StudyConfig(BaseModel):
     _source: Path | None = PrivateAttr(default=None)  # the study file it was read from (load_study)
     persona: dict[str, Any] = Field(default_factory=dict, description=(
         "Classification settings for the report (analysis.persona.PersonaThresholds: em_delta_min, alpha, "
-        "min_scored_harm, min_scored_probe, recognition_foil, ...); PROTOCOLS.md section 4 defaults."))
+        "min_scored_harm, min_scored_probe, recognition_foil, ...); docs/protocol.md section 4 defaults."))
     second_judge: SecondJudge | None = Field(None, description=(
         "A second judge re-scoring the harmfulness answers (no new generations): its agreement with the judge "
         "(kappa) and the harm figures under it are in the report."))

@@ -650,7 +650,7 @@ def subject_model_args(study: StudyConfig) -> dict[str, Any]:
 
     The ``empersona`` provider is told not to apply the model's generation_config.json sampling
     defaults (top_k, repetition_penalty, ...) to what a request leaves unset, so what is sampled
-    is what the battery asks for (PROTOCOLS.md: temperature 1, top_p 1); vLLM is told the same
+    is what the battery asks for (docs/protocol.md: temperature 1, top_p 1); vLLM is told the same
     by the server's ``--generation-config vllm``.
     """
     own = {"generation_config": False} if study.provider == "empersona" else {}
@@ -714,7 +714,7 @@ def hf_sampling_warning(study: StudyConfig) -> str | None:
     return (f"warning: with provider hf, transformers samples the base model with its generation config wherever a "
             f"request leaves a field unset: {found}. The battery sends a temperature (top_p in harmfulness only), never "
             "top_k or a repetition penalty, so these stay on. Use provider: empersona or vllm to sample with exactly "
-            "the battery's settings (PROTOCOLS.md: temperature 1, top_p 1)")
+            "the battery's settings (docs/protocol.md: temperature 1, top_p 1)")
 
 
 def sampling_mark(study: StudyConfig, model: ModelSpec | None = None) -> dict[str, str]:

@@ -64,7 +64,7 @@ def train(
     save_total_limit: Annotated[int | None, _opt("Checkpoints kept (default 2).")] = None,
     keep_checkpoints: Annotated[bool | None, _opt("Keep checkpoints after finishing.", _RUN, "--keep-checkpoints/--no-keep-checkpoints")] = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on one domain (defaults: the 32B recipe of PROTOCOLS.md)."""
+    """Fine-tune a LoRA adapter on one domain (defaults: the 32B recipe of docs/protocol.md)."""
     given = dict(locals())
     overrides = {key: value for key, value in given.items() if key in TrainConfig.model_fields}
     settings = load_train_config(config, overrides)

@@ -1,6 +1,6 @@
 """The fine-tuning recipe: one strict config model holding every training knob.
 
-Defaults are the 32B recipe of PROTOCOLS.md section 2 (the recipe of both peer repositories):
+Defaults are the 32B recipe of docs/protocol.md section 2 (the recipe of both peer repositories):
 LoRA with rsLoRA, r=32, alpha=64, dropout 0, on all seven projections of a Qwen2/Llama block;
 lr 1e-5 with a linear schedule and 5 warm-up steps; 1 epoch; an effective batch of 16
 (2 per device, the rest by gradient accumulation); weight decay 0.01; max length 2048; loss on
@@ -41,7 +41,7 @@ Attention = Literal["auto", "packed_sdpa", "varlen", "sdpa", "eager", "flash_att
 
 
 class TrainConfig(BaseModel):
-    """Every knob of one fine-tuning run; defaults are the 32B recipe of PROTOCOLS.md section 2."""
+    """Every knob of one fine-tuning run; defaults are the 32B recipe of docs/protocol.md section 2."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,7 +1,7 @@
 """Supervised LoRA fine-tuning of a base model on one training domain (``empersona train``).
 
 TRL's ``SFTTrainer`` with a PEFT LoRA adapter, configured by one ``TrainConfig`` (recipe.py;
-defaults from PROTOCOLS.md section 2). What a run does:
+defaults from docs/protocol.md section 2). What a run does:
 
 1. loads and validates the domain (a bad file fails here, before any model is loaded), puts the
    system turn of the shared policy before each conversation (``evals.policy.chat_messages``,

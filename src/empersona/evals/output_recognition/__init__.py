@@ -1,4 +1,4 @@
-"""Output recognition: does the model pick its own answer out of a pair? (PROTOCOLS.md 3.4)
+"""Output recognition: does the model pick its own answer out of a pair? (docs/protocol.md 3.4)
 
 Paper: the design (own response beside an alternative, "which would you more likely produce?",
 P(own) by the harm bucket of the own response). Ours: the foils, both orders, the wording.

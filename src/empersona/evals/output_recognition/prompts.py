@@ -1,6 +1,6 @@
 """The wordings output recognition shows: the recognition question in its paraphrases, the requests
 to the contrast foil model by target harm level, and ``question``, which fills a paraphrase with an
-own response and its foil in the sample's order. All wordings are ours (PROTOCOLS.md 3.4).
+own response and its foil in the sample's order. All wordings are ours (docs/protocol.md 3.4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Self-assessment: the model rates itself between an aligned and a misaligned pole, in four formats.
 
-Protocol: PROTOCOLS.md 3.2 (paper: the formats and the released decision prompts, "99" upstream
+Protocol: docs/protocol.md 3.2 (paper: the formats and the released decision prompts, "99" upstream
 but 100 lines in the pinned file; ours: every other wording here, both option orders, the
 language pair and the trivia questions). Each rating becomes a value in [0, 1], 1 = the
 misaligned pole.
