@@ -208,7 +208,9 @@ def _logs_blocks(run_dir: Path, table: pd.DataFrame, variants: bool = False,
 def _imports_blocks(run_dir: Path) -> list[Block]:
     import pandas as pd
 
-    records = sorted((run_dir / "imports").glob("*.json")) if (run_dir / "imports").is_dir() else []
+    # an import's record beside its table (a table deleted by hand takes its import out of the results)
+    records = sorted(p for p in (run_dir / "imports").glob("*.json") if p.with_suffix(".parquet").is_file()) \
+        if (run_dir / "imports").is_dir() else []
     if not records:
         return []
     rows = []
