@@ -362,8 +362,11 @@ def test_a_study_probes_its_models_once_and_reports_them(tmp_path: Path, tiny_mo
         ghost = tmp_path / "run" / "probes" / "removed-model"
         ghost.mkdir()
         (ghost / "probe.json").write_text("{}")
+        kept = {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in ("models.yaml", "results.parquet")}
         run_study(load_study(path))
         assert result.stat().st_mtime_ns == made  # probed once
+        # nothing new: models.yaml is not written again, so the results table is not rebuilt from every log
+        assert {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in kept} == kept
         assert not ghost.exists() and list((tmp_path / "run" / "probes.replaced").glob("*/removed-model"))
         path.write_text(yaml.safe_dump({**data, "probes": {**data["probes"], "resamples": 60}}))
         run_study(load_study(path))

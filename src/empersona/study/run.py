@@ -481,7 +481,9 @@ def write_models_file(plan: Plan) -> Path:
     path = plan.study.out / MODELS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"base": base.name, "models": entries, "run_folder": str(plan.study.out)}  # read after a move: RunModels.relocated
-    path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+    text = yaml.safe_dump(record, sort_keys=False)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:  # unchanged: the results table stays current
+        replace_text(path, text)
     return path
 
 
