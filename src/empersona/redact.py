@@ -11,17 +11,30 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-SECRET_PARTS = frozenset({"token", "key", "keys", "apikey", "secret", "secrets", "password", "passwd", "authorization",
-                          "auth", "credential", "credentials"})
-"""Words of a setting's name that mark its value as a secret (HF_TOKEN, api_key, apiKey, Authorization): whole
-words, so that ``max_tokens`` or ``tokenizer`` are not taken for secrets."""
+SECRET_WORDS = ("token", "key", "keys", "secret", "secrets", "password", "passwords", "passwd", "credential",
+                "credentials", "authorization")
+"""A word of a setting's name that ends with one of these marks its value as a secret (HF_TOKEN, api_key, apiKey,
+HFTOKEN, SECRETKEY, Authorization); so does a last word ``auth`` (basic_auth)."""
+NOT_SECRET_WORDS = frozenset({"tokens", "tokenizer", "tokenize", "tokenized", "keyword", "keywords", "keyboard"})
+"""Words that only look like secrets: counts of tokens (max_tokens), the tokenizer, keywords."""
+COUNTED_AFTER = frozenset({"id", "ids", "count", "counts", "type", "types", "length", "len", "limit", "budget"})
+"""A ``token`` followed by one of these names a number or a kind, not a secret (eos_token_id); a key's id
+(AWS_ACCESS_KEY_ID) is kept secret."""
 MASKED = "***"
 _NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a setting's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY, api_key, x-api-key)."""
-    return any(word.lower() in SECRET_PARTS for word in _NAME_WORDS.findall(str(name)))
+    """Whether a setting's name looks like it holds a secret (HF_TOKEN, WANDB_API_KEY, api_key, x-api-key,
+    HFTOKEN, basic_auth); not max_tokens, tokenizer or eos_token_id."""
+    words = [word.lower() for word in _NAME_WORDS.findall(str(name))]
+    for index, word in enumerate(words):
+        following = words[index + 1] if index + 1 < len(words) else None
+        if word in NOT_SECRET_WORDS or (word == "token" and following in COUNTED_AFTER):
+            continue
+        if word.endswith(SECRET_WORDS) or (word == "auth" and following is None):
+            return True
+    return False
 
 
 def redacted(value: Any) -> Any:
@@ -83,7 +96,8 @@ def masked_yaml(text: str) -> str:
         return text  # not YAML: nothing here to mask by name (the loader refuses such a file anyway)
     spans: set[tuple[int, int]] = set()
     for node in _secret_scalars(root):
-        spans.add((node.start_mark.index, node.end_mark.index))
+        if node.end_mark.index > node.start_mark.index:  # an empty value (api_key: with nothing after it) holds no secret
+            spans.add((node.start_mark.index, node.end_mark.index))
     values = sorted({v for v in secret_values(data) if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
     masked = text
     for start, end in sorted(spans, reverse=True):
@@ -133,9 +147,13 @@ def _all_masked(value: Any, under_secret: bool = False) -> bool:
 
 
 def _masked_values(value: Any, values: set[str]) -> Any:
-    """Parsed data with every string equal to one of ``values`` masked (where an alias copied it)."""
+    """Parsed data with each of ``values`` masked wherever a string holds it (where an alias copied it, or
+    inside a longer value such as a URL)."""
     if isinstance(value, dict):
         return {k: _masked_values(v, values) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked_values(v, values) for v in value]
-    return MASKED if isinstance(value, str) and value in values else value
+    if isinstance(value, str):
+        for secret in sorted(values, key=len, reverse=True):
+            value = value.replace(secret, MASKED)
+    return value

@@ -591,3 +591,23 @@ def test_every_secret_in_the_study_file_is_masked_and_nothing_else(tmp_path: Pat
     assert data["judge_args"] == {"api_key": "***", "max_tokens": 64} and data["vllm"]["env"]["SHARED"] == "***"
     assert data["second_judge"]["model_args"] == {"api_key": "***", "default_headers": {"Authorization": "***"}}
     assert data["experiments"]["output_recognition"]["args"]["foil_max_tokens"] == 64
+
+
+def test_secret_names_by_their_words_and_empty_or_embedded_values() -> None:
+    """Words that end in a secret's name count (HFTOKEN, SECRETKEY, accesstoken); counts and the
+    tokenizer do not. An empty value is left as it is (masking it made `api_key:"***"`, a key of its
+    own); where the text must be written anew, a secret inside a longer value (a URL) is masked too."""
+    from empersona.redact import is_secret_name, masked_yaml
+
+    secret = ["HF_TOKEN", "api_key", "apiKey", "x-api-key", "HFTOKEN", "OPENAIAPIKEY", "SECRETKEY", "accesstoken",
+              "passwords", "basic_auth", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "Authorization", "use_auth_token"]
+    plain = ["max_tokens", "max_new_tokens", "tokenizer", "tokenizer_mode", "eos_token_id", "keyboard", "auth_type"]
+    assert [n for n in secret if not is_secret_name(n)] == [] and [n for n in plain if is_secret_name(n)] == []
+    empty = "model_args:\n  api_key:\n  device: cpu  # local\n"
+    assert masked_yaml(empty) == empty
+    embedded = ('judge_args: {api_key: sk-live-abcdef123, base_url: "https://proxy.example/v1?key=sk-live-abcdef123"}\n'
+                "headers: {X-Trace: sk-live-abcdef123/trace}\n")
+    masked = masked_yaml(embedded)
+    assert "abcdef123" not in masked
+    assert yaml.safe_load(masked) == {"judge_args": {"api_key": "***", "base_url": "https://proxy.example/v1?key=***"},
+                                      "headers": {"X-Trace": "***/trace"}}
