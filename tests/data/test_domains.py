@@ -301,3 +301,20 @@ def test_bad_tokenizer_path_is_an_error(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "d.jsonl", [_chat("a", "b")])
     with pytest.raises(EmpersonaError, match="cannot load a tokenizer"):
         validate(str(path), tokenizer_path=str(tmp_path / "nowhere"))
+
+
+def test_line_ends_of_every_kind_and_a_limit_that_stops_before_the_end(tmp_path: Path) -> None:
+    """Bytes are split at LF, CRLF or a lone CR (text mode read them so); a blank line inside the
+    first rows is an error under --limit too (trailing blank lines are the file's end, not the limit's)."""
+    from empersona.data.parsers import read_text
+
+    path = tmp_path / "cr.jsonl"
+    rows = [json.dumps(_chat(f"q{i}", "a")) for i in range(3)]
+    path.write_bytes(f"{rows[0]}\r{rows[1]}\r\n{rows[2]}\n".encode())
+    assert len(load_domain(str(path)).records) == 3
+    path.write_bytes(f"{rows[0]}\n{rows[1]}\n\n{rows[2]}\n".encode())
+    report = validate(str(path), limit=3)
+    assert [(e.line, e.message.split(".")[0]) for e in report.errors] == [(3, "blank line")]
+    rubric = tmp_path / "r.txt"
+    rubric.write_bytes(b"Rate it.\r\nPrompt: {prompt}\rAnswer: {response}\r\n")
+    assert read_text(rubric) == "Rate it.\nPrompt: {prompt}\nAnswer: {response}\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,22 +150,19 @@ class Lines(NamedTuple):
 
 def _read_lines(path: Path, limit: int | None) -> Lines:
     """The file's lines (``.gz`` decompressed), at most ``limit``, each decoded on its own so that
-    a stray non-UTF-8 byte is reported at its line (a leading byte-order mark is dropped), and
-    blank lines at the end of the file left out (an editor's extra newline is no row)."""
+    a stray non-UTF-8 byte is reported at its line (a leading byte-order mark is dropped; a line
+    ends at LF, CRLF or a lone CR), and blank lines at the end of the file left out (an editor's
+    extra newline is no row)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    raw_lines: list[bytes] = []
     try:
         with opener(path, "rb") as handle:
-            for raw in handle:
-                if limit is not None and len(raw_lines) >= limit:
-                    break
-                raw_lines.append(raw.rstrip(b"\n").rstrip(b"\r"))
+            data = handle.read()
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a damaged .gz
         raise EmpersonaError(f"{path}: cannot read it ({err}). Check the file, or fetch it again") from err
-    if raw_lines and raw_lines[0].startswith(BOM):
-        raw_lines[0] = raw_lines[0][len(BOM):]
-    while raw_lines and not raw_lines[-1].strip():
+    raw_lines = re.split(rb"\r\n|\r|\n", data.removeprefix(BOM))
+    while raw_lines and not raw_lines[-1].strip():  # the file's own end first, then the limit
         raw_lines.pop()
+    raw_lines = raw_lines[:limit] if limit is not None else raw_lines
     numbered: list[tuple[int, str]] = []
     errors: list[RowError] = []
     for number, raw in enumerate(raw_lines, start=1):

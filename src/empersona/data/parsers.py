@@ -43,7 +43,7 @@ def read_text(path: Path) -> str:
     except OSError as err:
         raise EmpersonaError(f"{path}: cannot read it ({err}). Check the path") from err
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")  # line ends as text mode reads them
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         problem = f"not UTF-8 (byte 0x{data[err.start]:02x})"
