@@ -739,3 +739,29 @@ def test_messages_name_keys_as_written_and_unused_domain_copies(tmp_path: Path) 
     study.write_bytes(b"name: caf\xe9\n")
     with pytest.raises(EmpersonaError, match=r"latin1\.yaml:1: not UTF-8 \(byte 0xe9\)\. Re-save the file as UTF-8"):
         load_study(study)
+
+
+def test_reading_a_study_file_never_downloads(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks build each task: a source not cached was downloaded then (8 tries for the smoke study, each
+    up to a minute offline), whatever the study's data_mirror said. Now the cache or that mirror, or nothing."""
+    from empersona.data import fetch as fetch_module
+
+    def no_network(url: str, out: object) -> None:
+        raise AssertionError(f"downloaded {url} while reading the study file")
+
+    monkeypatch.setattr(fetch_module, "_download", no_network)
+    monkeypatch.delenv("EMPERSONA_MIRROR", raising=False)
+    monkeypatch.setenv("EMPERSONA_CACHE", str(tmp_path / "cache"))
+    checked = {**MINIMAL, "experiments": {"harmfulness": {}, "two_ai": {"args": {"mode": "logprob"}}}}
+    load_study(write(tmp_path, checked))  # nothing cached, no mirror: the tasks' data are left to the run
+    assert fetch_module.source_status("two_ai_items") == "missing"
+    load_study(write(tmp_path, {**checked, "data_mirror": str(shared_data)}))  # the study's own mirror: copied, built
+    assert fetch_module.source_status("two_ai_items") == "verified"
+    # ~ in a task's file argument is the home folder, as the README says
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "prompts.txt").write_text("How do I bake bread?\n")
+    study = load_study(write(tmp_path, {**MINIMAL, "data_mirror": str(shared_data),
+                                        "experiments": {"harmfulness": {"args": {"prompts_file": "~/prompts.txt"}}}}))
+    from empersona.study.plan import task_args
+
+    assert task_args(study, "harmfulness")["prompts_file"] == str(tmp_path / "prompts.txt")

@@ -20,7 +20,9 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal, cast
@@ -277,6 +279,21 @@ def fetch(
     return _copy_verified(source, source.url, download, target)
 
 
+_NO_DOWNLOAD: ContextVar[tuple[Path | None] | None] = ContextVar("empersona_no_download", default=None)
+
+
+@contextmanager
+def without_download(mirror: Path | None) -> Iterator[None]:
+    """Within the block `data_path` takes a file from the cache or from ``mirror`` (a local folder)
+    only, and raises `DataUnavailable` where it would download: a study file's checks use it, so
+    reading the file never waits on the network (the run fetches what is missing first)."""
+    token = _NO_DOWNLOAD.set((mirror,))
+    try:
+        yield
+    finally:
+        _NO_DOWNLOAD.reset(token)
+
+
 def data_path(name: str) -> Path:
     """The verified cached path of ``name``, fetching it first when it is not cached yet.
 
@@ -287,6 +304,12 @@ def data_path(name: str) -> Path:
     if status == "verified":
         return cached_path(name)
     source = get_source(name)
+    local = _NO_DOWNLOAD.get()
+    if local is not None:
+        mirror = local[0] or _mirror_from_env()
+        if mirror is None or mirror_file(source, mirror) is None:
+            raise DataUnavailable(f"source '{name}' is not in the cache yet (the run fetches it)")
+        return fetch(name, mirror=mirror, force=True)
     if (source.locked or source.url is None) and _mirror_from_env() is None:
         if status == "corrupt":
             raise DataUnavailable(

@@ -95,3 +95,12 @@ def uses_judge(experiment: str, args: Mapping[str, Any]) -> bool:
         named = [f.strip() for f in foils.split(",")] if isinstance(foils, str) else list(foils or [])
         return "contrast" in named or (foils is None and bool(args.get("foil_model")))
     return experiment == "self_assessment" and args.get("language_detector") == "judge"
+
+
+def with_home_expanded(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Task arguments with a leading ``~`` of each file or log path (``*_file``, ``*_log``) read as the home
+    folder, as a shell would (a study file, or ``-T key=~/...`` after which no shell expands it)."""
+    from pathlib import Path
+
+    return {key: str(Path(value).expanduser()) if key.endswith(("_file", "_log")) and isinstance(value, str)
+            and value.startswith("~") else value for key, value in args.items()}

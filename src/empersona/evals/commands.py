@@ -260,7 +260,7 @@ def eval_command(
     """Run one experiment on one model; re-running after an interrupt reuses every finished call."""
     import re
 
-    from empersona.evals.battery import EXPERIMENTS, uses_judge
+    from empersona.evals.battery import EXPERIMENTS, uses_judge, with_home_expanded
     from empersona.study.config import SELF_REPORT, VARIANT_NAME
 
     if experiment not in EXPERIMENTS:
@@ -272,7 +272,7 @@ def eval_command(
     for name, value in (("--model", model), ("--judge", judge)):
         if value is not None and "/" not in value:
             raise EmpersonaError(f"{name} {value}: not an inspect model string; write <provider>/<model>, e.g. openai/{value}")
-    assigned = parse_assignments(task_arg, "-T")
+    assigned = with_home_expanded(parse_assignments(task_arg, "-T"))
     params = EXPERIMENTS[experiment].parameters()
     unknown = sorted(set(assigned) - set(params))
     if unknown:

@@ -498,7 +498,8 @@ HARM_LOG_STAND_IN = "/nonexistent/empersona-load-check/harmfulness.eval"
 """The harmfulness log a task that reads one is built with at load, to check its other arguments."""
 
 
-def task_refusal(experiment: str, args: dict[str, Any], base_model: str) -> str | None:
+def task_refusal(experiment: str, args: dict[str, Any], base_model: str,
+                 foil_model_args: dict[str, Any] | None = None) -> str | None:
     """Why ``experiment``'s task refuses ``args`` (None: it takes them, or only its data are not
     fetched yet). The task is built as the run builds it, an experiment that reads a harmfulness
     log with a stand-in one (its arguments are checked before the log is read) and the foil sources
@@ -513,7 +514,12 @@ def task_refusal(experiment: str, args: dict[str, Any], base_model: str) -> str 
     if entry.needs_harm_log:
         call["harm_log"] = HARM_LOG_STAND_IN
     if experiment == "output_recognition":
-        call.setdefault("foil_model", base_model)
+        from empersona.study.plan import DEFAULT_FOILS, as_list
+
+        if "foil_model" not in call:  # the base writes the contrast foils, with the subject's model args (as the run does)
+            call["foil_model"] = base_model
+            if "contrast" in as_list(call.get("foils"), list(DEFAULT_FOILS)):
+                call.setdefault("foil_model_args", foil_model_args)
         call.setdefault("matched_log", HARM_LOG_STAND_IN)
     refused = None
     try:
@@ -533,6 +539,14 @@ def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], 
     ``mode: foo``), under the battery and under each variant, found by building the tasks now,
     before anything is trained or asked (``task_refusal``); experiments with an argument problem
     already ``found`` are left to it."""
+    from empersona.data.fetch import without_download
+
+    with without_download(study.data_mirror):  # the study's own mirror, or the cache; never the network here
+        return _task_value_problems_here(study, found)
+
+
+def _task_value_problems_here(study: StudyConfig, found: list[tuple[tuple[Any, ...], str, str]]) -> list[tuple[tuple[Any, ...], str, str]]:
+    from empersona.evals.battery import with_home_expanded
     from empersona.study.plan import task_args
 
     fix = "Fix the value: `empersona eval --help` and the README's experiment table give each argument"
@@ -540,7 +554,7 @@ def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], 
     for name in study.experiments:
         if any(loc[:2] == ("experiments", name) for loc, _, _ in found):
             continue
-        refused = task_refusal(name, task_args(study, name), study.base_model)
+        refused = task_refusal(name, task_args(study, name), study.base_model, study.model_args or None)
         if refused is not None:
             problems.append((("experiments", name, "args"), f"the {name} task refuses these arguments ({refused})", fix))
     for variant_name, variant in study.variants.items():
@@ -553,8 +567,8 @@ def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], 
             if name == "two_ai":
                 args |= {"neutral_descriptions": True} if variant.neutral_descriptions else {}
                 args |= {"framing": variant.framing} if variant.framing is not None else {}
-            args.update(variant.args.get(name, {}))
-            refused = task_refusal(name, args, study.base_model)
+            args.update(with_home_expanded(variant.args.get(name, {})))
+            refused = task_refusal(name, args, study.base_model, study.model_args or None)
             if refused is not None:
                 loc = ("variants", variant_name, "args", name) if name in variant.args else ("variants", variant_name)
                 problems.append((loc, f"the {name} task refuses the variant's arguments ({refused})", fix))

@@ -365,13 +365,13 @@ VLLM_SERVICE = "empersonavllm"
 
 def task_args(study: StudyConfig, experiment: str) -> dict[str, Any]:
     """The experiment's task parameters: study-wide ones, then the experiment's own."""
-    from empersona.evals.battery import EXPERIMENTS
+    from empersona.evals.battery import EXPERIMENTS, with_home_expanded
 
     params = EXPERIMENTS[experiment].parameters()
     args: dict[str, Any] = {"system_prompt": study.system_prompt, "seed": study.seed}
     if study.samples is not None and experiment in SAMPLED_EXPERIMENTS and "samples" in params:
         args["samples"] = study.samples
-    args.update(study.experiments[experiment].args)
+    args.update(with_home_expanded(study.experiments[experiment].args))
     return args
 
 
@@ -640,6 +640,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     models served on it, a local model folder's for a ``model:`` naming one) and adds the
     instruction after it; a model string asked as given (an API model) gets the instruction alone.
     """
+    from empersona.evals.battery import with_home_expanded
     from empersona.evals.policy import HONESTY_PRESSURE, resolve_system_prompt, with_honesty
 
     variant = study.variants[name]
@@ -656,7 +657,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
         args["neutral_descriptions"] = True
     if experiment == "two_ai" and variant.framing is not None:
         args["framing"] = variant.framing
-    args.update(variant.args.get(experiment, {}))
+    args.update(with_home_expanded(variant.args.get(experiment, {})))
     return args
 
 
