@@ -31,7 +31,10 @@ def replacing(target: Path) -> Iterator[Path]:
     os.close(handle)
     tmp = Path(name)
     try:
-        os.chmod(tmp, _FILE_MODE)
+        try:
+            os.chmod(tmp, _FILE_MODE)
+        except OSError:  # a file system that keeps its own modes
+            pass
         yield tmp
         os.replace(tmp, target)
     finally:

@@ -240,3 +240,21 @@ def test_an_import_replaced_by_an_older_copy_rebuilds_the_table(tmp_path: Path) 
     stored.write_bytes(replacement.read_bytes())
     os.utime(stored, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert run_results(run_dir)["aligned"].tolist() == [99.0]
+
+
+def test_importing_a_file_again_replaces_it_under_any_name(tmp_path: Path) -> None:
+    """An import is known by its file: the same jsonl with another model's rows added is stored under a new
+    name, and used to be refused as a clash with its own earlier import (or kept twice under another --model)."""
+    record = {"experiment": "e", "item_id": "1", "sample": 0, "condition": "", "status": "refused", "value": None}
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({**record, "model": "a"}) + "\n")
+    run_dir = tmp_path / "run"
+    import_files([path], fmt="jsonl", out=run_dir)
+    path.write_text(json.dumps({**record, "model": "a"}) + "\n" + json.dumps({**record, "model": "b"}) + "\n")
+    import_files([path], fmt="jsonl", out=run_dir)
+    assert sorted(p.name for p in (run_dir / "imports").glob("*.parquet")) == ["a_b--results.parquet"]
+    assert sorted(run_results(run_dir)["model"]) == ["a", "b"]
+    csv_file = write_csv(tmp_path / "m.csv", [["q", "a", "x", 10, 80]])
+    import_files([csv_file], fmt="em-csv", out=run_dir, model="first-name")
+    import_files([csv_file], fmt="em-csv", out=run_dir, model="second-name")
+    assert sorted(p.stem for p in (run_dir / "imports").glob("*.parquet")) == ["a_b--results", "second-name--m"]

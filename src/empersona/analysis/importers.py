@@ -305,7 +305,7 @@ def read_em_csv(
     table = tidy_frame(rows)
     disagreements = [_compare(s, pairs[s], tolerance) for s in EM_SCORES if pairs[s]]
     record = ImportRecord(
-        source=str(path),
+        source=str(Path(path).resolve()),
         sha256=sha,
         format="em-csv",
         models=[model],
@@ -431,7 +431,7 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
                      "model_string": record.model_string or record.model, "log_file": record.log_file or str(path)})
     table = tidy_frame(rows)
     record = ImportRecord(
-        source=str(path),
+        source=str(Path(path).resolve()),
         sha256=_sha256(path),
         format="jsonl",
         models=sorted(set(table["model"])),
@@ -442,6 +442,23 @@ def read_jsonl(path: Path, *, model: str | None = None) -> ImportResult:
 
 
 # --------------------------------------------------------------------------- into a run folder
+
+
+def _earlier_imports_of(files: Sequence[Path], folder: Path, names: list[str]) -> list[str]:
+    """The stored imports (by name) that an earlier import of one of ``files`` made under another name
+    (the file's models changed, or another --model): importing the file again replaces them."""
+    if not folder.is_dir():
+        return []
+    sources = {str(Path(f).resolve()) for f in files}
+    earlier = []
+    for record in sorted(folder.glob("*.json")):
+        try:
+            source = json.loads(record.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(source, str) and str(Path(source).resolve()) in sources and record.stem not in names:
+            earlier.append(record.stem)
+    return earlier
 
 
 def _refuse_shared_keys(results: list[ImportResult], names: list[str], folder: Path) -> None:
@@ -511,8 +528,12 @@ def import_files(
     if clashes:
         raise EmpersonaError(f"two of the files would be stored as imports/{clashes[0]}.parquet; rename one of them")
     folder = out / IMPORTS_DIR
-    _refuse_shared_keys(results, names, folder)
+    replaced = _earlier_imports_of(files, folder, names)  # the same files imported before (under other model names too)
+    _refuse_shared_keys(results, names + replaced, folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stem in replaced:
+        for suffix in (".parquet", ".json"):
+            (folder / f"{stem}{suffix}").unlink(missing_ok=True)
     for name, result in zip(names, results, strict=True):
         write_results(result.table, folder / f"{name}.parquet")
         (folder / f"{name}.json").write_text(result.record.model_dump_json(indent=2) + "\n", encoding="utf-8")

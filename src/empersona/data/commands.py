@@ -52,7 +52,11 @@ def _plan(names: list[str], mirror: Path | None, force: bool) -> tuple[list[str]
     chosen: list[str] = []
     skipped: dict[str, str] = {}
     for source in SOURCES.values():
-        if not force and source_status(source.name) == "verified":
+        try:
+            verified = not force and source_status(source.name) == "verified"
+        except EmpersonaError:  # an unreadable cached copy: its fetch says why
+            verified = False
+        if verified:
             chosen.append(source.name)
         elif mirror is not None and mirror_file(source, mirror) is None:
             skipped[source.name] = f"not in mirror {mirror}"

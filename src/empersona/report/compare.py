@@ -122,7 +122,8 @@ def load_study_tables(run_dir: Path, name: str | None = None) -> StudyTables:
                              f"`empersona report {run_dir} --base-model NAME` first")
     harm_file = tables / "harmfulness.csv"
     harm = pd.read_csv(harm_file) if harm_file.is_file() else pd.DataFrame(columns=["model"])
-    judges = tuple(sorted({str(j) for j in table.loc[table["status"] == "scored", "judge"].dropna() if str(j)}))
+    judged = table[(table["status"] == "scored") & table["experiment"].isin(["harmfulness", "em_classic"])]  # not a second judge's
+    judges = tuple(sorted({str(j) for j in judged["judge"].dropna() if str(j)}))
     return StudyTables(name or study_name(run_dir), run_dir, persona, harm,
                        PersonaThresholds(**recorded["thresholds"]), str(recorded["base_model"]), stale,
                        recorded.get("seed"), judges)
