@@ -185,8 +185,9 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise EmpersonaError(located(path, line, None, f"not UTF-8 (byte 0x{data[err.start]:02x})", "save it as UTF-8 CSV")) from err
+        from empersona.data.parsers import not_utf8
+
+        raise not_utf8(path, data, err, "save it as UTF-8 CSV") from err
     csv.field_size_limit(max(csv.field_size_limit(), len(data)))  # an answer may be longer than csv's 128 KiB default
     handle = path.open(newline="", encoding="utf-8-sig")
     with handle:

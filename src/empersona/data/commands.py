@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from empersona.data.fetch import cache_dir, checked_mirror, fetch, mirror_file, source_status
+from empersona.data.fetch import cache_dir, checked_mirror, fetch, mirror_file, mirror_from_env, source_status
 from empersona.data.sources import SOURCES
 from empersona.errors import EmpersonaError
 
@@ -105,8 +104,8 @@ def fetch_command(
         raise EmpersonaError("--path needs exactly one source name: `data fetch NAME --path FILE`")
     if mirror is not None:
         mirror = checked_mirror(mirror.expanduser(), "--mirror")
-    elif os.environ.get("EMPERSONA_MIRROR"):
-        mirror = checked_mirror(Path(os.environ["EMPERSONA_MIRROR"]).expanduser(), "EMPERSONA_MIRROR")
+    else:
+        mirror = mirror_from_env()
     table = Table(Column("source", no_wrap=True), "status", "sha256", "cached at")
     failures: list[str] = []
     chosen, skipped = _plan(names, mirror, force)

@@ -139,7 +139,8 @@ def checked_mirror(mirror: Path, given_by: str) -> Path:
     return mirror
 
 
-def _mirror_from_env() -> Path | None:
+def mirror_from_env() -> Path | None:
+    """``$EMPERSONA_MIRROR`` as a folder (an error naming it when it is not one), or None when unset."""
     value = os.environ.get("EMPERSONA_MIRROR")
     return checked_mirror(Path(value).expanduser(), "EMPERSONA_MIRROR") if value else None
 
@@ -264,7 +265,7 @@ def fetch(
             problem = f"{local}: no such file for source '{name}'"
             raise _no_copy_error(source, problem, "Check the path")
         return _copy_verified(source, str(local), partial(_copy_local, local), target)
-    mirror = checked_mirror(mirror, "the mirror argument") if mirror is not None else _mirror_from_env()
+    mirror = checked_mirror(mirror, "the mirror argument") if mirror is not None else mirror_from_env()
     if mirror is not None:
         found = mirror_file(source, mirror)
         absent = f"mirror {mirror} has no {source.mirror_path} (nor the same with/without .gz) for source '{name}'"
@@ -306,11 +307,11 @@ def data_path(name: str) -> Path:
     source = get_source(name)
     local = _NO_DOWNLOAD.get()
     if local is not None:
-        mirror = local[0] or _mirror_from_env()
+        mirror = local[0] or mirror_from_env()
         if mirror is None or mirror_file(source, mirror) is None:
             raise DataUnavailable(f"source '{name}' is not in the cache yet (the run fetches it)")
         return fetch(name, mirror=mirror, force=True)
-    if (source.locked or source.url is None) and _mirror_from_env() is None:
+    if (source.locked or source.url is None) and mirror_from_env() is None:
         if status == "corrupt":
             raise DataUnavailable(
                 f"{cached_path(name)}: the cached copy of source '{name}' does not match its pinned sha256 (was it "

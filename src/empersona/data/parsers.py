@@ -45,9 +45,13 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")  # line ends as text mode reads them
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        problem = f"not UTF-8 (byte 0x{data[err.start]:02x})"
-        raise EmpersonaError(located(path, line, None, problem, "Re-save the file as UTF-8")) from err
+        raise not_utf8(path, data, err, "Re-save the file as UTF-8") from err
+
+
+def not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, fix: str) -> EmpersonaError:
+    """The error for a file's bytes that are not UTF-8, naming the line of the first bad byte."""
+    line = data[: err.start].count(b"\n") + 1
+    return EmpersonaError(located(path, line, None, f"not UTF-8 (byte 0x{data[err.start]:02x})", fix))
 
 
 def _prompt_lines(path: Path) -> list[tuple[int, str]]:

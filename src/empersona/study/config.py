@@ -85,6 +85,16 @@ class SecondJudge(BaseModel):
         return value
 
 
+def policy_as_meant(value: str) -> str:
+    """A system-prompt policy as written, or the ValueError a validator raises for one that is not meant
+    (``Default`` would be sent as the system message itself)."""
+    from empersona.evals.policy import policy_problem
+
+    if (problem := policy_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
 class ProbeStage(BaseModel):
     """``probes:``: activation probes on every model with local weights after the battery
     (``study.probes``, ``analysis.activations``); the study's seed seeds them."""
@@ -174,11 +184,7 @@ class Variant(BaseModel):
     @field_validator("system_prompt")
     @classmethod
     def _policy_as_meant(cls, value: str | None) -> str | None:
-        from empersona.evals.policy import policy_problem
-
-        if value is not None and (problem := policy_problem(value)) is not None:
-            raise ValueError(problem)
-        return value
+        return value if value is None else policy_as_meant(value)
 
     @field_validator("args")
     @classmethod
@@ -333,11 +339,7 @@ class StudyConfig(BaseModel):
     @field_validator("system_prompt")
     @classmethod
     def _policy_as_meant(cls, value: str) -> str:
-        from empersona.evals.policy import policy_problem
-
-        if (problem := policy_problem(value)) is not None:
-            raise ValueError(problem)
-        return value
+        return policy_as_meant(value)
 
     @field_validator("experiments")
     @classmethod
@@ -546,8 +548,7 @@ def _task_value_problems(study: StudyConfig, found: list[tuple[tuple[Any, ...], 
 
 
 def _task_value_problems_here(study: StudyConfig, found: list[tuple[tuple[Any, ...], str, str]]) -> list[tuple[tuple[Any, ...], str, str]]:
-    from empersona.evals.battery import with_home_expanded
-    from empersona.study.plan import task_args
+    from empersona.study.plan import task_args, variant_task_args
 
     fix = "Fix the value: `empersona eval --help` and the README's experiment table give each argument"
     problems = []
@@ -563,11 +564,7 @@ def _task_value_problems_here(study: StudyConfig, found: list[tuple[tuple[Any, .
         for name in study.variant_experiments(variant_name):
             if any(loc[:2] == ("experiments", name) for loc, _, _ in [*found, *problems]):
                 continue
-            args = {**task_args(study, name), "system_prompt": variant.system_prompt or study.system_prompt}
-            if name == "two_ai":
-                args |= {"neutral_descriptions": True} if variant.neutral_descriptions else {}
-                args |= {"framing": variant.framing} if variant.framing is not None else {}
-            args.update(with_home_expanded(variant.args.get(name, {})))
+            args = variant_task_args(study, variant_name, name, None)
             refused = task_refusal(name, args, study.base_model, study.model_args or None)
             if refused is not None:
                 loc = ("variants", variant_name, "args", name) if name in variant.args else ("variants", variant_name)

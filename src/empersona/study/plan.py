@@ -631,9 +631,10 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
     return jobs
 
 
-def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec) -> dict[str, Any]:
+def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec | None) -> dict[str, Any]:
     """An experiment's task arguments under variant ``name`` on ``model``: the battery's, then the
-    variant's system prompt (with its honesty pressure), two-AI settings and own args.
+    variant's system prompt (with its honesty pressure; ``model`` None: without it, as the study
+    file's checks build the tasks), two-AI settings and own args.
 
     Honesty pressure under the ``default`` policy keeps the system prompt the model would get
     without it (its chat template's default, `policy.template_default_system`: the base's for the
@@ -646,7 +647,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     variant = study.variants[name]
     args = task_args(study, experiment)
     policy = variant.system_prompt if variant.system_prompt is not None else study.system_prompt
-    if variant.honesty:
+    if variant.honesty and model is not None:
         honesty = HONESTY_PRESSURE if variant.honesty is True else str(variant.honesty)
         text = resolve_system_prompt(policy)
         if text is None:
