@@ -400,8 +400,9 @@ def log_rows(
     study's run folder as it is now, where a log written before a move names its model by the
     old path (`recorded_run_folder`; ``trained_in``: its fallback).
     """
-    from inspect_ai.log import read_eval_log, read_eval_log_samples
+    from inspect_ai.log import read_eval_log
 
+    from empersona.eval_logs import read_samples
     from empersona.moved import FolderMove
 
     log = read_eval_log(str(path), header_only=True)
@@ -435,7 +436,7 @@ def log_rows(
         "versions": json.dumps(log.eval.packages or {}, sort_keys=True),
         "log_status": log.status,  # not a column: `results_table` lists the logs that did not finish
     }
-    samples = read_eval_log_samples(str(path), all_samples_required=False, exclude_fields={"events", "messages"})
+    samples = read_samples(path, drop=("events", "messages"))
     return [{**shared, **sample_row(sample, experiment)} for sample in samples]
 
 

@@ -118,11 +118,14 @@ def read_harm_log(path: str | Path) -> HarmLog:
     """Read a ``harmfulness`` log (``.eval`` or ``.json``) into per-response records."""
     from inspect_ai.log import read_eval_log
 
+    from empersona.eval_logs import read_samples
+
     file = Path(path)
     if not file.is_file():
         raise EmpersonaError(f"{file}: harmfulness log not found. Pass the .eval file that 'empersona eval harmfulness' wrote")
     try:
-        log = read_eval_log(str(file), resolve_attachments=True, exclude_fields={"events"})
+        log = read_eval_log(str(file), header_only=True)
+        samples = read_samples(file, drop={"events"}, resolve_attachments=True)
     except Exception as err:  # inspect raises various errors for files that are not logs
         raise EmpersonaError(f"{file}: not a readable inspect log ({err}). Pass an .eval log of the harmfulness task") from err
     if log.eval.task.split("/")[-1] != HARM_TASK:
@@ -131,14 +134,14 @@ def read_harm_log(path: str | Path) -> HarmLog:
         )
     if log.status != "success":  # its readers would count the prompts it reached as the whole set
         raise EmpersonaError(located(file, None, "status", f"the harmfulness run did not finish ({log.status}, "
-                                     f"{len(log.samples or [])} samples)", "Finish it first (run the same command again: "
+                                     f"{len(samples)} samples)", "Finish it first (run the same command again: "
                                      "the answers that came back are reused from the cache), then pass its log"))
-    if not log.samples:
+    if not samples:
         raise EmpersonaError(f"{file}: the log holds no samples (status {log.status}). Run the harmfulness experiment to the end first")
     metadata = dict(log.eval.metadata or {})
     task_args = dict(log.eval.task_args or {})
     roles = dict(log.eval.model_roles or {})
-    records = [_record(sample, file) for sample in log.samples]
+    records = [_record(sample, file) for sample in samples]
     responses = tuple(sorted(records, key=lambda r: (r.line, r.prompt_id, r.epoch)))
     return HarmLog(
         path=str(file),
