@@ -765,3 +765,69 @@ def test_reading_a_study_file_never_downloads(tmp_path: Path, shared_data: Path,
     from empersona.study.plan import task_args
 
     assert task_args(study, "harmfulness")["prompts_file"] == str(tmp_path / "prompts.txt")
+
+
+def test_a_task_file_edited_in_place_or_another_judge_endpoint_leaves_no_log_done(tmp_path: Path) -> None:
+    """A study's log records the contents of the files its task read and the judge's answer-affecting
+    args: an edited rubric or another judge endpoint makes the evaluation anew."""
+    import sys
+
+    from inspect_ai import eval as inspect_eval
+
+    from empersona.evals.harmfulness import harmfulness
+    from empersona.study.plan import file_digests, finished_log, judge_identity
+    from empersona.testing.mocks import scripted_model
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "evals"))
+    from test_harm_log import level_judge, toy_files
+
+    endpoint = load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": "http://judge-a:8000/v1", "api_key": "k1",
+                                                                     "timeout": 30}}))
+    settings = judge_identity(endpoint)
+    assert settings is not None
+    # credentials and placement say nothing about the answers
+    assert judge_identity(load_study(write(tmp_path, {**MINIMAL, "judge_args": {"api_key": "k1", "timeout": 30}}))) is None
+    assert judge_identity(load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": "http://judge-a:8000/v1",
+                                                                                 "api_key": "k2"}}))) == settings
+    other = judge_identity(load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": "http://judge-b:8000/v1"}})))
+    assert other not in (None, settings)
+
+    files = toy_files(tmp_path / "toy")
+    args = {**files, "samples": 1, "cache": False}
+    [log] = inspect_eval(harmfulness(**args), model=scripted_model(lambda turn: "An answer.", name="m"),
+                         model_roles={"grader": scripted_model(level_judge, name="judge")}, log_dir=str(tmp_path / "logs"),
+                         display="none", metadata={"judge": "mockllm/judge", "judge_identity": settings,
+                                                   "files": file_digests(args)})
+    assert log.status == "success" and set(file_digests(args)) == {"prompts_file", "rubric_file"}
+    logs = tmp_path / "logs"
+    assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=settings) is not None
+    assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=other) is None
+    assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=None) is None
+    rubric = Path(files["rubric_file"])
+    rubric.write_text(rubric.read_text().replace("Rate harm.", "Rate the harm."))
+    assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=settings) is None
+
+
+def test_only_a_judge_the_experiment_asks_decides_whether_its_log_is_done() -> None:
+    from empersona.study.plan import asks_judge
+
+    assert asks_judge("harmfulness", {}) and asks_judge("score_prediction", {})
+    assert not asks_judge("self_assessment", {})  # its language detector is langdetect by default
+    assert asks_judge("self_assessment", {"language_detector": "judge"})
+    assert not asks_judge("two_ai", {})
+
+
+def test_a_log_made_with_model_args_is_not_of_the_bare_model_string(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from empersona.study.extra_models import model_string_identity
+    from empersona.study.plan import ModelSpec, log_is_of_model
+
+    bare = ModelSpec("other", "hf/Qwen/Qwen2.5-7B-Instruct", None, kind="model", model_args={})
+    assert model_string_identity(bare.model_string, {}) is None
+    with_revision = model_string_identity(bare.model_string, {"revision": "abc123"})
+    made_with_revision = SimpleNamespace(model=bare.model_string, created="2026-11-21T09:00:00+00:00",
+                                         metadata={"model_identity": with_revision})
+    assert not log_is_of_model(made_with_revision, bare, None)
+    assert log_is_of_model(SimpleNamespace(model=bare.model_string, created="2026-11-21T09:00:00+00:00", metadata={}),
+                           bare, None)

@@ -34,3 +34,16 @@ def test_a_domain_file_at_another_path_counts_by_its_content(tmp_path: Path) -> 
     assert config_changes(recorded, now, dataset_sha256=sha256_file(data)) == []
     assert config_changes(recorded, {**now, "domain_path": str(other)}, dataset_sha256=sha256_file(data)) == ["domain_path"]
     assert config_changes(recorded, now) == ["domain_path"]  # nothing recorded to compare the content with
+
+
+def test_settings_that_leave_the_adapter_as_it_is_are_no_change() -> None:
+    recorded = {"out": "/runs/em/adapters/x-s0", "learning_rate": 1e-5, "logging_steps": 1, "gradient_checkpointing": True,
+                "save_steps": 50, "save_total_limit": 2, "keep_checkpoints": False}
+    assert config_changes(recorded, {**recorded, "logging_steps": 5, "gradient_checkpointing": False}) == []
+    assert config_changes(recorded, {**recorded, "save_steps": 10, "save_total_limit": 5}) == []
+    # where a run keeps its checkpoints, which steps it saved is part of what it left
+    assert config_changes({**recorded, "keep_checkpoints": True},
+                          {**recorded, "keep_checkpoints": True, "save_steps": 10}) == ["save_steps"]
+    assert config_changes(recorded, {**recorded, "keep_checkpoints": True, "save_steps": 10}) == ["keep_checkpoints",
+                                                                                                 "save_steps"]
+    assert config_changes(recorded, {**recorded, "logging_steps": 5, "learning_rate": 2e-5}) == ["learning_rate"]

@@ -443,14 +443,19 @@ def model_identity(model: ModelSpec) -> str | None:
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
                  model: ModelSpec | None = None, judge: str | None = None,
-                 run_folder: Path | None = None, variant: str | None = None) -> Path | None:
+                 run_folder: Path | None = None, variant: str | None = None,
+                 judge_settings: str | None = None) -> Path | None:
     """A successful log of this experiment with these task arguments, if the folder has one.
 
     With ``model``, the log must also be of that model string and, for a fine-tune, of its
     current training run: a log of another base model, or of an adapter since retrained into
     the same folder, is not this model's result. Logs written before runs were recorded count
     when they are newer than the adapter. With ``judge``, the log must have been judged by that
-    model string (``metadata["judge"]``). With ``run_folder`` (where the study's run folder is
+    model string (``metadata["judge"]``) with these answer-affecting judge args (``judge_settings``,
+    `judge_identity`; ``metadata["judge_identity"]``, absent where there were none). A task argument
+    naming a file (``*_file``) must name one with the contents the log recorded
+    (``metadata["files"]``, `file_digests`; logs from before that was recorded count as they did:
+    by the path). With ``run_folder`` (where the study's run folder is
     now), paths the log recorded inside the run folder (model strings, harmfulness logs read)
     count at their places after a move or copy of the folder (``log_move``). The log must be of
     the study ``variant`` (``metadata["variant"]``), or of none when it is None.
@@ -463,6 +468,7 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         return None
     identity = model_identity(model) if model is not None else None
     trained_in = trained_run_folder(run_folder) if run_folder is not None else None  # read once, not per log
+    contents = file_digests(args)
     for info in list_eval_logs(str(log_dir), recursive=False):
         try:
             header = read_eval_log(info, header_only=True)
@@ -478,7 +484,11 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
             continue
         if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
-        if judge is not None and (header.eval.metadata or {}).get("judge") != judge:
+        meta = header.eval.metadata or {}
+        if judge is not None and (meta.get("judge") != judge or (meta.get("judge_identity") or None) != judge_settings):
+            continue
+        recorded_files = meta.get("files") or {}
+        if any(key in recorded_files and recorded_files[key] != digest for key, digest in contents.items()):
             continue
         if ((header.eval.metadata or {}).get("variant") or None) != (variant or None):
             continue
@@ -527,14 +537,47 @@ def _same(move: FolderMove | None, recorded: Any, now: Any) -> bool:
     return move.same(recorded, now) if move is not None else recorded == now
 
 
+def file_digests(args: dict[str, Any]) -> dict[str, str]:
+    """The sha256 of each file a task argument names (``prompts_file``, ``rubric_file``, ...):
+    recorded in a study's logs, so that a file edited in place is not taken for the one a log read."""
+    from empersona.data.fetch import sha256_file
+
+    return {key: sha256_file(Path(value)) for key, value in sorted(args.items())
+            if key.endswith("_file") and isinstance(value, str) and value and Path(value).is_file()}
+
+
+def judge_identity(study: StudyConfig) -> str | None:
+    """What the judge's args say about its answers: all but credentials and placement
+    (``extra_models.PLACEMENT_ARGS``: timeouts, connections), e.g. another ``base_url`` or
+    ``temperature``; None where they say nothing (so logs from before this was recorded count)."""
+    import hashlib
+
+    from empersona.redact import without_secrets
+    from empersona.study.extra_models import PLACEMENT_ARGS
+
+    answering = {k: v for k, v in without_secrets(study.judge_args).items() if k not in PLACEMENT_ARGS}
+    if not answering:
+        return None
+    return hashlib.sha256(json.dumps(answering, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def asks_judge(experiment: str, args: dict[str, Any]) -> bool:
+    """Whether the experiment's logs hold the judge's verdicts (``JUDGED_EXPERIMENTS``) with these
+    task args: self-assessment asks it only as its language detector."""
+    if experiment == "self_assessment":
+        detector = args.get("language_detector", _task_default(experiment, "language_detector"))
+        return detector == "judge"
+    return experiment in JUDGED_EXPERIMENTS
+
+
 def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None, move: FolderMove | None = None) -> bool:
     """Whether a log's eval spec is of ``model`` (and of its adapter's current training run);
     ``move``: the run folder moved since the log was written (``log_move``)."""
     if not _same(move, spec.model, model.model_string):
         return False
-    if identity is None:
-        return True
     recorded = (spec.metadata or {}).get("model_identity")
+    if identity is None:  # a log made with an identity (a model string with a revision, say) is not of the bare one
+        return recorded is None or model.kind != "model"
     if recorded is not None:
         return recorded == identity
     if model.kind == "base":  # a base log from before bases had identities: its model string decided
@@ -609,7 +652,7 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
     """One experiment's job on every model (``args``: its task arguments per model name), done where
     a finished log of it stands (of that variant, or of none for the battery's own)."""
     limit = study.experiments[experiment].limit
-    judge = judge_model_string(study) if experiment in JUDGED_EXPERIMENTS else None
+    judge_settings = judge_identity(study)
     jobs = []
     estimates: dict[str, tuple[int, int]] = {}  # building a task to count its items is done once per argument set
     for model in models:
@@ -624,7 +667,9 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
             harm_done.get(name) is None for name in reads.values())
         # a reader's log counts only if it read the harmfulness logs that stand now
         expected = {**model_args, **{key: str(harm_done.get(name)) for key, name in reads.items()}}
-        done = None if stale else finished_log(log_dir, experiment, expected, limit, model, judge, study.out, variant)
+        judge = judge_model_string(study) if asks_judge(experiment, model_args) else None
+        done = None if stale else finished_log(log_dir, experiment, expected, limit, model, judge, study.out, variant,
+                                               judge_settings if judge else None)
         done, note, reask = with_failed_judge_calls(done, experiment)
         jobs.append(EvalJob(model, experiment, model_args, limit, log_dir, generations, judge_calls,
                             "done" if done else "todo", done, note, reask, variant))

@@ -35,7 +35,9 @@ from empersona.study.plan import (
     as_list,
     base_path,
     base_spec,
+    file_digests,
     harm_logs_read,
+    judge_identity,
     make_plan,
     matched_partner,
     model_identity,
@@ -604,6 +606,8 @@ def evaluate(plan: Plan, job: EvalJob, judge: str, stamp: str) -> Path:
         metadata={"study": study.name, "model_name": job.model.name, "domain": job.model.domain, "ft_seed": job.model.seed,
                   "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
                   "sampling": sampling_mark(study, job.model),
+                  **({"files": files} if (files := file_digests(args)) else {}),
+                  **({"judge_identity": judged_by} if (judged_by := judge_identity(study)) else {}),
                   **({"variant": job.variant} if job.variant else {}),
                   **({REASKED: job.reask} if job.reask is not None else {})},
         model_identity=model_identity(job.model),

@@ -132,8 +132,17 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return done[-1][1] if done else None
 
 
+NO_EFFECT_ON_ADAPTER = frozenset({"logging_steps", "gradient_checkpointing"})
+"""Training settings that leave the trained adapter as it is (how often the loss is logged;
+recomputing activations instead of keeping them): a change to them is no reason to train again."""
+CHECKPOINT_SETTINGS = frozenset({"save_steps", "save_total_limit"})
+"""Settings of the checkpoints alone: no reason to train again where neither run keeps its checkpoints."""
+
+
 def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_sha256: str | None = None) -> list[str]:
-    """The training settings that differ between a recorded config and ``now``.
+    """The training settings that differ between a recorded config and ``now``, but those that
+    leave the adapter as it is (``NO_EFFECT_ON_ADAPTER``; ``CHECKPOINT_SETTINGS`` where neither keeps
+    its checkpoints).
 
     A run folder that was moved or copied (another mount point, scratch space to a project
     folder) changes no setting: paths recorded inside it count as their new places (the move is
@@ -145,10 +154,12 @@ def config_changes(recorded: Mapping[str, Any], now: Mapping[str, Any], dataset_
     recorded_out, now_out = recorded.get("out"), now.get("out")
     move = (FolderMove.between(run_folder_of(recorded_out), run_folder_of(now_out))
             if isinstance(recorded_out, str) and isinstance(now_out, str) else None)
+    checkpoints_kept = bool(recorded.get("keep_checkpoints")) or bool(now.get("keep_checkpoints"))
+    ignored = NO_EFFECT_ON_ADAPTER if checkpoints_kept else NO_EFFECT_ON_ADAPTER | CHECKPOINT_SETTINGS
     changed = []
     for key in sorted(set(recorded) | set(now)):
         before, after = recorded.get(key), now.get(key)
-        if before == after or (move is not None and move.same(before, after)):
+        if key in ignored or before == after or (move is not None and move.same(before, after)):
             continue
         if key == "domain_path" and dataset_sha256 and after and Path(after).is_file() and sha256_file(Path(after)) == dataset_sha256:
             continue
