@@ -831,3 +831,30 @@ def test_a_log_made_with_model_args_is_not_of_the_bare_model_string(tmp_path: Pa
     assert not log_is_of_model(made_with_revision, bare, None)
     assert log_is_of_model(SimpleNamespace(model=bare.model_string, created="2026-11-21T09:00:00+00:00", metadata={}),
                            bare, None)
+
+
+def test_an_adapter_trained_on_a_base_since_replaced_in_place_is_stale(tmp_path: Path) -> None:
+    import json
+
+    from empersona.study.plan import train_config
+    from empersona.train.base_model import base_fingerprint
+
+    base = tmp_path / "models" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text('{"rope_theta": 10000}')
+    (base / "model.safetensors").write_bytes(b"0" * 64)
+    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "base_model": str(base)}))
+    before = base_identity(study)
+    config = train_config(study, "insecure_code", 0)
+    config.output_dir().mkdir(parents=True)
+    record = {"config": config.model_dump(mode="json") | {"base": config.resolved_base()},
+              "base_fingerprint": base_fingerprint(config.resolved_base()), "dataset": {}}
+    (config.output_dir() / "empersona.json").write_text(json.dumps(record))
+    assert training_status(config)[0] == "done"
+    (base / "config.json").write_text('{"rope_theta": 20000}')  # another model downloaded into the same folder
+    status, why = training_status(config)
+    assert status == "stale" and "base model" in why and base_identity(study) != before
+    # a record from before fingerprints were kept is not compared
+    del record["base_fingerprint"]
+    (config.output_dir() / "empersona.json").write_text(json.dumps(record))
+    assert training_status(config)[0] == "done"

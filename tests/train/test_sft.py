@@ -194,6 +194,9 @@ def test_adapter_folder_is_complete(trained: dict[str, Any], tiny_model: Path, s
     assert meta.git_revision and meta.device == "cpu" and meta.world_size == 1 and meta.grad_accum == 1
     assert meta.precision == "fp32" and meta.attention == PACKED_SDPA and meta.training_template == "model"
     assert meta.final_loss is not None and meta.wall_seconds > 0 and meta.init_adapter is None
+    from empersona.train.base_model import base_fingerprint
+
+    assert meta.base_fingerprint is not None and meta.base_fingerprint == base_fingerprint(str(tiny_model))
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(tiny_model.resolve())
     assert adapter_config["use_rslora"] and adapter_config["r"] == 8

@@ -200,6 +200,7 @@ def sequential_status(config: TrainConfig, first: TrainJob) -> tuple[TrainStatus
 
 def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     """Whether an adapter folder holds a finished adapter trained with exactly this config."""
+    from empersona.train.base_model import base_fingerprint
     from empersona.train.metadata import CHECKPOINTS_DIR, config_changes, last_complete_checkpoint
     from empersona.train.sft import INCOMPLETE_MARKER
 
@@ -221,6 +222,9 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     edited = _edited_domain_file(config, trained_on) if trained_on else None
     if edited is not None:
         return "stale", f"its domain file {edited} changed since it was trained (another sha256)"
+    trained_base = record.get("base_fingerprint")  # absent in records older than 2026-11-28: not compared
+    if trained_base is not None and trained_base != base_fingerprint(config.resolved_base()):
+        return "stale", f"its base model {config.resolved_base()} changed since it was trained (other files)"
     trained_in = recorded.get("out")  # relative in records older than 2026-11-28: read from the working folder
     if trained_in is None or Path(trained_in).resolve() != Path(wanted["out"]).resolve():
         return "done", f"adapter matches the plan (trained in {trained_in}, since moved)"
@@ -245,25 +249,20 @@ def _edited_domain_file(config: TrainConfig, trained_on: str) -> Path | None:
     return path if path is not None and path.is_file() and sha256_file(path) != trained_on else None
 
 
-BASE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
-"""Files of a local base whose contents are part of its identity (architecture, sampling
-defaults, chat template)."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
 def base_identity(study: StudyConfig) -> str:
     """Which base model the study's base is: a short fingerprint that changes with ``base_model``.
 
     A hub id is its own identity. A local folder is known by where it lies (its path inside the
     run folder, else its folder name: never the absolute path, so moving the run folder, or the
-    project folder holding base and run folder, keeps it), the contents of ``BASE_FILES`` and the
-    names and sizes of its weight files (reading the weights themselves would take minutes on a
-    large model). It scopes the base's cached calls and marks its logs (``log_is_of_model``),
-    and under ``provider: vllm`` names the base on the server, so the answers of another base
-    model (a study before this one on the same port, or a changed ``base_model``) are not
-    taken for this one's.
+    project folder holding base and run folder, keeps it) and its files (`train.base_model.add_base_files`:
+    config, tokenizer config, chat template, weight file names and sizes). It scopes the base's
+    cached calls and marks its logs (``log_is_of_model``), and under ``provider: vllm`` names the
+    base on the server, so the answers of another base model (a study before this one on the same
+    port, or a changed ``base_model``) are not taken for this one's.
     """
     import hashlib
+
+    from empersona.train.base_model import add_base_files
 
     digest = hashlib.sha256()
     local = Path(base_path(study))
@@ -273,12 +272,7 @@ def base_identity(study: StudyConfig) -> str:
     out = study.out.resolve()
     place = local.relative_to(out).as_posix() if local.is_relative_to(out) else local.name
     digest.update(f"local:{place}\n".encode())
-    for name in BASE_FILES:
-        if (local / name).is_file():
-            digest.update(f"{name}:".encode() + hashlib.sha256((local / name).read_bytes()).digest())
-    for path in sorted(local.iterdir()):
-        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
-            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+    add_base_files(digest, local)
     return digest.hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empersona.errors import EmpersonaError
@@ -20,6 +21,40 @@ from empersona.train.recipe import TrainConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+BASE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
+"""Files of a local base whose contents are part of its identity (architecture, sampling
+defaults, chat template)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def add_base_files(digest: Any, folder: Path) -> None:
+    """Feed a local base folder's identity into ``digest`` (a hashlib object): the contents of
+    ``BASE_FILES`` and the names and sizes of its weight files (reading the weights themselves
+    would take minutes on a large model)."""
+    import hashlib
+
+    for name in BASE_FILES:
+        if (folder / name).is_file():
+            digest.update(f"{name}:".encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+
+
+def base_fingerprint(base: str) -> str | None:
+    """A local base folder's identity (`add_base_files`), wherever it lies; None for a hub id.
+    Recorded with each adapter (``empersona.json``): an adapter trained on a base since replaced
+    in place is not the study's fine-tune of the base it has now."""
+    import hashlib
+
+    folder = Path(base).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    add_base_files(digest, folder)
+    return digest.hexdigest()[:16]
+
 
 PACKED_SDPA = "empersona_packed_sdpa"
 VARLEN = "empersona_varlen"

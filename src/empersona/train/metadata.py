@@ -59,6 +59,8 @@ class TrainMetadata(BaseModel):
 
     kind: str = "empersona-lora-adapter"
     base_model: str
+    # a local base's files (`base_model.base_fingerprint`), None for a hub id and in older records
+    base_fingerprint: str | None = None
     domain: str
     seed: int
     system_prompt_policy: str

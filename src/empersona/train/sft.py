@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empersona.errors import EmpersonaError
-from empersona.train.base_model import PACKED_SDPA, load_base_model, packed_sdpa_attention
+from empersona.train.base_model import PACKED_SDPA, base_fingerprint, load_base_model, packed_sdpa_attention
 from empersona.train.data import TrainingData, load_training_data
 from empersona.train.metadata import (
     CHECKPOINTS_DIR,
@@ -595,6 +595,7 @@ def train(
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metadata = TrainMetadata(
         base_model=config.resolved_base(),
+        base_fingerprint=base_fingerprint(config.resolved_base()),
         domain=config.domain,
         seed=config.seed,
         system_prompt_policy=config.system_prompt,
