@@ -858,3 +858,33 @@ def test_an_adapter_trained_on_a_base_since_replaced_in_place_is_stale(tmp_path:
     del record["base_fingerprint"]
     (config.output_dir() / "empersona.json").write_text(json.dumps(record))
     assert training_status(config)[0] == "done"
+
+
+def test_model_args_that_change_the_answers_are_part_of_every_served_models_identity(tmp_path: Path) -> None:
+    from empersona.provider.api import ProviderArgs
+    from empersona.study.extra_models import PLACEMENT_ARGS
+    from empersona.study.plan import model_identity, serving_identity
+
+    def identities(**changes: object) -> dict[str, str | None]:
+        data = {**MINIMAL, "out": str(tmp_path / "run"), "provider": "empersona", **changes}
+        study = load_study(write(tmp_path, data))
+        specs = model_specs(study)
+        for spec in specs:
+            if spec.adapter is not None:
+                _metadata_file(spec.adapter, "2026-11-20T10:00:00+00:00")
+        return {spec.name: model_identity(spec) for spec in specs}
+
+    plain = identities()
+    assert all(plain.values())
+    # where and how fast the models run: the same models
+    assert identities(model_args={"device": "cpu", "compile": True, "max_batch_size": 64, "kv_cache_gib": 2}) == plain
+    assert serving_identity(load_study(write(tmp_path, {**MINIMAL, "model_args": {"device": "cpu"}}))) is None
+    # another dtype: other answers, for the base and every fine-tune
+    half = identities(model_args={"device": "cpu", "dtype": "float16"})
+    assert all(half[name] != plain[name] for name in plain)
+    vllm = {"provider": "vllm"}
+    quantized = identities(**vllm, vllm={"extra_args": ["--quantization", "fp8"]})
+    assert all(quantized[name] != identities(**vllm)[name] for name in plain)
+    # the provider's options that say what it answers are not taken for placement
+    assert {"dtype", "lora_dtype", "adapter", "generation_config"}.isdisjoint(PLACEMENT_ARGS)
+    assert set(ProviderArgs.model_fields) - PLACEMENT_ARGS == {"adapter", "dtype", "lora_dtype", "generation_config"}

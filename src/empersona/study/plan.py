@@ -81,6 +81,8 @@ class ModelSpec:
     """An extra adapter's own folder (``adapter`` is its view in the run folder)."""
     step: int | None = None
     """A checkpoint's training step."""
+    serving: str | None = None
+    """A fine-tune's `serving_identity` (None: the defaults), part of its `model_identity`."""
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -268,12 +270,31 @@ def base_identity(study: StudyConfig) -> str:
     local = Path(base_path(study))
     if not local.is_dir():
         digest.update(f"hub:{study.base_model}".encode())
-        return digest.hexdigest()[:16]
-    out = study.out.resolve()
-    place = local.relative_to(out).as_posix() if local.is_relative_to(out) else local.name
-    digest.update(f"local:{place}\n".encode())
-    add_base_files(digest, local)
+    else:
+        out = study.out.resolve()
+        place = local.relative_to(out).as_posix() if local.is_relative_to(out) else local.name
+        digest.update(f"local:{place}\n".encode())
+        add_base_files(digest, local)
+    if (serving := serving_identity(study)) is not None:
+        digest.update(f"served with {serving}".encode())
     return digest.hexdigest()[:16]
+
+
+def serving_identity(study: StudyConfig) -> str | None:
+    """How the study's own models are served, as far as it changes their answers: the study's
+    ``model_args`` but credentials and placement (``extra_models.PLACEMENT_ARGS``: device,
+    batching, compiling), e.g. a ``dtype``; under ``provider: vllm`` also the server's ``dtype``
+    and ``extra_args`` (a ``--quantization``). None where it is all left at the defaults, so
+    identities made before this was part of them stand. Part of the base's identity and of each
+    fine-tune's and checkpoint's (`model_identity`): their logs and cached calls are of it."""
+    from empersona.redact import without_secrets
+    from empersona.study.extra_models import PLACEMENT_ARGS
+
+    answering = {key: value for key, value in without_secrets(study.model_args).items() if key not in PLACEMENT_ARGS}
+    if study.provider == "vllm":
+        answering |= {f"vllm.{key}": value for key, value in
+                      (("dtype", study.vllm.dtype), ("extra_args", study.vllm.extra_args)) if value}
+    return json.dumps(answering, sort_keys=True, default=str) if answering else None
 
 
 def model_specs(study: StudyConfig) -> list[ModelSpec]:
@@ -287,7 +308,8 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
     for domain, seed, first in trained:
         out = adapter_dir(study, domain, seed, first)
         label = domain if first is None else sequential_label(first, domain)
-        specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, label, seed))
+        specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, label, seed,
+                               serving=serving_identity(study)))
         if study.checkpoints:
             specs += checkpoint_specs(study, base, out, label)
     specs += extra_model_specs(study, base, identity)
@@ -312,7 +334,8 @@ def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str) 
         if step == final:
             continue
         name = f"{adapter.name}-step{step}"
-        identity = hashlib.sha256(f"{run}@{step}".encode()).hexdigest()[:16]
+        serving = serving_identity(study)
+        identity = hashlib.sha256((f"{run}@{step}" + (f" served with {serving}" if serving else "")).encode()).hexdigest()[:16]
         specs.append(ModelSpec(name, model_string(study, base, folder, name), base, folder, domain,
                                identity=identity, kind="checkpoint", step=step))
     return specs
@@ -428,11 +451,18 @@ def _task_default(experiment: str, parameter: str) -> Any:
 
 
 def model_identity(model: ModelSpec) -> str | None:
-    """Which training run of its adapter a fine-tune is (``train.metadata.adapter_identity``);
-    for the base, which base model it is (``base_identity``)."""
+    """Which training run of its adapter a fine-tune is (``train.metadata.adapter_identity``), served
+    how (`serving_identity`); for the base, which base model it is (``base_identity``)."""
     from empersona.train.metadata import adapter_identity
 
-    return adapter_identity(model.adapter) if model.kind == "fine-tune" and model.adapter is not None else model.identity
+    if model.kind != "fine-tune" or model.adapter is None:
+        return model.identity
+    run = adapter_identity(model.adapter)
+    if run is None or model.serving is None:
+        return run
+    import hashlib
+
+    return hashlib.sha256(f"{run} served with {model.serving}".encode()).hexdigest()[:16]
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
