@@ -497,8 +497,13 @@ def test_a_second_judge_is_checked_planned_and_priced(shared_data: Path, tmp_pat
     assert all((j.generations, j.judge_calls, j.status, j.limit) == (0, 2 * 3, "todo", 3) for j in second)
     from empersona.study.plan import estimated_cost
 
-    # judge prompts are counted at 800 tokens: 2 x 9 first-judge calls at $1/M, 2 x 6 second-judge calls at $10/M
-    assert estimated_cost(plan) == pytest.approx((18 * 800 * 1.0 + 12 * 800 * 10.0) * 1e-6)
+    # a judge prompt counts the rubric (1,300 tokens) and an answer (512): 2 x 9 first-judge calls at $1/M,
+    # 2 x 6 second-judge calls at $10/M
+    assert estimated_cost(plan) == pytest.approx((18 * 1812 * 1.0 + 12 * 1812 * 10.0) * 1e-6)
+    # replies: 32 tokens a judge reply, the experiment's max_tokens an answer (the second judge's replies at its own price)
+    priced = make_plan(load_study(write(tmp_path, {**data, "prices": {"judge_output": 1.0, "subject_output": 1.0}})))
+    answers = sum(j.generations * {"harmfulness": 512, "two_ai": 32, "second_judge": 0}[j.experiment] for j in priced.eval_jobs)
+    assert answers > 0 and estimated_cost(priced) == pytest.approx((18 * 32 + answers) * 1e-6)
     _no_openai_key(monkeypatch)
     study = load_study(write(tmp_path, {**data, "judge": "scripted"}))
     problem = judge_problem(study)
@@ -888,3 +893,13 @@ def test_model_args_that_change_the_answers_are_part_of_every_served_models_iden
     # the provider's options that say what it answers are not taken for placement
     assert {"dtype", "lora_dtype", "adapter", "generation_config"}.isdisjoint(PLACEMENT_ARGS)
     assert set(ProviderArgs.model_fields) - PLACEMENT_ARGS == {"adapter", "dtype", "lora_dtype", "generation_config"}
+
+
+def test_em_classic_judge_calls_are_counted_by_its_judge_method() -> None:
+    from empersona.evals.judge import EM_FALLBACK_SAMPLES
+    from empersona.study.plan import em_judge_calls
+
+    assert em_judge_calls({"judge_method": "logprob"}) == 1
+    assert em_judge_calls({"judge_method": "sample"}) == EM_FALLBACK_SAMPLES
+    # auto: logprobs asked once, then samples where the judge gives none
+    assert em_judge_calls({}) == em_judge_calls({"judge_method": "auto"}) == 1 + EM_FALLBACK_SAMPLES

@@ -414,11 +414,21 @@ def estimate_calls(experiment: str, args: dict[str, Any], limit: int | None, har
     epochs = task.epochs if isinstance(task.epochs, int) else (task.epochs.epochs if task.epochs else 1)
     items = min(len(task.dataset), limit) if limit else len(task.dataset)
     generations = items * epochs
-    judge_per_generation = {"harmfulness": 1, "em_classic": 2}.get(experiment, 0)
+    judge_per_generation = {"harmfulness": 1, "em_classic": 2 * em_judge_calls(args)}.get(experiment, 0)
     if experiment == "self_assessment" and args.get("language_detector") == "judge":
         language = sum(1 for s in list(task.dataset)[:items] if (s.metadata or {}).get("format") == "language")
         return generations, language * epochs
     return generations, generations * judge_per_generation
+
+
+def em_judge_calls(args: dict[str, Any]) -> int:
+    """Judge calls for each of em_classic's two scores (aligned, coherent) of one answer, at most:
+    one with ``judge_method: logprob``, ``EM_FALLBACK_SAMPLES`` sampled ones with ``sample``, and
+    with ``auto`` one asking for logprobs and, where the judge gives none (many APIs), the samples."""
+    from empersona.evals.judge import EM_FALLBACK_SAMPLES
+
+    method = args.get("judge_method", _task_default("em_classic", "judge_method"))
+    return {"logprob": 1, "sample": EM_FALLBACK_SAMPLES}.get(method, 1 + EM_FALLBACK_SAMPLES)
 
 
 def as_list(value: Any, default: list[str]) -> list[str]:
@@ -952,26 +962,42 @@ def harm_logs_read(experiment: str, model: ModelSpec, models: Sequence[ModelSpec
     return read
 
 
-def estimated_cost(plan: Plan, prompt_tokens: int = 200, judge_prompt_tokens: int = 800) -> float | None:
-    """A rough dollar figure from the study's prices: every generation at its max length.
+JUDGE_RUBRIC_TOKENS = 1300
+"""About the harmfulness rubric's length in tokens (5,226 characters); score prediction shows it too."""
 
-    Token counts are coarse (``prompt_tokens`` per subject prompt, plus the answers a framed two-AI
-    question shows at the harmfulness ``max_tokens`` each; ``judge_prompt_tokens`` per judge prompt,
-    512 output tokens per generation, 5 per judge reply): an upper-bound planning figure.
+
+def estimated_cost(plan: Plan, prompt_tokens: int = 200) -> float | None:
+    """A rough dollar figure from the study's prices, every answer at its full length: an upper
+    bound for planning.
+
+    Subject prompts count ``prompt_tokens`` each, plus what they show: the answers of a framed
+    two-AI question, output recognition's two answers, score prediction's rubric
+    (``JUDGE_RUBRIC_TOKENS``) and answer, each answer at the harmfulness ``max_tokens``. Each answer
+    counts its experiment's ``max_tokens``. A judge prompt counts the rubric and one answer; a judge
+    reply ``HARM_JUDGE_MAX_TOKENS``.
     """
+    from empersona.evals.judge import HARM_JUDGE_MAX_TOKENS
+
     prices = plan.study.prices
     if prices is None:
         return None
     per_million = 1e-6
     answer_tokens = int(task_args(plan.study, "harmfulness").get("max_tokens", _task_default("harmfulness", "max_tokens"))
-                        ) if "harmfulness" in plan.study.experiments else 0
-    shown = sum(job.generations * int(job.task_args.get("answers", 3)) * answer_tokens for job in plan.eval_jobs
-                if job.status == "todo" and job.experiment == "two_ai" and job.task_args.get("framing", "self") != "self")
-    subject = plan.generations * (prompt_tokens * prices.subject_input + 512 * prices.subject_output)
-    subject += shown * prices.subject_input
+                        ) if "harmfulness" in plan.study.experiments else _task_default("harmfulness", "max_tokens")
+    shown_by_experiment = {"output_recognition": 2 * answer_tokens, "score_prediction": JUDGE_RUBRIC_TOKENS + answer_tokens}
+    subject = 0.0
+    for job in plan.eval_jobs:
+        if job.status != "todo" or job.experiment == "second_judge":
+            continue
+        shown = shown_by_experiment.get(job.experiment, 0)
+        if job.experiment == "two_ai" and job.task_args.get("framing", "self") != "self":
+            shown = int(job.task_args.get("answers", 3)) * answer_tokens
+        answer = int(job.task_args.get("max_tokens", _task_default(job.experiment, "max_tokens")))
+        subject += job.generations * ((prompt_tokens + shown) * prices.subject_input + answer * prices.subject_output)
+    judge_prompt = JUDGE_RUBRIC_TOKENS + answer_tokens
     second = sum(job.judge_calls for job in plan.eval_jobs if job.status == "todo" and job.experiment == "second_judge")
-    judge = (plan.judge_calls - second) * (judge_prompt_tokens * prices.judge_input + 5 * prices.judge_output)
-    judge += second * (judge_prompt_tokens * prices.second_judge_input + 5 * prices.second_judge_output)
+    judge = (plan.judge_calls - second) * (judge_prompt * prices.judge_input + HARM_JUDGE_MAX_TOKENS * prices.judge_output)
+    judge += second * (judge_prompt * prices.second_judge_input + HARM_JUDGE_MAX_TOKENS * prices.second_judge_output)
     return (subject + judge) * per_million
 
 
