@@ -188,6 +188,13 @@ def test_a_study_asks_its_variants_resumes_them_and_sets_removed_ones_aside(tmp_
             shutil.rmtree(tmp_path / "run" / "logs" / "base")
             with pytest.raises(EmpersonaError, match=r"study.yaml:\d+: field 'variants.honest.honesty': cannot read the"):
                 make_plan(load_study(path))
+            # a dry run downloads nothing: the text is read when the run starts
+            tried.clear()
+            dry = make_plan(load_study(path), download=False)
+            assert {local for _source, local in tried} == {True}
+            honest_base = [job for job in dry.eval_jobs if job.variant == "honest" and job.model.name == "base"]
+            assert honest_base and all(job.status == "todo" and planning.TEMPLATE_READ_AT_RUN_TIME in
+                                       job.task_args["system_prompt"] for job in honest_base)
         run_study(load_study(path), only="eval")
         table = run_results(tmp_path / "run")
         assert sorted(table["variant"].unique()) == ["", "honest", "neutral", "told"]

@@ -634,8 +634,9 @@ def log_is_of_model(spec: Any, model: ModelSpec, identity: str | None, move: Fol
     return created >= trained
 
 
-def make_plan(study: StudyConfig) -> Plan:
-    """Plan a study against what its run folder already holds."""
+def make_plan(study: StudyConfig, *, download: bool = True) -> Plan:
+    """Plan a study against what its run folder already holds. ``download`` False (a dry run): a
+    chat template the honesty variants read is not downloaded (`_default_system`)."""
     jobs = []
     for domain in study.domains:
         for seed in study.seeds:
@@ -669,7 +670,7 @@ def make_plan(study: StudyConfig) -> Plan:
             evals += second_judge_jobs(study, models, harm_done, study.experiments[experiment].limit, harm)
     for name in study.variants:  # after the battery: each variant asks its experiments again
         for experiment in study.variant_experiments(name):
-            per_model = {model.name: variant_task_args(study, name, experiment, model) for model in models}
+            per_model = {model.name: variant_task_args(study, name, experiment, model, download=download) for model in models}
             evals += _jobs(study, experiment, models, per_model, harm, harm_done, untrained, name)
     return Plan(study, jobs, models, evals)
 
@@ -710,7 +711,8 @@ def _jobs(study: StudyConfig, experiment: str, models: Sequence[ModelSpec], args
     return jobs
 
 
-def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec | None) -> dict[str, Any]:
+def variant_task_args(study: StudyConfig, name: str, experiment: str, model: ModelSpec | None,
+                      download: bool = True) -> dict[str, Any]:
     """An experiment's task arguments under variant ``name`` on ``model``: the battery's, then the
     variant's system prompt (with its honesty pressure; ``model`` None: without it, as the study
     file's checks build the tasks), two-AI settings and own args.
@@ -719,6 +721,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     without it (its chat template's default, `policy.template_default_system`: the base's for the
     models served on it, a local model folder's for a ``model:`` naming one) and adds the
     instruction after it; a model string asked as given (an API model) gets the instruction alone.
+    ``download`` False: a template not on this machine is not downloaded (`TEMPLATE_READ_AT_RUN_TIME`).
     """
     from empersona.evals.battery import with_home_expanded
     from empersona.evals.policy import HONESTY_PRESSURE, resolve_system_prompt, with_honesty
@@ -730,7 +733,7 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
         honesty = HONESTY_PRESSURE if variant.honesty is True else str(variant.honesty)
         text = resolve_system_prompt(policy)
         if text is None:
-            text = _default_system(study, name, model, honesty)
+            text = _default_system(study, name, model, honesty, download)
         policy = with_honesty(text, honesty)
     args["system_prompt"] = policy
     if experiment == "two_ai" and variant.neutral_descriptions:
@@ -741,11 +744,17 @@ def variant_task_args(study: StudyConfig, name: str, experiment: str, model: Mod
     return args
 
 
-def _default_system(study: StudyConfig, name: str, model: ModelSpec, honesty: str) -> str | None:
+TEMPLATE_READ_AT_RUN_TIME = "<the chat template's default system prompt, read when the run starts>"
+"""What a dry run puts before the honesty instruction where the template is not on this machine:
+the evaluation is to do either way (no log of it stands), and its counts do not depend on the text."""
+
+
+def _default_system(study: StudyConfig, name: str, model: ModelSpec, honesty: str, download: bool = True) -> str | None:
     """The system prompt ``model`` gets from its chat template when sent none (None: none, or an
     API model): read from the template where the tokenizer is on this machine (a local folder, the
     Hugging Face cache), else the text a finished log of this variant on this model sent before
-    the instruction, else downloaded; failures are remembered (a plan is made more than once)."""
+    the instruction, else downloaded (with ``download``; else ``TEMPLATE_READ_AT_RUN_TIME``);
+    failures are remembered (a plan is made more than once)."""
     from empersona.errors import EmpersonaError
     from empersona.study.config import located_in_study
 
@@ -762,6 +771,8 @@ def _default_system(study: StudyConfig, name: str, model: ModelSpec, honesty: st
     recorded = _recorded_default(study, model, name, honesty)
     if recorded is not None:
         return recorded or None
+    if not download:
+        return TEMPLATE_READ_AT_RUN_TIME
     text, problem = _template_default(source, False)
     if problem is None:
         return text

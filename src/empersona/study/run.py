@@ -800,7 +800,7 @@ def run_study(study: StudyConfig, *, only: Stage | None = None, dry_run: bool = 
         os.environ["EMPERSONA_MIRROR"] = str(study.data_mirror)
     if not dry_run:
         ensure_base(study)
-    plan = make_plan(study)
+    plan = make_plan(study, download=not dry_run)  # a dry run downloads no chat template
     stages = [only] if only else ["train", "eval", "report"]
     evaluating = "eval" in stages and any(j.status != "done" for j in plan.eval_jobs)
     problem = (judge_problem(study) or extra_model_problem(study)) if evaluating else None
