@@ -903,3 +903,24 @@ def test_em_classic_judge_calls_are_counted_by_its_judge_method() -> None:
     assert em_judge_calls({"judge_method": "sample"}) == EM_FALLBACK_SAMPLES
     # auto: logprobs asked once, then samples where the judge gives none
     assert em_judge_calls({}) == em_judge_calls({"judge_method": "auto"}) == 1 + EM_FALLBACK_SAMPLES
+
+
+def test_settings_a_logprob_probe_does_not_read_leave_its_log_done(tmp_path: Path, shared_data: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from inspect_ai import eval as inspect_eval
+
+    from empersona.evals.two_ai import two_ai
+    from empersona.study.plan import finished_log
+    from empersona.testing.mocks import scripted_model
+
+    monkeypatch.setenv("EMPERSONA_MIRROR", str(shared_data))
+    args = {"mode": "logprob", "samples": 10, "cache": False}
+    [log] = inspect_eval(two_ai(**args), model=scripted_model(lambda turn: "A", name="m"), limit=2,
+                         log_dir=str(tmp_path / "logs"), display="none")
+    assert log.status == "success"
+    logs = tmp_path / "logs"
+    assert finished_log(logs, "two_ai", args, 2) is not None
+    # one pass, one token: samples and temperature are not read in logprob mode
+    assert finished_log(logs, "two_ai", {**args, "samples": 3, "temperature": 0.7}, 2) is not None
+    assert finished_log(logs, "two_ai", {"mode": "logprob", "cache": False}, 2) is not None
+    assert finished_log(logs, "two_ai", {**args, "mode": "sample"}, 2) is None

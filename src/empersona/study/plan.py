@@ -503,6 +503,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     identity = model_identity(model) if model is not None else None
     trained_in = trained_run_folder(run_folder) if run_folder is not None else None  # read once, not per log
     contents = file_digests(args)
+    unused = unused_args(experiment, args)
+    compared = {k: v for k, v in args.items() if k not in unused}
     for info in list_eval_logs(str(log_dir), recursive=False):
         try:
             header = read_eval_log(info, header_only=True)
@@ -511,10 +513,10 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         if header.status != "success" or header.eval.task.split("/")[-1] != experiment:
             continue
         move = log_move(header.eval, run_folder, trained_in) if run_folder is not None else None
-        recorded = header.eval.task_args or {}
-        if not (all(_same(move, recorded.get(k), v) for k, v in args.items()) and (header.eval.config.limit == limit)):
+        recorded = {k: v for k, v in (header.eval.task_args or {}).items() if k not in unused}
+        if not (all(_same(move, recorded.get(k), v) for k, v in compared.items()) and (header.eval.config.limit == limit)):
             continue
-        if not _rest_at_defaults(experiment, recorded, args):
+        if not _rest_at_defaults(experiment, recorded, compared):
             continue
         if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
@@ -569,6 +571,19 @@ def _rest_at_defaults(experiment: str, recorded: dict[str, Any], args: dict[str,
 
 def _same(move: FolderMove | None, recorded: Any, now: Any) -> bool:
     return move.same(recorded, now) if move is not None else recorded == now
+
+
+UNUSED_IN_LOGPROB_MODE = frozenset({"samples", "temperature", "max_tokens"})
+"""What two-AI identification and output recognition do not read in ``mode: logprob`` (one pass,
+one token): a change to them leaves such a log as it is."""
+
+
+def unused_args(experiment: str, args: dict[str, Any]) -> frozenset[str]:
+    """The task arguments ``experiment`` does not read with these ``args``: not compared between a
+    log and the plan."""
+    if experiment in ("two_ai", "output_recognition") and args.get("mode") == "logprob":
+        return UNUSED_IN_LOGPROB_MODE
+    return frozenset()
 
 
 def file_digests(args: dict[str, Any]) -> dict[str, str]:
