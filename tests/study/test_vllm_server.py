@@ -475,6 +475,12 @@ def test_an_api_key_in_extra_args_is_refused() -> None:
     with pytest.raises(ValueError, match="--api-key is set by the study"):
         VLLMSettings(extra_args=["--api-key=mine"])
     assert VLLMSettings(extra_args=["--enforce-eager"]).extra_args == ["--enforce-eager"]
+    # any other credential flag: it would be printed by the dry run and kept in RUN_DIR/study.yaml
+    for given in (["--hf-token", "hf_abc"], ["--hf-token=hf_abc"], ["--ssl-keyfile-password", "pw"]):
+        with pytest.raises(ValueError, match=r"credential on the server's command line.*env: \{HF_TOKEN"):
+            VLLMSettings(extra_args=given)
+    settings = ["--max-num-seqs", "64", "--max-num-batched-tokens", "8192", "--tokenizer-mode", "auto"]
+    assert VLLMSettings(extra_args=settings).extra_args == settings
 
 
 def test_secrets_reached_through_a_merge_key_or_an_alias_are_masked_too() -> None:

@@ -235,9 +235,19 @@ class VLLMSettings(BaseModel):
     @field_validator("extra_args")
     @classmethod
     def _no_own_key(cls, value: list[str]) -> list[str]:
+        from empersona.redact import is_secret_name
+
         if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in value):
             raise ValueError("--api-key is set by the study (a random key per run, given to the server through its "
                              "environment); remove it from extra_args")
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("--") and is_secret_name(flag[2:]):
+                # a credential on the command line is in the dry run's output, the kept study file and
+                # every process listing of the machine
+                raise ValueError(f"{flag} passes a credential on the server's command line: give it through the "
+                                 "server's environment instead (vllm: env: {HF_TOKEN: ...}, masked in the kept copy), "
+                                 "or set it in the environment empersona runs in")
         return value
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment for the server (e.g. VLLM_CPU_KVCACHE_SPACE); values of secret-looking keys are masked in "
