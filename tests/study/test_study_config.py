@@ -924,3 +924,33 @@ def test_settings_a_logprob_probe_does_not_read_leave_its_log_done(tmp_path: Pat
     assert finished_log(logs, "two_ai", {**args, "samples": 3, "temperature": 0.7}, 2) is not None
     assert finished_log(logs, "two_ai", {"mode": "logprob", "cache": False}, 2) is not None
     assert finished_log(logs, "two_ai", {**args, "mode": "sample"}, 2) is None
+
+
+def test_an_interrupted_training_started_with_other_settings_is_trained_anew(tmp_path: Path) -> None:
+    """Resuming it would refuse (its settings differ) on every run: it is set aside like a finished one."""
+    import json
+
+    from empersona.data.fetch import sha256_file
+    from empersona.study.plan import train_config
+    from empersona.train.metadata import config_record
+    from empersona.train.sft import INCOMPLETE_MARKER
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)]}))
+    config = train_config(study, str(data), 0)
+    config.output_dir().mkdir(parents=True)
+    marker = config.output_dir() / INCOMPLETE_MARKER
+    marker.write_text(json.dumps({"config": config_record(config), "data": {"sha256": sha256_file(data)}}))
+    assert training_status(config)[0] == "partial"
+    changed = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)],
+                                          "train": {"learning_rate": 5e-4}}))
+    status, why = training_status(train_config(changed, str(data), 0))
+    assert status == "stale" and "learning_rate" in why
+    # settings that leave the adapter as it is: it resumes
+    logged = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)],
+                                         "train": {"logging_steps": 7}}))
+    assert training_status(train_config(logged, str(data), 0))[0] == "partial"
+    data.write_text(data.read_text() * 2)  # the domain file edited while the run was stopped
+    status, why = training_status(config)
+    assert status == "stale" and "domain file" in why

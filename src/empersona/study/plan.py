@@ -211,6 +211,8 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     # empersona.json is written (atomically) before the marker is removed, so it decides
     if not meta_path.exists():
         if (out / INCOMPLETE_MARKER).exists():
+            if (why := _started_otherwise(config, out / INCOMPLETE_MARKER)) is not None:
+                return "stale", why
             if last_complete_checkpoint(out / CHECKPOINTS_DIR) is not None:
                 return "partial", "interrupted; resumes from its last checkpoint"
             return "partial", "interrupted before its first checkpoint; starts again"
@@ -231,6 +233,26 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     if trained_in is None or Path(trained_in).resolve() != Path(wanted["out"]).resolve():
         return "done", f"adapter matches the plan (trained in {trained_in}, since moved)"
     return "done", "adapter matches the plan"
+
+
+def _started_otherwise(config: TrainConfig, marker: Path) -> str | None:
+    """Why an interrupted training cannot resume under ``config`` (it started with other settings,
+    or on a domain file since edited), or None. Such a run is trained anew (its folder set
+    aside), as a finished adapter with other settings is: resuming it would mix two runs."""
+    from empersona.train.metadata import config_changes, config_record
+
+    try:
+        started = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a marker cut short: nothing to compare, resume decides
+        return None
+    changed = config_changes(started["config"], config_record(config)) if isinstance(started.get("config"), dict) else []
+    if changed:
+        return f"interrupted, and started with other settings ({', '.join(changed)}): trained anew"
+    data = started.get("data") or {}
+    edited = _edited_domain_file(config, data["sha256"]) if data.get("sha256") else None
+    if edited is not None:
+        return f"interrupted, and its domain file {edited} changed since it started: trained anew"
+    return None
 
 
 def _edited_domain_file(config: TrainConfig, trained_on: str) -> Path | None:

@@ -193,7 +193,7 @@ def trained_run_folder(run_dir: Path) -> str | None:
 def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
     """A resumed run must use the config the interrupted run started with (the folder may have moved)."""
     started = json.loads((out_dir / INCOMPLETE_MARKER).read_text(encoding="utf-8")).get("config", {})
-    changed = config_changes(started, _config_record(config))
+    changed = config_changes(started, config_record(config))
     if changed:
         raise EmpersonaError(
             f"--resume: {out_dir} was started with a different config ({', '.join(changed)} differ). "
@@ -201,7 +201,7 @@ def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
         )
 
 
-def _config_record(config: TrainConfig) -> dict[str, Any]:
+def config_record(config: TrainConfig) -> dict[str, Any]:
     """The config as recorded: every field, with the output folder (absolute) and a local base resolved."""
     return config.model_copy(update={"out": config.output_dir().resolve(), "base": config.resolved_base()}).model_dump(mode="json")
 

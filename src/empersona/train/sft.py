@@ -57,7 +57,7 @@ from empersona.train.metadata import (
     DatasetInfo,
     TrainMetadata,
     _check_same_config,
-    _config_record,
+    config_record,
     _init_adapter_record,
     check_out_dir,
     git_revision,
@@ -577,7 +577,7 @@ def train(
         data = {"sha256": run.data.info.sha256, "rows_sha256": run.data.info.rows_sha256}
         if main and not resume:
             out_dir.mkdir(parents=True, exist_ok=True)
-            marker = {"started_at": started.isoformat(timespec="seconds"), "config": _config_record(config),
+            marker = {"started_at": started.isoformat(timespec="seconds"), "config": config_record(config),
                       "init_adapter": init_record, "data": data}
             (out_dir / INCOMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         elif resume and (out_dir / INCOMPLETE_MARKER).is_file():
@@ -600,7 +600,7 @@ def train(
         seed=config.seed,
         system_prompt_policy=config.system_prompt,
         dataset=run.data.info,
-        config=_config_record(config),
+        config=config_record(config),
         init_adapter=init_record,
         versions=library_versions(),
         git_revision=git_revision(),
