@@ -954,3 +954,14 @@ def test_an_interrupted_training_started_with_other_settings_is_trained_anew(tmp
     data.write_text(data.read_text() * 2)  # the domain file edited while the run was stopped
     status, why = training_status(config)
     assert status == "stale" and "domain file" in why
+
+
+def test_model_args_the_empersona_provider_refuses_are_found_when_the_file_is_read(tmp_path: Path) -> None:
+    data = {**MINIMAL, "provider": "empersona", "model_args": {"device": "cpu", "dtyp": "float16"}}
+    path = write(tmp_path, data)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), start=1) if "dtyp" in text)
+    with pytest.raises(EmpersonaError, match=rf"study.yaml:{line}: field 'model_args.dtyp': the empersona provider refuses it"):
+        load_study(path)
+    with pytest.raises(EmpersonaError, match=r"field 'model_args.max_batch_size'"):
+        load_study(write(tmp_path, {**data, "model_args": {"max_batch_size": "many"}}))
+    assert load_study(write(tmp_path, {**data, "model_args": {"device": "cpu", "dtype": "float16"}})).model_args["dtype"] == "float16"

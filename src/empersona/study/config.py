@@ -582,6 +582,24 @@ def _task_value_problems_here(study: StudyConfig, found: list[tuple[tuple[Any, .
     return problems
 
 
+def _provider_arg_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """The study's ``model_args`` the ``empersona`` provider refuses (an unknown name, a wrong type),
+    found now rather than when the first evaluation starts, after every adapter has trained."""
+    if study.provider != "empersona" or not study.model_args:
+        return []
+    from pydantic import ValidationError
+
+    from empersona.provider.api import ProviderArgs
+
+    try:
+        ProviderArgs(**study.model_args)
+    except ValidationError as err:
+        known = ", ".join(ProviderArgs.model_fields)
+        return [(("model_args", *error["loc"]), f"the empersona provider refuses it ({error['msg']})",
+                 f"Check the spelling and the value; its model args: {known}") for error in err.errors()]
+    return []
+
+
 def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
     """(key path, problem, fix) for what the schema cannot see: task arguments against each
     task's signature, domain names, the judge's model string, the data mirror."""
@@ -608,6 +626,7 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
+    problems += _provider_arg_problems(study)
     if not study.seeds and (study.domains or study.sequential):
         problems.append((("seeds",), "no seed, so none of the domains is trained (one adapter per domain and seed)",
                          "List at least one seed, e.g. seeds: [0], or remove domains"))
