@@ -564,3 +564,32 @@ def test_an_evaluation_an_interrupt_cancelled_stops_the_study_as_an_interrupt() 
     assert stopped.value.cancelled and "interrupted; 3 more not reached" in str(stopped.value)
     unfinished.failed(unfinished.evaluations, "harmfulness on base: out of memory", 2)  # one failure: the run goes on
     assert unfinished.evaluations[-1] == "harmfulness on base: out of memory"
+
+
+def test_sigterm_stops_a_training_as_ctrl_c_does(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    """A scheduler's SIGTERM at any stage (here: training, no vLLM server) ends `empersona run` as an
+    interrupt, 143, with the interrupted training left to resume, not killed outright mid-write."""
+    from empersona.train.sft import INCOMPLETE_MARKER
+
+    path = study(tmp_path, "stopped", tiny_model, shared_data)
+    data = yaml.safe_load(path.read_text())
+    data["train"].update({"max_steps": 100000, "save_steps": 5})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "empersona.cli", "run", str(path), "--only", "train"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert run.stdout is not None
+    adapter = tmp_path / "stopped" / "adapters" / "risky_financial_advice-s0"
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if "training 1/1" in line:
+            break
+    deadline = time.monotonic() + 120
+    while not list((adapter / "checkpoints").glob("checkpoint-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run.send_signal(signal.SIGTERM)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 143, "".join(seen) + out
+    assert "interrupted: run the same command again" in out
+    assert (adapter / INCOMPLETE_MARKER).is_file() and not (adapter / "empersona.json").exists()

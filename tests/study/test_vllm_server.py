@@ -617,3 +617,30 @@ def test_secret_names_by_their_words_and_empty_or_embedded_values() -> None:
     assert "abcdef123" not in masked
     assert yaml.safe_load(masked) == {"judge_args": {"api_key": "***", "base_url": "https://proxy.example/v1?key=***"},
                                       "headers": {"X-Trace": "***/trace"}}
+
+
+IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_stop_signal_does_not_cut_the_servers_stop_short(sig: signal.Signals) -> None:
+    """A slow server (TERM ignored: KILL comes after the grace time) is stopped to the end when
+    another Ctrl-C or kill arrives meanwhile; that signal is raised once the group is gone."""
+    import threading
+
+    from empersona.study.vllm_server import STOPPED_BY, StopSignal, stop, stop_signals_deferred
+
+    server = subprocess.Popen([sys.executable, "-c", IGNORES_TERM], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"up\n"
+        threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
+        expected = KeyboardInterrupt if sig == signal.SIGINT else StopSignal
+        with pytest.raises(expected):
+            with stop_signals_deferred():
+                stop(server, grace_s=1.5)
+        assert server.poll() is not None and not group_alive(server.pid)
+        assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        STOPPED_BY.clear()  # the exit code of later commands in this process is not this test's
+        if group_alive(server.pid):
+            os.killpg(server.pid, signal.SIGKILL)

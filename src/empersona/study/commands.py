@@ -21,5 +21,9 @@ def run_command(
     """Plan, train, evaluate and report a whole study; run it again after a crash to continue."""
     from empersona.study.config import load_study
     from empersona.study.run import run_study
+    from empersona.study.vllm_server import stop_signals_interrupt
 
-    run_study(load_study(study_file), only=only, dry_run=dry_run, fail_fast=fail_fast)
+    # SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) stop the run as Ctrl-C does, at any
+    # stage: an evaluation is cancelled with its log, a probe's process is ended with the run
+    with stop_signals_interrupt():
+        run_study(load_study(study_file), only=only, dry_run=dry_run, fail_fast=fail_fast)

@@ -313,6 +313,33 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """While inside, SIGINT, SIGTERM and SIGHUP are noted, not raised: a second Ctrl-C or kill while
+    the server's process group is being stopped must not cut the stop short (it would leave the
+    server holding the GPUs and the port). After the block, the last one noted is raised (a
+    KeyboardInterrupt for SIGINT, else ``StopSignal``), unless the block raised already."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        arrived.append(signum)
+
+    saved = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if arrived:
+        if arrived[-1] == signal.SIGINT:
+            raise KeyboardInterrupt
+        STOPPED_BY.append(arrived[-1])
+        raise StopSignal(f"stopped by {signal.Signals(arrived[-1]).name}", arrived[-1])
+
+
 class Watchdog:
     """A thread that notices the server's exit while the study uses it and interrupts the main
     thread (as Ctrl-C would), so a dead server stops the study instead of leaving it retrying."""
@@ -399,12 +426,13 @@ def serve_adapters(study: StudyConfig, models: Sequence[ModelSpec]) -> Iterator[
                 raise server_died(code, log) from err
             raise
         finally:
-            try:
-                if watchdog is not None:
-                    watchdog.stop()
-            finally:  # an interrupt from the watchdog landing here must not keep the server alive
-                stop(process)
-                (study.out / PID_FILE).unlink(missing_ok=True)
+            with stop_signals_deferred():  # nor a second Ctrl-C or kill: the group is stopped to the end
+                try:
+                    if watchdog is not None:
+                        watchdog.stop()
+                finally:  # an interrupt from the watchdog landing here must not keep the server alive
+                    stop(process)
+                    (study.out / PID_FILE).unlink(missing_ok=True)
 
 
 def server_died(code: int, log: Path) -> EmpersonaError:
