@@ -965,3 +965,13 @@ def test_model_args_the_empersona_provider_refuses_are_found_when_the_file_is_re
     with pytest.raises(EmpersonaError, match=r"field 'model_args.max_batch_size'"):
         load_study(write(tmp_path, {**data, "model_args": {"max_batch_size": "many"}}))
     assert load_study(write(tmp_path, {**data, "model_args": {"device": "cpu", "dtype": "float16"}})).model_args["dtype"] == "float16"
+
+
+def test_a_base_url_carrying_a_credential_is_refused(tmp_path: Path) -> None:
+    for url in ("https://judge.example/v1?key=abc123", "https://me:pw@judge.example/v1", "https://j.example/v1?api_key=x"):
+        with pytest.raises(EmpersonaError, match=r"field 'judge_args.base_url': the URL carries a credential"):
+            load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": url}}))
+    assert load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": "https://judge.example/v1?max_tokens=5"}}))
+    with pytest.raises(EmpersonaError, match=r"field 'second_judge.model_args.base_url'"):
+        load_study(write(tmp_path, {**MINIMAL, "second_judge": {"model": "openai/gpt-4o", "model_args": {
+            "base_url": "https://h.example/v1?token=t"}}}))

@@ -582,6 +582,30 @@ def _task_value_problems_here(study: StudyConfig, found: list[tuple[tuple[Any, .
     return problems
 
 
+def _url_credential_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
+    """A ``base_url`` that carries a credential (``https://user:pw@host``, ``?key=...``): inspect
+    writes each model's base URL into every log, where masking by name cannot reach it."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from empersona.redact import is_secret_name
+
+    blocks: list[tuple[tuple[Any, ...], dict[str, Any]]] = [(("judge_args",), study.judge_args), (("model_args",), study.model_args)]
+    if study.second_judge is not None:
+        blocks.append((("second_judge", "model_args"), study.second_judge.model_args))
+    blocks += [(("models", name, "model_args"), entry.model_args) for name, entry in study.models.items()]
+    problems = []
+    for loc, args in blocks:
+        url = args.get("base_url")
+        if not isinstance(url, str):
+            continue
+        parts = urlsplit(url)
+        if parts.password or any(is_secret_name(name) for name, _ in parse_qsl(parts.query)):
+            problems.append(((*loc, "base_url"), "the URL carries a credential, which inspect would write into every log",
+                             "Give the key through the provider's environment variable (e.g. OPENAI_API_KEY) or an "
+                             "api_key model arg, and the URL without it"))
+    return problems
+
+
 def _provider_arg_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, str]]:
     """The study's ``model_args`` the ``empersona`` provider refuses (an unknown name, a wrong type),
     found now rather than when the first evaluation starts, after every adapter has trained."""
@@ -626,7 +650,7 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
             elif key not in params:
                 problems.append((loc, f"not an argument of the {name} task",
                                  f"Choose from {', '.join(sorted(params - STUDY_SET_ARGS))}"))
-    problems += _provider_arg_problems(study)
+    problems += _provider_arg_problems(study) + _url_credential_problems(study)
     if not study.seeds and (study.domains or study.sequential):
         problems.append((("seeds",), "no seed, so none of the domains is trained (one adapter per domain and seed)",
                          "List at least one seed, e.g. seeds: [0], or remove domains"))
