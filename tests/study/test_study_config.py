@@ -883,6 +883,8 @@ def test_model_args_that_change_the_answers_are_part_of_every_served_models_iden
     assert all(plain.values())
     # where and how fast the models run: the same models
     assert identities(model_args={"device": "cpu", "compile": True, "max_batch_size": 64, "kv_cache_gib": 2}) == plain
+    # how it samples has its own mark and warning (run.earlier_sampling_warning)
+    assert identities(model_args={"generation_config": True}) == plain
     assert serving_identity(load_study(write(tmp_path, {**MINIMAL, "model_args": {"device": "cpu"}}))) is None
     # another dtype: other answers, for the base and every fine-tune
     half = identities(model_args={"device": "cpu", "dtype": "float16"})

@@ -305,14 +305,17 @@ def base_identity(study: StudyConfig) -> str:
 def serving_identity(study: StudyConfig) -> str | None:
     """How the study's own models are served, as far as it changes their answers: the study's
     ``model_args`` but credentials and placement (``extra_models.PLACEMENT_ARGS``: device,
-    batching, compiling), e.g. a ``dtype``; under ``provider: vllm`` also the server's ``dtype``
+    batching, compiling) and ``generation_config`` (how the provider samples has its own mark, kept
+    logs sampled otherwise are named in a warning: `run.earlier_sampling_warning`), e.g. a
+    ``dtype``; under ``provider: vllm`` also the server's ``dtype``
     and ``extra_args`` (a ``--quantization``). None where it is all left at the defaults, so
     identities made before this was part of them stand. Part of the base's identity and of each
     fine-tune's and checkpoint's (`model_identity`): their logs and cached calls are of it."""
     from empersona.redact import without_secrets
     from empersona.study.extra_models import PLACEMENT_ARGS
 
-    answering = {key: value for key, value in without_secrets(study.model_args).items() if key not in PLACEMENT_ARGS}
+    answering = {key: value for key, value in without_secrets(study.model_args).items()
+                 if key not in PLACEMENT_ARGS and key != "generation_config"}  # the sampling mark's (`run.sampling_mark`)
     if study.provider == "vllm":
         answering |= {f"vllm.{key}": value for key, value in
                       (("dtype", study.vllm.dtype), ("extra_args", study.vllm.extra_args)) if value}
