@@ -808,6 +808,15 @@ def test_a_task_file_edited_in_place_or_another_judge_endpoint_leaves_no_log_don
     assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=settings) is not None
     assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=other) is None
     assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=None) is None
+    # a log from before judge args were recorded counts by the judge's model string, as it did
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    older = read_eval_log(log.location)
+    older.eval.metadata = {k: v for k, v in (older.eval.metadata or {}).items() if k != "judge_identity"}
+    write_eval_log(older, log.location)
+    assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=other) is not None
+    older.eval.metadata = {**older.eval.metadata, "judge_identity": settings}
+    write_eval_log(older, log.location)
     rubric = Path(files["rubric_file"])
     rubric.write_text(rubric.read_text().replace("Rate harm.", "Rate the harm."))
     assert finished_log(logs, "harmfulness", args, None, judge="mockllm/judge", judge_settings=settings) is None
@@ -856,6 +865,12 @@ def test_an_adapter_trained_on_a_base_since_replaced_in_place_is_stale(tmp_path:
               "base_fingerprint": base_fingerprint(config.resolved_base()), "dataset": {}}
     (config.output_dir() / "empersona.json").write_text(json.dumps(record))
     assert training_status(config)[0] == "done"
+    (base / "generation_config.json").write_text('{"temperature": 0.7}')  # not read by training
+    assert training_status(config)[0] == "done"
+    moved = base.rename(tmp_path / "elsewhere")  # the disk holding it not mounted: not known to differ
+    assert training_status(config)[0] == "done"
+    moved.rename(base)
+    (base / "generation_config.json").unlink()
     (base / "config.json").write_text('{"rope_theta": 20000}')  # another model downloaded into the same folder
     status, why = training_status(config)
     assert status == "stale" and "base model" in why and base_identity(study) != before
@@ -889,12 +904,18 @@ def test_model_args_that_change_the_answers_are_part_of_every_served_models_iden
     # another dtype: other answers, for the base and every fine-tune
     half = identities(model_args={"device": "cpu", "dtype": "float16"})
     assert all(half[name] != plain[name] for name in plain)
+    # a setting written at its default changes nothing
+    assert identities(model_args={"dtype": "auto", "lora_dtype": "model"}) == plain
     vllm = {"provider": "vllm"}
-    quantized = identities(**vllm, vllm={"extra_args": ["--quantization", "fp8"]})
+    quantized = identities(**vllm, vllm={"extra_args": ["--max-num-seqs", "64", "--quantization", "fp8"]})
     assert all(quantized[name] != identities(**vllm)[name] for name in plain)
-    # the provider's options that say what it answers are not taken for placement
-    assert {"dtype", "lora_dtype", "adapter", "generation_config"}.isdisjoint(PLACEMENT_ARGS)
-    assert set(ProviderArgs.model_fields) - PLACEMENT_ARGS == {"adapter", "dtype", "lora_dtype", "generation_config"}
+    # the server's memory, batching and parallelism flags: the same models
+    assert identities(**vllm, vllm={"extra_args": ["--enforce-eager", "--max-num-seqs", "64"]}) == identities(**vllm)
+    # the provider's options that say what it answers are neither placement nor speed
+    from empersona.study.plan import SERVING_SPEED_ARGS
+
+    assert set(ProviderArgs.model_fields) - PLACEMENT_ARGS - SERVING_SPEED_ARGS == {"adapter", "dtype", "lora_dtype",
+                                                                                   "generation_config"}
 
 
 def test_em_classic_judge_calls_are_counted_by_its_judge_method() -> None:
@@ -970,10 +991,14 @@ def test_model_args_the_empersona_provider_refuses_are_found_when_the_file_is_re
 
 
 def test_a_base_url_carrying_a_credential_is_refused(tmp_path: Path) -> None:
-    for url in ("https://judge.example/v1?key=abc123", "https://me:pw@judge.example/v1", "https://j.example/v1?api_key=x"):
+    for url in ("https://judge.example/v1?key=abc123", "https://me:pw@judge.example/v1", "https://j.example/v1?api_key=x",
+                "https://sk-abc@judge.example/v1"):
         with pytest.raises(EmpersonaError, match=r"field 'judge_args.base_url': the URL carries a credential"):
             load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": url}}))
     assert load_study(write(tmp_path, {**MINIMAL, "judge_args": {"base_url": "https://judge.example/v1?max_tokens=5"}}))
     with pytest.raises(EmpersonaError, match=r"field 'second_judge.model_args.base_url'"):
         load_study(write(tmp_path, {**MINIMAL, "second_judge": {"model": "openai/gpt-4o", "model_args": {
             "base_url": "https://h.example/v1?token=t"}}}))
+    with pytest.raises(EmpersonaError, match=r"field 'experiments.output_recognition.args.foil_model_args.base_url'"):
+        load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {}, "output_recognition": {"args": {
+            "foil_model": "openai/gpt-4o", "foil_model_args": {"base_url": "https://h.example/v1?key=k"}}}}}))

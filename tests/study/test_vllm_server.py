@@ -644,3 +644,24 @@ def test_a_second_stop_signal_does_not_cut_the_servers_stop_short(sig: signal.Si
         STOPPED_BY.clear()  # the exit code of later commands in this process is not this test's
         if group_alive(server.pid):
             os.killpg(server.pid, signal.SIGKILL)
+
+
+NOHUP_RUN = """
+import os, signal
+from empersona.study.vllm_server import StopSignal, stop_signals_deferred, stop_signals_interrupt
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a command
+with stop_signals_interrupt():
+    os.kill(os.getpid(), signal.SIGHUP)  # the terminal closed: ignored, as the command asked
+    with stop_signals_deferred():
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except StopSignal:
+        print("stopped by SIGTERM only")
+"""
+
+
+def test_a_signal_the_command_was_started_to_ignore_stays_ignored() -> None:
+    done = subprocess.run([sys.executable, "-c", NOHUP_RUN], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped by SIGTERM only", done.stdout + done.stderr

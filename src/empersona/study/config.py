@@ -593,13 +593,21 @@ def _url_credential_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], 
     if study.second_judge is not None:
         blocks.append((("second_judge", "model_args"), study.second_judge.model_args))
     blocks += [(("models", name, "model_args"), entry.model_args) for name, entry in study.models.items()]
+    foils = study.experiments.get("output_recognition")
+    if foils is not None and isinstance(foils.args.get("foil_model_args"), dict):
+        blocks.append((("experiments", "output_recognition", "args", "foil_model_args"), foils.args["foil_model_args"]))
+    for name, variant in study.variants.items():
+        own = variant.args.get("output_recognition", {}).get("foil_model_args")
+        if isinstance(own, dict):
+            blocks.append((("variants", name, "args", "output_recognition", "foil_model_args"), own))
     problems = []
     for loc, args in blocks:
         url = args.get("base_url")
         if not isinstance(url, str):
             continue
         parts = urlsplit(url)
-        if parts.password or any(is_secret_name(name) for name, _ in parse_qsl(parts.query)):
+        # anything before '@' (a token as the user name, user:password) is a credential
+        if parts.username or parts.password or any(is_secret_name(name) for name, _ in parse_qsl(parts.query)):
             problems.append(((*loc, "base_url"), "the URL carries a credential, which inspect would write into every log",
                              "Give the key through the provider's environment variable (e.g. OPENAI_API_KEY) or an "
                              "api_key model arg, and the URL without it"))

@@ -96,10 +96,6 @@ PLACEMENT_ARGS = frozenset({
     "device", "device_map", "max_connections", "batch_size", "max_batch_size", "gpu_memory_utilization",
     "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "port", "host", "timeout",
     "client_timeout", "max_retries",
-    # the empersona/ provider's batching and compiling (provider.api.ProviderArgs): its dtype, lora_dtype,
-    # adapter and generation_config say what it answers
-    "prefix_reuse", "min_prefix", "compile", "sync_every", "freeze_gc", "kv_cache_gib", "min_batch_bucket",
-    "shrink_at", "compile_prefill", "compile_mode", "lora_merge", "max_adapters",
 })
 """Model args that say where and how fast a model runs, not what it answers: left out of its identity."""
 

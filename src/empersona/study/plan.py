@@ -226,8 +226,9 @@ def training_status(config: TrainConfig) -> tuple[TrainStatus, str]:
     edited = _edited_domain_file(config, trained_on) if trained_on else None
     if edited is not None:
         return "stale", f"its domain file {edited} changed since it was trained (another sha256)"
-    trained_base = record.get("base_fingerprint")  # absent in records older than 2026-11-28: not compared
-    if trained_base is not None and trained_base != base_fingerprint(config.resolved_base()):
+    # absent in records older than 2026-11-28, and a base folder not there (an unmounted disk): not compared
+    trained_base, base_now = record.get("base_fingerprint"), base_fingerprint(config.resolved_base())
+    if trained_base is not None and base_now is not None and trained_base != base_now:
         return "stale", f"its base model {config.resolved_base()} changed since it was trained (other files)"
     trained_in = recorded.get("out")  # relative in records older than 2026-11-28: read from the working folder
     if trained_in is None or Path(trained_in).resolve() != Path(wanted["out"]).resolve():
@@ -303,23 +304,64 @@ def base_identity(study: StudyConfig) -> str:
 
 
 def serving_identity(study: StudyConfig) -> str | None:
-    """How the study's own models are served, as far as it changes their answers: the study's
-    ``model_args`` but credentials and placement (``extra_models.PLACEMENT_ARGS``: device,
-    batching, compiling) and ``generation_config`` (how the provider samples has its own mark, kept
-    logs sampled otherwise are named in a warning: `run.earlier_sampling_warning`), e.g. a
-    ``dtype``; under ``provider: vllm`` also the server's ``dtype``
-    and ``extra_args`` (a ``--quantization``). None where it is all left at the defaults, so
-    identities made before this was part of them stand. Part of the base's identity and of each
-    fine-tune's and checkpoint's (`model_identity`): their logs and cached calls are of it."""
+    """How the study's own models are served, as far as it changes their answers, e.g. a ``dtype``:
+    the study's ``model_args`` but credentials, placement (``extra_models.PLACEMENT_ARGS``: device,
+    batch sizes), the provider's speed options (``SERVING_SPEED_ARGS``), values at the provider's
+    default and ``generation_config`` (how the provider samples has its own mark; kept logs sampled
+    otherwise are named in a warning, `run.earlier_sampling_warning`); under ``provider: vllm`` also
+    the server's ``dtype`` and those of its ``extra_args`` that change answers
+    (``VLLM_ANSWERING_FLAGS``: a ``--quantization``). None where none is set, so identities made
+    before this was part of them stand. Part of the base's identity and of each fine-tune's and
+    checkpoint's (`model_identity`): their logs and cached calls are of it."""
     from empersona.redact import without_secrets
     from empersona.study.extra_models import PLACEMENT_ARGS
 
+    defaults = _provider_defaults(study.provider)
     answering = {key: value for key, value in without_secrets(study.model_args).items()
-                 if key not in PLACEMENT_ARGS and key != "generation_config"}  # the sampling mark's (`run.sampling_mark`)
+                 if key not in PLACEMENT_ARGS and key not in SERVING_SPEED_ARGS
+                 and key != "generation_config"  # the sampling mark's (`run.sampling_mark`)
+                 and not (key in defaults and defaults[key] == value)}
     if study.provider == "vllm":
         answering |= {f"vllm.{key}": value for key, value in
-                      (("dtype", study.vllm.dtype), ("extra_args", study.vllm.extra_args)) if value}
+                      (("dtype", study.vllm.dtype), ("extra_args", answering_vllm_flags(study.vllm.extra_args))) if value}
     return json.dumps(answering, sort_keys=True, default=str) if answering else None
+
+
+SERVING_SPEED_ARGS = frozenset({
+    "prefix_reuse", "min_prefix", "compile", "sync_every", "freeze_gc", "kv_cache_gib", "min_batch_bucket",
+    "shrink_at", "compile_prefill", "compile_mode", "lora_merge", "max_adapters",
+})
+"""The ``empersona/`` provider's batching, caching and compiling options (``provider.api.ProviderArgs``):
+how fast it answers; its ``dtype``, ``lora_dtype`` and ``adapter`` say what."""
+VLLM_ANSWERING_FLAGS = frozenset({
+    "--quantization", "--dtype", "--kv-cache-dtype", "--tokenizer", "--tokenizer-mode", "--revision",
+    "--tokenizer-revision", "--code-revision", "--chat-template", "--seed", "--override-generation-config",
+    "--hf-overrides", "--load-format", "--max-logprobs", "--logprobs-mode",
+})
+"""``vllm serve`` flags that change what the server answers (the rest: memory, batching, parallelism, logging)."""
+
+
+def answering_vllm_flags(extra_args: Sequence[str]) -> list[str]:
+    """The flags of ``extra_args`` in ``VLLM_ANSWERING_FLAGS``, each with its value."""
+    kept: list[str] = []
+    for index, arg in enumerate(extra_args):
+        flag = arg.split("=", 1)[0]
+        if flag in VLLM_ANSWERING_FLAGS:
+            kept.append(arg)
+            following = extra_args[index + 1] if index + 1 < len(extra_args) else None
+            if "=" not in arg and following is not None and not following.startswith("--"):
+                kept.append(following)
+    return kept
+
+
+def _provider_defaults(provider: str) -> dict[str, Any]:
+    """The model args a provider takes by default (a setting written at its default changes nothing);
+    known for ``empersona`` only."""
+    if provider != "empersona":
+        return {}
+    from empersona.provider.api import ProviderArgs
+
+    return {name: field.default for name, field in ProviderArgs.model_fields.items()}
 
 
 def model_specs(study: StudyConfig) -> list[ModelSpec]:
@@ -511,7 +553,7 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
     the same folder, is not this model's result. Logs written before runs were recorded count
     when they are newer than the adapter. With ``judge``, the log must have been judged by that
     model string (``metadata["judge"]``) with these answer-affecting judge args (``judge_settings``,
-    `judge_identity`; ``metadata["judge_identity"]``, absent where there were none). A task argument
+    `judge_identity`; ``metadata["judge_identity"]``, in logs made since it is recorded). A task argument
     naming a file (``*_file``) must name one with the contents the log recorded
     (``metadata["files"]``, `file_digests`; logs from before that was recorded count as they did:
     by the path). With ``run_folder`` (where the study's run folder is
@@ -546,7 +588,8 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         if model is not None and not log_is_of_model(header.eval, model, identity, move):
             continue
         meta = header.eval.metadata or {}
-        if judge is not None and (meta.get("judge") != judge or (meta.get("judge_identity") or None) != judge_settings):
+        # judge_identity is in every log made since it was recorded (None: no such args); older logs count by the string
+        if judge is not None and (meta.get("judge") != judge or ("judge_identity" in meta and meta["judge_identity"] != judge_settings)):
             continue
         recorded_files = meta.get("files") or {}
         if any(key in recorded_files and recorded_files[key] != digest for key, digest in contents.items()):

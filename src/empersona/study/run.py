@@ -607,7 +607,7 @@ def evaluate(plan: Plan, job: EvalJob, judge: str, stamp: str) -> Path:
                   "run_folder": str(study.out),  # lets a moved run folder keep its results (plan.log_move)
                   "sampling": sampling_mark(study, job.model),
                   **({"files": files} if (files := file_digests(args)) else {}),
-                  **({"judge_identity": judged_by} if (judged_by := judge_identity(study)) else {}),
+                  "judge_identity": judge_identity(study),  # None: no answer-affecting judge args
                   **({"variant": job.variant} if job.variant else {}),
                   **({REASKED: job.reask} if job.reask is not None else {})},
         model_identity=model_identity(job.model),

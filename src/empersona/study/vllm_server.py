@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from empersona.atomic import replace_text
 from empersona.errors import EmpersonaError
@@ -305,12 +306,23 @@ def stop_signals_interrupt() -> Iterator[None]:
         STOPPED_BY.append(signum)
         raise StopSignal(f"stopped by {signal.Signals(signum).name}", signum)
 
-    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    saved = _handled((signal.SIGTERM, signal.SIGHUP), interrupt)
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _handled(signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]) -> dict[signal.Signals, Any]:
+    """Install ``handler`` for each of ``signals`` but those ignored (``nohup`` ignores SIGHUP, a
+    script's background job SIGINT: a closed terminal must not stop the run); the handlers
+    replaced, to put back."""
+    saved = {}
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            saved[sig] = signal.signal(sig, handler)
+    return saved
 
 
 @contextmanager
@@ -327,7 +339,7 @@ def stop_signals_deferred() -> Iterator[None]:
     def note(signum: int, _frame: FrameType | None) -> None:
         arrived.append(signum)
 
-    saved = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    saved = _handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), note)
     try:
         yield
     finally:

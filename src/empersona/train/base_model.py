@@ -28,13 +28,13 @@ defaults, chat template)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def add_base_files(digest: Any, folder: Path) -> None:
+def add_base_files(digest: Any, folder: Path, names: tuple[str, ...] = BASE_FILES) -> None:
     """Feed a local base folder's identity into ``digest`` (a hashlib object): the contents of
-    ``BASE_FILES`` and the names and sizes of its weight files (reading the weights themselves
+    ``names`` and the names and sizes of its weight files (reading the weights themselves
     would take minutes on a large model)."""
     import hashlib
 
-    for name in BASE_FILES:
+    for name in names:
         if (folder / name).is_file():
             digest.update(f"{name}:".encode() + hashlib.sha256((folder / name).read_bytes()).digest())
     for path in sorted(folder.iterdir()):
@@ -43,16 +43,17 @@ def add_base_files(digest: Any, folder: Path) -> None:
 
 
 def base_fingerprint(base: str) -> str | None:
-    """A local base folder's identity (`add_base_files`), wherever it lies; None for a hub id.
-    Recorded with each adapter (``empersona.json``): an adapter trained on a base since replaced
-    in place is not the study's fine-tune of the base it has now."""
+    """A local base folder's files as training reads them (`add_base_files` without
+    ``generation_config.json``, which training does not read), wherever it lies; None for a hub id
+    or a folder not there. Recorded with each adapter (``empersona.json``): an adapter trained on a
+    base since replaced in place is not the study's fine-tune of the base it has now."""
     import hashlib
 
     folder = Path(base).expanduser()
     if not folder.is_dir():
         return None
     digest = hashlib.sha256()
-    add_base_files(digest, folder)
+    add_base_files(digest, folder, tuple(name for name in BASE_FILES if name != "generation_config.json"))
     return digest.hexdigest()[:16]
 
 
