@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -559,16 +560,26 @@ def test_an_evaluation_made_again_sets_its_earlier_logs_aside(tmp_path: Path) ->
     assert sorted(find_logs(folder)) == sorted([newer, other])
 
 
+def chat_domain_config(tmp_path: Path, **train: object) -> tuple[Path, Any]:
+    """A one-row chat JSONL domain file and the training config a study of it plans (``train``: its settings)."""
+    import json
+
+    from empersona.study.plan import train_config
+
+    data = tmp_path / "mine.jsonl"
+    if not data.exists():
+        data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    extra = {"train": train} if train else {}
+    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)], **extra}))
+    return data, train_config(study, str(data), 0)
+
+
 def test_a_domain_file_edited_in_place_makes_its_adapter_stale(tmp_path: Path) -> None:
     import json
 
     from empersona.data.fetch import sha256_file
-    from empersona.study.plan import train_config
 
-    data = tmp_path / "mine.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
-    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)]}))
-    config = train_config(study, str(data), 0)
+    data, config = chat_domain_config(tmp_path)
     config.output_dir().mkdir(parents=True)
     record = {"config": config.model_dump(mode="json"), "dataset": {"sha256": sha256_file(data)}}
     (config.output_dir() / "empersona.json").write_text(json.dumps(record))
@@ -954,26 +965,18 @@ def test_an_interrupted_training_started_with_other_settings_is_trained_anew(tmp
     import json
 
     from empersona.data.fetch import sha256_file
-    from empersona.study.plan import train_config
     from empersona.train.metadata import config_record
     from empersona.train.sft import INCOMPLETE_MARKER
 
-    data = tmp_path / "mine.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
-    study = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)]}))
-    config = train_config(study, str(data), 0)
+    data, config = chat_domain_config(tmp_path)
     config.output_dir().mkdir(parents=True)
     marker = config.output_dir() / INCOMPLETE_MARKER
     marker.write_text(json.dumps({"config": config_record(config), "data": {"sha256": sha256_file(data)}}))
     assert training_status(config)[0] == "partial"
-    changed = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)],
-                                          "train": {"learning_rate": 5e-4}}))
-    status, why = training_status(train_config(changed, str(data), 0))
+    status, why = training_status(chat_domain_config(tmp_path, learning_rate=5e-4)[1])
     assert status == "stale" and "learning_rate" in why
     # settings that leave the adapter as it is: it resumes
-    logged = load_study(write(tmp_path, {**MINIMAL, "out": str(tmp_path / "run"), "domains": [str(data)],
-                                         "train": {"logging_steps": 7}}))
-    assert training_status(train_config(logged, str(data), 0))[0] == "partial"
+    assert training_status(chat_domain_config(tmp_path, logging_steps=7)[1])[0] == "partial"
     data.write_text(data.read_text() * 2)  # the domain file edited while the run was stopped
     status, why = training_status(config)
     assert status == "stale" and "domain file" in why

@@ -32,7 +32,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from empersona.redact import without_secrets
 
@@ -100,14 +100,19 @@ PLACEMENT_ARGS = frozenset({
 """Model args that say where and how fast a model runs, not what it answers: left out of its identity."""
 
 
+def answering_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Model args as far as they say what a model answers: without credentials (they say who pays:
+    a rotated key, or one moved to the environment, keeps the identity, and with it the logs and
+    the call cache) and without ``PLACEMENT_ARGS``."""
+    return {key: value for key, value in without_secrets(model_args).items() if key not in PLACEMENT_ARGS}
+
+
 def model_string_identity(model: str, model_args: dict[str, object]) -> str | None:
     """The identity of an extra ``model:`` entry: its local folder's (``local_model_identity``) and
     its model args but those of ``PLACEMENT_ARGS`` (a revision, a dtype, another tokenizer: other
     answers; credentials left out); None for a bare remote model string, known by the string alone."""
     folder = local_model_identity(model)
-    # credentials say who pays, not what it answers: a rotated key (or one moved to the environment)
-    # keeps the identity, and with it the logs and the call cache
-    answering = {key: value for key, value in without_secrets(model_args).items() if key not in PLACEMENT_ARGS}
+    answering = answering_args(model_args)
     if folder is None and not answering:
         return None
     text = f"{folder}|{json.dumps(answering, sort_keys=True, default=str)}"

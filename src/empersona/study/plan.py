@@ -313,13 +313,11 @@ def serving_identity(study: StudyConfig) -> str | None:
     (``VLLM_ANSWERING_FLAGS``: a ``--quantization``). None where none is set, so identities made
     before this was part of them stand. Part of the base's identity and of each fine-tune's and
     checkpoint's (`model_identity`): their logs and cached calls are of it."""
-    from empersona.redact import without_secrets
-    from empersona.study.extra_models import PLACEMENT_ARGS
+    from empersona.study.extra_models import answering_args
 
     defaults = _provider_defaults(study.provider)
-    answering = {key: value for key, value in without_secrets(study.model_args).items()
-                 if key not in PLACEMENT_ARGS and key not in SERVING_SPEED_ARGS
-                 and key != "generation_config"  # the sampling mark's (`run.sampling_mark`)
+    answering = {key: value for key, value in answering_args(study.model_args).items()
+                 if key not in SERVING_SPEED_ARGS and key != "generation_config"  # the sampling mark's (`run.sampling_mark`)
                  and not (key in defaults and defaults[key] == value)}
     if study.provider == "vllm":
         answering |= {f"vllm.{key}": value for key, value in
@@ -368,6 +366,7 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
     """The base model and one adapter per (domain, seed), with their model strings."""
     base = base_path(study)
     identity = base_identity(study)
+    serving = serving_identity(study)
     served = f"{BASE_NAME}-{identity}"  # the base's name on a vLLM server: another base, another name
     specs = [ModelSpec(BASE_NAME, model_string(study, base, None, served), base, identity=identity)]
     trained = [(domain, seed, None) for domain in study.domains for seed in study.seeds]
@@ -376,20 +375,19 @@ def model_specs(study: StudyConfig) -> list[ModelSpec]:
         out = adapter_dir(study, domain, seed, first)
         label = domain if first is None else sequential_label(first, domain)
         specs.append(ModelSpec(out.name, model_string(study, base, out, out.name), base, out, label, seed,
-                               serving=serving_identity(study)))
+                               serving=serving))
         if study.checkpoints:
-            specs += checkpoint_specs(study, base, out, label)
+            specs += checkpoint_specs(study, base, out, label, serving)
     specs += extra_model_specs(study, base, identity)
     return specs
 
 
-def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str) -> list[ModelSpec]:
+def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str, serving: str | None = None) -> list[ModelSpec]:
     """The complete checkpoints a finished fine-tune kept (``train: keep_checkpoints``), but the
     one of its last step (the fine-tune itself), as models ``<adapter>-step<N>``. A checkpoint is
     known by its fine-tune's training run and its step; it has no fine-tuning seed of its own in
-    the tables (so seeds are pooled over final adapters only)."""
-    import hashlib
-
+    the tables (so seeds are pooled over final adapters only); ``serving``: how it is served
+    (`serving_identity`), part of its identity as of its fine-tune's."""
     from empersona.train.metadata import CHECKPOINTS_DIR, adapter_identity, complete_checkpoints, read_metadata
 
     run = adapter_identity(adapter)
@@ -401,8 +399,7 @@ def checkpoint_specs(study: StudyConfig, base: str, adapter: Path, domain: str) 
         if step == final:
             continue
         name = f"{adapter.name}-step{step}"
-        serving = serving_identity(study)
-        identity = hashlib.sha256((f"{run}@{step}" + (f" served with {serving}" if serving else "")).encode()).hexdigest()[:16]
+        identity = served(f"{run}@{step}", serving)
         specs.append(ModelSpec(name, model_string(study, base, folder, name), base, folder, domain,
                                identity=identity, kind="checkpoint", step=step))
     return specs
@@ -535,11 +532,14 @@ def model_identity(model: ModelSpec) -> str | None:
     if model.kind != "fine-tune" or model.adapter is None:
         return model.identity
     run = adapter_identity(model.adapter)
-    if run is None or model.serving is None:
-        return run
+    return run if run is None or model.serving is None else served(run, model.serving)
+
+
+def served(identity: str, serving: str | None) -> str:
+    """A short fingerprint of ``identity`` served as ``serving`` says (`serving_identity`)."""
     import hashlib
 
-    return hashlib.sha256(f"{run} served with {model.serving}".encode()).hexdigest()[:16]
+    return hashlib.sha256((identity + (f" served with {serving}" if serving else "")).encode()).hexdigest()[:16]
 
 
 def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: int | None,
@@ -594,7 +594,7 @@ def finished_log(log_dir: Path, experiment: str, args: dict[str, Any], limit: in
         recorded_files = meta.get("files") or {}
         if any(key in recorded_files and recorded_files[key] != digest for key, digest in contents.items()):
             continue
-        if ((header.eval.metadata or {}).get("variant") or None) != (variant or None):
+        if (meta.get("variant") or None) != (variant or None):
             continue
         return Path(info.name.removeprefix("file://"))
     return None
@@ -669,10 +669,9 @@ def judge_identity(study: StudyConfig) -> str | None:
     ``temperature``; None where they say nothing (so logs from before this was recorded count)."""
     import hashlib
 
-    from empersona.redact import without_secrets
-    from empersona.study.extra_models import PLACEMENT_ARGS
+    from empersona.study.extra_models import answering_args
 
-    answering = {k: v for k, v in without_secrets(study.judge_args).items() if k not in PLACEMENT_ARGS}
+    answering = answering_args(study.judge_args)
     if not answering:
         return None
     return hashlib.sha256(json.dumps(answering, sort_keys=True, default=str).encode()).hexdigest()[:16]
