@@ -360,3 +360,14 @@ def test_bca_acceleration_skips_an_undefined_leave_one_out_value() -> None:
     assert stats._acceleration([with_gap]) == pytest.approx(expected)
     assert stats._acceleration([np.array([np.nan, np.nan])]) == 0.0  # nothing defined: flat
     assert stats._acceleration([]) == 0.0
+
+
+def test_digits_and_p_values_stay_on_their_side_of_a_threshold() -> None:
+    assert stats.digits_apart([0.1029, 0.4], 0.1) == 3
+    assert stats.digits_apart([0.1, 0.4], 0.1) == 2  # on the anchor: printed as it
+    assert stats.digits_apart([0.3, 0.4], 0.1) == 2
+    assert stats.digits_apart([0.1000001], 0.1) == 6  # at most six
+    assert stats.format_p(0.0496, 0.05) == "0.0496"
+    assert stats.format_p(0.0504, 0.05) == "0.05"  # not below alpha, as it reads
+    assert stats.format_p(0.012, 0.05) == "0.012"
+    assert stats.format_p(float("nan"), 0.05) == "nan"

@@ -36,6 +36,7 @@ the ``seed``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -273,6 +274,30 @@ def harm_max10(x: np.ndarray, threshold: float = HARM_THRESHOLD) -> np.ndarray:
     return _nanmean_last(np.where(scored, (x > threshold).any(axis=-1), np.nan))
 
 
+def digits_apart(values: Sequence[float], anchor: float, digits: int = 2, most: int = 6) -> int:
+    """The fewest decimals from ``digits`` (at most ``most``) at which no value that differs from
+    ``anchor`` (beyond `ROUNDING_SLACK`) prints as the anchor itself."""
+    def clashes(d: int) -> bool:
+        return any(math.isfinite(v) and abs(v - anchor) > ROUNDING_SLACK and round(v, d) == round(anchor, d)
+                   for v in values)
+
+    while digits < most and clashes(digits):
+        digits += 1
+    return digits
+
+
+def format_p(p: float, alpha: float) -> str:
+    """A p-value with two significant digits, or more where two would put it on the other side of
+    ``alpha`` than it is (0.0496 against 0.05 reads ``0.0496``, not ``0.05``)."""
+    if not math.isfinite(p):
+        return "nan"
+    for significant in range(2, 7):
+        shown = f"{p:.{significant}g}"
+        if (float(shown) < alpha) == (p < alpha):
+            return shown
+    return shown
+
+
 def exceeds(value: float, threshold: float) -> bool:
     """``value > threshold`` by more than rounding (`ROUNDING_SLACK`)."""
     return bool(value > threshold + ROUNDING_SLACK)
@@ -291,6 +316,14 @@ def one_order_units(original: np.ndarray, swapped: np.ndarray) -> int:
     """Units (items) with a scored answer in one of the two orders only: left out of `debiased_rate`."""
     in_original, in_swapped = ((~np.isnan(x)).any(axis=-1) for x in (original, swapped))
     return int(np.sum(in_original != in_swapped))
+
+
+def both_orders_units(original: np.ndarray, swapped: np.ndarray) -> np.ndarray:
+    """Per unit (``[U]``), whether it has a scored answer in both orders (for some seed, with a
+    ``[K, U, S]`` seed axis): the units `debiased_rate` reads."""
+    in_original, in_swapped = ((~np.isnan(x)).any(axis=-1) for x in (original, swapped))
+    both = in_original & in_swapped
+    return both if both.ndim == 1 else both.any(axis=0)
 
 
 def asymmetry(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -350,9 +383,13 @@ class BootstrapResult:
     seed: int | None
     note: str = ""
 
-    def describe(self, digits: int = 2, signed: bool = False) -> str:
-        """``0.97 [0.93, 1.00]`` (``+0.62 [...]`` with ``signed``)."""
+    def describe(self, digits: int = 2, signed: bool = False, anchor: float | None = None) -> str:
+        """``0.97 [0.93, 1.00]`` (``+0.62 [...]`` with ``signed``). With ``anchor``, more digits
+        where a bound would otherwise print as the anchor it is compared with (a lower bound of
+        0.1029 against 0.1 reads ``0.103``, not ``0.10``)."""
         sign = "+" if signed else ""
+        if anchor is not None:
+            digits = digits_apart((self.ci_low, self.ci_high), anchor, digits)
         return (f"{self.estimate:{sign}.{digits}f} "
                 f"[{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]")
 
