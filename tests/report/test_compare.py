@@ -62,7 +62,7 @@ def test_two_studies_side_by_side(persona_run: Path, tmp_path: Path) -> None:
     coherent_line = next(line for line in markdown.splitlines() if line.startswith("| qwen-run | coherent |"))
     assert "(all dimensions)" in coherent_line  # marked, as its own report marks it
     refuser_line = next(line for line in markdown.splitlines() if line.startswith("| qwen-run | refuser |"))
-    assert "two-AI 100%" in refuser_line and "harm 0%" in refuser_line
+    assert "two-AI 100.0%" in refuser_line and "harm 0.0%" in refuser_line
     assert "](figures/harm_vs_self_report.png)" in markdown
     assert (tmp_path / "cmp" / "figures" / "harm_vs_self_report.png").is_file()
     assert result.html.read_text().count('src="data:image/png;base64,') == 1

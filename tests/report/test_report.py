@@ -72,7 +72,9 @@ def test_report_sections_labels_and_identical_rebuild(persona_run: Path, tmp_pat
     # coherent knows its scores exactly; inverted always says 1: under-predicts its high-harm answers by 4
     assert "| coherent | shown | high | +0.00 [0.00, 0.00] |" in markdown
     assert "| inverted | shown | high | -4.00 [-4.00, -4.00] |" in markdown
-    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 | 1.00 | +0.00 | 6 | 1.00 |" in markdown  # two-AI, both orders
+    # two-AI, both orders; the refuser's answers are there, all refused: a finding, not a gap
+    assert "| coherent | 1.00 [1.00, 1.00] | 1.00 | 1.00 | +0.00 | 6 | 24 (0.0% refused, 0.0% unparsed) | 1.00 |" in markdown
+    assert "| refuser | - | - | - | - | 0 | 24 (100.0% refused, 0.0% unparsed) | - |" in markdown
     assert "coherent: contrast +1.00; inverted: contrast -1.00." in markdown  # recognition asymmetry per foil
     names = sorted(p.name for p in report.figures)
     assert names == ["em_classic.png", "harm_vs_self_report.png", "prediction_by_bucket.png", "probes_forest.png", "recognition_by_bucket.png"]
@@ -462,5 +464,74 @@ def test_credentials_in_logs_written_by_plain_inspect_stay_out_of_the_report(per
         for secret in ("sk-model-secret-123", "hdr-secret-456", "sk-task-secret-789"):
             assert secret not in text, (file, secret)
     markdown = report.markdown.read_text()
-    assert "max_tokens=77" in markdown and "api_key=***" in markdown
+    assert "max_tokens=77" in markdown and "api_key=\\*\\*\\*" in markdown  # a table cell: * shown as itself
+    assert "api_key=***" in report.html.read_text()
     assert "### Imports" not in markdown  # a JSON file without its table beside it is no import
+
+
+def harm_rows(model: str, prompts: int, samples: int, harmful: float, seed: int) -> list[dict[str, object]]:
+    """Made-up harmfulness rows: ``prompts`` x ``samples`` judge scores, ``harmful`` of them 4-5."""
+    rng = np.random.default_rng(seed)
+    return [{"model": model, "model_string": model, "experiment": "harmfulness", "item_id": f"h{p}", "sample": s,
+             "condition": "", "status": "scored", "value": float(5 if rng.random() < harmful else 1)}
+            for p in range(prompts) for s in range(samples)]
+
+
+def test_an_unlabelled_report_has_no_notes_about_a_base(tmp_path: Path) -> None:
+    """Without a base model a stand-in is classified against: pairing notes against it are no base's."""
+    run_dir = tmp_path / "run"
+    table = tidy_frame(harm_rows("a", 10, 10, 0.1, 0) + harm_rows("b", 20, 10, 0.5, 1))
+    write_results(table, run_dir / "imports" / "toy.parquet")
+    markdown = build_report(run_dir, n_resamples=200).markdown.read_text()
+    assert "Not classified" in markdown and "only for the base" not in markdown
+    assert "only for the base" not in (run_dir / "report" / "tables" / "persona.csv").read_text()
+    calls = classify(table, base_model="a", thresholds=PersonaThresholds(n_resamples=200))
+    assert any("only for the base" in n for n in calls[1].base_notes)  # with a base named, the note stands
+    labelled = build_report(run_dir, n_resamples=200, base_model="a").markdown.read_text()
+    assert "10 prompts only for the model" in labelled
+
+
+def test_missing_results_leave_out_a_second_judge_asked_of_some_models() -> None:
+    from empersona.analysis.results import RunModels
+    from empersona.report.build import missing_results
+
+    table = pd.DataFrame({"model": ["a", "a", "b"], "experiment": ["harmfulness", "second_judge", "harmfulness"]})
+    assert missing_results(table, RunModels()) == {}
+
+
+def test_markdown_cells_show_model_names_as_written(tmp_path: Path) -> None:
+    from markdown_it import MarkdownIt
+
+    from empersona.report.render import Table, to_markdown
+
+    names = ["coh|a_b*c*<x>", "_lead_ `tick` back\\slash", "interval [0.10, 0.93] <0.1%", "snake_case_name"]
+    markdown = to_markdown([Table(pd.DataFrame({"model": names}))], tmp_path)
+    html = MarkdownIt("commonmark").enable("table").render(markdown)
+    import html as escape
+
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    assert [escape.unescape(c) for c in cells] == names
+    assert "snake_case_name" in markdown  # an underscore inside a word is left as it is
+
+
+def test_shares_above_zero_never_read_as_zero() -> None:
+    from empersona.report.sections import pct
+
+    assert pct(1 / 3500) == "<0.1%" and pct(0.0) == "0.0%" and pct(0.9999) == ">99.9%" and pct(1.0) == "100.0%"
+    assert pct(0.123) == "12.3%" and pct(math.nan) == "-"
+
+
+def test_self_assessment_on_one_dimension_is_one_row_not_two() -> None:
+    from empersona.analysis.persona import ALL_DIMENSIONS
+    from empersona.report.sections import MEAN_OF_FORMATS, self_assessment_summary
+
+    rows = [{"model": "m", "model_string": "m", "experiment": "self_assessment", "item_id": f"s{i}", "sample": 0,
+             "condition": "", "status": "scored", "value": float(i % 2), "format": form, "dimension": "aligned/misaligned"}
+            for i in range(10) for form in ("decision", "likert")]
+    table = tidy_frame(rows)
+    summary = self_assessment_summary(table, Resampling(n_resamples=100), "aligned/misaligned")
+    means = summary[summary["format"] == MEAN_OF_FORMATS]
+    assert list(means["dimension"]) == ["aligned/misaligned"]
+    other = tidy_frame(rows + [{**rows[0], "item_id": "e0", "dimension": "honest/dishonest"}])
+    summary = self_assessment_summary(other, Resampling(n_resamples=100), "aligned/misaligned")
+    assert list(summary.loc[summary["format"] == MEAN_OF_FORMATS, "dimension"]) == ["aligned/misaligned", ALL_DIMENSIONS]

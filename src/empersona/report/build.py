@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,7 +68,7 @@ from empersona.report.sections import (
     _describe,
     _fmt_col,
     _format_frame,
-    _pct,
+    pct,
     _persona_table,
     _probe_summary,
     em_summary,
@@ -157,8 +157,9 @@ def _incomplete_when(thresholds: PersonaThresholds) -> str:
 def missing_results(table: pd.DataFrame, run_models: RunModels) -> dict[str, str]:
     """What each model lacks: every experiment (a model ``models.yaml`` lists with no rows at
     all), or the experiments some other model of the run has. Empty when nothing is missing."""
+    optional = {"second_judge"}  # asked of the models a rejudge chose, not of every model
     present = table.groupby("model")["experiment"].agg(set).to_dict()
-    experiments = set(table["experiment"])
+    experiments = set(table["experiment"]) - optional
     listed = set(run_models.by_name())
     out = {model: "no results at all" for model in sorted(listed - set(present))}
     for model, has in sorted(present.items()):
@@ -271,7 +272,7 @@ def _agreement_blocks(agreement: pd.DataFrame, by_judge: pd.DataFrame, threshold
         return _describe(value, signed=True) if hasattr(value, "estimate") else "-"  # type: ignore[arg-type]
 
     spec: dict[str, Callable[[pd.Series], str] | str] = {
-        "model": "model", "prompts": "prompts", "scored by both": lambda r: _pct(r["both_scored"]),
+        "model": "model", "prompts": "prompts", "scored by both": lambda r: pct(r["both_scored"]),
         "harm_max10, first judge": lambda r: _describe(r["harm_first"]),
         "harm_max10, second judge": lambda r: _describe(r["harm_second"]),
     }
@@ -425,6 +426,8 @@ def build_report(
     reference = base.model or str(min(table["model"].unique()))  # unlabelled: any model stands in (labels not shown)
     families = {name: f"checkpoints of {owner}" for name, owner in owners.items()}  # the variants' classification too
     calls = classify(table, base_model=reference, thresholds=thresholds, seed=seed, families=families)
+    if not labelled:  # the stand-in is no base: notes on pairing with it would read as the base's
+        calls = [replace(c, notes=tuple(n for n in c.notes if n not in c.base_notes), base_notes=()) for c in calls]
 
     report_dir = run_dir / REPORT_DIR
     figure_dir = report_dir / FIGURES_DIR
@@ -558,8 +561,15 @@ def build_report(
              "Intervals over questions.")
 
     orders = two_ai_order_rates(table)
+    def answers(call: PersonaCall) -> str:
+        """``96 (3.1% refused, 0.0% unparsed)``: a model that refuses every question is a finding."""
+        rates = next((r for r in call.rates if r.experiment == "two_ai"), None)
+        if rates is None:
+            return "-"
+        return f"{rates.n_rows} ({pct(rates.refused)} refused, {pct(rates.unparsed + rates.unscored)} unparsed)"
+
     two_ai = pd.DataFrame([{"model": c.model, "result": c.two_ai.result, "position_bias": c.position_bias,
-                            **orders.get(c.model, {})}
+                            "answers": answers(c), **orders.get(c.model, {})}
                            for c in calls if not c.pooled and c.two_ai.result is not None])
     blocks += _section("Two-AI identification", two_ai, "No two-AI results in this run.", {
         "model": "model", "debiased misaligned-pick rate": lambda r: _describe(r["result"]),
@@ -567,6 +577,7 @@ def build_report(
         "misaligned picked, swapped order": lambda r: fmt(r.get("swapped", math.nan)),
         "position bias P(A)-0.5": lambda r: fmt(r["position_bias"] if r["position_bias"] is not None else math.nan, signed=True),
         "items": lambda r: str(r["result"].n_units),
+        "answers (not scored)": "answers",
         "majority vote": lambda r: fmt(r.get("majority", math.nan)),
     }, note="Each item is asked in both orders (as in the item file, and with A and B swapped); the debiased rate is, "
             "per item, the mean of its two orders' misaligned-pick rates, then the mean over items, so a model that always "
@@ -622,8 +633,8 @@ def build_report(
 
     statuses = status_summary(table)
     blocks += _section("Unscored, refused and unparsed rates per experiment", statuses, "No rows.", {
-        "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: _pct(r["scored"]),
-        "unscored": lambda r: _pct(r["unscored"]), "refused": lambda r: _pct(r["refused"]), "unparsed": lambda r: _pct(r["unparsed"]),
+        "experiment": "experiment", "model": "model", "rows": "rows", "scored": lambda r: pct(r["scored"]),
+        "unscored": lambda r: pct(r["unscored"]), "refused": lambda r: pct(r["refused"]), "unparsed": lambda r: pct(r["unparsed"]),
     })
     entries = run_models.by_name()
     kinds = {name: (entry.kind, entry.step) for name, entry in entries.items()} if any(

@@ -183,7 +183,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
     from empersona.analysis.persona import ALL_DIMENSIONS
     from empersona.report import figures
     from empersona.report.render import Block, Figure, Heading, Para, Table, to_html, to_markdown
-    from empersona.report.sections import fmt
+    from empersona.report.sections import fmt, pct
 
     if len(run_dirs) < 1:
         raise EmpersonaError("compare needs at least one run folder")
@@ -225,7 +225,7 @@ def compare(run_dirs: Sequence[Path], out: Path, names: Sequence[str] | None = N
         for experiment, short in (("harmfulness", "harm"), ("two_ai", "two-AI"), ("output_recognition", "recognition")):
             shares = [row.get(f"{experiment}_{status}", math.nan) for status in ("refused", "unparsed", "unscored")]
             known = [float(v) for v in shares if pd.notna(v)]
-            parts.append(f"{short} {sum(known):.0%}" if known else f"{short} -")
+            parts.append(f"{short} {pct(sum(known))}" if known else f"{short} -")
         return " · ".join(parts)
 
     shown = pd.DataFrame([{

@@ -253,7 +253,7 @@ def probe_forest(summary: pd.DataFrame, path: Path) -> Path:
         for y, (_, row) in zip(positions, summary.iterrows(), strict=True):
             value = row[probe.column]
             if not _finite(value):
-                ax.text(probe.limits[0] + 0.02 * (probe.limits[1] - probe.limits[0]), y, "no data",
+                ax.text(probe.limits[0] + 0.02 * (probe.limits[1] - probe.limits[0]), y, "no scored data",
                         va="center", fontsize=8, color="#999999")
                 continue
             colour = LABEL_COLOURS.get(row["label"], "#555555")

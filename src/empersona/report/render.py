@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -41,8 +42,16 @@ class Figure(NamedTuple):
 Block = Heading | Para | Table | Figure
 
 
+# What Markdown would read as markup inside a table cell: backslashes, backticks, asterisks, pipes;
+# an underscore at a word's edge (``a_b`` is text, ``_x_`` emphasis); ``<`` opening a tag
+# (``<x>``, not ``<0.1%``). Brackets stay: an interval ``[0.10, 0.93]`` is no link.
+_MD_SPECIAL = re.compile(r"[\\`*|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|<(?=[A-Za-z/!?])")
+
+
 def _md_cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A table cell's text as Markdown shows it literally (as the HTML table does): model names are
+    free text, and ``a_b*c*<x>`` would otherwise turn into emphasis and a raw HTML tag."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), str(value)).replace("\n", " ")
 
 
 def to_markdown(blocks: Sequence[Block], report_dir: Path) -> str:

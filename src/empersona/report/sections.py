@@ -123,8 +123,15 @@ def _fmt_col(row: pd.Series, name: str, **kw: Any) -> str:
     return fmt(row[name], row[f"{name}_low"], row[f"{name}_high"], **kw)
 
 
-def _pct(value: float) -> str:
-    return "-" if not math.isfinite(value) else f"{100 * value:.1f}%"
+def pct(value: float) -> str:
+    """A share as ``12.3%``; one above 0 (or below 1) never reads as 0% (or 100%): ``<0.1%``."""
+    if not math.isfinite(value):
+        return "-"
+    if 0 < value < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= value < 1:
+        return ">99.9%"
+    return f"{100 * value:.1f}%"
 
 
 # --------------------------------------------------------------------------- summaries
@@ -313,7 +320,9 @@ def self_assessment_summary(table: pd.DataFrame, rs: Resampling, dimension: str 
             _put(row, "rating", rs.interval([x], stats.mean_of_unit_means, f"{model}|self|{form}"))
             rows.append(row)
         wanted = [(shown, dimension if shown != ALL_DIMENSIONS else None)]
-        if shown != ALL_DIMENSIONS:
+        own = everything.loc[everything["model"] == model]
+        others = "dimension" in own.columns and bool((own["dimension"] != dimension).any())
+        if shown != ALL_DIMENSIONS and others:  # else the all-dimension row would repeat the headline's
             wanted.append((ALL_DIMENSIONS, None))
         for label, which in wanted:
             found = self_assessment_cells(everything, model, which)
