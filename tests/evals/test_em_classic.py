@@ -122,3 +122,48 @@ def test_real_question_files_parse_into_tasks(shared_data: Path, monkeypatch: py
     assert len(preregistered.dataset) >= 48
     sample = first_plot.dataset[0]
     assert "{question}" in sample.metadata["judge_prompts"]["aligned"]
+
+
+def test_an_answer_that_failed_is_not_judged(questions_file: str, tmp_path: Path) -> None:
+    from inspect_ai.model import get_model
+
+    from empersona.testing.mocks import mock_output
+
+    def outputs(messages, tools, tool_choice, config):  # type: ignore[no-untyped-def]
+        output = mock_output("a half-written", config, model="failing")
+        if "bored" in messages[-1].text:
+            output.error = "the provider cut the answer off"
+        return output
+
+    judged: list[str] = []
+
+    def counting_judge(turn: Turn) -> MockReply:
+        judged.append(turn.user)
+        return judge(turn)
+
+    [log] = inspect_eval(
+        em_classic(samples=1, questions_file=questions_file),
+        model=get_model("mockllm/failing", custom_outputs=outputs, memoize=False),
+        model_roles={"grader": scripted_model(counting_judge, name="judge")},
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    assert log.status == "success", log.error
+    failed = [s for s in log.samples if "bored" in s.metadata["question"]]
+    assert len(failed) == 2 and judged and not any("bored" in prompt for prompt in judged)
+    for sample in failed:
+        meta = sample.scores["em_judge"].metadata
+        assert meta["status"] == "unscored" and meta["reason"] == "model error: the provider cut the answer off"
+        assert meta["aligned"] is None and meta["coherent"] is None
+
+
+def test_a_sampled_judge_calls_an_answer_refused_when_most_replies_say_so() -> None:
+    from empersona.evals.em_classic import _not_scored_status
+    from empersona.evals.judge import SAMPLE_SEPARATOR, Judgement
+
+    def sampled(*replies: str) -> Judgement:
+        return Judgement(None, SAMPLE_SEPARATOR.join(replies), method="sample", reason="too few numbers")
+
+    assert _not_scored_status(sampled("REFUSAL", "REFUSAL", "REFUSAL", "REFUSAL", "40")) == "refused"
+    assert _not_scored_status(sampled("40", "REFUSAL", "REFUSAL", "REFUSAL", "REFUSAL")) == "refused"  # order aside
+    assert _not_scored_status(sampled("REFUSAL", "CODE", "CODE", "40", "CODE")) == "unscored"

@@ -134,3 +134,27 @@ def test_rejudge_command_prints_agreement_and_keeps_keys_out_of_the_log(
         assert not any(secret.encode() in archive.read(name) for name in archive.namelist())
     bad = CliRunner().invoke(app, ["rejudge", str(harm_log), "--judge", "gpt-4o"])
     assert isinstance(bad.exception, EmpersonaError) and "not an inspect model string" in str(bad.exception)
+
+
+def test_a_re_scoring_keeps_nothing_of_the_first_judges_and_counts_as_done(harm_log: Path, tmp_path: Path) -> None:
+    """The harmfulness log's judge identity and re-asked calls are its first judge's: a re-scoring
+    that kept them would never count as done for its own judge, and would not ask its failed calls."""
+    from inspect_ai.log import write_eval_log
+
+    from empersona.evals.second_judge import FIRST_JUDGE_METADATA
+    from empersona.study.plan import REASKED, finished_log
+
+    assert REASKED in FIRST_JUDGE_METADATA
+    log = read_eval_log(str(harm_log))
+    log.eval.metadata = {**(log.eval.metadata or {}), "judge_identity": "abcd1234abcd1234", REASKED: 3}
+    judged = tmp_path / "harm" / harm_log.name
+    judged.parent.mkdir()
+    write_eval_log(log, str(judged))
+    _, path = rejudge(judged, scripted_model(CountingJudge(), name="judge2"), prompts=2, seed=1,
+                      out_dir=tmp_path / "second", display="none", metadata={"judge_identity": None})
+    meta = read_eval_log(str(path), header_only=True).eval.metadata or {}
+    assert meta["judge_identity"] is None and REASKED not in meta and meta["first_judge"] == "mockllm/judge"
+    args = {"prompts": 2, "seed": 1, "judge_args": {}, "harm_log": str(judged)}
+    assert finished_log(tmp_path / "second", SECOND_JUDGE, args, None, judge="mockllm/judge2") == path
+    assert finished_log(tmp_path / "second", SECOND_JUDGE, args, None, judge="mockllm/judge2",
+                        judge_settings="0123456789abcdef") is None  # another endpoint of the second judge

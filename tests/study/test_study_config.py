@@ -496,6 +496,13 @@ def test_a_second_judge_is_checked_planned_and_priced(shared_data: Path, tmp_pat
                          ("base", "second_judge"), ("insecure_code-s0", "second_judge")]
     second = [j for j in plan.eval_jobs if j.experiment == "second_judge"]
     assert all((j.generations, j.judge_calls, j.status, j.limit) == (0, 2 * 3, "todo", 3) for j in second)
+    from empersona.study.plan import second_judge_identity
+
+    # its own args, not the first judge's, say which second judge a re-scoring log is of
+    assert second_judge_identity(load_study(write(tmp_path, {**data, "judge_args": {"temperature": 0.5}}))) is None
+    elsewhere = {**data, "second_judge": {"model": "openai/gpt-4o", "prompts": 2,
+                                          "model_args": {"base_url": "http://judge2.example/v1"}}}
+    assert second_judge_identity(load_study(write(tmp_path, elsewhere))) is not None
     from empersona.study.plan import estimated_cost
 
     # a judge prompt counts the rubric (1,300 tokens) and an answer (512): 2 x 9 first-judge calls at $1/M,

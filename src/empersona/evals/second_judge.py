@@ -37,6 +37,9 @@ SECOND_JUDGE = "second_judge"
 """Task name (and tidy experiment) of a re-scored harmfulness log."""
 PLACEHOLDER_MODEL = "mockllm/model"
 """Stands in for the subject model while re-scoring (nothing is generated; a local model is not loaded)."""
+FIRST_JUDGE_METADATA = frozenset({"judge_identity", "reasked_failed_judge_calls"})
+"""Metadata of the harmfulness log that a re-scoring does not carry over: the first judge's args
+(`study.plan.judge_identity`) and the failed judge calls it was made again for (`study.plan.REASKED`)."""
 
 
 def pick_prompts(prompt_ids: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -157,7 +160,9 @@ def rejudge(
     spec.created = started
     spec.model_roles = {GRADER_ROLE: ModelConfig(model=judge_string, args=redacted(judge_args or {}))}
     spec.metadata = {
-        **(spec.metadata or {}),
+        # the harmfulness log's, less what describes its judge (its identity, the failed calls it was
+        # made again for): this log's judge is another, and its failed calls are its own
+        **{k: v for k, v in (spec.metadata or {}).items() if k not in FIRST_JUDGE_METADATA},
         **(metadata or {}),
         "experiment": SECOND_JUDGE,
         "judge": judge_string,

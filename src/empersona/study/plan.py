@@ -667,11 +667,20 @@ def judge_identity(study: StudyConfig) -> str | None:
     """What the judge's args say about its answers: all but credentials and placement
     (``extra_models.PLACEMENT_ARGS``: timeouts, connections), e.g. another ``base_url`` or
     ``temperature``; None where they say nothing (so logs from before this was recorded count)."""
+    return _args_identity(study.judge_args)
+
+
+def second_judge_identity(study: StudyConfig) -> str | None:
+    """`judge_identity` of the second judge's ``model_args`` (None without a second judge)."""
+    return _args_identity(study.second_judge.model_args) if study.second_judge is not None else None
+
+
+def _args_identity(args: dict[str, Any]) -> str | None:
     import hashlib
 
     from empersona.study.extra_models import answering_args
 
-    answering = answering_args(study.judge_args)
+    answering = answering_args(args)
     if not answering:
         return None
     return hashlib.sha256(json.dumps(answering, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -930,12 +939,13 @@ def second_judge_jobs(study: StudyConfig, models: Sequence[ModelSpec], harm_done
     prompts, samples = harm
     calls = min(prompts, study.second_judge.prompts or prompts) * samples
     judge = second_judge_model_string(study)
+    identity = second_judge_identity(study)
     jobs = []
     for model in models:
         log_dir = study.out / "logs" / model.name
         harm_log = harm_done.get(model.name)
         done = None if harm_log is None else finished_log(log_dir, SECOND_JUDGE, {**args, "harm_log": str(harm_log)}, limit,
-                                                          model, judge, study.out)
+                                                          model, judge, study.out, judge_settings=identity)
         done, note, reask = with_failed_judge_calls(done, SECOND_JUDGE)
         jobs.append(EvalJob(model, SECOND_JUDGE, args, limit, log_dir, 0, calls, "done" if done else "todo", done, note,
                             reask))

@@ -630,7 +630,7 @@ def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
     from empersona.analysis.results import results_table
     from empersona.evals.commands import print_agreement
     from empersona.evals.second_judge import rejudge
-    from empersona.study.plan import second_judge_model_string
+    from empersona.study.plan import second_judge_identity, second_judge_model_string
 
     study = plan.study
     assert study.second_judge is not None
@@ -639,6 +639,7 @@ def rejudge_harm_log(plan: Plan, job: EvalJob) -> Path:
                          prompts=study.second_judge.prompts, seed=study.seed, out_dir=job.log_dir,
                          max_connections=study.max_connections, display="plain" if os.environ.get("CI") else None,
                          metadata={"study": study.name, "model_name": job.model.name,
+                                   "judge_identity": second_judge_identity(study),  # the second judge's, not the first's
                                    **({REASKED: job.reask} if job.reask is not None else {})})
     print_agreement(results_table([harm_log, path]), Console())
     return path
