@@ -181,25 +181,28 @@ def test_prompt_level_relabelling_moves_shares_between_prompts() -> None:
     labels = np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0])  # shares: a 3/4, b 0, c 1, d 0
     relabelled = prompt_permuted_labels(labels, groups, 4000, np.random.default_rng(4))
     assert relabelled.shape == (4000, 12) and set(np.unique(relabelled)) == {0, 1}
+    assert (relabelled.sum(1) == 8).all()  # the observed class counts in every relabelling
     members = np.asarray(groups)
-    # a share x size with a fraction is rounded up with the fraction's chance (b taking a's 3/4: 1.5 -> 1 or 2)
-    expected = {"a": {0: 0.5, 3: 0.25, 4: 0.25}, "b": {0: 0.5, 1: 0.125, 2: 0.375},
-                "c": {0: 0.5, 3: 0.0625, 4: 0.1875, 5: 0.25}, "d": {0: 0.5625, 1: 0.4375}}
-    for group, shares in expected.items():
-        ones = Counter(relabelled[:, members == group].sum(1).tolist())  # another prompt's share x this prompt's size
-        assert set(ones) == set(shares)
-        for count, share in shares.items():
-            assert ones[count] / 4000 == pytest.approx(share, abs=0.03)
-    # on average each prompt labels the mean share x its size (rounding halves up made it 0.25 more here)
-    assert relabelled.sum(1).mean() == pytest.approx(12 * labels_share_mean(labels, groups), abs=0.1)
+    # the shares move between prompts: each prompt's answers are high about as often as any other's
+    assert np.allclose([relabelled[:, members == g].mean() for g in "abcd"], 8 / 12, atol=0.08)
+    # and stay clustered by prompt: c is all high or mostly low far more often than a free shuffle of
+    # the 8 labels makes it (all 5 high: 35/495 = 7%; at most one: 5/495 = 1%)
+    c = Counter(relabelled[:, members == "c"].sum(1).tolist())
+    assert c[5] / 4000 > 0.3 and (c[0] + c[1]) / 4000 > 0.05
     taking_three = relabelled[relabelled[:, :4].sum(1) == 3, :4]  # which of a's answers are high: at random
     assert np.allclose(taking_three.mean(0), 0.75, atol=0.06)
 
 
-def labels_share_mean(labels: np.ndarray, groups: list[str]) -> float:
-    """The mean over prompts of each prompt's share of label 1."""
-    members = np.asarray(groups)
-    return float(np.mean([labels[members == g].mean() for g in dict.fromkeys(groups)]))
+def test_relabelling_a_capped_sample_keeps_the_high_class_whole() -> None:
+    """The capped sample's shape: the plentiful low class spread one answer a prompt over many
+    prompts, the rare high class piled on the few prompts that draw it. Labelling share x size of
+    each prompt gave the null a third of the observed high answers (30 x 1/6 + 30 x 1/6 = 10)."""
+    groups = [f"low{i}" for i in range(30)] + [f"high{i}" for i in range(6) for _ in range(5)]
+    labels = np.array([0] * 30 + [1] * 30)
+    relabelled = prompt_permuted_labels(labels, groups, 500, np.random.default_rng(0))
+    assert (relabelled.sum(1) == 30).all()
+    singles = relabelled[:, :30].sum(1)  # the one-answer prompts now and then take a high prompt's share
+    assert 0 < singles.mean() < 30
 
 
 def simulated_study(rng: np.random.Generator, link: float, dim: int = 64, prompts: int = 60,
@@ -421,6 +424,25 @@ def test_bad_inputs_are_refused_with_the_file_named(tiny_model: Path, harm_log: 
         run_probe(str(tmp_path / "missing"), harm_log, items=items)
     result = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(harm_log), "--pool", "max"])
     assert isinstance(result.exception, EmpersonaError) and "--pool 'max'" in str(result.exception)
+    # the sample's cap, not the log, is what leaves a fold without a class
+    with pytest.raises(EmpersonaError, match=r"--max-answers 2 is below --folds 3.*Raise --max-answers"):
+        run_probe(str(tiny_model), harm_log, items=items, max_answers=2, folds=3)
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_forward_passes(
+        tiny_model: Path, harm_log: Path, items: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from empersona.analysis import activations
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measured before the output folder was checked")
+
+    monkeypatch.setattr(activations, "measure_probe", never)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    result = CliRunner().invoke(app, ["probe", str(tiny_model), "--harm-log", str(harm_log), "--items", str(items),
+                                      "--out", str(a_file), "--folds", "3", "--device", "cpu"])
+    assert isinstance(result.exception, EmpersonaError), result.exception
+    assert str(result.exception).startswith(f"--out {a_file}: ") and "after its forward passes" in str(result.exception)
 
 
 def test_default_out_dir_and_no_silent_overwrite(tiny_model: Path, harm_log: Path, items: Path, tmp_path: Path,

@@ -1012,3 +1012,18 @@ def test_a_base_url_carrying_a_credential_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EmpersonaError, match=r"field 'experiments.output_recognition.args.foil_model_args.base_url'"):
         load_study(write(tmp_path, {**MINIMAL, "experiments": {"harmfulness": {}, "output_recognition": {"args": {
             "foil_model": "openai/gpt-4o", "foil_model_args": {"base_url": "https://h.example/v1?key=k"}}}}}))
+
+
+def test_a_stored_probe_of_another_precision_is_not_current() -> None:
+    """A study resumed on a machine of the other kind (fp32 on CPU, bf16 on CUDA) probes again
+    rather than report old and new precisions side by side."""
+    from empersona.study.config import ProbeStage
+    from empersona.study.probes import is_current
+
+    stage = ProbeStage(layers="0,2", folds=2, resamples=50, device="cpu")
+    stored = {"harm_log": "/elsewhere/logs/base/x.eval", "num_layers": 2, "layers": [0, 2], "pool": "mean",
+              "folds": 2, "resamples": 50, "seed": 0, "max_answers": 10, "dtype": "float32"}
+    log = Path("x.eval")
+    assert is_current(stored, stage, 0, log, 10)
+    assert not is_current({**stored, "dtype": "bfloat16"}, stage, 0, log, 10)
+    assert is_current({k: v for k, v in stored.items() if k != "dtype"}, stage, 0, log, 10)  # recorded before dtype

@@ -42,8 +42,9 @@ Per layer:
   directions in this dimension (cos^2 ~ Beta(1/2, (D-1)/2)); (2) a **permutation null**, the one to
   read. It holds the observed self direction fixed and relabels the harm answers at the level of
   the prompt: each prompt takes another prompt's share of high-harm answers (a random permutation
-  of the prompts' shares), that many of its own answers, drawn at random, become "high" and the
-  rest "low"; the harm direction is recomputed from those labels and its cosine with the fixed self
+  of the prompts' shares), and as many answers as are high, drawn with a chance in proportion to
+  the share their prompt took (about share x size of each prompt's answers), become "high" and
+  the rest "low" (`prompt_permuted_labels`); the harm direction is recomputed from those labels and its cosine with the fixed self
   direction taken, ``resamples`` times. ``cos_null95`` is the 95% quantile of the null's |cos|,
   ``cos_p`` the two-sided permutation p-value of |cos| (over the resamples whose direction is
   defined: one that leaves a class empty is dropped). Why this null: the question is whether the
@@ -692,23 +693,25 @@ def cross_validated_scores(x: np.ndarray, labels: np.ndarray, fold: np.ndarray) 
 
 def prompt_permuted_labels(labels: np.ndarray, groups: Sequence[str], count: int,
                            rng: np.random.Generator) -> np.ndarray:
-    """``count`` relabellings ``[count, N]`` at the prompt level: in each, the prompts' shares of
-    label 1 are permuted among the prompts, and each prompt labels share x its size of its answers
-    (rounded up with the fraction's chance, so the label-1 count is right on average), drawn at
-    random, 1 and the rest 0."""
+    """``count`` relabellings ``[count, N]`` at the prompt level, each with exactly as many label-1
+    answers as ``labels``: the prompts' shares of label 1 are permuted among the prompts, and that
+    many answers are drawn without replacement, each with a chance in proportion to the share its
+    prompt took (weighted keys, Efraimidis and Spirakis); answers of prompts that took a share of 0
+    only when the others run out. A prompt therefore labels about share x its size of its answers,
+    scaled to the observed total: a capped sample (``--max-answers``) spreads the plentiful class
+    over the prompts (prompts of one answer at share 0) and piles the rare one on the prompts that
+    draw it (larger, at high shares), so labelling share x size itself gave the null a high class of
+    about 40% of the observed one (the cosine depends on the class counts)."""
     names, inverse = np.unique(np.asarray(groups), return_inverse=True)
     sizes = np.bincount(inverse, minlength=len(names))
     share = np.bincount(inverse, weights=labels, minlength=len(names)) / sizes
     taken = share[np.argsort(rng.random((count, len(names))), axis=1)]  # row c: prompt g takes share[perm_c[g]]
-    # rounded at random (up with the fraction's chance): rounding halves up made a prompt of one or two
-    # answers at share 0.5 always high, and the null's high class larger than the observed one
-    ones = np.floor(taken * sizes + rng.random(taken.shape)).astype(int)  # [count, prompts]
-    n = len(labels)
-    order = np.lexsort((rng.random((count, n)), np.broadcast_to(inverse, (count, n))))  # by prompt, random within
-    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # where each prompt starts in that order
-    rank = np.arange(n)[None] - first[inverse[order]]  # the answer's place within its prompt
-    out = np.empty((count, n), dtype=int)
-    np.put_along_axis(out, order, (rank < np.take_along_axis(ones, inverse[order], axis=1)).astype(int), axis=1)
+    weight = taken[:, inverse]  # [count, N]: the share each answer's prompt took
+    with np.errstate(divide="ignore"):
+        keys = np.where(weight > 0, np.log(rng.random(weight.shape)) / np.where(weight > 0, weight, 1.0), -np.inf)
+    order = np.lexsort((rng.random(weight.shape), -keys), axis=-1)  # largest key first; ties (share 0) at random
+    out = np.zeros((count, len(labels)), dtype=int)
+    np.put_along_axis(out, order[:, : int(np.sum(labels))], 1, axis=1)
     return out
 
 
@@ -907,6 +910,9 @@ def plan_probe(model: str, harm_log: Path, *, items: Path | None = None, layers:
         raise EmpersonaError(f"--folds {folds}: cross-validation needs at least 2 folds")
     if resamples < 20:
         raise EmpersonaError(f"--resamples {resamples}: give at least 20 (1000 for a report)")
+    if max_answers is not None and max_answers < folds:
+        raise EmpersonaError(f"--max-answers {max_answers} is below --folds {folds}: each fold needs an answer of "
+                             "each harm class. Raise --max-answers (0: all answers) or lower --folds")
     model_folder(model)  # a MODEL that is not a folder fails before the log is read
     log = read_harm_log(harm_log)
     harm_set = harm_examples(log, max_answers, seed)

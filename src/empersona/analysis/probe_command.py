@@ -97,6 +97,20 @@ def draw_figure(result: ProbeResult, path: Path) -> Path:
     return path
 
 
+def writable_folder(out: Path) -> None:
+    """Make ``out`` and check that a file can be written in it, or say why not (``EmpersonaError``)."""
+    from empersona.errors import EmpersonaError
+
+    check = out / ".empersona-write-check"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        check.write_bytes(b"")
+        check.unlink()
+    except OSError as err:
+        raise EmpersonaError(f"--out {out}: {err.strerror or err}. Give a folder that can be made and written: the "
+                             "probe's files go there after its forward passes") from err
+
+
 def write_outputs(result: ProbeResult, out: Path) -> list[Path]:
     """``probe.json``, ``probe.csv`` and ``probe.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +200,7 @@ def probe_command(
     problem = None if overwrite else overwrite_problem(folder, plan.settings)
     if problem is not None:
         raise EmpersonaError(problem)
+    writable_folder(folder)  # before the forward passes, whose results would be lost at the end
     with progress_bars() as start_bar:
         result = measure_probe(plan, start_bar)
     print_table(result)

@@ -115,16 +115,19 @@ def stored_settings(out: Path) -> dict[str, Any] | None:
 def is_current(stored: dict[str, Any] | None, stage: ProbeStage, seed: int, harm_log: Path,
                max_answers: int | None) -> bool:
     """Whether a probe.json was made from this harmfulness log (by file name: a moved run folder
-    keeps its probes) with the stage's settings and, when given, ``max_answers``."""
-    from empersona.analysis.activations import parse_layers
+    keeps its probes) with the stage's settings, in the precision its device runs now (a study
+    resumed on a machine of the other kind: fp32 on CPU, bf16 on CUDA) and, when given, ``max_answers``."""
+    from empersona.analysis.activations import parse_layers, placement
 
     if stored is None:
         return False
     try:
         layers = parse_layers(stage.layers, int(stored["num_layers"]))
+        dtype = placement(stage.device).dtype
     except (EmpersonaError, KeyError, TypeError, ValueError):
         return False
     return (Path(str(stored.get("harm_log"))).name == harm_log.name and stored.get("layers") == layers
+            and stored.get("dtype", dtype) == dtype
             and (stored.get("pool"), stored.get("folds"), stored.get("resamples"), stored.get("seed"))
             == (stage.pool, stage.folds, stage.resamples, seed)
             and (max_answers is None or stored.get("max_answers") == max_answers))
