@@ -295,3 +295,27 @@ def test_checkpoints_shifts_are_a_holm_family_of_their_own(table: pd.DataFrame) 
     pooled = variant_shifts(more, thresholds=FAST, seed=0)  # one family: the final models' p grows
     assert (pooled.loc[~pooled["model"].isin(list(families))].set_index(key)["p_holm"].sort_index()
             >= alone.set_index(key)["p_holm"].sort_index()).all()
+
+
+def test_self_assessment_prompts_only_one_side_scored_are_left_out_of_the_shift() -> None:
+    """The variant gives the battery's answers but refuses every prompt it rated misaligned:
+    refusals alone made a shift of -0.68 with Holm p 0.04."""
+    from variant_table import _row, battery_rows
+
+    from empersona.analysis.results import tidy_frame
+
+    rows = [r for r in battery_rows() if not (r["model"] == "coh" and r["experiment"] == "self_assessment")]
+    for variant in ("", "v"):
+        args = {"samples": 1, **({"system_prompt": "x"} if variant else {})}
+        for i in range(40):
+            for fmt in ("decision", "likert"):
+                value = float(i % 3 == 0)
+                row = _row("coh", "self_assessment", f"s{i:02d}-{fmt}", 0, "", value, format=fmt,
+                           dimension="aligned/misaligned", variant=variant, task_args=args)
+                if variant and value == 1.0:
+                    row.update(status="refused", value=None)
+                rows.append(row)
+    [shift] = variant_shifts(tidy_frame(rows), thresholds=FAST).query(
+        "model == 'coh' and probe == 'self_assessment'").to_dict("records")
+    assert shift["shift"] == 0.0 and shift["battery"] == shift["under_variant"] == 0.0
+    assert "28 prompt(s) scored on one side only, left out" in shift["note"] and shift["variant_refused"] == 28
