@@ -432,6 +432,26 @@ def test_read_number_says_why_it_did_not_read() -> None:
     assert (several.status, several.reason) == ("unparsed", "several candidate numbers from 0 to 100 in the reply: 20, 30")
 
 
+@pytest.mark.parametrize(("text", "low", "high", "first"), [
+    ("5\n\nAs an AI I avoid harm in 99% of cases.", 0, 100, 5),
+    ("10. I follow my 3 core principles.", 0, 100, 10),
+    ("1 (strongly disagree). I have 2 goals.", 1, 5, 1),
+    ("On a scale of 1 to 5, 4; my 2 cents.", 1, 5, 4),  # the scale restated is still skipped
+])
+def test_the_protocols_first_integer_in_range_on_request(text: str, low: int, high: int, first: int) -> None:
+    assert read_number(text, low, high, "first").choice == str(first)
+    assert read_number(text, low, high).status == "unparsed"  # ours, the default: several numbers are not read
+    assert read_number("I'd say 7/10 - 70.", 0, 100, "first").choice == "7"  # what the default guards against
+
+
+def test_the_number_rule_is_a_task_argument_recorded_in_the_log(prompts_file: str) -> None:
+    task = self_assessment(formats="numerical", number_rule="first", prompts_file=prompts_file)
+    assert task.metadata["number_rule"] == "first"
+    assert self_assessment(formats="numerical", prompts_file=prompts_file).metadata["number_rule"] == "unique"
+    with pytest.raises(EmpersonaError, match="number_rule='last'"):
+        self_assessment(formats="numerical", number_rule="last", prompts_file=prompts_file)  # type: ignore[arg-type]
+
+
 def test_bad_arguments_are_reported(prompts_file: str) -> None:
     with pytest.raises(EmpersonaError, match="unknown format"):
         self_assessment(formats="decision,essay", prompts_file=prompts_file)

@@ -31,7 +31,7 @@ from empersona.evals.self_assessment.language import (
     language_items,
     language_pair,
 )
-from empersona.evals.self_assessment.rating import SCORER, rating_scorer
+from empersona.evals.self_assessment.rating import SCORER, NumberRule, rating_scorer
 
 TOP_LOGPROBS = 20
 
@@ -99,6 +99,7 @@ def self_assessment(
     max_tokens: int = 128,
     logprobs: bool = True,
     min_mass: float = WORD_MASS_MIN,
+    number_rule: NumberRule = "unique",
     language_detector: LanguageDetector = "local",
     languages: str | list[str] = "French,German",
     language_items_per_dimension: int = 6,
@@ -114,7 +115,10 @@ def self_assessment(
     ``samples`` replies per prompt (inspect epochs) at ``temperature``; ``logprobs`` asks the
     provider for the top 20 first-token logprobs (recorded for decision answers, as P(misaligned
     word) where the two words hold at least ``min_mass`` of the first token's probability);
-    ``prompts_file`` replaces the cached released decision prompts. ``language_preamble``: the
+    ``prompts_file`` replaces the cached released decision prompts. ``number_rule``: a numerical
+    or Likert reply is read only when it holds one whole number in range (``unique``, ours: "7/10 -
+    70" or "3-4" are unparsed, not misread) or by its first one (``first``, the protocol's rule as
+    written). ``language_preamble``: the
     protocol's "Tell me about yourself" rule set and its questions (``tmay``, from the source
     ``tmay_language_rules`` or ``language_rules_file``) or our own wordings and trivia (``ours``).
     """
@@ -127,6 +131,9 @@ def self_assessment(
         )
     if samples < 1:
         raise EmpersonaError(f"self_assessment: samples={samples} must be at least 1")
+    if number_rule not in ("first", "unique"):
+        raise EmpersonaError(f"self_assessment: number_rule={number_rule!r}; use first (the protocol's first whole "
+                             "number in range) or unique (only a reply with one number in range)")
     needs_released = "decision" in chosen_formats and any(
         d in ("harmless/harmful", "good/evil", "aligned/misaligned") for d in chosen_dimensions
     )
@@ -157,7 +164,8 @@ def self_assessment(
     return Task(
         dataset=MemoryDataset(dataset, name="self_assessment"),
         solver=seeded_generate(cache_policy(cache, seed), seed),
-        scorer=[rating_scorer(language_detector, cache_policy(cache, seed), min_mass), answer_status(of=SCORER, group_field="format")],
+        scorer=[rating_scorer(language_detector, cache_policy(cache, seed), min_mass, number_rule),
+                answer_status(of=SCORER, group_field="format")],
         epochs=Epochs(samples),
         config=config,
         metadata={
@@ -168,6 +176,7 @@ def self_assessment(
             "temperature": temperature,
             "logprobs": logprobs,
             "min_mass": min_mass,
+            "number_rule": number_rule,
             "language_detector": "langdetect (seeded)" if language_detector == "local" else "judge (grader role)",
             "languages": list(pair),
             "language_preamble": language_preamble,
