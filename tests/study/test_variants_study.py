@@ -241,3 +241,14 @@ def test_framing_arguments_and_what_to_name_are_checked_when_the_file_is_read(tm
         load_study(write(tmp_path, only_prediction))
     named = {**only_prediction, "variants": {"h": {"honesty": True, "experiments": ["score_prediction"]}}}
     assert load_study(write(tmp_path, named)).variant_experiments("h") == ["score_prediction"]
+
+
+def test_a_battery_two_ai_in_the_third_person_is_refused(tmp_path: Path) -> None:
+    """The battery's two-AI rate labels the personas, which rest on self-report: asked about
+    another assistant it would label a model coherent or inverted from answers about someone else."""
+    experiments = {**BASE["experiments"], "two_ai": {"args": {"mode": "logprob", "framing": "third_person"}}}
+    with pytest.raises(EmpersonaError, match=r"field 'experiments.two_ai.args.framing': asks which assistant gave "
+                                             r"the shown answers.*Ask it as a variant"):
+        load_study(write(tmp_path, {**BASE, "experiments": experiments}))
+    own = {**BASE["experiments"], "two_ai": {"args": {"mode": "logprob", "framing": "self_answers"}}}
+    load_study(write(tmp_path, {**BASE, "experiments": own}))  # its own answers, still about itself

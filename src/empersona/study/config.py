@@ -670,6 +670,12 @@ def _semantic_problems(study: StudyConfig) -> list[tuple[tuple[Any, ...], str, s
     if two_ai is not None and two_ai.args.get("framing", "self") != "self" and "harmfulness" not in study.experiments:
         problems.append((("experiments", "two_ai", "args", "framing"), "shows the model's own harmfulness answers, and "
                          "the study has none", "Add harmfulness to experiments"))
+    if two_ai is not None and two_ai.args.get("framing") == "third_person":
+        problems.append((("experiments", "two_ai", "args", "framing"), "asks which assistant gave the shown answers, "
+                         "not which the model is: the battery's two-AI rate labels the personas, which rest on "
+                         "self-report (docs/protocol.md section 1)",
+                         "Ask it as a variant (variants: {third: {framing: third_person}}) and leave the battery's "
+                         "two_ai at framing self"))
     if two_ai is not None:
         problems += _framing_problems(two_ai.args, ("experiments", "two_ai", "args"))
     problems += _variant_problems(study)
