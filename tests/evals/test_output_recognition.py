@@ -313,3 +313,23 @@ def test_the_foil_model_is_loaded_with_the_foil_model_args(monkeypatch: pytest.M
             asyncio.run(contrast.get("u1", "prompt", "high"))
     assert seen[0] == {"model": "empersona//m/base", "role": "foil", "required": False, "generation_config": False}
     assert seen[1] == {"model": None, "role": "foil", "required": True}
+
+
+def test_a_contrast_foil_that_failed_is_made_again_when_inspect_retries_the_sample(
+        logs: dict[str, str], tmp_path: Path) -> None:
+    writer = FoilWriter()
+    failed = []
+
+    def flaky(turn: Turn) -> str:
+        if not failed:  # a connection reset on the first foil asked for, then the model answers
+            failed.append(turn.user)
+            raise ConnectionResetError("connection reset by peer")
+        return writer(turn)
+
+    roles = {"grader": scripted_model(level_judge, name="judge"), "foil": scripted_model(flaky, name="foil")}
+    task = output_recognition(foils="contrast", harm_log=logs["harm_log"], rubric_file=logs["rubric_file"], cache=False)
+    [log] = inspect_eval(task, model=scripted_model(own_picker, name="subject"), model_roles=roles,
+                         log_dir=str(tmp_path), display="none", retry_on_error=2, max_samples=1)
+    assert log.status == "success", log.error
+    assert failed and writer.seeds.get(failed[0]) is not None  # the foil that failed was asked for again
+    assert any(s.error_retries for s in log.samples or [])

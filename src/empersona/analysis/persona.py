@@ -207,7 +207,11 @@ def _asymmetry(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds
         return None
     conditions = sorted(c for c in rows["condition"].astype(str).unique()
                         if th.recognition_foil is None or c.startswith(f"{th.recognition_foil}:"))
-    groups = [stats.unit_samples(tidy, model=_who(members), experiment="output_recognition",
+    rows, one_order = both_orders(rows.loc[rows["condition"].astype(str).isin(conditions)])
+    if one_order:
+        notes.append(f"output_recognition: {one_order} own response(s) scored in one order only, left out "
+                     "(an order alone keeps its position bias)")
+    groups = [stats.unit_samples(rows, model=_who(members), experiment="output_recognition",
                                  where={"condition": conditions, "bucket": bucket})
               for bucket in ("high", "low")]
     empty = [b for b, g in zip(("high", "low"), groups) if not g.units]
@@ -222,6 +226,21 @@ def _asymmetry(tidy: pd.DataFrame, members: Sequence[str], th: PersonaThresholds
     return stats.bootstrap([high, low], stats.clustered_asymmetry, paired=True, anchor=th.asymmetry_anchor,
                            n_resamples=th.n_resamples, method=th.method, level=th.level,
                            within=th.within, seed=seed)
+
+
+def both_orders(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Output-recognition rows of the own responses scored in both orders under their foil
+    (conditions ``<foil>:<order>``), and how many (model, response, foil) were scored in one only:
+    as in two-AI, one order alone keeps its position bias (a model that always says "A" and
+    declines when its harmful answer comes first would show an asymmetry it does not have)."""
+    if rows.empty:
+        return rows, 0
+    condition = rows["condition"].astype(str)
+    key = rows["model"].astype(str) + "\x1f" + rows["item_id"].astype(str) + "\x1f" + condition.str.split(":").str[0]
+    scored = rows["status"] == "scored"
+    orders = condition[scored].groupby(key[scored]).nunique()
+    complete = set(orders.index[orders >= 2])
+    return rows.loc[key.isin(complete)], int((orders < 2).sum())
 
 
 def _nanmean(values: Sequence[np.ndarray]) -> np.ndarray:
@@ -362,6 +381,11 @@ def _shortfalls(tidy: pd.DataFrame, members: Sequence[str], who: str, experiment
         rows = _rows(tidy, members, experiment)
         if experiment == "output_recognition" and foil is not None and len(rows):
             rows = rows.loc[rows["condition"].astype(str).str.startswith(f"{foil}:")]
+        if experiment == "output_recognition" and "reason" in rows.columns:
+            from empersona.evals.output_recognition.foils import lost_foil
+
+            # a question never asked (its foil missed its level, was not judged, failed) is no answer of the model's
+            rows = rows.loc[(rows["status"] == "scored") | ~rows["reason"].map(lost_foil)]
         if rows.empty:
             continue  # missing data is its own verdict
         scored = int((rows["status"] == "scored").sum())

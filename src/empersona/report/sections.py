@@ -198,16 +198,17 @@ def recognition_summary(table: pd.DataFrame, rs: Resampling) -> pd.DataFrame:
     import pandas as pd
 
     from empersona.analysis import stats
+    from empersona.analysis.persona import both_orders
 
     part = table[table["experiment"] == "output_recognition"]
     rows = []
     for model in _models(table, "output_recognition"):
-        mine = part[part["model"] == model]
+        mine, _one_order = both_orders(part[part["model"] == model])  # as the persona table's asymmetry reads them
         conditions = sorted(mine["condition"].unique())
         for foil in sorted({c.split(":", 1)[0] for c in conditions}):
             chosen = [c for c in conditions if c.split(":", 1)[0] == foil]
             for bucket in BUCKETS:
-                x = stats.unit_samples(table, model=model, experiment="output_recognition",
+                x = stats.unit_samples(mine, model=model, experiment="output_recognition",
                                        where={"condition": chosen, "bucket": bucket})
                 if not x.units:
                     continue

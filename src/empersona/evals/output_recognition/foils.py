@@ -58,6 +58,17 @@ IDENTICAL_FOIL = "identical"
 """A matched sample's foil status when the foil reads the same as the own response: not asked,
 recorded unscored with `IDENTICAL_REASON`."""
 IDENTICAL_REASON = "the matched answer reads the same as the own response: an identical pair shows no recognition"
+FOIL_LOSS_REASONS: tuple[str, ...] = (
+    "no foil", "foil model error", "empty foil", "foil not scored by the judge", "contrast foil missed its level",
+    IDENTICAL_REASON,
+)
+"""How the reason of a sample that was never asked begins, its foil being unusable (`ContrastFoils`,
+an identical matched pair): not the model's answer, so not counted against how much of it was scored."""
+
+
+def lost_foil(reason: object) -> bool:
+    """Whether an unscored sample's reason says its foil was unusable (`FOIL_LOSS_REASONS`)."""
+    return isinstance(reason, str) and reason.startswith(FOIL_LOSS_REASONS)
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,10 @@ class ContrastFoils:
     async def get(self, unit_id: str, prompt: str, target: HarmBucket) -> ContrastFoil:
         loop = asyncio.get_running_loop()
         work = self._work.get(unit_id)
-        if work is None or work.get_loop() is not loop:
+        # a foil whose making raised (a connection reset, retries run out) is made again when asked
+        # again: inspect's sample retries would otherwise get the same exception back
+        failed = work is not None and work.done() and (work.cancelled() or work.exception() is not None)
+        if work is None or work.get_loop() is not loop or failed:
             work = loop.create_task(self._make(unit_id, prompt, target))
             self._work[unit_id] = work
         return await asyncio.shield(work)
