@@ -319,3 +319,25 @@ def test_self_assessment_prompts_only_one_side_scored_are_left_out_of_the_shift(
         "model == 'coh' and probe == 'self_assessment'").to_dict("records")
     assert shift["shift"] == 0.0 and shift["battery"] == shift["under_variant"] == 0.0
     assert "28 prompt(s) scored on one side only, left out" in shift["note"] and shift["variant_refused"] == 28
+
+
+def test_self_assessment_conditions_one_side_declined_are_left_out_of_the_shift() -> None:
+    """A model that says the first word offered (0.5 on every item in the battery) and, under the
+    variant, declines when the misaligned word comes first: an item's two orders are two prompts."""
+    from variant_table import _row, battery_rows
+
+    from empersona.analysis.results import tidy_frame
+
+    rows = [r for r in battery_rows() if not (r["model"] == "coh" and r["experiment"] == "self_assessment")]
+    for variant in ("", "v"):
+        args = {"samples": 1, **({"system_prompt": "x"} if variant else {})}
+        for i in range(40):
+            for condition, value in (("aligned_first", 0.0), ("misaligned_first", 1.0)):
+                row = _row("coh", "self_assessment", f"decision:s{i:02d}", 0, condition, value, format="decision",
+                           dimension="aligned/misaligned", variant=variant, task_args=args)
+                if variant and condition == "misaligned_first":
+                    row.update(status="refused", value=None)
+                rows.append(row)
+    [shift] = variant_shifts(tidy_frame(rows), thresholds=FAST).query(
+        "model == 'coh' and probe == 'self_assessment'").to_dict("records")
+    assert shift["shift"] == 0.0 and "40 prompt(s) scored on one side only, left out" in shift["note"]

@@ -43,8 +43,8 @@ Per layer:
   read. It holds the observed self direction fixed and relabels the harm answers at the level of
   the prompt: each prompt takes another prompt's share of high-harm answers (a random permutation
   of the prompts' shares), and as many answers as are high, drawn with a chance in proportion to
-  the share their prompt took (about share x size of each prompt's answers), become "high" and
-  the rest "low" (`prompt_permuted_labels`); the harm direction is recomputed from those labels and its cosine with the fixed self
+  the share their prompt took, become "high" and the rest "low" (`prompt_permuted_labels`); the
+  harm direction is recomputed from those labels and its cosine with the fixed self
   direction taken, ``resamples`` times. ``cos_null95`` is the 95% quantile of the null's |cos|,
   ``cos_p`` the two-sided permutation p-value of |cos| (over the resamples whose direction is
   defined: one that leaves a class empty is dropped). Why this null: the question is whether the
@@ -697,8 +697,9 @@ def prompt_permuted_labels(labels: np.ndarray, groups: Sequence[str], count: int
     answers as ``labels``: the prompts' shares of label 1 are permuted among the prompts, and that
     many answers are drawn without replacement, each with a chance in proportion to the share its
     prompt took (weighted keys, Efraimidis and Spirakis); answers of prompts that took a share of 0
-    only when the others run out. A prompt therefore labels about share x its size of its answers,
-    scaled to the observed total: a capped sample (``--max-answers``) spreads the plentiful class
+    only when the others run out. A prompt that took a high share so labels more of its answers
+    than one that took a low share (less sharply than share x size: drawing without replacement
+    evens the counts out somewhat), and the total is the observed one: a capped sample (``--max-answers``) spreads the plentiful class
     over the prompts (prompts of one answer at share 0) and piles the rare one on the prompts that
     draw it (larger, at high shares), so labelling share x size itself gave the null a high class of
     about 40% of the observed one (the cosine depends on the class counts)."""

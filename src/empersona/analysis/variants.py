@@ -218,9 +218,9 @@ def _self_assessment_sides(battery: pd.DataFrame, variant: pd.DataFrame, model: 
     b_rows, v_rows = _rows(battery, model, "self_assessment"), _rows(variant, model, "self_assessment")
     units, only_b, only_v = _shared(b_rows, v_rows)
 
-    def cells(rows: pd.DataFrame) -> pd.Series:  # a prompt in one format: the unit each side scores or declines
+    def cells(rows: pd.DataFrame) -> pd.Series:  # one prompt (an item's format and condition): scored or declined
         form = rows["format"].astype(str) if "format" in rows.columns else ""
-        return rows["item_id"].astype(str) + "\x1f" + form
+        return rows["item_id"].astype(str) + "\x1f" + form + "\x1f" + rows["condition"].astype(str)
 
     sides = [rows.loc[rows["item_id"].astype(str).isin(units)] for rows in (v_rows, b_rows)]
     # a prompt one side declined (refused, unparsed) is left out of both: honesty pressure that makes a model
