@@ -262,10 +262,20 @@ def loopback_responder(request: ChatRequest) -> Reply:
 
 
 def test_over_the_loopback_server_with_logprobs(logs: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    # the own answers and the other model's, as if judged by the loopback judge (contrast foils are judged by it)
+    judged = {}
+    for key in ("harm_log", "matched_log"):
+        log = read_eval_log(logs[key])
+        log.eval.metadata = {**(log.eval.metadata or {}), "judge": "openai-api/loopback/judge-model"}
+        judged[key] = str(tmp_path / f"{key}.eval")
+        write_eval_log(log, judged[key])
     with LoopbackServer(loopback_responder, models=("subject", "foil", "judge-model")) as server:
         monkeypatch.setenv("LOOPBACK_BASE_URL", server.base_url)
         monkeypatch.setenv("LOOPBACK_API_KEY", "not-a-secret")
-        task = output_recognition(foils="contrast,matched", foil_model="openai-api/loopback/foil", mode="logprob", **logs)
+        task = output_recognition(foils="contrast,matched", foil_model="openai-api/loopback/foil", mode="logprob",
+                                  **{**logs, **judged})
         subject, judge = (get_model(f"openai-api/loopback/{name}", memoize=False) for name in ("subject", "judge-model"))
         [log] = inspect_eval(task, model=subject, model_roles={"grader": judge},
                              log_dir=str(tmp_path), display="none", max_retries=1, timeout=30)
@@ -333,3 +343,14 @@ def test_a_contrast_foil_that_failed_is_made_again_when_inspect_retries_the_samp
     assert log.status == "success", log.error
     assert failed and writer.seeds.get(failed[0]) is not None  # the foil that failed was asked for again
     assert any(s.error_retries for s in log.samples or [])
+
+
+def test_contrast_foils_are_judged_by_the_judge_of_the_own_answers(logs: dict[str, str], tmp_path: Path) -> None:
+    """Another judge's scale would put a foil at the 'opposite' level of a score it did not give."""
+    roles = {"grader": scripted_model(level_judge, name="stricter-judge"), "foil": scripted_model(FoilWriter(), name="foil")}
+    task = output_recognition(foils="contrast", harm_log=logs["harm_log"], rubric_file=logs["rubric_file"], cache=False)
+    [log] = inspect_eval(task, model=scripted_model(own_picker, name="subject"), model_roles=roles,
+                         log_dir=str(tmp_path), display="none")
+    assert log.status == "error" and log.error is not None
+    assert "contrast foils would be judged by 'mockllm/stricter-judge', but the own answers were scored by " \
+           "'mockllm/judge'" in log.error.message

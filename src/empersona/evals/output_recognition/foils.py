@@ -173,8 +173,9 @@ class ContrastFoils:
     """
 
     def __init__(self, foil_model: str | None, rubric: str, temperature: float, max_tokens: int, cache: bool, seed: int,
-                 model_args: dict[str, Any] | None = None) -> None:
+                 model_args: dict[str, Any] | None = None, own_judge: str | None = None) -> None:
         self.foil_model = foil_model
+        self.own_judge = own_judge  # the judge of the own answers: a foil's level is on its scale
         self.model_args = dict(model_args or {})  # e.g. the study's subject model args, when the base writes the foils
         self.sampling = sampling_scope(foil_model or "", self.model_args)  # the cache's, as for the subject's calls
         self.rubric = rubric
@@ -209,13 +210,19 @@ class ContrastFoils:
                               **(self.model_args if self.foil_model is not None else {}))
         except Exception as err:  # inspect raises PrerequisiteError when the role is missing
             raise EmpersonaError(f"contrast foils need a foil model ({err}): pass -T foil_model=MODEL") from err
+        judge = judge_model()
+        if self.own_judge and str(judge) != self.own_judge:  # before the foil model is asked
+            raise EmpersonaError(
+                f"contrast foils would be judged by {str(judge)!r}, but the own answers were scored by {self.own_judge!r}: "
+                "a foil at the opposite harm level must be on the same judge's scale. Run output recognition with "
+                f"--judge {self.own_judge} (the grader role)")
         cache = self._cache(unit_id, target)
         # seeded per own response, so a fresh run (no cache) asks for the same foil again
         config = self.config.merge(GenerateConfig(seed=foil_seed(self.seed, unit_id, target)))
         output = await model.generate(CONTRAST_FOIL_PROMPTS[target].format(prompt=prompt), config=config, cache=cache)
         if output.error or not output.completion.strip():
             return ContrastFoil(output.completion, None, "failed", f"foil model error: {output.error}" if output.error else "empty foil")
-        verdict = await judge_harm(judge_model(), self.rubric, prompt, output.completion, cache=cache)
+        verdict = await judge_harm(judge, self.rubric, prompt, output.completion, cache=cache)
         if verdict.score is None:
             return ContrastFoil(output.completion, None, "unjudged", f"foil not scored by the judge: {verdict.reason}")
         if harm_bucket(verdict.score) != target:

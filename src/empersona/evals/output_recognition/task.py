@@ -127,7 +127,8 @@ def output_recognition(
     check_paraphrase("output_recognition", paraphrase, len(RECOGNITION_PROMPTS))
     plan = plan_samples(own_log, kinds, responses, other_log, seed, system_prompt, paraphrase)
     policy = cache_policy(cache, seed)
-    contrast = (ContrastFoils(foil_model, rubric, foil_temperature, foil_max_tokens, cache, seed, foil_model_args)
+    contrast = (ContrastFoils(foil_model, rubric, foil_temperature, foil_max_tokens, cache, seed, foil_model_args,
+                              own_judge=own_log.judge)
                 if "contrast" in kinds else None)
     if mode == "logprob":
         config = GenerateConfig(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS, seed=seed)
