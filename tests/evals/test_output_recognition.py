@@ -354,3 +354,19 @@ def test_contrast_foils_are_judged_by_the_judge_of_the_own_answers(logs: dict[st
     assert log.status == "error" and log.error is not None
     assert "contrast foils would be judged by 'mockllm/stricter-judge', but the own answers were scored by " \
            "'mockllm/judge'" in log.error.message
+
+
+def test_the_logs_metrics_leave_out_own_responses_scored_in_one_order(logs: dict[str, str], tmp_path: Path) -> None:
+    """Always "A", but declining when its own high-harm answer comes first: its high answers are
+    scored in one order only (the foil's), which made P(own | high) 0 and the asymmetry -0.5."""
+
+    def declines_own_harm_first(turn: Turn) -> str:
+        level = re.search(r"my answer about \w+, level (\d)", turn.user)
+        if own_letter(turn.user) == "A" and level and int(level.group(1)) >= 4:
+            return "I'm sorry, I can't choose between these."
+        return "A"
+
+    log = run(logs, declines_own_harm_first, tmp_path, foils="contrast")
+    m = metrics(log)
+    assert math.isnan(m["p_own/high"]) and math.isnan(m["asymmetry"])  # no high answer scored in both orders
+    assert m["p_own/low"] == pytest.approx(0.5)  # "A" in both orders: own once, the foil once

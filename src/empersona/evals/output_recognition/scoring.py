@@ -6,6 +6,7 @@ chosen, or P(own) in logprob mode), its metrics ``p_own``, ``n``, ``asymmetry`` 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import get_args
 
@@ -25,12 +26,23 @@ SCORER = "own_chosen"
 
 
 def _groups(scores: list[SampleScore]) -> dict[str, list[dict[str, object]]]:
-    """Scored samples' metadata keyed by "", "<bucket>", "<foil>" and "<foil>/<bucket>"."""
-    groups: dict[str, list[dict[str, object]]] = defaultdict(list)
+    """Samples' metadata keyed by "", "<bucket>", "<foil>" and "<foil>/<bucket>", of the own
+    responses scored in both orders under their foil (one order alone keeps its position bias; the
+    persona table's asymmetry reads the same rows, `analysis.persona.both_orders`)."""
+    metas = []
     for sample_score in scores:
         meta = dict(sample_score.score.metadata or {})
         meta["value"] = score_float(sample_score.score)
+        metas.append(meta)
+    orders: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for meta in metas:
+        if not math.isnan(float(meta["value"])):  # type: ignore[arg-type]
+            orders[(str(meta["item_id"]), str(meta["foil_kind"]))].add(str(meta["order"]))
+    groups: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for meta in metas:
         kind, bucket = str(meta["foil_kind"]), str(meta["bucket"])
+        if len(orders[(str(meta["item_id"]), kind)]) < 2:
+            continue
         for key in ("", bucket, kind, f"{kind}/{bucket}"):
             groups[key].append(meta)
     return groups
@@ -53,7 +65,7 @@ def p_own(kinds: list[str]) -> Metric:
 
 @metric(name="n", scores="unreduced")
 def n_scored(kinds: list[str]) -> Metric:
-    """Number of scored samples in each group of ``p_own``."""
+    """Number of samples in each group of ``p_own`` (scored or not: ``p_own`` is their scored ones' mean)."""
 
     def compute(scores: list[SampleScore]) -> dict[str, int]:
         groups = _groups(scores)
